@@ -1,0 +1,459 @@
+"""Atomic, streaming safetensors checkpoint writer that holds at most one tensor in memory."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import struct
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+import torch
+
+from opdlens.errors import OpdlensError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TEMP_MARKER",
+    "CheckpointWriter",
+    "TensorSpec",
+    "is_temp_dir",
+    "plan_like",
+    "safetensors_dtype",
+]
+
+# A directory whose name contains this marker is an unfinished write and safe to delete.
+TEMP_MARKER = ".opdlens-tmp-"
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+PROVENANCE_FILE = "opdlens_provenance.json"
+
+# The names safetensors gives each dtype, with the rank of its Rust enum: save_file lays
+# tensors out by descending rank then name, and so does this writer, so files match byte for byte.
+_DTYPES: dict[torch.dtype, tuple[str, int]] = {
+    torch.bool: ("BOOL", 0),
+    torch.uint8: ("U8", 1),
+    torch.int8: ("I8", 2),
+    torch.float8_e5m2: ("F8_E5M2", 3),
+    torch.float8_e4m3fn: ("F8_E4M3", 4),
+    torch.int16: ("I16", 5),
+    torch.uint16: ("U16", 6),
+    torch.float16: ("F16", 7),
+    torch.bfloat16: ("BF16", 8),
+    torch.int32: ("I32", 9),
+    torch.uint32: ("U32", 10),
+    torch.float32: ("F32", 11),
+    torch.float64: ("F64", 12),
+    torch.int64: ("I64", 13),
+    torch.uint64: ("U64", 14),
+}
+
+# Non-weight files of a Hugging Face model directory that an output checkpoint needs to load.
+_COPY_PATTERNS = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer*.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "added_tokens.json",
+    "preprocessor_config.json",
+    # Remote-code models name these in config.json's auto_map and cannot load without them.
+    "configuration_*.py",
+    "modeling_*.py",
+    "tokenization_*.py",
+)
+_BIN_SHARD = re.compile(r"^pytorch_model(-\d+-of-\d+)?\.bin$")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """The name, shape and dtype of one tensor an output checkpoint will hold."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the tensor occupies on disk."""
+        numel = 1
+        for size in self.shape:
+            numel *= size
+        return numel * self.dtype.itemsize
+
+
+def safetensors_dtype(dtype: torch.dtype) -> str:
+    """The safetensors name of a torch dtype, e.g. torch.bfloat16 -> "BF16"."""
+    if dtype not in _DTYPES:
+        known = ", ".join(str(d).removeprefix("torch.") for d in _DTYPES)
+        raise ValueError(
+            f"safetensors cannot store dtype {dtype}; expected one of {known}. "
+            "Cast the tensor to one of them before writing."
+        )
+    return _DTYPES[dtype][0]
+
+
+def _shard_name(index: int, total: int) -> str:
+    return f"model-{index:05d}-of-{total:05d}.safetensors"
+
+
+def plan_like(
+    specs: Sequence[TensorSpec], weight_map: Mapping[str, str] | None
+) -> dict[str, list[TensorSpec]]:
+    """Group specs into the shard files of an input's weight map, renamed to safetensors."""
+    if weight_map is None:
+        return {SINGLE_FILE: list(specs)}
+    plan: dict[str, list[TensorSpec]] = {}
+    for spec in specs:
+        if spec.name not in weight_map:
+            raise ValueError(
+                f"Tensor '{spec.name}' is not in the weight map passed to plan_like "
+                f"({len(weight_map)} entries). Pass the weight_map of the checkpoint the "
+                "specs came from, or weight_map=None for a single file."
+            )
+        plan.setdefault(_safetensors_name(weight_map[spec.name]), []).append(spec)
+    return dict(sorted(plan.items()))
+
+
+def _safetensors_name(file_name: str) -> str:
+    match = _BIN_SHARD.match(file_name)
+    if match:
+        return f"model{match.group(1) or ''}.safetensors"
+    stem, dot, suffix = file_name.rpartition(".")
+    if dot and suffix in ("bin", "pt", "pth"):
+        return f"{stem}.safetensors"
+    return file_name
+
+
+def _split_by_size(
+    specs: Sequence[TensorSpec], max_shard_bytes: int | None
+) -> dict[str, list[TensorSpec]]:
+    if max_shard_bytes is None:
+        return {SINGLE_FILE: list(specs)}
+    if max_shard_bytes <= 0:
+        raise ValueError(
+            f"The 'max_shard_bytes' parameter of CheckpointWriter must be positive. "
+            f"Got {max_shard_bytes} instead; pass None for a single file."
+        )
+    groups: list[list[TensorSpec]] = [[]]
+    size = 0
+    for spec in specs:
+        if groups[-1] and size + spec.nbytes > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(spec)
+        size += spec.nbytes
+    if len(groups) == 1:
+        return {SINGLE_FILE: groups[0]}
+    return {_shard_name(i + 1, len(groups)): g for i, g in enumerate(groups)}
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where one planned tensor goes: its file and absolute byte range."""
+
+    spec: TensorSpec
+    file: str
+    begin: int
+    end: int
+
+
+def _layout(
+    specs: Sequence[TensorSpec], metadata: Mapping[str, str]
+) -> tuple[bytes, list[tuple[TensorSpec, int, int]]]:
+    """The padded header of one file and its tensors' data offsets, in save_file's order."""
+    ordered = sorted(specs, key=lambda s: (-_DTYPES[s.dtype][1], s.name))
+    header: dict[str, object] = {"__metadata__": dict(metadata)}
+    offsets = []
+    position = 0
+    for spec in ordered:
+        begin, position = position, position + spec.nbytes
+        header[spec.name] = {
+            "dtype": safetensors_dtype(spec.dtype),
+            "shape": list(spec.shape),
+            "data_offsets": [begin, position],
+        }
+        offsets.append((spec, begin, position))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text, offsets
+
+
+def _inside(path: Path, other: Path) -> bool:
+    return path == other or other in path.parents
+
+
+class CheckpointWriter:
+    """Write a safetensors checkpoint tensor by tensor into a temporary directory, then rename it.
+
+    Use as a context manager: files and headers are created on entry, `write` streams each
+    planned tensor to its place (in any order), and a clean exit fsyncs everything and renames
+    the temporary directory to `out_dir`. Any exception (or KeyboardInterrupt) removes the
+    temporary directory, so `out_dir` is either complete or absent.
+    """
+
+    def __init__(
+        self,
+        out_dir: Path,
+        plan: Mapping[str, Sequence[TensorSpec]] | Sequence[TensorSpec],
+        *,
+        metadata: Mapping[str, str] | None = None,
+        copy_from: Path | None = None,
+        protected: Sequence[Path] = (),
+        max_shard_bytes: int | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        assert sys.byteorder == "little", "safetensors stores little-endian bytes"
+        self.out_dir = Path(out_dir).expanduser().resolve()
+        self.overwrite = overwrite
+        self.copy_from = None if copy_from is None else Path(copy_from).expanduser().resolve()
+        self._protected = [Path(p).expanduser().resolve() for p in protected]
+        self.metadata = self._check_metadata(metadata)
+        if isinstance(plan, Mapping):
+            if max_shard_bytes is not None:
+                raise ValueError(
+                    "CheckpointWriter got both a shard mapping as 'plan' and 'max_shard_bytes'. "
+                    "Pass a plain sequence of TensorSpec to split by size, or drop max_shard_bytes."
+                )
+            self.plan = {name: list(specs) for name, specs in plan.items()}
+        else:
+            self.plan = _split_by_size(list(plan), max_shard_bytes)
+        self._slots = self._check_plan()
+        self._check_destination()
+        if self.copy_from is not None and not self.copy_from.is_dir():
+            raise OpdlensError(
+                f"copy_from={self.copy_from} is not a directory. Pass the model directory whose "
+                "config and tokenizer files the output should carry, or copy_from=None."
+            )
+        self._tmp: Path | None = None
+        self._written: set[str] = set()
+        self._handle: tuple[str, BinaryIO] | None = None
+
+    @staticmethod
+    def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+        merged = dict(metadata or {})
+        bad = {k: type(v).__name__ for k, v in merged.items() if not isinstance(v, str)}
+        if bad or not all(isinstance(k, str) for k in merged):
+            raise ValueError(
+                f"The 'metadata' parameter of CheckpointWriter must map str to str (safetensors "
+                f"stores only strings). Got non-str values for {bad}; pass json.dumps(value)."
+            )
+        merged.setdefault("format", "pt")
+        return merged
+
+    def _check_plan(self) -> dict[str, _Slot]:
+        slots: dict[str, _Slot] = {}
+        seen: set[str] = set()
+        self._headers: dict[str, bytes] = {}
+        self._sizes: dict[str, int] = {}
+        for file, specs in self.plan.items():
+            if "/" in file or "\\" in file or not file.endswith(".safetensors"):
+                raise ValueError(
+                    f"Shard name '{file}' in the plan of CheckpointWriter must be a bare file "
+                    "name ending in .safetensors, e.g. 'model-00001-of-00002.safetensors'."
+                )
+            for spec in specs:
+                safetensors_dtype(spec.dtype)
+                if spec.name in seen or spec.name == "__metadata__":
+                    raise ValueError(
+                        f"Tensor '{spec.name}' appears twice in the plan of CheckpointWriter "
+                        f"(again in '{file}'), or is the reserved name '__metadata__'. "
+                        "Plan each tensor name exactly once."
+                    )
+                seen.add(spec.name)
+            header, offsets = _layout(specs, self.metadata)
+            self._headers[file] = header
+            self._sizes[file] = len(header) + sum(s.nbytes for s in specs)
+            for spec, begin, end in offsets:
+                slots[spec.name] = _Slot(spec, file, len(header) + begin, len(header) + end)
+        return slots
+
+    def _check_destination(self) -> None:
+        for path in self._protected:
+            if _inside(self.out_dir, path) or _inside(path, self.out_dir):
+                raise OpdlensError(
+                    f"Refusing to write a checkpoint to {self.out_dir}: it overlaps the input "
+                    f"{path}, which must never be modified. Choose an output directory outside "
+                    "every input checkpoint."
+                )
+        if self.out_dir.exists() and not self.overwrite:
+            raise OpdlensError(
+                f"Output directory {self.out_dir} already exists. Choose a new directory, "
+                "or pass overwrite=True (--overwrite) to replace it."
+            )
+
+    def __enter__(self) -> CheckpointWriter:
+        parent = self.out_dir.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        name = f"{self.out_dir.name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+        self._tmp = parent / name
+        self._tmp.mkdir()
+        try:
+            for file, header in self._headers.items():
+                with open(self._tmp / file, "wb") as f:
+                    f.write(header)
+                    f.truncate(self._sizes[file])
+        except BaseException:
+            self._abort()
+            raise
+        logger.debug("writing %d tensors into %s", len(self._slots), self._tmp)
+        return self
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Write one planned tensor to its place in its shard file.
+
+        Shape: any, equal to the planned shape.
+        """
+        if self._tmp is None:
+            raise RuntimeError("CheckpointWriter.write called outside its `with` block.")
+        slot = self._slots.get(name)
+        if slot is None:
+            raise ValueError(
+                f"Tensor '{name}' is not in the plan of this CheckpointWriter "
+                f"({len(self._slots)} tensors). Add a TensorSpec for it to the plan."
+            )
+        if name in self._written:
+            raise ValueError(f"Tensor '{name}' was already written; write each tensor once.")
+        spec = slot.spec
+        if tuple(tensor.shape) != tuple(spec.shape) or tensor.dtype != spec.dtype:
+            raise ValueError(
+                f"Tensor '{name}' was planned as shape {tuple(spec.shape)} {spec.dtype}, got "
+                f"shape {tuple(tensor.shape)} {tensor.dtype}. Cast or reshape it, or fix the plan."
+            )
+        raw = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        assert raw.nbytes == slot.end - slot.begin
+        handle = self._open(slot.file)
+        handle.seek(slot.begin)
+        handle.write(memoryview(raw))
+        self._written.add(name)
+
+    def _open(self, file: str) -> BinaryIO:
+        # One handle at a time: writes usually arrive shard by shard.
+        if self._handle is not None and self._handle[0] == file:
+            return self._handle[1]
+        self._close_handle()
+        assert self._tmp is not None
+        handle = open(self._tmp / file, "r+b")  # noqa: SIM115
+        self._handle = (file, handle)
+        return handle
+
+    def _close_handle(self) -> None:
+        if self._handle is not None:
+            self._handle[1].close()
+            self._handle = None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self._abort()
+            return
+        try:
+            self._commit()
+        except BaseException:
+            self._abort()
+            raise
+
+    def _commit(self) -> None:
+        assert self._tmp is not None
+        self._close_handle()
+        missing = [name for name in self._slots if name not in self._written]
+        if missing:
+            raise OpdlensError(
+                f"{len(missing)} planned tensors were never written to {self.out_dir}, e.g. "
+                f"{missing[:3]}; nothing was saved. Write every planned tensor, or leave it out "
+                "of the plan."
+            )
+        if len(self.plan) > 1:
+            weight_map = {name: s.file for name, s in self._slots.items()}
+            index = {
+                "metadata": {"total_size": sum(s.spec.nbytes for s in self._slots.values())},
+                "weight_map": dict(sorted(weight_map.items())),
+            }
+            (self._tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        (self._tmp / PROVENANCE_FILE).write_text(json.dumps(self.metadata, indent=2) + "\n")
+        if self.copy_from is not None:
+            self._copy_support_files(self.copy_from)
+        for path in self._tmp.iterdir():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(self._tmp)
+        self._move_into_place()
+
+    def _copy_support_files(self, source: Path) -> None:
+        assert self._tmp is not None
+        copied = []
+        for path in sorted(source.iterdir()):
+            if path.is_file() and any(fnmatch.fnmatch(path.name, p) for p in _COPY_PATTERNS):
+                shutil.copy2(path, self._tmp / path.name)
+                copied.append(path.name)
+        if "config.json" not in copied:
+            logger.warning("copy_from=%s has no config.json; the output will lack it", source)
+        logger.debug("copied %s from %s", copied, source)
+
+    def _move_into_place(self) -> None:
+        assert self._tmp is not None
+        old: Path | None = None
+        if self.out_dir.exists() or self.out_dir.is_symlink():
+            if not self.overwrite:
+                raise OpdlensError(
+                    f"Output directory {self.out_dir} appeared while the checkpoint was being "
+                    "written. Choose a new directory, or pass overwrite=True to replace it."
+                )
+            self._check_destination()
+            old = self.out_dir.with_name(
+                f"{self.out_dir.name}.opdlens-old-{os.getpid()}-{secrets.token_hex(4)}"
+            )
+            os.rename(self.out_dir, old)
+        try:
+            os.rename(self._tmp, self.out_dir)
+        except BaseException:
+            if old is not None:
+                os.rename(old, self.out_dir)
+            raise
+        self._tmp = None
+        _fsync_dir(self.out_dir.parent)
+        if old is not None:
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+        logger.info("wrote checkpoint %s", self.out_dir)
+
+    def _abort(self) -> None:
+        self._close_handle()
+        if self._tmp is not None and self._tmp.exists():
+            shutil.rmtree(self._tmp, ignore_errors=False)
+            logger.debug("removed unfinished checkpoint %s", self._tmp)
+        self._tmp = None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_temp_dir(path: Path) -> bool:
+    """Whether a directory is the leftover of an unfinished (e.g. killed) CheckpointWriter."""
+    return TEMP_MARKER in Path(path).name
