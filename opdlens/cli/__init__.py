@@ -1,0 +1,12 @@
+"""The `opdlens` command line: each command is one call into the library."""
+
+from . import scan  # noqa: F401  (registers the command)
+from ._app import app
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+__all__ = ["app", "main"]

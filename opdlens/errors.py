@@ -1,0 +1,23 @@
+"""The exceptions opdlens raises for user errors; the CLI turns each into one line."""
+
+from __future__ import annotations
+
+
+class OpdlensError(Exception):
+    """A user error: bad input, a bad option, or a checkpoint that cannot be read."""
+
+
+class CheckpointError(OpdlensError):
+    """A checkpoint file or directory that is missing, incomplete, corrupt or inconsistent."""
+
+
+class IncompleteCheckpointError(CheckpointError):
+    """A checkpoint that looks like it is still being written (an index names a missing shard)."""
+
+
+class UnsafePickleError(CheckpointError):
+    """A pickle checkpoint that cannot be loaded with weights_only=True."""
+
+
+class ScorerError(OpdlensError):
+    """A user-supplied scorer failed, timed out or printed no number."""

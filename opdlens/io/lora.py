@@ -1,0 +1,140 @@
+"""PEFT LoRA adapters as a tensor source: the base's tensors plus a factored update per target."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+from .sources import SafetensorsSource, Spec, TensorSource, load_pickle
+
+_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<emb>embedding_)?(?P<ab>[AB])(?:\.[A-Za-z_]\w*)?(?:\.weight)?$")
+
+
+def _pattern_value(patterns: Mapping[str, object], module: str, default: float) -> float:
+    for pat, value in patterns.items():
+        if re.fullmatch(rf"(.*\.)?{pat}", module):
+            return float(value)  # type: ignore[arg-type]
+    return default
+
+
+class LoraSource(TensorSource):
+    """A PEFT adapter directory; needs the base's source before any tensor can be read."""
+
+    def __init__(self, directory: Path, trust_pickle: bool) -> None:
+        self.directory = directory
+        cfg_path = directory / "adapter_config.json"
+        try:
+            self.adapter_config = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CheckpointError(f"{cfg_path}: not valid JSON.") from None
+        st = directory / "adapter_model.safetensors"
+        if st.is_file():
+            self.files = [st]
+            raw_src = SafetensorsSource([st], {})
+            raw = {n: raw_src.read(n) for n in raw_src.names()}  # adapters are small
+        else:
+            self.files = [directory / "adapter_model.bin"]
+            raw = {k: v for k, v in load_pickle(self.files[0], trust_pickle).items()}
+            from ..names import canonical_name
+
+            raw = {canonical_name(k): v for k, v in raw.items() if isinstance(v, torch.Tensor)}
+        self._a: dict[str, torch.Tensor] = {}
+        self._b: dict[str, torch.Tensor] = {}
+        self._embedding: set[str] = set()
+        self._full: dict[str, torch.Tensor] = {}  # modules_to_save: whole tensors
+        for key, t in raw.items():
+            if "lora_magnitude_vector" in key:
+                raise CheckpointError(
+                    f"{self.files[0]}: '{key}' is a DoRA magnitude; DoRA adapters are not supported."
+                )
+            m = _LORA_KEY.match(key)
+            if m is None:
+                self._full[key.replace(".modules_to_save.default", "")] = t
+                continue
+            target = m.group("module") + ".weight"
+            (self._a if m.group("ab") == "A" else self._b)[target] = t
+            if m.group("emb"):
+                self._embedding.add(target)
+        if set(self._a) != set(self._b):
+            odd = sorted(set(self._a) ^ set(self._b))
+            raise CheckpointError(f"{self.files[0]}: LoRA A/B factors unpaired for {odd[:3]}.")
+        self.tied = []
+        self.specs = {}
+        self._base: TensorSource | None = None
+
+    @property
+    def targets(self) -> list[str]:
+        return sorted(self._a)
+
+    def attach_base(self, base: TensorSource) -> None:
+        """Give the adapter the base weights it applies to; checks every target exists."""
+        for name in list(self._a) + list(self._full):
+            if name not in base.specs:
+                raise CheckpointError(
+                    f"{self.directory}: the adapter changes '{name}', which the base model "
+                    "does not have; is --base the model this adapter was trained on?"
+                )
+        for name in self._a:
+            out_in = self._oriented_shape(name)
+            spec = base.specs[name]
+            stored = out_in[::-1] if self._stored_transposed(name) else out_in
+            if tuple(stored) != spec.shape:
+                raise CheckpointError(
+                    f"{self.directory}: LoRA update of '{name}' has shape {list(stored)} but the "
+                    f"base tensor is {list(spec.shape)}."
+                )
+        self._base = base
+        self.specs = dict(base.specs)
+        self.tied = list(base.tied)
+
+    def _scale(self, name: str) -> float:
+        module = name[: -len(".weight")]
+        r = self._a[name].shape[0] if name not in self._embedding else self._a[name].shape[0]
+        cfg = self.adapter_config
+        alpha = _pattern_value(cfg.get("alpha_pattern") or {}, module, float(cfg.get("lora_alpha", r)))
+        return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+
+    def _stored_transposed(self, name: str) -> bool:
+        return name in self._embedding or bool(self.adapter_config.get("fan_in_fan_out"))
+
+    def _oriented_shape(self, name: str) -> tuple[int, int]:
+        a, b = self._a[name], self._b[name]
+        if name in self._embedding:  # A (r, vocab), B (hidden, r): stored Δ = (B A)ᵀ
+            return (b.shape[0], a.shape[1])
+        return (b.shape[0], a.shape[1])
+
+    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Return (scale·B, A) with Δ = (scale·B) @ A in the stored orientation, or None.
+
+        Shape: returns ((rows, r), (r, cols)) for a stored (rows, cols) tensor.
+        """
+        if name not in self._a:
+            return None
+        b = self._b[name].float() * self._scale(name)
+        a = self._a[name].float()
+        if self._stored_transposed(name):
+            return a.t().contiguous(), b.t().contiguous()  # (Δ)ᵀ = Aᵀ Bᵀ
+        return b, a
+
+    def read(self, name: str) -> torch.Tensor:
+        if self._base is None:
+            raise CheckpointError(f"{self.directory}: a LoRA adapter needs its base model (--base).")
+        if name in self._full:
+            return self._full[name].clone()
+        base = self._base.read(name)
+        f = self.factors(name)
+        if f is None:
+            return base
+        return (base.float() + f[0] @ f[1]).to(base.dtype)
+
+    def full_replacements(self) -> list[str]:
+        return sorted(self._full)
+
+    def spec(self, name: str) -> Spec:
+        return self.specs[name]

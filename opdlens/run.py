@@ -1,0 +1,298 @@
+"""Run and Checkpoint: the objects users hold to reach any tensor of any saved step."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError, IncompleteCheckpointError, OpdlensError
+from .io.discover import discover
+from .io.layouts import detect, open_source, read_config
+from .io.lora import LoraSource
+from .io.sources import Spec, TensorSource
+from .names import ModuleInfo, as_matrix, classify
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Checkpoint:
+    """The weights saved at one training step (or the base), read lazily per tensor."""
+
+    step: int | None
+    path: Path
+    layout: str
+    source: TensorSource
+    config: dict[str, object] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        """Canonical tensor names in this checkpoint."""
+        return self.source.names()
+
+    def spec(self, name: str) -> Spec:
+        """Shape and stored dtype of one tensor."""
+        return self.source.specs[name]
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """Read one tensor, in its stored dtype and orientation."""
+        if name not in self.source.specs:
+            raise KeyError(f"{self.path}: no tensor named '{name}'.")
+        return self.source.read(name)
+
+    @property
+    def files(self) -> list[Path]:
+        """The weight files this checkpoint reads."""
+        return list(self.source.files)
+
+    @property
+    def bytes_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+    @property
+    def num_params(self) -> int:
+        return sum(s.numel for s in self.source.specs.values())
+
+    @property
+    def dtype(self) -> str:
+        """The dominant stored dtype (by parameter count), e.g. 'bfloat16'."""
+        counts: dict[str, int] = {}
+        for s in self.source.specs.values():
+            key = str(s.dtype).removeprefix("torch.")
+            counts[key] = counts.get(key, 0) + s.numel
+        return max(counts, key=counts.__getitem__) if counts else "none"
+
+
+def _open_checkpoint(path: Path, step: int | None, trust_pickle: bool) -> Checkpoint:
+    det = detect(path)
+    config = read_config(det)
+    return Checkpoint(step, Path(path), det.layout, open_source(det, config, trust_pickle), config)
+
+
+class Run:
+    """A training run: a base (step 0) and checkpoints at later steps."""
+
+    def __init__(
+        self, base: Checkpoint, checkpoints: Mapping[int, Checkpoint], warnings: list[str]
+    ) -> None:
+        self.base = base
+        self.checkpoints = dict(sorted(checkpoints.items()))
+        self.warnings = list(warnings)
+        self.config: dict[str, object] = dict(base.config)
+        for ck in self.checkpoints.values():
+            if not self.config and ck.config:
+                self.config = dict(ck.config)
+        self._model_type = str(self.config.get("model_type") or "") or None
+        self.missing = self._find_missing()
+        self.tensor_names = [
+            n for n in base.names() if all(n in ck.source.specs for ck in self.checkpoints.values())
+        ]
+        self._check_shapes()
+
+    # -- structure -------------------------------------------------------------------------
+    @property
+    def steps(self) -> list[int]:
+        """Saved steps after the base, ascending (step 0 excluded)."""
+        return [s for s in self.checkpoints if s != 0]
+
+    @property
+    def final_step(self) -> int:
+        if not self.steps:
+            raise OpdlensError("The run has no checkpoint after its base; nothing to analyse.")
+        return self.steps[-1]
+
+    def checkpoint(self, step: int) -> Checkpoint:
+        """The checkpoint saved at ``step`` (0 is the base)."""
+        if step == 0:
+            return self.base
+        if step not in self.checkpoints:
+            raise OpdlensError(
+                f"Step {step} is not in the run; saved steps are {self.steps or 'none'}."
+            )
+        return self.checkpoints[step]
+
+    def module(self, name: str) -> ModuleInfo:
+        """Layer, block and kind of a tensor (design.md)."""
+        return classify(name, model_type=self._model_type)
+
+    def select(self, patterns: Iterable[str] | None = None) -> list[str]:
+        """Tensor names matching any of the glob patterns (all common tensors when None)."""
+        if not patterns:
+            return list(self.tensor_names)
+        pats = list(patterns)
+        chosen = [n for n in self.tensor_names if any(fnmatch.fnmatchcase(n, p) for p in pats)]
+        if not chosen:
+            raise OpdlensError(f"No tensor matches {pats}; names look like '{self.tensor_names[0]}'.")
+        return chosen
+
+    # -- updates ---------------------------------------------------------------------------
+    def weight(self, name: str, step: int) -> torch.Tensor:
+        """W_step for one tensor in float32, as (out, in) for matrices."""
+        return as_matrix(self.checkpoint(step).tensor(name).float(), self.module(name))
+
+    def delta(self, name: str, step: int, *, ref: int = 0) -> torch.Tensor:
+        """Δ = W_step − W_ref in float32, as (out, in) for matrices."""
+        f = self.factored_delta(name, step, ref=ref)
+        if f is not None:
+            return f[0] @ f[1]
+        return self.weight(name, step) - self.weight(name, ref)
+
+    def factored_delta(
+        self, name: str, step: int, *, ref: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Δ = B @ A from LoRA factors, (out, in) oriented, without forming it; None if dense."""
+        terms = []
+        for s, sign in ((step, 1.0), (ref, -1.0)):
+            src = self.checkpoint(s).source
+            if src is self.base.source:
+                continue  # W_0 itself: contributes no update
+            if not isinstance(src, LoraSource) or name in src.full_replacements():
+                return None
+            f = src.factors(name)
+            if f is not None:
+                terms.append((f[0] * sign, f[1]))
+        if not terms:
+            return None
+        b = torch.cat([t[0] for t in terms], dim=1)  # (rows, r_total)
+        a = torch.cat([t[1] for t in terms], dim=0)  # (r_total, cols)
+        if self.module(name).transposed:
+            return a.t(), b.t()
+        return b, a
+
+    # -- checks ----------------------------------------------------------------------------
+    def _find_missing(self) -> dict[str, list[int]]:
+        every = [self.base, *self.checkpoints.values()]
+        union: dict[str, None] = {}
+        for ck in every:
+            union.update(dict.fromkeys(ck.names()))
+        missing: dict[str, list[int]] = {}
+        for name in union:
+            absent = [ck.step if ck.step is not None else 0 for ck in every if name not in ck.source.specs]
+            if absent:
+                missing[name] = absent
+        for name, absent in missing.items():
+            self.warnings.append(
+                f"tensor '{name}' is missing at step(s) {absent}; it is left out of the analysis."
+            )
+        return missing
+
+    def _check_shapes(self) -> None:
+        for name in self.tensor_names:
+            ref = self.base.spec(name)
+            for ck in self.checkpoints.values():
+                got = ck.spec(name)
+                if got.shape != ref.shape:
+                    raise CheckpointError(
+                        f"tensor '{name}' has shape {list(got.shape)} at step {ck.step} "
+                        f"({ck.path}) but {list(ref.shape)} in the base ({self.base.path}); "
+                        "checkpoints of one run must have the same architecture."
+                    )
+
+    def check_finite(self, name: str, step: int) -> bool:
+        """True when every value of the tensor at ``step`` is finite."""
+        t = self.checkpoint(step).tensor(name)
+        return bool(torch.isfinite(t.float()).all()) if t.is_floating_point() else True
+
+    def __repr__(self) -> str:
+        return (
+            f"Run(base={self.base.path}, steps={self.steps}, tensors={len(self.tensor_names)}, "
+            f"layout={self.base.layout})"
+        )
+
+
+def open_run(
+    path: str | Path | None = None,
+    base: str | Path | None = None,
+    *,
+    checkpoints: Mapping[int, str | Path] | None = None,
+    trust_pickle: bool = False,
+    skip_incomplete: bool = False,
+) -> Run:
+    """Find every checkpoint of a run, its step and its base, reading file headers only.
+
+    Args:
+        path: the run directory (checkpoint-<N>/, global_step_<N>/, step_<N>/, …).
+        base: the model the run started from, when the run has no step-0 checkpoint.
+        checkpoints: explicit step → checkpoint directory mapping, added to (or instead of) path.
+        trust_pickle: allow .bin/.pt files that need code execution to unpickle.
+        skip_incomplete: skip checkpoints still being written (with a warning) instead of failing.
+
+    Raises:
+        CheckpointError: a missing, empty, corrupt or inconsistent checkpoint; no base.
+    """
+    warnings: list[str] = []
+    dirs: dict[int, Path] = {}
+    if path is not None:
+        found, w = discover(Path(path))
+        dirs.update(found)
+        warnings += w
+    for step, p in (checkpoints or {}).items():
+        step = int(step)
+        if step < 0:
+            raise OpdlensError(f"Checkpoint steps must be ≥ 0; got {step} for {p}.")
+        if step in dirs and Path(p).resolve() != dirs[step].resolve():
+            raise CheckpointError(f"step {step} appears twice ({dirs[step]} and {p}).")
+        dirs[step] = Path(p)
+    if path is None and not dirs:
+        raise OpdlensError("Give a run directory or at least one --checkpoint STEP=PATH.")
+    opened: dict[int, Checkpoint] = {}
+    for step, d in sorted(dirs.items()):
+        try:
+            opened[step] = _open_checkpoint(d, step, trust_pickle)
+        except IncompleteCheckpointError as e:
+            if not skip_incomplete:
+                raise IncompleteCheckpointError(
+                    f"{e} Wait for it to finish, or skip it (scan skips it; elsewhere "
+                    "--skip-incomplete)."
+                ) from None
+            warnings.append(f"skipped step {step}: {e}")
+    base_ck = _resolve_base(base, opened, path, trust_pickle, warnings)
+    if isinstance(base_ck.source, LoraSource):
+        raise CheckpointError(
+            f"{base_ck.path}: a LoRA adapter cannot be the base; pass --base PATH (Python: "
+            "base=PATH) pointing at the full model the adapters were trained on."
+        )
+    for ck in opened.values():
+        if isinstance(ck.source, LoraSource):
+            ck.source.attach_base(base_ck.source)
+            ck.config = ck.config or dict(base_ck.config)
+    if 0 in opened and opened[0] is not base_ck and isinstance(opened[0].source, LoraSource):
+        warnings.append(f"{opened[0].path}: the step-0 adapter is not used; W_0 is the base model.")
+    opened.pop(0, None)
+    if not opened:
+        raise CheckpointError(
+            f"{path or base}: the run has a base but no checkpoint after it; nothing to compare."
+        )
+    return Run(base_ck, opened, warnings)
+
+
+def _resolve_base(
+    base: str | Path | None,
+    opened: dict[int, Checkpoint],
+    path: str | Path | None,
+    trust_pickle: bool,
+    warnings: list[str],
+) -> Checkpoint:
+    if base is not None:
+        if 0 in opened:
+            warnings.append(f"using --base {base} instead of the run's step-0 checkpoint.")
+        return _open_checkpoint(Path(base), None, trust_pickle)
+    if 0 in opened:
+        ck = opened[0]
+        if not isinstance(ck.source, LoraSource):
+            return ck
+    lora = next((c for c in opened.values() if isinstance(c.source, LoraSource)), None)
+    if lora is not None:
+        guess = lora.source.adapter_config.get("base_model_name_or_path")  # type: ignore[union-attr]
+        if guess and Path(str(guess)).is_dir():
+            warnings.append(f"base taken from adapter_config.json: {guess}")
+            return _open_checkpoint(Path(str(guess)), None, trust_pickle)
+    steps = sorted(opened)
+    raise CheckpointError(
+        f"{path}: the run has no base — no step-0 checkpoint among steps {steps}. Pass --base PATH "
+        "(Python: open_run(path, base=PATH)) pointing at the model the run started from."
+    )
