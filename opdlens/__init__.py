@@ -1,5 +1,6 @@
 """opdlens: how post-training moves a language model's weights, from the checkpoints a run saved."""
 
+from .analysis.frame import summarize
 from .errors import CheckpointError, IncompleteCheckpointError, OpdlensError, UnsafePickleError
 from .names import ModuleInfo, canonical_name, classify
 from .run import Checkpoint, Run, open_run
@@ -18,4 +19,5 @@ __all__ = [
     "canonical_name",
     "classify",
     "open_run",
+    "summarize",
 ]

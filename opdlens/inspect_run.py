@@ -38,4 +38,6 @@ def describe_frame(run: Run) -> pd.DataFrame:
     """One row per checkpoint (base first) with step, path, layout, tensors, params, dtype, bytes."""
     d = describe(run)
     df = pd.DataFrame([d["base"], *d["checkpoints"]])
-    return df.astype({"step": "int64", "num_tensors": "int64", "num_params": "int64", "bytes": "int64"})
+    return df.astype(
+        {"step": "int64", "num_tensors": "int64", "num_params": "int64", "bytes": "int64"}
+    )

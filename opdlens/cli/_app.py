@@ -23,16 +23,23 @@ app = typer.Typer(
 
 F = TypeVar("F", bound=Callable[..., object])
 
-RunArg = Annotated[Path, typer.Argument(help="Run directory holding checkpoint-<N>/, global_step_<N>/, step_<N>/ …")]
+RunArg = Annotated[
+    Path,
+    typer.Argument(help="Run directory holding checkpoint-<N>/, global_step_<N>/, step_<N>/ …"),
+]
 BaseOpt = Annotated[
-    Path | None, typer.Option("--base", help="Model the run started from, if it has no step-0 checkpoint.")
+    Path | None,
+    typer.Option("--base", help="Model the run started from, if it has no step-0 checkpoint."),
 ]
 CheckpointOpt = Annotated[
     list[str] | None,
-    typer.Option("--checkpoint", help="Explicit STEP=PATH (repeatable) for layouts not found automatically."),
+    typer.Option(
+        "--checkpoint", help="Explicit STEP=PATH (repeatable) for layouts not found automatically."
+    ),
 ]
 TrustPickleOpt = Annotated[
-    bool, typer.Option("--trust-pickle", help="Allow .bin/.pt files that need code execution to load.")
+    bool,
+    typer.Option("--trust-pickle", help="Allow .bin/.pt files that need code execution to load."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
@@ -43,7 +50,9 @@ def parse_checkpoints(items: list[str] | None) -> dict[int, Path]:
     for item in items or []:
         step, sep, path = item.partition("=")
         if not sep or not step.strip().isdigit() or not path:
-            raise OpdlensError(f"--checkpoint takes STEP=PATH with a whole-number step; got '{item}'.")
+            raise OpdlensError(
+                f"--checkpoint takes STEP=PATH with a whole-number step; got '{item}'."
+            )
         out[int(step)] = Path(path)
     return out
 

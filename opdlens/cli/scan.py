@@ -9,7 +9,16 @@ import typer
 
 from ..inspect_run import describe, describe_frame
 from ..run import open_run
-from ._app import BaseOpt, CheckpointOpt, RunArg, TrustPickleOpt, app, echo, handle_errors, parse_checkpoints
+from ._app import (
+    BaseOpt,
+    CheckpointOpt,
+    RunArg,
+    TrustPickleOpt,
+    app,
+    echo,
+    handle_errors,
+    parse_checkpoints,
+)
 
 
 @app.command()
@@ -19,7 +28,9 @@ def scan(
     base: BaseOpt = None,
     checkpoint: CheckpointOpt = None,
     trust_pickle: TrustPickleOpt = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of a table.")
+    ] = False,
 ) -> None:
     """List the checkpoints of a run: step, path, layout, tensors, parameters, dtype, bytes."""
     r = open_run(run, base, checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle,

@@ -1,0 +1,124 @@
+"""Run per-tensor sweep tasks inline, on a local process pool, or on a Ray cluster."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import OpdlensError
+from ..run import Run, open_run
+from .cache import FactorCache
+from .sweep import SweepOptions, TensorResult, sweep_tensor
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs to sweep tensors: how to open the run, and what to compute."""
+
+    open_args: dict
+    options: SweepOptions
+    cache_dir: str | None
+    keys: dict[int, str]
+
+
+_RUNS: dict[str, Run] = {}
+
+
+def _worker_run(job: Job) -> Run:
+    key = repr(sorted(job.open_args.items()))
+    if key not in _RUNS:
+        _RUNS.clear()
+        _RUNS[key] = open_run(**job.open_args)
+    return _RUNS[key]
+
+
+def run_task(job: Job, name: str, run: Run | None = None) -> tuple[str, TensorResult]:
+    """Sweep one tensor (in whatever process this runs in) and save its cache file."""
+    run = run if run is not None else _worker_run(job)
+    cache = FactorCache(Path(job.cache_dir), job.keys).tensor(name) if job.cache_dir else None
+    result = sweep_tensor(run, name, job.options, cache)
+    if cache is not None:
+        if cache.warning:
+            result.warnings.append(cache.warning)
+        cache.save()
+    return name, result
+
+
+def _pin_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def _init_local(threads: int) -> None:
+    _pin_threads(threads)
+
+
+def iter_local(
+    job: Job, names: Sequence[str], run: Run, workers: int
+) -> Iterator[tuple[str, TensorResult]]:
+    """Yield (name, result) as tasks finish: inline for one worker, else a spawn process pool."""
+    if workers <= 1:
+        for name in names:
+            yield run_task(job, name, run)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    # One BLAS thread per worker: oversubscribed small SVDs are many times slower on few cores.
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_local, initargs=(1,)
+    ) as pool:
+        futures = [pool.submit(run_task, job, name) for name in names]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
+def iter_ray(
+    job: Job, names: Sequence[str], address: str | None
+) -> Iterator[tuple[str, TensorResult]]:
+    """Yield (name, result) from one Ray task per tensor."""
+    try:
+        import ray
+    except ImportError:
+        raise OpdlensError(
+            "--executor ray needs Ray, which is not installed; install it with "
+            "`pip install 'opdlens[ray]'` (or `pip install ray`)."
+        ) from None
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        started = True
+    try:
+        remote = ray.remote(num_cpus=1)(_ray_task)
+        job_ref = ray.put(job)
+        pending = {remote.remote(job_ref, name): name for name in names}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                pending.pop(ref)
+                yield ray.get(ref)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _ray_task(job: Job, name: str) -> tuple[str, TensorResult]:
+    _pin_threads(1)
+    return run_task(job, name)
+
+
+def make_iterator(
+    executor: str, job: Job, names: Sequence[str], run: Run, workers: int, address: str | None
+) -> Iterator[tuple[str, TensorResult]]:
+    """Pick the executor by name."""
+    if executor == "local":
+        return iter_local(job, names, run, workers)
+    if executor == "ray":
+        return iter_ray(job, names, address)
+    raise ValueError(
+        f"The 'executor' parameter must be 'local' or 'ray'. Got {executor!r} instead."
+    )

@@ -1,0 +1,53 @@
+"""Write an analysis to a directory: metrics.parquet, metrics.csv, provenance.json and the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..io.paths import ensure_outside, write_text_atomic
+from ..provenance import record
+from ..run import Run
+from .analyze import Analysis, run_analysis
+from .frame import summarize
+
+
+def final_summary(df: pd.DataFrame, final: int) -> pd.DataFrame:
+    """Update share and energy_k by block at the final step (cumulative update)."""
+    sub = df[(df["step"] == final) & (df["update"] == "cumulative")]
+    s = summarize(sub, by=("block",))
+    cols = ["block", "tensors", "update_share", "rel_update_norm"] + [
+        c for c in s.columns if c.startswith("energy_k")
+    ]
+    return s[cols].sort_values("update_share", ascending=False)
+
+
+def write_analysis(run: Run, out: str | Path, **options: Any) -> tuple[Analysis, pd.DataFrame]:
+    """Analyse ``run`` and write its outputs under ``out`` (never inside an input)."""
+    inputs = [run.base.path, *(ck.path for ck in run.checkpoints.values())]
+    if run.open_args.get("path"):
+        inputs.append(Path(str(run.open_args["path"])))
+    out = ensure_outside(Path(out), inputs, "output")
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_analysis(run, cache_dir=out / "cache", **options)
+    t = time.perf_counter()
+    df = result.frame
+    for name, writer in (("metrics.parquet", lambda p: df.to_parquet(p, index=False)),
+                         ("metrics.csv", lambda p: df.to_csv(p, index=False))):  # fmt: skip
+        tmp = out / f".{name}.tmp-{os.getpid()}"
+        writer(tmp)
+        os.replace(tmp, out / name)
+    result.timings["write"] = time.perf_counter() - t
+    final = result.options.final if result.options.final is not None else run.final_step
+    opts = {k: v for k, v in options.items() if k != "progress"}
+    prov = record(
+        run, opts, final_step=final, steps=run.steps, rows=len(df), warnings=result.warnings,
+        wall_time_s=result.timings, svd_calls=result.svd_calls, cache_hits=result.cache_hits,
+    )  # fmt: skip
+    write_text_atomic(out / "provenance.json", json.dumps(prov, indent=2, default=str))
+    return result, final_summary(df, final)

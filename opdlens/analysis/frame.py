@@ -1,0 +1,108 @@
+"""Build the tidy metrics DataFrame from per-tensor rows, and aggregate it by module."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+ID_COLUMNS = [
+    "step",
+    "update",
+    "tensor",
+    "layer",
+    "block",
+    "kind",
+    "expert",
+    "part",
+    "rows",
+    "cols",
+    "numel",
+]
+
+
+def metric_columns(ranks: Sequence[int], full_spectrum: bool) -> list[str]:
+    """Metric columns in design.md's order and spelling."""
+    cols = ["update_norm", "base_norm", "rel_update_norm", "update_share"]
+    cols += [f"energy_k{k}" for k in ranks] + ["stable_rank"]
+    cols += [f"align_left_k{k}" for k in ranks] + [f"align_right_k{k}" for k in ranks]
+    cols += [f"gap_k{k}" for k in ranks] + ["cos_to_final"]
+    if full_spectrum:
+        cols.append("effective_rank")
+    return cols + ["nonfinite"]
+
+
+def build_frame(
+    rows: list[dict[str, object]], order: Sequence[str], ranks: Sequence[int], full_spectrum: bool
+) -> pd.DataFrame:
+    """One row per (step, update, tensor, slice) with real dtypes and update_share filled in."""
+    cols = ID_COLUMNS + metric_columns(ranks, full_spectrum)
+    if not rows:
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in cols})
+    df = pd.DataFrame(rows)
+    sq = df["update_sq"].astype("float64")
+    total = sq.groupby([df["update"], df["step"]]).transform(lambda s: s.sum(min_count=1))
+    df["update_share"] = np.where(total > 0, sq / total, np.nan)
+    rank = {name: i for i, name in enumerate(order)}
+    df["_order"] = df["tensor"].map(rank)
+    df = df.sort_values(
+        ["update", "step", "_order", "expert", "part"], na_position="first", kind="stable"
+    )
+    df = df[cols].reset_index(drop=True)
+    return df.astype(
+        {
+            "step": "int64",
+            "update": "string",
+            "tensor": "string",
+            "layer": "Int64",
+            "block": "string",
+            "kind": "string",
+            "expert": "Int64",
+            "part": "string",
+            "rows": "int64",
+            "cols": "int64",
+            "numel": "int64",
+            "nonfinite": "bool",
+        }  # fmt: skip
+    )
+
+
+def _weighted(values: pd.Series, weights: pd.Series) -> float:
+    ok = values.notna() & weights.notna() & (weights > 0)
+    if not ok.any():
+        return np.nan
+    return float(np.average(values[ok], weights=weights[ok]))
+
+
+def summarize(df: pd.DataFrame, by: Sequence[str] = ("layer", "block")) -> pd.DataFrame:
+    """Aggregate rows per step and group: shares sum, norms root-sum-square, ratios energy-weighted."""
+    missing = [
+        c for c in ("step", "update_norm", "base_norm", "update_share", *by) if c not in df.columns
+    ]
+    if missing:
+        raise ValueError(
+            f"The 'df' argument of summarize needs the columns {missing}; got {list(df.columns)}. "
+            "Pass the DataFrame returned by Run.analyze."
+        )
+    keys = [c for c in ("run", "update") if c in df.columns and c not in by] + ["step", *by]
+    ratio_cols = [
+        c for c in df.columns
+        if c.startswith(("energy_k", "align_left_k", "align_right_k", "gap_k")) or c in ("cos_to_final", "stable_rank", "effective_rank")
+    ]  # fmt: skip
+    out = []
+    for key, g in df.groupby(keys, dropna=False, sort=True):
+        w = g["update_norm"] ** 2
+        rec = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+        rec["tensors"] = int(g["tensor"].nunique())
+        rec["numel"] = int(g["numel"].sum()) if "numel" in g else 0
+        rec["update_norm"] = float(np.sqrt(w.sum(min_count=1)))
+        rec["base_norm"] = float(np.sqrt((g["base_norm"] ** 2).sum()))
+        rec["rel_update_norm"] = (
+            rec["update_norm"] / rec["base_norm"] if rec["base_norm"] > 0 else np.inf
+        )
+        rec["update_share"] = float(g["update_share"].sum(min_count=1))
+        for c in ratio_cols:
+            rec[c] = _weighted(g[c], w)
+        out.append(rec)
+    return pd.DataFrame(out)

@@ -1,0 +1,93 @@
+"""`opdlens analyze`: metrics for every (step, tensor) of a run, written as Parquet, CSV and JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..analysis.export import write_analysis
+from ..run import open_run
+from ._app import (
+    BaseOpt,
+    CheckpointOpt,
+    QuietOpt,
+    RunArg,
+    TrustPickleOpt,
+    app,
+    echo,
+    handle_errors,
+    parse_checkpoints,
+)
+
+
+def parse_ints(text: str, option: str) -> list[int]:
+    """Parse '1,4,16' into integers, with an error naming the option."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(
+            f"{option} takes comma-separated whole numbers, e.g. 1,4,16; got '{text}'."
+        ) from None
+
+
+@app.command()
+@handle_errors
+def analyze(
+    run: RunArg,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output directory for metrics and provenance.")
+    ],
+    base: BaseOpt = None,
+    checkpoint: CheckpointOpt = None,
+    final: Annotated[
+        int | None, typer.Option(help="Step taken as the final update (default: last).")
+    ] = None,
+    ranks: Annotated[
+        str, typer.Option(help="K values for energy/alignment/gap, e.g. 1,4,16.")
+    ] = "1,4,16",
+    tensors: Annotated[
+        list[str] | None,
+        typer.Option("--tensors", help="Only tensors matching this glob (repeatable)."),
+    ] = None,
+    consecutive: Annotated[
+        bool, typer.Option(help="Also analyse the step-to-step update W_t − W_prev.")
+    ] = False,
+    full_spectrum: Annotated[
+        bool, typer.Option(help="Full SVD for effective_rank (slow on large matrices).")
+    ] = False,
+    split_fused: Annotated[
+        bool, typer.Option(help="Report fused qkv / gate_up tensors per logical part.")
+    ] = True,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (default: number of cores).")
+    ] = None,
+    executor: Annotated[str, typer.Option(help="local or ray.")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (with --executor ray).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    trust_pickle: TrustPickleOpt = False,
+    skip_incomplete: Annotated[
+        bool, typer.Option(help="Skip checkpoints still being written.")
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Compute update norms, module allocation, low-rank concentration and alignment for a run."""
+    if address is not None and executor != "ray":
+        raise ValueError("--address is for a Ray cluster; add --executor ray or drop --address.")
+    r = open_run(run, base, checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle,
+                 skip_incomplete=skip_incomplete)  # fmt: skip
+    result, summary = write_analysis(
+        r, out, ranks=parse_ints(ranks, "--ranks"), final=final, tensors=tensors, consecutive=consecutive,
+        full_spectrum=full_spectrum, split_fused=split_fused, workers=workers, executor=executor,
+        address=address, device=device, progress=not quiet,
+    )  # fmt: skip
+    echo(
+        f"final step {result.options.final or r.final_step}: update share and low-rank energy by block"
+    )
+    echo(summary.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    echo(f"\nwrote {out}/metrics.parquet, metrics.csv, provenance.json ({len(result.frame)} rows)")
+    for w in result.warnings[:20]:
+        typer.echo(f"warning: {w}", err=True)
