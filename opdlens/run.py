@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from .errors import CheckpointError, IncompleteCheckpointError, OpdlensError
@@ -92,6 +93,7 @@ class Run:
             n for n in base.names() if all(n in ck.source.specs for ck in self.checkpoints.values())
         ]
         self._check_shapes()
+        self.open_args: dict[str, object] = {}
 
     # -- structure -------------------------------------------------------------------------
     @property
@@ -162,6 +164,33 @@ class Run:
         if self.module(name).transposed:
             return a.t(), b.t()
         return b, a
+
+    # -- analysis --------------------------------------------------------------------------
+    def analyze(
+        self,
+        ranks: Sequence[int] = (1, 4, 16),
+        final: int | None = None,
+        *,
+        tensors: Sequence[str] | None = None,
+        consecutive: bool = False,
+        full_spectrum: bool = False,
+        split_fused: bool = True,
+        workers: int | None = None,
+        executor: str = "local",
+        address: str | None = None,
+        device: str = "cpu",
+        cache_dir: str | Path | None = None,
+        progress: bool = False,
+    ) -> pd.DataFrame:
+        """Metrics of design.md for every (step, tensor[, expert, part]) as a tidy DataFrame."""
+        from .analysis.analyze import analyze
+
+        return analyze(
+            self, ranks=ranks, final=final, tensors=tensors, consecutive=consecutive,
+            full_spectrum=full_spectrum, split_fused=split_fused, workers=workers,
+            executor=executor, address=address, device=device, cache_dir=cache_dir,
+            progress=progress,
+        )  # fmt: skip
 
     # -- checks ----------------------------------------------------------------------------
     def _find_missing(self) -> dict[str, list[int]]:
@@ -267,7 +296,14 @@ def open_run(
         raise CheckpointError(
             f"{path or base}: the run has a base but no checkpoint after it; nothing to compare."
         )
-    return Run(base_ck, opened, warnings)
+    run = Run(base_ck, opened, warnings)
+    # How to open this run again, e.g. in a worker process.
+    run.open_args = {
+        "path": None if path is None else str(path), "base": None if base is None else str(base),
+        "checkpoints": {int(k): str(v) for k, v in (checkpoints or {}).items()},
+        "trust_pickle": trust_pickle, "skip_incomplete": skip_incomplete,
+    }  # fmt: skip
+    return run
 
 
 def _resolve_base(
