@@ -13,7 +13,9 @@ import torch
 from ..errors import CheckpointError
 from .sources import SafetensorsSource, Spec, TensorSource, load_pickle
 
-_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<emb>embedding_)?(?P<ab>[AB])(?:\.[A-Za-z_]\w*)?(?:\.weight)?$")
+_LORA_KEY = re.compile(
+    r"^(?P<module>.+)\.lora_(?P<emb>embedding_)?(?P<ab>[AB])(?:\.[A-Za-z_]\w*)?(?:\.weight)?$"
+)
 
 
 def _pattern_value(patterns: Mapping[str, object], module: str, default: float) -> float:
@@ -55,7 +57,9 @@ class LoraSource(TensorSource):
                 )
             m = _LORA_KEY.match(key)
             if m is None:
-                self._full[key.replace(".modules_to_save.default", "")] = t
+                # modules_to_save copies, and the base layer peft saves with an embedding target
+                full = key.replace(".modules_to_save.default", "").replace(".base_layer.", ".")
+                self._full[full] = t
                 continue
             target = m.group("module") + ".weight"
             (self._a if m.group("ab") == "A" else self._b)[target] = t
@@ -89,6 +93,15 @@ class LoraSource(TensorSource):
                     f"{self.directory}: LoRA update of '{name}' has shape {list(stored)} but the "
                     f"base tensor is {list(spec.shape)}."
                 )
+        for name in list(self._full):
+            if self._full[name].shape != base.specs[name].shape:
+                raise CheckpointError(
+                    f"{self.directory}: the adapter stores '{name}' with shape "
+                    f"{list(self._full[name].shape)} but the base tensor is "
+                    f"{list(base.specs[name].shape)}."
+                )
+            if torch.equal(self._full[name], base.read(name)):
+                del self._full[name]  # a saved copy of the unchanged base layer: W = W_0 + B A
         self._base = base
         self.specs = dict(base.specs)
         self.tied = list(base.tied)
@@ -97,7 +110,9 @@ class LoraSource(TensorSource):
         module = name[: -len(".weight")]
         r = self._a[name].shape[0] if name not in self._embedding else self._a[name].shape[0]
         cfg = self.adapter_config
-        alpha = _pattern_value(cfg.get("alpha_pattern") or {}, module, float(cfg.get("lora_alpha", r)))
+        alpha = _pattern_value(
+            cfg.get("alpha_pattern") or {}, module, float(cfg.get("lora_alpha", r))
+        )
         return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
 
     def _stored_transposed(self, name: str) -> bool:
@@ -124,10 +139,10 @@ class LoraSource(TensorSource):
 
     def read(self, name: str) -> torch.Tensor:
         if self._base is None:
-            raise CheckpointError(f"{self.directory}: a LoRA adapter needs its base model (--base).")
-        if name in self._full:
-            return self._full[name].clone()
-        base = self._base.read(name)
+            raise CheckpointError(
+                f"{self.directory}: a LoRA adapter needs its base model (--base)."
+            )
+        base = self._full[name].clone() if name in self._full else self._base.read(name)
         f = self.factors(name)
         if f is None:
             return base

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from abc import ABC, abstractmethod
 import pickle
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,7 +199,9 @@ class FsdpSource(TensorSource):
             assert m is not None
             w, r = int(m.group(1)), int(m.group(2))
             if world is not None and w != world:
-                raise CheckpointError(f"{f.parent}: rank files of different world sizes ({world}, {w}).")
+                raise CheckpointError(
+                    f"{f.parent}: rank files of different world sizes ({world}, {w})."
+                )
             world = w
             ranks[r] = f
         assert world is not None
