@@ -1,0 +1,105 @@
+"""PEFT LoRA adapters: the update is scale·B@A, factored, and equals peft's own merge."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from checkpoints import write_peft_run
+from safetensors.torch import load_file
+
+import opdlens
+
+
+def _merged_delta(base_dir, adapter_dir) -> dict[str, torch.Tensor]:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    w0 = {k: v.clone() for k, v in base.state_dict().items()}
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().state_dict()
+    return {k: merged[k] - w0[k] for k in w0}
+
+
+@pytest.fixture(scope="module")
+def base_dir(hf_run):
+    return hf_run("llama", "safetensors", dtype=torch.float32) / "checkpoint-0"
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"use_rslora": True},
+        {"rank_pattern": {"down_proj": 2}, "alpha_pattern": {"v_proj": 32}},
+    ],
+    ids=["plain", "rslora", "patterns"],
+)
+def test_lora_factored_delta_and_merge(tmp_path, base_dir, kw):
+    root = write_peft_run(tmp_path / "run", base_dir, steps=(1, 2), r=4, lora_alpha=8, **kw)
+    run = opdlens.open_run(root, base=base_dir)
+    assert run.checkpoint(2).layout == "peft-lora"
+    raw = load_file(root / "checkpoint-2" / "adapter_model.safetensors")
+    targets = [n for n in run.tensor_names if n.endswith(("q_proj.weight", "v_proj.weight",
+                                                          "down_proj.weight"))]  # fmt: skip
+    assert len(targets) == 6
+    merged = _merged_delta(base_dir, root / "checkpoint-2")
+    for name in targets:
+        mod = "base_model.model." + name.removesuffix(".weight")
+        a, b = raw[mod + ".lora_A.weight"], raw[mod + ".lora_B.weight"]
+        r = a.shape[0]
+        alpha = 32 if "v_proj" in name and "alpha_pattern" in kw else 8
+        scale = alpha / r**0.5 if kw.get("use_rslora") else alpha / r
+        if "rank_pattern" in kw and "down_proj" in name:
+            assert r == 2
+        want = scale * b.double() @ a.double()
+        f = run.factored_delta(name, 2)
+        assert f is not None and f[0].shape[1] == r
+        torch.testing.assert_close((f[0].double() @ f[1].double()), want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(run.delta(name, 2), merged[name], rtol=1e-4, atol=1e-5)
+    # Untargeted tensors do not move; their update is exactly zero.
+    assert run.factored_delta("model.layers.0.self_attn.k_proj.weight", 2) is None
+    assert not run.delta("model.layers.0.self_attn.k_proj.weight", 2).any()
+    # Between two adapter steps the factors stack: Δ_2 − Δ_1.
+    f = run.factored_delta(targets[0], 2, ref=1)
+    want = run.delta(targets[0], 2) - run.delta(targets[0], 1)
+    torch.testing.assert_close(f[0] @ f[1], want, rtol=1e-4, atol=1e-5)
+
+
+def test_lora_base_from_adapter_config(tmp_path, base_dir):
+    root = write_peft_run(tmp_path / "run", base_dir, steps=(3,))
+    run = opdlens.open_run(root)  # base_model_name_or_path points at base_dir
+    assert run.base.path == base_dir
+    assert any("adapter_config.json" in w for w in run.warnings)
+
+
+def test_lora_conv1d_fan_in_fan_out(tmp_path, hf_run):
+    base = hf_run("gpt2", "safetensors", dtype=torch.float32) / "checkpoint-0"
+    root = write_peft_run(tmp_path / "run", base, steps=(1,), target_modules=["c_attn", "c_fc"],
+                          fan_in_fan_out=True)  # fmt: skip
+    run = opdlens.open_run(root, base=base)
+    merged = _merged_delta(base, root / "checkpoint-1")
+    name = "transformer.h.1.attn.c_attn.weight"
+    f = run.factored_delta(name, 1)
+    assert f[0].shape == (96, 4) and f[1].shape == (4, 32)  # (out, r), (r, in)
+    torch.testing.assert_close(f[0] @ f[1], merged[name].t(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(run.delta(name, 1), merged[name].t(), rtol=1e-4, atol=1e-5)
+
+
+def test_lora_embedding_with_saved_base_layer(tmp_path, base_dir):
+    # Targeting embed_tokens makes peft also save embed_tokens.base_layer.weight.
+    root = write_peft_run(tmp_path / "run", base_dir, steps=(1,), target_modules=["embed_tokens",
+                                                                                  "q_proj"])  # fmt: skip
+    run = opdlens.open_run(root, base=base_dir)
+    merged = _merged_delta(base_dir, root / "checkpoint-1")
+    name = "model.embed_tokens.weight"
+    torch.testing.assert_close(run.delta(name, 1), merged[name], rtol=1e-4, atol=1e-5)
+    f = run.factored_delta(name, 1)
+    assert f is not None
+    torch.testing.assert_close(f[0] @ f[1], merged[name], rtol=1e-4, atol=1e-5)
+
+
+def test_lora_adapter_cannot_be_base(tmp_path, base_dir):
+    root = write_peft_run(tmp_path / "run", base_dir, steps=(0, 1))
+    with pytest.raises(opdlens.CheckpointError, match="LoRA adapter cannot be the base"):
+        opdlens.open_run(root, checkpoints={0: root / "checkpoint-0", 1: root / "checkpoint-1"},
+                         base=root / "checkpoint-0")  # fmt: skip

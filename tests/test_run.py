@@ -1,0 +1,77 @@
+"""Run: names matched across wrappers, missing tensors, tied embeddings, selection."""
+
+from __future__ import annotations
+
+import torch
+from checkpoints import write_state_dir
+
+import opdlens
+
+
+def _state(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "model.embed_tokens.weight": torch.randn(10, 4, generator=g),
+        "model.layers.0.self_attn.q_proj.weight": torch.randn(4, 4, generator=g),
+        "model.layers.0.mlp.down_proj.weight": torch.randn(4, 6, generator=g),
+        "model.norm.weight": torch.randn(4, generator=g),
+    }
+
+
+def test_wrapper_prefixes_match_across_checkpoints(tmp_path):
+    prefixes = {0: "", 1: "module.", 2: "_orig_mod.", 3: "module._orig_mod."}
+    states = {s: _state(s) for s in prefixes}
+    for s, p in prefixes.items():
+        write_state_dir(tmp_path / f"step_{s}", {p + k: v for k, v in states[s].items()},
+                        layout="bin" if s % 2 else "safetensors")  # fmt: skip
+    # multimodal wrapper: model.language_model.* is the same parameter as model.*
+    mm = {k.replace("model.", "model.language_model.", 1): v for k, v in _state(4).items()}
+    write_state_dir(tmp_path / "step_4", mm)
+    run = opdlens.open_run(tmp_path)
+    assert run.missing == {} and run.warnings == []
+    assert sorted(run.tensor_names) == sorted(_state(0))
+    name = "model.layers.0.mlp.down_proj.weight"
+    for s in (1, 2, 3):
+        torch.testing.assert_close(run.delta(name, s), states[s][name] - states[0][name])
+    torch.testing.assert_close(run.delta(name, 4), _state(4)[name] - states[0][name])
+
+
+def test_missing_tensor_is_reported(tmp_path):
+    for s in (0, 1, 2):
+        st = _state(s)
+        if s == 1:
+            del st["model.layers.0.mlp.down_proj.weight"]
+        write_state_dir(tmp_path / f"checkpoint-{s}", st)
+    run = opdlens.open_run(tmp_path)
+    assert run.missing == {"model.layers.0.mlp.down_proj.weight": [1]}
+    assert "model.layers.0.mlp.down_proj.weight" not in run.tensor_names
+    assert any("down_proj.weight" in w and "[1]" in w for w in run.warnings)
+
+
+def test_tied_embeddings_counted_once(hf_run):
+    # safetensors drops the tied lm_head; torch.save keeps it as the embedding's storage.
+    for layout in ("safetensors", "bin"):
+        for arch, emb in (
+            ("gpt2", "transformer.wte.weight"),
+            ("gemma", "model.embed_tokens.weight"),
+        ):
+            run = opdlens.open_run(hf_run(arch, layout))
+            assert "lm_head.weight" not in run.tensor_names and emb in run.tensor_names
+            assert run.missing == {}
+            ck = run.checkpoint(2)
+            n_params = sum(p.numel() for n, p in _params(arch).items())
+            assert ck.num_params == n_params, (arch, layout)
+
+
+def _params(arch: str) -> dict[str, torch.Tensor]:
+    from checkpoints import tiny_model
+
+    return dict(tiny_model(arch).named_parameters())  # tied parameters once
+
+
+def test_select_and_module(hf_run):
+    run = opdlens.open_run(hf_run("llama", "safetensors"))
+    chosen = run.select(["*.mlp.*", "lm_head.weight"])
+    assert len(chosen) == 7 and all(".mlp." in n or n == "lm_head.weight" for n in chosen)
+    assert run.select() == run.tensor_names
+    assert run.checkpoint(4).dtype == "bfloat16"
