@@ -1,6 +1,6 @@
 """The `opdlens` command line: each command is one call into the library."""
 
-from . import analyze, scan  # noqa: F401  (registers the commands)
+from . import analyze, extrapolate, scan  # noqa: F401  (registers the commands)
 from ._app import app
 
 

@@ -1,0 +1,19 @@
+"""Extrapolation: one-shot predictions, EffOPD replay, weight surgery and the online callback."""
+
+from .extrapolate import extrapolate, extrapolate_paths, select_tensors
+from .replay import ReplayResult, replay, replay_schedule
+from .scorers import make_scorer
+from .surgery import surgery_lowrank, surgery_scale, surgery_window
+
+__all__ = [
+    "ReplayResult",
+    "extrapolate",
+    "extrapolate_paths",
+    "make_scorer",
+    "replay",
+    "replay_schedule",
+    "select_tensors",
+    "surgery_lowrank",
+    "surgery_scale",
+    "surgery_window",
+]

@@ -1,0 +1,360 @@
+"""One-shot extrapolation θ_t + α·(θ_t − θ_a), streamed tensor by tensor into a new checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..errors import OpdlensError
+from ..io.layouts import detect
+from ..io.writer import CheckpointWriter, TensorSpec, plan_like
+from ..names import canonical_name
+from ..progress import track
+from ..run import Checkpoint, Run, open_run
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BLOCKS",
+    "ErrorTracker",
+    "check_alpha",
+    "extrapolate",
+    "extrapolate_paths",
+    "select_tensors",
+    "write_checkpoint",
+]
+
+BLOCKS = ("attn", "mlp", "embed", "norm", "head", "other")
+DEFAULT_MODULES = ("attn", "mlp")
+# Layouts whose files are written back as they were; every other one becomes dense HF safetensors.
+_MIRRORED = ("hf-safetensors", "hf-safetensors-sharded")
+_INDEX_FILES = {
+    "hf-safetensors-sharded": "model.safetensors.index.json",
+    "hf-bin-sharded": "pytorch_model.bin.index.json",
+}
+
+
+def check_alpha(alpha: float, name: str = "alpha") -> float:
+    """Return alpha as a float, refusing NaN and ±inf (negative values are legal)."""
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"The '{name}' parameter must be a real number. Got {alpha!r}.") from None
+    if not math.isfinite(value):
+        raise ValueError(
+            f"The '{name}' parameter must be finite. Got {alpha!r}; pass a real number "
+            "(a negative one interpolates back toward the anchor)."
+        )
+    return value
+
+
+def select_tensors(
+    run: Run, modules: Iterable[str] | None = DEFAULT_MODULES, tensors: Sequence[str] | None = None
+) -> list[str]:
+    """Floating-point tensors chosen by glob, or the weight matrices of the given blocks.
+
+    `modules` holds block names (attn, mlp, embed, norm, head, other) or "all"; with `tensors`
+    (globs) given, `modules` is ignored. Weight matrices are ≥2-D tensors named *weight and
+    stacked expert parameters.
+    """
+    if tensors:
+        chosen = run.select(tensors)
+        bad = [n for n in chosen if not run.base.spec(n).dtype.is_floating_point]
+        if bad:
+            raise ValueError(
+                f"--tensors {list(tensors)} selects non-floating-point tensors {bad[:3]}, which "
+                "cannot be extrapolated. Narrow the glob."
+            )
+        return chosen
+    wanted = set(modules or DEFAULT_MODULES)
+    unknown = wanted - set(BLOCKS) - {"all"}
+    if unknown:
+        raise ValueError(
+            f"The 'modules' parameter takes blocks from {', '.join(BLOCKS)} or 'all'. "
+            f"Got {sorted(unknown)}; e.g. --modules attn,mlp."
+        )
+    chosen = []
+    for name in run.tensor_names:
+        spec = run.base.spec(name)
+        if not spec.dtype.is_floating_point:
+            continue
+        if "all" in wanted:
+            chosen.append(name)
+            continue
+        info = run.module(name)
+        matrix = (name.endswith("weight") and len(spec.shape) >= 2) or info.stacked_experts
+        if info.block in wanted and matrix:
+            chosen.append(name)
+    if not chosen:
+        raise OpdlensError(
+            f"No weight matrix of blocks {sorted(wanted)} in the run; names look like "
+            f"'{run.tensor_names[0]}'. Pick other --modules or give --tensors GLOB."
+        )
+    return chosen
+
+
+def _weight_map(ck: Checkpoint) -> dict[str, str] | None:
+    """Canonical name → shard file of a sharded input, or None for a single file."""
+    index_name = _INDEX_FILES.get(ck.layout.removeprefix("verl-"))
+    if index_name is None:
+        return None
+    index = ck.files[0].parent / index_name
+    weight_map = json.loads(index.read_text())["weight_map"]
+    return {canonical_name(k): v for k, v in weight_map.items()}
+
+
+def _support_dir(ck: Checkpoint, fallback: Checkpoint) -> Path | None:
+    """The directory holding config/tokenizer files to copy beside the output."""
+    for c in (ck, fallback):
+        found = detect(c.path).config_dir
+        if found is not None:
+            return found
+    return None
+
+
+def run_inputs(run: Run) -> list[Path]:
+    """Every path of the run that an output must stay outside."""
+    paths = [run.base.path, *(ck.path for ck in run.checkpoints.values())]
+    if run.open_args.get("path"):
+        paths.append(Path(str(run.open_args["path"])))
+    return paths
+
+
+def output_note(ck: Checkpoint) -> str | None:
+    """A sentence saying how the output's layout differs from the input's, or None."""
+    if ck.layout in _MIRRORED:
+        return None
+    return (
+        f"the input {ck.path} is '{ck.layout}'; the output is a dense Hugging Face safetensors "
+        "checkpoint"
+    )
+
+
+def write_checkpoint(
+    run: Run,
+    like: Checkpoint,
+    out: Path,
+    produce: Callable[[str], torch.Tensor],
+    *,
+    metadata: dict[str, str],
+    overwrite: bool = False,
+    progress: bool = False,
+    desc: str = "writing",
+) -> Path:
+    """Write every tensor of `like`, as `produce(name)` returns it, in like's layout.
+
+    `produce` must return each tensor in the stored dtype and shape of `like`.
+    """
+    names = like.names()
+    specs = [TensorSpec(n, tuple(like.spec(n).shape), like.spec(n).dtype) for n in names]
+    plan = plan_like(specs, _weight_map(like))
+    note = output_note(like)
+    meta = {
+        **metadata,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(sys.argv),
+        "input_layout": like.layout,
+    }
+    if note:
+        meta["output_layout_note"] = note
+        logger.info("%s", note)
+    writer = CheckpointWriter(
+        Path(out), plan, metadata=meta, copy_from=_support_dir(like, run.base),
+        protected=run_inputs(run), overwrite=overwrite,
+    )  # fmt: skip
+    with writer:
+        for name in track(names, len(names), desc, enabled=progress):
+            writer.write(name, produce(name))
+    return writer.out_dir
+
+
+@dataclass
+class ErrorTracker:
+    """Squared distances of a written prediction to every saved step, per tensor."""
+
+    run: Run
+    step: int
+    pred: dict[str, dict[int, float]] = field(default_factory=dict)  # name → step → ‖θ_pred − θ_s‖²
+    stay: dict[str, dict[int, float]] = field(default_factory=dict)  # name → step → ‖θ_t − θ_s‖²
+
+    def add(self, name: str, pred: torch.Tensor, current: torch.Tensor) -> None:
+        """Record the distances of one predicted tensor (float32) and of θ_t to every saved step."""
+        self.pred[name], self.stay[name] = {}, {}
+        for s in [0, *self.run.steps]:
+            w = current if s == self.step else self.run.checkpoint(s).tensor(name).float()
+            self.pred[name][s] = _sq(pred - w)
+            self.stay[name][s] = 0.0 if s == self.step else _sq(current - w)
+
+    def equivalent_step(self) -> int:
+        """The saved step whose weights are nearest to the prediction."""
+        totals = {s: sum(d[s] for d in self.pred.values()) for s in [0, *self.run.steps]}
+        return min(totals, key=lambda s: (totals[s], s))
+
+    def rel_errors(self) -> dict[int, float]:
+        """rel_error over all tracked tensors against every later saved step."""
+        out = {}
+        for s in (s for s in self.run.steps if s > self.step):
+            num = sum(d[s] for d in self.pred.values())
+            den = sum(d[s] for d in self.stay.values())
+            out[s] = math.sqrt(num / den) if den > 0 else math.nan
+        return out
+
+    def frame(self, **labels: object) -> pd.DataFrame:
+        """Per-tensor and overall rel_error against every later saved step, as a DataFrame."""
+        later = [s for s in self.run.steps if s > self.step]
+        eq = self.equivalent_step() if self.pred else None
+        rows = []
+        for s in later:
+            for name in self.pred:
+                info = self.run.module(name)
+                den = self.stay[name][s]
+                rows.append({
+                    "scope": "tensor", "tensor": name, "layer": info.layer, "block": info.block,
+                    "target_step": s, "pred_distance": math.sqrt(self.pred[name][s]),
+                    "stay_distance": math.sqrt(den),
+                    "rel_error": math.sqrt(self.pred[name][s] / den) if den > 0 else math.nan,
+                })  # fmt: skip
+            rows.append({
+                "scope": "overall", "tensor": None, "layer": None, "block": None, "target_step": s,
+                "pred_distance": math.sqrt(sum(d[s] for d in self.pred.values())),
+                "stay_distance": math.sqrt(sum(d[s] for d in self.stay.values())),
+                "rel_error": self.rel_errors()[s],
+            })  # fmt: skip
+        df = pd.DataFrame(rows, columns=[
+            "scope", "tensor", "layer", "block", "target_step", "pred_distance", "stay_distance",
+            "rel_error",
+        ])  # fmt: skip
+        df = df.astype({"layer": "Int64", "target_step": "int64", "tensor": "string",
+                        "block": "string", "scope": "string"})  # fmt: skip
+        for i, (key, value) in enumerate(labels.items()):
+            df.insert(i, key, value)
+        df["equivalent_step"] = pd.array([eq] * len(df), dtype="Int64")
+        df.attrs["equivalent_step"] = eq
+        return df
+
+
+def _sq(x: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(x, dtype=torch.float64)) ** 2
+
+
+def extrapolation_producer(
+    run: Run,
+    step: int,
+    anchor: int,
+    alpha: float,
+    selected: Iterable[str],
+    tracker: ErrorTracker | None = None,
+) -> Callable[[str], torch.Tensor]:
+    """A `produce` for write_checkpoint: θ_t + α(θ_t − θ_a) on `selected`, θ_t elsewhere."""
+    chosen = set(selected)
+    current, base = run.checkpoint(step), run.checkpoint(anchor)
+
+    def produce(name: str) -> torch.Tensor:
+        stored = current.tensor(name)
+        if name not in chosen:
+            return stored
+        theta = stored.float()
+        delta = base.tensor(name).float()
+        torch.sub(theta, delta, out=delta)  # θ_t − θ_a, in place
+        pred = torch.add(theta, delta, alpha=alpha).to(stored.dtype)  # the one rounding
+        del delta
+        if tracker is not None:
+            tracker.add(name, pred.float(), theta)
+        return pred
+
+    return produce
+
+
+def extrapolate(
+    run: Run,
+    step: int,
+    *,
+    anchor: int | None = None,
+    from_base: bool = False,
+    alpha: float,
+    out: str | Path,
+    modules: Iterable[str] | None = DEFAULT_MODULES,
+    tensors: Sequence[str] | None = None,
+    evaluate: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> tuple[Path, pd.DataFrame]:
+    """Write θ_t + α(θ_t − θ_a) for the chosen tensors (θ_t elsewhere) as a new checkpoint.
+
+    Returns:
+        The written directory and, with `evaluate`, rel_error per tensor and overall against
+        every later saved step plus `equivalent_step` (an empty frame otherwise).
+
+    Raises:
+        OpdlensError: unknown step or anchor, anchor not before step, output overlapping an input.
+        ValueError: a non-finite alpha, an unknown module.
+    """
+    alpha = check_alpha(alpha)
+    if (anchor is None) == (not from_base):
+        raise ValueError(
+            "extrapolate needs exactly one of anchor=STEP (--anchor) or from_base=True "
+            "(--from-base) to say what θ_a is."
+        )
+    a = 0 if from_base else int(anchor)  # type: ignore[arg-type]
+    if step == 0 or step not in run.steps:
+        raise OpdlensError(
+            f"Step {step} is not a saved step of the run; saved steps are {run.steps}."
+        )
+    run.checkpoint(a)
+    if a >= step:
+        raise OpdlensError(
+            f"The anchor must be saved before the step: got anchor {a} and step {step}. "
+            "Pick an earlier --anchor, or --from-base."
+        )
+    selected = select_tensors(run, modules, tensors)
+    tracker = ErrorTracker(run, step) if evaluate else None
+    metadata = {
+        "opdlens_operation": "extrapolate", "opdlens_version": _version(), "alpha": repr(alpha),
+        "step": str(step), "anchor": str(a), "source": str(run.checkpoint(step).path),
+        "anchor_source": str(run.checkpoint(a).path), "extrapolated_tensors": str(len(selected)),
+        "formula": "theta_t + alpha * (theta_t - theta_anchor)",
+    }  # fmt: skip
+    produce = extrapolation_producer(run, step, a, alpha, selected, tracker)
+    path = write_checkpoint(
+        run, run.checkpoint(step), Path(out), produce, metadata=metadata, overwrite=overwrite,
+        progress=progress, desc=f"extrapolate step {step}",
+    )  # fmt: skip
+    if tracker is None:
+        return path, ErrorTracker(run, step).frame(step=step, anchor=a, alpha=alpha).iloc[0:0]
+    return path, tracker.frame(step=step, anchor=a, alpha=alpha)
+
+
+def extrapolate_paths(
+    current: str | Path,
+    anchor_path: str | Path,
+    *,
+    alpha: float,
+    out: str | Path,
+    modules: Iterable[str] | None = DEFAULT_MODULES,
+    tensors: Sequence[str] | None = None,
+    overwrite: bool = False,
+    trust_pickle: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Write θ + α(θ − θ_a) from two checkpoint directories (current, anchor)."""
+    run = open_run(checkpoints={0: anchor_path, 1: current}, trust_pickle=trust_pickle)
+    path, _ = extrapolate(
+        run, 1, anchor=0, alpha=alpha, out=out, modules=modules, tensors=tensors,
+        overwrite=overwrite, progress=progress,
+    )  # fmt: skip
+    return path
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

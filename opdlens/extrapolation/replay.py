@@ -1,0 +1,234 @@
+"""EffOPD replay from saved checkpoints: the power-of-two schedule of design.md, scored offline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import OpdlensError
+from ..io.paths import ensure_outside, write_text_atomic
+from ..io.writer import TEMP_MARKER
+from ..run import Run
+from .extrapolate import (
+    DEFAULT_MODULES,
+    ErrorTracker,
+    check_alpha,
+    extrapolation_producer,
+    run_inputs,
+    select_tensors,
+    write_checkpoint,
+)
+from .scorers import Scorer, make_scorer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OFFLINE_NOTE", "ReplayResult", "alpha_schedule", "replay", "replay_schedule"]
+
+OFFLINE_NOTE = (
+    "Offline replay cannot continue training from an accepted candidate: each scheduled step "
+    "starts again from the checkpoint the run actually saved."
+)
+
+
+def replay_schedule(steps: Sequence[int]) -> list[tuple[int, int]]:
+    """(step, anchor) pairs: the first saved step at or after each power of two, each used once."""
+    saved = sorted(s for s in steps if s > 0)
+    chosen: list[int] = []
+    power = 1
+    while saved and power <= saved[-1]:
+        at = next(s for s in saved if s >= power)
+        if not chosen or at != chosen[-1]:
+            chosen.append(at)
+        power *= 2
+    return list(zip(chosen, [0, *chosen[:-1]], strict=True))
+
+
+def alpha_schedule(alpha0: float, n: int) -> list[tuple[float, float]]:
+    """(α applied to the previous candidate's distance from the anchor, cumulative multiple)."""
+    out = []
+    alpha, multiple = alpha0, 0.0
+    for _ in range(n):
+        multiple = (1 + multiple) * (1 + alpha) - 1
+        out.append((alpha, multiple))
+        alpha = alpha / (1 + alpha)
+    return out
+
+
+@dataclass
+class ReplayResult:
+    """The replay's history (one row per scored checkpoint) and the candidates kept."""
+
+    history: pd.DataFrame
+    accepted: list[Path] = field(default_factory=list)
+    out: Path | None = None
+    scorer: str = ""
+    note: str = OFFLINE_NOTE
+
+
+def replay(
+    run: Run,
+    scorer: str | Callable[[Path], float] | Scorer | None = None,
+    *,
+    scorer_cmd: str | None = None,
+    scorer_timeout: float | None = None,
+    max_candidates: int = 5,
+    alpha0: float = 2.0,
+    out: str | Path | None = None,
+    dry_run: bool = False,
+    modules: Iterable[str] | None = DEFAULT_MODULES,
+    tensors: Sequence[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> ReplayResult:
+    """Replay EffOPD on a run's saved checkpoints (design.md, Extrapolation).
+
+    Candidates are written to temporary directories, scored and removed; accepted ones are kept
+    under `out/step-<t>-candidate-<k>` unless `dry_run`. history.csv and history.json go to
+    `out` when it is given.
+
+    Raises:
+        ScorerError: the scorer raised, timed out or gave no number (no temporary dir is left).
+    """
+    alpha0 = check_alpha(alpha0, "alpha0")
+    if not isinstance(max_candidates, int) or max_candidates < 1:
+        raise ValueError(f"--max-candidates must be a whole number ≥ 1; got {max_candidates!r}.")
+    if out is None and not dry_run:
+        raise ValueError(
+            "replay keeps accepted candidates under --out DIR; give one, or --dry-run."
+        )
+    selected = select_tensors(run, modules, tensors)
+    judge = make_scorer(
+        scorer, command=scorer_cmd, timeout=scorer_timeout, run=run, tensors=selected
+    )
+    out_dir = None if out is None else ensure_outside(Path(out), run_inputs(run), "--out")
+    if out_dir is not None:
+        if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+            raise OpdlensError(
+                f"Output directory {out_dir} already exists and is not empty. Choose a new "
+                "directory, or pass --overwrite."
+            )
+        out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir if out_dir is not None else Path(tempfile.gettempdir())
+    rows: list[dict[str, object]] = []
+    accepted: list[Path] = []
+    for step, anchor in replay_schedule(run.steps):
+        best = _score_saved(run, step, anchor, judge, work, selected, rows)
+        for k, (alpha, multiple) in enumerate(alpha_schedule(alpha0, max_candidates), start=1):
+            label = f"step {step} candidate {k} (alpha {alpha:.4g}, multiple {multiple:.4g})"
+            tracker = ErrorTracker(run, step)
+            tmp = (
+                work / f"step-{step}-candidate-{k}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+            )
+            try:
+                produce = extrapolation_producer(run, step, anchor, multiple, selected, tracker)
+                write_checkpoint(
+                    run, run.checkpoint(step), tmp, produce, progress=progress, desc=label,
+                    metadata=_metadata(step, anchor, k, alpha, multiple, judge),
+                )  # fmt: skip
+                score = judge.score(tmp, label)
+                better = score > best
+                rows.append(_row(step, anchor, k, alpha, multiple, score, better, tracker))
+                if better and not dry_run and out_dir is not None:
+                    keep = out_dir / f"step-{step}-candidate-{k}"
+                    if keep.exists():
+                        shutil.rmtree(keep)
+                    os.rename(tmp, keep)
+                    accepted.append(keep)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+            logger.info("%s: score %.6g (%s)", label, score, "accepted" if better else "rejected")
+            if not better:
+                break
+            best = score
+    history = _frame(rows, run)
+    history.attrs.update(scorer=judge.label, oracle=judge.oracle, note=OFFLINE_NOTE)
+    if out_dir is not None:
+        _write_history(out_dir, history, judge)
+    return ReplayResult(history, accepted, out_dir, judge.label)
+
+
+def _score_saved(
+    run: Run, step: int, anchor: int, judge: Scorer, work: Path, selected: Sequence[str],
+    rows: list[dict[str, object]],
+) -> float:  # fmt: skip
+    """Score the checkpoint the run saved at `step` (candidate 0, the bar to beat)."""
+    ck = run.checkpoint(step)
+    label = f"step {step} as saved (candidate 0)"
+    tracker = ErrorTracker(run, step)
+    tmp = work / f"step-{step}-saved{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        # A copy in HF safetensors when the input is another layout, so every scorer reads one format.
+        produce = extrapolation_producer(run, step, anchor, 0.0, selected, tracker)
+        if ck.layout in ("hf-safetensors", "hf-safetensors-sharded"):
+            for name in selected:
+                produce(name)
+            path = ck.path
+        else:
+            write_checkpoint(
+                run, ck, tmp, produce, metadata=_metadata(step, anchor, 0, 0, 0, judge)
+            )
+            path = tmp
+        score = judge.score(path, label)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    rows.append(_row(step, anchor, 0, 0.0, 0.0, score, None, tracker))
+    return score
+
+
+def _metadata(
+    step: int, anchor: int, k: int, alpha: float, multiple: float, judge: Scorer
+) -> dict[str, str]:
+    from .extrapolate import _version
+
+    return {
+        "opdlens_operation": "replay", "opdlens_version": _version(), "step": str(step),
+        "anchor": str(anchor), "candidate": str(k), "alpha": repr(alpha),
+        "multiple": repr(multiple), "scorer": judge.label, "note": OFFLINE_NOTE,
+        "formula": "theta_t + multiple * (theta_t - theta_anchor)",
+    }  # fmt: skip
+
+
+def _row(
+    step: int, anchor: int, k: int, alpha: float, multiple: float, score: float,
+    accepted: bool | None, tracker: ErrorTracker,
+) -> dict[str, object]:  # fmt: skip
+    row: dict[str, object] = {
+        "step": step, "anchor": anchor, "candidate": k, "alpha": alpha, "multiple": multiple,
+        "score": score, "accepted": accepted, "equivalent_step": tracker.equivalent_step(),
+    }  # fmt: skip
+    for s, err in tracker.rel_errors().items():
+        row[f"rel_error_{s}"] = err
+    return row
+
+
+def _frame(rows: list[dict[str, object]], run: Run) -> pd.DataFrame:
+    columns = ["step", "anchor", "candidate", "alpha", "multiple", "score", "accepted",
+               "equivalent_step"] + [f"rel_error_{s}" for s in run.steps]  # fmt: skip
+    df = pd.DataFrame(rows, columns=columns)
+    df = df.astype({"step": "int64", "anchor": "int64", "candidate": "int64", "alpha": "float64",
+                    "multiple": "float64", "score": "float64", "accepted": "boolean",
+                    "equivalent_step": "Int64"})  # fmt: skip
+    # Drop error columns no row can have (steps with nothing saved after them).
+    return df[[c for c in df.columns if not (c.startswith("rel_error_") and df[c].isna().all())]]
+
+
+def _write_history(out: Path, history: pd.DataFrame, judge: Scorer) -> None:
+    write_text_atomic(out / "history.csv", history.to_csv(index=False))
+    payload = {
+        "scorer": judge.label,
+        "oracle": judge.oracle,
+        "note": OFFLINE_NOTE,
+        "rows": json.loads(history.to_json(orient="records")),
+    }
+    write_text_atomic(out / "history.json", json.dumps(payload, indent=2) + "\n")

@@ -1,0 +1,229 @@
+"""Scorers for EffOPD replay: a Python callable, a shell command, or the hindsight oracle."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+import shlex
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import ScorerError
+from ..io.layouts import detect, open_source, read_config
+from ..run import Run
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CommandScorer",
+    "HindsightScorer",
+    "PythonScorer",
+    "Scorer",
+    "make_scorer",
+]
+
+_NUMBER_HELP = "A scorer must return (or print, as the last line of its output) one finite number."
+
+
+class Scorer:
+    """A validation score of a checkpoint directory; higher is better."""
+
+    name: str = "scorer"
+    oracle: bool = False
+
+    def score(self, path: Path, label: str) -> float:
+        """Score the checkpoint at `path`; `label` names the candidate in errors."""
+        raise NotImplementedError
+
+    @property
+    def label(self) -> str:
+        """How reports name this scorer (oracles say so)."""
+        return f"{self.name} (ORACLE: uses later checkpoints)" if self.oracle else self.name
+
+
+def _finite(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            value = float(value)  # type: ignore[arg-type]  (numpy / torch scalars)
+        except (TypeError, ValueError):
+            raise ScorerError(f"{where} returned {value!r}, not a number. {_NUMBER_HELP}") from None
+    if not math.isfinite(float(value)):
+        raise ScorerError(f"{where} returned {value!r}. {_NUMBER_HELP}")
+    return float(value)
+
+
+@dataclass
+class PythonScorer(Scorer):
+    """A callable `module:function` taking a checkpoint directory and returning a number."""
+
+    fn: Callable[[Path], float]
+    name: str = "python"
+    timeout: float | None = None
+
+    def score(self, path: Path, label: str) -> float:
+        result: list[object] = []
+        error: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                result.append(self.fn(path))
+            except BaseException as e:  # noqa: BLE001  (reported below, with the candidate)
+                error.append(e)
+
+        # A thread, so that a hung scorer can be timed out (it is abandoned, as a daemon).
+        worker = threading.Thread(target=call, name=f"opdlens-scorer-{label}", daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        if worker.is_alive():
+            raise ScorerError(
+                f"Scorer {self.name} timed out after {self.timeout} s on {label} ({path}). "
+                "Raise --scorer-timeout or make the scorer faster."
+            )
+        if error:
+            e = error[0]
+            raise ScorerError(
+                f"Scorer {self.name} raised {type(e).__name__} on {label} ({path}): {e}"
+            ) from e
+        return _finite(result[0], f"Scorer {self.name} on {label}")
+
+
+@dataclass
+class CommandScorer(Scorer):
+    """A shell command with `{checkpoint}` in it that prints a number as its last output line."""
+
+    template: str
+    timeout: float | None = None
+    name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if "{checkpoint}" not in self.template:
+            raise ValueError(
+                f"--scorer-cmd must contain the placeholder {{checkpoint}}; got '{self.template}'. "
+                "Example: --scorer-cmd 'python eval.py {checkpoint}'."
+            )
+        self.name = f"command '{self.template}'"
+
+    def score(self, path: Path, label: str) -> float:
+        cmd = self.template.replace("{checkpoint}", shlex.quote(str(path)))
+        # Its own process group, so a timeout ends the command and everything it started.
+        proc = subprocess.Popen(
+            cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            stdout, stderr = proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise ScorerError(
+                f"Scorer {self.name} timed out after {self.timeout} s on {label} ({path}). "
+                "Raise --scorer-timeout or make the command faster."
+            ) from None
+        if proc.returncode != 0:
+            tail = (stderr or stdout).strip().splitlines()[-1:] or ["no output"]
+            raise ScorerError(
+                f"Scorer {self.name} exited with status {proc.returncode} on {label} ({path}): "
+                f"{tail[0][:200]}"
+            )
+        lines = [ln for ln in stdout.strip().splitlines() if ln.strip()]
+        if not lines:
+            raise ScorerError(f"Scorer {self.name} printed nothing on {label}. {_NUMBER_HELP}")
+        try:
+            value = float(lines[-1].strip())
+        except ValueError:
+            raise ScorerError(
+                f"Scorer {self.name} printed '{lines[-1][:80]}' as its last line on {label}, "
+                f"not a number. {_NUMBER_HELP}"
+            ) from None
+        return _finite(value, f"Scorer {self.name} on {label}")
+
+
+@dataclass
+class HindsightScorer(Scorer):
+    """ORACLE: minus the distance to a later saved checkpoint, over the given tensors."""
+
+    run: Run
+    target: int
+    tensors: Sequence[str]
+    oracle: bool = True
+    name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.run.checkpoint(self.target)
+        self.name = f"hindsight (-distance to step {self.target})"
+
+    def score(self, path: Path, label: str) -> float:
+        det = detect(Path(path))
+        source = open_source(det, read_config(det), trust_pickle=False)
+        target = self.run.checkpoint(self.target)
+        total = 0.0
+        for name in self.tensors:
+            diff = source.read(name).float() - target.tensor(name).float()
+            total += float(torch.linalg.vector_norm(diff, dtype=torch.float64)) ** 2
+        return -math.sqrt(total)
+
+
+def load_callable(spec: str) -> Callable[[Path], float]:
+    """Import `module:function` (or `module.function`) and return the callable."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        module_name, _, attr = spec.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(
+            f"--scorer takes module:function (e.g. mypkg.evals:score), 'hindsight', or use "
+            f"--scorer-cmd; got '{spec}'."
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ScorerError(
+            f"Cannot import scorer module '{module_name}' (from --scorer {spec}): {e}. Make sure "
+            "it is installed or on PYTHONPATH."
+        ) from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ScorerError(
+            f"Scorer module '{module_name}' has no callable '{attr}' (from --scorer {spec}). "
+            "Name a function taking a checkpoint directory and returning a number."
+        )
+    return fn
+
+
+def make_scorer(
+    scorer: str | Callable[[Path], float] | Scorer | None = None,
+    *,
+    command: str | None = None,
+    timeout: float | None = None,
+    run: Run | None = None,
+    tensors: Sequence[str] = (),
+    target: int | None = None,
+) -> Scorer:
+    """A Scorer from a callable, 'module:function', 'hindsight' or a shell command template."""
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"--scorer-timeout must be a positive number of seconds; got {timeout}.")
+    if (scorer is None) == (command is None):
+        raise ValueError(
+            "Give exactly one scorer: --scorer module:function, --scorer hindsight, or "
+            "--scorer-cmd 'CMD {checkpoint}'."
+        )
+    if command is not None:
+        return CommandScorer(command, timeout)
+    if isinstance(scorer, Scorer):
+        return scorer
+    if scorer == "hindsight":
+        if run is None:
+            raise ValueError("The hindsight scorer needs the run whose later checkpoint it uses.")
+        return HindsightScorer(run, run.final_step if target is None else target, list(tensors))
+    if isinstance(scorer, str):
+        return PythonScorer(load_callable(scorer), scorer, timeout)
+    if callable(scorer):
+        return PythonScorer(scorer, getattr(scorer, "__name__", "python"), timeout)
+    raise ValueError(f"The 'scorer' parameter must be a callable or a string; got {scorer!r}.")

@@ -1,0 +1,205 @@
+"""Weight surgery of the paper's analysis: scale, truncate or window the update Δ_T, as a checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from ..analysis.linalg import top_k_svd
+from ..errors import OpdlensError
+from ..run import Run
+from .extrapolate import BLOCKS, DEFAULT_MODULES, _version, select_tensors, write_checkpoint
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["low_rank", "parse_layers", "surgery_lowrank", "surgery_scale", "surgery_window"]
+
+
+def _check_step(run: Run, step: int) -> None:
+    if step == 0 or step not in run.steps:
+        raise OpdlensError(
+            f"Step {step} is not a saved step of the run; saved steps are {run.steps}."
+        )
+
+
+def _metadata(operation: str, run: Run, step: int, **options: object) -> dict[str, str]:
+    return {
+        "opdlens_operation": f"surgery-{operation}", "opdlens_version": _version(),
+        "step": str(step), "anchor": "0", "source": str(run.checkpoint(step).path),
+        "base_source": str(run.base.path), **{k: str(v) for k, v in options.items()},
+    }  # fmt: skip
+
+
+def low_rank(delta: torch.Tensor, rank: int, *, keep_norm: bool = False) -> torch.Tensor:
+    """Best rank-K approximation of a matrix, optionally rescaled to the input's Frobenius norm.
+
+    Shape: delta (m, n) float32; returns (m, n) float32.
+    """
+    m, n = delta.shape
+    norm = float(torch.linalg.vector_norm(delta, dtype=torch.float64))
+    if norm == 0.0:
+        return delta.clone()
+    if rank >= min(m, n):
+        out = delta.clone()
+    else:
+        top = top_k_svd(delta, rank)
+        s = top.S[:rank].to(top.U.dtype)
+        out = ((top.U * s) @ top.V.T).to(torch.float32)  # (m, n)
+    if keep_norm:
+        got = float(torch.linalg.vector_norm(out, dtype=torch.float64))
+        if got > 0:
+            out.mul_(norm / got)
+    return out
+
+
+def _per_matrix(delta: torch.Tensor, rank: int, keep_norm: bool, stacked: bool) -> torch.Tensor:
+    """Low-rank truncation per 2-D slice (stacked experts) or on (out, rest) for >2-D tensors."""
+    if delta.dim() == 2:
+        return low_rank(delta, rank, keep_norm=keep_norm)
+    if stacked:
+        return torch.stack([low_rank(d, rank, keep_norm=keep_norm) for d in delta])
+    flat = delta.reshape(delta.shape[0], -1)  # (out, rest)
+    return low_rank(flat, rank, keep_norm=keep_norm).reshape(delta.shape)
+
+
+def surgery_scale(
+    run: Run,
+    step: int,
+    factor: float,
+    out: str | Path,
+    *,
+    modules: Iterable[str] | None = DEFAULT_MODULES,
+    tensors: Sequence[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Write θ_0 + C·Δ_T on the chosen tensors (θ_T elsewhere)."""
+    try:
+        factor = float(factor)
+    except (TypeError, ValueError):
+        raise ValueError(f"--factor must be a number ≥ 0; got {factor!r}.") from None
+    if not math.isfinite(factor) or factor < 0:
+        raise ValueError(f"--factor must be a finite number ≥ 0; got {factor!r}.")
+    _check_step(run, step)
+    chosen = set(select_tensors(run, modules, tensors))
+    current = run.checkpoint(step)
+
+    def produce(name: str) -> torch.Tensor:
+        stored = current.tensor(name)
+        if name not in chosen:
+            return stored
+        base = run.base.tensor(name).float()
+        delta = stored.float().sub_(base)
+        return base.add_(delta, alpha=factor).to(stored.dtype)
+
+    meta = _metadata("scale", run, step, factor=repr(factor), modified_tensors=len(chosen),
+                     formula="theta_0 + factor * (theta_T - theta_0)")  # fmt: skip
+    return write_checkpoint(run, current, Path(out), produce, metadata=meta, overwrite=overwrite,
+                            progress=progress, desc=f"scale step {step}")  # fmt: skip
+
+
+def surgery_lowrank(
+    run: Run,
+    step: int,
+    rank: int,
+    out: str | Path,
+    *,
+    keep_norm: bool = False,
+    modules: Iterable[str] | None = DEFAULT_MODULES,
+    tensors: Sequence[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Write θ_0 + rank-K truncation of Δ_T per matrix on the chosen tensors (θ_T elsewhere).
+
+    With `keep_norm`, each truncated update is rescaled to ‖Δ_T‖_F of its matrix. 1-D tensors
+    that a glob selects keep their full update.
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"--rank must be a whole number ≥ 1; got {rank!r}.")
+    _check_step(run, step)
+    chosen = set(select_tensors(run, modules, tensors))
+    current = run.checkpoint(step)
+
+    def produce(name: str) -> torch.Tensor:
+        stored = current.tensor(name)
+        if name not in chosen or stored.dim() < 2:
+            return stored
+        base = run.base.tensor(name).float()
+        delta = stored.float().sub_(base)
+        trunc = _per_matrix(delta, rank, keep_norm, run.module(name).stacked_experts)
+        return base.add_(trunc).to(stored.dtype)
+
+    meta = _metadata("lowrank", run, step, rank=rank, keep_norm=keep_norm,
+                     modified_tensors=len(chosen),
+                     formula="theta_0 + rank_K(theta_T - theta_0) per matrix")  # fmt: skip
+    return write_checkpoint(run, current, Path(out), produce, metadata=meta, overwrite=overwrite,
+                            progress=progress, desc=f"lowrank step {step}")  # fmt: skip
+
+
+def parse_layers(text: str | None) -> tuple[int, int] | None:
+    """Parse '5-10' (inclusive) or '7' into a (first, last) layer window."""
+    if text is None:
+        return None
+    first, sep, last = str(text).partition("-")
+    try:
+        lo, hi = int(first), int(last) if sep else int(first)
+    except ValueError:
+        raise ValueError(
+            f"--layers takes FIRST-LAST (inclusive), e.g. 5-10, or one layer; got '{text}'."
+        ) from None
+    if lo < 0 or hi < lo:
+        raise ValueError(f"--layers must be FIRST-LAST with 0 ≤ FIRST ≤ LAST; got '{text}'.")
+    return lo, hi
+
+
+def surgery_window(
+    run: Run,
+    step: int,
+    out: str | Path,
+    *,
+    layers: tuple[int, int] | str | None = None,
+    blocks: Iterable[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Write θ_T on tensors inside the layer window and/or blocks, θ_0 everywhere else."""
+    window = parse_layers(layers) if isinstance(layers, str) else layers
+    block_set = set(blocks) if blocks else None
+    if window is None and block_set is None:
+        raise ValueError("surgery window needs --layers FIRST-LAST, --blocks BLOCK,…, or both.")
+    if block_set is not None and block_set - set(BLOCKS):
+        raise ValueError(
+            f"--blocks takes {', '.join(BLOCKS)}; got {sorted(block_set - set(BLOCKS))}."
+        )
+    _check_step(run, step)
+    chosen = set()
+    for name in run.tensor_names:
+        info = run.module(name)
+        in_layers = window is None or (
+            info.layer is not None and window[0] <= info.layer <= window[1]
+        )
+        if in_layers and (block_set is None or info.block in block_set):
+            chosen.add(name)
+    if not chosen:
+        raise OpdlensError(
+            f"No tensor lies in layers {window} and blocks {sorted(block_set or BLOCKS)}; "
+            f"the run's layers are numbered from 0. Widen --layers or --blocks."
+        )
+    current = run.checkpoint(step)
+
+    def produce(name: str) -> torch.Tensor:
+        # Tensors the base lacks (e.g. missing at some step) keep θ_T.
+        if name in chosen or name not in run.tensor_names:
+            return current.tensor(name)
+        return run.base.tensor(name).to(current.spec(name).dtype)
+
+    meta = _metadata("window", run, step, layers=window, blocks=sorted(block_set or []),
+                     applied_tensors=len(chosen),
+                     formula="theta_T inside the window, theta_0 outside")  # fmt: skip
+    return write_checkpoint(run, current, Path(out), produce, metadata=meta, overwrite=overwrite,
+                            progress=progress, desc=f"window step {step}")  # fmt: skip

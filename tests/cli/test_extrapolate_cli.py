@@ -1,0 +1,129 @@
+"""CLI of extrapolate, replay and surgery: outputs written, bad input → one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from opdlens.cli import app
+
+runner = CliRunner()
+Q0 = "model.layers.0.self_attn.q_proj.weight"
+
+
+def _state(step: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for name, shape in {
+        Q0: (8, 8),
+        "model.layers.0.mlp.up_proj.weight": (12, 8),
+        "model.norm.weight": (8,),
+    }.items():
+        w0, d = (
+            torch.randint(-8, 8, shape, generator=g) / 8,
+            torch.randint(-4, 4, shape, generator=g) / 64,
+        )
+        out[name] = (w0 + step * d).to(torch.bfloat16)
+    return out
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    for s in (0, 1, 2, 4):
+        d = tmp_path / "run" / f"checkpoint-{s}"
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+        save_file(_state(s), d / "model.safetensors")
+    return tmp_path / "run"
+
+
+def _fails(args: list[str], match: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
+    assert match in lines[0], lines[0]
+
+
+def test_extrapolate_writes_and_evaluates(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pred"
+    result = runner.invoke(app, ["extrapolate", str(run), "--step", "2", "--anchor", "1", "--alpha", "2",
+                                 "--out", str(out), "--evaluate", "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "equivalent_step (nearest saved step): 4" in result.stdout
+    assert torch.equal(load_file(out / "model.safetensors")[Q0], _state(4)[Q0])
+    neg = tmp_path / "neg"
+    result = runner.invoke(app, ["extrapolate", str(run), "--step", "2", "--from-base", "--alpha", "-0.5",
+                                 "--out", str(neg), "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert torch.equal(load_file(neg / "model.safetensors")[Q0], _state(1)[Q0])
+    pair = tmp_path / "pair"
+    result = runner.invoke(app, ["extrapolate", "--current", str(run / "checkpoint-2"), "--anchor-path",
+                                 str(run / "checkpoint-1"), "--alpha", "2", "--out", str(pair), "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert torch.equal(load_file(pair / "model.safetensors")[Q0], _state(4)[Q0])
+
+
+def test_extrapolate_bad_input(run: Path, tmp_path: Path) -> None:
+    base = ["extrapolate", str(run), "--anchor", "1", "--alpha", "1", "-q"]
+    _fails([*base, "--step", "3", "--out", str(tmp_path / "o")], "Step 3 is not a saved step")
+    _fails([*base, "--step", "2", "--out", str(run / "inside")], "overlaps the input")
+    _fails([*base, "--step", "2", "--out", str(run / "checkpoint-2")], "overlaps the input")
+    _fails(["extrapolate", str(run), "--step", "2", "--anchor", "1", "--alpha", "nan", "--out",
+            str(tmp_path / "o")], "must be finite")  # fmt: skip
+    _fails(
+        ["extrapolate", str(run), "--step", "2", "--alpha", "1", "--out", str(tmp_path / "o")],
+        "--from-base",
+    )
+    _fails(["extrapolate", str(tmp_path / "nowhere"), "--step", "2", "--anchor", "1", "--out",
+            str(tmp_path / "o")], "nowhere")  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
+def test_replay_cli(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "replay"
+    result = runner.invoke(
+        app, ["replay", str(run), "--scorer", "hindsight", "--out", str(out), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "ORACLE" in result.stdout and "cannot continue training" in result.stdout
+    assert (out / "history.csv").is_file() and (out / "history.json").is_file()
+    _fails(["replay", str(run), "--scorer", "no_such_module_q:score", "--dry-run", "-q"],
+           "Cannot import scorer module 'no_such_module_q'")  # fmt: skip
+    _fails(["replay", str(run), "--scorer-cmd", "exit 1 # {checkpoint}", "--dry-run", "-q"],
+           "on step 1 as saved")  # fmt: skip
+    _fails(["replay", str(run), "--scorer", "hindsight", "-q"], "--out DIR")
+
+
+def test_surgery_cli(run: Path, tmp_path: Path) -> None:
+    for args in (["scale", "--factor", "0.5"], ["lowrank", "--rank", "1", "--keep-norm"],
+                 ["window", "--layers", "0-0", "--blocks", "mlp"]):  # fmt: skip
+        out = tmp_path / args[0]
+        result = runner.invoke(
+            app, ["surgery", args[0], str(run), "--step", "4", *args[1:], "--out", str(out), "-q"]
+        )
+        assert result.exit_code == 0, result.output
+        assert (out / "model.safetensors").is_file()
+    window = load_file(tmp_path / "window" / "model.safetensors")
+    assert torch.equal(window[Q0], _state(0)[Q0])
+    _fails(
+        [
+            "surgery",
+            "scale",
+            str(run),
+            "--step",
+            "4",
+            "--factor",
+            "-1",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        "≥ 0",
+    )
+    _fails(["surgery", "window", str(run), "--step", "4", "--layers", "a-b", "--out", str(tmp_path / "x")],
+           "FIRST-LAST")  # fmt: skip

@@ -1,0 +1,122 @@
+"""EffOPD replay: the schedule of design.md, accept/reject against known scores, no leftovers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from opdlens import open_run
+from opdlens.errors import ScorerError
+from opdlens.extrapolation.replay import OFFLINE_NOTE, alpha_schedule, replay, replay_schedule
+from opdlens.io.writer import is_temp_dir
+
+from .conftest import linear_state
+
+Q0 = "model.layers.0.self_attn.q_proj.weight"
+
+
+def test_schedule_uses_first_saved_step_at_or_after_each_power_of_two() -> None:
+    assert replay_schedule([1, 2, 4, 8]) == [(1, 0), (2, 1), (4, 2), (8, 4)]
+    assert replay_schedule([3, 5, 10, 20]) == [(3, 0), (5, 3), (10, 5), (20, 10)]
+    assert replay_schedule([2, 3, 4, 6, 8, 9]) == [(2, 0), (4, 2), (8, 4)]  # no step ≥ 16
+    assert replay_schedule([100]) == [(100, 0)]
+
+
+def test_alpha_schedule_moves_alpha0_further_each_candidate() -> None:
+    got = alpha_schedule(2.0, 5)
+    assert [a for a, _ in got] == pytest.approx([2, 2 / 3, 2 / 5, 2 / 7, 2 / 9])
+    assert [m for _, m in got] == pytest.approx([2, 4, 6, 8, 10])
+    # α applied to the previous candidate's distance from the anchor: (1+m') = (1+m)(1+α)
+    assert [m for _, m in alpha_schedule(0.5, 3)] == pytest.approx([0.5, 1.0, 1.5])
+
+
+def _effective_step(path: Path) -> float:
+    """Known answer on the linear run: θ = θ_0 + e·D, so e follows from one tensor."""
+    w = load_file(next(path.glob("*.safetensors")))[Q0].double()
+    w0, w1 = linear_state(0)[Q0].double(), linear_state(1)[Q0].double()
+    return float(((w - w0) * (w1 - w0)).sum() / ((w1 - w0) ** 2).sum())
+
+
+def test_known_scorer_gives_expected_pattern(linear_run: Path, tmp_path: Path) -> None:
+    calls: list[float] = []
+
+    def score(path: Path) -> float:  # best at effective step 5
+        calls.append(round(_effective_step(Path(path)), 6))
+        return -abs(calls[-1] - 5)
+
+    result = replay(open_run(linear_run), score, out=tmp_path / "out")
+    h = result.history
+    # step 1 (anchor 0): e = 1, 3, 5, 7 → accept, accept, reject at 7
+    # step 2 (anchor 1): e = 2, 4, 6 → accept 4, reject 6 (|6-5| = |4-5|: not better)
+    # step 4 (anchor 2): e = 4, 8 → reject; step 8 (anchor 4): e = 8, 16 → reject
+    assert calls == [1, 3, 5, 7, 2, 4, 6, 4, 8, 8, 16]
+    assert h["step"].tolist() == [1, 1, 1, 1, 2, 2, 2, 4, 4, 8, 8]
+    assert h["candidate"].tolist() == [0, 1, 2, 3, 0, 1, 2, 0, 1, 0, 1]
+    assert h["accepted"].tolist()[1:4] == [True, True, False]
+    assert h["alpha"].tolist()[1:4] == pytest.approx([2, 2 / 3, 2 / 5])
+    assert h["multiple"].tolist()[1:4] == pytest.approx([2, 4, 6])
+    kept = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert kept == ["history.csv", "history.json", "step-1-candidate-1", "step-1-candidate-2",
+                    "step-2-candidate-1"]  # fmt: skip
+    assert _effective_step(tmp_path / "out/step-1-candidate-2") == pytest.approx(5)
+    saved = json.loads((tmp_path / "out/history.json").read_text())
+    assert saved["note"] == OFFLINE_NOTE and saved["oracle"] is False and len(saved["rows"]) == 11
+    # rel_error of step 1 candidate 2 (θ_5) against step 8: ‖θ5 − θ8‖ / ‖θ1 − θ8‖ = 3/7
+    assert h.loc[2, "rel_error_8"] == pytest.approx(3 / 7)
+    assert h.loc[2, "equivalent_step"] == 4
+
+
+def test_hindsight_is_an_oracle_and_dry_run_keeps_nothing(linear_run: Path, tmp_path: Path) -> None:
+    result = replay(open_run(linear_run), "hindsight", out=tmp_path / "out", dry_run=True,
+                    max_candidates=2)  # fmt: skip
+    assert "ORACLE" in result.scorer and result.history.attrs["oracle"] is True
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["history.csv", "history.json"]
+    assert result.accepted == []
+    assert result.history.groupby("step").size().max() <= 3
+    assert "ORACLE" in json.loads((tmp_path / "out/history.json").read_text())["scorer"]
+
+
+@pytest.mark.parametrize("where", ["saved", "candidate"])
+def test_failing_scorer_names_the_candidate_and_leaves_nothing(
+    linear_run: Path, tmp_path: Path, where: str
+) -> None:
+    def score(path: Path) -> float:
+        if where == "saved" or "candidate" in Path(path).name:
+            raise RuntimeError("eval crashed")
+        return 0.0
+
+    label = "step 1 as saved" if where == "saved" else "step 1 candidate 1"
+    with pytest.raises(ScorerError, match=f"raised RuntimeError on {label}.*eval crashed"):
+        replay(open_run(linear_run), score, out=tmp_path / "out")
+    assert not any(
+        is_temp_dir(p) or p.name.startswith("step-") for p in (tmp_path / "out").iterdir()
+    )
+
+
+def test_command_scorer_timeout_and_no_number(linear_run: Path, tmp_path: Path) -> None:
+    run = open_run(linear_run)
+    with pytest.raises(ScorerError, match="timed out after 0.3 s on step 1 as saved"):
+        replay(run, scorer_cmd="sleep 5; echo 1 {checkpoint}", scorer_timeout=0.3, dry_run=True)
+    with pytest.raises(ScorerError, match="printed nothing on step 1 candidate 1"):
+        replay(
+            run, scorer_cmd="case {checkpoint} in *candidate*) ;; *) echo 0.5 ;; esac", dry_run=True
+        )
+    result = replay(run, scorer_cmd="echo computing; echo 1.5 # {checkpoint}", dry_run=True)
+    assert result.history["accepted"].dropna().tolist() == [False] * 4  # equal scores never improve
+
+
+def test_replay_argument_checks(linear_run: Path, tmp_path: Path) -> None:
+    run = open_run(linear_run)
+    with pytest.raises(ValueError, match="--out DIR"):
+        replay(run, "hindsight")
+    with pytest.raises(ValueError, match="exactly one scorer"):
+        replay(run, "hindsight", scorer_cmd="echo {checkpoint}", dry_run=True)
+    with pytest.raises(ValueError, match="'alpha0' parameter must be finite"):
+        replay(run, "hindsight", alpha0=float("nan"), dry_run=True)
+    with pytest.raises(ScorerError, match="Cannot import scorer module 'no_such_mod_xyz'"):
+        replay(run, "no_such_mod_xyz:score", dry_run=True)
+    with pytest.raises(Exception, match="overlaps the input"):
+        replay(run, "hindsight", out=linear_run / "replay")
