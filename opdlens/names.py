@@ -139,7 +139,12 @@ def classify(name: str, *, model_type: str | None = None) -> ModuleInfo:
 
 def _is_gpt2(model_type: str | None) -> bool:
     # Conv1D is GPT-2's; without a config, c_attn/c_fc/c_proj names imply it.
-    return model_type is None or model_type in ("gpt2", "gpt_bigcode", "imagegpt", "decision_transformer")
+    return model_type is None or model_type in (
+        "gpt2",
+        "gpt_bigcode",
+        "imagegpt",
+        "decision_transformer",
+    )
 
 
 def as_matrix(tensor: torch.Tensor, info: ModuleInfo) -> torch.Tensor:
@@ -167,7 +172,12 @@ def split_fused(
         return {"gate": matrix[: out // 2], "up": matrix[out // 2 :]}
     heads = cfg.get("num_attention_heads") or cfg.get("n_head")
     model_type = cfg.get("model_type")
-    if model_type in ("gpt_neox", "bloom", "falcon") or info.kind == "qkv" and _interleaved(cfg):
+    # Falcon's fused layout depends on its variant (multi-query, new_decoder_architecture): not split.
+    if model_type == "falcon":
+        raise ValueError(
+            "Splitting Falcon's fused query_key_value is not supported; analysed whole."
+        )
+    if _interleaved(cfg):
         # GPT-NeoX: rows are grouped per head as [q_h, k_h, v_h].
         if not heads:
             raise ValueError(

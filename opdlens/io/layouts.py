@@ -60,6 +60,8 @@ def detect(directory: Path) -> Detected:
         return Detected("verl-fsdp", actor, ranks, _config_dir(hf, actor, d))
     present = sorted(p.name for p in d.iterdir())
     shown = ", ".join(present[:6]) + (", …" if len(present) > 6 else "") if present else "nothing"
+    if present and all(NON_WEIGHT_FILES.match(n) for n in present):
+        shown += " — trainer state only, which opdlens never loads"
     raise CheckpointError(
         f"{d}: no model weights found (it holds {shown}); expected model.safetensors, "
         "model.safetensors.index.json, pytorch_model.bin, adapter_model.safetensors or verl "
