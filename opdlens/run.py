@@ -7,8 +7,8 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
 
 from .errors import CheckpointError, IncompleteCheckpointError, OpdlensError
@@ -17,6 +17,9 @@ from .io.layouts import detect, open_source, read_config
 from .io.lora import LoraSource
 from .io.sources import Spec, TensorSource
 from .names import ModuleInfo, as_matrix, classify
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +131,9 @@ class Run:
         pats = list(patterns)
         chosen = [n for n in self.tensor_names if any(fnmatch.fnmatchcase(n, p) for p in pats)]
         if not chosen:
-            raise OpdlensError(f"No tensor matches {pats}; names look like '{self.tensor_names[0]}'.")
+            raise OpdlensError(
+                f"No tensor matches {pats}; names look like '{self.tensor_names[0]}'."
+            )
         return chosen
 
     # -- updates ---------------------------------------------------------------------------
@@ -192,6 +197,29 @@ class Run:
             progress=progress,
         )  # fmt: skip
 
+    def extrapolate(
+        self,
+        step: int,
+        *,
+        anchor: int | None = None,
+        from_base: bool = False,
+        alpha: float,
+        out: str | Path,
+        modules: Sequence[str] | None = ("attn", "mlp"),
+        tensors: Sequence[str] | None = None,
+        evaluate: bool = False,
+        overwrite: bool = False,
+        progress: bool = False,
+    ) -> tuple[Path, pd.DataFrame]:
+        """Write θ_t + α(θ_t − θ_a) as a new checkpoint; with evaluate, rel_error vs later steps."""
+        from .extrapolation.extrapolate import extrapolate
+
+        return extrapolate(
+            self, step, anchor=anchor, from_base=from_base, alpha=alpha, out=out,
+            modules=modules, tensors=tensors, evaluate=evaluate, overwrite=overwrite,
+            progress=progress,
+        )  # fmt: skip
+
     # -- checks ----------------------------------------------------------------------------
     def _find_missing(self) -> dict[str, list[int]]:
         every = [self.base, *self.checkpoints.values()]
@@ -200,7 +228,9 @@ class Run:
             union.update(dict.fromkeys(ck.names()))
         missing: dict[str, list[int]] = {}
         for name in union:
-            absent = [ck.step if ck.step is not None else 0 for ck in every if name not in ck.source.specs]
+            absent = [
+                ck.step if ck.step is not None else 0 for ck in every if name not in ck.source.specs
+            ]
             if absent:
                 missing[name] = absent
         for name, absent in missing.items():

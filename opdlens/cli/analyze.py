@@ -7,8 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ..analysis.export import write_analysis
-from ..run import open_run
 from ._app import (
     BaseOpt,
     CheckpointOpt,
@@ -75,6 +73,9 @@ def analyze(
     quiet: QuietOpt = False,
 ) -> None:
     """Compute update norms, module allocation, low-rank concentration and alignment for a run."""
+    from ..analysis.export import write_analysis  # pandas loads only for this command
+    from ..run import open_run
+
     if address is not None and executor != "ray":
         raise ValueError("--address is for a Ray cluster; add --executor ray or drop --address.")
     r = open_run(run, base, checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle,

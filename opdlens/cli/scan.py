@@ -7,8 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ..inspect_run import describe, describe_frame
-from ..run import open_run
 from ._app import (
     BaseOpt,
     CheckpointOpt,
@@ -33,6 +31,9 @@ def scan(
     ] = False,
 ) -> None:
     """List the checkpoints of a run: step, path, layout, tensors, parameters, dtype, bytes."""
+    from ..inspect_run import describe, describe_frame  # pandas loads only for this command
+    from ..run import open_run
+
     r = open_run(run, base, checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle,
                  skip_incomplete=True)  # fmt: skip
     if as_json:

@@ -1,11 +1,13 @@
 """Extrapolation: one-shot predictions, EffOPD replay, weight surgery and the online callback."""
 
+from .callback import EffOPD
 from .extrapolate import extrapolate, extrapolate_paths, select_tensors
 from .replay import ReplayResult, replay, replay_schedule
 from .scorers import make_scorer
 from .surgery import surgery_lowrank, surgery_scale, surgery_window
 
 __all__ = [
+    "EffOPD",
     "ReplayResult",
     "extrapolate",
     "extrapolate_paths",

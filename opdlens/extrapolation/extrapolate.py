@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
 
 from ..errors import OpdlensError
@@ -20,6 +20,9 @@ from ..io.writer import CheckpointWriter, TensorSpec, plan_like
 from ..names import canonical_name
 from ..progress import track
 from ..run import Checkpoint, Run, open_run
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +212,8 @@ class ErrorTracker:
         return out
 
     def frame(self, **labels: object) -> pd.DataFrame:
+        import pandas as pd
+
         """Per-tensor and overall rel_error against every later saved step, as a DataFrame."""
         later = [s for s in self.run.steps if s > self.step]
         eq = self.equivalent_step() if self.pred else None

@@ -11,8 +11,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ..errors import OpdlensError
 from ..io.paths import ensure_outside, write_text_atomic
@@ -28,6 +27,9 @@ from .extrapolate import (
     write_checkpoint,
 )
 from .scorers import Scorer, make_scorer
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +215,8 @@ def _row(
 
 
 def _frame(rows: list[dict[str, object]], run: Run) -> pd.DataFrame:
+    import pandas as pd
+
     columns = ["step", "anchor", "candidate", "alpha", "multiple", "score", "accepted",
                "equivalent_step"] + [f"rel_error_{s}" for s in run.steps]  # fmt: skip
     df = pd.DataFrame(rows, columns=columns)
