@@ -15,7 +15,7 @@ import torch
 from ..errors import OpdlensError
 from ..progress import Progress
 from ..run import Run
-from .cache import step_keys
+from .cache import FactorCache, step_keys
 from .executors import Job, make_iterator
 from .frame import build_frame
 from .sweep import SweepOptions, sweep_names
@@ -78,12 +78,19 @@ def run_analysis(
         )
     if device != "cpu" and not device.startswith("cuda"):
         raise ValueError(f"The 'device' parameter must be 'cpu' or 'cuda'. Got {device!r} instead.")
+    if address is not None and executor != "ray":
+        raise ValueError(
+            "The 'address' parameter is for a Ray cluster; pass executor='ray' (CLI: "
+            "--executor ray) or drop the address."
+        )
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"The 'workers' parameter must be ≥ 1. Got {workers} instead.")
     options = SweepOptions(ranks, final, consecutive, full_spectrum, split_fused, device)
     names = sweep_names(run, run.select(tensors))
     keys = step_keys(run) if cache_dir is not None else {}
+    if cache_dir is not None:
+        FactorCache(Path(cache_dir), keys).save_index()
     job = Job(run.open_args, options, None if cache_dir is None else str(cache_dir), keys)
     timings = {"open": time.perf_counter() - t0}
     t1 = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 from dataclasses import dataclass
@@ -88,22 +89,29 @@ class TensorCache:
     def _id(self, step: int, key: str) -> str:
         return f"{self.keys[step]}:{key}"
 
-    def get(self, step: int, key: str, kmax: int, full_spectrum: bool) -> CachedFactors | None:
+    def get(
+        self, step: int, key: str, kmax: int | None, full_spectrum: bool
+    ) -> CachedFactors | None:
+        """Factors with at least min(kmax, rank cap) columns, or None; kmax None: all stored."""
+        if step not in self.keys:
+            return None
         e = self.entries.get(self._id(step, key))
-        if (
-            e is None
-            or e["u"].shape[1] < min(kmax, e["kcap"])
-            or (full_spectrum and e["spectrum"] is None)
-        ):
+        if e is None or (full_spectrum and e["spectrum"] is None):
             return None
         fac = CachedFactors(e["u"], e["s"], e["v"], e["method"], e["iterations"], e["spectrum"])
+        if kmax is None:
+            return fac
+        # kcap = min(rows, cols): fewer stored columns than asked is a miss (a run with larger K).
+        if fac.u.shape[1] < min(kmax, e["kcap"]):
+            return None
         return fac.truncated(min(kmax, fac.u.shape[1]))
 
-    def put(self, step: int, key: str, fac: CachedFactors) -> None:
+    def put(self, step: int, key: str, fac: CachedFactors, kcap: int) -> None:
+        """Store factors of Δ_step; kcap is the largest K the matrix has, min(rows, cols)."""
         self.entries[self._id(step, key)] = {
             "u": fac.u.contiguous(), "s": fac.s.contiguous(), "v": fac.v.contiguous(),
             "method": fac.method, "iterations": fac.iterations, "spectrum": fac.spectrum,
-            "kcap": fac.u.shape[1], "step": step,
+            "kcap": int(kcap), "step": step,
         }  # fmt: skip
         self.dirty = True
 
@@ -117,12 +125,37 @@ class TensorCache:
         self.dirty = False
 
 
+_INDEX = "steps.json"
+
+
 class FactorCache:
     """The cache directory of one analysis output; one file per tensor."""
 
     def __init__(self, directory: Path, keys: dict[int, str]) -> None:
         self.directory = Path(directory)
         self.keys = keys
+
+    @classmethod
+    def open(cls, directory: str | Path) -> FactorCache:
+        """The cache written by an analysis, without the run: steps come from its index."""
+        d = Path(directory)
+        index = d / _INDEX if d.name != _INDEX else d
+        if not index.is_file() and (d / "cache" / _INDEX).is_file():
+            d, index = d / "cache", d / "cache" / _INDEX  # the analysis output directory
+        if not index.is_file():
+            raise OpdlensError(
+                f"{d}: no factor cache here (missing {_INDEX}); run `opdlens analyze RUN --out DIR` "
+                "and pass DIR or DIR/cache."
+            )
+        keys = {int(k): str(v) for k, v in json.loads(index.read_text()).items()}
+        return cls(index.parent, keys)
+
+    def save_index(self) -> None:
+        """Record which fingerprint key each step has, so the cache opens without the run."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / f".{_INDEX}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps({str(k): v for k, v in sorted(self.keys.items())}, indent=1))
+        os.replace(tmp, self.directory / _INDEX)
 
     def tensor(self, name: str) -> TensorCache:
         digest = hashlib.sha1(name.encode()).hexdigest()[:20]
@@ -134,7 +167,7 @@ class FactorCache:
             raise OpdlensError(
                 f"Step {step} is not in the run; cached steps are {sorted(self.keys)}."
             )
-        e = self.tensor(name).get(step, key, 1, False)
+        e = self.tensor(name).get(step, key, None, False)
         if e is None:
             raise OpdlensError(
                 f"No cached factors for '{name}' [{key}] at step {step} in {self.directory}; "

@@ -100,17 +100,20 @@ class TensorSweep:
         self.run, self.name, self.opt, self.cache = run, name, options, cache
         self.info = run.module(name)
         self.final = options.final if options.final is not None else run.final_step
-        self.steps = [s for s in run.steps if s <= self.final]
+        # Every saved step gets a row, also those after a user-chosen final.
+        self.steps = list(run.steps)
         self.slices = slices_of(
             run.base.spec(name).shape, self.info, run.config, options.split_fused
         )
         self.result = TensorResult()
+        self._final_sq: dict[str, float] = {}
 
-    def _update(self, step: int, ref: int = 0) -> Update:
-        f = self.run.factored_delta(self.name, step, ref=ref)
+    def _update(self, step: int, w0: torch.Tensor) -> Update:
+        """Δ_step = W_step − W_0, with W_0 read once per sweep (each file is read once)."""
+        f = self.run.factored_delta(self.name, step)
         if f is not None:
             return Update(b=f[0], a=f[1]).to(self.opt.device)
-        return Update(dense=self.run.delta(self.name, step, ref=ref).to(self.opt.device))
+        return Update(dense=(self.run.weight(self.name, step) - w0).to(self.opt.device))
 
     def _pieces(self, u: Update) -> dict[str, Update]:
         out = {}
@@ -124,15 +127,15 @@ class TensorSweep:
     def run_sweep(self) -> TensorResult:
         w0 = self.run.weight(self.name, 0)
         base_sq = {sl.key: M.frobenius_sq(_piece(w0, sl, self.info)) for sl in self.slices}
-        del w0
-        final_u = self._pieces(self._update(self.final))
+        final_u = self._pieces(self._update(self.final, w0))
+        self._final_sq = {k: u.frobenius_sq() for k, u in final_u.items()}
         final_top = {
             k: self._factors(self.final, k, u, None, "cumulative") for k, u in final_u.items()
         }
         prev_v: dict[str, torch.Tensor | None] = {sl.key: None for sl in self.slices}
         prev_u: dict[str, Update] | None = None
         for step in self.steps:
-            cur = final_u if step == self.final else self._pieces(self._update(step))
+            cur = final_u if step == self.final else self._pieces(self._update(step, w0))
             for sl in self.slices:
                 u = cur[sl.key]
                 top = (
@@ -191,7 +194,7 @@ class TensorSweep:
             top.U.cpu(), top.S.cpu(), top.V.cpu(), top.method, top.iterations, spectrum
         )
         if cacheable:
-            self.cache.put(step, key, fac)
+            self.cache.put(step, key, fac, kcap=min(u.shape))
         return fac
 
     def _row(
@@ -216,7 +219,7 @@ class TensorSweep:
             "rel_update_norm": M.relative(update_norm, math.sqrt(base_sq)),
             "update_sq": total_sq if finite else math.nan, "nonfinite": not finite,
         }  # fmt: skip
-        fsq = final.frobenius_sq()
+        fsq = self._final_sq[sl.key]
         cos = math.nan
         if finite and math.isfinite(fsq) and total_sq > 0 and fsq > 0:
             cos = u.inner(final) / math.sqrt(total_sq * fsq)

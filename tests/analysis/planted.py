@@ -1,0 +1,253 @@
+"""Planted updates, tiny runs and an independent float64 reference for the analysis tests."""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import checkpoints
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+RANKS = (1, 3, 8)  # 3 = the planted rank (well separated); 8 = inside the noise floor
+STEPS = (0, 1, 2, 4)
+GAP_FLAG = 1e-2  # design.md: below this gap the top-K subspace is not well defined
+
+
+# -- planted updates -------------------------------------------------------------------------
+
+
+def _gen(name: str, salt: int) -> torch.Generator:
+    return torch.Generator().manual_seed(zlib.crc32(name.encode()) * 31 + salt)
+
+
+def planted(name: str, w0: torch.Tensor, step: int) -> torch.Tensor:
+    """W_step = W_0 + rank-3 update whose left factor rotates with the step, plus fresh noise."""
+    if not w0.is_floating_point() or step == 0:
+        return w0.clone()
+    g = _gen(name, 0)
+    shape = tuple(w0.shape)
+    if len(shape) == 1:
+        d = 0.01 * step * torch.randn(shape, generator=g)
+    else:
+        lead, (rows, cols) = shape[:-2], shape[-2:]
+        a = torch.randn((*lead, rows, 3), generator=g)
+        b = torch.randn((*lead, rows, 3), generator=g)
+        c = torch.randn((*lead, cols, 3), generator=g)
+        left = a + 0.25 * step * b  # the dominant left subspace turns as training goes on
+        d = (left * torch.tensor([3.0, 1.5, 0.7])) @ c.transpose(-1, -2)
+        d = d / d.pow(2).mean().sqrt() * 0.01 * step
+    noise = 5e-4 * torch.randn(shape, generator=_gen(name, step))
+    return (w0.float() + d + noise).to(w0.dtype)
+
+
+def write_state_run(
+    root: Path, states: Mapping[int, Mapping[str, torch.Tensor]], config: Mapping[str, object]
+) -> Path:
+    """root/checkpoint-<step>/model.safetensors (+ config.json) for each step's state dict."""
+    for step, state in states.items():
+        checkpoints.write_state_dir(root / f"checkpoint-{step}", state, config=config)
+    return root
+
+
+def small_states(steps: Sequence[int] = STEPS, seed: int = 0) -> dict[int, dict[str, torch.Tensor]]:
+    """A hand-made two-layer state dict per step (fast to write, no transformers)."""
+    g = torch.Generator().manual_seed(seed)
+    base = {
+        "model.embed_tokens.weight": 0.02 * torch.randn(40, 16, generator=g),
+        "model.norm.weight": 1 + 0.02 * torch.randn(16, generator=g),
+        "lm_head.weight": 0.02 * torch.randn(40, 16, generator=g),
+    }
+    for layer in range(2):
+        p = f"model.layers.{layer}."
+        base[p + "self_attn.q_proj.weight"] = 0.02 * torch.randn(16, 16, generator=g)
+        base[p + "self_attn.o_proj.weight"] = 0.02 * torch.randn(16, 16, generator=g)
+        base[p + "mlp.down_proj.weight"] = 0.02 * torch.randn(16, 24, generator=g)
+        base[p + "input_layernorm.weight"] = 1 + 0.02 * torch.randn(16, generator=g)
+    return {s: {n: planted(n, w, s) for n, w in base.items()} for s in steps}
+
+
+SMALL_CONFIG = {"model_type": "llama", "hidden_size": 16, "num_attention_heads": 2}
+
+
+# -- independent float64 reference -----------------------------------------------------------
+
+
+def load_states(root: Path, base: Path | None = None) -> dict[int, dict[str, torch.Tensor]]:
+    """Every step's weights in float64, read with safetensors (LoRA: W_0 + scale·B@A)."""
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    for d in sorted(root.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
+        step = int(d.name.split("-")[1])
+        if (d / "adapter_model.safetensors").is_file():
+            assert base is not None
+            w = {n: t.double() for n, t in load_file(base / "model.safetensors").items()}
+            cfg = json.loads((d / "adapter_config.json").read_text())
+            scale = cfg["lora_alpha"] / cfg["r"]
+            ad = load_file(d / "adapter_model.safetensors")
+            for key, a in ad.items():
+                if ".lora_A." not in key:
+                    continue
+                name = key.replace("base_model.model.", "", 1).replace(".lora_A", "")
+                b = ad[key.replace("lora_A", "lora_B")]
+                w[name] = w[name] + scale * (b.double() @ a.double())
+            out[step] = w
+        else:
+            out[step] = {n: t.double() for n, t in checkpoints.st_state(d).items()}
+    if base is not None:
+        out[0] = {n: t.double() for n, t in load_file(base / "model.safetensors").items()}
+    return dict(sorted(out.items()))
+
+
+def ref_slices(name: str, x: torch.Tensor, config: Mapping[str, object]) -> list[tuple]:
+    """(expert, part, matrix) pieces of one tensor, cut by hand from the config."""
+    if name.endswith("experts.gate_up_proj"):
+        half = x.shape[1] // 2
+        return [
+            p for e in range(x.shape[0]) for p in ((e, "gate", x[e, :half]), (e, "up", x[e, half:]))
+        ]
+    if x.dim() == 3:
+        return [(e, None, x[e]) for e in range(x.shape[0])]
+    if name.endswith("qkv_proj.weight"):
+        hd = int(config["hidden_size"]) // int(config["num_attention_heads"])
+        nq, nkv = int(config["num_attention_heads"]) * hd, int(config["num_key_value_heads"]) * hd
+        return [(None, "q", x[:nq]), (None, "k", x[nq : nq + nkv]), (None, "v", x[nq + nkv :])]
+    if name.endswith("gate_up_proj.weight"):
+        half = x.shape[0] // 2
+        return [(None, "gate", x[:half]), (None, "up", x[half:])]
+    return [(None, None, x)]
+
+
+def _svd(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    u, s, vh = torch.linalg.svd(d, full_matrices=False)
+    return u, s, vh.T
+
+
+def reference(
+    states: Mapping[int, Mapping[str, torch.Tensor]],
+    config: Mapping[str, object],
+    ranks: Sequence[int] = RANKS,
+    *,
+    final: int | None = None,
+    consecutive: bool = False,
+    names: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """design.md's metrics from full float64 SVDs, one row per (update, step, tensor, slice)."""
+    steps = [s for s in states if s != 0]
+    final = steps[-1] if final is None else final
+    w0 = states[0]
+    rows = []
+    for name in names or list(w0):
+        pieces0 = ref_slices(name, w0[name], config)
+        dT = {(e, p): (m, _svd(m) if m.dim() == 2 and m.norm() > 0 else None)
+              for e, p, m in ref_slices(name, states[final][name] - w0[name], config)}  # fmt: skip
+        for step in steps:
+            kinds = [("cumulative", states[step][name] - w0[name])]
+            if consecutive:
+                prev = max([s for s in states if s < step])
+                kinds.append(("consecutive", states[step][name] - states[prev][name]))
+            for update, delta in kinds:
+                for (e, p, d), (_, _, b) in zip(
+                    ref_slices(name, delta, config), pieces0, strict=True
+                ):
+                    rows.append(_ref_row(update, step, name, e, p, d, b, dT[(e, p)], ranks))
+    df = pd.DataFrame(rows)
+    sq = df["update_norm"] ** 2
+    df["update_share"] = sq / sq.groupby([df["update"], df["step"]]).transform("sum")
+    return df
+
+
+def _next(s: torch.Tensor, k: int) -> float:
+    return float(s[k]) if s.shape[0] > k else 0.0
+
+
+def _ref_row(update, step, name, expert, part, d, base, final, ranks) -> dict[str, object]:
+    d_final, svd_final = final
+    norm, bnorm = float(d.norm()), float(base.norm())
+    row = {"update": update, "step": step, "tensor": name, "expert": expert, "part": part,
+           "update_norm": norm, "base_norm": bnorm,
+           "rel_update_norm": norm / bnorm if bnorm else math.inf}  # fmt: skip
+    fn = float(d_final.norm())
+    row["cos_to_final"] = float((d * d_final).sum()) / (norm * fn) if norm and fn else math.nan
+    if d.dim() != 2 or norm == 0:
+        return row
+    u, s, v = _svd(d)
+    total = norm**2
+    row["stable_rank"] = total / float(s[0]) ** 2
+    p = s / s.sum()
+    p = p[p > 0]
+    row["effective_rank"] = math.exp(-float((p * p.log()).sum()))
+    for k in ranks:
+        if k > min(d.shape):
+            continue
+        row[f"energy_k{k}"] = float((s[:k] ** 2).sum()) / total
+        row[f"gap_k{k}"] = (float(s[k - 1]) - _next(s, k)) / float(s[0])
+        if svd_final is None:
+            continue
+        uT, sT, vT = svd_final
+        row[f"gapT_k{k}"] = (float(sT[k - 1]) - _next(sT, k)) / float(sT[0])
+        row[f"align_left_k{k}"] = float(((u[:, :k].T @ uT[:, :k]) ** 2).sum()) / k
+        row[f"align_right_k{k}"] = float(((v[:, :k].T @ vT[:, :k]) ** 2).sum()) / k
+    return row
+
+
+def compare(
+    df: pd.DataFrame, ref: pd.DataFrame, ranks: Sequence[int] = RANKS, final: int | None = None
+) -> dict[str, int]:
+    """Check every metric column of ``df`` against ``ref``; returns how many checks each ran."""
+    keys = ["update", "step", "tensor", "expert", "part"]
+    got = df.copy()
+    got["expert"] = got["expert"].astype("float64")
+    got["part"] = got["part"].astype(object).where(got["part"].notna(), None)
+    r = ref.copy()
+    r["expert"] = r["expert"].astype("float64")
+    m = got.merge(r, on=keys, how="outer", suffixes=("", "_ref"), indicator=True)
+    assert (m["_merge"] == "both").all(), m.loc[m["_merge"] != "both", keys + ["_merge"]]
+    counts = {"rows": len(m), "aligned": 0, "flagged": 0}
+    final = m.loc[m["update"] == "cumulative", "step"].max() if final is None else final
+    slice_keys = ["tensor", "expert", "part"]
+    at_final = m.loc[(m["update"] == "cumulative") & (m["step"] == final)]
+    for k in ranks:
+        gaps = at_final.set_index(slice_keys)[f"gap_k{k}"].rename(f"final_gap_k{k}")
+        m = m.merge(gaps, left_on=slice_keys, right_index=True, how="left")
+
+    def close(col: str, rel: float = 0.0, abs_: float = 0.0) -> None:
+        if col + "_ref" not in m.columns:
+            return  # not in this reference
+        a, b = m[col].astype("float64"), m[col + "_ref"].astype("float64")
+        both = b.notna()
+        assert (a[~both].isna()).all(), f"{col}: values where the reference has none"
+        bad = ~((a[both] - b[both]).abs() <= abs_ + rel * b[both].abs())
+        assert not bad.any(), (col, m.loc[both][bad][keys + [col, col + "_ref"]].head())
+
+    for col in ("update_norm", "base_norm", "rel_update_norm"):
+        close(col, rel=1e-5)
+    close("update_share", abs_=1e-6)
+    close("cos_to_final", abs_=1e-5)
+    close("stable_rank", rel=1e-3)
+    if "effective_rank_ref" in m.columns:
+        close("effective_rank", rel=1e-3)
+    for k in ranks:
+        close(f"energy_k{k}", abs_=1e-3)
+        close(f"gap_k{k}", abs_=1e-3)
+        for side in ("left", "right"):
+            col = f"align_{side}_k{k}"
+            a, b = m[col], m[col + "_ref"]
+            assert a[b.isna()].isna().all()
+            defined = b.notna()
+            sharp = defined & (m[f"gap_k{k}_ref"] >= GAP_FLAG) & (m[f"gapT_k{k}"] >= GAP_FLAG)
+            err = (a - b).abs()
+            assert (err[sharp] <= 1e-2).all(), m.loc[
+                sharp & (err > 1e-2), keys + [col, col + "_ref"]
+            ]
+            # Near-ties: the value may differ, but the rows must say so through a small gap_k
+            # (at step t, or in the final step's row that the alignment is taken against).
+            loose = defined & ~sharp & (err > 1e-2)
+            flagged = (m[f"gap_k{k}"] < GAP_FLAG) | (m[f"final_gap_k{k}"] < GAP_FLAG)
+            assert flagged[loose].all(), m.loc[loose & ~flagged, keys + [col, col + "_ref"]]
+            counts["aligned"] += int(sharp.sum())
+            counts["flagged"] += int((defined & ~sharp).sum())
+    return counts

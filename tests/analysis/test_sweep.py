@@ -1,0 +1,133 @@
+"""The whole-run sweep against an independent float64 SVD of the weights written to disk."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from planted import (
+    RANKS,
+    SMALL_CONFIG,
+    compare,
+    load_states,
+    reference,
+    small_states,
+    write_state_run,
+)
+
+from opdlens import open_run
+from opdlens.analysis.analyze import run_analysis
+
+
+def _config(root):
+    return json.loads((root / "checkpoint-0" / "config.json").read_text())
+
+
+@pytest.mark.parametrize("kind", ["llama-bf16", "llama-f32", "phi3", "moe"])
+def test_every_metric_matches_float64_svd(planted_runs, kind):
+    root = planted_runs(kind)
+    df = open_run(root).analyze(RANKS, consecutive=True, full_spectrum=True, workers=1)
+    ref = reference(load_states(root), _config(root), consecutive=True)
+    counts = compare(df, ref)
+    assert counts["aligned"] > counts["rows"]  # most alignments are sharp and checked exactly
+    shares = df.groupby(["update", "step"])["update_share"].sum()
+    np.testing.assert_allclose(shares.to_numpy(), 1.0, atol=1e-9)
+    first = df[(df["update"] == "consecutive") & (df["step"] == 1)].reset_index(drop=True)
+    cum = df[(df["update"] == "cumulative") & (df["step"] == 1)].reset_index(drop=True)
+    np.testing.assert_allclose(first["update_norm"], cum["update_norm"])  # W_1 − W_0 both ways
+
+
+def test_slices_of_fused_and_stacked_tensors(planted_runs):
+    moe = open_run(planted_runs("moe")).analyze((1,), workers=1)
+    gu = moe[(moe["tensor"] == "model.layers.0.mlp.experts.gate_up_proj") & (moe["step"] == 4)]
+    assert sorted(zip(gu["expert"], gu["part"], strict=True)) == [
+        (e, p) for e in range(4) for p in ("gate", "up")
+    ]
+    assert set(gu["kind"]) == {"gate_proj", "up_proj"} and set(gu["rows"]) == {16}
+    phi = open_run(planted_runs("phi3")).analyze((1,), workers=1)
+    qkv = phi[(phi["tensor"] == "model.layers.1.self_attn.qkv_proj.weight") & (phi["step"] == 1)]
+    assert list(zip(qkv["part"], qkv["kind"], qkv["rows"], strict=True)) == [
+        ("k", "k_proj", 16), ("q", "q_proj", 32), ("v", "v_proj", 16)
+    ]  # fmt: skip
+    keys = ["update", "step", "tensor", "expert", "part"]
+    assert not phi.duplicated(keys).any() and not moe.duplicated(keys).any()
+
+
+def test_lora_updates_from_factors_match_float64(planted_runs):
+    root, base = planted_runs("lora"), planted_runs("llama-f32") / "checkpoint-0"
+    run = open_run(root, base=base)
+    df = run.analyze(RANKS, workers=1)
+    ref = reference(load_states(root, base), _config(base.parent))
+    compare(df, ref)
+    q = df[df["tensor"] == "model.layers.0.self_attn.q_proj.weight"]
+    np.testing.assert_allclose(q["energy_k8"], 1.0, atol=1e-6)  # rank-4 LoRA
+    # K = 8 above the rank-4 update: the subspace is undefined and gap_k8 flags it.
+    assert (q["gap_k8"] < 1e-2).all()
+    untouched = df[df["tensor"] == "model.layers.0.mlp.up_proj.weight"]
+    assert (untouched["update_norm"] == 0).all() and untouched["energy_k1"].isna().all()
+
+
+def test_chosen_final_keeps_every_step(planted_runs):
+    root = planted_runs("llama-f32")
+    df = open_run(root).analyze(RANKS, final=2, workers=1)
+    assert sorted(df["step"].unique()) == [1, 2, 4]
+    compare(df, reference(load_states(root), _config(root), final=2), final=2)
+    at2 = df[df["step"] == 2]
+    np.testing.assert_allclose(at2["cos_to_final"], 1.0, atol=1e-6)
+
+
+def test_vectors_get_norms_only_and_zero_base_gives_inf(tmp_path):
+    states = small_states()
+    for s, st in states.items():
+        st["model.layers.0.self_attn.o_proj.bias"] = torch.zeros(16) + 0.01 * s  # W_0 = 0
+        st["model.layers.1.mlp.down_proj.weight"] = torch.zeros(16, 24) if s == 0 else st[
+            "model.layers.1.mlp.down_proj.weight"
+        ]  # fmt: skip
+    df = open_run(write_state_run(tmp_path, states, SMALL_CONFIG)).analyze(RANKS, workers=1)
+    vec = df[df["tensor"] == "model.layers.0.input_layernorm.weight"]
+    assert (vec["update_norm"] > 0).all() and (vec["base_norm"] > 0).all()
+    assert (vec["rows"] == 16).all() and (vec["cols"] == 1).all()
+    spectral = [c for c in df.columns if c.startswith(("energy", "align", "gap", "stable"))]
+    assert vec[spectral].isna().all().all()
+    bias = df[df["tensor"] == "model.layers.0.self_attn.o_proj.bias"]
+    assert (bias["base_norm"] == 0).all() and np.isinf(bias["rel_update_norm"]).all()
+    zero_mat = df[df["tensor"] == "model.layers.1.mlp.down_proj.weight"]
+    assert np.isinf(zero_mat["rel_update_norm"]).all() and zero_mat["energy_k1"].notna().all()
+
+
+def test_nonfinite_weight_marks_one_row_and_keeps_the_rest(tmp_path):
+    states = small_states((0, 1, 2, 3))
+    bad = "model.layers.1.self_attn.q_proj.weight"
+    states[2][bad][3, 5] = float("nan")
+    states[2]["model.layers.0.input_layernorm.weight"][0] = float("inf")
+    run = open_run(write_state_run(tmp_path, states, SMALL_CONFIG))
+    res = run_analysis(run, ranks=RANKS, workers=1, consecutive=True)
+    df = res.frame
+    marked = df[df["nonfinite"]]
+    assert set(zip(marked["tensor"], marked["step"], strict=True)) == {
+        (bad, 2), (bad, 3), ("model.layers.0.input_layernorm.weight", 2),
+        ("model.layers.0.input_layernorm.weight", 3),
+    }  # fmt: skip
+    # Cumulative rows at step 3 are finite again; only W_3 − W_2 touches the NaN.
+    assert set(marked.loc[marked["step"] == 3, "update"]) == {"consecutive"}
+    assert marked[["update_norm", "energy_k1", "align_left_k1"]].isna().all().all()
+    assert any(bad in w and "step 2" in w for w in res.warnings)
+    assert any("input_layernorm" in w and "step 2" in w for w in res.warnings)
+    good = df[~df["nonfinite"]]
+    clean = [n for n in states[0] if n not in (bad, "model.layers.0.input_layernorm.weight")]
+    ref = reference(
+        {s: {n: t.double() for n, t in st.items()} for s, st in states.items()}, SMALL_CONFIG,
+        names=clean,
+    )  # fmt: skip
+    cum = good[(good["update"] == "cumulative") & good["tensor"].isin(clean)]
+    compare(cum, ref.drop(columns="update_share"), final=3)
+    for step in (1, 3):  # the marked tensor's other steps are intact
+        row = df[(df["tensor"] == bad) & (df["step"] == step) & (df["update"] == "cumulative")]
+        want = float((states[step][bad].double() - states[0][bad].double()).norm())
+        assert row["update_norm"].item() == pytest.approx(want, rel=1e-5)
+    shares = good[good["update"] == "cumulative"].groupby("step")["update_share"].sum()
+    np.testing.assert_allclose(shares.to_numpy(), 1.0, atol=1e-9)
+    assert math.isnan(df.loc[df["nonfinite"], "update_share"].iloc[0])

@@ -1,0 +1,85 @@
+"""`opdlens analyze`: outputs, summary table, progress bar, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "analysis"))
+from planted import SMALL_CONFIG, small_states, write_state_run  # noqa: E402
+
+from opdlens.cli import app  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_root(tmp_path_factory) -> Path:
+    return write_state_run(tmp_path_factory.mktemp("cli"), small_states(), SMALL_CONFIG)
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, ["analyze", *map(str, args)])
+
+
+def test_writes_outputs_and_prints_the_summary(run_root, tmp_path):
+    out = tmp_path / "out"
+    res = _invoke(run_root, "--out", out, "--ranks", "1,4", "--workers", "1")
+    assert res.exit_code == 0, res.output
+    pq, csv = pd.read_parquet(out / "metrics.parquet"), pd.read_csv(out / "metrics.csv")
+    assert len(pq) == len(csv) == 33
+    pd.testing.assert_frame_equal(
+        pq.astype({c: "object" for c in ("update", "tensor", "block", "kind", "part")}).drop(columns=["layer", "expert", "part"]),
+        csv.astype({c: "object" for c in ("update", "tensor", "block", "kind")}).drop(columns=["layer", "expert", "part"]),
+        check_dtype=False, rtol=1e-12,
+    )  # fmt: skip
+    assert pq["layer"].astype("float64").equals(csv["layer"].astype("float64"))
+    prov = json.loads((out / "provenance.json").read_text())
+    assert [i["step"] for i in prov["inputs"]] == [0, 1, 2, 4]
+    assert all(len(i["fingerprint"]) == 40 and i["files"][0]["bytes"] > 0 for i in prov["inputs"])
+    assert {"opdlens", "torch", "pandas"} <= set(prov["versions"])
+    assert prov["options"]["ranks"] == [1, 4]
+    assert {"open", "sweep", "frame", "write"} <= set(prov["wall_time_s"])
+    assert "update_share" in res.stdout and "energy_k4" in res.stdout
+    assert "mlp" in res.stdout and "final step 4" in res.stdout
+    assert "analyze [" in res.stderr  # the progress bar
+
+
+def test_quiet_shows_no_progress_bar(run_root, tmp_path):
+    res = _invoke(run_root, "--out", tmp_path / "q", "--workers", "1", "--quiet")
+    assert res.exit_code == 0 and "analyze [" not in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ranks", "1,x"], "--ranks takes comma-separated whole numbers"),
+        (["--ranks", "0,4"], "'ranks' parameter of analyze must be positive integers"),
+        (["--final", "3"], "--final 3 is not a saved step"),
+        (["--device", "cuda"], "--device cuda was asked for"),
+        (["--address", "ray://x:1"], "--address is for a Ray cluster"),
+    ],
+)
+def test_bad_options_exit_with_one_line(run_root, tmp_path, args, message):
+    res = _invoke(run_root, "--out", tmp_path / "o", "--workers", "1", *args)
+    assert res.exit_code != 0
+    assert message in res.stderr and "Traceback" not in res.output
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_bad_inputs_exit_with_one_line(run_root, tmp_path):
+    res = _invoke(run_root, "--out", run_root / "analysis")
+    assert res.exit_code != 0 and "overlaps the input" in res.stderr
+    res = _invoke(tmp_path / "nope", "--out", tmp_path / "o")
+    assert res.exit_code != 0 and "nope" in res.stderr and "Traceback" not in res.output
+    bad = write_state_run(tmp_path / "trunc", small_states((0, 1)), SMALL_CONFIG)
+    f = bad / "checkpoint-1" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    res = _invoke(bad, "--out", tmp_path / "o2", "--workers", "1")
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "model.safetensors" in res.stderr and len(res.stderr.strip().splitlines()) == 1
