@@ -1,0 +1,288 @@
+"""The built-in demo: a teacher, a weaker student, OPD and RL runs, and online EffOPD vs plain OPD."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from opdlens.demo.model import ModelConfig, TinyLlama, save_checkpoint
+from opdlens.demo.task import VOCAB_SIZE, AdditionTask
+from opdlens.demo.train import (
+    PostTrainSettings,
+    greedy_accuracy,
+    is_power_of_two,
+    post_train,
+    sft,
+    single_thread,
+)
+from opdlens.errors import OpdlensError
+from opdlens.extrapolation.callback import EffOPD
+from opdlens.progress import Progress
+
+MANIFEST = "demo_manifest.json"
+ONLINE = "online_effopd.json"
+_FORMAT = 1
+_OWNED = ("teacher", "opd", "rl", ONLINE)
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Everything that determines the demo's runs besides the seed."""
+
+    task: AdditionTask
+    arch: ModelConfig  # teacher and student share it; the student is less trained
+    sft_steps: int  # cap; SFT stops once validation accuracy reaches teacher_target
+    student_target: float  # the student is the first SFT snapshot at this validation accuracy
+    teacher_target: float
+    sft_lr: float
+    sft_batch: int
+    # A soft teacher: wrong tokens cost a few nats of reverse KL, as with an LLM teacher,
+    # rather than the ~30 nats of a one-hot-trained toy model.
+    label_smoothing: float
+    post: PostTrainSettings
+    eval_every: int  # test-accuracy resolution of the online comparison, in steps
+
+
+def demo_settings(quick: bool, seed: int = 0) -> DemoSettings:
+    """The full or quick preset."""
+    task = AdditionTask(n_digits=2, reverse=True, n_val=256, n_test=512, split_seed=seed)
+    width = 48 if quick else 64
+    arch = ModelConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=2 if quick else 3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=task.prompt_len + task.answer_len,
+    )
+    post = PostTrainSettings(
+        steps=40 if quick else 200,
+        save_every=10 if quick else 25,
+        lr=3e-4,
+        samples_per_step=64 if quick else 128,
+        group_size=8,
+    )
+    return DemoSettings(
+        task=task,
+        arch=arch,
+        sft_steps=1000 if quick else 2000,
+        student_target=0.15,
+        teacher_target=0.8 if quick else 0.97,
+        sft_lr=3e-3,
+        sft_batch=64 if quick else 128,
+        label_smoothing=0.1,
+        post=post,
+        eval_every=5,
+    )
+
+
+@dataclass(frozen=True)
+class OnlineComparison:
+    """Steps plain OPD and OPD + online EffOPD need to reach 90 % of plain OPD's final accuracy."""
+
+    target_accuracy: float
+    plain_steps_to_target: int | None
+    effopd_steps_to_target: int | None
+    plain_final_accuracy: float
+    effopd_final_accuracy: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DemoRuns:
+    """Where generate_runs put the teacher, the two runs and the online comparison."""
+
+    out_dir: Path
+    teacher: Path
+    opd: Path
+    rl: Path
+    online_path: Path
+    online: OnlineComparison
+
+
+def _layout(out_dir: Path, online: OnlineComparison) -> DemoRuns:
+    return DemoRuns(
+        out_dir, out_dir / "teacher", out_dir / "opd", out_dir / "rl", out_dir / ONLINE, online
+    )
+
+
+def _read_online(path: Path) -> OnlineComparison:
+    data = json.loads(path.read_text())
+    return OnlineComparison(**{k: data[k] for k in OnlineComparison.__dataclass_fields__})
+
+
+def _steps_to(curve: list[tuple[int, float]], target: float) -> int | None:
+    return next((step for step, acc in curve if acc >= target), None)
+
+
+def _prepare(out_dir: Path, manifest: dict[str, Any]) -> bool:
+    """True if out_dir already holds complete runs made with these parameters."""
+    path = out_dir / MANIFEST
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("complete") and old.get("params") == manifest["params"]:
+            return all((out_dir / name).exists() for name in _OWNED)
+        for name in _OWNED:  # ours, from other parameters or an interrupted run
+            target = out_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        raise OpdlensError(
+            f"{out_dir} is not empty and holds no {MANIFEST}, so it is not a demo directory; "
+            "pass an empty or new directory to generate_runs."
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def generate_runs(
+    out_dir: Path, *, quick: bool = False, seed: int = 0, progress: bool = True
+) -> DemoRuns:
+    """Train the demo's teacher, student start, OPD and RL runs and the online EffOPD comparison.
+
+    Reuses out_dir when it already holds complete runs made with the same parameters.
+    """
+    out_dir = Path(out_dir)
+    with single_thread():
+        return _generate(out_dir, quick, seed, progress)
+
+
+def _generate(out_dir: Path, quick: bool, seed: int, progress: bool) -> DemoRuns:
+    settings = demo_settings(quick, seed)
+    params = {"format": _FORMAT, "quick": quick, "seed": seed, "settings": asdict(settings)}
+    manifest: dict[str, Any] = {"params": params, "complete": False}
+    if _prepare(out_dir, manifest):
+        return _layout(out_dir, _read_online(out_dir / ONLINE))
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    timings: dict[str, float] = {}
+    task = settings.task
+    val_prompts, val_answers = task.split("val")
+    test_prompts, test_answers = task.split("test")
+
+    def val_accuracy(model: torch.nn.Module) -> float:
+        return greedy_accuracy(model, val_prompts, val_answers)
+
+    def test_accuracy(model: torch.nn.Module) -> float:
+        return greedy_accuracy(model, test_prompts, test_answers)
+
+    # One SFT run: the student is its first snapshot at student_target, the teacher its end.
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    model = TinyLlama(settings.arch)
+    snapshots: list[TinyLlama] = []
+
+    def checkpoint(m: TinyLlama) -> bool:
+        acc = val_accuracy(m)
+        if not snapshots and acc >= settings.student_target:
+            snapshots.append(copy.deepcopy(m).eval())
+        return acc >= settings.teacher_target
+
+    bar = Progress(settings.sft_steps, "demo sft", enabled=progress)
+    sft_steps = sft(
+        model,
+        task.sampler(seed + 100),
+        steps=settings.sft_steps,
+        lr=settings.sft_lr,
+        batch=settings.sft_batch,
+        stop=checkpoint,
+        check_every=5,
+        label_smoothing=settings.label_smoothing,
+        bar=bar,
+    )
+    bar.close()
+    if not snapshots:
+        raise OpdlensError(
+            f"The demo SFT never reached the student target {settings.student_target} "
+            "validation accuracy; this preset does not work with this seed."
+        )
+    teacher, student = model.eval(), snapshots[0]
+    timings["sft"] = time.perf_counter() - start
+    demo = {"task": task.to_dict(), "seed": seed, "quick": quick}
+    save_checkpoint(teacher, out_dir / "teacher", {**demo, "role": "teacher"})
+    curves: dict[str, list[tuple[int, float]]] = {}
+
+    def curve_recorder(name: str, callback: EffOPD | None = None):
+        curves[name] = [(0, test_accuracy(student))]
+
+        def on_step(model: torch.nn.Module, step: int) -> None:
+            if callback is not None:
+                callback.after_step(model, step, val_accuracy)
+            if step % settings.eval_every == 0 or is_power_of_two(step):
+                curves[name].append((step, test_accuracy(model)))
+
+        return on_step
+
+    student_demo = {**demo, "role": "student"}
+    for kind in ("opd", "rl"):
+        start = time.perf_counter()
+        bar = Progress(settings.post.steps, f"demo {kind}", enabled=progress)
+        post_train(
+            kind,
+            student,
+            teacher,
+            task,
+            settings.post,
+            seed=seed,
+            run_dir=out_dir / kind,
+            demo=student_demo,
+            on_step=curve_recorder(kind) if kind == "opd" else None,
+            bar=bar,
+        )
+        timings[kind] = time.perf_counter() - start
+    start = time.perf_counter()
+    effopd = EffOPD()
+    effopd.start(student)
+    bar = Progress(settings.post.steps, "demo opd+effopd", enabled=progress)
+    post_train(
+        "opd",
+        student,
+        teacher,
+        task,
+        settings.post,
+        seed=seed,
+        on_step=curve_recorder("effopd", effopd),
+        bar=bar,
+    )
+    timings["opd_effopd"] = time.perf_counter() - start
+    online = _compare(curves["opd"], curves["effopd"], effopd.history)
+    record = {
+        **asdict(online),
+        "target_fraction": 0.9,
+        "score": f"validation accuracy (greedy, {task.n_val} held-out problems)",
+        "alpha0": effopd.alpha0,
+        "max_candidates": effopd.max_candidates,
+        "eval_every": settings.eval_every,
+        "curves": {"plain": curves["opd"], "effopd": curves["effopd"]},
+    }
+    (out_dir / ONLINE).write_text(json.dumps(record, indent=2) + "\n")
+    manifest.update(
+        complete=True,
+        sft_steps=sft_steps,
+        seconds={k: round(v, 2) for k, v in timings.items()},
+    )
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return _layout(out_dir, online)
+
+
+def _compare(
+    plain: list[tuple[int, float]], eff: list[tuple[int, float]], history: list[dict[str, Any]]
+) -> OnlineComparison:
+    target = 0.9 * plain[-1][1]
+    return OnlineComparison(
+        target_accuracy=target,
+        plain_steps_to_target=_steps_to(plain, target),
+        effopd_steps_to_target=_steps_to(eff, target),
+        plain_final_accuracy=plain[-1][1],
+        effopd_final_accuracy=eff[-1][1],
+        history=history,
+    )

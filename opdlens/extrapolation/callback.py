@@ -1,0 +1,194 @@
+"""Online EffOPD: extrapolate attention/MLP weights at power-of-two steps of a live training loop."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..names import canonical_name, classify
+from .extrapolate import BLOCKS, DEFAULT_MODULES
+
+logger = logging.getLogger(__name__)
+
+
+def _is_power_of_two(step: int) -> bool:
+    return step > 0 and step & (step - 1) == 0
+
+
+class EffOPD:
+    """EffOPD as a training-loop callback (design.md, "Extrapolation").
+
+    Call `start(model)` before the first optimiser step (or the first `after_step` call
+    anchors instead), then `after_step(model, step, score_fn)` after every optimiser step.
+    At steps 1, 2, 4, 8, … it scores the model, tries θ ← θ + α·(θ − θ_anchor) on the
+    selected tensors with α = alpha0, then α ← α/(1 + α) applied to the current candidate's
+    distance from the anchor after every accepted candidate (each accepted candidate moves a
+    further alpha0·(θ − θ_anchor)), at most max_candidates, and stops at the first candidate
+    whose score does not strictly improve, restoring the last accepted weights bit-exactly.
+    The anchor for the next power-of-two step is the weights after this step's decision.
+
+    Memory: the anchor and one backup of the selected tensors, in their own dtype, and
+    nothing more (one float32 temporary of a single tensor while a candidate is built).
+    Arithmetic is float32; low-precision parameters are cast back after each candidate.
+    score_fn(model) -> float, higher is better; it should put the model in eval mode itself
+    if the model has dropout. The optimiser state is left untouched.
+    """
+
+    def __init__(
+        self,
+        alpha0: float = 2.0,
+        max_candidates: int = 5,
+        modules: Sequence[str] = DEFAULT_MODULES,
+        select: Callable[[str, nn.Parameter], bool] | None = None,
+    ) -> None:
+        if not isinstance(alpha0, (int, float)) or not math.isfinite(alpha0) or alpha0 <= 0:
+            raise ValueError(
+                f"The 'alpha0' parameter of EffOPD must be a finite number > 0. Got {alpha0!r}."
+            )
+        if isinstance(max_candidates, bool) or not isinstance(max_candidates, int):
+            raise ValueError(
+                f"The 'max_candidates' parameter of EffOPD must be an int >= 1. Got {max_candidates!r}."
+            )
+        if max_candidates < 1:
+            raise ValueError(
+                f"The 'max_candidates' parameter of EffOPD must be an int >= 1. Got {max_candidates}."
+            )
+        unknown = sorted(set(modules) - set(BLOCKS) - {"all"})
+        if unknown or not modules:
+            raise ValueError(
+                f"The 'modules' parameter of EffOPD takes blocks from {', '.join(BLOCKS)} or "
+                f"'all'. Got {tuple(modules)!r}; e.g. modules=('attn', 'mlp'), or pass select=."
+            )
+        self.alpha0 = float(alpha0)
+        self.max_candidates = max_candidates
+        self.modules = tuple(modules)
+        self._select = select
+        self._anchor: dict[str, torch.Tensor] = {}
+        self._backup: dict[str, torch.Tensor] = {}
+        self.anchor_step: int | None = None
+        self.history: list[dict[str, Any]] = []
+
+    def selects(self, name: str, param: nn.Parameter) -> bool:
+        """Whether `name` is extrapolated: select= if given, else select_tensors' offline rule."""
+        if self._select is not None:
+            return bool(self._select(name, param))
+        if not param.dtype.is_floating_point:
+            return False
+        if "all" in self.modules:
+            return True
+        info = classify(canonical_name(name))
+        matrix = (name.endswith("weight") and param.dim() >= 2) or info.stacked_experts
+        return info.block in self.modules and matrix
+
+    def _selected(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        chosen = {n: p for n, p in model.named_parameters() if self.selects(n, p)}
+        if not chosen:
+            raise ValueError(
+                f"EffOPD selected no parameters of the model: no weight matrix of the blocks "
+                f"{self.modules}. Pass other modules= or select=lambda name, param: ... ."
+            )
+        return chosen
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes held by the callback: the anchor and the backup."""
+        tensors = [*self._anchor.values(), *self._backup.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @torch.no_grad()
+    def start(self, model: nn.Module, step: int = 0) -> None:
+        """Record the selected weights as the anchor of the first power-of-two step."""
+        params = self._selected(model)
+        self._anchor = {n: p.detach().clone() for n, p in params.items()}
+        self._backup = {n: torch.empty_like(p) for n, p in params.items()}
+        self.anchor_step = step
+
+    def after_step(
+        self, model: nn.Module, step: int, score_fn: Callable[[nn.Module], float]
+    ) -> dict[str, Any]:
+        """Run the EffOPD decision if step is a power of two; return what happened.
+
+        Returns a dict with step, extrapolated, anchor_step, base_score, candidate_scores,
+        alphas, accepted and final_score (scores are None on steps that are not extrapolated).
+        """
+        record: dict[str, Any] = {
+            "step": step,
+            "extrapolated": False,
+            "anchor_step": self.anchor_step,
+            "base_score": None,
+            "candidate_scores": [],
+            "alphas": [],
+            "accepted": 0,
+            "final_score": None,
+        }
+        if not self._anchor:
+            logger.warning(
+                "EffOPD.after_step was called at step %d before start(model); the weights of "
+                "this step become the anchor and nothing is extrapolated now.",
+                step,
+            )
+            self.start(model, step)
+            record["anchor_step"] = step
+            return record
+        if not _is_power_of_two(step):
+            return record
+        self._decide(model, step, score_fn, record)
+        self.history.append(record)
+        return record
+
+    @torch.no_grad()
+    def _decide(
+        self,
+        model: nn.Module,
+        step: int,
+        score_fn: Callable[[nn.Module], float],
+        record: dict[str, Any],
+    ) -> None:
+        params = self._selected(model)
+        if params.keys() != self._anchor.keys():
+            raise ValueError(
+                "EffOPD's selected tensors changed since start(): "
+                f"{sorted(params.keys() ^ self._anchor.keys())[:5]}. Call start(model) again."
+            )
+        best = float(score_fn(model))
+        record.update(extrapolated=True, base_score=best)
+        self._copy(params, into=self._backup)
+        alpha = self.alpha0
+        for _ in range(self.max_candidates):
+            for name, p in params.items():
+                cur = p.float()
+                p.copy_(cur + alpha * (cur - self._anchor[name].float()))
+            score = float(score_fn(model))
+            record["alphas"].append(alpha)
+            record["candidate_scores"].append(score)
+            if not score > best:  # also rejects a NaN score
+                self._restore(params)
+                break
+            best = score
+            record["accepted"] += 1
+            self._copy(params, into=self._backup)
+            alpha = alpha / (1.0 + alpha)
+        record["final_score"] = best
+        self._copy(params, into=self._anchor)
+        self.anchor_step = step
+        logger.info(
+            "EffOPD step %d: base %.4g, candidates %s, accepted %d",
+            step,
+            record["base_score"],
+            record["candidate_scores"],
+            record["accepted"],
+        )
+
+    @staticmethod
+    def _copy(params: dict[str, nn.Parameter], into: dict[str, torch.Tensor]) -> None:
+        for name, p in params.items():
+            into[name].copy_(p)
+
+    def _restore(self, params: dict[str, nn.Parameter]) -> None:
+        for name, p in params.items():
+            p.copy_(self._backup[name])
