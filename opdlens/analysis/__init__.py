@@ -1,0 +1,1 @@
+"""Numerical core of the metrics: top-K SVD with an accuracy contract, and the metric functions."""

@@ -1,0 +1,124 @@
+"""The metric functions against direct numpy/float64 computations of design.md's definitions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from opdlens.analysis import metrics as M
+
+
+def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_frobenius_sq_float64_and_chunked(monkeypatch):
+    x = _rand(300, 70)
+    want = float(np.sum(x.numpy().astype(np.float64) ** 2))
+    assert M.frobenius_sq(x) == pytest.approx(want, rel=1e-14)
+    monkeypatch.setattr(M, "_CHUNK", 1000)  # several chunks, on a non-contiguous view
+    assert M.frobenius_sq(x.T) == pytest.approx(want, rel=1e-14)
+    assert M.frobenius_sq(torch.zeros(5)) == 0.0
+
+
+def test_energy_k_matches_definition():
+    x = _rand(40, 90).double()
+    s = torch.linalg.svdvals(x)
+    total = M.frobenius_sq(x)
+    for k in (1, 3, 40):
+        want = float((s[:k] ** 2).sum() / (x**2).sum())
+        assert M.energy_k(s, total, k) == pytest.approx(want, rel=1e-12)
+    assert M.energy_k(s, total, 40) == 1.0
+
+
+def test_energy_k_never_above_one_and_nan_for_zero():
+    s = torch.tensor([2.0, 0.0])
+    assert M.energy_k(s, 4.0 * (1 - 1e-7), 1) == 1.0  # float rounding is clipped
+    assert math.isnan(M.energy_k(torch.zeros(3), 0.0, 2))
+    with pytest.raises(ValueError, match="same update"):
+        M.energy_k(s, 3.0, 1)
+    with pytest.raises(ValueError, match=r"'k' parameter of energy_k.*1\.\.2"):
+        M.energy_k(s, 4.0, 3)
+
+
+def test_stable_rank():
+    x = _rand(30, 50).double()
+    s = torch.linalg.svdvals(x)
+    assert M.stable_rank(float(s[0]), M.frobenius_sq(x)) == pytest.approx(
+        float((s**2).sum() / s[0] ** 2)
+    )
+    assert math.isnan(M.stable_rank(0.0, 0.0))
+
+
+def test_effective_rank():
+    assert M.effective_rank(torch.ones(7)) == pytest.approx(7.0)
+    assert M.effective_rank(torch.tensor([3.0, 0.0, 0.0])) == pytest.approx(1.0)
+    s = np.array([4.0, 2.0, 1.0, 0.5])
+    p = s / s.sum()
+    assert M.effective_rank(torch.tensor(s)) == pytest.approx(math.exp(-(p * np.log(p)).sum()))
+    assert math.isnan(M.effective_rank(torch.zeros(4)))
+    with pytest.raises(ValueError, match="non-negative"):
+        M.effective_rank(torch.tensor([1.0, -1.0]))
+
+
+def test_subspace_alignment_identical_orthogonal_rotated():
+    q = torch.linalg.qr(_rand(50, 8).double())[0]
+    assert M.subspace_alignment(q, q, 8) == pytest.approx(1.0)
+    rot = torch.linalg.qr(_rand(4, 4, seed=1).double())[0]
+    assert M.subspace_alignment(q[:, :4] @ rot, q, 4) == pytest.approx(1.0)  # basis-independent
+    assert M.subspace_alignment(q[:, :4], q[:, 4:], 4) == pytest.approx(0.0, abs=1e-12)
+    half = torch.cat([q[:, :2], q[:, 4:6]], 1)
+    assert M.subspace_alignment(half, q, 4) == pytest.approx(0.5)
+
+
+def test_random_alignment_is_about_k_over_rows():
+    rows, k = 256, 8
+    vals = [
+        M.subspace_alignment(
+            torch.linalg.qr(_rand(rows, k, seed=2 * i))[0],
+            torch.linalg.qr(_rand(rows, k, seed=2 * i + 1))[0],
+            k,
+        )
+        for i in range(40)
+    ]
+    assert np.mean(vals) == pytest.approx(M.random_alignment_baseline(k, rows), rel=0.15)
+    with pytest.raises(ValueError, match="1 ≤ k ≤ rows"):
+        M.random_alignment_baseline(0, 10)
+
+
+def test_subspace_alignment_errors():
+    with pytest.raises(ValueError, match="same rows"):
+        M.subspace_alignment(torch.eye(5, 2), torch.eye(6, 2), 2)
+    with pytest.raises(ValueError, match=r"1\.\.2"):
+        M.subspace_alignment(torch.eye(5, 2), torch.eye(5, 3), 3)
+
+
+def test_gap_k():
+    s = torch.tensor([4.0, 2.0, 1.0])
+    assert M.gap_k(s, 1) == pytest.approx(0.5)
+    assert M.gap_k(s, 2) == pytest.approx(0.25)
+    assert M.gap_k(s, 3) == pytest.approx(0.25)  # σ beyond the spectrum is 0
+    assert math.isnan(M.gap_k(torch.zeros(3), 1))
+
+
+def test_cosine_and_inner():
+    a, b = _rand(20, 30), _rand(20, 30, seed=1)
+    an, bn = a.numpy().astype(np.float64).ravel(), b.numpy().astype(np.float64).ravel()
+    want = an @ bn / (np.linalg.norm(an) * np.linalg.norm(bn))
+    assert M.cosine(a, b) == pytest.approx(want, rel=1e-12)
+    assert M.cosine(a, a) == pytest.approx(1.0)
+    assert M.cosine(a, -2 * a) == pytest.approx(-1.0)
+    assert math.isnan(M.cosine(a, torch.zeros_like(a)))
+    with pytest.raises(ValueError, match="same shape"):
+        M.inner(a, b.T)
+
+
+def test_relative():
+    assert M.relative(3.0, 2.0) == 1.5
+    assert M.relative(1.0, 0.0) == math.inf
+    assert M.relative(-1.0, 0.0) == -math.inf
+    assert math.isnan(M.relative(0.0, 0.0))
+    assert math.isnan(M.relative(math.nan, 1.0))
