@@ -1,0 +1,116 @@
+"""`opdlens figures` and `opdlens report`: the paper's figures, and one self-contained HTML page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..viz.figures import write_figures
+from ..viz.report import write_report
+from ..viz.sources import Sources, load_sources
+from ._app import BaseOpt, QuietOpt, app, echo, handle_errors
+from .analyze import parse_ints
+
+SourceArg = Annotated[
+    Path,
+    typer.Argument(help="Run directory (checkpoint-<N>/ …), or the --out of `opdlens analyze`."),
+]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory (outside every run).")]
+CompareOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--compare", help="Another run or metrics directory to compare (repeatable)."),
+]
+LabelsOpt = Annotated[
+    str | None,
+    typer.Option("--labels", help="Comma-separated run names, RUN first, e.g. OPD,RL."),
+]
+ReplayOpt = Annotated[
+    Path | None, typer.Option("--replay", help="The --out directory of `opdlens replay`.")
+]
+ErrorsOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--errors", help="extrapolation_errors.csv of `extrapolate --evaluate` (one per α)."
+    ),
+]
+RanksOpt = Annotated[str, typer.Option(help="K values when a run is analysed, e.g. 1,4,16.")]
+TopOpt = Annotated[int, typer.Option("--spectra", help="Tensors whose spectrum is drawn.")]
+WorkersOpt = Annotated[
+    int | None, typer.Option(help="Worker processes when a run is analysed (default: cores).")
+]
+
+
+def _load(
+    source: Path, compare: list[Path] | None, labels: str | None, out: Path, base: Path | None,
+    replay: Path | None, errors: list[Path] | None, ranks: str, spectra: int,
+    workers: int | None, quiet: bool,
+) -> Sources:  # fmt: skip
+    names = None if labels is None else [x for x in labels.split(",")]
+    if spectra < 0:
+        raise ValueError(f"--spectra takes a count ≥ 0; got {spectra}.")
+    return load_sources(
+        [source, *(compare or [])], out, labels=names, base=base, replay=replay,
+        errors=errors or (), spectra_top=spectra, progress=not quiet,
+        analyze_options={"ranks": parse_ints(ranks, "--ranks"), "workers": workers},
+    )  # fmt: skip
+
+
+def _notes(notes: list[str]) -> None:
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
+
+
+@app.command()
+@handle_errors
+def figures(
+    source: SourceArg,
+    out: OutOpt,
+    compare: CompareOpt = None,
+    labels: LabelsOpt = None,
+    base: BaseOpt = None,
+    replay: ReplayOpt = None,
+    errors: ErrorsOpt = None,
+    ranks: RanksOpt = "1,4,16",
+    spectra: TopOpt = 6,
+    workers: WorkersOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Draw the paper's figures (PDF, SVG and 200-dpi PNG) for one run or several side by side."""
+    src = _load(source, compare, labels, out, base, replay, errors, ranks, spectra, workers, quiet)
+    result = write_figures(
+        src.frame, out, spectra=src.spectra, history=src.history, errors=src.errors
+    )
+    _notes([*src.notes, *result.notes])
+    for stem in result.paths:
+        echo(f"{out / stem}.{{pdf,svg,png}}  {result.titles[stem]}")
+    echo(f"wrote {len(result.paths)} figures to {out}")
+
+
+@app.command()
+@handle_errors
+def report(
+    source: SourceArg,
+    out: OutOpt,
+    compare: CompareOpt = None,
+    labels: LabelsOpt = None,
+    base: BaseOpt = None,
+    replay: ReplayOpt = None,
+    errors: ErrorsOpt = None,
+    ranks: RanksOpt = "1,4,16",
+    spectra: TopOpt = 6,
+    top: Annotated[int, typer.Option(help="Rows in the top-tensors table.")] = 20,
+    title: Annotated[str | None, typer.Option(help="Page title.")] = None,
+    workers: WorkersOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write one self-contained HTML page: run summary, figures, top tensors, warnings, provenance."""
+    src = _load(source, compare, labels, out, base, replay, errors, ranks, spectra, workers, quiet)
+    options = {"labels": [r.label for r in src.runs], "replay": replay, "errors": errors,
+               "ranks": ranks, "spectra": spectra, "top": top}  # fmt: skip
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
+    options["errors"] = [str(e) for e in errors or []]
+    path = write_report(src, out, title=title, top=top, options=options)
+    _notes(src.notes)
+    echo(f"wrote {path} (figures in {out / 'figures'})")

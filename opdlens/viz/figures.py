@@ -1,0 +1,208 @@
+"""The paper's figure set from a metrics table (one or more runs): drawn, captioned and saved."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from . import plots
+from .export import save_figure
+from .sources import Spectra
+from .style import new_figure, paper_style
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FigureSet", "Panel", "draw_figures", "make_figures", "write_figures"]
+
+_OFFLINE = "Offline replay: training did not continue from an accepted candidate."
+
+
+@dataclass
+class Panel:
+    """One drawn figure: its file stem, title, caption and the Figure."""
+
+    stem: str
+    title: str
+    caption: str
+    figure: Figure
+
+
+@dataclass
+class FigureSet:
+    """Saved figures (stem → PDF, SVG, PNG paths), their titles and captions, and skip notes."""
+
+    paths: dict[str, list[Path]] = field(default_factory=dict)
+    titles: dict[str, str] = field(default_factory=dict)
+    captions: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def png(self, stem: str) -> Path:
+        """The PNG file of one figure."""
+        return next(p for p in self.paths[stem] if p.suffix == ".png")
+
+
+def _alignment(df: pd.DataFrame) -> Figure:
+    """Left and right alignment with the final update side by side."""
+    with paper_style():
+        fig = new_figure(8.6, 3.6)
+        axes = fig.subplots(1, 2, sharey=True)
+        for ax, side, what in zip(axes, ("left", "right"), ("left (U)", "right (V)"), strict=True):
+            plots.alignment_by_step(df, side=side, ax=ax)
+            ax.set_title(f"{what} singular subspaces")
+        axes[1].set_ylabel("")
+        # One legend below both panels, so neither panel's curves hide behind it.
+        legend = axes[0].get_legend()
+        handles = list(legend.legend_handles)
+        labels = [t.get_text().replace("K/rows", "K/rows (left), K/cols (right)")
+                  for t in legend.get_texts()]  # fmt: skip
+        for ax in axes:
+            ax.get_legend().remove()
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4))
+    return fig
+
+
+def _score_label(history: pd.DataFrame) -> str:
+    scorer = history.attrs.get("scorer")
+    label = f"score ({scorer})" if scorer else "validation score"
+    return f"{label}, hindsight oracle" if history.attrs.get("oracle") else label
+
+
+def _with_title(fig: Figure, title: str) -> Figure:
+    with paper_style():
+        fig.axes[0].set_title(title)
+    return fig
+
+
+def _spectra_panel(label: str, sp: Spectra, several: bool) -> Panel:
+    which = "cached top-K singular values only" if sp.top_k_only else "full spectrum"
+    title = f"{label}: step {sp.step}, {which}" if several else f"step {sp.step}, {which}"
+    fig = _with_title(plots.spectra(sp.values), title)
+    caption = (
+        f"Singular values σ_i of the update Δ_T = W_T − W_0 at step {sp.step} for the "
+        f"{len(sp.values)} matrices with the largest update share ({which}; log scale). A fast "
+        "drop after the first few values means a low-rank update."
+    )
+    stem = f"spectra-{label}" if several else "spectra"
+    return Panel(stem, f"Singular-value spectra of Δ_T ({label})", caption, fig)
+
+
+def draw_figures(
+    df: pd.DataFrame,
+    *,
+    spectra: Mapping[str, Spectra] | None = None,
+    history: pd.DataFrame | None = None,
+    errors: pd.DataFrame | None = None,
+) -> tuple[list[Panel], list[str]]:
+    """Draw every figure the inputs allow; return them and a note for each one skipped.
+
+    df holds the metrics of one or more runs with a `run` column (Run.analyze plus a label).
+    A figure whose data is missing from df (e.g. no per-layer tensors) is skipped with a note.
+    """
+    if not isinstance(df, pd.DataFrame) or "run" not in df.columns:
+        raise ValueError(
+            "The 'df' argument of draw_figures must be a metrics DataFrame with a 'run' column; "
+            "add one with df.assign(run='OPD') (opdlens.viz.sources.load_metrics does this)."
+        )
+    if "update" in df.columns:
+        df = df[df["update"] == "cumulative"]
+    runs = [str(r) for r in pd.unique(df["run"])]
+    several = len(runs) > 1
+    specs: list[tuple[str, str, str, Callable[[], Figure]]] = [
+        ("allocation_heatmap", "Module allocation at the final step",
+         "Share of the total squared update norm, ‖Δ‖_F² / Σ‖Δ‖_F², per layer and module kind "
+         "at each run's final step, on one colour scale; grey cells have no such tensor. The "
+         "title gives the share of tensors outside the layers (embeddings, final norm, head).",
+         lambda: plots.allocation_heatmap(df)),
+    ]  # fmt: skip
+    for run in runs:
+        stem = f"allocation_strip-{run}" if several else "allocation_strip"
+        specs.append((stem, f"Module allocation over steps ({run})",
+                      "The allocation heatmap at up to six saved steps, first and last included.",
+                      lambda run=run: plots.allocation_strip(df, run=run)))  # fmt: skip
+    specs += [
+        ("block_norms", "Update norm per block",
+         "Update norm of each block, (Σ_block ‖Δ_t‖_F²)^½ with Δ_t = W_t − W_0, against step; "
+         "colour is the block, line style the run.", lambda: plots.block_norms(df)),
+        ("energy_by_step", "Low-rank concentration against step",
+         "Energy in the top-K singular directions, Σ_{i≤K} σ_i² / ‖Δ_t‖_F², per block against "
+         "step (‖Δ‖_F²-weighted mean over the block's matrices); 1 means rank ≤ K.",
+         lambda: plots.energy_by_step(df)),
+        ("energy_by_rank", "Low-rank concentration against K",
+         "The same energy against K at each run's final step.", lambda: plots.energy_by_rank(df)),
+        ("alignment_by_step", "Alignment with the final update",
+         "‖U_{t,K}ᵀ U_{T,K}‖_F² / K (left) and the same for V (right) against step, per K; the "
+         "dashed line per K is a random K-dimensional subspace (K/rows, K/cols). Hollow grey "
+         "points: the top-K subspace is ill-defined there (gap_K < 1e-2).",
+         lambda: _alignment(df)),
+    ]  # fmt: skip
+    panels: list[Panel] = []
+    notes: list[str] = []
+    for stem, title, caption, draw in specs:
+        try:
+            panels.append(Panel(stem, title, caption, draw()))
+        except ValueError as e:
+            notes.append(f"figure {stem} skipped: {e}")
+    for label, sp in (spectra or {}).items():
+        panels.append(_spectra_panel(label, sp, several or label not in runs))
+    if not spectra:
+        notes.append("figure spectra skipped: no spectra given (pass a run, or its metrics cache).")
+    if history is not None:
+        fig = plots.replay_scores(history, score_label=_score_label(history))
+        caption = (
+            "EffOPD replay: score of each saved checkpoint (candidate 0) and of the extrapolated "
+            "candidates θ_t + m(θ_t − θ_a) tried at it; triangles were accepted, crosses "
+            f"rejected. {history.attrs.get('note', _OFFLINE)}"
+        )
+        panels.append(Panel("replay_scores", "EffOPD replay", caption, fig))
+    else:
+        notes.append("figure replay_scores skipped: no replay history (--replay DIR).")
+    if errors is not None:
+        fig = plots.error_vs_alpha(errors)
+        step = errors["step"].iloc[0] if "step" in errors else "t"
+        anchor = errors["anchor"].iloc[0] if "anchor" in errors else "a"
+        caption = (
+            f"One-shot extrapolation θ_pred = θ_{step} + α(θ_{step} − θ_{anchor}): relative error "
+            "‖θ_pred − θ_s‖ / ‖θ_t − θ_s‖ against α for each later saved step s; below the "
+            "dashed line the prediction beats standing still."
+        )
+        panels.append(Panel("error_vs_alpha", "Prediction error against α", caption, fig))
+    else:
+        notes.append("figure error_vs_alpha skipped: no extrapolation errors (--errors CSV).")
+    return panels, notes
+
+
+def write_figures(
+    df: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    spectra: Mapping[str, Spectra] | None = None,
+    history: pd.DataFrame | None = None,
+    errors: pd.DataFrame | None = None,
+) -> FigureSet:
+    """Draw every figure and save each as PDF, SVG and 200-dpi PNG in out_dir."""
+    panels, notes = draw_figures(df, spectra=spectra, history=history, errors=errors)
+    out = FigureSet(notes=notes)
+    for p in panels:
+        out.paths[p.stem] = save_figure(p.figure, Path(out_dir), p.stem)
+        out.titles[p.stem], out.captions[p.stem] = p.title, p.caption
+    for note in notes:
+        logger.info(note)
+    return out
+
+
+def make_figures(
+    df: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    spectra: Mapping[str, Spectra] | None = None,
+    history: pd.DataFrame | None = None,
+    errors: pd.DataFrame | None = None,
+) -> list[Path]:
+    """Save every figure the inputs allow in out_dir; return the written files."""
+    result = write_figures(df, out_dir, spectra=spectra, history=history, errors=errors)
+    return [p for paths in result.paths.values() for p in paths]

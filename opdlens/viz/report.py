@@ -1,0 +1,260 @@
+"""One self-contained HTML page per analysis: run summary, figures, top tensors, warnings, provenance."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..analysis.export import final_summary
+from ..inspect_run import describe
+from ..io.paths import ensure_outside, write_text_atomic
+from ..provenance import versions
+from .export import PNG_DPI
+from .figures import FigureSet, write_figures
+from .plots import GAP_THRESHOLD
+from .sources import RunMetrics, Sources, top_tensors
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["REPORT_FILE", "write_report"]
+
+REPORT_FILE = "report.html"
+
+_CSS = """
+body { font-family: "STIX Two Text", "Times New Roman", Georgia, serif; margin: 2em auto;
+       max-width: 1100px; padding: 0 1.5em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.7em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.6em 0 1.2em; }
+th, td { border-bottom: 1px solid #e3e3e3; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #444; max-width: 900px; }
+.meta { color: #666; font-size: 0.9em; } .flag { color: #9a9a9a; }
+ul.warnings li { color: #8a4b00; } pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto;
+font-size: 0.8em; } code { font-size: 0.9em; }
+"""
+
+# Records in the page whether every embedded image decoded (read back by the browser test).
+_SCRIPT = """
+window.addEventListener("load", function () {
+  var images = document.images, ok = 0;
+  for (var i = 0; i < images.length; i++) {
+    if (images[i].complete && images[i].naturalWidth > 0) { ok++; }
+  }
+  document.body.setAttribute("data-images-ok", ok + "/" + images.length);
+});
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: object) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return "—"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _table(df: pd.DataFrame, flags: pd.DataFrame | None = None) -> str:
+    """An HTML table; cells where `flags` is True get a grey asterisk."""
+    head = "".join(f"<th>{_e(c)}</th>" for c in df.columns)
+    body = []
+    for i, (_, row) in enumerate(df.iterrows()):
+        cells = []
+        for c in df.columns:
+            v = row[c]
+            num = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            mark = flags is not None and c in flags.columns and bool(flags.iloc[i][c])
+            text = _e(_fmt(v)) + ('<span class="flag">*</span>' if mark else "")
+            cells.append(f'<td class="num">{text}</td>' if num else f"<td>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _ks(df: pd.DataFrame, prefix: str) -> list[int]:
+    return sorted(int(m.group(1)) for c in df.columns if (m := re.match(rf"^{prefix}_k(\d+)$", c)))
+
+
+def _top_table(df: pd.DataFrame, n: int) -> str:
+    top = top_tensors(df, n)
+    ks = _ks(df, "energy")
+    k = ks[(len(ks) - 1) // 2] if ks else None
+    cols = ["run", "step", "tensor", "expert", "part", "layer", "block", "kind", "rows", "cols",
+            "update_share", "rel_update_norm", "stable_rank", "cos_to_final"]  # fmt: skip
+    if k is not None:
+        cols[-2:-2] = [f"energy_k{k}", f"align_left_k{k}", f"align_right_k{k}"]
+    cols = [c for c in cols if c in top.columns and not top[c].isna().all()]
+    flags = None
+    if k is not None and f"gap_k{k}" in top:
+        gap = top[f"gap_k{k}"].to_numpy(dtype="float64", na_value=np.nan)
+        ill = ~(gap >= GAP_THRESHOLD)
+        flags = pd.DataFrame({f"align_left_k{k}": ill, f"align_right_k{k}": ill})
+    note = (
+        f'<p class="meta"><span class="flag">*</span> gap_k{k} &lt; {GAP_THRESHOLD:g} at this '
+        "step: the top-K subspace is not well defined and its alignment means little.</p>"
+        if flags is not None and flags.to_numpy().any()
+        else ""
+    )
+    return _table(top[cols].reset_index(drop=True), flags) + note
+
+
+def _checkpoints(rm: RunMetrics) -> tuple[pd.DataFrame, list[str]]:
+    """The run's checkpoints and reader warnings: from the open run, else from provenance."""
+    if rm.run is not None:
+        d = describe(rm.run)
+        rows = [d["base"], *d["checkpoints"]]
+        df = pd.DataFrame(rows)[["step", "path", "layout", "num_tensors", "num_params", "dtype",
+                                 "bytes"]]  # fmt: skip
+        extra = [f"{len(d['missing_tensors'])} tensor(s) missing from some checkpoints"] * bool(
+            d["missing_tensors"]
+        )
+        return df, [*d["warnings"], *extra]
+    inputs = rm.provenance.get("inputs", [])
+    df = pd.DataFrame(
+        [{"step": i.get("step"), "path": i.get("path"), "layout": i.get("layout"),
+          "bytes": sum(f.get("bytes", 0) for f in i.get("files", []))} for i in inputs]
+    )  # fmt: skip
+    return df, []
+
+
+def _summary(rm: RunMetrics) -> str:
+    df = rm.frame
+    final = int(df["step"].max())
+    checkpoints, _ = _checkpoints(rm)
+    source = "run directory" if rm.run is not None else "metrics directory (opdlens analyze)"
+    parts = [
+        f"<h3>{_e(rm.label)}</h3>",
+        f'<p class="meta">{_e(source)}: <code>{_e(rm.source)}</code>; metrics: '
+        f"<code>{_e(rm.metrics_dir)}</code>. Steps analysed: "
+        f"{_e(', '.join(str(s) for s in sorted(df['step'].unique())))}; final step {final}; "
+        f"{df['tensor'].nunique()} tensors, {len(df)} rows.</p>",
+    ]
+    if not checkpoints.empty:
+        parts.append(_table(checkpoints))
+    parts.append(f"<p>Update share and low-rank energy by block at step {final}:</p>")
+    if "update" not in df.columns:
+        df = df.assign(update="cumulative")
+    parts.append(_table(final_summary(df.drop(columns=["run"]), final).reset_index(drop=True)))
+    return "\n".join(parts)
+
+
+def _figure(figures: FigureSet, stem: str) -> str:
+    png = figures.png(stem).read_bytes()
+    data = base64.b64encode(png).decode("ascii")
+    title = figures.titles[stem]
+    # Shown at the figure's print size (the PNG is 200 dpi; CSS pixels are 1/96 in).
+    width = int.from_bytes(png[16:20], "big") * 96 // PNG_DPI
+    return (
+        f'<figure id="fig-{_e(stem)}"><h3>{_e(title)}</h3>'
+        f'<img src="data:image/png;base64,{data}" alt="{_e(title)}" width="{width}">'
+        f"<figcaption>{_e(figures.captions[stem])} Files: {_e(stem)}.pdf, .svg, .png.</figcaption>"
+        "</figure>"
+    )
+
+
+def _warnings(sources: Sources, figures: FigureSet) -> list[str]:
+    out: list[str] = []
+    for rm in sources.runs:
+        _, reader = _checkpoints(rm)
+        out += [f"{rm.label}: {w}" for w in [*reader, *rm.provenance.get("warnings", [])]]
+    if sources.history is not None:
+        out.append(str(sources.history.attrs.get("note", "Offline replay (see replay_scores).")))
+        if sources.history.attrs.get("oracle"):
+            out.append("The replay scorer is the hindsight oracle: it looks at later checkpoints.")
+    out += [*sources.notes, *figures.notes]
+    return list(dict.fromkeys(out))
+
+
+def _list(items: Iterable[str]) -> str:
+    lis = "".join(f"<li>{_e(w)}</li>" for w in items)
+    return f'<ul class="warnings">{lis}</ul>' if lis else "<p>None.</p>"
+
+
+def _provenance(sources: Sources, options: dict[str, Any]) -> str:
+    own = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": versions(),
+        "runs": {rm.label: str(rm.source) for rm in sources.runs},
+        "options": options,
+    }
+    parts = [f"<details open><summary>this report</summary><pre>{_e(json.dumps(own, indent=2))}"
+             "</pre></details>"]  # fmt: skip
+    for rm in sources.runs:
+        text = json.dumps(rm.provenance, indent=2, default=str) if rm.provenance else "(none)"
+        parts.append(
+            f"<details><summary>analysis of {_e(rm.label)} "
+            f"({_e(rm.metrics_dir / 'provenance.json')})</summary><pre>{_e(text)}</pre></details>"
+        )
+    return "\n".join(parts)
+
+
+def render_report(
+    sources: Sources, figures: FigureSet, *, title: str | None = None, top: int = 20,
+    options: dict[str, Any] | None = None,
+) -> str:  # fmt: skip
+    """The report page as one HTML string; images are data: URIs, nothing loads from a network."""
+    labels = [rm.label for rm in sources.runs]
+    title = title or f"opdlens report: {' vs '.join(labels)}"
+    warnings = _warnings(sources, figures)
+    body = [
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="meta">How post-training moved the weights, from the saved checkpoints '
+        f"(opdlens {_e(versions()['opdlens'])}). Δ_t = W_t − W_0 per tensor; definitions in "
+        "each caption.</p>",
+        "<h2>Run summary</h2>", *(_summary(rm) for rm in sources.runs),
+        "<h2>Figures</h2>", *(_figure(figures, stem) for stem in figures.paths),
+        f"<h2>Top {top} tensors by update share at the final step</h2>",
+        _top_table(sources.frame, top),
+        f"<h2>Warnings ({len(warnings)})</h2>", _list(warnings),
+        "<h2>Provenance</h2>", _provenance(sources, options or {}),
+    ]  # fmt: skip
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style><script>{_SCRIPT}</script></head>"
+        f"<body>\n{chr(10).join(body)}\n</body></html>\n"
+    )
+
+
+def write_report(
+    sources: Sources,
+    out_dir: str | Path,
+    *,
+    title: str | None = None,
+    top: int = 20,
+    figures: FigureSet | None = None,
+    options: dict[str, Any] | None = None,
+    inputs: Sequence[Path] = (),
+) -> Path:
+    """Write out_dir/report.html (figures saved under out_dir/figures/ and embedded); return it.
+
+    Raises:
+        OpdlensError: out_dir overlaps one of the runs (or `inputs`).
+    """
+    if top < 1:
+        raise ValueError(f"The 'top' parameter of write_report must be ≥ 1. Got {top} instead.")
+    runs = [rm.source for rm in sources.runs if rm.run is not None]
+    out = ensure_outside(Path(out_dir), [*runs, *inputs], "report")
+    out.mkdir(parents=True, exist_ok=True)
+    if figures is None:
+        figures = write_figures(
+            sources.frame, out / "figures", spectra=sources.spectra, history=sources.history,
+            errors=sources.errors,
+        )  # fmt: skip
+    page = render_report(sources, figures, title=title, top=top, options=options)
+    path = out / REPORT_FILE
+    write_text_atomic(path, page)
+    logger.info("wrote %s (%d bytes)", path, len(page))
+    return path

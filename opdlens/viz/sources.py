@@ -1,0 +1,326 @@
+"""What figures and reports draw from: metrics of one or more runs, spectra, replay history, errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..analysis.cache import FactorCache
+from ..analysis.export import write_analysis
+from ..analysis.linalg import singular_values
+from ..errors import OpdlensError
+from ..io.paths import ensure_outside
+from ..run import Run, open_run
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "RunMetrics",
+    "Sources",
+    "Spectra",
+    "is_metrics_dir",
+    "load_errors",
+    "load_history",
+    "load_metrics",
+    "load_sources",
+    "run_spectra",
+    "top_tensors",
+]
+
+METRICS_FILE = "metrics.parquet"
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+@dataclass(frozen=True)
+class Spectra:
+    """Singular values of Δ at one step for a few tensors; `top_k_only` when read from the cache."""
+
+    values: dict[str, np.ndarray]
+    step: int
+    top_k_only: bool = False
+
+
+@dataclass
+class RunMetrics:
+    """One run's metrics as loaded for figures: its label, where they came from, the open Run."""
+
+    label: str
+    source: Path
+    metrics_dir: Path
+    frame: pd.DataFrame
+    provenance: dict[str, Any]
+    run: Run | None = None
+
+
+@dataclass
+class Sources:
+    """Everything a figure set or report needs, for one or more runs."""
+
+    runs: list[RunMetrics]
+    spectra: dict[str, Spectra] = field(default_factory=dict)
+    history: pd.DataFrame | None = None
+    errors: pd.DataFrame | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """All runs' cumulative-update rows in one DataFrame with a `run` column."""
+        return pd.concat([r.frame for r in self.runs], ignore_index=True)
+
+
+def is_metrics_dir(path: str | Path) -> bool:
+    """True when `path` holds the metrics.parquet that `opdlens analyze` writes."""
+    return (Path(path) / METRICS_FILE).is_file()
+
+
+def load_metrics(metrics_dir: str | Path, label: str | None = None) -> pd.DataFrame:
+    """The cumulative-update rows of an analysis output, with a `run` column set to `label`."""
+    path = Path(metrics_dir) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: expected the output directory of `opdlens analyze RUN --out "
+            "DIR` (it holds metrics.parquet). Run that first, or pass the run directory itself."
+        )
+    df = pd.read_parquet(path)
+    if "update" in df.columns:
+        df = df[df["update"] == "cumulative"].reset_index(drop=True)
+    df = df.drop(columns=["run"], errors="ignore")
+    df.insert(0, "run", label or _default_label(Path(metrics_dir)))
+    return df
+
+
+def top_tensors(df: pd.DataFrame, n: int = 20, *, step: int | None = None) -> pd.DataFrame:
+    """The n rows with the largest update share at the final (or given) step of each run."""
+    if "run" not in df.columns:
+        df = df.assign(run="run")
+    out = []
+    for _, rows in df.groupby("run", sort=False):
+        at = rows[rows["step"] == (rows["step"].max() if step is None else step)]
+        out.append(at.sort_values("update_share", ascending=False).head(n))
+    return pd.concat(out, ignore_index=True) if out else df.iloc[0:0]
+
+
+def _by_share(df: pd.DataFrame, n: int, parts: bool) -> list[tuple[str, int | None, str | None]]:
+    """(tensor, expert, part) of the n matrices with the largest update share at the last step.
+
+    parts=False sums the parts of a fused tensor (qkv, gate_up) into the whole matrix.
+    """
+    at = df[(df["step"] == df["step"].max()) & df["stable_rank"].notna()]
+    expert = at["expert"] if "expert" in at else pd.Series(pd.NA, index=at.index)
+    part = at["part"] if parts and "part" in at else pd.Series(pd.NA, index=at.index)
+    keyed = at.assign(_e=expert.astype("Int64").fillna(-1), _p=part.astype("string").fillna(""))
+    shares = keyed.groupby(["tensor", "_e", "_p"])["update_share"].sum()
+    top = shares.sort_values(ascending=False, kind="stable").head(n)
+    return [(str(t), None if e < 0 else int(e), p or None) for t, e, p in top.index]
+
+
+def _label(tensor: str, expert: int | None, part: str | None) -> str:
+    extra = ", ".join(
+        x for x in (f"expert {expert}" if expert is not None else "", part or "") if x
+    )
+    return f"{tensor} [{extra}]" if extra else tensor
+
+
+def run_spectra(run: Run, df: pd.DataFrame, n: int = 6) -> Spectra:
+    """Full spectra of Δ_T for the n matrices with the largest update share at the final step."""
+    step = int(df["step"].max())
+    values = {}
+    for tensor, expert, _ in _by_share(df, n, parts=False):
+        delta = run.delta(tensor, step)
+        if expert is not None and delta.dim() >= 3:
+            delta = delta[expert]
+        if delta.dim() > 2:
+            delta = delta.reshape(delta.shape[0], -1)  # conv kernels: (out, rest)
+        values[_label(tensor, expert, None)] = singular_values(delta).double().cpu().numpy()
+    return Spectra(values, step, top_k_only=False)
+
+
+def _cached_values(cache_dir: Path, tensor: str, step: int, key: str) -> tuple[np.ndarray, bool]:
+    """σ of Δ_step for one slice from the analysis cache: (values, full spectrum or top-K only).
+
+    Entries are matched by step only: without the run there are no fingerprints to check.
+    """
+    cache = FactorCache(cache_dir, {}).tensor(tensor)
+    if cache.warning is not None:
+        raise OpdlensError(cache.warning.replace("recomputed.", "run `opdlens analyze` again."))
+    for entry_id, e in sorted(cache.entries.items()):
+        if int(e["step"]) == step and entry_id.split(":", 1)[1] == key:
+            full = e["spectrum"] is not None
+            # s holds σ_1..σ_K and σ_{K+1}; U has the K cached columns.
+            values = e["spectrum"] if full else e["s"][: e["u"].shape[1]]
+            return values.double().numpy(), full
+    return np.empty(0), False
+
+
+def _cached_spectra(metrics_dir: Path, df: pd.DataFrame, n: int) -> Spectra:
+    """Spectra from the analysis cache; the top-K values only unless it ran with full_spectrum."""
+    step = int(df["step"].max())
+    values: dict[str, np.ndarray] = {}
+    full = True
+    for tensor, expert, part in _by_share(df, n, parts=True):
+        # The sweep's cache key of a slice (opdlens.analysis.sweep.slices_of).
+        key = "/".join(x for x in (f"e{expert}" if expert is not None else "", part or "") if x)
+        sigma, is_full = _cached_values(metrics_dir / "cache", tensor, step, key or "all")
+        if sigma.size:
+            values[_label(tensor, expert, part)] = sigma
+            full = full and is_full
+    if not values:
+        raise OpdlensError(
+            f"{metrics_dir / 'cache'} holds no cached singular values for step {step}; pass the "
+            "run directory instead of its metrics to draw the spectra."
+        )
+    return Spectra(values, step, top_k_only=not full)
+
+
+def _default_label(path: Path) -> str:
+    name = path.resolve().name
+    return name[len("metrics-") :] if name.startswith("metrics-") and len(name) > 8 else name
+
+
+def _labels(paths: Sequence[Path], labels: Sequence[str] | None) -> list[str]:
+    if labels is None:
+        out = [_default_label(p) for p in paths]
+        if len(set(out)) < len(out):
+            raise ValueError(
+                f"The runs {[str(p) for p in paths]} have the same directory names {out}; "
+                "name them with --labels, e.g. --labels OPD,RL."
+            )
+        return out
+    labels = [str(x).strip() for x in labels]
+    if len(labels) != len(paths):
+        raise ValueError(
+            f"--labels names {len(labels)} run(s) ({','.join(labels)}) but {len(paths)} were "
+            "given (RUN plus each --compare); give one label per run, in the same order."
+        )
+    bad = [x for x in labels if not _LABEL.match(x)]
+    if bad or len(set(labels)) < len(labels):
+        raise ValueError(
+            f"--labels must be distinct names of letters, digits, '.', '_', '+' or '-'; got "
+            f"{labels}."
+        )
+    return labels
+
+
+def load_sources(
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    labels: Sequence[str] | None = None,
+    base: str | Path | None = None,
+    replay: str | Path | None = None,
+    errors: Sequence[str | Path] = (),
+    spectra_top: int = 6,
+    analyze_options: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> Sources:
+    """Load metrics for each path (a run is analysed into out_dir/metrics-<label>/ first).
+
+    Raises:
+        FileNotFoundError: a path, replay directory or errors file that does not exist.
+        OpdlensError: an output directory overlapping an input run, an unreadable checkpoint.
+        ValueError: labels that do not match the paths.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("Give at least one run directory or metrics directory.")
+    for p in paths:
+        if not p.exists():
+            raise FileNotFoundError(
+                f"{p} does not exist: expected a run directory (checkpoint-<N>/ …) or the output "
+                "directory of `opdlens analyze` (metrics.parquet)."
+            )
+    names = _labels(paths, labels)
+    run_dirs = [p for p in paths if not is_metrics_dir(p)]
+    out = ensure_outside(Path(out_dir), run_dirs, "output")
+    result = Sources(runs=[])
+    for path, label in zip(paths, names, strict=True):
+        if is_metrics_dir(path):
+            metrics_dir, run = path, None
+        else:
+            run = open_run(path, base)
+            metrics_dir = out / f"metrics-{label}"
+            logger.info("analysing %s into %s", path, metrics_dir)
+            write_analysis(run, metrics_dir, progress=progress, **dict(analyze_options or {}))
+        prov_file = metrics_dir / "provenance.json"
+        prov = json.loads(prov_file.read_text()) if prov_file.is_file() else {}
+        frame = load_metrics(metrics_dir, label)
+        result.runs.append(RunMetrics(label, path, metrics_dir, frame, prov, run))
+        if spectra_top > 0:
+            _add_spectra(result, result.runs[-1], spectra_top)
+    if replay is not None:
+        result.history = load_history(replay)
+    result.errors = load_errors(errors) if errors else None
+    return result
+
+
+def _add_spectra(result: Sources, rm: RunMetrics, n: int) -> None:
+    if "stable_rank" not in rm.frame or rm.frame["stable_rank"].isna().all():
+        result.notes.append(f"{rm.label}: no matrix tensors with a spectrum; spectra skipped.")
+        return
+    if rm.run is not None:
+        result.spectra[rm.label] = run_spectra(rm.run, rm.frame, n)
+        return
+    try:
+        result.spectra[rm.label] = _cached_spectra(rm.metrics_dir, rm.frame, n)
+    except OpdlensError as e:
+        result.notes.append(f"{rm.label}: spectra skipped: {e}")
+        return
+    if result.spectra[rm.label].top_k_only:
+        result.notes.append(
+            f"{rm.label}: spectra show the cached top-K singular values only (a metrics directory "
+            "was given); pass the run directory for full spectra."
+        )
+
+
+def load_history(replay_dir: str | Path) -> pd.DataFrame:
+    """The replay history (history.csv) with its scorer, oracle flag and note in `attrs`."""
+    d = Path(replay_dir)
+    csv = d / "history.csv" if d.is_dir() else d
+    if not csv.is_file():
+        raise FileNotFoundError(
+            f"{csv} does not exist: --replay takes the --out directory of `opdlens replay` "
+            "(it holds history.csv and history.json)."
+        )
+    history = pd.read_csv(csv)
+    meta_file = csv.with_name("history.json")
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        history.attrs.update({k: meta[k] for k in ("scorer", "oracle", "note") if k in meta})
+    return history
+
+
+def load_errors(files: Sequence[str | Path]) -> pd.DataFrame:
+    """Overall rel_error rows of one or more `extrapolate --evaluate` CSVs, one per α."""
+    frames = []
+    for f in map(Path, files):
+        if not f.is_file():
+            raise FileNotFoundError(
+                f"{f} does not exist: --errors takes the extrapolation_errors.csv that "
+                "`opdlens extrapolate --evaluate` writes into its output checkpoint."
+            )
+        frames.append(pd.read_csv(f))
+    df = pd.concat(frames, ignore_index=True)
+    missing = [c for c in ("alpha", "target_step", "rel_error") if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"--errors files need the columns alpha, target_step and rel_error; "
+            f"{[str(f) for f in files]} lack {missing}. Pass extrapolation_errors.csv files."
+        )
+    if "scope" in df.columns:
+        df = df[df["scope"] == "overall"]
+    pairs = df[["step", "anchor"]].drop_duplicates() if {"step", "anchor"} <= set(df) else None
+    if pairs is not None and len(pairs) > 1:
+        raise ValueError(
+            f"--errors files extrapolate from {len(pairs)} different (step, anchor) pairs "
+            f"{[tuple(int(v) for v in p) for p in pairs.to_numpy()]}; one figure compares α "
+            "for one pair: pass the files of one step and anchor."
+        )
+    return df.reset_index(drop=True)

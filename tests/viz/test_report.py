@@ -1,0 +1,140 @@
+"""Tests for the HTML report: self-contained, complete, and rendered by a real browser."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from opdlens import open_run
+from opdlens.errors import OpdlensError
+from opdlens.viz.export import save_figure
+from opdlens.viz.figures import FigureSet, draw_figures
+from opdlens.viz.report import REPORT_FILE, write_report
+from opdlens.viz.sources import load_sources
+
+
+@pytest.fixture(scope="module")
+def report(viz_runs: dict[str, Path], viz_metrics: dict[str, Path], tmp_path_factory) -> Path:
+    """A report comparing the OPD run (opened, so with the reader's summary) and RL metrics."""
+    out = tmp_path_factory.mktemp("report")
+    src = load_sources([viz_metrics["opd"], viz_metrics["rl"]], out, labels=["OPD", "RL"],
+                       spectra_top=2)  # fmt: skip
+    src.runs[0].run = open_run(viz_runs["opd"])
+    src.runs[0].run.warnings.append("reader says: checkpoint-3 holds only trainer state")
+    return write_report(src, out, top=7, options={"labels": ["OPD", "RL"]})
+
+
+@pytest.fixture(scope="module")
+def small_report(viz_runs: dict[str, Path], viz_metrics: dict[str, Path], tmp_path_factory) -> Path:
+    """A report with one figure (block_norms), to check the page itself quickly."""
+    out = tmp_path_factory.mktemp("small-report")
+    src = load_sources([viz_metrics["opd"], viz_metrics["rl"]], out, labels=["OPD", "RL"],
+                       spectra_top=1)  # fmt: skip
+    src.runs[0].run = open_run(viz_runs["opd"])
+    src.runs[0].run.warnings.append("reader says: checkpoint-3 holds only trainer state")
+    panels, notes = draw_figures(src.frame, spectra=src.spectra)
+    figures = FigureSet(notes=notes)
+    for panel in (p for p in panels if p.stem in ("block_norms", "spectra-RL")):
+        figures.paths[panel.stem] = save_figure(panel.figure, out / "figures", panel.stem)
+        figures.titles[panel.stem], figures.captions[panel.stem] = panel.title, panel.caption
+    return write_report(src, out, top=7, figures=figures)
+
+
+def test_small_report_is_self_contained(small_report: Path) -> None:
+    page = small_report.read_text()
+    assert small_report.name == REPORT_FILE
+    assert "http://" not in page and "https://" not in page
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:|#)""", page)
+    images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == page.count("<img ") == 2
+    png = (small_report.parent / "figures" / "block_norms.png").read_bytes()
+    assert base64.b64encode(png).decode() in images
+
+
+@pytest.mark.slow
+def test_report_is_self_contained(report: Path) -> None:
+    page = report.read_text()
+    assert report.name == REPORT_FILE
+    assert "http://" not in page and "https://" not in page
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:|#)""", page)
+    images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == page.count("<img ") == 9  # 5 core + 2 strips + 2 spectra
+    for data in images:
+        assert base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_report_contents(small_report: Path, viz_metrics: dict[str, Path]) -> None:
+    page = small_report.read_text()
+    for heading in ("Run summary", "Figures", "Top 7 tensors by update share", "Warnings",
+                    "Provenance"):  # fmt: skip
+        assert f"<h2>{heading}" in page
+    assert "reader says: checkpoint-3 holds only trainer state" in page
+    assert "cached top-K singular values only" in page  # RL spectra come from its cache
+    assert "replay_scores skipped" in page
+    assert str(viz_metrics["rl"] / "provenance.json") in page
+    assert "hf-safetensors" in page  # the OPD run's checkpoint table
+    top = pd.read_parquet(viz_metrics["opd"] / "metrics.parquet")
+    final = top[top["step"] == top["step"].max()].nlargest(7, "update_share")
+    section = page[page.index("<h2>Top 7") : page.index("<h2>Warnings")]
+    positions = [section.index(f"<td>{name}</td>") for name in final["tensor"]]
+    assert positions == sorted(positions)  # ranked as in the metrics
+    assert f"{final['update_share'].iloc[0]:.4g}" in section
+
+
+def test_report_refuses_output_inside_run(
+    viz_runs: dict[str, Path], viz_metrics: dict[str, Path], tmp_path: Path
+) -> None:
+    src = load_sources([viz_metrics["opd"]], tmp_path, spectra_top=0)
+    src.runs[0].run, src.runs[0].source = open_run(viz_runs["opd"]), viz_runs["opd"]
+    with pytest.raises(OpdlensError, match="overlaps the input"):
+        write_report(src, viz_runs["opd"] / "report")
+    with pytest.raises(ValueError, match="'top' parameter"):
+        write_report(src, tmp_path, top=0)
+    assert not (viz_runs["opd"] / "report").exists()
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if shutil.which("apt-get") is None:
+        pytest.skip("chromium is not installed and apt-get is unavailable to install it")
+    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=600)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env,
+                   timeout=1200)  # fmt: skip
+    return shutil.which("chromium") or "chromium"
+
+
+def _headless(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={profile}",
+             "--enable-logging=stderr", "--v=0"]  # fmt: skip
+    return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.slow
+def test_report_in_a_real_browser(report: Path, tmp_path: Path) -> None:
+    browser = _chromium()
+    url = report.resolve().as_uri()
+    dom = _headless(browser, tmp_path / "profile", "--virtual-time-budget=5000", "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert 'data-images-ok="9/9"' in dom.stdout, re.findall(r"data-images-ok=\S+", dom.stdout)
+    shot = tmp_path / "shot.png"
+    render = _headless(browser, tmp_path / "profile", f"--screenshot={shot}",
+                       "--window-size=1200,3000", url)  # fmt: skip
+    assert render.returncode == 0 and shot.is_file(), render.stderr[-2000:]
+    for log in (dom.stderr, render.stderr):
+        assert "Uncaught" not in log and "ERROR:CONSOLE" not in log, log[-2000:]
+    with Image.open(shot) as im:
+        pixels = np.asarray(im.convert("L"), dtype="float64")
+    assert pixels.shape == (3000, 1200) and pixels.std() > 10  # text, tables and figures drawn
