@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
+from ..extrapolation.extrapolate import ERRORS_FILE, extrapolate_paths, output_note
 from ..extrapolation.extrapolate import extrapolate as _extrapolate
-from ..extrapolation.extrapolate import extrapolate_paths, output_note
 from ..extrapolation.replay import OFFLINE_NOTE
 from ..extrapolation.replay import replay as _replay
 from ..extrapolation.surgery import surgery_lowrank, surgery_scale, surgery_window
@@ -143,9 +143,7 @@ def extrapolate(
             echo("rel_error over the extrapolated tensors (< 1: better than standing still):")
             echo(overall.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
         echo(f"equivalent_step (nearest saved step): {errors.attrs.get('equivalent_step')}")
-        csv = path / "extrapolation_errors.csv"
-        errors.to_csv(csv, index=False)
-        echo(f"per-tensor errors: {csv}")
+        echo(f"per-tensor errors: {path / ERRORS_FILE}")
 
 
 @app.command()

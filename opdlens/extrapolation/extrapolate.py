@@ -279,6 +279,9 @@ def extrapolation_producer(
     return produce
 
 
+ERRORS_FILE = "extrapolation_errors.csv"  # written beside the weights with evaluate=True
+
+
 def extrapolate(
     run: Run,
     step: int,
@@ -297,7 +300,8 @@ def extrapolate(
 
     Returns:
         The written directory and, with `evaluate`, rel_error per tensor and overall against
-        every later saved step plus `equivalent_step` (an empty frame otherwise).
+        every later saved step plus `equivalent_step` (an empty frame otherwise); the same
+        table is saved as `extrapolation_errors.csv` in the written directory.
 
     Raises:
         OpdlensError: unknown step or anchor, anchor not before step, output overlapping an input.
@@ -335,7 +339,11 @@ def extrapolate(
     )  # fmt: skip
     if tracker is None:
         return path, ErrorTracker(run, step).frame(step=step, anchor=a, alpha=alpha).iloc[0:0]
-    return path, tracker.frame(step=step, anchor=a, alpha=alpha)
+    errors = tracker.frame(step=step, anchor=a, alpha=alpha)
+    tmp = path / f".{ERRORS_FILE}.tmp"
+    errors.to_csv(tmp, index=False)
+    tmp.replace(path / ERRORS_FILE)
+    return path, errors
 
 
 def extrapolate_paths(

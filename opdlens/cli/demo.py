@@ -1,0 +1,30 @@
+"""`opdlens demo`: the whole toolkit on a tiny OPD-vs-RL run it trains itself on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._app import QuietOpt, app, echo, handle_errors
+
+
+@app.command()
+@handle_errors
+def demo(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where the runs, metrics, figures and report go.")
+    ] = Path("opdlens-demo"),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Smaller model and fewer steps (about a minute).")
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for data, models and sampling.")] = 0,
+    workers: Annotated[int, typer.Option("--workers", help="Analysis worker processes.")] = 1,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train (or reuse) tiny OPD and RL runs, analyse and extrapolate them, and write a report."""
+    from ..demo.pipeline import format_summary, run_demo
+
+    result = run_demo(out, quick=quick, seed=seed, progress=not quiet, workers=workers)
+    echo(format_summary(result))
