@@ -57,7 +57,10 @@ def _load(
     )  # fmt: skip
 
 
-def _notes(notes: list[str]) -> None:
+def _notes(src: Sources, notes: list[str]) -> None:
+    for rm in src.runs:
+        for w in rm.provenance.get("warnings", [])[:20]:
+            typer.echo(f"warning: {rm.label}: {w}", err=True)
     for note in notes:
         typer.echo(f"note: {note}", err=True)
 
@@ -82,7 +85,7 @@ def figures(
     result = write_figures(
         src.frame, out, spectra=src.spectra, history=src.history, errors=src.errors
     )
-    _notes([*src.notes, *result.notes])
+    _notes(src, [*src.notes, *result.notes])
     for stem in result.paths:
         echo(f"{out / stem}.{{pdf,svg,png}}  {result.titles[stem]}")
     echo(f"wrote {len(result.paths)} figures to {out}")
@@ -107,10 +110,14 @@ def report(
 ) -> None:
     """Write one self-contained HTML page: run summary, figures, top tensors, warnings, provenance."""
     src = _load(source, compare, labels, out, base, replay, errors, ranks, spectra, workers, quiet)
-    options = {"labels": [r.label for r in src.runs], "replay": replay, "errors": errors,
-               "ranks": ranks, "spectra": spectra, "top": top}  # fmt: skip
-    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
-    options["errors"] = [str(e) for e in errors or []]
+    options = {
+        "labels": [r.label for r in src.runs],
+        "replay": None if replay is None else str(replay),
+        "errors": [str(e) for e in errors or []],
+        "ranks": ranks,
+        "spectra": spectra,
+        "top": top,
+    }
     path = write_report(src, out, title=title, top=top, options=options)
-    _notes(src.notes)
+    _notes(src, src.notes)
     echo(f"wrote {path} (figures in {out / 'figures'})")

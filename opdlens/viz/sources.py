@@ -240,7 +240,10 @@ def load_sources(
     names = _labels(paths, labels)
     run_dirs = [p for p in paths if not is_metrics_dir(p)]
     out = ensure_outside(Path(out_dir), run_dirs, "output")
-    result = Sources(runs=[])
+    # Side inputs first, so a wrong path fails before a long analysis.
+    history = load_history(replay) if replay is not None else None
+    errs = load_errors(errors) if errors else None
+    result = Sources(runs=[], history=history, errors=errs)
     for path, label in zip(paths, names, strict=True):
         if is_metrics_dir(path):
             metrics_dir, run = path, None
@@ -255,9 +258,6 @@ def load_sources(
         result.runs.append(RunMetrics(label, path, metrics_dir, frame, prov, run))
         if spectra_top > 0:
             _add_spectra(result, result.runs[-1], spectra_top)
-    if replay is not None:
-        result.history = load_history(replay)
-    result.errors = load_errors(errors) if errors else None
     return result
 
 

@@ -72,6 +72,7 @@ def test_report_from_metrics_dir(runs: tuple[Path, Path], tmp_path: Path) -> Non
         (["figures", "{opd}", "--out", "{opd}/figures"], "overlaps the input"),
         (["report", "{opd}", "--out", "{opd}/checkpoint-1/x"], "overlaps the input"),
         (["report", "{opd}", "--out", "{tmp}/o", "--spectra", "-1"], "--spectra takes a count"),
+        (["figures", "{opd}", "--replay", "{tmp}", "--out", "{tmp}/o"], "history.csv does not exist"),
     ],
 )  # fmt: skip
 def test_bad_inputs_one_line(runs: tuple[Path, Path], tmp_path: Path, args, message) -> None:
@@ -84,3 +85,4 @@ def test_bad_inputs_one_line(runs: tuple[Path, Path], tmp_path: Path, args, mess
     assert "Traceback" not in result.output
     assert re.search(message, lines[0])
     assert not (opd / "figures").exists() and not (opd / "checkpoint-1" / "x").exists()
+    assert not (tmp_path / "o").exists()  # failed before analysing anything
