@@ -78,8 +78,11 @@ def assert_contract(
         energy = M.energy_k(top.S, total, K)
         assert energy <= 1.0
         assert abs(energy - M.energy_k(s, total, K)) <= ENERGY_TOL, K
-        if s[K - 1] <= 1e-4 * s[0]:
-            continue  # beyond the numerical rank: no subspace to match (gap_k flags it)
+        if s[K - 1] <= 1e-4 * s[0] or M.gap_k(s, K) < 1e-2:
+            # Beyond the numerical rank or inside a near-tie: no well-defined subspace to
+            # match (design.md; gap_k flags it), so only the energy is held to the contract.
+            assert M.gap_k(top.S, K) < 2e-2, K
+            continue
         assert 1 - M.subspace_alignment(top.U, u, K) <= ALIGN_TOL, K
         assert 1 - M.subspace_alignment(top.V, v, K) <= ALIGN_TOL, K
         if ou is not None:
