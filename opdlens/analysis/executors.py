@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .._memory import release_freed_buffers
 from ..errors import OpdlensError
 from ..run import Run, open_run
 from .cache import FactorCache
@@ -51,6 +52,7 @@ def run_task(job: Job, name: str, run: Run | None = None) -> tuple[str, TensorRe
 
 
 def _pin_threads(threads: int) -> None:
+    release_freed_buffers()
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
 

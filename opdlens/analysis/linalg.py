@@ -103,7 +103,7 @@ def top_k_svd(
         ValueError: delta not a finite 2-D float32/float64 tensor, k outside 1..min(m, n),
             init of the wrong shape, unknown method, or method="subspace" without init.
     """
-    _check_delta(delta, "delta")
+    _check_delta(delta, "delta", finite=False)  # checked below from ‖Δ‖², without a pass
     m, n = delta.shape
     if not isinstance(k, int) or not 1 <= k <= min(m, n):
         raise ValueError(
@@ -129,6 +129,8 @@ def top_k_svd(
         raise ValueError("method='subspace' needs a warm start: pass init=V of a related update.")
 
     total_sq = frobenius_sq(delta)
+    if not math.isfinite(total_sq):  # any NaN or Inf makes the sum of squares non-finite
+        raise ValueError("The 'delta' parameter contains NaN or Inf; its spectrum is undefined.")
     if total_sq == 0.0:
         return _zero(m, n, k, delta.dtype, delta.device)
     p = min(min(m, n), k + max(k, 8))
@@ -198,7 +200,7 @@ def singular_values(delta: torch.Tensor, *, dtype: torch.dtype = torch.float32) 
     return evals.clamp_min(0.0).sqrt().to(dtype)
 
 
-def _check_delta(x: torch.Tensor, name: str) -> None:
+def _check_delta(x: torch.Tensor, name: str, *, finite: bool = True) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"The '{name}' parameter must be a 2-D (out, in) tensor. Got {got}.")
@@ -208,7 +210,7 @@ def _check_delta(x: torch.Tensor, name: str) -> None:
         )
     if x.numel() == 0:
         raise ValueError(f"The '{name}' parameter is empty (shape {tuple(x.shape)}).")
-    if not bool(torch.isfinite(x).all()):
+    if finite and not bool(torch.isfinite(x).all()):
         raise ValueError(f"The '{name}' parameter contains NaN or Inf; its spectrum is undefined.")
 
 

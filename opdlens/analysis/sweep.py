@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..names import ModuleInfo, split_fused
+from ..names import ModuleInfo, as_matrix, split_fused
 from ..run import Run
 from . import metrics as M
 from .cache import CachedFactors, TensorCache
@@ -113,7 +113,8 @@ class TensorSweep:
         f = self.run.factored_delta(self.name, step)
         if f is not None:
             return Update(b=f[0], a=f[1]).to(self.opt.device)
-        return Update(dense=(self.run.weight(self.name, step) - w0).to(self.opt.device))
+        d = self.run.weight(self.name, step)  # a fresh float32 tensor: subtract in place
+        return Update(dense=d.sub_(w0).to(self.opt.device))
 
     def _pieces(self, u: Update) -> dict[str, Update]:
         out = {}
@@ -125,56 +126,44 @@ class TensorSweep:
         return out
 
     def run_sweep(self) -> TensorResult:
-        w0 = self.run.weight(self.name, 0)
+        # W_0 stays in its stored dtype (half the memory of float32 for bf16 checkpoints).
+        w0 = as_matrix(self.run.base.tensor(self.name), self.info)
         base_sq = {sl.key: M.frobenius_sq(_piece(w0, sl, self.info)) for sl in self.slices}
         final_u = self._pieces(self._update(self.final, w0))
         self._final_sq = {k: u.frobenius_sq() for k, u in final_u.items()}
         final_top = {
-            k: self._factors(self.final, k, u, None, "cumulative") for k, u in final_u.items()
+            k: self._factors(self.final, k, u, None, "cumulative", self._final_sq[k])
+            for k, u in final_u.items()
         }
         prev_v: dict[str, torch.Tensor | None] = {sl.key: None for sl in self.slices}
         prev_u: dict[str, Update] | None = None
         for step in self.steps:
             cur = final_u if step == self.final else self._pieces(self._update(step, w0))
             for sl in self.slices:
-                u = cur[sl.key]
+                key = sl.key
+                u = cur[key]
+                sq = self._final_sq[key] if step == self.final else u.frobenius_sq()
                 top = (
-                    final_top[sl.key]
+                    final_top[key]
                     if step == self.final
-                    else self._factors(step, sl.key, u, prev_v[sl.key], "cumulative")
+                    else self._factors(step, key, u, prev_v[key], "cumulative", sq)
                 )
-                prev_v[sl.key] = top.v if top is not None else None
-                self._row(
-                    step,
-                    sl,
-                    "cumulative",
-                    u,
-                    top,
-                    final_u[sl.key],
-                    final_top[sl.key],
-                    base_sq[sl.key],
-                )
+                prev_v[key] = top.v if top is not None else None
+                finals = (final_u[key], final_top[key], base_sq[key])
+                self._row(step, sl, "cumulative", u, sq, top, *finals)
                 if self.opt.consecutive:
-                    pu = prev_u[sl.key] if prev_u is not None else None
+                    pu = prev_u[key] if prev_u is not None else None
                     cu = u if pu is None else u.minus(pu)
-                    ctop = self._factors(step, sl.key, cu, None, "consecutive")
-                    self._row(
-                        step,
-                        sl,
-                        "consecutive",
-                        cu,
-                        ctop,
-                        final_u[sl.key],
-                        final_top[sl.key],
-                        base_sq[sl.key],
-                    )
+                    csq = cu.frobenius_sq()
+                    ctop = self._factors(step, key, cu, None, "consecutive", csq)
+                    self._row(step, sl, "consecutive", cu, csq, ctop, *finals)
             prev_u = cur if self.opt.consecutive else None
         return self.result
 
     def _factors(
-        self, step: int, key: str, u: Update, init: torch.Tensor | None, kind: str
+        self, step: int, key: str, u: Update, init: torch.Tensor | None, kind: str, total_sq: float
     ) -> CachedFactors | None:
-        if not u.is_matrix or not u.is_finite():
+        if not u.is_matrix or not math.isfinite(total_sq):  # non-finite ⇔ NaN/Inf inside
             return None
         cacheable = self.cache is not None and kind == "cumulative"
         if cacheable:
@@ -198,13 +187,12 @@ class TensorSweep:
         return fac
 
     def _row(
-        self, step: int, sl: Slice, kind: str, u: Update, top: CachedFactors | None,
-        final: Update, final_top: CachedFactors | None, base_sq: float,
+        self, step: int, sl: Slice, kind: str, u: Update, total_sq: float,
+        top: CachedFactors | None, final: Update, final_top: CachedFactors | None, base_sq: float,
     ) -> None:  # fmt: skip
         shape = u.shape
         rows, cols = (shape[0], shape[1]) if len(shape) == 2 else (shape[0] if shape else 1, 1)
-        total_sq = u.frobenius_sq()
-        finite = math.isfinite(total_sq) and u.is_finite()
+        finite = math.isfinite(total_sq)
         if not finite:
             self.result.warnings.append(
                 f"tensor '{self.name}'{'' if sl.key == 'all' else f' [{sl.key}]'} has NaN or Inf "

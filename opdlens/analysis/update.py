@@ -64,10 +64,6 @@ class Update:
         assert self.b is not None and self.a is not None
         return self.b @ self.a
 
-    def is_finite(self) -> bool:
-        parts = [self.dense] if self.dense is not None else [self.b, self.a]
-        return all(bool(torch.isfinite(p).all()) for p in parts if p is not None)
-
     def top_k(self, k: int, init: torch.Tensor | None = None) -> TopK:
         """Top-k singular triplets (plus σ_{k+1}), from the factors when there are factors."""
         if self.dense is not None:
