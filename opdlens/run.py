@@ -42,11 +42,11 @@ class Checkpoint:
         """Shape and stored dtype of one tensor."""
         return self.source.specs[name]
 
-    def tensor(self, name: str) -> torch.Tensor:
-        """Read one tensor, in its stored dtype and orientation."""
+    def tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Read one tensor in its stored orientation, in its stored dtype or converted to ``dtype``."""
         if name not in self.source.specs:
             raise KeyError(f"{self.path}: no tensor named '{name}'.")
-        return self.source.read(name)
+        return self.source.read(name) if dtype is None else self.source.read_as(name, dtype)
 
     @property
     def files(self) -> list[Path]:
@@ -139,7 +139,7 @@ class Run:
     # -- updates ---------------------------------------------------------------------------
     def weight(self, name: str, step: int) -> torch.Tensor:
         """W_step for one tensor in float32, as (out, in) for matrices."""
-        return as_matrix(self.checkpoint(step).tensor(name).float(), self.module(name))
+        return as_matrix(self.checkpoint(step).tensor(name, torch.float32), self.module(name))
 
     def delta(self, name: str, step: int, *, ref: int = 0) -> torch.Tensor:
         """Δ = W_step − W_ref in float32, as (out, in) for matrices."""

@@ -142,12 +142,11 @@ def _check_k(k: int, s: torch.Tensor, name: str, need: int) -> None:
 def _dot64(a: torch.Tensor, b: torch.Tensor) -> float:
     """Σ a·b over all elements: short chunks in their own precision, their sums in float64."""
     same = b is a
-    if a.dtype not in (torch.float32, torch.float64):
-        a = a.float()
-    b = a if same else b.to(a.dtype)
+    work = a.dtype if a.dtype in (torch.float32, torch.float64) else torch.float32
     fa, fb = a.reshape(-1), b.reshape(-1)
     total = 0.0
     for start in range(0, fa.numel(), _CHUNK):
-        ca = fa[start : start + _CHUNK]
-        total += float(torch.dot(ca, ca if same else fb[start : start + _CHUNK]))
+        ca = fa[start : start + _CHUNK].to(work)  # converts one chunk at a time, if at all
+        cb = ca if same else fb[start : start + _CHUNK].to(work)
+        total += float(torch.dot(ca, cb))
     return total

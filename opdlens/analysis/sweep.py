@@ -17,6 +17,8 @@ from .update import Update
 
 log = logging.getLogger(__name__)
 
+_ROWS = 1024  # rows per in-place subtraction block
+
 
 @dataclass(frozen=True)
 class SweepOptions:
@@ -113,8 +115,12 @@ class TensorSweep:
         f = self.run.factored_delta(self.name, step)
         if f is not None:
             return Update(b=f[0], a=f[1]).to(self.opt.device)
-        d = self.run.weight(self.name, step)  # a fresh float32 tensor: subtract in place
-        return Update(dense=d.sub_(w0).to(self.opt.device))
+        d = self.run.weight(self.name, step)  # a fresh float32 tensor: subtract in place,
+        if d.dim() == 0:
+            d.sub_(w0)
+        for i in range(0, d.shape[0] if d.dim() else 0, _ROWS):
+            d[i : i + _ROWS].sub_(w0[i : i + _ROWS])  # by row blocks: W_0 is never upcast whole
+        return Update(dense=d.to(self.opt.device))
 
     def _pieces(self, u: Update) -> dict[str, Update]:
         out = {}
@@ -158,6 +164,7 @@ class TensorSweep:
                     ctop = self._factors(step, key, cu, None, "consecutive", csq)
                     self._row(step, sl, "consecutive", cu, csq, ctop, *finals)
             prev_u = cur if self.opt.consecutive else None
+            del cur, u  # free Δ_t before Δ_{t+1} is read: two live updates, not three
         return self.result
 
     def _factors(

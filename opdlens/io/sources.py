@@ -46,6 +46,10 @@ class TensorSource(ABC):
     def read(self, name: str) -> torch.Tensor:
         """Read one tensor in its stored dtype and orientation."""
 
+    def read_as(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """Read one tensor converted to ``dtype`` (sources that can, convert while reading)."""
+        return self.read(name).to(dtype)
+
     def names(self) -> list[str]:
         return list(self.specs)
 
@@ -100,6 +104,10 @@ class SafetensorsSource(TensorSource):
     def read(self, name: str) -> torch.Tensor:
         st, key = self._where[name]
         return st.read(key)
+
+    def read_as(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        st, key = self._where[name]
+        return st.read_as(key, dtype)
 
 
 def _read_index(index: Path) -> list[str]:

@@ -31,6 +31,7 @@ ST_DTYPES: dict[str, torch.dtype] = {
 }
 
 _MAX_HEADER = 100 * 1024 * 1024
+_PIECE = 8 * 1024 * 1024  # bytes read at a time when converting while reading
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,29 @@ class SafetensorsFile:
 
     def keys(self) -> list[str]:
         return list(self.entries)
+
+    def read_as(self, key: str, dtype: torch.dtype) -> torch.Tensor:
+        """Read one tensor converted to ``dtype``, in 8 MiB pieces: no full stored-dtype copy."""
+        entry = self.entries[key]
+        if entry.dtype == dtype or entry.dtype == torch.bool:
+            return self.read(key).to(dtype)
+        item = torch.empty((), dtype=entry.dtype).element_size()
+        out = torch.empty(entry.shape, dtype=dtype)
+        flat = out.view(-1)
+        step = max(1, _PIECE // item)
+        buf = torch.empty(step * item, dtype=torch.uint8)
+        with open(self.path, "rb") as f:
+            f.seek(entry.begin)
+            for start in range(0, flat.numel(), step):
+                count = min(step, flat.numel() - start)
+                view = memoryview(buf.numpy())[: count * item]
+                if f.readinto(view) != count * item:
+                    raise CheckpointError(
+                        f"{self.path}: tensor '{key}' is cut short; the file is truncated or "
+                        "still being written."
+                    )
+                flat[start : start + count] = buf[: count * item].view(entry.dtype)
+        return out
 
     def read(self, key: str) -> torch.Tensor:
         """Read one tensor into a fresh CPU tensor of its stored dtype."""

@@ -1,0 +1,23 @@
+"""Reading safetensors tensors converted to another dtype in pieces equals a plain read."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from opdlens.io import stfile
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_read_as_float32_in_pieces_equals_plain_read(tmp_path, monkeypatch, dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    tensors = {"w": torch.randn(37, 53, generator=g).to(dtype), "b": torch.randn(11).to(dtype)}
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, path)
+    monkeypatch.setattr(stfile, "_PIECE", 64)  # many pieces, the last one partial
+    f = stfile.SafetensorsFile(path)
+    for key, t in tensors.items():
+        got = f.read_as(key, torch.float32)
+        assert got.dtype == torch.float32 and got.shape == t.shape
+        assert torch.equal(got, t.float())
