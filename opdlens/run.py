@@ -210,7 +210,7 @@ class Run:
         evaluate: bool = False,
         overwrite: bool = False,
         progress: bool = False,
-    ) -> tuple[Path, pd.DataFrame]:
+    ) -> tuple[Path, pd.DataFrame | None]:
         """Write θ_t + α(θ_t − θ_a) as a new checkpoint; with evaluate, rel_error vs later steps."""
         from .extrapolation.extrapolate import extrapolate
 

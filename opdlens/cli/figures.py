@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..viz.figures import write_figures
-from ..viz.report import write_report
-from ..viz.sources import Sources, load_sources
 from ._app import BaseOpt, QuietOpt, app, echo, handle_errors
 from .analyze import parse_ints
+
+if TYPE_CHECKING:
+    from ..viz.sources import Sources
 
 SourceArg = Annotated[
     Path,
@@ -50,6 +50,8 @@ def _load(
     names = None if labels is None else [x for x in labels.split(",")]
     if spectra < 0:
         raise ValueError(f"--spectra takes a count ≥ 0; got {spectra}.")
+    from ..viz.sources import load_sources  # matplotlib and pandas load only for these commands
+
     return load_sources(
         [source, *(compare or [])], out, labels=names, base=base, replay=replay,
         errors=errors or (), spectra_top=spectra, progress=not quiet,
@@ -82,6 +84,8 @@ def figures(
 ) -> None:
     """Draw the paper's figures (PDF, SVG and 200-dpi PNG) for one run or several side by side."""
     src = _load(source, compare, labels, out, base, replay, errors, ranks, spectra, workers, quiet)
+    from ..viz.figures import write_figures
+
     result = write_figures(
         src.frame, out, spectra=src.spectra, history=src.history, errors=src.errors
     )
@@ -118,6 +122,8 @@ def report(
         "spectra": spectra,
         "top": top,
     }
+    from ..viz.report import write_report
+
     path = write_report(src, out, title=title, top=top, options=options)
     _notes(src, src.notes)
     echo(f"wrote {path} (figures in {out / 'figures'})")

@@ -295,12 +295,12 @@ def extrapolate(
     evaluate: bool = False,
     overwrite: bool = False,
     progress: bool = False,
-) -> tuple[Path, pd.DataFrame]:
+) -> tuple[Path, pd.DataFrame | None]:
     """Write θ_t + α(θ_t − θ_a) for the chosen tensors (θ_t elsewhere) as a new checkpoint.
 
     Returns:
         The written directory and, with `evaluate`, rel_error per tensor and overall against
-        every later saved step plus `equivalent_step` (an empty frame otherwise); the same
+        every later saved step plus `equivalent_step` (None without `evaluate`); the same
         table is saved as `extrapolation_errors.csv` in the written directory.
 
     Raises:
@@ -338,7 +338,7 @@ def extrapolate(
         progress=progress, desc=f"extrapolate step {step}",
     )  # fmt: skip
     if tracker is None:
-        return path, ErrorTracker(run, step).frame(step=step, anchor=a, alpha=alpha).iloc[0:0]
+        return path, None  # no DataFrame: the write path never imports pandas
     errors = tracker.frame(step=step, anchor=a, alpha=alpha)
     tmp = path / f".{ERRORS_FILE}.tmp"
     errors.to_csv(tmp, index=False)

@@ -58,7 +58,7 @@ def test_written_tensors_equal_an_independent_computation(tmp_path: Path) -> Non
               for s in (0, 3, 7)}  # fmt: skip
     root = write_run(tmp_path / "run", steps=(0, 3, 7), state=lambda s: states[s])
     path, errors = extrapolate(open_run(root), 7, anchor=3, alpha=-0.75, out=tmp_path / "p")
-    assert errors.empty
+    assert errors is None  # no evaluation asked: no DataFrame (and no pandas import)
     got = load_file(path / "model.safetensors")
     for name in MATRICES:
         t, a = states[7][name].double(), states[3][name].double()
