@@ -35,7 +35,7 @@ EXPLORE = [
     new_code_cell(
         "import pandas as pd\n\n"
         "import opdlens\n"
-        "from opdlens.viz import plots\n\n"
+        "from opdlens import plots\n\n"
         "opd = opdlens.open_run(demo.opd)\n"
         "rl = opdlens.open_run(demo.rl)\n"
         "opd, rl"
@@ -82,7 +82,7 @@ EXPLORE = [
         "OPD update share, in both runs: a fast drop means a low-rank update."
     ),
     new_code_cell(
-        "from opdlens.analysis.linalg import singular_values\n\n"
+        "from opdlens.analysis import singular_values\n\n"
         'matrices = at_final[(at_final["run"] == "OPD") & at_final["stable_rank"].notna()]\n'
         'name = matrices.sort_values("update_share", ascending=False)["tensor"].iloc[0]\n'
         "sigma = {\n"
@@ -111,9 +111,9 @@ EXTRAPOLATION = [
         "import tempfile\n\n"
         "import pandas as pd\n\n"
         "import opdlens\n"
+        "from opdlens import plots\n"
         "from opdlens.demo import accuracy\n"
-        "from opdlens.extrapolation import extrapolate, replay\n"
-        "from opdlens.viz import plots\n\n"
+        "from opdlens.extrapolation import extrapolate, replay\n\n"
         "run = opdlens.open_run(demo.opd)\n"
         'work = Path(tempfile.mkdtemp(prefix="opdlens-extrapolation-"))  # outputs, never in the run\n'
         "run.steps"

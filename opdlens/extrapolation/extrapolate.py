@@ -264,13 +264,13 @@ def extrapolation_producer(
     current, base = run.checkpoint(step), run.checkpoint(anchor)
 
     def produce(name: str) -> torch.Tensor:
-        stored = current.tensor(name)
         if name not in chosen:
-            return stored
-        theta = stored.float()
-        delta = base.tensor(name).float()
+            return current.tensor(name)
+        # Read straight into float32 (converted piece by piece, no stored-dtype copy).
+        theta = current.tensor(name, torch.float32)
+        delta = base.tensor(name, torch.float32)
         torch.sub(theta, delta, out=delta)  # θ_t − θ_a, in place
-        pred = torch.add(theta, delta, alpha=alpha).to(stored.dtype)  # the one rounding
+        pred = torch.add(theta, delta, alpha=alpha).to(current.spec(name).dtype)  # one rounding
         del delta
         if tracker is not None:
             tracker.add(name, pred.float(), theta)
