@@ -13,8 +13,10 @@ def release_freed_buffers() -> None:
     """Make glibc map every buffer ≥ 1 MiB separately, so freeing a tensor returns its memory.
 
     glibc keeps freed buffers below its self-raising mmap threshold (up to 32 MiB) on the heap,
-    so streaming one large tensor after another grows RSS by several dead tensors. Called by
-    the CLI and by worker processes, never on import; a no-op where libc is not glibc.
+    so streaming one large tensor after another grows RSS by several dead tensors (bounded:
+    larger buffers are always mapped). The price is fresh, zeroed pages for every buffer:
+    `opdlens extrapolate` measured 1.6× slower with it (BENCHMARKS.md), so only `analyze` and
+    its workers call it, never on import; a no-op where libc is not glibc.
     """
     if not sys.platform.startswith("linux"):
         return

@@ -73,9 +73,12 @@ def analyze(
     quiet: QuietOpt = False,
 ) -> None:
     """Compute update norms, module allocation, low-rank concentration and alignment for a run."""
+    from .._memory import release_freed_buffers
     from ..analysis.export import write_analysis  # pandas loads only for this command
     from ..run import open_run
 
+    # Each step's update is freed before the next is read; give that memory back at once.
+    release_freed_buffers()
     if address is not None and executor != "ray":
         raise ValueError("--address is for a Ray cluster; add --executor ray or drop --address.")
     r = open_run(run, base, checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle,

@@ -8,6 +8,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -174,9 +175,16 @@ def write_checkpoint(
         Path(out), plan, metadata=meta, copy_from=_support_dir(like, run.base),
         protected=run_inputs(run), overwrite=overwrite,
     )  # fmt: skip
-    with writer:
-        for name in track(names, len(names), desc, enabled=progress):
-            writer.write(name, produce(name))
+    with writer, ThreadPoolExecutor(max_workers=1) as pool:
+        # The next tensor is read and computed while this one is written (torch and file I/O
+        # release the GIL): one more tensor in memory, reading overlapped with writing.
+        pending = pool.submit(produce, names[0]) if names else None
+        for i, name in enumerate(track(names, len(names), desc, enabled=progress)):
+            assert pending is not None
+            tensor = pending.result()
+            pending = pool.submit(produce, names[i + 1]) if i + 1 < len(names) else None
+            writer.write(name, tensor)
+            del tensor
     return writer.out_dir
 
 
