@@ -10,6 +10,7 @@ import shlex
 import signal
 import subprocess
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,15 +34,15 @@ __all__ = [
 _NUMBER_HELP = "A scorer must return (or print, as the last line of its output) one finite number."
 
 
-class Scorer:
+class Scorer(ABC):
     """A validation score of a checkpoint directory; higher is better."""
 
     name: str = "scorer"
     oracle: bool = False
 
+    @abstractmethod
     def score(self, path: Path, label: str) -> float:
         """Score the checkpoint at `path`; `label` names the candidate in errors."""
-        raise NotImplementedError
 
     @property
     def label(self) -> str:
