@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .metrics import frobenius_sq
+from .metrics import ILL_DEFINED_GAP, frobenius_sq
 
 logger = logging.getLogger(__name__)
 
@@ -21,9 +21,6 @@ _BUDGET_SHARE = 0.5  # "auto" spends at most this share of the exact cost on pas
 _MIN_PASSES = 2  # never certify from a single pass (guards against a missed direction)
 _SEED = 0
 _TINY_GAP = 1e-7  # keeps the ratio finite (and its progress measurable) while δ_K ≤ 0
-# design.md: where (σ_K − σ_{K+1}) / σ_1 < 1e-2 the top-K subspace is not well defined and
-# gap_k flags its alignment as meaningless; such K need no subspace certificate (energy still does).
-_ILL_DEFINED_GAP = 1e-2
 
 
 @dataclass(frozen=True)
@@ -308,7 +305,8 @@ def _certificate(
     floor = _TINY_GAP * s1
     # An upper bound on the true gap: σ_{K+1} ≥ σ̃_{K+1} (interlacing), σ_K within ρ_K of σ̃_K.
     gap_hi = s[:k] + rho[:k] - s[1 : k + 1]
-    defined = (s[:k] > _RANK_FLOOR * s1) & (gap_hi >= _ILL_DEFINED_GAP * s1)
+    # Ill-defined subspaces (design.md) need no certificate; their energy still does.
+    defined = (s[:k] > _RANK_FLOOR * s1) & (gap_hi >= ILL_DEFINED_GAP * s1)
     for kk in torch.nonzero(defined).flatten().tolist():
         r = float(res[kk]) / _ANGLE_TOL
         worst = max(worst, r / max(float(delta_k[kk]), floor))

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import ScalarFormatter
 
+from opdlens.analysis.metrics import ILL_DEFINED_GAP
 from opdlens.viz.style import (
     FLAG_COLOR,
     block_color,
@@ -36,8 +37,7 @@ __all__ = [
     "spectra",
 ]
 
-# Below this gap_k{K} = (σ_K − σ_{K+1}) / σ_1 the top-K subspace is not well defined (design.md).
-GAP_THRESHOLD = 1e-2
+GAP_THRESHOLD = ILL_DEFINED_GAP  # design.md's gap rule, defined once in analysis.metrics
 # alignment_by_step greys out a point when ill-defined tensors carry more than this share of ‖Δ‖².
 _FLAG_WEIGHT = 0.5
 _MAX_STRIP_PANELS = 6
