@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import torch
+from typing import TYPE_CHECKING, TypeGuard
 
 from .errors import CheckpointError, IncompleteCheckpointError, OpdlensError
+from .io import dtypes
 from .io.discover import discover
 from .io.layouts import detect, open_source, read_config
-from .io.lora import LoraSource
 from .io.sources import Spec, TensorSource
 from .names import ModuleInfo, as_matrix, classify
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
+    import torch
+
+    from .io.lora import LoraSource
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,16 @@ class Checkpoint:
             raise KeyError(f"{self.path}: no tensor named '{name}'.")
         return self.source.read(name) if dtype is None else self.source.read_as(name, dtype)
 
+    def array(self, name: str, *, float32: bool = False) -> np.ndarray:
+        """Read one tensor as numpy: its stored bytes (see `io.dtypes.storage`), or float32 values."""
+        if name not in self.source.specs:
+            raise KeyError(f"{self.path}: no tensor named '{name}'.")
+        return self.source.read_float32(name) if float32 else self.source.read_array(name)
+
+    def byte_range(self, name: str) -> tuple[Path, int, int] | None:
+        """(file, begin, end) of a tensor stored as-is in one file, or None (e.g. LoRA, FSDP)."""
+        return self.source.byte_range(name)
+
     @property
     def files(self) -> list[Path]:
         """The weight files this checkpoint reads."""
@@ -66,9 +79,15 @@ class Checkpoint:
         """The dominant stored dtype (by parameter count), e.g. 'bfloat16'."""
         counts: dict[str, int] = {}
         for s in self.source.specs.values():
-            key = str(s.dtype).removeprefix("torch.")
+            key = dtypes.torch_name(s.stored)
             counts[key] = counts.get(key, 0) + s.numel
         return max(counts, key=counts.__getitem__) if counts else "none"
+
+
+def _is_lora(source: TensorSource) -> TypeGuard[LoraSource]:
+    # LoRA sources need torch, so their module loads only when an adapter is opened.
+    lora = sys.modules.get("opdlens.io.lora")
+    return lora is not None and isinstance(source, lora.LoraSource)
 
 
 def _open_checkpoint(path: Path, step: int | None, trust_pickle: bool) -> Checkpoint:
@@ -139,6 +158,8 @@ class Run:
     # -- updates ---------------------------------------------------------------------------
     def weight(self, name: str, step: int) -> torch.Tensor:
         """W_step for one tensor in float32, as (out, in) for matrices."""
+        import torch
+
         return as_matrix(self.checkpoint(step).tensor(name, torch.float32), self.module(name))
 
     def delta(self, name: str, step: int, *, ref: int = 0) -> torch.Tensor:
@@ -157,13 +178,15 @@ class Run:
             src = self.checkpoint(s).source
             if src is self.base.source:
                 continue  # W_0 itself: contributes no update
-            if not isinstance(src, LoraSource) or name in src.full_replacements():
+            if not _is_lora(src) or name in src.full_replacements():
                 return None
             f = src.factors(name)
             if f is not None:
                 terms.append((f[0] * sign, f[1]))
         if not terms:
             return None
+        import torch
+
         b = torch.cat([t[0] for t in terms], dim=1)  # (rows, r_total)
         a = torch.cat([t[1] for t in terms], dim=0)  # (r_total, cols)
         if self.module(name).transposed:
@@ -253,6 +276,8 @@ class Run:
 
     def check_finite(self, name: str, step: int) -> bool:
         """True when every value of the tensor at ``step`` is finite."""
+        import torch
+
         t = self.checkpoint(step).tensor(name)
         return bool(torch.isfinite(t.float()).all()) if t.is_floating_point() else True
 
@@ -310,16 +335,16 @@ def open_run(
                 ) from None
             warnings.append(f"skipped step {step}: {e}")
     base_ck = _resolve_base(base, opened, path, trust_pickle, warnings)
-    if isinstance(base_ck.source, LoraSource):
+    if _is_lora(base_ck.source):
         raise CheckpointError(
             f"{base_ck.path}: a LoRA adapter cannot be the base; pass --base PATH (Python: "
             "base=PATH) pointing at the full model the adapters were trained on."
         )
     for ck in opened.values():
-        if isinstance(ck.source, LoraSource):
+        if _is_lora(ck.source):
             ck.source.attach_base(base_ck.source)
             ck.config = ck.config or dict(base_ck.config)
-    if 0 in opened and opened[0] is not base_ck and isinstance(opened[0].source, LoraSource):
+    if 0 in opened and opened[0] is not base_ck and _is_lora(opened[0].source):
         warnings.append(f"{opened[0].path}: the step-0 adapter is not used; W_0 is the base model.")
     opened.pop(0, None)
     if not opened:
@@ -349,9 +374,9 @@ def _resolve_base(
         return _open_checkpoint(Path(base), None, trust_pickle)
     if 0 in opened:
         ck = opened[0]
-        if not isinstance(ck.source, LoraSource):
+        if not _is_lora(ck.source):
             return ck
-    lora = next((c for c in opened.values() if isinstance(c.source, LoraSource)), None)
+    lora = next((c for c in opened.values() if _is_lora(c.source)), None)
     if lora is not None:
         guess = lora.source.adapter_config.get("base_model_name_or_path")  # type: ignore[union-attr]
         if guess and Path(str(guess)).is_dir():

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError
-from .lora import LoraSource
 from .sources import FsdpSource, PickleSource, SafetensorsSource, TensorSource
 
 # Files a trainer leaves beside the weights; recognised so they are never loaded.
@@ -109,6 +108,8 @@ def open_source(det: Detected, config: dict[str, object], trust_pickle: bool) ->
     """Open the weights of a detected checkpoint, reading headers only."""
     layout = det.layout.removeprefix("verl-")
     if layout == "peft-lora":
+        from .lora import LoraSource
+
         return LoraSource(det.weights_dir, trust_pickle)
     if layout == "hf-safetensors":
         return SafetensorsSource(det.files, config)

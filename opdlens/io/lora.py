@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
+import torch  # LoRA sources compute B @ A; opened only for adapter runs
 
 from ..errors import CheckpointError
 from .sources import SafetensorsSource, Spec, TensorSource, load_pickle

@@ -10,12 +10,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
 from ..errors import CheckpointError, IncompleteCheckpointError, UnsafePickleError
 from ..names import canonical_name
+from . import dtypes
 from .stfile import SafetensorsFile
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +30,16 @@ class Spec:
     """Shape and stored dtype of one tensor."""
 
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    stored: str  # the safetensors dtype name, e.g. "BF16"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The stored dtype as a torch dtype (imports torch)."""
+        return dtypes.to_torch(self.stored)
+
+    @property
+    def is_float(self) -> bool:
+        return dtypes.is_float(self.stored)
 
     @property
     def numel(self) -> int:
@@ -49,6 +63,20 @@ class TensorSource(ABC):
     def read_as(self, name: str, dtype: torch.dtype) -> torch.Tensor:
         """Read one tensor converted to ``dtype`` (sources that can, convert while reading)."""
         return self.read(name).to(dtype)
+
+    def read_array(self, name: str) -> np.ndarray:
+        """Read one tensor's stored bytes as numpy (bf16 and float8 as unsigned bit patterns)."""
+        t = self.read(name).contiguous()
+        raw = t.reshape(-1).view(dtypes.to_torch("U8")).numpy()
+        return raw.view(dtypes.storage(self.specs[name].stored)).reshape(t.shape)
+
+    def read_float32(self, name: str) -> np.ndarray:
+        """Read one float tensor as a float32 numpy array."""
+        return self.read_as(name, dtypes.to_torch("F32")).numpy()
+
+    def byte_range(self, name: str) -> tuple[Path, int, int] | None:
+        """(file, begin, end) when the tensor is stored as-is in one file, else None."""
+        return None
 
     def names(self) -> list[str]:
         return list(self.specs)
@@ -93,7 +121,7 @@ class SafetensorsSource(TensorSource):
                     )
                 e = st.entries[key]
                 self._where[name] = (st, key)
-                self.specs[name] = Spec(e.shape, e.dtype)
+                self.specs[name] = Spec(e.shape, e.stored)
         self.tied = _drop_tied(self.specs, config)
 
     @classmethod
@@ -108,6 +136,19 @@ class SafetensorsSource(TensorSource):
     def read_as(self, name: str, dtype: torch.dtype) -> torch.Tensor:
         st, key = self._where[name]
         return st.read_as(key, dtype)
+
+    def read_array(self, name: str) -> np.ndarray:
+        st, key = self._where[name]
+        return st.read_array(key)
+
+    def read_float32(self, name: str) -> np.ndarray:
+        st, key = self._where[name]
+        return st.read_float32(key)
+
+    def byte_range(self, name: str) -> tuple[Path, int, int] | None:
+        st, key = self._where[name]
+        entry = st.entries[key]
+        return st.path, entry.begin, entry.end
 
 
 def _read_index(index: Path) -> list[str]:
@@ -170,6 +211,8 @@ class PickleSource(TensorSource):
     """`pytorch_model.bin` (or shards listed by its index), loaded memory-mapped."""
 
     def __init__(self, files: list[Path], config: Mapping[str, object], trust_pickle: bool) -> None:
+        import torch
+
         self.files = list(files)
         self._tensors: dict[str, torch.Tensor] = {}
         seen_storage: dict[int, str] = {}
@@ -186,7 +229,9 @@ class PickleSource(TensorSource):
                     continue
                 seen_storage.setdefault(ptr, name)
                 self._tensors[name] = t
-        self.specs = {n: Spec(tuple(t.shape), t.dtype) for n, t in self._tensors.items()}
+        self.specs = {
+            n: Spec(tuple(t.shape), dtypes.from_torch(t.dtype)) for n, t in self._tensors.items()
+        }
         self.tied += _drop_tied(self.specs, config)
 
     def read(self, name: str) -> torch.Tensor:
@@ -224,11 +269,13 @@ class FsdpSource(TensorSource):
         names = _canonical_map(list(self._shards[0]), self.files[0])
         self._keys = names
         self.specs = {}
+        import torch
+
         for name, key in names.items():
             first = self._shards[0][key]
             if not isinstance(first, torch.Tensor):
                 continue
-            self.specs[name] = Spec(self._full_shape(key), first.dtype)
+            self.specs[name] = Spec(self._full_shape(key), dtypes.from_torch(first.dtype))
         self.tied = _drop_tied(self.specs, config)
 
     def _full_shape(self, key: str) -> tuple[int, ...]:
@@ -246,6 +293,7 @@ class FsdpSource(TensorSource):
         return (sum(t.shape[0] for t in locals_), *locals_[0].shape[1:])
 
     def read(self, name: str) -> torch.Tensor:
+        import torch
         from torch.distributed.tensor import DTensor, Replicate, Shard
 
         key = self._keys[name]

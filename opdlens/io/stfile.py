@@ -6,29 +6,15 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
 from ..errors import CheckpointError
+from . import dtypes
 
-# safetensors dtype names → torch dtypes (the format's own spelling).
-ST_DTYPES: dict[str, torch.dtype] = {
-    "BOOL": torch.bool,
-    "U8": torch.uint8,
-    "I8": torch.int8,
-    "I16": torch.int16,
-    "U16": torch.uint16,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I32": torch.int32,
-    "U32": torch.uint32,
-    "F32": torch.float32,
-    "F64": torch.float64,
-    "I64": torch.int64,
-    "U64": torch.uint64,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-}
+if TYPE_CHECKING:
+    import torch
 
 _MAX_HEADER = 100 * 1024 * 1024
 _PIECE = 8 * 1024 * 1024  # bytes read at a time when converting while reading
@@ -39,7 +25,7 @@ class TensorEntry:
     """Where one tensor lives inside a safetensors file."""
 
     key: str
-    dtype: torch.dtype
+    stored: str  # the safetensors dtype name, e.g. "BF16"
     shape: tuple[int, ...]
     begin: int  # absolute byte offset in the file
     end: int
@@ -47,6 +33,11 @@ class TensorEntry:
     @property
     def nbytes(self) -> int:
         return self.end - self.begin
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The stored dtype as a torch dtype (imports torch)."""
+        return dtypes.to_torch(self.stored)
 
 
 class SafetensorsFile:
@@ -59,12 +50,52 @@ class SafetensorsFile:
     def keys(self) -> list[str]:
         return list(self.entries)
 
+    def read_array(self, key: str) -> np.ndarray:
+        """Read one tensor's stored bytes as a numpy array (bf16 and float8 as unsigned bits)."""
+        entry = self.entries[key]
+        out = np.empty(entry.shape, dtype=dtypes.storage(entry.stored))
+        with open(self.path, "rb") as f:
+            f.seek(entry.begin)
+            got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
+        if got != entry.nbytes:
+            raise CheckpointError(
+                f"{self.path}: tensor '{key}' is cut short ({got} of {entry.nbytes} bytes); "
+                "the file is truncated or still being written."
+            )
+        return out
+
+    def read_float32(self, key: str) -> np.ndarray:
+        """Read one float tensor as float32 numpy, converted in 8 MiB pieces while reading."""
+        entry = self.entries[key]
+        if entry.stored == "F32":
+            return self.read_array(key)
+        if entry.stored not in dtypes.NUMPY_FLOATS:
+            return self.read_as(key, dtypes.to_torch("F32")).numpy()
+        out = np.empty(entry.shape, dtype=np.float32)
+        flat = out.reshape(-1)
+        step = max(1, _PIECE // dtypes.itemsize(entry.stored))
+        buf = np.empty(min(step, flat.size), dtype=dtypes.storage(entry.stored))
+        with open(self.path, "rb") as f:
+            f.seek(entry.begin)
+            for start in range(0, flat.size, step):
+                piece = buf[: min(step, flat.size - start)]
+                if f.readinto(memoryview(piece.view(np.uint8))) != piece.nbytes:
+                    raise CheckpointError(
+                        f"{self.path}: tensor '{key}' is cut short; the file is truncated or "
+                        "still being written."
+                    )
+                dtypes.decode_float32(piece, entry.stored, flat[start : start + piece.size])
+        return out
+
     def read_as(self, key: str, dtype: torch.dtype) -> torch.Tensor:
         """Read one tensor converted to ``dtype``, in 8 MiB pieces: no full stored-dtype copy."""
+        import torch
+
         entry = self.entries[key]
-        if entry.dtype == dtype or entry.dtype == torch.bool:
+        stored = entry.dtype
+        if stored == dtype or stored == torch.bool:
             return self.read(key).to(dtype)
-        item = torch.empty((), dtype=entry.dtype).element_size()
+        item = dtypes.itemsize(entry.stored)
         out = torch.empty(entry.shape, dtype=dtype)
         flat = out.view(-1)
         step = max(1, _PIECE // item)
@@ -79,24 +110,16 @@ class SafetensorsFile:
                         f"{self.path}: tensor '{key}' is cut short; the file is truncated or "
                         "still being written."
                     )
-                flat[start : start + count] = buf[: count * item].view(entry.dtype)
+                flat[start : start + count] = buf[: count * item].view(stored)
         return out
 
     def read(self, key: str) -> torch.Tensor:
         """Read one tensor into a fresh CPU tensor of its stored dtype."""
+        import torch
+
         entry = self.entries[key]
-        buf = torch.empty(entry.nbytes, dtype=torch.uint8)
-        with open(self.path, "rb") as f:
-            f.seek(entry.begin)
-            got = f.readinto(memoryview(buf.numpy()))
-        if got != entry.nbytes:
-            raise CheckpointError(
-                f"{self.path}: tensor '{key}' is cut short ({got} of {entry.nbytes} bytes); "
-                "the file is truncated or still being written."
-            )
-        if entry.dtype == torch.bool:
-            return buf.view(torch.bool).reshape(entry.shape)
-        return buf.view(entry.dtype).reshape(entry.shape)
+        raw = torch.from_numpy(self.read_array(key).reshape(-1).view(np.uint8))
+        return raw.view(entry.dtype).reshape(entry.shape)
 
 
 def _parse_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
@@ -130,24 +153,28 @@ def _parse_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
     data_end = 0
     for key, info in header.items():
         try:
-            dtype = ST_DTYPES[info["dtype"]]
+            stored = str(info["dtype"])
             shape = tuple(int(d) for d in info["shape"])
             begin, end = (int(o) for o in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(
                 f"{path}: corrupt safetensors header entry for '{key}' ({info!r})."
             ) from None
+        if not dtypes.known(stored):
+            raise CheckpointError(
+                f"{path}: tensor '{key}' has dtype {stored!r}, which safetensors does not define."
+            )
         numel = 1
         for d in shape:
             numel *= d
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        itemsize = dtypes.itemsize(stored)
         if end < begin or end - begin != numel * itemsize:
             raise CheckpointError(
                 f"{path}: corrupt safetensors header: tensor '{key}' of shape {list(shape)} "
                 f"needs {numel * itemsize} bytes but its offsets span {end - begin}."
             )
         data_end = max(data_end, end)
-        entries[key] = TensorEntry(key, dtype, shape, data_start + begin, data_start + end)
+        entries[key] = TensorEntry(key, stored, shape, data_start + begin, data_start + end)
     if data_start + data_end > size:
         raise CheckpointError(
             f"{path}: truncated safetensors file ({size} bytes on disk, the header needs "

@@ -11,15 +11,21 @@ import secrets
 import shutil
 import struct
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import torch
+import numpy as np
 
-from opdlens.errors import OpdlensError
+from opdlens.errors import CheckpointError, OpdlensError
+
+from . import dtypes
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -37,26 +43,6 @@ TEMP_MARKER = ".opdlens-tmp-"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 PROVENANCE_FILE = "opdlens_provenance.json"
-
-# The names safetensors gives each dtype, with the rank of its Rust enum: save_file lays
-# tensors out by descending rank then name, and so does this writer, so files match byte for byte.
-_DTYPES: dict[torch.dtype, tuple[str, int]] = {
-    torch.bool: ("BOOL", 0),
-    torch.uint8: ("U8", 1),
-    torch.int8: ("I8", 2),
-    torch.float8_e5m2: ("F8_E5M2", 3),
-    torch.float8_e4m3fn: ("F8_E4M3", 4),
-    torch.int16: ("I16", 5),
-    torch.uint16: ("U16", 6),
-    torch.float16: ("F16", 7),
-    torch.bfloat16: ("BF16", 8),
-    torch.int32: ("I32", 9),
-    torch.uint32: ("U32", 10),
-    torch.float32: ("F32", 11),
-    torch.float64: ("F64", 12),
-    torch.int64: ("I64", 13),
-    torch.uint64: ("U64", 14),
-}
 
 # Non-weight files of a Hugging Face model directory that an output checkpoint needs to load.
 _COPY_PATTERNS = (
@@ -77,6 +63,10 @@ _COPY_PATTERNS = (
     "modeling_*.py",
     "tokenization_*.py",
 )
+_PIECE = 8 * 1024 * 1024  # bytes per read when copying by hand
+# Written bytes after which a background thread starts flushing them to disk, so the fsync
+# that makes the checkpoint durable at the end does not wait for the whole file.
+_FLUSH_EVERY = 256 * 1024 * 1024
 _BIN_SHARD = re.compile(r"^pytorch_model(-\d+-of-\d+)?\.bin$")
 
 
@@ -86,7 +76,12 @@ class TensorSpec:
 
     name: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: torch.dtype | str  # a torch dtype or a safetensors name such as "BF16"
+
+    @property
+    def stored(self) -> str:
+        """The safetensors name of the dtype."""
+        return safetensors_dtype(self.dtype)
 
     @property
     def nbytes(self) -> int:
@@ -94,18 +89,12 @@ class TensorSpec:
         numel = 1
         for size in self.shape:
             numel *= size
-        return numel * self.dtype.itemsize
+        return numel * dtypes.itemsize(self.stored)
 
 
-def safetensors_dtype(dtype: torch.dtype) -> str:
+def safetensors_dtype(dtype: torch.dtype | str) -> str:
     """The safetensors name of a torch dtype, e.g. torch.bfloat16 -> "BF16"."""
-    if dtype not in _DTYPES:
-        known = ", ".join(str(d).removeprefix("torch.") for d in _DTYPES)
-        raise ValueError(
-            f"safetensors cannot store dtype {dtype}; expected one of {known}. "
-            "Cast the tensor to one of them before writing."
-        )
-    return _DTYPES[dtype][0]
+    return dtypes.from_torch(dtype)
 
 
 def _shard_name(index: int, total: int) -> str:
@@ -177,14 +166,14 @@ def _layout(
     specs: Sequence[TensorSpec], metadata: Mapping[str, str]
 ) -> tuple[bytes, list[tuple[TensorSpec, int, int]]]:
     """The padded header of one file and its tensors' data offsets, in save_file's order."""
-    ordered = sorted(specs, key=lambda s: (-_DTYPES[s.dtype][1], s.name))
+    ordered = sorted(specs, key=lambda s: (-dtypes.rank(s.stored), s.name))
     header: dict[str, object] = {"__metadata__": dict(metadata)}
     offsets = []
     position = 0
     for spec in ordered:
         begin, position = position, position + spec.nbytes
         header[spec.name] = {
-            "dtype": safetensors_dtype(spec.dtype),
+            "dtype": spec.stored,
             "shape": list(spec.shape),
             "data_offsets": [begin, position],
         }
@@ -243,6 +232,9 @@ class CheckpointWriter:
         self._tmp: Path | None = None
         self._written: set[str] = set()
         self._handle: tuple[str, BinaryIO] | None = None
+        self._unflushed = 0
+        self._flushing: threading.Thread | None = None
+        self._flush_error: OSError | None = None
 
     @staticmethod
     def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -314,11 +306,77 @@ class CheckpointWriter:
         logger.debug("writing %d tensors into %s", len(self._slots), self._tmp)
         return self
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def write(self, name: str, tensor: torch.Tensor | np.ndarray) -> None:
         """Write one planned tensor to its place in its shard file.
 
-        Shape: any, equal to the planned shape.
+        A numpy array holds the stored bytes (bf16 and float8 as unsigned bit patterns, see
+        `dtypes.storage`). Shape: any, equal to the planned shape.
         """
+        slot = self._slot(name)
+        spec = slot.spec
+        if isinstance(tensor, np.ndarray):
+            got = f"numpy {tensor.dtype}"
+            fits = tensor.dtype == dtypes.storage(spec.stored)
+        else:
+            got = str(tensor.dtype).removeprefix("torch.")
+            fits = tensor.dtype == dtypes.to_torch(spec.stored)
+        if tuple(tensor.shape) != tuple(spec.shape) or not fits:
+            raise ValueError(
+                f"Tensor '{name}' was planned as shape {tuple(spec.shape)} "
+                f"{dtypes.torch_name(spec.stored)}, got "
+                f"shape {tuple(tensor.shape)} {got}. Cast or reshape it, or fix the plan."
+            )
+        if isinstance(tensor, np.ndarray):
+            raw = np.ascontiguousarray(tensor).reshape(-1).view(np.uint8)
+        else:
+            flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+            raw = flat.view(dtypes.to_torch("U8")).numpy()
+        assert raw.nbytes == slot.end - slot.begin
+        handle = self._open(slot.file)
+        handle.seek(slot.begin)
+        handle.write(memoryview(raw))
+        self._done(name, handle, raw.nbytes)
+
+    def copy_bytes(self, name: str, source: Path, begin: int) -> None:
+        """Write one planned tensor by copying its stored bytes from `source` at offset `begin`.
+
+        Copies in the kernel where it can: no tensor is materialised in this process.
+        """
+        slot = self._slot(name)
+        size = slot.end - slot.begin
+        handle = self._open(slot.file)
+        handle.flush()
+        with open(source, "rb") as src:
+            done = _copy_range(src, handle, begin, slot.begin, size)
+        if done != size:
+            raise CheckpointError(
+                f"{source}: tensor '{name}' is cut short ({done} of {size} bytes); the file is "
+                "truncated or still being written."
+            )
+        self._done(name, handle, size)
+
+    def _done(self, name: str, handle: BinaryIO, size: int) -> None:
+        self._written.add(name)
+        self._unflushed += size
+        if self._unflushed < _FLUSH_EVERY:
+            return
+        if self._flushing is not None and self._flushing.is_alive():
+            return
+        handle.flush()
+        fd = os.dup(handle.fileno())  # the thread's own descriptor: the handle may close first
+        self._flushing = threading.Thread(target=self._flush, args=(fd,), daemon=True)
+        self._flushing.start()
+        self._unflushed = 0
+
+    def _flush(self, fd: int) -> None:
+        try:
+            os.fdatasync(fd)
+        except OSError as e:
+            self._flush_error = e
+        finally:
+            os.close(fd)
+
+    def _slot(self, name: str) -> _Slot:
         if self._tmp is None:
             raise RuntimeError("CheckpointWriter.write called outside its `with` block.")
         slot = self._slots.get(name)
@@ -329,18 +387,7 @@ class CheckpointWriter:
             )
         if name in self._written:
             raise ValueError(f"Tensor '{name}' was already written; write each tensor once.")
-        spec = slot.spec
-        if tuple(tensor.shape) != tuple(spec.shape) or tensor.dtype != spec.dtype:
-            raise ValueError(
-                f"Tensor '{name}' was planned as shape {tuple(spec.shape)} {spec.dtype}, got "
-                f"shape {tuple(tensor.shape)} {tensor.dtype}. Cast or reshape it, or fix the plan."
-            )
-        raw = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        assert raw.nbytes == slot.end - slot.begin
-        handle = self._open(slot.file)
-        handle.seek(slot.begin)
-        handle.write(memoryview(raw))
-        self._written.add(name)
+        return slot
 
     def _open(self, file: str) -> BinaryIO:
         # One handle at a time: writes usually arrive shard by shard.
@@ -375,6 +422,10 @@ class CheckpointWriter:
     def _commit(self) -> None:
         assert self._tmp is not None
         self._close_handle()
+        if self._flushing is not None:
+            self._flushing.join()
+        if self._flush_error is not None:
+            raise self._flush_error
         missing = [name for name in self._slots if name not in self._written]
         if missing:
             raise OpdlensError(
@@ -444,6 +495,33 @@ class CheckpointWriter:
             shutil.rmtree(self._tmp, ignore_errors=False)
             logger.debug("removed unfinished checkpoint %s", self._tmp)
         self._tmp = None
+
+
+def _copy_range(src: BinaryIO, dst: BinaryIO, src_at: int, dst_at: int, size: int) -> int:
+    """Copy `size` bytes between files by offset; returns how many were there to copy."""
+    done = 0
+    try:
+        while done < size:
+            n = os.copy_file_range(
+                src.fileno(), dst.fileno(), size - done, src_at + done, dst_at + done
+            )
+            if n == 0:
+                return done  # end of the source file
+            done += n
+        return done
+    except (AttributeError, OSError):
+        pass  # no copy_file_range here, or not between these file systems: copy by hand
+    buf = bytearray(min(_PIECE, size - done))
+    src.seek(src_at + done)
+    dst.seek(dst_at + done)
+    while done < size:
+        view = memoryview(buf)[: min(len(buf), size - done)]
+        n = src.readinto(view)
+        if not n:
+            return done
+        dst.write(view[:n])
+        done += n
+    return done
 
 
 def _fsync_dir(path: Path) -> None:

@@ -10,12 +10,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from opdlens.errors import OpdlensError
+from opdlens.errors import CheckpointError, OpdlensError
+from opdlens.io import dtypes
 from opdlens.io.writer import (
     INDEX_FILE,
     PROVENANCE_FILE,
@@ -88,6 +90,35 @@ def test_single_file_is_byte_identical_to_save_file(tmp_path: Path) -> None:
     save_file(tensors, tmp_path / "ref.safetensors", metadata={"format": "pt"})
     assert (out / "model.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
     _assert_same(load_file(out / "model.safetensors"), tensors)
+
+
+def test_numpy_arrays_and_byte_copies_write_the_same_file(tmp_path: Path) -> None:
+    """Stored bytes given as numpy arrays, or copied from another file, match save_file."""
+    tensors = _tensors()
+    save_file(tensors, tmp_path / "ref.safetensors", metadata={"format": "pt"})
+    header_len = int.from_bytes((tmp_path / "ref.safetensors").read_bytes()[:8], "little")
+    header = json.loads((tmp_path / "ref.safetensors").read_bytes()[8 : 8 + header_len])
+    out = tmp_path / "out"
+    with CheckpointWriter(out, _specs(tensors)) as writer:
+        for i, (name, t) in enumerate(tensors.items()):
+            if i % 2:
+                stored = dtypes.from_torch(t.dtype)
+                raw = t.contiguous().reshape(-1).view(torch.uint8).numpy()
+                writer.write(name, raw.view(dtypes.storage(stored)).reshape(t.shape))
+            else:
+                begin = 8 + header_len + header[name]["data_offsets"][0]
+                writer.copy_bytes(name, tmp_path / "ref.safetensors", begin)
+    assert (out / "model.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+
+
+def test_copy_bytes_from_a_short_file_names_it(tmp_path: Path) -> None:
+    src = tmp_path / "short.bin"
+    src.write_bytes(b"\0" * 10)
+    writer = CheckpointWriter(tmp_path / "out", [TensorSpec("w", (4,), "F32")])
+    short = r"short.bin: tensor 'w' is cut short \(6 of 16"
+    with pytest.raises(CheckpointError, match=short), writer:
+        writer.copy_bytes("w", src, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["short.bin"]
 
 
 def test_metadata_and_provenance(tmp_path: Path) -> None:
@@ -183,12 +214,12 @@ def _write(out: Path, specs: list[TensorSpec], *items: tuple[str, torch.Tensor])
 def test_write_checks_plan(tmp_path: Path) -> None:
     specs = [TensorSpec("w", (2, 3), torch.bfloat16)]
     bf16 = torch.bfloat16
-    with pytest.raises(
-        ValueError, match=r"planned as shape \(2, 3\) torch.bfloat16, got shape \(3, 2\)"
-    ):
+    with pytest.raises(ValueError, match=r"planned as shape \(2, 3\) bfloat16, got shape \(3, 2\)"):
         _write(tmp_path / "a", specs, ("w", torch.zeros(3, 2, dtype=bf16)))
-    with pytest.raises(ValueError, match=r"torch.bfloat16, got shape \(2, 3\) torch.float32"):
+    with pytest.raises(ValueError, match=r"bfloat16, got shape \(2, 3\) float32"):
         _write(tmp_path / "b", specs, ("w", torch.zeros(2, 3)))
+    with pytest.raises(ValueError, match=r"bfloat16, got shape \(2, 3\) numpy float32"):
+        _write(tmp_path / "b", specs, ("w", np.zeros((2, 3), np.float32)))
     with pytest.raises(ValueError, match="Tensor 'v' is not in the plan"):
         _write(tmp_path / "c", specs, ("v", torch.zeros(2, 3, dtype=bf16)))
     with pytest.raises(ValueError, match="'w' was already written"):
@@ -336,3 +367,37 @@ def test_peak_memory_is_about_one_tensor(tmp_path: Path) -> None:
     assert growth_mib < 3 * 16, f"peak RSS grew by {growth_mib:.0f} MiB writing 128 MiB"
     with safe_open(out / "model.safetensors", "pt") as f:
         assert f.get_slice("w.7")[0, :2].tolist() == [7.0, 7.0]
+
+
+def test_background_flushes_keep_the_file_exact(tmp_path: Path, monkeypatch) -> None:
+    import opdlens.io.writer as writer_module
+
+    flushed: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(writer_module, "_FLUSH_EVERY", 1024)
+    monkeypatch.setattr(writer_module.os, "fdatasync", lambda fd: (flushed.append(fd), real(fd)))
+    tensors = _tensors()
+    with CheckpointWriter(tmp_path / "out", _specs(tensors), max_shard_bytes=600) as writer:
+        for name, t in tensors.items():
+            writer.write(name, t)
+    assert flushed  # the threshold was crossed, so data went to disk while writing went on
+    got = {}
+    for f in sorted((tmp_path / "out").glob("*.safetensors")):
+        got |= load_file(f)
+    _assert_same(got, tensors)
+
+
+def test_a_failed_background_flush_fails_the_write(tmp_path: Path, monkeypatch) -> None:
+    import opdlens.io.writer as writer_module
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(writer_module, "_FLUSH_EVERY", 8)
+    monkeypatch.setattr(writer_module.os, "fdatasync", broken)
+    tensors = {"a": torch.ones(64), "b": torch.ones(64)}
+    writer = CheckpointWriter(tmp_path / "out", _specs(tensors))
+    with pytest.raises(OSError, match="Input/output error"), writer:
+        for name, t in tensors.items():
+            writer.write(name, t)
+    assert list(tmp_path.iterdir()) == []
