@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-import torch
+import numpy as np
 
 from ..errors import OpdlensError
+from ..io import dtypes
 from ..io.layouts import detect
 from ..io.writer import CheckpointWriter, TensorSpec, plan_like
 from ..names import canonical_name
@@ -24,6 +25,7 @@ from ..run import Checkpoint, Run, open_run
 
 if TYPE_CHECKING:
     import pandas as pd
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ def select_tensors(
     """
     if tensors:
         chosen = run.select(tensors)
-        bad = [n for n in chosen if not run.base.spec(n).dtype.is_floating_point]
+        bad = [n for n in chosen if not run.base.spec(n).is_float]
         if bad:
             raise ValueError(
                 f"--tensors {list(tensors)} selects non-floating-point tensors {bad[:3]}, which "
@@ -89,7 +91,7 @@ def select_tensors(
     chosen = []
     for name in run.tensor_names:
         spec = run.base.spec(name)
-        if not spec.dtype.is_floating_point:
+        if not spec.is_float:
             continue
         if "all" in wanted:
             chosen.append(name)
@@ -143,11 +145,24 @@ def output_note(ck: Checkpoint) -> str | None:
     )
 
 
+class FileBytes(NamedTuple):
+    """A tensor to copy unchanged: its stored bytes start at `begin` in `path`."""
+
+    path: Path
+    begin: int
+
+
+def unchanged(ck: Checkpoint, name: str) -> np.ndarray | FileBytes:
+    """Tensor `name` of `ck` as it is stored: a byte range to copy when possible."""
+    where = ck.byte_range(name)
+    return ck.array(name) if where is None else FileBytes(where[0], where[1])
+
+
 def write_checkpoint(
     run: Run,
     like: Checkpoint,
     out: Path,
-    produce: Callable[[str], torch.Tensor],
+    produce: Callable[[str], torch.Tensor | np.ndarray | FileBytes],
     *,
     metadata: dict[str, str],
     overwrite: bool = False,
@@ -156,10 +171,10 @@ def write_checkpoint(
 ) -> Path:
     """Write every tensor of `like`, as `produce(name)` returns it, in like's layout.
 
-    `produce` must return each tensor in the stored dtype and shape of `like`.
+    `produce` must return each tensor in the stored dtype and shape of `like`, or a FileBytes.
     """
     names = like.names()
-    specs = [TensorSpec(n, tuple(like.spec(n).shape), like.spec(n).dtype) for n in names]
+    specs = [TensorSpec(n, tuple(like.spec(n).shape), like.spec(n).stored) for n in names]
     plan = plan_like(specs, _weight_map(like))
     note = output_note(like)
     meta = {
@@ -176,14 +191,17 @@ def write_checkpoint(
         protected=run_inputs(run), overwrite=overwrite,
     )  # fmt: skip
     with writer, ThreadPoolExecutor(max_workers=1) as pool:
-        # The next tensor is read and computed while this one is written (torch and file I/O
-        # release the GIL): one more tensor in memory, reading overlapped with writing.
+        # The next tensor is read and computed while this one is written (numpy, torch and file
+        # I/O release the GIL): one more tensor in memory, reading overlapped with writing.
         pending = pool.submit(produce, names[0]) if names else None
         for i, name in enumerate(track(names, len(names), desc, enabled=progress)):
             assert pending is not None
             tensor = pending.result()
             pending = pool.submit(produce, names[i + 1]) if i + 1 < len(names) else None
-            writer.write(name, tensor)
+            if isinstance(tensor, FileBytes):
+                writer.copy_bytes(name, tensor.path, tensor.begin)
+            else:
+                writer.write(name, tensor)
             del tensor
     return writer.out_dir
 
@@ -197,13 +215,13 @@ class ErrorTracker:
     pred: dict[str, dict[int, float]] = field(default_factory=dict)  # name → step → ‖θ_pred − θ_s‖²
     stay: dict[str, dict[int, float]] = field(default_factory=dict)  # name → step → ‖θ_t − θ_s‖²
 
-    def add(self, name: str, pred: torch.Tensor, current: torch.Tensor) -> None:
-        """Record the distances of one predicted tensor (float32) and of θ_t to every saved step."""
+    def add(self, name: str, pred: np.ndarray, current: np.ndarray) -> None:
+        """Record the distances of one predicted tensor and of θ_t (float32) to every saved step."""
         self.pred[name], self.stay[name] = {}, {}
         for s in [0, *self.run.steps]:
-            w = current if s == self.step else self.run.checkpoint(s).tensor(name).float()
-            self.pred[name][s] = _sq(pred - w)
-            self.stay[name][s] = 0.0 if s == self.step else _sq(current - w)
+            w = current if s == self.step else self.run.checkpoint(s).array(name, float32=True)
+            self.pred[name][s] = sq_distance(pred, w)
+            self.stay[name][s] = 0.0 if s == self.step else sq_distance(current, w)
 
     def equivalent_step(self) -> int:
         """The saved step whose weights are nearest to the prediction."""
@@ -255,8 +273,17 @@ class ErrorTracker:
         return df
 
 
-def _sq(x: torch.Tensor) -> float:
-    return float(torch.linalg.vector_norm(x, dtype=torch.float64)) ** 2
+_CHUNK = 1 << 16
+
+
+def sq_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """‖a − b‖² of two float32 arrays, in 64 Ki pieces summed in float64."""
+    x, y = a.reshape(-1), b.reshape(-1)
+    total = 0.0
+    for i in range(0, x.size, _CHUNK):
+        d = x[i : i + _CHUNK] - y[i : i + _CHUNK]
+        total += float(np.dot(d, d))
+    return total
 
 
 def extrapolation_producer(
@@ -266,25 +293,63 @@ def extrapolation_producer(
     alpha: float,
     selected: Iterable[str],
     tracker: ErrorTracker | None = None,
-) -> Callable[[str], torch.Tensor]:
+) -> Callable[[str], np.ndarray | FileBytes | torch.Tensor]:
     """A `produce` for write_checkpoint: θ_t + α(θ_t − θ_a) on `selected`, θ_t elsewhere."""
     chosen = set(selected)
     current, base = run.checkpoint(step), run.checkpoint(anchor)
 
-    def produce(name: str) -> torch.Tensor:
+    def produce(name: str) -> np.ndarray | FileBytes | torch.Tensor:
         if name not in chosen:
-            return current.tensor(name)
-        # Read straight into float32 (converted piece by piece, no stored-dtype copy).
-        theta = current.tensor(name, torch.float32)
-        delta = base.tensor(name, torch.float32)
-        torch.sub(theta, delta, out=delta)  # θ_t − θ_a, in place
-        pred = torch.add(theta, delta, alpha=alpha).to(current.spec(name).dtype)  # one rounding
-        del delta
+            return unchanged(current, name)
+        stored = current.spec(name).stored
+        wide = stored == "F64"  # float64 stays float64; the rest is computed in float32
+        theta = current.array(name, float32=not wide)
+        pred = base.array(name, float32=not wide)
+        np.subtract(theta, pred, out=pred)  # θ_t − θ_a, in place
+        pred *= alpha
+        pred += theta  # θ_t + α(θ_t − θ_a)
+        if not np.isfinite(pred).all():  # NaN and ±inf in either input always end up here
+            raise _non_finite(name, current, base, alpha)
+        out = _round(pred, stored)
+        if stored == "F16" and not np.isfinite(out).all():  # beyond ±65504
+            raise _non_finite(name, current, base, alpha)
         if tracker is not None:
-            tracker.add(name, pred.float(), theta)
-        return pred
+            if isinstance(out, np.ndarray):
+                if out is not pred:
+                    dtypes.decode_float32(out, stored, pred)  # the prediction as written
+                tracker.add(name, pred, theta)
+            else:
+                tracker.add(name, out.float().numpy(), theta)
+        return out
 
     return produce
+
+
+def _non_finite(name: str, current: Checkpoint, anchor: Checkpoint, alpha: float) -> OpdlensError:
+    """The error for a prediction with NaN or ±inf values, naming the input that holds them."""
+    for ck in (current, anchor):
+        if not np.isfinite(ck.array(name, float32=True)).all():
+            where = ck.byte_range(name)
+            return OpdlensError(
+                f"{where[0] if where else ck.path}: tensor '{name}' holds NaN or Inf values; "
+                "extrapolating it would spread them. Check the run, or leave the tensor out "
+                "(--tensors / --modules)."
+            )
+    return OpdlensError(
+        f"{current.path}: tensor '{name}' overflows its dtype "
+        f"({dtypes.torch_name(current.spec(name).stored)}) at alpha {alpha}; choose a smaller alpha."
+    )
+
+
+def _round(values: np.ndarray, stored: str) -> np.ndarray | torch.Tensor:
+    """Round computed values once to the stored dtype (numpy bytes; torch for float8)."""
+    if stored in ("F32", "F64"):
+        return values
+    if stored in dtypes.NUMPY_FLOATS:
+        return dtypes.encode_float32(values, stored, finite=True)
+    import torch
+
+    return torch.from_numpy(values).to(dtypes.to_torch(stored))
 
 
 ERRORS_FILE = "extrapolation_errors.csv"  # written beside the weights with evaluate=True

@@ -15,11 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from ..errors import ScorerError
 from ..io.layouts import detect, open_source, read_config
 from ..run import Run
+from .extrapolate import sq_distance
 
 logger = logging.getLogger(__name__)
 
@@ -167,8 +166,7 @@ class HindsightScorer(Scorer):
         target = self.run.checkpoint(self.target)
         total = 0.0
         for name in self.tensors:
-            diff = source.read(name).float() - target.tensor(name).float()
-            total += float(torch.linalg.vector_norm(diff, dtype=torch.float64)) ** 2
+            total += sq_distance(source.read_float32(name), target.array(name, float32=True))
         return -math.sqrt(total)
 
 

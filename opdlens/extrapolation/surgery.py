@@ -7,12 +7,21 @@ import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..analysis.linalg import top_k_svd
 from ..errors import OpdlensError
 from ..run import Run
-from .extrapolate import BLOCKS, DEFAULT_MODULES, _version, select_tensors, write_checkpoint
+from .extrapolate import (
+    BLOCKS,
+    DEFAULT_MODULES,
+    FileBytes,
+    _version,
+    select_tensors,
+    unchanged,
+    write_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +97,10 @@ def surgery_scale(
     chosen = set(select_tensors(run, modules, tensors))
     current = run.checkpoint(step)
 
-    def produce(name: str) -> torch.Tensor:
-        stored = current.tensor(name)
+    def produce(name: str) -> torch.Tensor | np.ndarray | FileBytes:
         if name not in chosen:
-            return stored
+            return unchanged(current, name)
+        stored = current.tensor(name)
         base = run.base.tensor(name).float()
         delta = stored.float().sub_(base)
         return base.add_(delta, alpha=factor).to(stored.dtype)
@@ -125,10 +134,10 @@ def surgery_lowrank(
     chosen = set(select_tensors(run, modules, tensors))
     current = run.checkpoint(step)
 
-    def produce(name: str) -> torch.Tensor:
+    def produce(name: str) -> torch.Tensor | np.ndarray | FileBytes:
+        if name not in chosen or len(current.spec(name).shape) < 2:
+            return unchanged(current, name)
         stored = current.tensor(name)
-        if name not in chosen or stored.dim() < 2:
-            return stored
         base = run.base.tensor(name).float()
         delta = stored.float().sub_(base)
         trunc = _per_matrix(delta, rank, keep_norm, run.module(name).stacked_experts)
@@ -192,10 +201,12 @@ def surgery_window(
         )
     current = run.checkpoint(step)
 
-    def produce(name: str) -> torch.Tensor:
+    def produce(name: str) -> torch.Tensor | np.ndarray | FileBytes:
         # Tensors the base lacks (e.g. missing at some step) keep θ_T.
         if name in chosen or name not in run.tensor_names:
-            return current.tensor(name)
+            return unchanged(current, name)
+        if run.base.spec(name).stored == current.spec(name).stored:
+            return unchanged(run.base, name)
         return run.base.tensor(name).to(current.spec(name).dtype)
 
     meta = _metadata("window", run, step, layers=window, blocks=sorted(block_set or []),
