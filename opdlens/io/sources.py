@@ -201,6 +201,18 @@ def load_pickle(path: Path, trust_pickle: bool) -> dict[str, object]:
     return {str(k): v for k, v in obj.items()}
 
 
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shape and values; a few leading values are compared first to exit early."""
+    import torch
+
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    head = min(a.numel(), 64)
+    if not torch.equal(a.reshape(-1)[:head], b.reshape(-1)[:head]):
+        return False
+    return torch.equal(a, b)
+
+
 def _local(t: object) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
@@ -268,6 +280,7 @@ class FsdpSource(TensorSource):
         self._shards = [load_pickle(p, trust_pickle) for p in self.files]
         names = _canonical_map(list(self._shards[0]), self.files[0])
         self._keys = names
+        self._replicated: set[str] = set()
         self.specs = {}
         import torch
 
@@ -290,6 +303,11 @@ class FsdpSource(TensorSource):
         locals_ = [sd[key] for sd in self._shards]
         if locals_[0].dim() == 0:
             return ()
+        if all(_same(t, locals_[0]) for t in locals_[1:]):
+            # A plain tensor every rank holds whole (e.g. a buffer FSDP does not shard): equal
+            # row blocks of a trained weight are all but impossible, so equal means replicated.
+            self._replicated.add(key)
+            return tuple(locals_[0].shape)
         return (sum(t.shape[0] for t in locals_), *locals_[0].shape[1:])
 
     def read(self, name: str) -> torch.Tensor:
@@ -309,7 +327,7 @@ class FsdpSource(TensorSource):
                     "only Shard and Replicate are supported."
                 )
             full = torch.cat([_local(p) for p in parts], dim=placement.dim)
-        elif t0.dim() == 0:
+        elif t0.dim() == 0 or key in self._replicated:
             full = t0.clone()
         else:
             full = torch.cat(parts, dim=0)

@@ -138,3 +138,21 @@ def test_moe_stacked_experts_from_in_memory_state_dict(tmp_path):
     torch.testing.assert_close(run.delta(name, 5), states[5][name] - states[0][name])
     down = run.module("model.layers.0.mlp.experts.down_proj")
     assert (down.proj, down.stacked_experts) == ("down_proj", True)
+
+
+def test_verl_plain_tensor_every_rank_holds_whole_is_not_doubled(tmp_path):
+    # FSDP leaves some tensors unsharded (buffers): every rank file then holds the same tensor.
+    root = write_verl_run(tmp_path, "llama", steps=(0, 3), weights="plain", vocab_size=101)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 8, 2).float() / 8))
+    for step in (0, 3):
+        for r in range(2):
+            f = root / f"global_step_{step}" / "actor" / f"model_world_size_2_rank_{r}.pt"
+            state = torch.load(f)
+            state["model.rotary_emb.inv_freq"] = inv_freq * (step + 1)
+            torch.save(state, f)
+    run = opdlens.open_run(root)
+    name = "model.rotary_emb.inv_freq"
+    assert run.checkpoint(3).spec(name).shape == (4,)
+    assert torch.equal(run.checkpoint(3).tensor(name), inv_freq * 4)
+    # Row blocks that differ are still joined.
+    assert run.checkpoint(3).spec("model.embed_tokens.weight").shape == (101, 32)
