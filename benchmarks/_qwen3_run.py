@@ -8,23 +8,25 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-HIDDEN, INTER, HEADS, KV_HEADS, HEAD_DIM, VOCAB = 1024, 3072, 16, 8, 128, 32768
+HIDDEN, INTER, HEADS, KV_HEADS, HEAD_DIM = 1024, 3072, 16, 8, 128
+VOCAB = 32768  # the metrics benchmark's default: a smaller embedding keeps its SVDs quick
+QWEN3_VOCAB = 151936  # the real Qwen3-0.6B vocabulary
 STEPS = (0, 1, 2, 4, 8)
 
 
-def config(layers: int) -> dict[str, object]:
+def config(layers: int, vocab: int = VOCAB) -> dict[str, object]:
     """A Qwen3 config.json of the benchmark shape."""
     return {
         "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "hidden_size": HIDDEN,
         "intermediate_size": INTER, "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS,
-        "head_dim": HEAD_DIM, "num_hidden_layers": layers, "vocab_size": VOCAB,
+        "head_dim": HEAD_DIM, "num_hidden_layers": layers, "vocab_size": vocab,
         "tie_word_embeddings": True, "torch_dtype": "bfloat16",
     }  # fmt: skip
 
 
-def shapes(layers: int) -> dict[str, tuple[int, ...]]:
+def shapes(layers: int, vocab: int = VOCAB) -> dict[str, tuple[int, ...]]:
     """Every tensor name of the model with its shape."""
-    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
+    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, HIDDEN)}
     for i in range(layers):
         p = f"model.layers.{i}."
         out |= {
@@ -41,14 +43,14 @@ def shapes(layers: int) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def build_run(root: Path, layers: int = 8) -> Path:
+def build_run(root: Path, layers: int = 8, vocab: int = VOCAB) -> Path:
     """Write base + 4 checkpoints (single model.safetensors each) unless already there."""
-    run = Path(root) / f"qwen3-shaped-{layers}L"
+    run = Path(root) / (f"qwen3-shaped-{layers}L" + ("" if vocab == VOCAB else f"-v{vocab}"))
     marker = run / "complete.json"
     if marker.is_file():
         return run
     g = torch.Generator().manual_seed(0)
-    names = shapes(layers)
+    names = shapes(layers, vocab)
     base = {n: 0.02 * torch.randn(s, generator=g) for n, s in names.items()}
     # A rank-4 drift per matrix plus small noise: the shape of a real post-training update.
     drift = {}
@@ -63,7 +65,7 @@ def build_run(root: Path, layers: int = 8) -> Path:
         state = {n: (base[n] + step * drift[n] + 1e-5 * torch.randn(names[n], generator=g))
                  .to(torch.bfloat16) for n in names}  # fmt: skip
         save_file(state, d / "model.safetensors", metadata={"format": "pt"})
-        (d / "config.json").write_text(json.dumps(config(layers), indent=2))
+        (d / "config.json").write_text(json.dumps(config(layers, vocab), indent=2))
         del state
     marker.write_text(json.dumps({"layers": layers, "steps": list(STEPS)}))
     return run

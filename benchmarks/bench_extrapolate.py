@@ -1,6 +1,7 @@
 """Benchmark one extrapolated checkpoint against a plain file copy and a minimal safetensors loop.
 
-Run: python benchmarks/bench_extrapolate.py [--workdir /tmp/opdlens-bench] [--layers 28]
+Run: python benchmarks/bench_extrapolate.py [--workdir /tmp/opdlens-bench] [--layers 28] [--vocab 151936]
+The defaults are Qwen3-0.6B's own shape: 28 layers, 151,936-token tied embedding, bf16 (1.1 GiB).
 Each measurement runs in a fresh subprocess (after one warm-up of each), so its peak RSS is its own.
 """
 
@@ -15,7 +16,7 @@ import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _qwen3_run import build_run  # noqa: E402
+from _qwen3_run import QWEN3_VOCAB, build_run  # noqa: E402
 
 STEP, ANCHOR, ALPHA = 4, 2, 1.5
 
@@ -70,10 +71,11 @@ def measure(cmd: list[str]) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/opdlens-bench"))
-    parser.add_argument("--layers", type=int, default=8, help="8 by default; 28 for the full model")
+    parser.add_argument("--layers", type=int, default=28)
+    parser.add_argument("--vocab", type=int, default=QWEN3_VOCAB)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    run = build_run(args.workdir, args.layers)
+    run = build_run(args.workdir, args.layers, args.vocab)
     cur, anc = run / f"checkpoint-{STEP}", run / f"checkpoint-{ANCHOR}"
     size = (cur / "model.safetensors").stat().st_size
     outs = args.workdir / "outputs"
@@ -99,7 +101,7 @@ def main() -> None:
             if repeat:
                 results[label].append((t, rss))
     shutil.rmtree(outs, ignore_errors=True)
-    print(f"run {run}: {args.layers} layers, checkpoint {size / 2**20:.0f} MiB (bf16), "
+    print(f"run {run}: {args.layers} layers, vocab {args.vocab}, checkpoint {size / 2**20:.0f} MiB (bf16), "
           f"best of {args.repeats} after a warm-up, {os.cpu_count()} cores")  # fmt: skip
     print(f"{'case':32s} {'time s':>8s} {'peak RSS MiB':>13s} {'RSS/ckpt':>9s}")
     best = {}
