@@ -1,7 +1,6 @@
 """opdlens: how post-training moves a language model's weights, from the checkpoints a run saved."""
 
-from typing import Any
-
+from ._lazy import lazy_getattr
 from .errors import (
     CheckpointError,
     IncompleteCheckpointError,
@@ -14,23 +13,16 @@ from .run import Checkpoint, Run, open_run
 
 __version__ = "0.1.0"
 
-# Heavier parts (pandas, matplotlib) load on first use, so reading and writing checkpoints
-# stays light in memory and start-up time.
-_LAZY = {
-    "summarize": ("opdlens.analysis.frame", "summarize"),
-    "EffOPD": ("opdlens.extrapolation.callback", "EffOPD"),
-    "plots": ("opdlens.plots", None),
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        mod = importlib.import_module(module)
-        return mod if attr is None else getattr(mod, attr)
-    raise AttributeError(f"module 'opdlens' has no attribute {name!r}")
+# Heavier parts (pandas, matplotlib, torch) load on first use, so reading and writing
+# checkpoints stays light in memory and start-up time.
+__getattr__ = lazy_getattr(
+    __name__,
+    {
+        "summarize": "opdlens.analysis.frame:summarize",
+        "EffOPD": "opdlens.extrapolation.callback:EffOPD",
+        "plots": "opdlens.plots",
+    },
+)
 
 
 __all__ = [

@@ -1,25 +1,19 @@
 """Update metrics over a run: top-K SVD with an accuracy contract, the sweep, the factor cache."""
 
-from typing import Any
-
+from .._lazy import lazy_getattr
 from .cache import FactorCache
 from .linalg import TopK, factored_top_k_svd, singular_values, top_k_svd
 
 # DataFrame-building parts load pandas; they load on first use so worker processes stay light.
-_LAZY = {
-    "analyze": "opdlens.analysis.analyze",
-    "run_analysis": "opdlens.analysis.analyze",
-    "summarize": "opdlens.analysis.frame",
-    "write_analysis": "opdlens.analysis.export",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'opdlens.analysis' has no attribute {name!r}")
+__getattr__ = lazy_getattr(
+    __name__,
+    {
+        "analyze": "opdlens.analysis.analyze:analyze",
+        "run_analysis": "opdlens.analysis.analyze:run_analysis",
+        "summarize": "opdlens.analysis.frame:summarize",
+        "write_analysis": "opdlens.analysis.export:write_analysis",
+    },
+)
 
 
 __all__ = [

@@ -1,26 +1,20 @@
 """Extrapolation: one-shot predictions, EffOPD replay, weight surgery and the online callback."""
 
-from typing import Any
-
+from .._lazy import lazy_getattr
 from .extrapolate import extrapolate, extrapolate_paths, select_tensors
 from .replay import ReplayResult, replay, replay_schedule
 from .scorers import make_scorer
 
 # These need torch, which extrapolating safetensors does not: they load on first use.
-_LAZY = {
-    "EffOPD": "callback",
-    "surgery_lowrank": "surgery",
-    "surgery_scale": "surgery",
-    "surgery_window": "surgery",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(
+    __name__,
+    {
+        "EffOPD": "opdlens.extrapolation.callback:EffOPD",
+        "surgery_lowrank": "opdlens.extrapolation.surgery:surgery_lowrank",
+        "surgery_scale": "opdlens.extrapolation.surgery:surgery_scale",
+        "surgery_window": "opdlens.extrapolation.surgery:surgery_window",
+    },
+)
 
 
 __all__ = [

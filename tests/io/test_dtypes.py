@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from opdlens.io import dtypes, stfile
+from opdlens.io import dtypes
 
 SPECIAL = [0.0, -0.0, 1.0, -1.5, 1e-40, -1e-45, 3.3895314e38, 3.4e38, float("inf"), float("-inf")]
 
@@ -46,25 +45,6 @@ def test_decode_is_exact(name: str) -> None:
     out = np.empty(raw.shape, np.float32)
     dtypes.decode_float32(raw, name, out)
     np.testing.assert_array_equal(out, t.float().numpy())
-
-
-@pytest.mark.parametrize(
-    "dtype", [torch.bfloat16, torch.float16, torch.float64, torch.float8_e4m3fn]
-)
-def test_stfile_float32_and_raw_reads(tmp_path, monkeypatch, dtype) -> None:
-    g = torch.Generator().manual_seed(2)
-    tensors = {"w": torch.randn(37, 53, generator=g).to(dtype), "s": torch.tensor(1.5).to(dtype)}
-    path = tmp_path / "model.safetensors"
-    save_file(tensors, path)
-    monkeypatch.setattr(stfile, "_PIECE", 64)  # many pieces, the last one partial
-    f = stfile.SafetensorsFile(path)
-    for key, t in tensors.items():
-        got = f.read_float32(key)
-        assert got.dtype == np.float32 and got.shape == tuple(t.shape)
-        np.testing.assert_array_equal(got, t.float().numpy())
-        raw = f.read_array(key)
-        assert raw.shape == tuple(t.shape)
-        assert raw.tobytes() == t.reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def test_torch_names_round_trip() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -9,10 +10,13 @@ from safetensors.torch import save_file
 from opdlens.io import stfile
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize(
+    "dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64, torch.float8_e4m3fn]
+)
 def test_read_as_float32_in_pieces_equals_plain_read(tmp_path, monkeypatch, dtype) -> None:
     g = torch.Generator().manual_seed(0)
-    tensors = {"w": torch.randn(37, 53, generator=g).to(dtype), "b": torch.randn(11).to(dtype)}
+    tensors = {"w": torch.randn(37, 53, generator=g).to(dtype), "b": torch.randn(11).to(dtype),
+               "s": torch.tensor(1.5).to(dtype)}  # fmt: skip
     path = tmp_path / "model.safetensors"
     save_file(tensors, path)
     monkeypatch.setattr(stfile, "_PIECE", 64)  # many pieces, the last one partial
@@ -21,3 +25,10 @@ def test_read_as_float32_in_pieces_equals_plain_read(tmp_path, monkeypatch, dtyp
         got = f.read_as(key, torch.float32)
         assert got.dtype == torch.float32 and got.shape == t.shape
         assert torch.equal(got, t.float())
+        # The numpy reads the torch-free write path uses: float32 values and stored bytes.
+        values = f.read_float32(key)
+        assert values.dtype == np.float32 and values.shape == tuple(t.shape)
+        np.testing.assert_array_equal(values, t.float().numpy())
+        raw = f.read_array(key)
+        assert raw.shape == tuple(t.shape)
+        assert raw.tobytes() == t.reshape(-1).view(torch.uint8).numpy().tobytes()
