@@ -92,12 +92,17 @@ def test_single_file_is_byte_identical_to_save_file(tmp_path: Path) -> None:
     _assert_same(load_file(out / "model.safetensors"), tensors)
 
 
+def _begin(path: Path, name: str) -> int:
+    """Absolute offset of a tensor's bytes in a safetensors file, from its header."""
+    data = path.read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    return 8 + header_len + json.loads(data[8 : 8 + header_len])[name]["data_offsets"][0]
+
+
 def test_numpy_arrays_and_byte_copies_write_the_same_file(tmp_path: Path) -> None:
     """Stored bytes given as numpy arrays, or copied from another file, match save_file."""
     tensors = _tensors()
     save_file(tensors, tmp_path / "ref.safetensors", metadata={"format": "pt"})
-    header_len = int.from_bytes((tmp_path / "ref.safetensors").read_bytes()[:8], "little")
-    header = json.loads((tmp_path / "ref.safetensors").read_bytes()[8 : 8 + header_len])
     out = tmp_path / "out"
     with CheckpointWriter(out, _specs(tensors)) as writer:
         for i, (name, t) in enumerate(tensors.items()):
@@ -106,8 +111,9 @@ def test_numpy_arrays_and_byte_copies_write_the_same_file(tmp_path: Path) -> Non
                 raw = t.contiguous().reshape(-1).view(torch.uint8).numpy()
                 writer.write(name, raw.view(dtypes.storage(stored)).reshape(t.shape))
             else:
-                begin = 8 + header_len + header[name]["data_offsets"][0]
-                writer.copy_bytes(name, tmp_path / "ref.safetensors", begin)
+                writer.copy_bytes(
+                    name, tmp_path / "ref.safetensors", _begin(tmp_path / "ref.safetensors", name)
+                )
     assert (out / "model.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
 
 
@@ -401,3 +407,27 @@ def test_a_failed_background_flush_fails_the_write(tmp_path: Path, monkeypatch) 
         for name, t in tensors.items():
             writer.write(name, t)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_byte_copies_fall_back_to_reads_where_the_kernel_cannot(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import errno
+
+    import opdlens.io.writer as writer_module
+
+    def cross_device(*args: object) -> int:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(writer_module.os, "copy_file_range", cross_device)
+    monkeypatch.setattr(writer_module, "_PIECE", 7)  # many partial reads
+    tensors = {"a": torch.randn(5, 3), "b": torch.arange(10, dtype=torch.int64)}
+    save_file(tensors, tmp_path / "ref.safetensors", metadata={"format": "pt"})
+    with CheckpointWriter(tmp_path / "out", _specs(tensors)) as writer:
+        for name in tensors:
+            writer.copy_bytes(
+                name, tmp_path / "ref.safetensors", _begin(tmp_path / "ref.safetensors", name)
+            )
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (
+        tmp_path / "ref.safetensors"
+    ).read_bytes()
