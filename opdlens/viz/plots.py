@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import FuncFormatter
 
 from opdlens.analysis.metrics import ILL_DEFINED_GAP
 from opdlens.viz.style import (
@@ -479,7 +479,7 @@ def replay_scores(
                    color=color_at(3), zorder=3, label="rejected candidate")  # fmt: skip
         if (h["step"] > 0).all():
             ax.set_xscale("log", base=2)
-            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 8, not 8.0
         ax.set_xlabel(_STEP_LABEL)
         ax.set_ylabel(score_label)
         ax.text(0.01, 0.01, "offline replay: training did not continue from accepted candidates",

@@ -248,7 +248,11 @@ def test_replay_scores() -> None:
             "accepted": [False, False, False, True, True, False, False],
         }
     )
-    ax = replay_scores(history).axes[0]
+    fig = replay_scores(history)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert {"1", "2", "4"} <= set(labels) and not any(t.endswith(".0") for t in labels)
     assert len(ax.lines) == 2 and len(ax.collections) == 2
     np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.1, 0.2, 0.4])
     np.testing.assert_allclose(ax.lines[1].get_ydata(), [0.1, 0.35, 0.4])
