@@ -51,11 +51,18 @@ class Checkpoint:
             raise KeyError(f"{self.path}: no tensor named '{name}'.")
         return self.source.read(name) if dtype is None else self.source.read_as(name, dtype)
 
-    def array(self, name: str, *, float32: bool = False) -> np.ndarray:
-        """Read one tensor as numpy: its stored bytes (see `io.dtypes.storage`), or float32 values."""
+    def array(
+        self, name: str, *, float32: bool = False, span: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        """Read one tensor as numpy: its stored bytes (see `io.dtypes.storage`), or float32 values.
+
+        With `span` = (start, stop), only those elements of the flattened tensor, as 1-D.
+        """
         if name not in self.source.specs:
             raise KeyError(f"{self.path}: no tensor named '{name}'.")
-        return self.source.read_float32(name) if float32 else self.source.read_array(name)
+        if float32:
+            return self.source.read_float32(name, span)
+        return self.source.read_array(name, span)
 
     def byte_range(self, name: str) -> tuple[Path, int, int] | None:
         """(file, begin, end) of a tensor stored as-is in one file, or None (e.g. LoRA, FSDP)."""

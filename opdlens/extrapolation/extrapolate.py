@@ -41,6 +41,7 @@ __all__ = [
 
 BLOCKS = ("attn", "mlp", "embed", "norm", "head", "other")
 DEFAULT_MODULES = ("attn", "mlp")
+SPAN = 1 << 18  # elements computed at a time: 1 MiB of float32 stays in cache
 # Layouts whose files are written back as they were; every other one becomes dense HF safetensors.
 _MIRRORED = ("hf-safetensors", "hf-safetensors-sharded")
 _INDEX_FILES = {
@@ -215,13 +216,22 @@ class ErrorTracker:
     pred: dict[str, dict[int, float]] = field(default_factory=dict)  # name → step → ‖θ_pred − θ_s‖²
     stay: dict[str, dict[int, float]] = field(default_factory=dict)  # name → step → ‖θ_t − θ_s‖²
 
-    def add(self, name: str, pred: np.ndarray, current: np.ndarray) -> None:
-        """Record the distances of one predicted tensor and of θ_t (float32) to every saved step."""
-        self.pred[name], self.stay[name] = {}, {}
+    def add(
+        self, name: str, pred: np.ndarray, current: np.ndarray, span: tuple[int, int] | None = None
+    ) -> None:
+        """Add the distances of a predicted tensor and of θ_t (float32) to every saved step.
+
+        With `span`, the arrays are that flat span of the tensor and the sums accumulate.
+        """
+        pred_sq = self.pred.setdefault(name, {})
+        stay_sq = self.stay.setdefault(name, {})
         for s in [0, *self.run.steps]:
-            w = current if s == self.step else self.run.checkpoint(s).array(name, float32=True)
-            self.pred[name][s] = sq_distance(pred, w)
-            self.stay[name][s] = 0.0 if s == self.step else sq_distance(current, w)
+            if s == self.step:
+                w = current
+            else:
+                w = self.run.checkpoint(s).array(name, float32=True, span=span)
+            pred_sq[s] = pred_sq.get(s, 0.0) + sq_distance(pred, w)
+            stay_sq[s] = stay_sq.get(s, 0.0) + (0.0 if s == self.step else sq_distance(current, w))
 
     def equivalent_step(self) -> int:
         """The saved step whose weights are nearest to the prediction."""
@@ -297,30 +307,46 @@ def extrapolation_producer(
     """A `produce` for write_checkpoint: θ_t + α(θ_t − θ_a) on `selected`, θ_t elsewhere."""
     chosen = set(selected)
     current, base = run.checkpoint(step), run.checkpoint(anchor)
+    involved = [current, base, *([] if tracker is None else [run.base, *run.checkpoints.values()])]
 
     def produce(name: str) -> np.ndarray | FileBytes | torch.Tensor:
         if name not in chosen:
             return unchanged(current, name)
-        stored = current.spec(name).stored
-        wide = stored == "F64"  # float64 stays float64; the rest is computed in float32
-        theta = current.array(name, float32=not wide)
-        pred = base.array(name, float32=not wide)
-        np.subtract(theta, pred, out=pred)  # θ_t − θ_a, in place
-        pred *= alpha
-        pred += theta  # θ_t + α(θ_t − θ_a)
-        if not np.isfinite(pred).all():  # NaN and ±inf in either input always end up here
-            raise _non_finite(name, current, base, alpha)
-        out = _round(pred, stored)
-        if stored == "F16" and not np.isfinite(out).all():  # beyond ±65504
-            raise _non_finite(name, current, base, alpha)
-        if tracker is not None:
-            if isinstance(out, np.ndarray):
-                if out is not pred:
-                    dtypes.decode_float32(out, stored, pred)  # the prediction as written
-                tracker.add(name, pred, theta)
-            else:
+        spec = current.spec(name)
+        if spec.stored not in dtypes.NUMPY_FLOATS:  # float8: torch rounds it, whole
+            theta = current.array(name, float32=True)
+            out = _round(_predict(name, theta, base.array(name, float32=True)), spec.stored)
+            if tracker is not None:
                 tracker.add(name, out.float().numpy(), theta)
-        return out
+            return out
+        # Cache-sized spans: 3× faster than whole tensors, and only the output is held whole.
+        # Sources without byte ranges (.bin, FSDP, LoRA) read whole tensors: one span.
+        ranged = all(ck.byte_range(name) is not None for ck in involved)
+        step = SPAN if ranged else max(spec.numel, 1)
+        out = np.empty(spec.numel, dtype=dtypes.storage(spec.stored))
+        for start in range(0, max(spec.numel, 1), step):
+            span = (start, min(spec.numel, start + step))
+            wide = spec.stored == "F64"  # float64 stays float64; the rest is float32
+            theta = current.array(name, float32=not wide, span=span)
+            pred = _predict(name, theta, base.array(name, float32=not wide, span=span))
+            rounded = _round(pred, spec.stored)
+            if spec.stored == "F16" and not np.isfinite(rounded).all():  # beyond ±65504
+                raise _non_finite(name, current, base, alpha)
+            out[span[0] : span[1]] = rounded
+            if tracker is not None:
+                if rounded is not pred:
+                    dtypes.decode_float32(rounded, spec.stored, pred)  # the prediction as written
+                tracker.add(name, pred, theta, span)
+        return out.reshape(spec.shape)
+
+    def _predict(name: str, theta: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+        """θ_t + α(θ_t − θ_a), computed in the anchor's buffer."""
+        np.subtract(theta, anchor, out=anchor)
+        anchor *= alpha
+        anchor += theta
+        if not np.isfinite(anchor).all():  # NaN and ±inf in either input always end up here
+            raise _non_finite(name, current, base, alpha)
+        return anchor
 
     return produce
 

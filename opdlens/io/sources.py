@@ -64,15 +64,20 @@ class TensorSource(ABC):
         """Read one tensor converted to ``dtype`` (sources that can, convert while reading)."""
         return self.read(name).to(dtype)
 
-    def read_array(self, name: str) -> np.ndarray:
-        """Read one tensor's stored bytes as numpy (bf16 and float8 as unsigned bit patterns)."""
+    def read_array(self, name: str, span: tuple[int, int] | None = None) -> np.ndarray:
+        """Read one tensor's stored bytes as numpy (bf16 and float8 as unsigned bit patterns).
+
+        With `span` = (start, stop), only those elements of the flattened tensor, as 1-D.
+        """
         t = self.read(name).contiguous()
         raw = t.reshape(-1).view(dtypes.to_torch("U8")).numpy()
-        return raw.view(dtypes.storage(self.specs[name].stored)).reshape(t.shape)
+        flat = raw.view(dtypes.storage(self.specs[name].stored))
+        return flat.reshape(t.shape) if span is None else flat[span[0] : span[1]]
 
-    def read_float32(self, name: str) -> np.ndarray:
-        """Read one float tensor as a float32 numpy array."""
-        return self.read_as(name, dtypes.to_torch("F32")).numpy()
+    def read_float32(self, name: str, span: tuple[int, int] | None = None) -> np.ndarray:
+        """Read one float tensor as a float32 numpy array (or a flat span of it)."""
+        whole = self.read_as(name, dtypes.to_torch("F32")).numpy()
+        return whole if span is None else whole.reshape(-1)[span[0] : span[1]]
 
     def byte_range(self, name: str) -> tuple[Path, int, int] | None:
         """(file, begin, end) when the tensor is stored as-is in one file, else None."""
@@ -137,13 +142,13 @@ class SafetensorsSource(TensorSource):
         st, key = self._where[name]
         return st.read_as(key, dtype)
 
-    def read_array(self, name: str) -> np.ndarray:
+    def read_array(self, name: str, span: tuple[int, int] | None = None) -> np.ndarray:
         st, key = self._where[name]
-        return st.read_array(key)
+        return st.read_array(key, span)
 
-    def read_float32(self, name: str) -> np.ndarray:
+    def read_float32(self, name: str, span: tuple[int, int] | None = None) -> np.ndarray:
         st, key = self._where[name]
-        return st.read_float32(key)
+        return st.read_float32(key, span)
 
     def byte_range(self, name: str) -> tuple[Path, int, int] | None:
         st, key = self._where[name]

@@ -50,41 +50,52 @@ class SafetensorsFile:
     def keys(self) -> list[str]:
         return list(self.entries)
 
-    def read_array(self, key: str) -> np.ndarray:
-        """Read one tensor's stored bytes as a numpy array (bf16 and float8 as unsigned bits)."""
+    def read_array(self, key: str, span: tuple[int, int] | None = None) -> np.ndarray:
+        """Read one tensor's stored bytes as a numpy array (bf16 and float8 as unsigned bits).
+
+        With `span` = (start, stop), only those elements of the flattened tensor, as 1-D.
+        """
         entry = self.entries[key]
-        out = np.empty(entry.shape, dtype=dtypes.storage(entry.stored))
+        start, stop, shape = _span(entry, span)
+        item = dtypes.itemsize(entry.stored)
+        out = np.empty(shape, dtype=dtypes.storage(entry.stored))
         with open(self.path, "rb") as f:
-            f.seek(entry.begin)
+            f.seek(entry.begin + start * item)
             got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
-        if got != entry.nbytes:
+        if got != (stop - start) * item:
             raise CheckpointError(
-                f"{self.path}: tensor '{key}' is cut short ({got} of {entry.nbytes} bytes); "
-                "the file is truncated or still being written."
+                f"{self.path}: tensor '{key}' is cut short ({got} of {(stop - start) * item} "
+                "bytes read); the file is truncated or still being written."
             )
         return out
 
-    def read_float32(self, key: str) -> np.ndarray:
-        """Read one float tensor as float32 numpy, converted in 8 MiB pieces while reading."""
+    def read_float32(self, key: str, span: tuple[int, int] | None = None) -> np.ndarray:
+        """Read one float tensor as float32 numpy, converted in 8 MiB pieces while reading.
+
+        With `span` = (start, stop), only those elements of the flattened tensor, as 1-D.
+        """
         entry = self.entries[key]
         if entry.stored == "F32":
-            return self.read_array(key)
+            return self.read_array(key, span)
+        start, stop, shape = _span(entry, span)
         if entry.stored not in dtypes.NUMPY_FLOATS:
-            return self.read_as(key, dtypes.to_torch("F32")).numpy()
-        out = np.empty(entry.shape, dtype=np.float32)
+            whole = self.read_as(key, dtypes.to_torch("F32")).numpy()
+            return whole if span is None else whole.reshape(-1)[start:stop]
+        out = np.empty(shape, dtype=np.float32)
         flat = out.reshape(-1)
-        step = max(1, _PIECE // dtypes.itemsize(entry.stored))
+        item = dtypes.itemsize(entry.stored)
+        step = max(1, _PIECE // item)
         buf = np.empty(min(step, flat.size), dtype=dtypes.storage(entry.stored))
         with open(self.path, "rb") as f:
-            f.seek(entry.begin)
-            for start in range(0, flat.size, step):
-                piece = buf[: min(step, flat.size - start)]
+            f.seek(entry.begin + start * item)
+            for at in range(0, flat.size, step):
+                piece = buf[: min(step, flat.size - at)]
                 if f.readinto(memoryview(piece.view(np.uint8))) != piece.nbytes:
                     raise CheckpointError(
                         f"{self.path}: tensor '{key}' is cut short; the file is truncated or "
                         "still being written."
                     )
-                dtypes.decode_float32(piece, entry.stored, flat[start : start + piece.size])
+                dtypes.decode_float32(piece, entry.stored, flat[at : at + piece.size])
         return out
 
     def read_as(self, key: str, dtype: torch.dtype) -> torch.Tensor:
@@ -120,6 +131,17 @@ class SafetensorsFile:
         entry = self.entries[key]
         raw = torch.from_numpy(self.read_array(key).reshape(-1).view(np.uint8))
         return raw.view(entry.dtype).reshape(entry.shape)
+
+
+def _span(entry: TensorEntry, span: tuple[int, int] | None) -> tuple[int, int, tuple[int, ...]]:
+    """(start, stop, shape of the result) for a read of the whole tensor or of a flat span."""
+    numel = entry.nbytes // dtypes.itemsize(entry.stored)
+    if span is None:
+        return 0, numel, entry.shape
+    start, stop = span
+    if not 0 <= start <= stop <= numel:
+        raise ValueError(f"span {span} lies outside tensor '{entry.key}' of {numel} elements.")
+    return start, stop, (stop - start,)
 
 
 def _parse_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:

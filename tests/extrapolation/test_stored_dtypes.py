@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -121,3 +123,21 @@ def test_safetensors_extrapolation_never_imports_torch(tmp_path: Path, sharded: 
         got |= load_file(tmp_path / "pred" / f)
     assert torch.equal(got[Q0], linear_state(6, torch.bfloat16)[Q0])  # 4 + 1·(4 − 2)
     assert len(files) == (2 if sharded else 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_small_spans_write_the_same_checkpoint_and_errors(tmp_path: Path, monkeypatch, dtype):
+    ex = importlib.import_module(
+        "opdlens.extrapolation.extrapolate"
+    )  # the module, not the function
+    root = write_run(tmp_path / "run", state=lambda s: linear_state(s, dtype, seed=5))
+    whole_path, whole = extrapolate(open_run(root), 2, anchor=1, alpha=2.5, out=tmp_path / "a",
+                                    evaluate=True)  # fmt: skip
+    monkeypatch.setattr(ex, "SPAN", 7)  # many spans per tensor, most ending mid-row
+    span_path, spans = extrapolate(open_run(root), 2, anchor=1, alpha=2.5, out=tmp_path / "b",
+                                   evaluate=True)  # fmt: skip
+    a, b = load_file(whole_path / "model.safetensors"), load_file(span_path / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    numeric = ["pred_distance", "stay_distance", "rel_error"]
+    np.testing.assert_allclose(spans[numeric].to_numpy(), whole[numeric].to_numpy(), rtol=1e-12)
+    assert spans.attrs["equivalent_step"] == whole.attrs["equivalent_step"] == 4  # 2 + 2.5·1
