@@ -32,3 +32,10 @@ def test_read_as_float32_in_pieces_equals_plain_read(tmp_path, monkeypatch, dtyp
         raw = f.read_array(key)
         assert raw.shape == tuple(t.shape)
         assert raw.tobytes() == t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        # A flat span of it, as the span-wise arithmetic reads it.
+        stop = min(t.numel(), 40)
+        np.testing.assert_array_equal(f.read_float32(key, (3 % stop, stop)),
+                                      t.float().reshape(-1)[3 % stop : stop].numpy())  # fmt: skip
+        assert f.read_array(key, (0, stop)).tobytes() == raw.reshape(-1)[:stop].tobytes()
+    with pytest.raises(ValueError, match=r"span \(5, 12\) lies outside tensor 'b' of 11"):
+        f.read_float32("b", (5, 12))
