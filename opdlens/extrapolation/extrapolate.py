@@ -303,9 +303,15 @@ def extrapolation_producer(
     alpha: float,
     selected: Iterable[str],
     tracker: ErrorTracker | None = None,
+    *,
+    setting: str | None = None,
 ) -> Callable[[str], np.ndarray | FileBytes | torch.Tensor]:
-    """A `produce` for write_checkpoint: θ_t + α(θ_t − θ_a) on `selected`, θ_t elsewhere."""
+    """A `produce` for write_checkpoint: θ_t + α(θ_t − θ_a) on `selected`, θ_t elsewhere.
+
+    `setting` names the knob in an overflow error (default "alpha <α>").
+    """
     chosen = set(selected)
+    setting = setting or f"alpha {alpha}"
     current, base = run.checkpoint(step), run.checkpoint(anchor)
     involved = [current, base, *([] if tracker is None else [run.base, *run.checkpoints.values()])]
 
@@ -331,7 +337,7 @@ def extrapolation_producer(
             pred = _predict(name, theta, base.array(name, float32=not wide, span=span))
             rounded = _round(pred, spec.stored)
             if spec.stored == "F16" and not np.isfinite(rounded).all():  # beyond ±65504
-                raise _non_finite(name, current, base, alpha)
+                raise _non_finite(name, current, base, setting)
             out[span[0] : span[1]] = rounded
             if tracker is not None:
                 if rounded is not pred:
@@ -345,13 +351,13 @@ def extrapolation_producer(
         anchor *= alpha
         anchor += theta
         if not np.isfinite(anchor).all():  # NaN and ±inf in either input always end up here
-            raise _non_finite(name, current, base, alpha)
+            raise _non_finite(name, current, base, setting)
         return anchor
 
     return produce
 
 
-def _non_finite(name: str, current: Checkpoint, anchor: Checkpoint, alpha: float) -> OpdlensError:
+def _non_finite(name: str, current: Checkpoint, anchor: Checkpoint, setting: str) -> OpdlensError:
     """The error for a prediction with NaN or ±inf values, naming the input that holds them."""
     for ck in (current, anchor):
         if not np.isfinite(ck.array(name, float32=True)).all():
@@ -363,7 +369,7 @@ def _non_finite(name: str, current: Checkpoint, anchor: Checkpoint, alpha: float
             )
     return OpdlensError(
         f"{current.path}: tensor '{name}' overflows its dtype "
-        f"({dtypes.torch_name(current.spec(name).stored)}) at alpha {alpha}; choose a smaller alpha."
+        f"({dtypes.torch_name(current.spec(name).stored)}) at {setting}; choose a smaller one."
     )
 
 

@@ -6,11 +6,10 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from ..analysis.linalg import top_k_svd
 from ..errors import OpdlensError
 from ..run import Run
 from .extrapolate import (
@@ -18,10 +17,14 @@ from .extrapolate import (
     DEFAULT_MODULES,
     FileBytes,
     _version,
+    extrapolation_producer,
     select_tensors,
     unchanged,
     write_checkpoint,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,10 @@ def low_rank(delta: torch.Tensor, rank: int, *, keep_norm: bool = False) -> torc
 
     Shape: delta (m, n) float32; returns (m, n) float32.
     """
+    import torch
+
+    from ..analysis.linalg import top_k_svd
+
     m, n = delta.shape
     norm = float(torch.linalg.vector_norm(delta, dtype=torch.float64))
     if norm == 0.0:
@@ -70,6 +77,8 @@ def _per_matrix(delta: torch.Tensor, rank: int, keep_norm: bool, stacked: bool) 
     if delta.dim() == 2:
         return low_rank(delta, rank, keep_norm=keep_norm)
     if stacked:
+        import torch
+
         return torch.stack([low_rank(d, rank, keep_norm=keep_norm) for d in delta])
     flat = delta.reshape(delta.shape[0], -1)  # (out, rest)
     return low_rank(flat, rank, keep_norm=keep_norm).reshape(delta.shape)
@@ -94,16 +103,10 @@ def surgery_scale(
     if not math.isfinite(factor) or factor < 0:
         raise ValueError(f"--factor must be a finite number ≥ 0; got {factor!r}.")
     _check_step(run, step)
-    chosen = set(select_tensors(run, modules, tensors))
+    chosen = select_tensors(run, modules, tensors)
     current = run.checkpoint(step)
-
-    def produce(name: str) -> torch.Tensor | np.ndarray | FileBytes:
-        if name not in chosen:
-            return unchanged(current, name)
-        stored = current.tensor(name)
-        base = run.base.tensor(name).float()
-        delta = stored.float().sub_(base)
-        return base.add_(delta, alpha=factor).to(stored.dtype)
+    # θ_0 + C·Δ_T is the extrapolation θ_T + (C − 1)(θ_T − θ_0), in spans and without torch.
+    produce = extrapolation_producer(run, step, 0, factor - 1.0, chosen, setting=f"factor {factor}")
 
     meta = _metadata("scale", run, step, factor=repr(factor), modified_tensors=len(chosen),
                      formula="theta_0 + factor * (theta_T - theta_0)")  # fmt: skip

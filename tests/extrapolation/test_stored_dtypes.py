@@ -99,7 +99,7 @@ def test_overflowing_the_stored_dtype_is_refused(tmp_path: Path) -> None:
 _WITHOUT_TORCH = """
 import sys
 from opdlens.cli import main
-sys.argv = ["opdlens", "extrapolate", *sys.argv[1:]]
+sys.argv = ["opdlens", *sys.argv[1:]]
 try:
     main()
 except SystemExit as e:
@@ -107,12 +107,20 @@ except SystemExit as e:
 print("imported:", sorted(m for m in ("torch", "pandas", "matplotlib") if m in sys.modules))
 """
 
+# Command words, options, and the step whose linear state the written q_proj must equal.
+_TORCH_FREE = {
+    "extrapolate": (["extrapolate"], ["--step", "4", "--anchor", "2", "--alpha", "1"], 6),
+    "scale": (["surgery", "scale"], ["--step", "4", "--factor", "0.5"], 2),  # θ_0 + ½(θ_4 − θ_0)
+    "window": (["surgery", "window"], ["--step", "4", "--layers", "0-0"], 4),  # layer 0 keeps θ_4
+}
 
-@pytest.mark.parametrize("sharded", [False, True])
-def test_safetensors_extrapolation_never_imports_torch(tmp_path: Path, sharded: bool) -> None:
+
+@pytest.mark.parametrize(("command", "sharded"), [("extrapolate", False), ("extrapolate", True),
+                                                  ("scale", False), ("window", True)])  # fmt: skip
+def test_safetensors_write_paths_never_import_torch(tmp_path: Path, command: str, sharded: bool):
     root = write_run(tmp_path / "run", dtype=torch.bfloat16, sharded=sharded)
-    args = [str(root), "--step", "4", "--anchor", "2", "--alpha", "1", "--out",
-            str(tmp_path / "pred"), "--quiet"]  # fmt: skip
+    words, options, want_step = _TORCH_FREE[command]
+    args = [*words, str(root), *options, "--out", str(tmp_path / "pred"), "--quiet"]
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_WITHOUT_TORCH), *args],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -121,15 +129,14 @@ def test_safetensors_extrapolation_never_imports_torch(tmp_path: Path, sharded: 
     got = {}
     for f in files:
         got |= load_file(tmp_path / "pred" / f)
-    assert torch.equal(got[Q0], linear_state(6, torch.bfloat16)[Q0])  # 4 + 1·(4 − 2)
+    assert torch.equal(got[Q0], linear_state(want_step, torch.bfloat16)[Q0])
     assert len(files) == (2 if sharded else 1)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
 def test_small_spans_write_the_same_checkpoint_and_errors(tmp_path: Path, monkeypatch, dtype):
-    ex = importlib.import_module(
-        "opdlens.extrapolation.extrapolate"
-    )  # the module, not the function
+    # The module, not the function of the same name that opdlens.extrapolation exports.
+    ex = importlib.import_module("opdlens.extrapolation.extrapolate")
     root = write_run(tmp_path / "run", state=lambda s: linear_state(s, dtype, seed=5))
     whole_path, whole = extrapolate(open_run(root), 2, anchor=1, alpha=2.5, out=tmp_path / "a",
                                     evaluate=True)  # fmt: skip
