@@ -174,11 +174,8 @@ def split_fused(
         return {"gate": matrix[: out // 2], "up": matrix[out // 2 :]}
     heads = cfg.get("num_attention_heads") or cfg.get("n_head")
     model_type = cfg.get("model_type")
-    # Falcon's fused layout depends on its variant (multi-query, new_decoder_architecture): not split.
     if model_type == "falcon":
-        raise ValueError(
-            "Splitting Falcon's fused query_key_value is not supported; analysed whole."
-        )
+        return _split_falcon(matrix, cfg)
     if _interleaved(cfg):
         # GPT-NeoX: rows are grouped per head as [q_h, k_h, v_h].
         if not heads:
@@ -204,6 +201,41 @@ def split_fused(
         )
     t = out // 3
     return {"q": matrix[:t], "k": matrix[t : 2 * t], "v": matrix[2 * t :]}
+
+
+def _split_falcon(matrix: torch.Tensor, cfg: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    """Falcon's query_key_value, whose row layout depends on the variant (FalconAttention)."""
+    heads = int(cfg.get("num_attention_heads") or cfg.get("n_head") or 0)  # type: ignore[call-overload]
+    if not heads:
+        raise ValueError(
+            "Splitting Falcon query_key_value needs num_attention_heads from config.json."
+        )
+    hd = int(cfg.get("hidden_size", 0)) // heads  # type: ignore[call-overload]
+    rows, cols = matrix.shape
+    if cfg.get("new_decoder_architecture"):
+        # Per key/value group: its query heads, then one key head, then one value head.
+        kv = int(cfg.get("num_kv_heads") or cfg.get("n_head_kv") or heads)  # type: ignore[call-overload]
+        layout, want = "new_decoder_architecture", (heads + 2 * kv) * hd
+        if rows == want and heads % kv == 0:
+            g = matrix.reshape(kv, heads // kv + 2, hd, cols)
+            return {"q": g[:, :-2].reshape(-1, cols), "k": g[:, -2].reshape(-1, cols),
+                    "v": g[:, -1].reshape(-1, cols)}  # fmt: skip
+    elif cfg.get("multi_query", True):  # FalconConfig's default
+        # All query heads, then the one shared key head, then the one value head.
+        layout, want = "multi_query", (heads + 2) * hd
+        if rows == want:
+            q = heads * hd
+            return {"q": matrix[:q], "k": matrix[q : q + hd], "v": matrix[q + hd :]}
+    else:
+        # Per head [q_h, k_h, v_h], as in GPT-NeoX.
+        layout, want = "per-head", 3 * heads * hd
+        if rows == want:
+            per_head = matrix.reshape(heads, 3, hd, cols)
+            return {p: per_head[:, i].reshape(heads * hd, cols) for i, p in enumerate("qkv")}
+    raise ValueError(
+        f"Falcon query_key_value has {rows} rows; the {layout} layout of this config.json "
+        f"needs {want}."
+    )
 
 
 def _interleaved(cfg: Mapping[str, object]) -> bool:

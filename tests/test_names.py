@@ -172,3 +172,32 @@ def test_split_fused_gpt_neox_interleaved_per_head(hf_run):
     # Contiguous thirds would be wrong here.
     w = run.weight(name, 0)
     assert not torch.allclose(parts["k"], w[32:64])
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [{"new_decoder_architecture": True, "num_kv_heads": 2}, {"multi_query": True},
+     {"multi_query": False}],
+    ids=["new_decoder_architecture", "multi_query", "per_head"],
+)  # fmt: skip
+def test_split_fused_falcon_every_variant(tmp_path, variant):
+    from transformers import FalconConfig, FalconForCausalLM
+
+    torch.manual_seed(0)
+    cfg = FalconConfig(vocab_size=64, hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
+                       **variant)  # fmt: skip
+    model = FalconForCausalLM(cfg).eval()
+    for step in (0, 1):
+        model.save_pretrained(tmp_path / "run" / f"checkpoint-{step}")
+    run = opdlens.open_run(tmp_path / "run")
+    attn = model.transformer.h[1].self_attention
+    with torch.no_grad():  # FalconAttention's own split, on the identity input
+        q, k, v = attn._split_heads(attn.query_key_value(torch.eye(32).unsqueeze(0)))
+    heads, hd = 4, 8
+    kv = variant.get("num_kv_heads", 1) if variant.get("new_decoder_architecture") else None
+    if kv is not None:  # keys and values come broadcast to every query head of their group
+        k, v = (t.reshape(1, 32, kv, heads // kv, hd)[:, :, :, 0] for t in (k, v))
+    name = "transformer.h.1.self_attention.query_key_value.weight"
+    parts = split_fused(run.weight(name, 0), run.module(name), run.config)
+    for p, want in zip("qkv", (q, k, v), strict=True):
+        torch.testing.assert_close(parts[p], want[0].reshape(32, -1).t(), msg=p)
