@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -20,13 +21,22 @@ _CHUNK = 1 << 20
 
 def fingerprint(ck: Checkpoint) -> str:
     """Identify a checkpoint's weight files: names, sizes, mtimes and their first and last MiB."""
-    h = hashlib.sha1()
+    stats = []
     for f in sorted(ck.files):
         st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-        with open(f, "rb") as fh:
+        stats.append((str(f), st.st_size, st.st_mtime_ns))
+    return _fingerprint(tuple(stats))
+
+
+@functools.lru_cache(maxsize=1024)
+def _fingerprint(stats: tuple[tuple[str, int, int], ...]) -> str:
+    # Keyed by path, size and mtime: the cache keys and provenance.json read the files once.
+    h = hashlib.sha1()
+    for path, size, mtime in stats:
+        h.update(f"{Path(path).name}:{size}:{mtime}".encode())
+        with open(path, "rb") as fh:
             h.update(fh.read(_CHUNK))
-            if st.st_size > 2 * _CHUNK:
+            if size > 2 * _CHUNK:
                 fh.seek(-_CHUNK, os.SEEK_END)
                 h.update(fh.read(_CHUNK))
     return h.hexdigest()
