@@ -329,10 +329,10 @@ def extrapolation_producer(
         # Sources without byte ranges (.bin, FSDP, LoRA) read whole tensors: one span.
         ranged = all(ck.byte_range(name) is not None for ck in involved)
         step = SPAN if ranged else max(spec.numel, 1)
+        wide = spec.stored == "F64"  # float64 stays float64; the rest is float32
         out = np.empty(spec.numel, dtype=dtypes.storage(spec.stored))
         for start in range(0, max(spec.numel, 1), step):
             span = (start, min(spec.numel, start + step))
-            wide = spec.stored == "F64"  # float64 stays float64; the rest is float32
             theta = current.array(name, float32=not wide, span=span)
             pred = _predict(name, theta, base.array(name, float32=not wide, span=span))
             rounded = _round(pred, spec.stored)
