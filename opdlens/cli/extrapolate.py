@@ -11,6 +11,7 @@ from ..extrapolation.extrapolate import ERRORS_FILE, extrapolate_paths, output_n
 from ..extrapolation.extrapolate import extrapolate as _extrapolate
 from ..extrapolation.replay import OFFLINE_NOTE
 from ..extrapolation.replay import replay as _replay
+from ..extrapolation.surgery import surgery_lowrank, surgery_scale, surgery_window
 from ..run import Run, open_run
 from ._app import (
     BaseOpt,
@@ -212,8 +213,6 @@ def scale(
 ) -> None:
     """Write θ_0 + C·Δ_T (the same direction with a different gain)."""
     r = _open(run, base, checkpoint, trust_pickle)
-    from ..extrapolation.surgery import surgery_scale  # imports torch
-
     path = surgery_scale(r, step, factor, out, modules=_modules(modules), tensors=tensors,
                          overwrite=overwrite, progress=not quiet)  # fmt: skip
     _note(r, step)
@@ -242,8 +241,6 @@ def lowrank(
 ) -> None:
     """Write θ_0 + Δ_T truncated to rank K per matrix."""
     r = _open(run, base, checkpoint, trust_pickle)
-    from ..extrapolation.surgery import surgery_lowrank  # imports torch
-
     path = surgery_lowrank(r, step, rank, out, keep_norm=keep_norm, modules=_modules(modules),
                            tensors=tensors, overwrite=overwrite, progress=not quiet)  # fmt: skip
     _note(r, step)
@@ -270,8 +267,6 @@ def window(
 ) -> None:
     """Write θ_T inside a layer window and/or block, θ_0 everywhere else."""
     r = _open(run, base, checkpoint, trust_pickle)
-    from ..extrapolation.surgery import surgery_window  # imports torch
-
     path = surgery_window(r, step, out, layers=layers, blocks=_modules(blocks) if blocks else None,
                           overwrite=overwrite, progress=not quiet)  # fmt: skip
     _note(r, step)

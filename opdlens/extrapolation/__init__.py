@@ -4,17 +4,10 @@ from .._lazy import lazy_getattr
 from .extrapolate import extrapolate, extrapolate_paths, select_tensors
 from .replay import ReplayResult, replay, replay_schedule
 from .scorers import make_scorer
+from .surgery import surgery_lowrank, surgery_scale, surgery_window
 
-# These need torch, which extrapolating safetensors does not: they load on first use.
-__getattr__ = lazy_getattr(
-    __name__,
-    {
-        "EffOPD": "opdlens.extrapolation.callback:EffOPD",
-        "surgery_lowrank": "opdlens.extrapolation.surgery:surgery_lowrank",
-        "surgery_scale": "opdlens.extrapolation.surgery:surgery_scale",
-        "surgery_window": "opdlens.extrapolation.surgery:surgery_window",
-    },
-)
+# The online callback needs torch, which writing safetensors checkpoints does not.
+__getattr__ = lazy_getattr(__name__, {"EffOPD": "opdlens.extrapolation.callback:EffOPD"})
 
 
 __all__ = [
