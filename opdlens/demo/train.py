@@ -94,6 +94,16 @@ def accuracy(checkpoint_dir: str | Path) -> float:
         return greedy_accuracy(model, prompts, answers)
 
 
+def _update(model: TinyLlama, opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
+    """One optimiser step on `loss` at learning rate `lr`, gradients clipped to norm 1."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
 def sft(
     model: TinyLlama,
     sampler: TrainSampler,
@@ -118,12 +128,7 @@ def sft(
             answers.reshape(-1),
             label_smoothing=label_smoothing,
         )
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, step / 50)  # short warm-up
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        _update(model, opt, loss, lr * min(1.0, step / 50))  # short warm-up
         if bar is not None:
             bar.update()
         if stop is not None and step % check_every == 0:
@@ -226,12 +231,7 @@ def post_train(
             save_checkpoint(student, run_dir / f"checkpoint-{step}", meta)
         if step == settings.steps:
             break
-        for group in opt.param_groups:
-            group["lr"] = settings.lr * min(1.0, (step + 1) / settings.warmup)
-        opt.zero_grad(set_to_none=True)
-        surrogate.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
+        _update(student, opt, surrogate, settings.lr * min(1.0, (step + 1) / settings.warmup))
         if on_step is not None:
             student.eval()
             on_step(student, step + 1)
