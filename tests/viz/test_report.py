@@ -21,14 +21,20 @@ from opdlens.viz.report import REPORT_FILE, write_report
 from opdlens.viz.sources import load_sources
 
 
+def _sources(viz_runs: dict[str, Path], viz_metrics: dict[str, Path], out: Path, spectra_top: int):
+    """OPD and RL metrics, the OPD run opened (so the report has the reader's summary)."""
+    src = load_sources([viz_metrics["opd"], viz_metrics["rl"]], out, labels=["OPD", "RL"],
+                       spectra_top=spectra_top)  # fmt: skip
+    src.runs[0].run = open_run(viz_runs["opd"])
+    src.runs[0].run.warnings.append("reader says: checkpoint-3 holds only trainer state")
+    return src
+
+
 @pytest.fixture(scope="module")
 def report(viz_runs: dict[str, Path], viz_metrics: dict[str, Path], tmp_path_factory) -> Path:
     """A report comparing the OPD run (opened, so with the reader's summary) and RL metrics."""
     out = tmp_path_factory.mktemp("report")
-    src = load_sources([viz_metrics["opd"], viz_metrics["rl"]], out, labels=["OPD", "RL"],
-                       spectra_top=2)  # fmt: skip
-    src.runs[0].run = open_run(viz_runs["opd"])
-    src.runs[0].run.warnings.append("reader says: checkpoint-3 holds only trainer state")
+    src = _sources(viz_runs, viz_metrics, out, spectra_top=2)
     return write_report(src, out, top=7, options={"labels": ["OPD", "RL"]})
 
 
@@ -36,10 +42,7 @@ def report(viz_runs: dict[str, Path], viz_metrics: dict[str, Path], tmp_path_fac
 def small_report(viz_runs: dict[str, Path], viz_metrics: dict[str, Path], tmp_path_factory) -> Path:
     """A report with one figure (block_norms), to check the page itself quickly."""
     out = tmp_path_factory.mktemp("small-report")
-    src = load_sources([viz_metrics["opd"], viz_metrics["rl"]], out, labels=["OPD", "RL"],
-                       spectra_top=1)  # fmt: skip
-    src.runs[0].run = open_run(viz_runs["opd"])
-    src.runs[0].run.warnings.append("reader says: checkpoint-3 holds only trainer state")
+    src = _sources(viz_runs, viz_metrics, out, spectra_top=1)
     panels, notes = draw_figures(src.frame, spectra=src.spectra)
     figures = FigureSet(notes=notes)
     for panel in (p for p in panels if p.stem in ("block_norms", "spectra-RL")):
