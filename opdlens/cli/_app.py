@@ -7,21 +7,61 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from ..errors import OpdlensError
 
-app = typer.Typer(
+
+class _TidyHelp:
+    """Help that names what each parameter takes: no type on flags, arguments as RUN."""
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for p in params:
+            if isinstance(p, TyperOption) and p.is_flag and not p.count and p.metavar is None:
+                p.metavar = ""  # typer 0.29 shows "<bool>" on every flag, --help included
+            elif isinstance(p, TyperArgument) and p.metavar is None and p.name:
+                p.metavar = p.name.upper()
+        return params
+
+
+class _Command(_TidyHelp, TyperCommand):
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if isinstance(p, TyperArgument):
+                name = str(p.metavar) + ("..." if p.nargs != 1 else "")
+                pieces.append(name if p.required else f"[{name}]")  # typer writes {run}
+            else:
+                pieces += p.get_usage_pieces(ctx)
+        return pieces
+
+
+class _Group(_TidyHelp, TyperGroup):
+    pass
+
+
+class Typer(typer.Typer):
+    """typer.Typer whose commands and groups print tidy help (see _TidyHelp)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cls=_Group, add_completion=False, pretty_exceptions_enable=False, **kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+F = TypeVar("F", bound=Callable[..., object])
+
+app = Typer(
     name="opdlens",
     help="See how post-training moved a model's weights, from the checkpoints a run saved.",
     no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
-
-F = TypeVar("F", bound=Callable[..., object])
 
 RunArg = Annotated[
     Path,
@@ -34,7 +74,9 @@ BaseOpt = Annotated[
 CheckpointOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--checkpoint", help="Explicit STEP=PATH (repeatable) for layouts not found automatically."
+        "--checkpoint",
+        metavar="<step=path>",
+        help="Explicit STEP=PATH (repeatable) for layouts not found automatically.",
     ),
 ]
 TrustPickleOpt = Annotated[
@@ -80,6 +122,21 @@ def echo(text: str = "") -> None:
     sys.stdout.write(text + "\n")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        echo(f"opdlens {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """See how post-training moved a model's weights, from the checkpoints a run saved."""

@@ -47,7 +47,9 @@ def analyze(
     ] = "1,4,16",
     tensors: Annotated[
         list[str] | None,
-        typer.Option("--tensors", help="Only tensors matching this glob (repeatable)."),
+        typer.Option(
+            "--tensors", metavar="<glob>", help="Only tensors matching this glob (repeatable)."
+        ),
     ] = None,
     consecutive: Annotated[
         bool, typer.Option(help="Also analyse the step-to-step update W_t − W_prev.")

@@ -18,6 +18,7 @@ from ._app import (
     CheckpointOpt,
     QuietOpt,
     TrustPickleOpt,
+    Typer,
     app,
     echo,
     handle_errors,
@@ -38,7 +39,9 @@ ModulesOpt = Annotated[
 TensorsOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--tensors", help="Only tensors matching this glob (repeatable); overrides --modules."
+        "--tensors",
+        metavar="<glob>",
+        help="Only tensors matching this glob (repeatable); overrides --modules.",
     ),
 ]
 OverwriteOpt = Annotated[
@@ -46,8 +49,8 @@ OverwriteOpt = Annotated[
 ]
 OptRunArg = Annotated[Path | None, typer.Argument(help="Run directory holding checkpoint-<N>/ …")]
 
-surgery_app = typer.Typer(help="The paper's weight-surgery experiments on Δ_T, each writing a checkpoint.",
-                          no_args_is_help=True)  # fmt: skip
+surgery_app = Typer(help="The paper's weight-surgery experiments on Δ_T, each writing a checkpoint.",
+                    no_args_is_help=True)  # fmt: skip
 app.add_typer(surgery_app, name="surgery")
 
 

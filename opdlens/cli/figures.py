@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ._app import BaseOpt, QuietOpt, app, echo, handle_errors
+from ._app import (
+    BaseOpt,
+    QuietOpt,
+    TrustPickleOpt,
+    app,
+    echo,
+    handle_errors,
+    parse_checkpoints,
+)
 from .analyze import parse_ints
 
 if TYPE_CHECKING:
@@ -20,7 +28,11 @@ SourceArg = Annotated[
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory (outside every run).")]
 CompareOpt = Annotated[
     list[Path] | None,
-    typer.Option("--compare", help="Another run or metrics directory to compare (repeatable)."),
+    typer.Option(
+        "--compare",
+        metavar="<path>",
+        help="Another run or metrics directory to compare (repeatable).",
+    ),
 ]
 LabelsOpt = Annotated[
     str | None,
@@ -32,7 +44,18 @@ ReplayOpt = Annotated[
 ErrorsOpt = Annotated[
     list[Path] | None,
     typer.Option(
-        "--errors", help="extrapolation_errors.csv of `extrapolate --evaluate` (one per α)."
+        "--errors",
+        metavar="<path>",
+        help="extrapolation_errors.csv of `extrapolate --evaluate` (one per α).",
+    ),
+]
+CheckpointOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--checkpoint",
+        metavar="<step=path>",
+        help="Explicit STEP=PATH (repeatable) for SOURCE's checkpoints in layouts not found "
+        "automatically.",
     ),
 ]
 RanksOpt = Annotated[str, typer.Option(help="K values when a run is analysed, e.g. 1,4,16.")]
@@ -44,6 +67,7 @@ WorkersOpt = Annotated[
 
 def _load(
     source: Path, compare: list[Path] | None, labels: str | None, out: Path, base: Path | None,
+    checkpoint: list[str] | None, trust_pickle: bool,
     replay: Path | None, errors: list[Path] | None, ranks: str, spectra: int,
     workers: int | None, quiet: bool,
 ) -> Sources:  # fmt: skip
@@ -53,7 +77,8 @@ def _load(
     from ..viz.sources import load_sources  # matplotlib and pandas load only for these commands
 
     return load_sources(
-        [source, *(compare or [])], out, labels=names, base=base, replay=replay,
+        [source, *(compare or [])], out, labels=names, base=base,
+        checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle, replay=replay,
         errors=errors or (), spectra_top=spectra, progress=not quiet,
         analyze_options={"ranks": parse_ints(ranks, "--ranks"), "workers": workers},
     )  # fmt: skip
@@ -75,6 +100,8 @@ def figures(
     compare: CompareOpt = None,
     labels: LabelsOpt = None,
     base: BaseOpt = None,
+    checkpoint: CheckpointOpt = None,
+    trust_pickle: TrustPickleOpt = False,
     replay: ReplayOpt = None,
     errors: ErrorsOpt = None,
     ranks: RanksOpt = "1,4,16",
@@ -83,7 +110,8 @@ def figures(
     quiet: QuietOpt = False,
 ) -> None:
     """Draw the paper's figures (PDF, SVG and 200-dpi PNG) for one run or several side by side."""
-    src = _load(source, compare, labels, out, base, replay, errors, ranks, spectra, workers, quiet)
+    src = _load(source, compare, labels, out, base, checkpoint, trust_pickle, replay, errors, ranks,
+                spectra, workers, quiet)  # fmt: skip
     from ..viz.figures import write_figures
 
     result = write_figures(
@@ -103,6 +131,8 @@ def report(
     compare: CompareOpt = None,
     labels: LabelsOpt = None,
     base: BaseOpt = None,
+    checkpoint: CheckpointOpt = None,
+    trust_pickle: TrustPickleOpt = False,
     replay: ReplayOpt = None,
     errors: ErrorsOpt = None,
     ranks: RanksOpt = "1,4,16",
@@ -113,7 +143,8 @@ def report(
     quiet: QuietOpt = False,
 ) -> None:
     """Write one self-contained HTML page: run summary, figures, top tensors, warnings, provenance."""
-    src = _load(source, compare, labels, out, base, replay, errors, ranks, spectra, workers, quiet)
+    src = _load(source, compare, labels, out, base, checkpoint, trust_pickle, replay, errors, ranks,
+                spectra, workers, quiet)  # fmt: skip
     options = {
         "labels": [r.label for r in src.runs],
         "replay": None if replay is None else str(replay),

@@ -215,6 +215,8 @@ def load_sources(
     *,
     labels: Sequence[str] | None = None,
     base: str | Path | None = None,
+    checkpoints: Mapping[int, str | Path] | None = None,
+    trust_pickle: bool = False,
     replay: str | Path | None = None,
     errors: Sequence[str | Path] = (),
     spectra_top: int = 6,
@@ -222,6 +224,9 @@ def load_sources(
     progress: bool = False,
 ) -> Sources:
     """Load metrics for each path (a run is analysed into out_dir/metrics-<label>/ first).
+
+    `base` and `trust_pickle` apply to every run directory; `checkpoints` (step → directory,
+    as open_run takes them) to the first path only, which must then be a run directory.
 
     Raises:
         FileNotFoundError: a path, replay directory or errors file that does not exist.
@@ -238,17 +243,23 @@ def load_sources(
                 "directory of `opdlens analyze` (metrics.parquet)."
             )
     names = _labels(paths, labels)
+    if checkpoints and is_metrics_dir(paths[0]):
+        raise ValueError(
+            f"--checkpoint adds checkpoints to a run directory, but {paths[0]} is the output of "
+            "`opdlens analyze` (metrics.parquet); pass the run directory, or drop --checkpoint."
+        )
     run_dirs = [p for p in paths if not is_metrics_dir(p)]
     out = ensure_outside(Path(out_dir), run_dirs, "output")
     # Side inputs first, so a wrong path fails before a long analysis.
     history = load_history(replay) if replay is not None else None
     errs = load_errors(errors) if errors else None
     result = Sources(runs=[], history=history, errors=errs)
-    for path, label in zip(paths, names, strict=True):
+    for i, (path, label) in enumerate(zip(paths, names, strict=True)):
         if is_metrics_dir(path):
             metrics_dir, run = path, None
         else:
-            run = open_run(path, base)
+            extra = checkpoints if i == 0 else None
+            run = open_run(path, base, checkpoints=extra, trust_pickle=trust_pickle)
             metrics_dir = out / f"metrics-{label}"
             logger.info("analysing %s into %s", path, metrics_dir)
             write_analysis(run, metrics_dir, progress=progress, **dict(analyze_options or {}))

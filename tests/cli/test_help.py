@@ -1,0 +1,58 @@
+"""Help pages name what each option takes, --version answers, and the common options are there."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+import opdlens
+from opdlens.cli import app
+
+COMMANDS = ["analyze", "demo", "extrapolate", "replay", "figures", "report", "scan", "surgery",
+            "surgery scale", "surgery lowrank", "surgery window"]  # fmt: skip
+READS_A_RUN = [c for c in COMMANDS if c not in ("demo", "surgery")]
+
+
+def _help(command: str) -> str:
+    result = CliRunner().invoke(app, [*command.split(), "--help"], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_help_names_what_options_take(command: str) -> None:
+    text = _help(command)
+    assert "<bool>" not in text  # a flag takes no value, --help included
+    assert "list[" not in text  # a repeatable option takes one value each time
+    usage = next(line for line in text.splitlines() if "Usage:" in line)
+    assert "{" not in usage and "}" not in usage, usage
+    if command in READS_A_RUN and command not in ("extrapolate", "replay"):
+        assert re.search(r"Usage: .* \[OPTIONS\] (RUN|SOURCE)\b", usage), usage
+
+
+def test_repeatable_options_show_one_value() -> None:
+    assert re.search(r"--checkpoint\s+<step=path>", _help("analyze"))
+    assert re.search(r"--tensors\s+<glob>", _help("extrapolate"))
+    assert re.search(r"--compare\s+<path>", _help("figures"))
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout == f"opdlens {opdlens.__version__}\n"
+
+
+@pytest.mark.parametrize("command", READS_A_RUN)
+def test_every_command_reading_a_run_takes_the_common_options(command: str) -> None:
+    text = _help(command)
+    for option in ("--base", "--checkpoint", "--trust-pickle"):
+        assert re.search(rf"{option}\b", text), (command, option)
+    # --quiet silences a progress bar; scan draws none (README says so).
+    assert (re.search(r"--quiet\b", text) is not None) == (command != "scan")
+
+
+def test_demo_help_gives_the_measured_quick_time() -> None:
+    text = _help("demo")
+    assert "about a minute" not in text and "about 35 s" in text
