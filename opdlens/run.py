@@ -295,6 +295,16 @@ class Run:
         )
 
 
+class PartialRunError(CheckpointError):
+    """A run without a base, or without any checkpoint after it; `found` holds what was opened."""
+
+    def __init__(
+        self, message: str, *, found: Mapping[int, Checkpoint], missing: str, warnings: list[str]
+    ) -> None:
+        super().__init__(message)
+        self.found, self.missing, self.warnings = dict(found), missing, list(warnings)
+
+
 def open_run(
     path: str | Path | None = None,
     base: str | Path | None = None,
@@ -355,9 +365,10 @@ def open_run(
         warnings.append(f"{opened[0].path}: the step-0 adapter is not used; W_0 is the base model.")
     opened.pop(0, None)
     if not opened:
-        raise CheckpointError(
-            f"{path or base}: the run has a base but no checkpoint after it; nothing to compare."
-        )
+        raise PartialRunError(
+            f"{path or base}: the run has a base but no checkpoint after it; nothing to compare.",
+            found={0: base_ck}, missing="checkpoints after the base", warnings=warnings,
+        )  # fmt: skip
     run = Run(base_ck, opened, warnings)
     # How to open this run again, e.g. in a worker process.
     run.open_args = {
@@ -390,7 +401,8 @@ def _resolve_base(
             warnings.append(f"base taken from adapter_config.json: {guess}")
             return _open_checkpoint(Path(str(guess)), None, trust_pickle)
     steps = sorted(opened)
-    raise CheckpointError(
+    raise PartialRunError(
         f"{path}: the run has no base — no step-0 checkpoint among steps {steps}. Pass --base PATH "
-        "(Python: open_run(path, base=PATH)) pointing at the model the run started from."
-    )
+        "(Python: open_run(path, base=PATH)) pointing at the model the run started from.",
+        found=opened, missing="base (step 0)", warnings=warnings,
+    )  # fmt: skip

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import OpdlensError
 from ._app import (
     BaseOpt,
     CheckpointOpt,
@@ -30,22 +31,26 @@ def scan(
         bool, typer.Option("--json", help="Print one JSON object instead of a table.")
     ] = False,
 ) -> None:
-    """List the checkpoints of a run: step, path, layout, tensors, parameters, dtype, bytes."""
-    from ..inspect_run import describe, describe_frame  # pandas loads only for this command
-    from ..run import open_run
+    """List the checkpoints of a run: step, path, layout, tensors, parameters, dtype, bytes.
 
-    r = open_run(run, base, checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle,
-                 skip_incomplete=True)  # fmt: skip
+    A run without a base or without any checkpoint after it is listed too, then refused
+    (exit 2) with a line saying what is missing.
+    """
+    from ..inspect_run import describe_frame, survey  # pandas loads only for this command
+
+    d = survey(run, base, checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle)
     if as_json:
-        echo(json.dumps(describe(r), indent=2))
-        return
-    df = describe_frame(r)
-    echo(df.to_string(index=False))
-    echo(f"\nbase: {r.base.path} ({r.base.layout})")
-    echo(f"tensors in every checkpoint: {len(r.tensor_names)}")
-    if r.missing:
-        echo(f"tensors missing in some checkpoints: {len(r.missing)}")
-        for name, steps in list(r.missing.items())[:20]:
-            echo(f"  {name}: missing at step(s) {steps}")
-    for w in r.warnings:
+        echo(json.dumps(d, indent=2))
+    else:
+        echo(describe_frame(d).to_string(index=False))
+        b = d["base"]
+        echo(f"\nbase: {b['path']} ({b['layout']})" if b else "\nbase: none (no step-0 checkpoint)")
+        echo(f"tensors in every checkpoint: {d['num_common_tensors']}")
+        if d["missing_tensors"]:
+            echo(f"tensors missing in some checkpoints: {len(d['missing_tensors'])}")
+            for name, steps in list(d["missing_tensors"].items())[:20]:
+                echo(f"  {name}: missing at step(s) {steps}")
+    for w in d["warnings"]:
         typer.echo(f"warning: {w}", err=True)
+    if d["missing"] is not None:
+        raise OpdlensError(f"{run}: missing: {d['missing']}.")
