@@ -21,3 +21,7 @@ class UnsafePickleError(CheckpointError):
 
 class ScorerError(OpdlensError):
     """A user-supplied scorer failed, timed out or printed no number."""
+
+
+class OutputError(OpdlensError, OSError):
+    """An output that cannot be written: a read-only or full file system (also an OSError)."""

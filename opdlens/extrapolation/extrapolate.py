@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import OpdlensError
 from ..io import dtypes
 from ..io.layouts import detect
+from ..io.paths import output_error
 from ..io.writer import CheckpointWriter, TensorSpec, plan_like
 from ..names import canonical_name
 from ..progress import track
@@ -169,10 +170,12 @@ def write_checkpoint(
     overwrite: bool = False,
     progress: bool = False,
     desc: str = "writing",
+    extra: Callable[[CheckpointWriter], None] | None = None,
 ) -> Path:
     """Write every tensor of `like`, as `produce(name)` returns it, in like's layout.
 
     `produce` must return each tensor in the stored dtype and shape of `like`, or a FileBytes.
+    `extra(writer)` runs after the last tensor and may add files through `writer.extra_file`.
     """
     names = like.names()
     specs = [TensorSpec(n, tuple(like.spec(n).shape), like.spec(n).stored) for n in names]
@@ -204,6 +207,8 @@ def write_checkpoint(
             else:
                 writer.write(name, tensor)
             del tensor
+        if extra is not None:
+            extra(writer)
     return writer.out_dir
 
 
@@ -336,8 +341,8 @@ def extrapolation_producer(
             theta = current.array(name, float32=not wide, span=span)
             pred = _predict(name, theta, base.array(name, float32=not wide, span=span))
             rounded = _round(pred, spec.stored)
-            if spec.stored == "F16" and not np.isfinite(rounded).all():  # beyond ±65504
-                raise _non_finite(name, current, base, setting)
+            if spec.stored in ("F16", "BF16") and dtypes.overflowed(rounded, spec.stored):
+                raise _non_finite(name, current, base, setting)  # rounded past the dtype's max
             out[span[0] : span[1]] = rounded
             if tracker is not None:
                 if rounded is not pred:
@@ -438,17 +443,25 @@ def extrapolate(
         "formula": "theta_t + alpha * (theta_t - theta_anchor)",
     }  # fmt: skip
     produce = extrapolation_producer(run, step, a, alpha, selected, tracker)
+    frames: list[pd.DataFrame] = []
+
+    def write_errors(writer: CheckpointWriter) -> None:
+        """The errors table goes in with the weights, before the checkpoint is published."""
+        assert tracker is not None
+        frames.append(tracker.frame(step=step, anchor=a, alpha=alpha))
+        target = writer.extra_file(ERRORS_FILE)
+        try:
+            frames[0].to_csv(target, index=False)
+        except OSError as e:
+            raise output_error(target, e) from None
+
     path = write_checkpoint(
         run, run.checkpoint(step), Path(out), produce, metadata=metadata, overwrite=overwrite,
         progress=progress, desc=f"extrapolate step {step}",
+        extra=None if tracker is None else write_errors,
     )  # fmt: skip
-    if tracker is None:
-        return path, None  # no DataFrame: the write path never imports pandas
-    errors = tracker.frame(step=step, anchor=a, alpha=alpha)
-    tmp = path / f".{ERRORS_FILE}.tmp"
-    errors.to_csv(tmp, index=False)
-    tmp.replace(path / ERRORS_FILE)
-    return path, errors
+    # No DataFrame without evaluate: the write path never imports pandas.
+    return path, frames[0] if frames else None
 
 
 def extrapolate_paths(

@@ -144,7 +144,14 @@ def surgery_lowrank(
         base = run.base.tensor(name).float()
         delta = stored.float().sub_(base)
         trunc = _per_matrix(delta, rank, keep_norm, run.module(name).stacked_experts)
-        return base.add_(trunc).to(stored.dtype)
+        out = base.add_(trunc).to(stored.dtype)
+        if not bool(out.isfinite().all()):  # NaN/Inf in the run, or rounded past the dtype's max
+            raise OpdlensError(
+                f"{current.path}: tensor '{name}' is not finite in {stored.dtype} after the "
+                f"rank-{rank} truncation (NaN or Inf in the run, or beyond the dtype's range); "
+                "leave it out (--tensors / --modules)."
+            )
+        return out
 
     meta = _metadata("lowrank", run, step, rank=rank, keep_norm=keep_norm,
                      modified_tensors=len(chosen),

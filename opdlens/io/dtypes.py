@@ -20,6 +20,7 @@ __all__ = [
     "from_torch",
     "is_float",
     "itemsize",
+    "overflowed",
     "rank",
     "storage",
     "to_torch",
@@ -118,6 +119,19 @@ def decode_float32(raw: np.ndarray, name: str, out: np.ndarray) -> None:
         out[...] = raw
     else:
         raise ValueError(f"decode_float32 handles {sorted(NUMPY_FLOATS)}, not {name}.")
+
+
+def overflowed(raw: np.ndarray, name: str) -> bool:
+    """True when values rounded to a stored dtype (raw bytes, see `storage`) hold ±inf.
+
+    Rounding a finite float32 gives ±inf only past the dtype's maximum: ±65504 for float16,
+    ±3.3895e38 for bfloat16.
+    """
+    if name == "BF16":
+        return bool(((raw & 0x7FFF) == 0x7F80).any())  # exponent all ones, mantissa zero
+    if name in ("F16", "F32", "F64"):
+        return not bool(np.isfinite(raw).all())
+    raise ValueError(f"overflowed handles {sorted(NUMPY_FLOATS)}, not {name}.")
 
 
 def encode_float32(x: np.ndarray, name: str, *, finite: bool = False) -> np.ndarray:

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import shutil
 import struct
 import sys
@@ -23,6 +22,17 @@ import numpy as np
 from opdlens.errors import CheckpointError, OpdlensError
 
 from . import dtypes
+from .paths import (
+    MARKER,
+    OLD_MARKER,
+    TEMP_MARKER,
+    check_output,
+    marker_text,
+    output_error,
+    output_path,
+    remove_stale,
+    temp_name,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "MARKER",
     "TEMP_MARKER",
     "CheckpointWriter",
     "TensorSpec",
@@ -38,8 +49,6 @@ __all__ = [
     "safetensors_dtype",
 ]
 
-# A directory whose name contains this marker is an unfinished write and safe to delete.
-TEMP_MARKER = ".opdlens-tmp-"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 PROVENANCE_FILE = "opdlens_provenance.json"
@@ -190,10 +199,14 @@ def _inside(path: Path, other: Path) -> bool:
 class CheckpointWriter:
     """Write a safetensors checkpoint tensor by tensor into a temporary directory, then rename it.
 
-    Use as a context manager: files and headers are created on entry, `write` streams each
-    planned tensor to its place (in any order), and a clean exit fsyncs everything and renames
-    the temporary directory to `out_dir`. Any exception (or KeyboardInterrupt) removes the
-    temporary directory, so `out_dir` is either complete or absent.
+    Use as a context manager: zero-filled files of the final size are created on entry, `write`
+    streams each planned tensor to its place (in any order), and a clean exit writes the headers,
+    the index, provenance and last the `.opdlens` marker, fsyncs everything and renames the
+    temporary directory to `out_dir`. Until then every file starts with a zero header length,
+    which safetensors refuses, so a killed write never leaves a loadable file. Any exception (or
+    KeyboardInterrupt) removes the temporary directory, so `out_dir` is either complete or
+    absent; temporary directories of dead processes beside `out_dir` are removed on entry.
+    With `overwrite`, only a real directory holding the marker is replaced, never a symlink.
     """
 
     def __init__(
@@ -208,7 +221,7 @@ class CheckpointWriter:
         overwrite: bool = False,
     ) -> None:
         assert sys.byteorder == "little", "safetensors stores little-endian bytes"
-        self.out_dir = Path(out_dir).expanduser().resolve()
+        self.out_dir = output_path(out_dir)
         self.overwrite = overwrite
         self.copy_from = None if copy_from is None else Path(copy_from).expanduser().resolve()
         self._protected = [Path(p).expanduser().resolve() for p in protected]
@@ -277,31 +290,30 @@ class CheckpointWriter:
 
     def _check_destination(self) -> None:
         for path in self._protected:
-            if _inside(self.out_dir, path) or _inside(path, self.out_dir):
-                raise OpdlensError(
-                    f"Refusing to write a checkpoint to {self.out_dir}: it overlaps the input "
-                    f"{path}, which must never be modified. Choose an output directory outside "
-                    "every input checkpoint."
-                )
-        if self.out_dir.exists() and not self.overwrite:
-            raise OpdlensError(
-                f"Output directory {self.out_dir} already exists. Choose a new directory, "
-                "or pass overwrite=True (--overwrite) to replace it."
-            )
+            for out in {self.out_dir, self.out_dir.resolve()}:
+                if _inside(out, path) or _inside(path, out):
+                    raise OpdlensError(
+                        f"Refusing to write a checkpoint to {self.out_dir}: it overlaps the input "
+                        f"{path}, which must never be modified. Choose an output directory "
+                        "outside every input checkpoint."
+                    )
+        check_output(self.out_dir, overwrite=self.overwrite)
 
     def __enter__(self) -> CheckpointWriter:
         parent = self.out_dir.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        name = f"{self.out_dir.name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
-        self._tmp = parent / name
-        self._tmp.mkdir()
         try:
-            for file, header in self._headers.items():
+            parent.mkdir(parents=True, exist_ok=True)
+            remove_stale(parent, re.escape(self.out_dir.name))
+            self._tmp = parent / temp_name(self.out_dir.name)
+            self._tmp.mkdir()
+            for file, size in self._sizes.items():
                 with open(self._tmp / file, "wb") as f:
-                    f.write(header)
-                    f.truncate(self._sizes[file])
-        except BaseException:
+                    f.truncate(size)  # zeros: the header length stays 0 until _commit
+        except BaseException as e:
+            where = self._tmp or parent
             self._abort()
+            if isinstance(e, OSError):
+                raise output_error(where, e) from None
             raise
         logger.debug("writing %d tensors into %s", len(self._slots), self._tmp)
         return self
@@ -332,10 +344,13 @@ class CheckpointWriter:
             flat = tensor.detach().to("cpu").contiguous().reshape(-1)
             raw = flat.view(dtypes.to_torch("U8")).numpy()
         assert raw.nbytes == slot.end - slot.begin
-        handle = self._open(slot.file)
-        handle.seek(slot.begin)
-        handle.write(memoryview(raw))
-        self._done(name, handle, raw.nbytes)
+        try:
+            handle = self._open(slot.file)
+            handle.seek(slot.begin)
+            handle.write(memoryview(raw))
+            self._done(name, handle, raw.nbytes)
+        except OSError as e:
+            raise output_error(self._tmp / slot.file, e) from None  # type: ignore[operator]
 
     def copy_bytes(self, name: str, source: Path, begin: int) -> None:
         """Write one planned tensor by copying its stored bytes from `source` at offset `begin`.
@@ -344,16 +359,30 @@ class CheckpointWriter:
         """
         slot = self._slot(name)
         size = slot.end - slot.begin
-        handle = self._open(slot.file)
-        handle.flush()
         with open(source, "rb") as src:
-            done = _copy_range(src, handle, begin, slot.begin, size)
+            try:
+                handle = self._open(slot.file)
+                handle.flush()
+                done = _copy_range(src, handle, begin, slot.begin, size)
+            except OSError as e:
+                raise output_error(self._tmp / slot.file, e) from None  # type: ignore[operator]
         if done != size:
             raise CheckpointError(
                 f"{source}: tensor '{name}' is cut short ({done} of {size} bytes); the file is "
                 "truncated or still being written."
             )
         self._done(name, handle, size)
+
+    def extra_file(self, name: str) -> Path:
+        """Where to write a further file (e.g. a CSV) that the checkpoint publishes with its weights."""
+        if self._tmp is None:
+            raise RuntimeError("CheckpointWriter.extra_file called outside its `with` block.")
+        if Path(name).name != name or name in (*self.plan, INDEX_FILE, PROVENANCE_FILE, MARKER):
+            raise ValueError(
+                f"extra_file takes a bare file name the checkpoint does not already use; got "
+                f"{name!r}. Pick another name, e.g. 'extrapolation_errors.csv'."
+            )
+        return self._tmp / name
 
     def _done(self, name: str, handle: BinaryIO, size: int) -> None:
         self._written.add(name)
@@ -415,6 +444,10 @@ class CheckpointWriter:
             return
         try:
             self._commit()
+        except OSError as e:
+            tmp = self._tmp
+            self._abort()
+            raise output_error(tmp or self.out_dir, e) from None
         except BaseException:
             self._abort()
             raise
@@ -443,6 +476,11 @@ class CheckpointWriter:
         (self._tmp / PROVENANCE_FILE).write_text(json.dumps(self.metadata, indent=2) + "\n")
         if self.copy_from is not None:
             self._copy_support_files(self.copy_from)
+        for file, header in self._headers.items():  # every tensor is in place: now loadable
+            with open(self._tmp / file, "r+b") as f:
+                f.write(header)
+        operation = self.metadata.get("opdlens_operation", "checkpoint")
+        (self._tmp / MARKER).write_text(marker_text(operation), encoding="utf-8")
         for path in self._tmp.iterdir():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
@@ -469,9 +507,9 @@ class CheckpointWriter:
                     f"Output directory {self.out_dir} appeared while the checkpoint was being "
                     "written. Choose a new directory, or pass overwrite=True to replace it."
                 )
-            self._check_destination()
+            self._check_destination()  # still a real directory with the marker, not a symlink
             old = self.out_dir.with_name(
-                f"{self.out_dir.name}.opdlens-old-{os.getpid()}-{secrets.token_hex(4)}"
+                temp_name(self.out_dir.name).replace(TEMP_MARKER, OLD_MARKER)
             )
             os.rename(self.out_dir, old)
         try:
@@ -483,17 +521,17 @@ class CheckpointWriter:
         self._tmp = None
         _fsync_dir(self.out_dir.parent)
         if old is not None:
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
+            shutil.rmtree(old)  # checked above: a real directory opdlens wrote
         logger.info("wrote checkpoint %s", self.out_dir)
 
     def _abort(self) -> None:
         self._close_handle()
         if self._tmp is not None and self._tmp.exists():
-            shutil.rmtree(self._tmp, ignore_errors=False)
-            logger.debug("removed unfinished checkpoint %s", self._tmp)
+            try:
+                shutil.rmtree(self._tmp)
+                logger.debug("removed unfinished checkpoint %s", self._tmp)
+            except OSError as e:  # its files are unloadable; the next run on this --out removes it
+                logger.warning("could not remove the unfinished %s: %s", self._tmp, e)
         self._tmp = None
 
 

@@ -20,6 +20,7 @@ from opdlens.errors import CheckpointError, OpdlensError
 from opdlens.io import dtypes
 from opdlens.io.writer import (
     INDEX_FILE,
+    MARKER,
     PROVENANCE_FILE,
     TEMP_MARKER,
     CheckpointWriter,
@@ -86,7 +87,7 @@ def test_single_file_is_byte_identical_to_save_file(tmp_path: Path) -> None:
     with CheckpointWriter(out, _specs(tensors)) as writer:
         for name in reversed(list(tensors)):  # any order
             writer.write(name, tensors[name])
-    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", PROVENANCE_FILE]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "model.safetensors", PROVENANCE_FILE]
     save_file(tensors, tmp_path / "ref.safetensors", metadata={"format": "pt"})
     assert (out / "model.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
     _assert_same(load_file(out / "model.safetensors"), tensors)
@@ -258,7 +259,7 @@ def test_refuses_existing_and_protected(tmp_path: Path) -> None:
     (inp / "model.safetensors").write_bytes(b"precious")
     specs = [TensorSpec("a", (2,), torch.float32)]
     with pytest.raises(
-        OpdlensError, match=r"already exists\. Choose a new directory, or pass overwrite=True"
+        OpdlensError, match=r"already exists and opdlens did not write it \(no \.opdlens"
     ):
         CheckpointWriter(inp, specs)
     for out in (inp, inp / "sub", tmp_path):
@@ -269,11 +270,12 @@ def test_refuses_existing_and_protected(tmp_path: Path) -> None:
 
 def test_overwrite_replaces_unprotected_dir(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
+    with CheckpointWriter(out, [TensorSpec("b", (1,), torch.float32)]) as w:
+        w.write("b", torch.ones(1))
+    (out / "stale.txt").write_text("old")  # a directory opdlens wrote: its marker says so
     with CheckpointWriter(out, [TensorSpec("a", (2,), torch.float32)], overwrite=True) as w:
         w.write("a", torch.ones(2))
-    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", PROVENANCE_FILE]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "model.safetensors", PROVENANCE_FILE]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -308,7 +310,7 @@ def test_copy_from_copies_only_support_files(tmp_path: Path) -> None:
     with CheckpointWriter(tmp_path / "out", [], copy_from=src, protected=[src]):
         pass
     got = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert got == sorted([*support, "model.safetensors", PROVENANCE_FILE])
+    assert got == sorted([*support, MARKER, "model.safetensors", PROVENANCE_FILE])
     assert (tmp_path / "out" / "config.json").read_text() == "config.json"
     assert load_file(tmp_path / "out" / "model.safetensors") == {}
 
