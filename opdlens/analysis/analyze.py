@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -51,6 +52,47 @@ def _check_ranks(ranks: Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
+def check_options(
+    run: Run | None,
+    *,
+    ranks: Sequence[int] = (1, 4, 16),
+    final: int | None = None,
+    workers: int | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    device: str = "cpu",
+    **_: object,
+) -> tuple[tuple[int, ...], int]:
+    """Check analyze's options before anything is created; returns (sorted ranks, workers)."""
+    ranks = _check_ranks(ranks)
+    if run is not None and final is not None and final not in run.steps:
+        raise OpdlensError(f"--final {final} is not a saved step; saved steps are {run.steps}.")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"The 'device' parameter must be 'cpu' or 'cuda'. Got {device!r} instead.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise OpdlensError(
+            "--device cuda was asked for, but torch sees no CUDA device here; use --device cpu."
+        )
+    if executor not in ("local", "ray"):
+        raise ValueError(
+            f"The 'executor' parameter must be 'local' or 'ray'. Got {executor!r} instead."
+        )
+    if executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise OpdlensError(
+            "--executor ray needs the ray package, which is not installed here; "
+            "`pip install 'opdlens[ray]'` (or `pip install ray`), or use --executor local."
+        )
+    if address is not None and executor != "ray":
+        raise ValueError(
+            "The 'address' parameter is for a Ray cluster; pass executor='ray' (CLI: "
+            "--executor ray) or drop the address."
+        )
+    workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"The 'workers' parameter must be ≥ 1. Got {workers} instead.")
+    return ranks, workers
+
+
 def run_analysis(
     run: Run,
     *,
@@ -69,23 +111,10 @@ def run_analysis(
 ) -> Analysis:
     """Compute design.md's metrics for every (step, tensor) of a run."""
     t0 = time.perf_counter()
-    ranks = _check_ranks(ranks)
-    if final is not None and final not in run.steps:
-        raise OpdlensError(f"--final {final} is not a saved step; saved steps are {run.steps}.")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise OpdlensError(
-            "--device cuda was asked for, but torch sees no CUDA device here; use --device cpu."
-        )
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"The 'device' parameter must be 'cpu' or 'cuda'. Got {device!r} instead.")
-    if address is not None and executor != "ray":
-        raise ValueError(
-            "The 'address' parameter is for a Ray cluster; pass executor='ray' (CLI: "
-            "--executor ray) or drop the address."
-        )
-    workers = (os.cpu_count() or 1) if workers is None else int(workers)
-    if workers < 1:
-        raise ValueError(f"The 'workers' parameter must be ≥ 1. Got {workers} instead.")
+    ranks, workers = check_options(
+        run, ranks=ranks, final=final, workers=workers, executor=executor, address=address,
+        device=device,
+    )  # fmt: skip
     options = SweepOptions(ranks, final, consecutive, full_spectrum, split_fused, device)
     names = sweep_names(run, run.select(tensors))
     keys = step_keys(run) if cache_dir is not None else {}

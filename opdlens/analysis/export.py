@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..io.paths import ensure_outside, write_text_atomic
+from ..io.paths import atomic_file, output_dir, write_text_atomic
 from ..provenance import record
 from ..run import Run
-from .analyze import Analysis, run_analysis
+from .analyze import Analysis, check_options, run_analysis
 from .frame import summarize
 
 
@@ -28,20 +27,27 @@ def final_summary(df: pd.DataFrame, final: int) -> pd.DataFrame:
 
 
 def write_analysis(run: Run, out: str | Path, **options: Any) -> tuple[Analysis, pd.DataFrame]:
-    """Analyse ``run`` and write its outputs under ``out`` (never inside an input)."""
+    """Analyse ``run`` and write its outputs under ``out`` (never inside an input).
+
+    ``out`` may be absent, empty, or a directory opdlens wrote (its factor cache is re-used);
+    options are checked before anything is created (see `opdlens.io.paths.output_dir`).
+    """
     inputs = [run.base.path, *(ck.path for ck in run.checkpoints.values())]
     if run.open_args.get("path"):
         inputs.append(Path(str(run.open_args["path"])))
-    out = ensure_outside(Path(out), inputs, "output")
-    out.mkdir(parents=True, exist_ok=True)
+    check_options(run, **options)
+    with output_dir(out, "analyze", inputs=inputs) as path:
+        return _write(run, path, options)
+
+
+def _write(run: Run, out: Path, options: dict[str, Any]) -> tuple[Analysis, pd.DataFrame]:
     result = run_analysis(run, cache_dir=out / "cache", **options)
     t = time.perf_counter()
     df = result.frame
     for name, writer in (("metrics.parquet", lambda p: df.to_parquet(p, index=False)),
                          ("metrics.csv", lambda p: df.to_csv(p, index=False))):  # fmt: skip
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        writer(tmp)
-        os.replace(tmp, out / name)
+        with atomic_file(out / name) as tmp:
+            writer(tmp)
     result.timings["write"] = time.perf_counter() - t
     final = result.options.final if result.options.final is not None else run.final_step
     opts = {k: v for k, v in options.items() if k != "progress"}

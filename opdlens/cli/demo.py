@@ -28,7 +28,11 @@ def demo(
     quiet: QuietOpt = False,
 ) -> None:
     """Train (or reuse) tiny OPD and RL runs, analyse and extrapolate them, and write a report."""
+    if workers < 1:
+        raise ValueError(f"--workers takes a count ≥ 1; got {workers}.")
     from ..demo.pipeline import format_summary, run_demo
+    from ..io.paths import output_dir
 
-    result = run_demo(out, quick=quick, seed=seed, progress=not quiet, workers=workers)
+    with output_dir(out, "demo") as path:  # new, empty, or an earlier demo's directory
+        result = run_demo(path, quick=quick, seed=seed, progress=not quiet, workers=workers)
     echo(format_summary(result))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -84,6 +86,23 @@ def _load(
     )  # fmt: skip
 
 
+@contextmanager
+def _output(
+    command: str, out: Path, paths: list[Path], ranks: str, workers: int | None, spectra: int
+) -> Iterator[Path]:
+    """Check the options, then create and mark --out (new, empty, or written by opdlens)."""
+    if spectra < 0:
+        raise ValueError(f"--spectra takes a count ≥ 0; got {spectra}.")
+    from ..analysis.analyze import check_options
+    from ..io.paths import output_dir
+    from ..viz.sources import is_metrics_dir
+
+    check_options(None, ranks=parse_ints(ranks, "--ranks"), workers=workers)
+    runs = [p for p in paths if not is_metrics_dir(p)]  # --out may hold figures of a metrics dir
+    with output_dir(out, command, inputs=runs) as path:
+        yield path
+
+
 def _notes(src: Sources, notes: list[str]) -> None:
     for rm in src.runs:
         for w in rm.provenance.get("warnings", [])[:20]:
@@ -110,13 +129,14 @@ def figures(
     quiet: QuietOpt = False,
 ) -> None:
     """Draw the paper's figures (PDF, SVG and 200-dpi PNG) for one run or several side by side."""
-    src = _load(source, compare, labels, out, base, checkpoint, trust_pickle, replay, errors, ranks,
-                spectra, workers, quiet)  # fmt: skip
-    from ..viz.figures import write_figures
+    with _output("figures", out, [source, *(compare or [])], ranks, workers, spectra):
+        src = _load(source, compare, labels, out, base, checkpoint, trust_pickle, replay, errors,
+                    ranks, spectra, workers, quiet)  # fmt: skip
+        from ..viz.figures import write_figures
 
-    result = write_figures(
-        src.frame, out, spectra=src.spectra, history=src.history, errors=src.errors
-    )
+        result = write_figures(
+            src.frame, out, spectra=src.spectra, history=src.history, errors=src.errors
+        )
     _notes(src, [*src.notes, *result.notes])
     for stem in result.paths:
         echo(f"{out / stem}.{{pdf,svg,png}}  {result.titles[stem]}")
@@ -143,18 +163,21 @@ def report(
     quiet: QuietOpt = False,
 ) -> None:
     """Write one self-contained HTML page: run summary, figures, top tensors, warnings, provenance."""
-    src = _load(source, compare, labels, out, base, checkpoint, trust_pickle, replay, errors, ranks,
-                spectra, workers, quiet)  # fmt: skip
-    options = {
-        "labels": [r.label for r in src.runs],
-        "replay": None if replay is None else str(replay),
-        "errors": [str(e) for e in errors or []],
-        "ranks": ranks,
-        "spectra": spectra,
-        "top": top,
-    }
-    from ..viz.report import write_report
+    if top < 1:
+        raise ValueError(f"--top takes a count ≥ 1; got {top}.")
+    with _output("report", out, [source, *(compare or [])], ranks, workers, spectra):
+        src = _load(source, compare, labels, out, base, checkpoint, trust_pickle, replay, errors,
+                    ranks, spectra, workers, quiet)  # fmt: skip
+        options = {
+            "labels": [r.label for r in src.runs],
+            "replay": None if replay is None else str(replay),
+            "errors": [str(e) for e in errors or []],
+            "ranks": ranks,
+            "spectra": spectra,
+            "top": top,
+        }
+        from ..viz.report import write_report
 
-    path = write_report(src, out, title=title, top=top, options=options)
+        path = write_report(src, out, title=title, top=top, options=options)
     _notes(src, src.notes)
     echo(f"wrote {path} (figures in {out / 'figures'})")

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from opdlens.errors import CheckpointError
+from opdlens.io.paths import output_error
 
 DEMO_SECTION = "opdlens_demo"
 _SINGLE = "model.safetensors"
@@ -182,16 +183,20 @@ def save_checkpoint(
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise CheckpointError(f"Refusing to overwrite {out_dir}: the directory already exists.")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = None
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
         state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / _SINGLE), metadata={"format": "pt"})
         config = hf_config(model.config, demo, dtype)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise output_error(out_dir, e) from None
         raise
     return out_dir
 

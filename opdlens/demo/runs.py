@@ -126,16 +126,21 @@ def _steps_to(curve: list[tuple[int, float]], target: float) -> int | None:
 def _prepare(out_dir: Path, manifest: dict[str, Any]) -> bool:
     """True if out_dir already holds complete runs made with these parameters."""
     path = out_dir / MANIFEST
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise OpdlensError(
+            f"{out_dir} is a symbolic link or not a directory; generate_runs writes only into a "
+            "real directory it made. Pass a new or empty directory."
+        )
     if path.is_file():
         old = json.loads(path.read_text())
         if old.get("complete") and old.get("params") == manifest["params"]:
             return all((out_dir / name).exists() for name in _OWNED)
         for name in _OWNED:  # ours, from other parameters or an interrupted run
             target = out_dir / name
-            if target.is_dir():
+            if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+            elif target.exists() or target.is_symlink():
+                target.unlink()  # a link is removed, never what it points to
     elif out_dir.exists() and any(out_dir.iterdir()):
         raise OpdlensError(
             f"{out_dir} is not empty and holds no {MANIFEST}, so it is not a demo directory; "

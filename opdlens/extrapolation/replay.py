@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -13,9 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import OpdlensError
-from ..io.paths import ensure_outside, write_text_atomic
-from ..io.writer import TEMP_MARKER
+from ..io.paths import check_output, output_dir, remove_stale, temp_name, write_text_atomic
 from ..run import Run
 from .extrapolate import (
     DEFAULT_MODULES,
@@ -35,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["OFFLINE_NOTE", "ReplayResult", "alpha_schedule", "replay", "replay_schedule"]
 
+# Names of the temporary candidate directories replay works in (see io.paths.temp_name).
+_TEMP_STEM = r"step-\d+-(?:candidate-\d+|saved)"
 OFFLINE_NOTE = (
     "Offline replay cannot continue training from an accepted candidate: each scheduled step "
     "starts again from the checkpoint the run actually saved."
@@ -101,25 +100,45 @@ def replay(
         ScorerError: the scorer raised, timed out or gave no number (no temporary dir is left).
     """
     alpha0 = check_alpha(alpha0, "alpha0")
-    if not isinstance(max_candidates, int) or max_candidates < 1:
+    if alpha0 <= 0:
+        raise ValueError(
+            f"The 'alpha0' parameter (--alpha0) must be > 0: each accepted candidate moves a "
+            f"further α₀·(θ_t − θ_a) from the anchor (2 by default). Got {alpha0!r} instead."
+        )
+    if (
+        isinstance(max_candidates, bool)
+        or not isinstance(max_candidates, int)
+        or max_candidates < 1
+    ):
         raise ValueError(f"--max-candidates must be a whole number ≥ 1; got {max_candidates!r}.")
     if out is None and not dry_run:
         raise ValueError(
             "replay keeps accepted candidates under --out DIR; give one, or --dry-run."
         )
+    # Everything is checked before anything is created; --out's old contents go only then.
+    inputs = run_inputs(run)
+    if out is not None:
+        check_output(out, inputs=inputs, overwrite=overwrite, allow_empty=True)
     selected = select_tensors(run, modules, tensors)
     judge = make_scorer(
         scorer, command=scorer_cmd, timeout=scorer_timeout, run=run, tensors=selected
     )
-    out_dir = None if out is None else ensure_outside(Path(out), run_inputs(run), "--out")
-    if out_dir is not None:
-        if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-            raise OpdlensError(
-                f"Output directory {out_dir} already exists and is not empty. Choose a new "
-                "directory, or pass --overwrite."
-            )
-        out_dir.mkdir(parents=True, exist_ok=True)
+    steps = (run, judge, selected, alpha0, max_candidates, dry_run, progress)
+    if out is None:
+        return _replay_steps(*steps, None)
+    with output_dir(
+        out, "replay", inputs=inputs, overwrite=overwrite, reuse=False, keep_if_failed=True
+    ) as out_dir:
+        return _replay_steps(*steps, out_dir)
+
+
+def _replay_steps(
+    run: Run, judge: Scorer, selected: Sequence[str], alpha0: float, max_candidates: int,
+    dry_run: bool, progress: bool, out_dir: Path | None,
+) -> ReplayResult:  # fmt: skip
+    """The replay loop; candidates are worked on in `out_dir` (or the system's temp directory)."""
     work = out_dir if out_dir is not None else Path(tempfile.gettempdir())
+    remove_stale(work, _TEMP_STEM)
     rows: list[dict[str, object]] = []
     accepted: list[Path] = []
     for step, anchor in replay_schedule(run.steps):
@@ -127,9 +146,7 @@ def replay(
         for k, (alpha, multiple) in enumerate(alpha_schedule(alpha0, max_candidates), start=1):
             label = f"step {step} candidate {k} (alpha {alpha:.4g}, multiple {multiple:.4g})"
             tracker = ErrorTracker(run, step)
-            tmp = (
-                work / f"step-{step}-candidate-{k}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
-            )
+            tmp = work / temp_name(f"step-{step}-candidate-{k}")
             try:
                 produce = extrapolation_producer(run, step, anchor, multiple, selected, tracker)
                 write_checkpoint(
@@ -167,7 +184,7 @@ def _score_saved(
     ck = run.checkpoint(step)
     label = f"step {step} as saved (candidate 0)"
     tracker = ErrorTracker(run, step)
-    tmp = work / f"step-{step}-saved{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = work / temp_name(f"step-{step}-saved")
     try:
         # A copy in HF safetensors when the input is another layout, so every scorer reads one format.
         produce = extrapolation_producer(run, step, anchor, 0.0, selected, tracker)

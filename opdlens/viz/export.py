@@ -7,6 +7,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from opdlens.io.paths import atomic_file, output_error
 from opdlens.viz.style import paper_style
 
 logger = logging.getLogger(__name__)
@@ -31,12 +32,16 @@ def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
             f"or suffix, e.g. 'allocation'. Got {stem!r} instead; put directories in out_dir."
         )
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_error(out_dir, e) from None
     paths = []
     with paper_style():
         for fmt, metadata in _METADATA.items():
             path = out_dir / f"{stem}.{fmt}"
-            fig.savefig(path, format=fmt, dpi=PNG_DPI, metadata=metadata, bbox_inches="tight")
+            with atomic_file(path) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=PNG_DPI, metadata=metadata, bbox_inches="tight")
             paths.append(path)
     logger.info("saved figure %s.{pdf,svg,png} in %s", stem, out_dir)
     return paths

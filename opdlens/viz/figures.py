@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..io.paths import writable_dir
 from . import plots
 from .export import save_figure
 from .sources import Spectra
@@ -187,6 +188,7 @@ def write_figures(
     """Draw every figure and save each as PDF, SVG and 200-dpi PNG in out_dir."""
     panels, notes = draw_figures(df, spectra=spectra, history=history, errors=errors)
     out = FigureSet(notes=notes)
+    writable_dir(out_dir)
     for p in panels:
         out.paths[p.stem] = save_figure(p.figure, Path(out_dir), p.stem)
         out.titles[p.stem], out.captions[p.stem] = p.title, p.caption

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..analysis.export import final_summary
 from ..inspect_run import describe
-from ..io.paths import ensure_outside, write_text_atomic
+from ..io.paths import writable_dir, write_text_atomic
 from ..provenance import versions
 from .export import PNG_DPI
 from .figures import FigureSet, write_figures
@@ -241,13 +241,12 @@ def write_report(
     """Write out_dir/report.html (figures saved under out_dir/figures/ and embedded); return it.
 
     Raises:
-        OpdlensError: out_dir overlaps one of the runs (or `inputs`).
+        OpdlensError: out_dir overlaps one of the runs (or `inputs`), or is not a directory.
     """
     if top < 1:
         raise ValueError(f"The 'top' parameter of write_report must be ≥ 1. Got {top} instead.")
     runs = [rm.source for rm in sources.runs if rm.run is not None]
-    out = ensure_outside(Path(out_dir), [*runs, *inputs], "report")
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(out_dir, [*runs, *inputs], "report")
     if figures is None:
         figures = write_figures(
             sources.frame, out / "figures", spectra=sources.spectra, history=sources.history,

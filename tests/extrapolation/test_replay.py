@@ -59,7 +59,7 @@ def test_known_scorer_gives_expected_pattern(linear_run: Path, tmp_path: Path) -
     assert h["alpha"].tolist()[1:4] == pytest.approx([2, 2 / 3, 2 / 5])
     assert h["multiple"].tolist()[1:4] == pytest.approx([2, 4, 6])
     kept = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert kept == ["history.csv", "history.json", "step-1-candidate-1", "step-1-candidate-2",
+    assert kept == [".opdlens", "history.csv", "history.json", "step-1-candidate-1", "step-1-candidate-2",
                     "step-2-candidate-1"]  # fmt: skip
     assert _effective_step(tmp_path / "out/step-1-candidate-2") == pytest.approx(5)
     saved = json.loads((tmp_path / "out/history.json").read_text())
@@ -73,7 +73,7 @@ def test_hindsight_is_an_oracle_and_dry_run_keeps_nothing(linear_run: Path, tmp_
     result = replay(open_run(linear_run), "hindsight", out=tmp_path / "out", dry_run=True,
                     max_candidates=2)  # fmt: skip
     assert "ORACLE" in result.scorer and result.history.attrs["oracle"] is True
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["history.csv", "history.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".opdlens", "history.csv", "history.json"]
     assert result.accepted == []
     assert result.history.groupby("step").size().max() <= 3
     assert "ORACLE" in json.loads((tmp_path / "out/history.json").read_text())["scorer"]
