@@ -250,6 +250,13 @@ class Run:
             progress=progress,
         )  # fmt: skip
 
+    def training_log(self, metrics: str | Path | None = None) -> pd.DataFrame:
+        """Loss, accuracy, … per logged step, from the trainer's log or `metrics` (io.training_log)."""
+        from .io.training_log import run_training_log
+
+        dirs = {s: ck.path for s, ck in self.checkpoints.items()}
+        return run_training_log(self.open_args.get("path"), dirs, metrics)  # type: ignore[arg-type]
+
     # -- checks ----------------------------------------------------------------------------
     def _find_missing(self) -> dict[str, list[int]]:
         every = [self.base, *self.checkpoints.values()]

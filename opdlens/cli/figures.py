@@ -60,6 +60,15 @@ CheckpointOpt = Annotated[
         "automatically.",
     ),
 ]
+MetricsOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--metrics",
+        metavar="<path>",
+        help="Training log drawn above the weight metrics: trainer_state.json, JSONL or CSV; one "
+        "per run in the order RUN, --compare … (default: found beside the checkpoints).",
+    ),
+]
 RanksOpt = Annotated[str, typer.Option(help="K values when a run is analysed, e.g. 1,4,16.")]
 TopOpt = Annotated[int, typer.Option("--spectra", help="Tensors whose spectrum is drawn.")]
 WorkersOpt = Annotated[
@@ -70,8 +79,8 @@ WorkersOpt = Annotated[
 def _load(
     source: Path, compare: list[Path] | None, labels: str | None, out: Path, base: Path | None,
     checkpoint: list[str] | None, trust_pickle: bool,
-    replay: Path | None, errors: list[Path] | None, ranks: str, spectra: int,
-    workers: int | None, quiet: bool,
+    replay: Path | None, errors: list[Path] | None, metrics: list[Path] | None, ranks: str,
+    spectra: int, workers: int | None, quiet: bool,
 ) -> Sources:  # fmt: skip
     names = None if labels is None else [x for x in labels.split(",")]
     if spectra < 0:
@@ -81,7 +90,7 @@ def _load(
     return load_sources(
         [source, *(compare or [])], out, labels=names, base=base,
         checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle, replay=replay,
-        errors=errors or (), spectra_top=spectra, progress=not quiet,
+        errors=errors or (), metrics=metrics or (), spectra_top=spectra, progress=not quiet,
         analyze_options={"ranks": parse_ints(ranks, "--ranks"), "workers": workers},
     )  # fmt: skip
 
@@ -123,6 +132,7 @@ def figures(
     trust_pickle: TrustPickleOpt = False,
     replay: ReplayOpt = None,
     errors: ErrorsOpt = None,
+    metrics: MetricsOpt = None,
     ranks: RanksOpt = "1,4,16",
     spectra: TopOpt = 6,
     workers: WorkersOpt = None,
@@ -131,12 +141,13 @@ def figures(
     """Draw the paper's figures (PDF, SVG and 200-dpi PNG) for one run or several side by side."""
     with _output("figures", out, [source, *(compare or [])], ranks, workers, spectra):
         src = _load(source, compare, labels, out, base, checkpoint, trust_pickle, replay, errors,
-                    ranks, spectra, workers, quiet)  # fmt: skip
+                    metrics, ranks, spectra, workers, quiet)  # fmt: skip
         from ..viz.figures import write_figures
 
         result = write_figures(
-            src.frame, out, spectra=src.spectra, history=src.history, errors=src.errors
-        )
+            src.frame, out, spectra=src.spectra, history=src.history, errors=src.errors,
+            training=src.training,
+        )  # fmt: skip
     _notes(src, [*src.notes, *result.notes])
     for stem in result.paths:
         echo(f"{out / stem}.{{pdf,svg,png}}  {result.titles[stem]}")
@@ -155,6 +166,7 @@ def report(
     trust_pickle: TrustPickleOpt = False,
     replay: ReplayOpt = None,
     errors: ErrorsOpt = None,
+    metrics: MetricsOpt = None,
     ranks: RanksOpt = "1,4,16",
     spectra: TopOpt = 6,
     top: Annotated[int, typer.Option(help="Rows in the top-tensors table.")] = 20,
@@ -167,11 +179,12 @@ def report(
         raise ValueError(f"--top takes a count ≥ 1; got {top}.")
     with _output("report", out, [source, *(compare or [])], ranks, workers, spectra):
         src = _load(source, compare, labels, out, base, checkpoint, trust_pickle, replay, errors,
-                    ranks, spectra, workers, quiet)  # fmt: skip
+                    metrics, ranks, spectra, workers, quiet)  # fmt: skip
         options = {
             "labels": [r.label for r in src.runs],
             "replay": None if replay is None else str(replay),
             "errors": [str(e) for e in errors or []],
+            "metrics": [str(m) for m in metrics or []],
             "ranks": ranks,
             "spectra": spectra,
             "top": top,

@@ -15,6 +15,7 @@ from . import plots
 from .export import save_figure
 from .sources import Spectra
 from .style import new_figure, paper_style
+from .training import metric_label, training_curve
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,59 @@ def _alignment(df: pd.DataFrame) -> Figure:
     return fig
 
 
+def _common_metric(logs: Mapping[str, pd.DataFrame]) -> str | None:
+    """The first run's chosen metric when every log has it (one y scale for all), else None."""
+    first = metric_label(next(iter(logs.values())))[0]
+    return first if all(first in log.columns for log in logs.values()) else None
+
+
+def _training(df: pd.DataFrame, runs: list[str], logs: Mapping[str, pd.DataFrame]) -> Figure:
+    """Per run (column): the logged metric above alignment and energy, on one step axis."""
+    metric = _common_metric(logs)
+    with paper_style():
+        fig = new_figure(0.9 + 3.4 * len(runs), 7.6)
+        axes = fig.subplots(3, len(runs), sharex="col", squeeze=False)
+        for col, run in enumerate(runs):
+            rows = df[df["run"] == run]
+            top, mid, low = axes[:, col]
+            if run in logs:
+                saved = sorted(int(s) for s in rows["step"].unique())
+                training_curve(logs[run], metric=metric, saved_steps=saved, ax=top)
+            else:
+                top.text(0.5, 0.5, "no training log", transform=top.transAxes, ha="center",
+                         va="center", color="#777777")  # fmt: skip
+            top.set_title(run)
+            plots.alignment_by_step(rows, side="both", ax=mid)
+            plots.energy_by_step(rows, ax=low)
+            for ax in (top, mid):
+                ax.set_xlabel("")
+            if col > 0:
+                for ax, first in zip((mid, low), (axes[1, 0], axes[2, 0]), strict=True):
+                    ax.sharey(first)
+                    ax.set_ylabel("")
+                    ax.get_legend().remove()
+                if metric is not None and run in logs and runs[0] in logs:
+                    top.sharey(axes[0, 0])
+                    top.set_ylabel("")
+        if runs[0] in logs:
+            axes[0, 0].legend(loc="best")
+    return fig
+
+
+def _training_caption(logs: Mapping[str, pd.DataFrame]) -> str:
+    sources = "; ".join(
+        f"{run}: {log.attrs.get('source', 'given log')}" for run, log in logs.items()
+    )
+    return (
+        "Top: what the run achieved, as its trainer logged it (accuracy if logged, else the "
+        "evaluation loss, else the training loss) against step; hollow dots mark the saved "
+        "checkpoints analysed below, each with the last value logged at or before it. Middle: "
+        "alignment of the top-K singular subspaces with the final update (mean of left and "
+        "right, ‖Δ‖_F²-weighted). Bottom: energy in the top-K singular directions per block. "
+        f"One column per run, on one step axis. Logs: {sources}."
+    )
+
+
 def _score_label(history: pd.DataFrame) -> str:
     scorer = history.attrs.get("scorer")
     label = f"score ({scorer})" if scorer else "validation score"
@@ -98,10 +152,12 @@ def draw_figures(
     spectra: Mapping[str, Spectra] | None = None,
     history: pd.DataFrame | None = None,
     errors: pd.DataFrame | None = None,
+    training: Mapping[str, pd.DataFrame] | None = None,
 ) -> tuple[list[Panel], list[str]]:
     """Draw every figure the inputs allow; return them and a note for each one skipped.
 
-    df holds the metrics of one or more runs with a `run` column (Run.analyze plus a label).
+    df holds the metrics of one or more runs with a `run` column (Run.analyze plus a label);
+    training maps a run label to its training log (Run.training_log).
     A figure whose data is missing from df (e.g. no per-layer tensors) is skipped with a note.
     """
     if not isinstance(df, pd.DataFrame) or "run" not in df.columns:
@@ -141,8 +197,17 @@ def draw_figures(
          "points: the top-K subspace is ill-defined there (gap_K < 1e-2).",
          lambda: _alignment(df)),
     ]  # fmt: skip
+    logs = {run: log for run, log in (training or {}).items() if run in runs}
+    if logs:
+        specs.append(("training_and_weights", "What the run learned, and how its weights moved",
+                      _training_caption(logs), lambda: _training(df, runs, logs)))  # fmt: skip
     panels: list[Panel] = []
     notes: list[str] = []
+    if not logs:
+        notes.append(
+            "figure training_and_weights skipped: no training log (trainer_state.json or a metric "
+            "log beside the checkpoints, or --metrics FILE)."
+        )
     for stem, title, caption, draw in specs:
         try:
             panels.append(Panel(stem, title, caption, draw()))
@@ -184,9 +249,12 @@ def write_figures(
     spectra: Mapping[str, Spectra] | None = None,
     history: pd.DataFrame | None = None,
     errors: pd.DataFrame | None = None,
+    training: Mapping[str, pd.DataFrame] | None = None,
 ) -> FigureSet:
     """Draw every figure and save each as PDF, SVG and 200-dpi PNG in out_dir."""
-    panels, notes = draw_figures(df, spectra=spectra, history=history, errors=errors)
+    panels, notes = draw_figures(
+        df, spectra=spectra, history=history, errors=errors, training=training
+    )
     out = FigureSet(notes=notes)
     writable_dir(out_dir)
     for p in panels:
@@ -204,7 +272,10 @@ def make_figures(
     spectra: Mapping[str, Spectra] | None = None,
     history: pd.DataFrame | None = None,
     errors: pd.DataFrame | None = None,
+    training: Mapping[str, pd.DataFrame] | None = None,
 ) -> list[Path]:
     """Save every figure the inputs allow in out_dir; return the written files."""
-    result = write_figures(df, out_dir, spectra=spectra, history=history, errors=errors)
+    result = write_figures(
+        df, out_dir, spectra=spectra, history=history, errors=errors, training=training
+    )
     return [p for paths in result.paths.values() for p in paths]

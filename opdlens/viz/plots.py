@@ -23,6 +23,7 @@ from opdlens.viz.style import (
     new_figure,
     paper_style,
 )
+from opdlens.viz.training import training_curve
 
 __all__ = [
     "GAP_THRESHOLD",
@@ -35,6 +36,7 @@ __all__ = [
     "error_vs_alpha",
     "replay_scores",
     "spectra",
+    "training_curve",
 ]
 
 GAP_THRESHOLD = ILL_DEFINED_GAP  # design.md's gap rule, defined once in analysis.metrics

@@ -18,6 +18,7 @@ import pandas as pd
 from ..analysis.export import final_summary
 from ..inspect_run import describe
 from ..io.paths import writable_dir, write_text_atomic
+from ..io.training_log import choose_metric, log_at_steps
 from ..provenance import versions
 from .export import PNG_DPI
 from .figures import FigureSet, write_figures
@@ -130,7 +131,26 @@ def _checkpoints(rm: RunMetrics) -> tuple[pd.DataFrame, list[str]]:
     return df, []
 
 
-def _summary(rm: RunMetrics) -> str:
+def _training_line(log: pd.DataFrame | None, steps: list[int]) -> str:
+    """Where the run's training curve comes from, and its value at the first and last saved step."""
+    if log is None:
+        return '<p class="meta">Training log: none found (see the warnings).</p>'
+    choice = choose_metric(log)
+    text = (
+        f"Training log: <code>{_e(log.attrs.get('source', 'given'))}</code> "
+        f"({_e(log.attrs.get('format', ''))}, {len(log)} logged steps)"
+    )
+    if choice is not None and steps:
+        column, kind = choice
+        at = log_at_steps(log[["step", column]], [steps[0], steps[-1]])[column].to_numpy()
+        text += (
+            f"; {_e(kind)} <code>{_e(column)}</code> at the first and last saved step "
+            f"({steps[0]}, {steps[-1]}): {_e(_fmt(at[0]))} → {_e(_fmt(at[-1]))}"
+        )
+    return f'<p class="meta">{text}.</p>'
+
+
+def _summary(rm: RunMetrics, log: pd.DataFrame | None = None) -> str:
     df = rm.frame
     final = int(df["step"].max())
     checkpoints, _ = _checkpoints(rm)
@@ -144,6 +164,7 @@ def _summary(rm: RunMetrics) -> str:
     ]
     if not checkpoints.empty:
         parts.append(_table(checkpoints))
+    parts.append(_training_line(log, sorted(int(s) for s in df["step"].unique())))
     parts.append(f"<p>Update share and low-rank energy by block at step {final}:</p>")
     if "update" not in df.columns:
         df = df.assign(update="cumulative")
@@ -214,7 +235,7 @@ def render_report(
         f'<p class="meta">How post-training moved the weights, from the saved checkpoints '
         f"(opdlens {_e(versions()['opdlens'])}). Δ_t = W_t − W_0 per tensor; definitions in "
         "each caption.</p>",
-        "<h2>Run summary</h2>", *(_summary(rm) for rm in sources.runs),
+        "<h2>Run summary</h2>", *(_summary(rm, sources.training.get(rm.label)) for rm in sources.runs),
         "<h2>Figures</h2>", *(_figure(figures, stem) for stem in figures.paths),
         f"<h2>Top {top} tensors by update share at the final step</h2>",
         _top_table(sources.frame, top),
@@ -250,7 +271,7 @@ def write_report(
     if figures is None:
         figures = write_figures(
             sources.frame, out / "figures", spectra=sources.spectra, history=sources.history,
-            errors=sources.errors,
+            errors=sources.errors, training=sources.training,
         )  # fmt: skip
     page = render_report(sources, figures, title=title, top=top, options=options)
     path = out / REPORT_FILE

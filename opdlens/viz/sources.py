@@ -18,6 +18,7 @@ from ..analysis.export import write_analysis
 from ..analysis.linalg import singular_values
 from ..errors import OpdlensError
 from ..io.paths import ensure_outside
+from ..io.training_log import TrainingLogError, read_training_log, run_training_log
 from ..run import Run, open_run
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class Sources:
     spectra: dict[str, Spectra] = field(default_factory=dict)
     history: pd.DataFrame | None = None
     errors: pd.DataFrame | None = None
+    training: dict[str, pd.DataFrame] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -219,6 +221,7 @@ def load_sources(
     trust_pickle: bool = False,
     replay: str | Path | None = None,
     errors: Sequence[str | Path] = (),
+    metrics: Sequence[str | Path] = (),
     spectra_top: int = 6,
     analyze_options: Mapping[str, Any] | None = None,
     progress: bool = False,
@@ -227,6 +230,8 @@ def load_sources(
 
     `base` and `trust_pickle` apply to every run directory; `checkpoints` (step → directory,
     as open_run takes them) to the first path only, which must then be a run directory.
+    Training logs: `metrics` names one per path (in order), else each run's own is looked for
+    beside its checkpoints (Run.training_log); a run without one gets a note, not an error.
 
     Raises:
         FileNotFoundError: a path, replay directory or errors file that does not exist.
@@ -253,6 +258,12 @@ def load_sources(
     # Side inputs first, so a wrong path fails before a long analysis.
     history = load_history(replay) if replay is not None else None
     errs = load_errors(errors) if errors else None
+    if metrics and len(metrics) != len(paths):
+        raise ValueError(
+            f"--metrics names {len(metrics)} training log(s) but {len(paths)} run(s) were given "
+            "(RUN plus each --compare); give one per run, in the same order."
+        )
+    logs = [read_training_log(m) for m in metrics]
     result = Sources(runs=[], history=history, errors=errs)
     for i, (path, label) in enumerate(zip(paths, names, strict=True)):
         if is_metrics_dir(path):
@@ -267,9 +278,33 @@ def load_sources(
         prov = json.loads(prov_file.read_text()) if prov_file.is_file() else {}
         frame = load_metrics(metrics_dir, label)
         result.runs.append(RunMetrics(label, path, metrics_dir, frame, prov, run))
+        _add_training(result, result.runs[-1], logs[i] if logs else None)
         if spectra_top > 0:
             _add_spectra(result, result.runs[-1], spectra_top)
     return result
+
+
+def _checkpoint_dirs(rm: RunMetrics) -> tuple[Path | None, dict[int, Path]]:
+    """The run directory and checkpoint directories behind a run's metrics."""
+    if rm.run is not None:
+        return rm.source, {s: ck.path for s, ck in rm.run.checkpoints.items()}
+    # A metrics directory: the checkpoints its provenance names, and their common parent.
+    dirs = {int(i["step"]): Path(i["path"]) for i in rm.provenance.get("inputs", [])
+            if i.get("step") and i.get("path")}  # fmt: skip
+    parents = {d.parent for d in dirs.values()}
+    return (parents.pop() if len(parents) == 1 else None), dirs
+
+
+def _add_training(result: Sources, rm: RunMetrics, log: pd.DataFrame | None) -> None:
+    if log is None:
+        run_dir, dirs = _checkpoint_dirs(rm)
+        try:
+            log = run_training_log(run_dir, dirs)
+        except TrainingLogError as e:
+            result.notes.append(f"{rm.label}: no training curve: {e}")
+            return
+    result.training[rm.label] = log
+    result.notes += [f"{rm.label}: {w}" for w in log.attrs.get("warnings", [])]
 
 
 def _add_spectra(result: Sources, rm: RunMetrics, n: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,9 @@ def test_report_from_metrics_dir(runs: tuple[Path, Path], tmp_path: Path) -> Non
         (["report", "{opd}", "--out", "{opd}/checkpoint-1/x"], "overlaps the input"),
         (["report", "{opd}", "--out", "{tmp}/o", "--spectra", "-1"], "--spectra takes a count"),
         (["figures", "{opd}", "--replay", "{tmp}", "--out", "{tmp}/o"], "history.csv does not exist"),
+        (["figures", "{opd}", "--metrics", "{tmp}/nope.csv", "--out", "{tmp}/o"], r"nope\.csv: no such file"),
+        (["report", "{opd}", "--compare", "{rl}", "--labels", "A,B", "--metrics", "{tmp}/x.csv",
+          "--out", "{tmp}/o"], r"--metrics names 1 training log\(s\) but 2 run\(s\)"),
     ],
 )  # fmt: skip
 def test_bad_inputs_one_line(runs: tuple[Path, Path], tmp_path: Path, args, message) -> None:
@@ -86,3 +90,26 @@ def test_bad_inputs_one_line(runs: tuple[Path, Path], tmp_path: Path, args, mess
     assert re.search(message, lines[0])
     assert not (opd / "figures").exists() and not (opd / "checkpoint-1" / "x").exists()
     assert not (tmp_path / "o").exists()  # failed before analysing anything
+
+
+@pytest.mark.slow
+def test_figures_take_checkpoint_trust_pickle_and_metrics(
+    runs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    opd, _ = runs
+    headless = tmp_path / "headless"  # the run without its step-0 checkpoint
+    shutil.copytree(
+        opd, headless, ignore=lambda d, names: ["checkpoint-0"] if d == str(opd) else []
+    )
+    log = tmp_path / "log.jsonl"
+    log.write_text(
+        "".join(f'{{"step": {s}, "data": {{"val/accuracy": {0.1 * s}}}}}\n' for s in range(5))
+    )
+    args = ["figures", headless, "--metrics", log, "--spectra", "0", "--ranks", "1", "--workers", "1",
+            "-q", "--trust-pickle"]  # fmt: skip
+    refused = _invoke(*args, "--out", tmp_path / "o1")
+    assert refused.exit_code == 2 and "no base" in refused.stderr
+    result = _invoke(*args, "--checkpoint", f"0={opd / 'checkpoint-0'}", "--out", tmp_path / "o2")
+    assert result.exit_code == 0, result.output
+    assert "training_and_weights" in result.stdout
+    assert (tmp_path / "o2" / "training_and_weights.png").stat().st_size > 1000
