@@ -45,7 +45,11 @@ TensorsOpt = Annotated[
     ),
 ]
 OverwriteOpt = Annotated[
-    bool, typer.Option("--overwrite", help="Replace --out if it exists (never an input).")
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace --out if an opdlens command wrote it (never an input or a symlink).",
+    ),
 ]
 OptRunArg = Annotated[Path | None, typer.Argument(help="Run directory holding checkpoint-<N>/ …")]
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from opdlens.demo.model import TinyLlama, load_model, save_checkpoint
 from opdlens.demo.task import AdditionTask, TrainSampler
+from opdlens.io.paths import atomic_file
 from opdlens.progress import Progress
 
 METRIC_COLUMNS = ("step", "accuracy", "loss", "reward", "reverse_kl")
@@ -244,9 +245,7 @@ def post_train(
 
 
 def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as fh:
+    with atomic_file(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)

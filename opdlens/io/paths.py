@@ -264,6 +264,8 @@ def output_dir(
             old_marker = (path / MARKER).read_text(encoding="utf-8")
         if overwrite and not reuse and old_marker is not None:
             _clear(path)
+        elif old_marker is not None:
+            remove_stale(path, r"\..+", files=True)  # files a killed run of ours left half-written
         write_marker(path, command, complete=False)
     except OSError as e:
         raise output_error(path, e) from None
@@ -307,11 +309,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale(parent: Path, stem: str) -> list[Path]:
+def remove_stale(parent: Path, stem: str, *, files: bool = False) -> list[Path]:
     """Remove temporary directories of dead opdlens processes named after `stem` in `parent`.
 
     `stem` is a regular expression for the output's own name. Only real directories named
-    `<stem>.opdlens-tmp-<pid>-<8 hex>` (or `.opdlens-old-`) whose process is gone are removed.
+    `<stem>.opdlens-tmp-<pid>-<8 hex>` (or `.opdlens-old-`) whose process is gone are removed;
+    with `files`, regular files so named too (what `atomic_file` leaves when killed).
     """
     pattern = re.compile(
         rf"^(?:{stem})(?:{re.escape(TEMP_MARKER)}|{re.escape(OLD_MARKER)})(\d+)-[0-9a-f]{{8}}"
@@ -323,12 +326,16 @@ def remove_stale(parent: Path, stem: str) -> list[Path]:
         return removed
     for entry in entries:
         match = pattern.match(entry.name)
-        if match is None or not entry.is_dir(follow_symlinks=False):
+        is_dir = entry.is_dir(follow_symlinks=False)
+        if match is None or not (is_dir or (files and entry.is_file(follow_symlinks=False))):
             continue
         pid = int(match.group(1))
         if pid == os.getpid() or _alive(pid):
             continue
-        shutil.rmtree(entry.path, ignore_errors=True)
+        if is_dir:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            _unlink_quietly(Path(entry.path))
         logger.info("removed %s, left by process %d which no longer runs", entry.path, pid)
         removed.append(Path(entry.path))
     return removed

@@ -198,8 +198,13 @@ def test_output_dir_claims_marks_and_reuses(tmp_path: Path) -> None:
         assert read_marker(path) is not None and read_marker(path)["complete"] is False
         (path / "metrics.csv").write_text("x")
     assert read_marker(out)["complete"] is True
+    half = out / f".metrics.csv{TEMP_MARKER}{_dead_pid()}-0123abcd"  # left by a killed run
+    busy = out / f".metrics.csv{TEMP_MARKER}{os.getppid()}-0123abcd"
+    half.write_text("half")
+    busy.write_text("half")
     with output_dir(out, "analyze") as path:  # its own directory: re-used, contents kept
         assert (path / "metrics.csv").read_text() == "x"
+        assert not half.exists() and busy.exists()
     empty = tmp_path / "empty"
     empty.mkdir()
     with output_dir(empty, "figures"):
