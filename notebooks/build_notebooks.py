@@ -12,15 +12,28 @@ HERE = Path(__file__).parent
 DEMO = """\
 %matplotlib inline
 import os
+import tempfile
 from pathlib import Path
 
 from opdlens.demo import generate_runs
 
-# The demo's quick OPD and RL runs: reused when OPDLENS_DEMO_DIR already holds them
-# (the notebook test generates them once), trained here otherwise (a few minutes on a CPU).
-demo_dir = Path(os.environ.get("OPDLENS_DEMO_DIR", "opdlens-demo-quick"))
+# Everything this notebook writes goes into one temporary directory, removed by the last cell
+# (or when the kernel exits). The demo's quick OPD and RL runs are reused from
+# OPDLENS_DEMO_DIR when it holds them (the notebook test generates them once), and trained
+# into the temporary directory otherwise (about a minute on a CPU).
+scratch = tempfile.TemporaryDirectory(prefix="opdlens-notebook-")
+demo_dir = Path(os.environ.get("OPDLENS_DEMO_DIR") or Path(scratch.name) / "demo-quick")
 demo = generate_runs(demo_dir, quick=True, progress=False)
 demo"""
+
+
+def cleanup() -> list:
+    """The closing cells: remove the notebook's temporary directory and say which it was."""
+    return [
+        new_markdown_cell("## Clean up\n\nRemove every file this notebook wrote."),
+        new_code_cell('scratch.cleanup()\nprint(f"removed {scratch.name}")'),
+    ]
+
 
 EXPLORE = [
     new_markdown_cell(
@@ -95,6 +108,7 @@ EXPLORE = [
         "{label: float((s[:4] ** 2).sum() / (s**2).sum()) for label, s in sigma.items()}"
         "  # energy_k4, from the spectrum"
     ),
+    *cleanup(),
 ]
 
 EXTRAPOLATION = [
@@ -108,14 +122,13 @@ EXTRAPOLATION = [
     ),
     new_code_cell(DEMO),
     new_code_cell(
-        "import tempfile\n\n"
         "import pandas as pd\n\n"
         "import opdlens\n"
         "from opdlens import plots\n"
         "from opdlens.demo import accuracy\n"
         "from opdlens.extrapolation import extrapolate, replay\n\n"
         "run = opdlens.open_run(demo.opd)\n"
-        'work = Path(tempfile.mkdtemp(prefix="opdlens-extrapolation-"))  # outputs, never in the run\n'
+        'work = Path(scratch.name) / "work"  # outputs, never in the run\n'
         "run.steps"
     ),
     new_markdown_cell(
@@ -167,6 +180,7 @@ EXTRAPOLATION = [
         'tried[["step", "candidate", "multiple", "score", "accepted", column]] '
         "if column in tried else tried"
     ),
+    *cleanup(),
 ]
 
 

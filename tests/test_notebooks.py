@@ -19,6 +19,10 @@ def test_stored_without_outputs(name: str) -> None:
     assert code and all(not c.outputs and c.execution_count is None for c in code)
     source = "\n".join(c.source for c in code)
     assert "opdlens._" not in source and "OPDLENS_DEMO_DIR" in source  # public API, shared demo
+    # Every output goes into one temporary directory that the last cell removes.
+    assert "tempfile.TemporaryDirectory(" in source and "mkdtemp" not in source
+    assert "opdlens-demo-quick" not in source
+    assert code[-1].source.startswith("scratch.cleanup()")
 
 
 @pytest.fixture(scope="session")
@@ -31,15 +35,25 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _tree(path: Path) -> set[Path]:
+    return set(path.rglob("*"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs(name: str, demo_dir: Path, tmp_path: Path, monkeypatch) -> None:
     from nbclient import NotebookClient
 
     monkeypatch.setenv("OPDLENS_DEMO_DIR", str(demo_dir))
+    tmp = tmp_path / "tmp"  # the kernel's temporary directory
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    before = {"notebooks": _tree(NOTEBOOKS), "demo": _tree(demo_dir)}
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = NotebookClient(nb, timeout=900, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}})  # fmt: skip
+                            resources={"metadata": {"path": str(cwd)}})  # fmt: skip
     client.execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type == "error"]  # fmt: skip
@@ -49,4 +63,10 @@ def test_notebook_runs(name: str, demo_dir: Path, tmp_path: Path, monkeypatch) -
     assert plotting and all(
         any("image/png" in o.get("data", {}) for o in c.outputs) for c in plotting
     )  # every cell ending in a plot displayed its figure
-    assert not list(tmp_path.glob("opdlens-demo-quick"))  # the shared demo was used
+    # Nothing left behind: not in the working directory, the notebooks, the demo runs or TMPDIR.
+    last = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
+    removed = Path(last.removeprefix("removed ").strip())
+    assert removed.parent == tmp and removed.name.startswith("opdlens-notebook-")
+    assert not removed.exists() and not list(tmp.glob("opdlens-*"))
+    assert not list(cwd.iterdir())
+    assert _tree(NOTEBOOKS) == before["notebooks"] and _tree(demo_dir) == before["demo"]
