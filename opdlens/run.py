@@ -270,9 +270,14 @@ class Run:
             ]
             if absent:
                 missing[name] = absent
-        for name, absent in missing.items():
+        # One line however many: a header can hold 200k tensors that no other step has.
+        shown = ", ".join(f"{n!r} at step(s) {a}" for n, a in list(missing.items())[:3])
+        if len(missing) == 1:
+            self.warnings.append(f"tensor {shown} is missing; it is left out of the analysis.")
+        elif missing:
             self.warnings.append(
-                f"tensor '{name}' is missing at step(s) {absent}; it is left out of the analysis."
+                f"{len(missing)} tensors are missing at some steps and left out of the analysis, "
+                f"e.g. {shown} (Run.missing lists them all)."
             )
         return missing
 

@@ -1,12 +1,16 @@
-"""Read safetensors files one tensor at a time, with errors that name the file and the fault."""
+"""Read safetensors files one tensor at a time, with errors that name the file and the fault.
+
+A header is accepted only if the safetensors library accepts it too (its own parser runs on
+every file; it maps the file but reads only the header) and it passes opdlens's stricter rules:
+no duplicate JSON keys, dtypes opdlens can read, each entry an object, at most MAX_TENSORS.
+"""
 
 from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -16,12 +20,26 @@ from . import dtypes
 if TYPE_CHECKING:
     import torch
 
-_MAX_HEADER = 100 * 1024 * 1024
+_MAX_HEADER = 100_000_000  # bytes, the safetensors library's own limit
+# Tensors per file: more than any real checkpoint file holds (even a whole 1T-parameter MoE
+# with its FP8 scales in one file would hold about 140k). It bounds what a header can cost
+# (about 3 s and 400 MiB at the limit).
+MAX_TENSORS = 200_000
+# ',', '[' and '{' in a header bound the JSON values it parses into; an entry of a legal
+# header with up to 4 dimensions has about 10.
+_MAX_VALUES = 16 * MAX_TENSORS
+_USIZE = 2**64 - 1  # the library's usize: shapes, offsets and sizes in bits must fit
+_DTYPES = ("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32",
+           "F32", "F64", "I64", "U64")  # fmt: skip
+_ITEMSIZE = {name: dtypes.itemsize(name) for name in _DTYPES}
+# dtypes the safetensors library defines that opdlens does not read (sub-byte, scale, complex).
+_LIBRARY_ONLY = frozenset(
+    {"F4", "F6_E2M3", "F6_E3M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "C64"}
+)
 _PIECE = 8 * 1024 * 1024  # bytes read at a time when converting while reading
 
 
-@dataclass(frozen=True)
-class TensorEntry:
+class TensorEntry(NamedTuple):
     """Where one tensor lives inside a safetensors file."""
 
     key: str
@@ -145,6 +163,7 @@ def _span(entry: TensorEntry, span: tuple[int, int] | None) -> tuple[int, int, t
 
 
 def _parse_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
+    """Validate a header as the safetensors library does (plus opdlens's stricter rules)."""
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found.")
     size = path.stat().st_size
@@ -155,51 +174,186 @@ def _parse_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
         )
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-        if n > min(_MAX_HEADER, size - 8):
+        if n > _MAX_HEADER:
+            raise _corrupt(
+                path, f"header length {n} bytes is above the {_MAX_HEADER} bytes safetensors allows"
+            )
+        if n > size - 8:
             raise CheckpointError(
                 f"{path}: corrupt safetensors header (header length {n} bytes, file {size} bytes); "
                 "the file is truncated or not a safetensors file."
             )
         raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    if not raw.startswith(b"{"):
+        raise _corrupt(path, f"expected a JSON object starting with '{{', found {raw[:16]!r}")
+    values = raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+    if values > _MAX_VALUES:
         raise CheckpointError(
-            f"{path}: corrupt safetensors header (not valid JSON: {e.msg if hasattr(e, 'msg') else e})."
-        ) from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header (expected a JSON object).")
-    metadata = header.pop("__metadata__", None) or {}
-    data_start = 8 + n
+            f"{path}: safetensors header too large to read ({values} JSON separators and "
+            f"containers, more than the {_MAX_VALUES} that {MAX_TENSORS} tensors need); "
+            f"opdlens reads at most {MAX_TENSORS} tensors per file — split it into shards."
+        )
+    entries, metadata = _validate(path, raw, size)
+    refusal = _library_refusal(path)
+    if refusal is not None:
+        raise _corrupt(path, f"the safetensors library refuses it ({refusal})")
+    return entries, metadata
+
+
+def _corrupt(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: corrupt safetensors header: {what}; the file is damaged or was not written "
+        "by a safetensors writer — re-save or re-download it."
+    )
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return d
+
+
+def _describe(value: object) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except RecursionError:
+        return "a deeply nested value"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _validate(path: Path, raw: bytes, size: int) -> tuple[dict[str, TensorEntry], dict[str, str]]:
+    """The safetensors library's checks (tensor.rs `read_metadata`, `validate`), in Python."""
+    try:  # the library's JSON parser refuses deep nesting; so do we (RecursionError)
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique)
+    except UnicodeDecodeError as e:
+        raise _corrupt(path, f"not UTF-8 ({e.reason} at byte {8 + e.start})") from None
+    except (ValueError, RecursionError) as e:
+        what = e.msg if isinstance(e, json.JSONDecodeError) else str(e) or type(e).__name__
+        raise _corrupt(path, f"not valid JSON ({what})") from None
+    except _DuplicateKey as e:
+        raise _corrupt(path, f"the key {e.args[0]!r} appears twice in one JSON object") from None
+    if type(header) is not dict:
+        raise _corrupt(path, f"expected a JSON object, found {type(header).__name__}")
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    elif type(metadata) is not dict or any(type(v) is not str for v in metadata.values()):
+        raise _corrupt(
+            path, f"__metadata__ must be an object of strings, found {_describe(metadata)}"
+        )
+    if len(header) > MAX_TENSORS:
+        raise CheckpointError(
+            f"{path}: {len(header)} tensors in one safetensors file, more than the {MAX_TENSORS} "
+            "opdlens reads per file; split it into shards."
+        )
+    data_start = 8 + len(raw)
     entries: dict[str, TensorEntry] = {}
-    data_end = 0
+    spans: list[tuple[int, int, str]] = []
     for key, info in header.items():
-        try:
-            stored = str(info["dtype"])
-            shape = tuple(int(d) for d in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(
-                f"{path}: corrupt safetensors header entry for '{key}' ({info!r})."
-            ) from None
-        if not dtypes.known(stored):
-            raise CheckpointError(
-                f"{path}: tensor '{key}' has dtype {stored!r}, which safetensors does not define."
-            )
+        if type(info) is not dict:
+            raise _bad_entry(path, key, info)
+        stored, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        itemsize = _ITEMSIZE.get(stored) if type(stored) is str else None
+        if itemsize is None or type(shape) is not list or type(offsets) is not list:
+            raise _bad_entry(path, key, info)
+        if len(offsets) != 2:
+            raise _bad_offsets(path, key, offsets)
+        begin, end = offsets
+        if type(begin) is not int or type(end) is not int or not 0 <= begin <= _USIZE:
+            raise _bad_offsets(path, key, offsets)
+        if not 0 <= end <= _USIZE:
+            raise _bad_offsets(path, key, offsets)
         numel = 1
         for d in shape:
+            if type(d) is not int or d < 0:
+                raise _corrupt(
+                    path, f"tensor {key!r} has shape {_describe(shape)}; expected a list of "
+                    "whole numbers ≥ 0"
+                )  # fmt: skip
             numel *= d
-        itemsize = dtypes.itemsize(stored)
-        if end < begin or end - begin != numel * itemsize:
-            raise CheckpointError(
-                f"{path}: corrupt safetensors header: tensor '{key}' of shape {list(shape)} "
-                f"needs {numel * itemsize} bytes but its offsets span {end - begin}."
-            )
-        data_end = max(data_end, end)
-        entries[key] = TensorEntry(key, stored, shape, data_start + begin, data_start + end)
-    if data_start + data_end > size:
+            if numel > _USIZE:  # the library's checked multiplication, left to right
+                raise _corrupt(path, f"tensor {key!r} has shape {shape}, too large to address")
+        if numel * itemsize * 8 > _USIZE:
+            raise _corrupt(path, f"tensor {key!r} has shape {shape}, too large to address")
+        if end - begin != numel * itemsize:
+            raise _corrupt(
+                path, f"tensor {key!r} of shape {shape} and dtype {stored} needs "
+                f"{numel * itemsize} bytes but its data_offsets {offsets} span {end - begin}"
+            )  # fmt: skip
+        spans.append((begin, end, key))
+        entries[key] = TensorEntry(key, stored, tuple(shape), data_start + begin, data_start + end)
+    spans.sort()
+    at = 0
+    for begin, end, key in spans:
+        if begin != at:
+            what = "overlaps the tensor before it" if begin < at else f"leaves a gap after {at}"
+            raise _corrupt(
+                path, f"tensor {key!r} has data_offsets [{begin}, {end}], which {what}; tensors "
+                "must tile the data section from 0 without gaps or overlaps"
+            )  # fmt: skip
+        at = end
+    if data_start + at > size:
         raise CheckpointError(
             f"{path}: truncated safetensors file ({size} bytes on disk, the header needs "
-            f"{data_start + data_end}); it was cut short or is still being written."
+            f"{data_start + at}); it was cut short or is still being written."
         )
-    return entries, {str(k): str(v) for k, v in metadata.items()}
+    if data_start + at < size:
+        raise _corrupt(
+            path, f"{size - data_start - at} bytes after the last tensor's data (the file is "
+            f"{size} bytes, the header accounts for {data_start + at})"
+        )  # fmt: skip
+    return entries, metadata
+
+
+def _bad_entry(path: Path, key: str, info: object) -> CheckpointError:
+    """The error for a tensor entry that is not an object with the three fields, right types."""
+    if type(info) is dict:
+        missing = [f for f in ("dtype", "shape", "data_offsets") if f not in info]
+        if missing:
+            return _corrupt(path, f"tensor {key!r} has no {' or '.join(missing)}")
+        if type(info["dtype"]) is not str or info["dtype"] not in _ITEMSIZE:
+            return _bad_dtype(path, key, info["dtype"])
+        if type(info["shape"]) is not list:
+            return _corrupt(
+                path, f"tensor {key!r} has shape {_describe(info['shape'])}; expected a list"
+            )
+        return _bad_offsets(path, key, info["data_offsets"])
+    return _corrupt(
+        path, f"tensor {key!r} must be an object with dtype, shape and data_offsets, "
+        f"found {_describe(info)}"
+    )  # fmt: skip
+
+
+def _bad_offsets(path: Path, key: str, offsets: object) -> CheckpointError:
+    return _corrupt(
+        path, f"tensor {key!r} has data_offsets {_describe(offsets)}; expected [begin, end], "
+        "two whole numbers from 0 to 2**64-1"
+    )  # fmt: skip
+
+
+def _bad_dtype(path: Path, key: str, stored: object) -> CheckpointError:
+    if type(stored) is str and stored in _LIBRARY_ONLY:
+        why = "a safetensors dtype opdlens cannot read"
+    else:
+        why = "not a safetensors dtype; the header is corrupt"
+    return CheckpointError(
+        f"{path}: tensor {key!r} has dtype {_describe(stored)} ({why}); expected one of "
+        f"{', '.join(_DTYPES)}. Convert the tensor to one of them before analysing it."
+    )
+
+
+def _library_refusal(path: Path) -> str | None:
+    """The safetensors library's objection to the file's header, or None when it accepts it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "np"):  # parses the header; maps but never reads the data
+            return None
+    except (SafetensorError, OSError) as e:
+        return " ".join(str(e).removeprefix("Error while deserializing header: ").split())
