@@ -17,6 +17,8 @@ NON_WEIGHT_FILES = re.compile(
     r"scaler\.pt|latest|zero_to_fp32\.py|.*\.lock)$"
 )
 _SHARD_ST = re.compile(r"^model-\d+-of-\d+\.safetensors$")
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}  # fmt: skip
 _RANK_FILE = re.compile(r"^model_world_size_\d+_rank_\d+\.pt$")
 
 
@@ -95,9 +97,19 @@ def read_config(det: Detected) -> dict[str, object]:
         return {}
     path = det.config_dir / "config.json"
     try:
-        cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{path}: not valid JSON.") from None
+        cfg = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError included
+        why = e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__
+        raise CheckpointError(
+            f"{path}: not valid JSON ({why}); expected the model's config as a JSON object — "
+            "restore it from the base model or delete it."
+        ) from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(
+            f"{path}: expected a JSON object (the model's config), found a JSON "
+            f"{_JSON_TYPES.get(type(cfg), type(cfg).__name__)}; restore it from the base model "
+            "or delete it."
+        )
     text = cfg.get("text_config")
     if isinstance(text, dict):  # multimodal configs keep the language model's fields here
         cfg = {**cfg, **{k: v for k, v in text.items() if k not in cfg or k == "model_type"}}

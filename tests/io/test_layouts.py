@@ -156,3 +156,29 @@ def test_verl_plain_tensor_every_rank_holds_whole_is_not_doubled(tmp_path):
     assert torch.equal(run.checkpoint(3).tensor(name), inv_freq * 4)
     # Row blocks that differ are still joined.
     assert run.checkpoint(3).spec("model.embed_tokens.weight").shape == (101, 32)
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [("[1, 2]", "found a JSON array"), ("7", "found a JSON number"), ("null", "found a JSON null"),
+     ('{"model_type": "llama",', "not valid JSON"), ("[" * 100_000, "not valid JSON"),
+     (b"\xff\xfe{}", "not valid JSON")],
+    ids=["array", "number", "null", "cut-short", "deep", "not-utf8"],
+)  # fmt: skip
+def test_config_that_is_not_an_object_is_refused_in_one_line(hf_run, tmp_path, text, found):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from opdlens.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(hf_run("llama"), run)
+    config = run / "checkpoint-2" / "config.json"
+    config.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(opdlens.CheckpointError, match=rf"config\.json: .*{found}.*restore it"):
+        opdlens.open_run(run)
+    result = CliRunner().invoke(app, ["scan", str(run)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(config) in lines[0] and found in lines[0], result.stderr
