@@ -88,14 +88,27 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar."
 
 def parse_checkpoints(items: list[str] | None) -> dict[int, Path]:
     """Parse repeated STEP=PATH options."""
+    from ..io.discover import MAX_STEP
+
     out: dict[int, Path] = {}
     for item in items or []:
         step, sep, path = item.partition("=")
-        if not sep or not step.strip().isdigit() or not path:
+        digits = step.strip()
+        if not sep or not path or not (digits.isascii() and digits.isdigit()):
             raise OpdlensError(
-                f"--checkpoint takes STEP=PATH with a whole-number step; got '{item}'."
+                f"--checkpoint takes STEP=PATH with a whole-number step in digits 0-9; got {item!r}."
             )
-        out[int(step)] = Path(path)
+        if len(digits.lstrip("0")) > len(str(MAX_STEP)) or int(digits) > MAX_STEP:
+            raise OpdlensError(
+                f"--checkpoint {item!r}: the step is larger than {MAX_STEP}, the largest step "
+                "opdlens can store; give the training step the checkpoint was saved at."
+            )
+        if int(digits) in out:
+            raise OpdlensError(
+                f"--checkpoint gives step {int(digits)} twice ({out[int(digits)]} and {path}); "
+                "give each step once."
+            )
+        out[int(digits)] = Path(path)
     return out
 
 

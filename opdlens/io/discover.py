@@ -7,22 +7,30 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 
-# Step-directory names the supported trainers write, most specific first.
+# Step-directory names the supported trainers write, most specific first. Steps are ASCII
+# digits only: `\d` would also read '٣' (Arabic-Indic three) as 3.
 STEP_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("hf-trainer", re.compile(r"^checkpoint-(\d+)$")),
-    ("verl", re.compile(r"^global_step_(\d+)$")),
-    ("openrlhf-hf", re.compile(r"^global_step(\d+)_hf$")),
-    ("named-step", re.compile(r"^(?:.+[-_])?step[-_](\d+)$")),
-    ("iter", re.compile(r"^iter_(\d+)$")),
+    ("hf-trainer", re.compile(r"^checkpoint-([0-9]+)$")),
+    ("verl", re.compile(r"^global_step_([0-9]+)$")),
+    ("openrlhf-hf", re.compile(r"^global_step([0-9]+)_hf$")),
+    ("named-step", re.compile(r"^(?:.+[-_])?step[-_]([0-9]+)$")),
+    ("iter", re.compile(r"^iter_([0-9]+)$")),
 )
+# The same names with any Unicode digit, to warn about directories that only look like steps.
+_LOOKALIKES = tuple(re.compile(p.pattern.replace("[0-9]", r"\d")) for _, p in STEP_PATTERNS)
+MAX_STEP = 2**63 - 1  # steps are stored as int64 (DataFrames, Parquet, provenance)
 
 
 def step_of(name: str) -> int | None:
-    """The training step a directory name encodes, or None."""
+    """The training step a directory name encodes, or None; ValueError beyond MAX_STEP."""
     for _, pattern in STEP_PATTERNS:
-        m = pattern.match(name)
+        m = pattern.fullmatch(name)  # not `match`: '$' also matches before a final newline
         if m:
-            return int(m.group(1))
+            digits = m.group(1).lstrip("0") or "0"
+            if len(digits) > len(str(MAX_STEP)) or int(digits) > MAX_STEP:
+                shown = digits if len(digits) <= 30 else f"{digits[:12]}…({len(digits)} digits)"
+                raise ValueError(f"step {shown} is larger than {MAX_STEP}")
+            return int(digits)
     return None
 
 
@@ -38,8 +46,19 @@ def discover(run_dir: Path) -> tuple[dict[int, Path], list[str]]:
     for child in sorted(run_dir.iterdir()):
         if not child.is_dir():
             continue
-        step = step_of(child.name)
+        try:
+            step = step_of(child.name)
+        except ValueError as e:
+            raise CheckpointError(
+                f"{child}: {e}, the largest step opdlens can store; rename the directory or map "
+                "it with --checkpoint STEP=PATH."
+            ) from None
         if step is None:
+            if any(p.fullmatch(child.name) for p in _LOOKALIKES):
+                warnings.append(
+                    f"{child}: ignored; its name looks like a step directory but the step is "
+                    "not written in ASCII digits 0-9 (map it with --checkpoint STEP=PATH)."
+                )
             continue
         if step in steps:
             raise CheckpointError(
@@ -49,8 +68,8 @@ def discover(run_dir: Path) -> tuple[dict[int, Path], list[str]]:
         steps[step] = child
     latest = run_dir / "latest_checkpointed_iteration.txt"
     if latest.is_file():
-        text = latest.read_text().strip()
-        if text.isdigit() and int(text) not in steps:
+        text = latest.read_text(errors="replace").strip()
+        if text.isascii() and text.isdigit() and len(text) < 20 and int(text) not in steps:
             warnings.append(
                 f"{latest}: names step {text}, which has no global_step_{text} directory."
             )
