@@ -77,7 +77,8 @@ def training_curve(
             "eval loss": "evaluation loss",
             "train loss": "training loss",
         }
-        ax.set_ylabel(f"{what.get(kind, 'logged metric')}\n{column}")
+        name = what.get(kind, "logged metric")
+        ax.set_ylabel(name if column.lower() == name else f"{name}\n{column}")
         ax.set_xlabel("training step $t$")
         if kind == "accuracy" and np.nanmax(values[column].to_numpy(dtype="float64")) <= 1.0:
             ax.set_ylim(bottom=0.0)
