@@ -30,6 +30,7 @@ class Progress:
         self._last = self._start
         self._tty = sys.stderr.isatty()
         self._finished = False
+        self._drawn = False
 
     def update(self, n: int = 1) -> None:
         self.done += n
@@ -43,9 +44,20 @@ class Progress:
             self._write(self._line(now), final=False)
 
     def close(self) -> None:
-        """End the bar: its final state if the work stopped before `total`, else nothing more."""
-        if self.enabled and not self._finished:
+        """End the bar: its final state if the work stopped before `total`, else nothing more.
+
+        Called while an exception is on its way out (a `finally`), it only ends the line on a
+        terminal: the error message that follows says what happened, not a final state.
+        """
+        if not self.enabled or self._finished:
+            return
+        if sys.exc_info()[0] is None:
             self._finish(time.monotonic())
+            return
+        self._finished = True
+        if self._tty and self._drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
 
     def _finish(self, now: float) -> None:
         self._finished = True
@@ -66,6 +78,7 @@ class Progress:
         return f"{self.desc} [{'#' * _WIDTH}] {self.done}/{self.total}{early} in {elapsed:.1f}s"
 
     def _write(self, line: str, *, final: bool) -> None:
+        self._drawn = True
         if self._tty:
             # \033[K clears what a longer previous draw left at the end of the line.
             sys.stderr.write(f"\r{line}\033[K" + ("\n" if final else ""))

@@ -84,6 +84,24 @@ def test_terminal_redraws_in_place_and_completes_early_work(
     assert draws[-1].startswith(f"demo sft [{'#' * 24}] 200/2000 (ended early)")
 
 
+def test_an_error_leaves_no_final_state(monkeypatch: pytest.MonkeyPatch, clock: _Clock) -> None:
+    def failing(n: int):
+        for i in range(n):
+            if i == 5:
+                raise ValueError("bad file")
+            clock.now += 0.2
+            yield i
+
+    for term, expected in ((io.StringIO(), ""), (_Terminal(), "\n")):
+        monkeypatch.setattr(sys, "stderr", term)
+        with pytest.raises(ValueError, match="bad file"):
+            for _ in track(failing(10), 10, "analyze"):
+                pass
+        text = term.getvalue()
+        assert "ended early" not in text and text.endswith(expected)
+        assert text.count("\n") == len(expected)  # the error message starts on a fresh line
+
+
 def test_disabled_bar_is_silent(capsys: pytest.CaptureFixture[str]) -> None:
     bar = Progress(5, "quiet", enabled=False)
     for _ in range(3):
