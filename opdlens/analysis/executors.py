@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -12,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .._memory import release_freed_buffers
+from .._workers import PoolContext
 from ..errors import OpdlensError
 from ..run import Run, open_run
 from .cache import FactorCache
@@ -64,19 +64,31 @@ def _init_local(threads: int) -> None:
 def iter_local(
     job: Job, names: Sequence[str], run: Run, workers: int
 ) -> Iterator[tuple[str, TensorResult]]:
-    """Yield (name, result) as tasks finish: inline for one worker, else a spawn process pool."""
+    """Yield (name, result) as tasks finish: inline for one worker, else a spawn process pool.
+
+    Workers never re-run the caller's __main__, ignore Ctrl-C and die with this process. If the
+    loop stops early (Ctrl-C, an error, the consumer gives up), queued tasks are cancelled and
+    the workers killed at once instead of finishing every queued tensor.
+    """
     if workers <= 1:
         for name in names:
             yield run_task(job, name, run)
         return
-    ctx = multiprocessing.get_context("spawn")
+    ctx = PoolContext()
     # One BLAS thread per worker: oversubscribed small SVDs are many times slower on few cores.
-    with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_local, initargs=(1,)
-    ) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_local, initargs=(1,))
+    finished = False
+    try:
         futures = [pool.submit(run_task, job, name) for name in names]
         for fut in as_completed(futures):
             yield fut.result()
+        finished = True
+    finally:
+        if finished:
+            pool.shutdown(wait=True)
+        else:
+            pool.shutdown(wait=False, cancel_futures=True)
+            ctx.kill_workers()
 
 
 def iter_ray(

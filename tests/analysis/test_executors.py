@@ -1,15 +1,22 @@
-"""Executors: a spawn pool and Ray give exactly what the inline loop gives."""
+"""Executors: a spawn pool and Ray give what the inline loop gives; pool workers end with analyze."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from checkpoints import write_state_dir
 from planted import RANKS, SMALL_CONFIG, small_states, write_state_run
 
 from opdlens import OpdlensError, open_run
+from opdlens.io.paths import read_marker
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +61,133 @@ def test_bad_executor_options(run_root):
         run.analyze(RANKS, address="ray://head:10001")
     with pytest.raises(ValueError, match="'workers' parameter must be ≥ 1"):
         run.analyze(RANKS, workers=0)
+
+
+# -- worker processes: they die with their parent, and Ctrl-C stops everything at once ------
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+@pytest.fixture(scope="module")
+def busy_run(tmp_path_factory) -> Path:
+    """40 matrices of 256×256 at 5 steps: several seconds of work for two workers."""
+    root = tmp_path_factory.mktemp("busy")
+    g = torch.Generator().manual_seed(0)
+    base = {f"model.layers.{i}.mlp.down_proj.weight": torch.randn(256, 256, generator=g)
+            for i in range(40)}  # fmt: skip
+    for s in (0, 1, 2, 4, 8):
+        state = {k: w + 0.01 * s * torch.randn(w.shape, generator=g) for k, w in base.items()}
+        write_state_dir(root / f"checkpoint-{s}", state, config=SMALL_CONFIG)
+    return root
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc/*/stat; /proc/<pid>/task/*/children may be absent)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; nobody may reap it in a container
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        return b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _wait_for(condition, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def _start_analyze(run: Path, out: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "opdlens", "analyze", str(run), "--out", str(out),
+           "--workers", "2", "--quiet"]  # fmt: skip
+    # Its own process group, so that a Ctrl-C (SIGINT to the group) reaches only it and its workers.
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+
+
+def _two_workers(proc: subprocess.Popen) -> list[int]:
+    assert _wait_for(lambda: len([k for k in _children(proc.pid) if _is_worker(k)]) == 2, 120)
+    return _children(proc.pid)
+
+
+def _busy(out: Path) -> bool:
+    """A worker has finished a tensor: the cache holds its index and at least one entry."""
+    cache = out / "cache"
+    return cache.is_dir() and len([p for p in cache.iterdir() if not p.name.startswith(".")]) >= 2
+
+
+def _reap(proc: subprocess.Popen, kids: list[int]) -> None:
+    for pid in [proc.pid, *kids]:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    proc.communicate()
+
+
+@linux_only
+def test_workers_die_within_seconds_of_a_killed_parent(busy_run, tmp_path):
+    out = tmp_path / "out"
+    proc = _start_analyze(busy_run, out)
+    kids: list[int] = []
+    try:
+        kids = _two_workers(proc)  # the two workers and multiprocessing's resource tracker
+        assert _wait_for(lambda: _busy(out), 120)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        t = time.monotonic()
+        assert _wait_for(lambda: not any(_alive(k) for k in kids), 5), [
+            Path(f"/proc/{k}/cmdline").read_bytes()[:60] for k in kids if _alive(k)
+        ]
+        assert time.monotonic() - t < 2.5
+    finally:
+        _reap(proc, kids)
+
+
+@linux_only
+@pytest.mark.parametrize("when", ["starting", "busy"])
+def test_ctrl_c_stops_at_once_with_one_line(busy_run, tmp_path, when):
+    out = tmp_path / "out"
+    proc = _start_analyze(busy_run, out)
+    kids: list[int] = []
+    try:
+        # "starting": the workers are still importing torch; "busy": they are sweeping tensors.
+        kids = _two_workers(proc)
+        if when == "busy":
+            assert _wait_for(lambda: _busy(out), 120)
+        t = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        _, stderr = proc.communicate(timeout=30)
+        # The parent stops at once; exiting includes torch's own teardown (~1.5 s here).
+        assert time.monotonic() - t < 5, stderr
+        assert proc.returncode == 130
+        assert "Traceback" not in stderr and len(stderr.splitlines()) == 1, stderr
+        assert stderr.startswith("opdlens: interrupted")
+        assert _wait_for(lambda: not any(_alive(k) for k in kids), 5)
+        assert not any(
+            (out / f).exists() for f in ("metrics.parquet", "metrics.csv", "provenance.json")
+        )
+        marker = read_marker(out)
+        assert marker is None or marker["complete"] is False
+    finally:
+        _reap(proc, kids)

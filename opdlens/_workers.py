@@ -1,0 +1,119 @@
+"""Local pool workers that skip the caller's __main__, ignore Ctrl-C and die with their parent.
+
+Kept free of torch imports: a worker runs `_arrive` while it is unpickled, before it imports
+the heavy modules its tasks need (seconds of torch import on a busy machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+import types
+from collections.abc import Iterator
+from multiprocessing.context import SpawnContext, SpawnProcess
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_BLOCKABLE = hasattr(signal, "pthread_sigmask")
+_LAUNCH_LOCK = threading.Lock()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Exit as soon as process `parent` dies, even by SIGKILL, instead of idling for minutes."""
+    if sys.platform.startswith("linux"):
+        try:
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+            armed = prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+        if armed:
+            if os.getppid() != parent:  # the parent died before the signal was armed
+                os._exit(1)
+            return
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.25)
+    os._exit(1)
+
+
+def _arrive(parent: int) -> WorkerProcess:
+    """Unpickle a worker in its own process: first ignore Ctrl-C and tie it to `parent`."""
+    # Ctrl-C reaches the whole process group; the parent alone handles it. Ignoring SIGINT also
+    # discards one that arrived while it was still blocked from launch (see _launching).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if _BLOCKABLE:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _die_with_parent(parent)
+    return WorkerProcess.__new__(WorkerProcess)
+
+
+@contextlib.contextmanager
+def _launching() -> Iterator[None]:
+    """While a worker is launched: hide the caller's __main__ and block SIGINT in this thread.
+
+    A spawned child re-runs the parent's __main__ before it unpickles its task, which fails for
+    stdin ('<stdin>') and re-runs a script without an `if __name__ == "__main__":` guard
+    (multiprocessing's "bootstrapping phase" error). Pool tasks live in opdlens, so workers need
+    nothing from __main__. The child inherits the blocked SIGINT, so a Ctrl-C while it starts
+    stays pending until `_arrive` discards it: no traceback from a half-started worker.
+    """
+    with _LAUNCH_LOCK:
+        main = sys.modules.get("__main__")
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if _BLOCKABLE else None
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
+            if old_mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+class WorkerProcess(SpawnProcess):
+    """A spawned pool worker (see the module docstring).
+
+    On Linux it gets SIGKILL when the thread that started it ends, so start it from the thread
+    that also shuts the pool down (as ProcessPoolExecutor does with the spawn method).
+    """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # (callable, args, state): the child calls _arrive before it unpickles the state,
+        # which imports the task's modules.
+        return _arrive, (os.getpid(),), self.__dict__
+
+    @staticmethod
+    def _Popen(process_obj: WorkerProcess) -> object:  # noqa: N802  (multiprocessing's name)
+        with _launching():
+            popen = SpawnProcess._Popen(process_obj)
+            # Kept before SIGINT is unblocked: a Ctrl-C right here must not orphan the worker.
+            process_obj._opdlens_popen = popen  # type: ignore[attr-defined]
+        return popen
+
+
+class PoolContext(SpawnContext):
+    """A spawn context for ProcessPoolExecutor whose workers can all be killed at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.processes: list[WorkerProcess] = []
+
+    def Process(self, *args: object, **kwargs: object) -> WorkerProcess:  # noqa: N802
+        proc = WorkerProcess(*args, **kwargs)  # type: ignore[arg-type]
+        self.processes.append(proc)
+        return proc
+
+    def kill_workers(self) -> None:
+        """SIGKILL every worker still running; their tasks are abandoned."""
+        for proc in self.processes:
+            popen = getattr(proc, "_opdlens_popen", None)
+            if popen is not None and popen.poll() is None:
+                with contextlib.suppress(OSError):
+                    popen.kill()
