@@ -25,3 +25,10 @@ class ScorerError(OpdlensError):
 
 class OutputError(OpdlensError, OSError):
     """An output that cannot be written: a read-only or full file system (also an OSError)."""
+
+
+class UnknownTensorError(OpdlensError, KeyError):
+    """A tensor name the run does not hold (also a KeyError, for `except KeyError`)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""  # KeyError would repr() the message

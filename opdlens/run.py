@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import functools
 import logging
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -10,7 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeGuard
 
-from .errors import CheckpointError, IncompleteCheckpointError, OpdlensError
+from .errors import (
+    CheckpointError,
+    IncompleteCheckpointError,
+    OpdlensError,
+    UnknownTensorError,
+)
 from .io import dtypes
 from .io.discover import discover
 from .io.layouts import detect, open_source, read_config
@@ -147,8 +154,22 @@ class Run:
         return self.checkpoints[step]
 
     def module(self, name: str) -> ModuleInfo:
-        """Layer, block and kind of a tensor (design.md)."""
+        """Layer, block and kind of a tensor of this run (design.md).
+
+        Raises:
+            UnknownTensorError: the run holds no tensor of that name (close names are listed).
+        """
+        if name not in self._known_names:
+            where = self.open_args.get("path") or self.base.path
+            raise UnknownTensorError(
+                _unknown_tensor_message(name, sorted(self._known_names), where)
+            )
         return classify(name, model_type=self._model_type)
+
+    @functools.cached_property
+    def _known_names(self) -> frozenset[str]:
+        """The common tensors and those missing from some step."""
+        return frozenset(self.tensor_names) | frozenset(self.missing)
 
     def select(self, patterns: Iterable[str] | None = None) -> list[str]:
         """Tensor names matching any of the glob patterns (all common tensors when None)."""
@@ -217,7 +238,14 @@ class Run:
         cache_dir: str | Path | None = None,
         progress: bool = False,
     ) -> pd.DataFrame:
-        """Metrics of design.md for every (step, tensor[, expert, part]) as a tidy DataFrame."""
+        """Metrics of design.md for every (step, tensor[, expert, part]) as a tidy DataFrame.
+
+        `workers` processes sweep the tensors (default: one per core; 1 sweeps in this process).
+        They are fresh interpreters that never re-run your `__main__`, so this works as typed in
+        a notebook, a script without an `if __name__ == "__main__":` guard, `python -` (stdin)
+        and `python -c`. They ignore Ctrl-C, which stops the whole sweep at once, and they exit
+        when this process dies.
+        """
         from .analysis.analyze import analyze
 
         return analyze(
@@ -315,6 +343,18 @@ class PartialRunError(CheckpointError):
     ) -> None:
         super().__init__(message)
         self.found, self.missing, self.warnings = dict(found), missing, list(warnings)
+
+
+def _unknown_tensor_message(name: str, known: Sequence[str], where: object) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    if close:
+        hint = "close names: " + ", ".join(repr(c) for c in close)
+    else:
+        hint = f"names look like {known[0]!r}" if known else "it holds no tensors"
+    return (
+        f"The run {where} has no tensor named {name!r}; {hint}. "
+        "Run.tensor_names lists every tensor of the run."
+    )
 
 
 def open_run(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from checkpoints import write_state_dir
 
 import opdlens
+from opdlens.errors import OpdlensError, UnknownTensorError
 
 
 def _state(seed: int) -> dict[str, torch.Tensor]:
@@ -75,3 +77,24 @@ def test_select_and_module(hf_run):
     assert len(chosen) == 7 and all(".mlp." in n or n == "lm_head.weight" for n in chosen)
     assert run.select() == run.tensor_names
     assert run.checkpoint(4).dtype == "bfloat16"
+
+
+def test_module_of_a_name_not_in_the_run_lists_close_names(tmp_path):
+    for s in (0, 1):
+        st = _state(s)
+        if s == 1:
+            del st["model.norm.weight"]  # in the run, though missing at step 1
+        write_state_dir(tmp_path / f"checkpoint-{s}", st)
+    run = opdlens.open_run(tmp_path)
+    assert run.module("model.norm.weight").block == "norm"
+    typo = "model.layers.7.mlp.down_proj.weight"  # the demo has fewer layers
+    with pytest.raises(UnknownTensorError, match=r"no tensor named 'model\.layers\.7\.mlp\.down_proj"
+                       r"\.weight'; close names: 'model\.layers\.0\.mlp\.down_proj\.weight'"):  # fmt: skip
+        run.module(typo)
+    with pytest.raises(KeyError):  # also what `except KeyError` expects
+        run.module(typo)
+    with pytest.raises(OpdlensError, match="no tensor named 'zzz'; names look like 'model\\."):
+        run.module("zzz")
+    with pytest.raises(OpdlensError) as err:
+        run.module("zzz")
+    assert str(err.value).startswith("The run ")  # one plain line, not KeyError's repr()
