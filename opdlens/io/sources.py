@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import pickle
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -14,10 +12,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import CheckpointError, IncompleteCheckpointError, UnsafePickleError
+from ..errors import CheckpointError, IncompleteCheckpointError
 from ..names import canonical_name
 from . import dtypes
+from .pickles import load_pickle
 from .stfile import SafetensorsFile
+from .weightfiles import index_shards, regular_file
 
 if TYPE_CHECKING:
     import torch
@@ -118,6 +118,7 @@ class SafetensorsSource(TensorSource):
         self._where: dict[str, tuple[SafetensorsFile, str]] = {}
         self.specs = {}
         for path in self.files:
+            regular_file(path)
             st = SafetensorsFile(path)
             for name, key in _canonical_map(st.keys(), path).items():
                 if name in self._where:
@@ -157,53 +158,8 @@ class SafetensorsSource(TensorSource):
 
 
 def _read_index(index: Path) -> list[str]:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-        raise CheckpointError(
-            f"{index}: not a valid index (expected JSON with a 'weight_map' object)."
-        ) from None
-    shards = sorted(set(weight_map.values()))
-    missing = [s for s in shards if not (index.parent / s).is_file()]
-    if missing:
-        raise IncompleteCheckpointError(
-            f"{index.parent}: the index names {len(missing)} shard(s) that are not there "
-            f"({', '.join(missing[:3])}); the checkpoint is incomplete or still being written."
-        )
-    return shards
-
-
-def load_pickle(path: Path, trust_pickle: bool) -> dict[str, object]:
-    """torch.load a .bin/.pt with weights_only=True, memory-mapped; refuse what needs code."""
-    import torch.distributed.tensor  # noqa: F401  (registers DTensor for weights_only loads)
-
-    logging.getLogger("torch.distributed.device_mesh").setLevel(logging.ERROR)
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
-    except pickle.UnpicklingError as e:
-        if not trust_pickle:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UnsafePickleError(
-                f"{path}: this pickle cannot be loaded safely (weights_only=True refused it: "
-                f"{first[:160]}). Only if you trust where it came from, pass --trust-pickle "
-                "(Python: trust_pickle=True)."
-            ) from None
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except (EOFError, RuntimeError, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"{path}: cannot read this PyTorch file ({str(e).splitlines()[0][:160]}); "
-            "it is truncated, corrupt or still being written."
-        ) from None
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: expected a state dict (a mapping of names to tensors).")
-    return {str(k): v for k, v in obj.items()}
+    """The shard names of a `*.safetensors.index.json` / `*.bin.index.json` (see `index_shards`)."""
+    return index_shards(index, Path(index.name.removesuffix(".index.json")).suffix)
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -224,31 +180,42 @@ def _local(t: object) -> torch.Tensor:
     return t._local_tensor if isinstance(t, DTensor) else t  # type: ignore[return-value]
 
 
+def _spec_of(t: torch.Tensor, path: Path, key: str) -> Spec:
+    """The Spec of a loaded tensor; refuse layouts and dtypes opdlens cannot read."""
+    import torch
+
+    if t.layout != torch.strided or t.device.type == "meta":
+        raise CheckpointError(
+            f"{path}: tensor '{key}' is a {t.layout} tensor on {t.device}; opdlens reads dense "
+            "CPU tensors. Re-save the checkpoint with dense weights."
+        )
+    try:
+        return Spec(tuple(t.shape), dtypes.from_torch(t.dtype))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: tensor '{key}': {e}") from None
+
+
 class PickleSource(TensorSource):
     """`pytorch_model.bin` (or shards listed by its index), loaded memory-mapped."""
 
     def __init__(self, files: list[Path], config: Mapping[str, object], trust_pickle: bool) -> None:
-        import torch
-
         self.files = list(files)
         self._tensors: dict[str, torch.Tensor] = {}
+        self.specs = {}
         seen_storage: dict[int, str] = {}
         self.tied = []
         for path in self.files:
             sd = load_pickle(path, trust_pickle)
             for name, key in _canonical_map(list(sd), path).items():
                 t = sd[key]
-                if not isinstance(t, torch.Tensor):
-                    continue
+                spec = _spec_of(t, path, key)
                 ptr = t.untyped_storage().data_ptr() if t.numel() else -1
                 if ptr in seen_storage and ptr != -1 and name == "lm_head.weight":
                     self.tied.append(name)  # torch.save keeps tied weights as one storage
                     continue
                 seen_storage.setdefault(ptr, name)
                 self._tensors[name] = t
-        self.specs = {
-            n: Spec(tuple(t.shape), dtypes.from_torch(t.dtype)) for n, t in self._tensors.items()
-        }
+                self.specs[name] = spec
         self.tied += _drop_tied(self.specs, config)
 
     def read(self, name: str) -> torch.Tensor:
@@ -258,87 +225,150 @@ class PickleSource(TensorSource):
 _RANK_FILE = re.compile(r"model_world_size_(\d+)_rank_(\d+)\.pt$")
 
 
+def _rank_files(files: list[Path]) -> list[Path]:
+    """verl rank files ordered by rank; refuse mixed world sizes, duplicate or missing ranks."""
+    ranks: dict[int, Path] = {}
+    world = None
+    for f in files:
+        m = _RANK_FILE.search(f.name)
+        assert m is not None
+        w, r = int(m.group(1)), int(m.group(2))
+        if world is not None and w != world:
+            raise CheckpointError(
+                f"{f.parent}: rank files of different world sizes ({world}, {w})."
+            )
+        world = w
+        if w < 1:
+            raise CheckpointError(f"{f}: world size {w} in the file name; verl counts from 1.")
+        if r in ranks:
+            raise CheckpointError(f"{f}: rank {r} is also in {ranks[r].name}; remove one of them.")
+        if r >= w:
+            raise CheckpointError(
+                f"{f}: rank {r} in a world of size {w} (ranks are 0 to {w - 1}); the file does "
+                "not belong to this checkpoint."
+            )
+        ranks[r] = f
+    assert world is not None
+    missing = sorted(set(range(world)) - set(ranks))
+    if missing:
+        raise IncompleteCheckpointError(
+            f"{files[0].parent}: FSDP world size {world} but rank file(s) {missing} are "
+            "missing; the checkpoint is incomplete or still being written."
+        )
+    return [ranks[r] for r in range(world)]
+
+
 class FsdpSource(TensorSource):
-    """verl FSDP rank files `model_world_size_<W>_rank_<R>.pt`, reassembled per tensor."""
+    """verl FSDP rank files `model_world_size_<W>_rank_<R>.pt`, reassembled per tensor.
+
+    Every rank must hold the same keys, with the same dtype and tensor kind; DTensors must come
+    from a 1-D mesh of the world size with Shard or Replicate placements, and plain tensors
+    split along dim 0 must agree on every other dimension. All of it is checked when the
+    checkpoint is opened, from shapes only.
+    """
 
     def __init__(self, files: list[Path], config: Mapping[str, object], trust_pickle: bool) -> None:
-        ranks: dict[int, Path] = {}
-        world = None
-        for f in files:
-            m = _RANK_FILE.search(f.name)
-            assert m is not None
-            w, r = int(m.group(1)), int(m.group(2))
-            if world is not None and w != world:
-                raise CheckpointError(
-                    f"{f.parent}: rank files of different world sizes ({world}, {w})."
-                )
-            world = w
-            ranks[r] = f
-        assert world is not None
-        missing = sorted(set(range(world)) - set(ranks))
-        if missing:
-            raise IncompleteCheckpointError(
-                f"{files[0].parent}: FSDP world size {world} but rank file(s) {missing} are "
-                "missing; the checkpoint is incomplete or still being written."
-            )
-        self.files = [ranks[r] for r in range(world)]
+        self.files = _rank_files(files)
         self._shards = [load_pickle(p, trust_pickle) for p in self.files]
-        names = _canonical_map(list(self._shards[0]), self.files[0])
-        self._keys = names
-        self._replicated: set[str] = set()
+        keys0 = set(self._shards[0])
+        for path, sd in zip(self.files[1:], self._shards[1:], strict=True):
+            odd = sorted(keys0 ^ set(sd))
+            if odd:
+                where = self.files[0].name if odd[0] in keys0 else path.name
+                raise CheckpointError(
+                    f"{path}: tensor '{odd[0]}' is only in {where}; every rank file of "
+                    f"{self.files[0].parent} must hold the same tensors."
+                )
+        self._keys = _canonical_map(list(self._shards[0]), self.files[0])
+        self._dim: dict[str, int | None] = {}  # key → concatenation dim, None when replicated
         self.specs = {}
-        import torch
-
-        for name, key in names.items():
-            first = self._shards[0][key]
-            if not isinstance(first, torch.Tensor):
-                continue
-            self.specs[name] = Spec(self._full_shape(key), dtypes.from_torch(first.dtype))
+        for name, key in self._keys.items():
+            self.specs[name] = self._plan(key)
         self.tied = _drop_tied(self.specs, config)
 
-    def _full_shape(self, key: str) -> tuple[int, ...]:
-        from torch.distributed.tensor import DTensor
+    def _plan(self, key: str) -> Spec:
+        """Check how the ranks' pieces of ``key`` join; return the whole tensor's Spec."""
+        from torch.distributed.tensor import DTensor, Replicate, Shard
 
-        t0 = self._shards[0][key]
+        parts = [sd[key] for sd in self._shards]
+        specs = [_spec_of(_local(t), f, key) for t, f in zip(parts, self.files, strict=True)]
+        for f, t, spec in zip(self.files[1:], parts[1:], specs[1:], strict=True):
+            if isinstance(t, DTensor) != isinstance(parts[0], DTensor):
+                raise CheckpointError(
+                    f"{f}: tensor '{key}' is {'a' if isinstance(t, DTensor) else 'not a'} DTensor "
+                    f"but {'not ' if isinstance(t, DTensor) else ''}in {self.files[0].name}."
+                )
+            if spec.stored != specs[0].stored:
+                raise CheckpointError(
+                    f"{f}: tensor '{key}' is {spec.stored} but {specs[0].stored} in "
+                    f"{self.files[0].name}; rank files must agree."
+                )
+        t0 = parts[0]
         if isinstance(t0, DTensor):
-            return tuple(t0.shape)
-        for i, sd in enumerate(self._shards):
-            if key not in sd:
-                raise CheckpointError(f"{self.files[i]}: tensor '{key}' is missing from this rank.")
-        locals_ = [sd[key] for sd in self._shards]
-        if locals_[0].dim() == 0:
-            return ()
-        if all(_same(t, locals_[0]) for t in locals_[1:]):
+            return self._plan_dtensor(key, parts, specs[0].stored, Shard, Replicate)
+        shapes = [s.shape for s in specs]
+        for f, shape in zip(self.files[1:], shapes[1:], strict=True):
+            if len(shape) != len(shapes[0]) or shape[1:] != shapes[0][1:]:
+                raise CheckpointError(
+                    f"{f}: tensor '{key}' has shape {list(shape)} but {list(shapes[0])} in "
+                    f"{self.files[0].name}; rank pieces may differ only in dim 0."
+                )
+        if not shapes[0] or all(_same(t, t0) for t in parts[1:]):
             # A plain tensor every rank holds whole (e.g. a buffer FSDP does not shard): equal
             # row blocks of a trained weight are all but impossible, so equal means replicated.
-            self._replicated.add(key)
-            return tuple(locals_[0].shape)
-        return (sum(t.shape[0] for t in locals_), *locals_[0].shape[1:])
+            self._dim[key] = None
+            return specs[0]
+        self._dim[key] = 0
+        return Spec((sum(s[0] for s in shapes), *shapes[0][1:]), specs[0].stored)
+
+    def _plan_dtensor(
+        self, key: str, parts: list, stored: str, shard: type, replicate: type
+    ) -> Spec:
+        t0 = parts[0]
+        world = len(self.files)
+        for f, t in zip(self.files, parts, strict=True):
+            mesh = t.device_mesh
+            where = f"{f}: DTensor '{key}'"
+            if mesh.ndim != 1 or mesh.size() != world:
+                raise CheckpointError(
+                    f"{where} was saved on a mesh of shape {list(mesh.shape)}, but the file names "
+                    f"say a world of {world}; rank files are missing or mixed."
+                )
+            if len(t.placements) != 1 or not isinstance(t.placements[0], (shard, replicate)):
+                raise CheckpointError(
+                    f"{where} has placements {list(t.placements)}; only one Shard or Replicate "
+                    "is supported."
+                )
+            if t.placements != t0.placements or t.shape != t0.shape:
+                raise CheckpointError(
+                    f"{where} is {list(t.shape)} {list(t.placements)} but {list(t0.shape)} "
+                    f"{list(t0.placements)} in {self.files[0].name}."
+                )
+        whole = tuple(t0.shape)
+        (placement,) = t0.placements
+        if isinstance(placement, replicate):
+            self._dim[key] = None
+            joined = tuple(_local(t0).shape)
+        else:
+            d = placement.dim % max(len(whole), 1)
+            self._dim[key] = d
+            local = [tuple(_local(t).shape) for t in parts]
+            ok = all(len(s) == len(whole) and s[:d] + s[d + 1 :] == whole[:d] + whole[d + 1 :]
+                     for s in local)  # fmt: skip
+            joined = (*whole[:d], sum(s[d] for s in local), *whole[d + 1 :]) if ok else None
+        if joined != whole:
+            raise CheckpointError(
+                f"{self.files[0].parent}: rank shards of DTensor '{key}' do not join to its "
+                f"shape {list(whole)}; the rank files are corrupt or from different saves."
+            )
+        return Spec(whole, stored)
 
     def read(self, name: str) -> torch.Tensor:
         import torch
-        from torch.distributed.tensor import DTensor, Replicate, Shard
 
         key = self._keys[name]
-        parts = [sd[key] for sd in self._shards]
-        t0 = parts[0]
-        if isinstance(t0, DTensor):
-            (placement,) = t0.placements  # verl's FSDP mesh is 1-D
-            if isinstance(placement, Replicate):
-                return _local(t0).clone()
-            if not isinstance(placement, Shard):
-                raise CheckpointError(
-                    f"{self.files[0]}: tensor '{key}' has placement {placement}; "
-                    "only Shard and Replicate are supported."
-                )
-            full = torch.cat([_local(p) for p in parts], dim=placement.dim)
-        elif t0.dim() == 0 or key in self._replicated:
-            full = t0.clone()
-        else:
-            full = torch.cat(parts, dim=0)
-        if tuple(full.shape) != self.specs[name].shape:
-            raise CheckpointError(
-                f"{self.files[0].parent}: rank shards of '{key}' join to {list(full.shape)}, "
-                f"expected {list(self.specs[name].shape)}."
-            )
+        parts = [_local(sd[key]) for sd in self._shards]
+        d = self._dim[key]
+        full = parts[0].clone() if d is None else torch.cat(parts, dim=d)
+        assert tuple(full.shape) == self.specs[name].shape, (key, full.shape)
         return full

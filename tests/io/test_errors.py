@@ -15,11 +15,8 @@ import opdlens
 from opdlens.cli import app
 
 
-class NotATensor:
-    """A custom class inside a pickle: weights_only=True refuses it."""
-
-    def __init__(self, note: str) -> None:
-        self.note = note
+class TaggedTensor(torch.Tensor):
+    """A custom tensor class inside a pickle: weights_only=True refuses it, trust loads it."""
 
 
 @pytest.fixture(scope="module")
@@ -166,14 +163,14 @@ def test_pickle_needs_trust(tmp_path):
     for step in (0, 1):
         save_model(model, tmp_path / f"checkpoint-{step}", "bin")
     state = dict(model.state_dict())
-    state["provenance"] = NotATensor("made by a custom trainer")
+    name = "model.layers.1.mlp.up_proj.weight"
+    state[name] = torch.Tensor._make_subclass(TaggedTensor, state[name])  # a custom trainer's
     write_bin(tmp_path / "checkpoint-1", state)
     f = tmp_path / "checkpoint-1" / "pytorch_model.bin"
     with pytest.raises(opdlens.UnsafePickleError, match=r"pytorch_model\.bin.*--trust-pickle"):
         opdlens.open_run(tmp_path)
     _cli_fails([tmp_path], str(f), "--trust-pickle")
     run = opdlens.open_run(tmp_path, trust_pickle=True)
-    name = "model.layers.1.mlp.up_proj.weight"
     assert torch.equal(run.checkpoint(1).tensor(name), state[name])
     result = CliRunner().invoke(app, ["scan", str(tmp_path), "--trust-pickle"])
     assert result.exit_code == 0, result.output

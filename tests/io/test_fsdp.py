@@ -1,12 +1,18 @@
-"""verl FSDP rank files holding real DTensors (written by two gloo processes) reassemble exactly."""
+"""verl FSDP rank files: real DTensors (two gloo processes) reassemble exactly; broken ones fail."""
 
 from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from torch.distributed.tensor import DTensor
+from typer.testing import CliRunner
 
 import opdlens
+from opdlens.cli import app
 
 
 def _rank_states(actor):
@@ -48,3 +54,94 @@ def test_dtensor_planted_update(verl_dtensor_runs):
     name = "model.layers.0.mlp.experts.down_proj"
     d = planted_direction(name, run.checkpoint(4).spec(name).shape)
     torch.testing.assert_close(run.delta(name, 4, ref=2), 2 * d, rtol=1e-5, atol=1e-6)
+
+
+# -- broken rank files: one line naming the files, at open time ------------------------------
+
+
+@pytest.fixture(scope="module")
+def plain_verl(tmp_path_factory):
+    """A verl run whose rank files hold plain row blocks (W=2), to copy and break."""
+    from checkpoints import write_verl_run
+
+    return write_verl_run(tmp_path_factory.mktemp("verl-plain"), "llama", steps=(0, 2),
+                          weights="plain")  # fmt: skip
+
+
+def _broken(plain_verl, tmp_path, edit) -> tuple[Path, Path]:
+    root = Path(shutil.copytree(plain_verl, tmp_path / "run"))
+    actor = root / "global_step_2" / "actor"
+    edit(actor)
+    return root, actor
+
+
+def _resave(actor: Path, rank: int, change) -> None:
+    f = actor / f"model_world_size_2_rank_{rank}.pt"
+    state = torch.load(f, weights_only=True)
+    change(state)
+    torch.save(state, f)
+
+
+UP = "model.layers.0.mlp.up_proj.weight"
+RANK = "model_world_size_2_rank_{}.pt"
+BROKEN_RANKS = {
+    "rank-beyond-world": (
+        lambda a: shutil.copy(a / RANK.format(1), a / RANK.format(2)),
+        [r"model_world_size_2_rank_2\.pt: rank 2 in a world of size 2"],
+    ),
+    "duplicate-rank": (
+        lambda a: shutil.copy(a / RANK.format(1), a / RANK.format("01")),
+        [r"rank 1 is also in model_world_size_2_rank_"],
+    ),
+    "non-tensor": (
+        lambda a: _resave(a, 1, lambda s: s.update({UP: 3})),
+        [rf"rank_1\.pt: entry '{UP}' is not a tensor \(found int\)"],
+    ),
+    "trailing-dims": (
+        lambda a: _resave(a, 1, lambda s: s.update({UP: torch.zeros(s[UP].shape[0], 33)})),
+        [rf"rank_1\.pt: tensor '{UP}' has shape \[32, 33\] but \[32, 32\] in "
+         r"model_world_size_2_rank_0\.pt"],
+    ),
+    "ndim": (
+        lambda a: _resave(a, 1, lambda s: s.update({UP: torch.zeros(s[UP].shape[0])})),
+        [rf"rank_1\.pt: tensor '{UP}' has shape \[32\] but \[32, 32\]"],
+    ),
+    "dtype": (
+        lambda a: _resave(a, 1, lambda s: s.update({UP: s[UP].half()})),
+        [rf"rank_1\.pt: tensor '{UP}' is F16 but F32 in model_world_size_2_rank_0\.pt"],
+    ),
+    "extra-key": (
+        lambda a: _resave(a, 1, lambda s: s.update({"model.extra.weight": torch.zeros(2)})),
+        [r"rank_1\.pt: tensor 'model\.extra\.weight' is only in model_world_size_2_rank_1\.pt"],
+    ),
+    "world-zero": (  # an IndexError before
+        lambda a: [(a / "model_world_size_2_rank_0.pt").rename(a / "model_world_size_0_rank_0.pt"),
+                   (a / "model_world_size_2_rank_1.pt").unlink()],
+        [r"model_world_size_0_rank_0\.pt: world size 0 in the file name"],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BROKEN_RANKS))
+def test_broken_rank_files(plain_verl, tmp_path, case):
+    edit, patterns = BROKEN_RANKS[case]
+    root, actor = _broken(plain_verl, tmp_path, edit)
+    with pytest.raises(opdlens.CheckpointError) as e:
+        opdlens.open_run(root)
+    for p in patterns:
+        assert re.search(p, str(e.value)), str(e.value)
+    result = CliRunner().invoke(app, ["scan", str(root)])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(actor) in lines[0], result.stderr
+
+
+def test_dtensor_mesh_larger_than_rank_files(verl_dtensor_runs, tmp_path):
+    # Two ranks saved DTensors of a 2-rank mesh; only rank 0's file is left, named as world 1.
+    root = Path(shutil.copytree(verl_dtensor_runs["llama"], tmp_path / "run"))
+    actor = root / "global_step_4" / "actor"
+    (actor / "model_world_size_2_rank_1.pt").unlink()
+    (actor / "model_world_size_2_rank_0.pt").rename(actor / "model_world_size_1_rank_0.pt")
+    with pytest.raises(opdlens.CheckpointError, match=r"rank_0\.pt: DTensor '.*' was saved on a "
+                       r"mesh of shape \[2\], but the file names say a world of 1"):  # fmt: skip
+        opdlens.open_run(root)
