@@ -11,16 +11,68 @@ from pathlib import Path
 import torch  # LoRA sources compute B @ A; opened only for adapter runs
 
 from ..errors import CheckpointError
-from .sources import SafetensorsSource, Spec, TensorSource, load_pickle
+from .sources import SafetensorsSource, Spec, TensorSource, _canonical_map, load_pickle
+from .weightfiles import regular_file
 
 _LORA_KEY = re.compile(
     r"^(?P<module>.+)\.lora_(?P<emb>embedding_)?(?P<ab>[AB])(?:\.[A-Za-z_]\w*)?(?:\.weight)?$"
 )
+_PEFT_DEFAULT = 8  # LoraConfig's r and lora_alpha when adapter_config.json omits them
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _read_adapter_config(path: Path) -> dict[str, object]:
+    """adapter_config.json, its fields opdlens uses checked against what peft accepts."""
+    regular_file(path)
+    try:
+        cfg = json.loads(path.read_bytes())
+    except (ValueError, RecursionError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({type(e).__name__}).") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(
+            f"{path}: expected a JSON object (peft's LoraConfig); found a {type(cfg).__name__}."
+        )
+
+    def bad(field: str, expected: str) -> CheckpointError:
+        return CheckpointError(
+            f"{path}: '{field}' must be {expected}; found {json.dumps(cfg[field])[:80]}. Fix the "
+            "adapter's config to the values it was trained with."
+        )
+
+    r = cfg.get("r", _PEFT_DEFAULT)
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise bad("r", "a positive integer")
+    if "lora_alpha" in cfg and not _number(cfg["lora_alpha"]):
+        raise bad("lora_alpha", "a number")
+    for flag in ("use_rslora", "fan_in_fan_out"):
+        if cfg.get(flag) is not None and not isinstance(cfg[flag], bool):
+            raise bad(flag, "true or false")
+    for field, ok, expected in (
+        ("rank_pattern", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+         "an object of regular expressions to positive integers"),
+        ("alpha_pattern", _number, "an object of regular expressions to numbers"),
+    ):  # fmt: skip
+        patterns = cfg.get(field) or {}
+        if not isinstance(patterns, dict) or not all(ok(v) for v in patterns.values()):
+            raise bad(field, expected)
+        for pat in patterns:
+            try:
+                re.compile(rf"(.*\.)?(?:{pat})")
+            except re.error as e:
+                raise CheckpointError(
+                    f"{path}: {field} key {pat[:80]!r} is not a valid regular expression ({e}); "
+                    "peft matches these keys as regular expressions against module names."
+                ) from None
+    return cfg
 
 
 def _pattern_value(patterns: Mapping[str, object], module: str, default: float) -> float:
+    # peft's get_pattern_key: re.match(rf"(.*\.)?({key})$", module), first key that matches
     for pat, value in patterns.items():
-        if re.fullmatch(rf"(.*\.)?{pat}", module):
+        if re.fullmatch(rf"(.*\.)?(?:{pat})", module):
             return float(value)  # type: ignore[arg-type]
     return default
 
@@ -30,11 +82,7 @@ class LoraSource(TensorSource):
 
     def __init__(self, directory: Path, trust_pickle: bool) -> None:
         self.directory = directory
-        cfg_path = directory / "adapter_config.json"
-        try:
-            self.adapter_config = json.loads(cfg_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CheckpointError(f"{cfg_path}: not valid JSON.") from None
+        self.adapter_config = _read_adapter_config(directory / "adapter_config.json")
         st = directory / "adapter_model.safetensors"
         if st.is_file():
             self.files = [st]
@@ -42,10 +90,8 @@ class LoraSource(TensorSource):
             raw = {n: raw_src.read(n) for n in raw_src.names()}  # adapters are small
         else:
             self.files = [directory / "adapter_model.bin"]
-            raw = {k: v for k, v in load_pickle(self.files[0], trust_pickle).items()}
-            from ..names import canonical_name
-
-            raw = {canonical_name(k): v for k, v in raw.items() if isinstance(v, torch.Tensor)}
+            sd = load_pickle(self.files[0], trust_pickle)
+            raw = {name: sd[key] for name, key in _canonical_map(list(sd), self.files[0]).items()}
         self._a: dict[str, torch.Tensor] = {}
         self._b: dict[str, torch.Tensor] = {}
         self._embedding: set[str] = set()
@@ -68,6 +114,13 @@ class LoraSource(TensorSource):
         if set(self._a) != set(self._b):
             odd = sorted(set(self._a) ^ set(self._b))
             raise CheckpointError(f"{self.files[0]}: LoRA A/B factors unpaired for {odd[:3]}.")
+        for name, a in self._a.items():
+            b = self._b[name]
+            if a.dim() != 2 or b.dim() != 2 or a.shape[0] < 1 or b.shape[1] != a.shape[0]:
+                raise CheckpointError(
+                    f"{self.files[0]}: LoRA factors of '{name}' are A {list(a.shape)} and B "
+                    f"{list(b.shape)}; expected A (r, in) and B (out, r) with the same r ≥ 1."
+                )
         self.tied = []
         self.specs = {}
         self._base: TensorSource | None = None
@@ -108,11 +161,11 @@ class LoraSource(TensorSource):
 
     def _scale(self, name: str) -> float:
         module = name[: -len(".weight")]
-        r = self._a[name].shape[0] if name not in self._embedding else self._a[name].shape[0]
+        r = self._a[name].shape[0]  # A is (r, in), also for embeddings
         cfg = self.adapter_config
-        alpha = _pattern_value(
-            cfg.get("alpha_pattern") or {}, module, float(cfg.get("lora_alpha", r))
-        )
+        default = float(cfg.get("lora_alpha", _PEFT_DEFAULT))  # type: ignore[arg-type]
+        patterns: Mapping[str, object] = cfg.get("alpha_pattern") or {}  # type: ignore[assignment]
+        alpha = _pattern_value(patterns, module, default)
         return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
 
     def _stored_transposed(self, name: str) -> bool:

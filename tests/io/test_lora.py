@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from checkpoints import write_peft_run
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
 
 import opdlens
+from opdlens.cli import app
 
 
 def _merged_delta(base_dir, adapter_dir) -> dict[str, torch.Tensor]:
@@ -103,3 +110,89 @@ def test_lora_adapter_cannot_be_base(tmp_path, base_dir):
     with pytest.raises(opdlens.CheckpointError, match="LoRA adapter cannot be the base"):
         opdlens.open_run(root, checkpoints={0: root / "checkpoint-0", 1: root / "checkpoint-1"},
                          base=root / "checkpoint-0")  # fmt: skip
+
+
+# -- adapter configs that peft would refuse, or read differently -----------------------------
+
+
+@pytest.fixture(scope="module")
+def adapter_run(tmp_path_factory, base_dir):
+    """One adapter step (r = 4, lora_alpha = 8 on q_proj, v_proj, down_proj) to copy and edit."""
+    return write_peft_run(tmp_path_factory.mktemp("adapter"), base_dir, steps=(1,))
+
+
+def _edited(adapter_run, tmp_path, edit) -> Path:
+    root = Path(shutil.copytree(adapter_run, tmp_path / "run"))
+    cfg_path = root / "checkpoint-1" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg = edit(cfg)
+    cfg_path.write_text(cfg if isinstance(cfg, str) else json.dumps(cfg))
+    return root
+
+
+BAD_CONFIGS = {
+    "not-an-object": (lambda c: [c], r"expected a JSON object .*found a list"),
+    "deep-json": (lambda c: "[" * 100_000 + "]" * 100_000, r"not valid JSON \(RecursionError\)"),
+    "rank-pattern-regex": (lambda c: {**c, "rank_pattern": {"down_proj(": 2}},
+                           r"rank_pattern key 'down_proj\(' is not a valid regular expression"),
+    "alpha-pattern-regex": (lambda c: {**c, "alpha_pattern": {"[v_proj": 32}},
+                            r"alpha_pattern key '\[v_proj' is not a valid regular expression"),
+    "alpha-pattern-value": (lambda c: {**c, "alpha_pattern": {"v_proj": "32"}},
+                            r"'alpha_pattern' must be an object of regular expressions to numbers"),
+    "r-zero": (lambda c: {**c, "r": 0}, r"'r' must be a positive integer; found 0"),
+    "r-negative": (lambda c: {**c, "r": -4}, r"'r' must be a positive integer; found -4"),
+    "r-float": (lambda c: {**c, "r": 4.5}, r"'r' must be a positive integer; found 4\.5"),
+    "alpha-null": (lambda c: {**c, "lora_alpha": None}, r"'lora_alpha' must be a number; found "
+                   r"null"),
+    "alpha-string": (lambda c: {**c, "lora_alpha": "8"}, r"'lora_alpha' must be a number; found "
+                     r"\"8\""),
+    "rslora-string": (lambda c: {**c, "use_rslora": "yes"}, r"'use_rslora' must be true or false"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_adapter_config(adapter_run, base_dir, tmp_path, case):
+    edit, pattern = BAD_CONFIGS[case]
+    root = _edited(adapter_run, tmp_path, edit)
+    cfg = root / "checkpoint-1" / "adapter_config.json"
+    with pytest.raises(opdlens.CheckpointError, match=re.escape(str(cfg)) + ": " + pattern):
+        run = opdlens.open_run(root, base=base_dir)
+        run.delta("model.layers.0.self_attn.v_proj.weight", 1)  # where the scale is computed
+    result = CliRunner().invoke(app, ["scan", str(root), "--base", str(base_dir)])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(cfg) in lines[0], result.stderr
+
+
+def test_zero_rank_factors(adapter_run, base_dir, tmp_path):
+    root = Path(shutil.copytree(adapter_run, tmp_path / "run"))
+    f = root / "checkpoint-1" / "adapter_model.safetensors"
+    raw = load_file(f)
+    mod = "base_model.model.model.layers.0.self_attn.q_proj"
+    raw[mod + ".lora_A.weight"] = raw[mod + ".lora_A.weight"][:0].contiguous()  # (0, in)
+    raw[mod + ".lora_B.weight"] = raw[mod + ".lora_B.weight"][:, :0].contiguous()  # (out, 0)
+    save_file(raw, f)
+    with pytest.raises(opdlens.CheckpointError, match=r"adapter_model\.safetensors: LoRA factors "
+                       r"of 'model\.layers\.0\.self_attn\.q_proj\.weight' are A \[0, 32\] and "
+                       r"B \[32, 0\]; expected A \(r, in\) and B \(out, r\) with the same "
+                       r"r ≥ 1"):  # fmt: skip
+        run = opdlens.open_run(root, base=base_dir)
+        run.delta("model.layers.0.self_attn.q_proj.weight", 1)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: {k: v for k, v in c.items() if k != "lora_alpha"},  # peft's default: 8
+        lambda c: {**c, "alpha_pattern": {"q_proj|v_proj": 32}},  # peft groups the alternation
+    ],
+    ids=["alpha-missing", "alpha-alternation"],
+)
+def test_scale_read_as_peft_reads_it(adapter_run, base_dir, tmp_path, edit):
+    root = _edited(adapter_run, tmp_path, lambda c: {**edit(c), "r": 4})
+    assert json.loads((root / "checkpoint-1" / "adapter_config.json").read_text())["r"] == 4
+    merged = _merged_delta(base_dir, root / "checkpoint-1")
+    run = opdlens.open_run(root, base=base_dir)
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.v_proj.weight",
+                 "model.layers.1.mlp.down_proj.weight"):  # fmt: skip
+        torch.testing.assert_close(run.delta(name, 1), merged[name], rtol=1e-4, atol=1e-5)
