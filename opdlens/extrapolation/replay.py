@@ -23,7 +23,7 @@ from .extrapolate import (
     select_tensors,
     write_checkpoint,
 )
-from .scorers import Scorer, make_scorer
+from .scorers import Scorer, make_scorer, remove_copy, score_input
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,6 +73,7 @@ class ReplayResult:
     out: Path | None = None
     scorer: str = ""
     note: str = OFFLINE_NOTE
+    warnings: list[str] = field(default_factory=list)
 
 
 def replay(
@@ -141,7 +142,11 @@ def _replay_steps(
     remove_stale(work, _TEMP_STEM)
     rows: list[dict[str, object]] = []
     accepted: list[Path] = []
-    for step, anchor in replay_schedule(run.steps):
+    schedule = replay_schedule(run.steps)
+    warnings = judge.schedule_warnings([step for step, _ in schedule])
+    for w in warnings:
+        logger.warning(w)
+    for step, anchor in schedule:
         best = _score_saved(run, step, anchor, judge, work, selected, rows)
         for k, (alpha, multiple) in enumerate(alpha_schedule(alpha0, max_candidates), start=1):
             label = f"step {step} candidate {k} (alpha {alpha:.4g}, multiple {multiple:.4g})"
@@ -163,17 +168,18 @@ def _replay_steps(
                     os.rename(tmp, keep)
                     accepted.append(keep)
             finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp)
+                remove_copy(tmp)  # a scorer may have made it read-only
             logger.info("%s: score %.6g (%s)", label, score, "accepted" if better else "rejected")
             if not better:
                 break
             best = score
     history = _frame(rows, run)
-    history.attrs.update(scorer=judge.label, oracle=judge.oracle, note=OFFLINE_NOTE)
+    history.attrs.update(
+        scorer=judge.label, oracle=judge.oracle, note=OFFLINE_NOTE, warnings=warnings
+    )
     if out_dir is not None:
-        _write_history(out_dir, history, judge)
-    return ReplayResult(history, accepted, out_dir, judge.label)
+        _write_history(out_dir, history, judge, warnings)
+    return ReplayResult(history, accepted, out_dir, judge.label, warnings=warnings)
 
 
 def _score_saved(
@@ -191,16 +197,15 @@ def _score_saved(
         if ck.layout in ("hf-safetensors", "hf-safetensors-sharded"):
             for name in selected:
                 produce(name)
-            path = ck.path
+            # Never the input itself: the scorer gets a private copy, removed after.
+            score = score_input(judge, ck.path, label, tmp)
         else:
             write_checkpoint(
                 run, ck, tmp, produce, metadata=_metadata(step, anchor, 0, 0, 0, judge)
             )
-            path = tmp
-        score = judge.score(path, label)
+            score = judge.score(tmp, label)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        remove_copy(tmp)
     rows.append(_row(step, anchor, 0, 0.0, 0.0, score, None, tracker))
     return score
 
@@ -244,12 +249,13 @@ def _frame(rows: list[dict[str, object]], run: Run) -> pd.DataFrame:
     return df[[c for c in df.columns if not (c.startswith("rel_error_") and df[c].isna().all())]]
 
 
-def _write_history(out: Path, history: pd.DataFrame, judge: Scorer) -> None:
+def _write_history(out: Path, history: pd.DataFrame, judge: Scorer, warnings: list[str]) -> None:
     write_text_atomic(out / "history.csv", history.to_csv(index=False))
     payload = {
         "scorer": judge.label,
         "oracle": judge.oracle,
         "note": OFFLINE_NOTE,
+        "warnings": warnings,
         "rows": json.loads(history.to_json(orient="records")),
     }
     write_text_atomic(out / "history.json", json.dumps(payload, indent=2) + "\n")

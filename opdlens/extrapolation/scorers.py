@@ -7,8 +7,10 @@ import logging
 import math
 import os
 import shlex
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -16,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ScorerError
-from ..io.layouts import detect, open_source, read_config
+from ..io.layouts import NON_WEIGHT_FILES, detect, open_source, read_config
+from ..io.paths import output_error
 from ..run import Run
 from .extrapolate import sq_distance
 
@@ -28,6 +31,8 @@ __all__ = [
     "PythonScorer",
     "Scorer",
     "make_scorer",
+    "private_copy",
+    "score_input",
 ]
 
 _NUMBER_HELP = "A scorer must return (or print, as the last line of its output) one finite number."
@@ -38,6 +43,8 @@ class Scorer(ABC):
 
     name: str = "scorer"
     oracle: bool = False
+    # User code may write into what it scores: it gets a private copy of an input checkpoint.
+    needs_copy: bool = True
 
     @abstractmethod
     def score(self, path: Path, label: str) -> float:
@@ -47,6 +54,10 @@ class Scorer(ABC):
     def label(self) -> str:
         """How reports name this scorer (oracles say so)."""
         return f"{self.name} (ORACLE: uses later checkpoints)" if self.oracle else self.name
+
+    def schedule_warnings(self, steps: Sequence[int]) -> list[str]:
+        """Why scores at these replayed steps would mislead (none for an ordinary scorer)."""
+        return []
 
 
 def _finite(value: object, where: str) -> float:
@@ -154,11 +165,30 @@ class HindsightScorer(Scorer):
     target: int
     tensors: Sequence[str]
     oracle: bool = True
+    needs_copy: bool = False  # read by opdlens itself, never written
     name: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.run.checkpoint(self.target)
         self.name = f"hindsight (-distance to step {self.target})"
+
+    def schedule_warnings(self, steps: Sequence[int]) -> list[str]:
+        """Replayed steps at or after the target are scored against themselves or the past."""
+        if list(self.run.steps) == [self.target]:
+            return [
+                f"hindsight scorer: the run has one checkpoint after its base (step "
+                f"{self.target}), so the oracle scores the run against itself: the saved step is "
+                "at distance 0 and no candidate can beat it. Save more checkpoints, or use a real "
+                "scorer (--scorer module:function or --scorer-cmd)."
+            ]
+        late = [s for s in steps if s >= self.target]
+        if not late:
+            return []
+        return [
+            f"hindsight scorer: replayed step(s) {late} are not before its target step "
+            f"{self.target}; there it scores closeness to itself or to an earlier checkpoint, so "
+            "no candidate can be accepted and those rows say nothing about where training went."
+        ]
 
     def score(self, path: Path, label: str) -> float:
         det = detect(Path(path))
@@ -168,6 +198,94 @@ class HindsightScorer(Scorer):
         for name in self.tensors:
             total += sq_distance(source.read_float32(name), target.array(name, float32=True))
         return -math.sqrt(total)
+
+
+_FICLONE = 0x40049409  # _IOW(0x94, 9, int) in <linux/fs.h>: share extents, copy on write
+_PIECE = 8 * 1024 * 1024
+
+
+def score_input(judge: Scorer, checkpoint: Path, label: str, copy_dir: Path) -> float:
+    """Score an input checkpoint through a private copy at `copy_dir`, removed afterwards.
+
+    The scorer may write, chmod or delete inside the copy; the input never changes.
+    """
+    if not judge.needs_copy:
+        return judge.score(checkpoint, label)
+    private_copy(checkpoint, copy_dir)
+    try:
+        return judge.score(copy_dir, label)
+    finally:
+        remove_copy(copy_dir)
+
+
+def private_copy(source: Path, dest: Path) -> Path:
+    """Copy a checkpoint directory's model files (not optimizer or trainer state) into new `dest`.
+
+    Each file is a reflink where the file system can (btrfs, XFS: no bytes copied), else a
+    copy in the kernel; never a hard link, which would share the input's bytes and mode.
+
+    Raises:
+        OutputError: `dest` exists or cannot be written (a full or read-only file system).
+    """
+    try:
+        dest.mkdir()
+    except OSError as e:
+        raise output_error(dest, e) from None  # an existing `dest` is never reused or removed
+    try:
+        for entry in sorted(os.scandir(source), key=lambda e: e.name):
+            if entry.is_file() and not NON_WEIGHT_FILES.match(entry.name):
+                _copy_file(Path(entry.path), dest / entry.name)
+    except OSError as e:
+        remove_copy(dest)
+        raise output_error(dest, e) from None
+    return dest
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    with open(src, "rb", buffering=0) as fs, open(dst, "xb", buffering=0) as fd:
+        if sys.platform.startswith("linux"):
+            import fcntl
+
+            try:
+                fcntl.ioctl(fd.fileno(), _FICLONE, fs.fileno())
+                return
+            except OSError:
+                pass  # no reflinks here (ext4, tmpfs, across file systems): copy the bytes
+        size, done = os.fstat(fs.fileno()).st_size, 0
+        try:
+            while done < size:
+                n = os.copy_file_range(fs.fileno(), fd.fileno(), size - done, done, done)
+                if n == 0:
+                    return  # the file ended early
+                done += n
+            return
+        except (AttributeError, OSError):
+            pass  # no copy_file_range between these files: copy the rest by hand
+        fs.seek(done)
+        fd.seek(done)
+        while chunk := fs.read(_PIECE):
+            view = memoryview(chunk)
+            while view:
+                view = view[fd.write(view) :]
+
+
+def remove_copy(path: Path) -> None:
+    """Delete a scorer's copy, whatever modes the scorer set; a symlink is unlinked, not followed."""
+    try:
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+            return
+        if not path.is_dir():
+            return
+        os.chmod(path, 0o700)
+        for root, dirs, _ in os.walk(path):
+            for d in dirs:
+                sub = os.path.join(root, d)
+                if not os.path.islink(sub):
+                    os.chmod(sub, 0o700)
+        shutil.rmtree(path)
+    except OSError as e:
+        logger.warning("could not remove the scorer's copy %s (%s); remove it by hand", path, e)
 
 
 def load_callable(spec: str) -> Callable[[Path], float]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from opdlens.errors import ScorerError
 from opdlens.extrapolation.replay import OFFLINE_NOTE, alpha_schedule, replay, replay_schedule
 from opdlens.io.writer import is_temp_dir
 
-from .conftest import linear_state
+from .conftest import linear_state, write_run
 
 Q0 = "model.layers.0.self_attn.q_proj.weight"
 
@@ -73,7 +75,11 @@ def test_hindsight_is_an_oracle_and_dry_run_keeps_nothing(linear_run: Path, tmp_
     result = replay(open_run(linear_run), "hindsight", out=tmp_path / "out", dry_run=True,
                     max_candidates=2)  # fmt: skip
     assert "ORACLE" in result.scorer and result.history.attrs["oracle"] is True
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".opdlens", "history.csv", "history.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".opdlens",
+        "history.csv",
+        "history.json",
+    ]
     assert result.accepted == []
     assert result.history.groupby("step").size().max() <= 3
     assert "ORACLE" in json.loads((tmp_path / "out/history.json").read_text())["scorer"]
@@ -120,3 +126,48 @@ def test_replay_argument_checks(linear_run: Path, tmp_path: Path) -> None:
         replay(run, "no_such_mod_xyz:score", dry_run=True)
     with pytest.raises(Exception, match="overlaps the input"):
         replay(run, "hindsight", out=linear_run / "replay")
+
+
+def _tree(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under root: its bytes and mode."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mode)
+            for p in sorted(root.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def test_a_scorer_never_writes_into_the_run(linear_run: Path, tmp_path: Path) -> None:
+    before = _tree(linear_run)
+    cmd = "touch {checkpoint}/eval_results.json; chmod 000 {checkpoint}/model.safetensors; echo 1"
+    result = replay(open_run(linear_run), scorer_cmd=cmd, out=tmp_path / "out")
+    assert len(result.history) == 8  # 4 saved steps scored, each with one (equal) candidate
+    assert _tree(linear_run) == before  # byte-identical, same modes, no new file
+    # Every scorer copy and every rejected candidate is gone.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".opdlens", "history.csv", "history.json"
+    ]  # fmt: skip
+
+
+def test_hindsight_on_a_run_with_one_checkpoint_warns(tmp_path: Path, caplog) -> None:
+    root = write_run(tmp_path / "run", steps=(0, 4))
+    result = replay(open_run(root), "hindsight", out=tmp_path / "out", dry_run=True)
+    assert len(result.warnings) == 1 and "scores the run against itself" in result.warnings[0]
+    assert result.history.attrs["warnings"] == result.warnings
+    assert json.loads((tmp_path / "out/history.json").read_text())["warnings"] == result.warnings
+    assert result.warnings[0] in caplog.text
+    # On the command line: on stderr, as one line.
+    proc = subprocess.run(
+        [sys.executable, "-m", "opdlens", "replay", str(root), "--scorer", "hindsight",
+         "--dry-run", "--quiet"], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if "against itself" in ln] == [
+        f"opdlens: WARNING: {result.warnings[0]}"
+    ]
+
+
+def test_hindsight_says_which_replayed_steps_reach_its_target(linear_run: Path) -> None:
+    result = replay(open_run(linear_run), "hindsight", dry_run=True, max_candidates=1)
+    assert result.warnings == [
+        "hindsight scorer: replayed step(s) [8] are not before its target step 8; there it "
+        "scores closeness to itself or to an earlier checkpoint, so no candidate can be "
+        "accepted and those rows say nothing about where training went."
+    ]
