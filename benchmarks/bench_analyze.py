@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _measure import measure, opdlens_cmd  # noqa: E402
 from _qwen3_run import build_run  # noqa: E402
 
 # Read every tensor of every checkpoint and form Δ_t in float32; no metric.
@@ -66,60 +65,10 @@ for name in base.keys():
 json.dump({"svd_time": svd_time, "rows": res}, open(out, "w"))
 """
 
-# Run a command; poll the RSS of its whole process tree (workers included) every 20 ms.
-LAUNCH = textwrap.dedent("""
-    import os, subprocess, sys, time
-    def tree(root):
-        kids = {}
-        for p in os.listdir("/proc"):
-            if p.isdigit():
-                try:
-                    ppid = int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-                kids.setdefault(ppid, []).append(int(p))
-        out, todo = [], [root]
-        while todo:
-            p = todo.pop()
-            out.append(p)
-            todo += kids.get(p, [])
-        return out
-    def rss(pid):
-        got = {}
-        try:
-            for line in open(f"/proc/{pid}/status"):
-                if line.startswith(("VmRSS:", "RssAnon:")):
-                    k, v = line.split()[:2]
-                    got[k] = int(v) * 1024
-        except OSError:
-            pass
-        return got
-    t = time.perf_counter()
-    proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak_rss = peak_anon = 0
-    while proc.poll() is None:
-        vals = [rss(p) for p in tree(proc.pid)]
-        peak_rss = max(peak_rss, sum(v.get("VmRSS:", 0) for v in vals))
-        peak_anon = max(peak_anon, sum(v.get("RssAnon:", 0) for v in vals))
-        time.sleep(0.02)
-    err = proc.stderr.read().decode()[-2000:]
-    print(proc.returncode, time.perf_counter() - t, peak_rss, peak_anon, repr(err))
-""")
-
-
-def measure(cmd: list[str]) -> tuple[float, int, int]:
-    """Wall time (s), peak RSS and peak anonymous RSS (bytes) of one fresh process tree."""
-    out = subprocess.run([sys.executable, "-c", LAUNCH, *cmd], capture_output=True, text=True)
-    rc, elapsed, rss, anon, err = out.stdout.split(maxsplit=4)
-    if int(rc) != 0:
-        raise SystemExit(f"{cmd[:6]} failed with status {rc}: {err}")
-    return float(elapsed), int(rss), int(anon)
-
 
 def analyze_cmd(run: Path, out: Path, workers: int | None) -> list[str]:
     shutil.rmtree(out, ignore_errors=True)  # a fresh output: no cache hits
-    cmd = [sys.executable, "-c", "import sys; from opdlens.cli import main; sys.argv[0] = 'opdlens'; main()",
-           "analyze", str(run), "--out", str(out), "--ranks", "1,4,16", "--quiet"]  # fmt: skip
+    cmd = opdlens_cmd("analyze", str(run), "--out", str(out), "--ranks", "1,4,16", "--quiet")
     return cmd + ([] if workers is None else ["--workers", str(workers)])
 
 

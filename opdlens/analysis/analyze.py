@@ -34,6 +34,7 @@ class Analysis:
     timings: dict[str, float] = field(default_factory=dict)
     svd_calls: int = 0
     cache_hits: int = 0
+    svd_methods: dict[str, int] = field(default_factory=dict)  # SVD calls by method
 
 
 def _check_ranks(ranks: Sequence[int]) -> tuple[int, ...]:
@@ -126,12 +127,15 @@ def run_analysis(
     rows: list[dict[str, object]] = []
     warnings = list(run.warnings)
     svd_calls = cache_hits = 0
+    svd_methods: dict[str, int] = {}
     bar = Progress(len(names), "analyze", enabled=progress)
     try:
         for _, result in make_iterator(executor, job, names, run, workers, address):
             rows += result.rows
             warnings += result.warnings
             svd_calls += result.svd_calls
+            for label, n in result.svd_methods.items():
+                svd_methods[label] = svd_methods.get(label, 0) + n
             cache_hits += result.cache_hits
             bar.update()
     finally:
@@ -140,7 +144,7 @@ def run_analysis(
     t2 = time.perf_counter()
     frame = build_frame(rows, run.tensor_names, ranks, full_spectrum)
     timings["frame"] = time.perf_counter() - t2
-    return Analysis(frame, options, warnings, timings, svd_calls, cache_hits)
+    return Analysis(frame, options, warnings, timings, svd_calls, cache_hits, svd_methods)
 
 
 def analyze(run: Run, **kwargs: object) -> pd.DataFrame:

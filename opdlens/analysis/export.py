@@ -54,6 +54,7 @@ def _write(run: Run, out: Path, options: dict[str, Any]) -> tuple[Analysis, pd.D
     prov = record(
         run, opts, final_step=final, steps=run.steps, rows=len(df), warnings=result.warnings,
         wall_time_s=result.timings, svd_calls=result.svd_calls, cache_hits=result.cache_hits,
+        svd_methods=result.svd_methods,
     )  # fmt: skip
     write_text_atomic(out / "provenance.json", json.dumps(prov, indent=2, default=str))
     return result, final_summary(df, final)

@@ -13,6 +13,7 @@ from ..names import ModuleInfo, as_matrix, split_fused
 from ..run import Run
 from . import metrics as M
 from .cache import CachedFactors, TensorCache
+from .linalg import svd_label
 from .update import Update
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class TensorResult:
     warnings: list[str] = field(default_factory=list)
     svd_calls: int = 0
     cache_hits: int = 0
+    svd_methods: dict[str, int] = field(default_factory=dict)  # calls by linalg.svd_label
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,8 @@ class TensorSweep:
 
             spectrum = singular_values(u.to_dense()).cpu()
         self.result.svd_calls += 1
+        label = svd_label(top)
+        self.result.svd_methods[label] = self.result.svd_methods.get(label, 0) + 1
         fac = CachedFactors(
             top.U.cpu(), top.S.cpu(), top.V.cpu(), top.method, top.iterations, spectrum
         )

@@ -45,6 +45,31 @@ def planted(name: str, w0: torch.Tensor, step: int) -> torch.Tensor:
     return (w0.float() + d + noise).to(w0.dtype)
 
 
+SPECTRA = ("rank4+bulk", "powerlaw+bulk")
+
+
+def planted_spectrum(
+    m: int, n: int, kind: str, bulk_share: float, seed: int = 0, *, scale: float = 1.0
+) -> torch.Tensor:
+    """A training-like update with a known bulk: signal on fixed subspaces plus Gaussian noise.
+
+    kind "rank4+bulk": σ ∝ (1, .75, .5, .25); "powerlaw+bulk": 64 directions with σ_i ∝ i^-1.5.
+    The noise holds `bulk_share` of ‖Δ‖_F² (in expectation); `scale` multiplies the signal only,
+    and `seed` draws the noise, so two seeds with scales 1 and 1.1 look like consecutive steps.
+    Shape: (m, n) float32.
+    """
+    g = torch.Generator().manual_seed(zlib.crc32(f"{m}x{n}:{kind}".encode()))
+    r = {"rank4+bulk": 4, "powerlaw+bulk": 64}[kind]
+    r = min(r, m, n)
+    sig = torch.tensor([1.0, 0.75, 0.5, 0.25] if r == 4 else [(i + 1) ** -1.5 for i in range(r)])
+    u = torch.linalg.qr(torch.randn(m, r, generator=g, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64))[0]
+    signal = (u * sig.double()) @ v.T  # (m, n), ‖signal‖_F = ‖sig‖
+    noise_sq = float((sig.double() ** 2).sum()) * bulk_share / (1.0 - bulk_share)
+    noise = torch.randn(m, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return (scale * signal + noise * math.sqrt(noise_sq / (m * n))).float()
+
+
 def write_state_run(
     root: Path, states: Mapping[int, Mapping[str, torch.Tensor]], config: Mapping[str, object]
 ) -> Path:
@@ -181,7 +206,8 @@ def _ref_row(update, step, name, expert, part, d, base, final, ranks) -> dict[st
     p = p[p > 0]
     row["effective_rank"] = math.exp(-float((p * p.log()).sum()))
     for k in ranks:
-        if k > min(d.shape):
+        if k > min(d.shape):  # design.md: σ_i = 0 beyond min(rows, cols)
+            row[f"energy_k{k}"], row[f"gap_k{k}"] = 1.0, 0.0
             continue
         row[f"energy_k{k}"] = float((s[:k] ** 2).sum()) / total
         row[f"gap_k{k}"] = (float(s[k - 1]) - _next(s, k)) / float(s[0])

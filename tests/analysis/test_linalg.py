@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
+from planted import SPECTRA as BULK_SPECTRA
+from planted import planted_spectrum, write_state_run
 
+from opdlens import open_run
 from opdlens.analysis import metrics as M
-from opdlens.analysis.linalg import TopK, factored_top_k_svd, singular_values, top_k_svd
+from opdlens.analysis.export import write_analysis
+from opdlens.analysis.linalg import (
+    TopK,
+    factored_top_k_svd,
+    singular_values,
+    svd_label,
+    top_k_svd,
+)
 
 ENERGY_TOL, ALIGN_TOL = 1e-3, 1e-2  # design.md's contract
 
@@ -108,8 +119,11 @@ def test_contract_against_float64_svd(shape, spectrum, method):
 
 
 def test_flat_spectrum_falls_back_to_exact_and_says_so():
-    top = top_k_svd(flat(256, 768), 16, method="randomized")
+    top = top_k_svd(flat(512, 1536), 16, method="randomized")
     assert top.method == "exact" and top.iterations > 0
+    # A smaller flat spectrum: the Krylov space nears its whole side, so it is certified.
+    delta = flat(256, 768)
+    assert_contract(delta, top_k_svd(delta, 16, method="randomized"), 16)
 
 
 def test_planted_spectrum_is_certified_without_exact():
@@ -241,3 +255,78 @@ def test_large_warm_start_sequence():
     warm = top_k_svd(step, 16, init=prev.V)
     assert warm.method == "subspace" and warm.iterations <= 6
     assert_contract(step, warm, 16, other=base)
+
+
+def _exact_energies(delta: torch.Tensor, ks: tuple[int, ...]) -> list[float]:
+    d = delta.double()
+    gram = d.T @ d if d.shape[0] >= d.shape[1] else d @ d.T
+    ev = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0.0)
+    total = float(d.pow(2).sum())
+    return [float(ev[:k].sum()) / total for k in ks]
+
+
+@pytest.mark.parametrize("kind", BULK_SPECTRA)
+@pytest.mark.parametrize("shape", [(512, 1024), (1024, 512)])
+def test_energy_over_a_noise_bulk_is_certified_without_exact(kind, shape):
+    # K = 16 sits inside the noise bulk: per-vector residuals there never converge, yet the
+    # energy of the top 16 is pinned down, so no matrix may fall back to the exact SVD.
+    fell, passes = 0, []
+    for share in (0.05, 0.1, 0.2):
+        d0 = planted_spectrum(*shape, kind, share, seed=1)
+        d1 = planted_spectrum(*shape, kind, share, seed=2, scale=1.1)  # the next step
+        top0 = top_k_svd(d0, 16)
+        top1 = top_k_svd(d1, 16, init=top0.V)
+        for d, top in ((d0, top0), (d1, top1)):
+            fell += svd_label(top) == "fallback_to_exact"
+            passes.append(top.iterations)
+            want = _exact_energies(d, (1, 4, 16))
+            got = [M.energy_k(top.S, M.frobenius_sq(d), k) for k in (1, 4, 16)]
+            assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 5e-4
+            s = torch.linalg.svdvals(d.double())
+            assert bool((top.S[:16] <= s[:16] + 1e-5 * s[0]).all())  # lower bounds, per index
+    assert fell == 0, passes
+    assert top0.method == "randomized" and top1.method == "subspace"
+
+
+def test_ill_defined_subspaces_do_not_hold_back_the_certificate():
+    # A rank-4 signal over a bulk: K = 5..16 are near-ties (gap_k < 1e-2), so only K ≤ 4 need
+    # converged vectors; K = 4 is well defined and its alignment still meets the contract.
+    delta = planted_spectrum(768, 256, "rank4+bulk", 0.1, seed=3)
+    top = top_k_svd(delta, 16, method="randomized")
+    assert top.method == "randomized" and top.iterations <= 8
+    u, s, v = exact_svd(delta)
+    assert M.gap_k(s, 4) > 0.1 and M.gap_k(s, 16) < 1e-2
+    assert 1 - M.subspace_alignment(top.U, u, 4) <= ALIGN_TOL
+    assert 1 - M.subspace_alignment(top.V, v, 4) <= ALIGN_TOL
+    assert (
+        abs(M.energy_k(top.S, M.frobenius_sq(delta), 16) - M.energy_k(s, M.frobenius_sq(delta), 16))
+        <= ENERGY_TOL
+    )
+
+
+def test_svd_label_tells_fallbacks_apart():
+    assert svd_label(top_k_svd(planted(256, 768), 4, method="exact")) == "exact"
+    assert svd_label(top_k_svd(planted(256, 768), 4, method="randomized")) == "randomized"
+    assert svd_label(top_k_svd(flat(512, 1536), 16, method="randomized")) == "fallback_to_exact"
+
+
+def test_provenance_counts_svd_calls_by_method(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    base = {
+        "model.layers.0.mlp.down_proj.weight": 0.02 * torch.randn(384, 1152, generator=g),
+        "model.layers.0.self_attn.q_proj.weight": 0.02 * torch.randn(16, 16, generator=g),
+    }
+    states = {0: base}
+    for step in (1, 2, 4):
+        states[step] = {
+            "model.layers.0.mlp.down_proj.weight": base["model.layers.0.mlp.down_proj.weight"]
+            + 1e-3 * planted_spectrum(384, 1152, "rank4+bulk", 0.05, seed=step, scale=step),
+            "model.layers.0.self_attn.q_proj.weight": base["model.layers.0.self_attn.q_proj.weight"]
+            + 1e-3 * step * torch.randn(16, 16, generator=g),
+        }
+    root = write_state_run(tmp_path / "run", states, {"model_type": "llama"})
+    write_analysis(open_run(root), tmp_path / "out", ranks=(1, 4, 16), workers=1)
+    prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    # The large matrix: cold at the final step and at step 1, warm at step 2; the 16×16 exact.
+    assert prov["svd_methods"] == {"randomized": 2, "subspace": 1, "exact": 3}
+    assert sum(prov["svd_methods"].values()) == prov["svd_calls"]
