@@ -18,6 +18,7 @@ from torch import nn
 
 from opdlens.errors import CheckpointError
 from opdlens.io.paths import output_error
+from opdlens.io.weightfiles import read_weight_map
 
 DEMO_SECTION = "opdlens_demo"
 _SINGLE = "model.safetensors"
@@ -235,7 +236,7 @@ def read_state_dict(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
             f"{root} holds neither {_SINGLE} nor {_INDEX}; expected the safetensors weights "
             "of a demo checkpoint."
         )
-    weight_map: dict[str, str] = json.loads((root / _INDEX).read_text()).get("weight_map", {})
+    weight_map = read_weight_map(root / _INDEX)
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):
         if not (root / shard).is_file():

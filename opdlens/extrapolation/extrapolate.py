@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -19,6 +18,7 @@ from ..errors import OpdlensError
 from ..io import dtypes
 from ..io.layouts import detect
 from ..io.paths import output_error
+from ..io.weightfiles import read_weight_map
 from ..io.writer import CheckpointWriter, TensorSpec, plan_like
 from ..names import canonical_name
 from ..progress import track
@@ -116,8 +116,7 @@ def _weight_map(ck: Checkpoint) -> dict[str, str] | None:
     if index_name is None:
         return None
     index = ck.files[0].parent / index_name
-    weight_map = json.loads(index.read_text())["weight_map"]
-    return {canonical_name(k): v for k, v in weight_map.items()}
+    return {canonical_name(k): v for k, v in read_weight_map(index).items()}
 
 
 def _support_dir(ck: Checkpoint, fallback: Checkpoint) -> Path | None:
