@@ -9,7 +9,7 @@ import typer
 
 from ..extrapolation.extrapolate import ERRORS_FILE, extrapolate_paths, output_note
 from ..extrapolation.extrapolate import extrapolate as _extrapolate
-from ..extrapolation.replay import OFFLINE_NOTE
+from ..extrapolation.replay import OFFLINE_NOTE, replay_summary
 from ..extrapolation.replay import replay as _replay
 from ..extrapolation.surgery import surgery_lowrank, surgery_scale, surgery_window
 from ..run import Run, open_run
@@ -149,7 +149,11 @@ def extrapolate(
         else:
             echo("rel_error over the extrapolated tensors (< 1: better than standing still):")
             echo(overall.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
-        echo(f"equivalent_step (nearest saved step): {errors.attrs.get('equivalent_step')}")
+        eq = errors.attrs.get("equivalent_step")
+        if errors.attrs.get("beats_standing_still"):
+            echo(f"equivalent_step (nearest saved step): {eq}")
+        else:  # the nearest saved step is no gain when θ_t itself is nearer to every later step
+            echo(f"equivalent_step: {errors.attrs.get('verdict')}; nearest saved step {eq}.")
         echo(f"per-tensor errors: {path / ERRORS_FILE}")
 
 
@@ -195,11 +199,17 @@ def replay(
         modules=_modules(modules), tensors=tensors, overwrite=overwrite, progress=not quiet,
     )  # fmt: skip
     echo(f"scorer: {result.scorer}")
-    echo(result.history.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    echo("rel_error_next: against the next saved step (< 1: better than standing still)")
+    summary = replay_summary(result.history)
+    shown = summary.astype({"accepted": object, "next_step": object})
+    shown = shown.fillna({"accepted": "-", "next_step": "-"})
+    echo(shown.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-"))
     for path in result.accepted:
         echo(f"kept {path}")
     if result.out is not None:
-        echo(f"wrote {result.out}/history.csv, history.json")
+        echo(f"wrote {result.out}/history.csv, history.json (rel_error against every later step)")
+    else:
+        echo("the full history (rel_error against every later step) is written with --out DIR")
     echo(f"note: {OFFLINE_NOTE}")
 
 

@@ -251,10 +251,30 @@ class ErrorTracker:
             out[s] = math.sqrt(num / den) if den > 0 else math.nan
         return out
 
+    def verdict(self) -> dict[str, object]:
+        """Whether the prediction beats standing still (rel_error < 1) against a later step, in words."""
+        rel = {s: r for s, r in self.rel_errors().items() if not math.isnan(r)}
+        if not rel:
+            return {"beats_standing_still": None, "best_target_step": None, "best_rel_error": None,
+                    "verdict": f"no later saved step differs from step {self.step}: nothing "
+                    "to compare against"}  # fmt: skip
+        best = min(rel, key=lambda s: (rel[s], s))
+        where = f"best rel_error {rel[best]:.2f} at step {best}"
+        beats = rel[best] < 1
+        text = (f"the prediction beats standing still ({where})" if beats else "no saved step: "
+                f"the prediction is farther from every later saved step than θ_t is ({where})")  # fmt: skip
+        return {"beats_standing_still": beats, "best_target_step": best,
+                "best_rel_error": rel[best], "verdict": text}  # fmt: skip
+
     def frame(self, **labels: object) -> pd.DataFrame:
+        """Per-tensor and overall rel_error against every later saved step, as a DataFrame.
+
+        attrs hold `equivalent_step` and the `verdict` fields: `beats_standing_still`,
+        `best_target_step`, `best_rel_error` and a sentence saying whether any later step is
+        nearer to the prediction than to θ_t.
+        """
         import pandas as pd
 
-        """Per-tensor and overall rel_error against every later saved step, as a DataFrame."""
         later = [s for s in self.run.steps if s > self.step]
         eq = self.equivalent_step() if self.pred else None
         rows = []
@@ -284,6 +304,7 @@ class ErrorTracker:
             df.insert(i, key, value)
         df["equivalent_step"] = pd.array([eq] * len(df), dtype="Int64")
         df.attrs["equivalent_step"] = eq
+        df.attrs.update(self.verdict())
         return df
 
 
@@ -448,6 +469,9 @@ def extrapolate(
         """The errors table goes in with the weights, before the checkpoint is published."""
         assert tracker is not None
         frames.append(tracker.frame(step=step, anchor=a, alpha=alpha))
+        # Known only now: it goes into opdlens_provenance.json (the headers are already laid out).
+        writer.metadata["equivalent_step"] = str(frames[0].attrs["equivalent_step"])
+        writer.metadata["evaluation"] = str(frames[0].attrs["verdict"])
         target = writer.extra_file(ERRORS_FILE)
         try:
             frames[0].to_csv(target, index=False)

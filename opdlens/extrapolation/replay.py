@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -30,7 +31,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OFFLINE_NOTE", "ReplayResult", "alpha_schedule", "replay", "replay_schedule"]
+__all__ = [
+    "OFFLINE_NOTE",
+    "ReplayResult",
+    "alpha_schedule",
+    "replay",
+    "replay_schedule",
+    "replay_summary",
+]
 
 # Names of the temporary candidate directories replay works in (see io.paths.temp_name).
 _TEMP_STEM = r"step-\d+-(?:candidate-\d+|saved)"
@@ -247,6 +255,23 @@ def _frame(rows: list[dict[str, object]], run: Run) -> pd.DataFrame:
                     "equivalent_step": "Int64"})  # fmt: skip
     # Drop error columns no row can have (steps with nothing saved after them).
     return df[[c for c in df.columns if not (c.startswith("rel_error_") and df[c].isna().all())]]
+
+
+def replay_summary(history: pd.DataFrame) -> pd.DataFrame:
+    """One narrow row per scored candidate: rel_error only against the next saved step.
+
+    The full history holds rel_error against every later saved step (one column each).
+    """
+    import pandas as pd
+
+    later = sorted(int(c.removeprefix("rel_error_")) for c in history if c.startswith("rel_error_"))
+    nxt = [next((s for s in later if s > t), None) for t in history["step"]]
+    rel = [math.nan if s is None else history[f"rel_error_{s}"].iloc[i] for i, s in enumerate(nxt)]
+    out = history[["step", "candidate", "alpha", "score", "accepted"]].copy()
+    out["next_step"] = pd.array(nxt, dtype="Int64")
+    out["rel_error_next"] = pd.array(rel, dtype="float64")
+    out["equivalent_step"] = history["equivalent_step"]
+    return out
 
 
 def _write_history(out: Path, history: pd.DataFrame, judge: Scorer, warnings: list[str]) -> None:

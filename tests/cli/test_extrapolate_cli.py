@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -69,6 +70,18 @@ def test_extrapolate_writes_and_evaluates(run: Path, tmp_path: Path) -> None:
     assert torch.equal(load_file(pair / "model.safetensors")[Q0], _state(4)[Q0])
 
 
+def test_extrapolate_evaluate_says_when_it_is_no_gain(run: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["extrapolate", str(run), "--step", "2", "--anchor", "1", "--alpha", "5",
+                                 "--out", str(tmp_path / "far"), "--evaluate", "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    # θ_pred = θ_7: step 4 is nearest (3 away) but θ_2 is nearer to it (2 away): rel_error 1.5.
+    assert "equivalent_step (nearest saved step)" not in result.stdout
+    assert (
+        "equivalent_step: no saved step: the prediction is farther from every later saved step "
+        "than θ_t is (best rel_error 1.50 at step 4); nearest saved step 4." in result.stdout
+    )
+
+
 def test_extrapolate_bad_input(run: Path, tmp_path: Path) -> None:
     base = ["extrapolate", str(run), "--anchor", "1", "--alpha", "1", "-q"]
     _fails([*base, "--step", "3", "--out", str(tmp_path / "o")], "Step 3 is not a saved step")
@@ -98,6 +111,30 @@ def test_replay_cli(run: Path, tmp_path: Path) -> None:
     _fails(["replay", str(run), "--scorer-cmd", "exit 1 # {checkpoint}", "--dry-run", "-q"],
            "on step 1 as saved")  # fmt: skip
     _fails(["replay", str(run), "--scorer", "hindsight", "-q"], "--out DIR")
+
+
+def test_replay_prints_a_narrow_summary_and_keeps_the_full_table(tmp_path: Path) -> None:
+    root = tmp_path / "long"
+    for s in range(0, 17):
+        d = root / f"checkpoint-{s}"
+        d.mkdir(parents=True)
+        save_file(_state(s), d / "model.safetensors")
+    out = tmp_path / "replay"
+    result = runner.invoke(app, ["replay", str(root), "--scorer", "hindsight", "--out", str(out),
+                                 "--max-candidates", "2", "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    header = next(ln for ln in lines if ln.lstrip().startswith("step"))
+    assert header.split() == ["step", "candidate", "alpha", "score", "accepted", "next_step",
+                              "rel_error_next", "equivalent_step"]  # fmt: skip
+    assert max(map(len, lines[: lines.index(header) + 16])) <= 100
+    # Step 1's saved checkpoint stands still; candidate 1 (θ_3) against step 2: ‖θ3 − θ2‖/‖θ1 − θ2‖ = 1.
+    row = lines[lines.index(header) + 2].split()
+    assert row[:2] == ["1", "1"] and row[5:] == ["2", "1", "3"]
+    full = pd.read_csv(out / "history.csv")
+    assert [c for c in full if c.startswith("rel_error_")] == [
+        f"rel_error_{s}" for s in range(2, 17)
+    ]
 
 
 def test_surgery_cli(run: Path, tmp_path: Path) -> None:

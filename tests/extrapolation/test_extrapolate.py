@@ -76,6 +76,28 @@ def test_evaluate_rel_error_and_equivalent_step(linear_run: Path, tmp_path: Path
     assert errors["equivalent_step"].unique().tolist() == [4]
 
 
+def test_evaluate_says_when_no_later_step_is_nearer_than_standing_still(
+    linear_run: Path, tmp_path: Path
+) -> None:
+    run = open_run(linear_run)
+    path, errors = extrapolate(run, 4, anchor=2, alpha=5.0, out=tmp_path / "far", evaluate=True)
+    # θ_pred = θ_14: step 8 is the nearest saved step (6 away), but θ_4 is nearer to it (4 away).
+    assert errors.attrs["equivalent_step"] == 8
+    assert errors.attrs["beats_standing_still"] is False
+    assert errors.attrs["best_target_step"] == 8
+    assert errors.attrs["best_rel_error"] == pytest.approx(1.5)
+    assert errors.attrs["verdict"] == (
+        "no saved step: the prediction is farther from every later saved step than θ_t is "
+        "(best rel_error 1.50 at step 8)"
+    )
+    provenance = json.loads((path / "opdlens_provenance.json").read_text())
+    assert provenance["evaluation"] == errors.attrs["verdict"]
+    assert provenance["equivalent_step"] == "8"
+    _, good = extrapolate(run, 4, anchor=2, alpha=2.0, out=tmp_path / "near", evaluate=True)
+    assert good.attrs["beats_standing_still"] is True and good.attrs["best_rel_error"] == 0.0
+    assert good.attrs["verdict"].startswith("the prediction beats standing still")
+
+
 def test_sharded_layout_metadata_and_support_files(tmp_path: Path) -> None:
     root = write_run(tmp_path / "run", sharded=True)
     path, _ = extrapolate(open_run(root), 2, from_base=True, alpha=0.5, out=tmp_path / "p")

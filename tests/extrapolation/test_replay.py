@@ -7,12 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
 from opdlens import open_run
 from opdlens.errors import ScorerError
-from opdlens.extrapolation.replay import OFFLINE_NOTE, alpha_schedule, replay, replay_schedule
+from opdlens.extrapolation.replay import (
+    OFFLINE_NOTE,
+    alpha_schedule,
+    replay,
+    replay_schedule,
+    replay_summary,
+)
 from opdlens.io.writer import is_temp_dir
 
 from .conftest import linear_state, write_run
@@ -69,6 +76,18 @@ def test_known_scorer_gives_expected_pattern(linear_run: Path, tmp_path: Path) -
     # rel_error of step 1 candidate 2 (θ_5) against step 8: ‖θ5 − θ8‖ / ‖θ1 − θ8‖ = 3/7
     assert h.loc[2, "rel_error_8"] == pytest.approx(3 / 7)
     assert h.loc[2, "equivalent_step"] == 4
+
+
+def test_summary_keeps_rel_error_to_the_next_saved_step_only(linear_run: Path) -> None:
+    result = replay(open_run(linear_run), "hindsight", dry_run=True, max_candidates=1)
+    summary = replay_summary(result.history)
+    assert list(summary) == ["step", "candidate", "alpha", "score", "accepted", "next_step",
+                             "rel_error_next", "equivalent_step"]  # fmt: skip
+    assert summary["next_step"].tolist() == [2, 2, 4, 4, 8, 8, pd.NA, pd.NA]
+    # step 2 candidate 1 = θ_4 (anchor 1, α 2): against step 4 it lands exactly (0); θ_2 stands still (1).
+    assert summary["rel_error_next"].tolist()[2:4] == pytest.approx([1.0, 0.0])
+    assert summary["rel_error_next"].iloc[-2:].isna().all()
+    assert summary["equivalent_step"].tolist()[2:4] == [2, 4]
 
 
 def test_hindsight_is_an_oracle_and_dry_run_keeps_nothing(linear_run: Path, tmp_path: Path) -> None:
