@@ -133,3 +133,67 @@ def test_relative():
     assert M.relative(-1.0, 0.0) == -math.inf
     assert math.isnan(M.relative(0.0, 0.0))
     assert math.isnan(M.relative(math.nan, 1.0))
+
+
+def _exact_dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Σ a·b exactly rounded: float32 products are exact in float64, fsum adds them exactly."""
+    return math.fsum((a.double().ravel() * b.double().ravel()).tolist())
+
+
+def _magnitudes(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = _rand(300, 700, seed=3), _rand(300, 700, seed=4)
+    if kind == "1e30":
+        return a * 1e30, b * 1e30
+    if kind == "1e-30":
+        return a * 1e-30, b * 1e-30
+    if kind == "mixed":  # whole chunks at 1e30 and others at 1e-30, and rows in between
+        scale = torch.where(torch.arange(300) % 3 == 0, 1e30, 1e-30).unsqueeze(1)
+        scale[1::3] = 1.0
+        return a * scale, b * scale.flip(0)
+    return a, b  # random
+
+
+@pytest.mark.parametrize("kind", ["1e30", "1e-30", "mixed", "random"])
+def test_norms_and_dots_neither_overflow_nor_underflow(kind):
+    a, b = _magnitudes(kind)
+    assert M.frobenius_sq(a) == pytest.approx(_exact_dot(a, a), rel=1e-6)
+    assert M.inner(a, b) == pytest.approx(
+        _exact_dot(a, b), rel=1e-6, abs=1e-6 * math.sqrt(_exact_dot(a, a) * _exact_dot(b, b))
+    )  # relative to ‖a‖‖b‖ where the sum cancels
+    an = a.double().numpy() / np.abs(a.double().numpy()).max()  # scaled: no overflow
+    assert math.sqrt(M.frobenius_sq(a)) == pytest.approx(
+        np.linalg.norm(an) * float(a.abs().max()), rel=1e-6
+    )
+    assert M.cosine(a, 2 * a) == pytest.approx(1.0, rel=1e-9)
+    assert M.cosine(a, -a) == pytest.approx(-1.0, rel=1e-9)
+
+
+def test_float64_products_beyond_the_range_still_sum_correctly():
+    a = torch.tensor([1e200, 1e200, 3.0], dtype=torch.float64)
+    b = torch.tensor([1e200, -1e200, 2.0], dtype=torch.float64)
+    # The products overflow (a plain float64 dot gives inf − inf = NaN); their sum does not, and
+    # it is right to far below ‖a‖‖b‖ = 2e400.
+    value = M.inner(a, b)
+    assert math.isfinite(value) and abs(value) <= 6.0
+    assert M.frobenius_sq(torch.tensor([1e-160, 0.0], dtype=torch.float64) * 1e150) > 0
+    assert math.isinf(M.frobenius_sq(torch.tensor([1e200, 1e200], dtype=torch.float64)))
+    nan = torch.tensor([float("nan"), 1.0])
+    assert math.isnan(M.frobenius_sq(nan)) and math.isnan(M.inner(torch.zeros(2), nan))
+    assert M.frobenius_sq(torch.zeros(100_000)) == 0.0
+
+
+def test_energy_and_gap_at_or_beyond_min_rows_cols():
+    x = _rand(4, 16).double()  # a router: (experts, hidden)
+    s = torch.linalg.svdvals(x)
+    total = M.frobenius_sq(x)
+    for k in (4, 5, 10_000):
+        assert M.energy_k(s, total, k, rank_cap=4) == 1.0  # exactly, design.md
+    assert M.gap_k(s, 4, rank_cap=4) == pytest.approx(float(s[3] / s[0]), rel=1e-12)
+    padded = torch.cat([s, torch.tensor([1e-9], dtype=torch.float64)])  # σ_5 is 0, whatever s says
+    assert M.gap_k(padded, 4, rank_cap=4) == pytest.approx(float(s[3] / s[0]), rel=1e-12)
+    assert M.gap_k(s, 5, rank_cap=4) == 0.0 and M.gap_k(s, 10_000, rank_cap=4) == 0.0
+    assert M.energy_k(s, total, 2, rank_cap=4) == pytest.approx(
+        float((s[:2] ** 2).sum()) / total, rel=1e-12
+    )
+    assert math.isnan(M.energy_k(torch.zeros(4), 0.0, 8, rank_cap=4))  # zero update
+    assert math.isnan(M.gap_k(torch.zeros(4), 8, rank_cap=4))
