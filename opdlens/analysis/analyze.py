@@ -19,7 +19,7 @@ from ..run import Run
 from .cache import FactorCache, step_keys
 from .executors import Job, make_iterator
 from .frame import build_frame
-from .sweep import SweepOptions, sweep_names
+from .sweep import SweepOptions, rank_notes, sweep_names
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def run_analysis(
     timings = {"open": time.perf_counter() - t0}
     t1 = time.perf_counter()
     rows: list[dict[str, object]] = []
-    warnings = list(run.warnings)
+    warnings = list(run.warnings) + rank_notes(run, names, ranks)
     svd_calls = cache_hits = 0
     svd_methods: dict[str, int] = {}
     bar = Progress(len(names), "analyze", enabled=progress)

@@ -1,54 +1,44 @@
-"""Factor cache: top-K factors and norms per (tensor, step) on disk, keyed by checkpoint fingerprints."""
+"""Factor cache: top-K factors per (tensor, slice, step) on disk, keyed by the bytes of W_0 and W_t.
+
+One safetensors file per tensor holds only arrays and a JSON string of entry fields, so a
+hostile or damaged cache can cost a recomputation, never run code. An entry is found under
+(content key, step, slice), the content key being a hash of the stored bytes the sweep read
+for W_0 and W_t (`update.read_weight`): any changed byte is a miss, whatever the file's size
+and mtime say.
+"""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as st_save
 
 from ..errors import OpdlensError
-from ..run import Checkpoint, Run
+from ..io.paths import atomic_file
+from ..run import Run
 from . import metrics as M
 
-_CHUNK = 1 << 20
-
-
-def fingerprint(ck: Checkpoint) -> str:
-    """Identify a checkpoint's weight files: names, sizes, mtimes and their first and last MiB."""
-    stats = []
-    for f in sorted(ck.files):
-        st = f.stat()
-        stats.append((str(f), st.st_size, st.st_mtime_ns))
-    return _fingerprint(tuple(stats))
-
-
-@functools.lru_cache(maxsize=1024)
-def _fingerprint(stats: tuple[tuple[str, int, int], ...]) -> str:
-    # Keyed by path, size and mtime: the cache keys and provenance.json read the files once.
-    h = hashlib.sha1()
-    for path, size, mtime in stats:
-        h.update(f"{Path(path).name}:{size}:{mtime}".encode())
-        with open(path, "rb") as fh:
-            h.update(fh.read(_CHUNK))
-            if size > 2 * _CHUNK:
-                fh.seek(-_CHUNK, os.SEEK_END)
-                h.update(fh.read(_CHUNK))
-    return h.hexdigest()
+_FORMAT = "opdlens-factor-cache/2"
+_SUFFIX = ".safetensors"
+_FIELDS = {"id": str, "step": int, "method": str, "iterations": int, "kcap": int}
 
 
 def step_keys(run: Run) -> dict[int, str]:
-    """Per step, the fingerprint of Δ_t = W_t − W_0 (it changes when either file changes)."""
-    base = fingerprint(run.base)
-    return {
-        s: hashlib.sha1((base + fingerprint(run.checkpoint(s))).encode()).hexdigest()
-        for s in run.steps
-    }
+    """Per step, what the cache index records for it: the checkpoint's path (not a cache key)."""
+    return {s: str(run.checkpoint(s).path) for s in run.steps}
+
+
+def content_key(*digests: bytes) -> str:
+    """The cache key of Δ from the digests of what it was computed from (W_0, W_t, a slice)."""
+    h = hashlib.sha256()
+    for d in digests:
+        h.update(len(d).to_bytes(4, "little") + d)
+    return h.hexdigest()[:40]
 
 
 @dataclass
@@ -74,39 +64,58 @@ class CachedFactors:
 
 
 class TensorCache:
-    """Cached factors of one tensor, loaded from and saved to one file."""
+    """Cached factors of one tensor, loaded from and saved to one file.
 
-    def __init__(self, path: Path, keys: dict[int, str]) -> None:
+    `warning` says why a damaged file was dropped; `notes` say which damaged entries were.
+    """
+
+    def __init__(self, path: Path, keys: dict[int, str], name: str | None = None) -> None:
         self.path = path
         self.keys = keys
+        self.name = name or path.stem
         self.entries: dict[str, dict] = {}
+        self._at: dict[tuple[int, str], str] = {}  # (step, slice) → entry id
         self.dirty = False
         self.warning: str | None = None
+        self.notes: list[str] = []
         if path.is_file():
             try:
-                self.entries = torch.load(path, weights_only=True)["entries"]
-            except (
-                OSError,
-                RuntimeError,
-                EOFError,
-                KeyError,
-                TypeError,
-                pickle.UnpicklingError,
-            ) as e:
-                self.entries = {}  # a damaged cache file is rebuilt, never trusted
-                self.warning = f"{path}: unreadable cache file ({type(e).__name__}); recomputed."
-
-    def _id(self, step: int, key: str) -> str:
-        return f"{self.keys[step]}:{key}"
+                self.entries = _load(path)
+            except (OSError, SafetensorError, ValueError) as e:
+                self.dirty = True  # a damaged cache file is rebuilt, never trusted
+                self.warning = f"{path}: unreadable cache file ({e}); recomputed."
+        for entry_id, e in self.entries.items():
+            self._at[(e["step"], _slice(entry_id))] = entry_id
 
     def get(
-        self, step: int, key: str, kmax: int | None, full_spectrum: bool
+        self,
+        step: int,
+        key: str,
+        kmax: int | None,
+        full_spectrum: bool,
+        content: str | None = None,
+        shape: tuple[int, int] | None = None,
     ) -> CachedFactors | None:
-        """Factors with at least min(kmax, rank cap) columns, or None; kmax None: all stored."""
-        if step not in self.keys:
+        """Factors with at least min(kmax, rank cap) columns, or None; kmax None: all stored.
+
+        With `content`, only an entry computed from the same bytes; without it (reading the
+        cache without the run), the entry the last analysis stored for this step.
+        """
+        entry_id = (
+            _entry_id(content, step, key) if content is not None else self._at.get((step, key))
+        )
+        e = self.entries.get(entry_id) if entry_id is not None else None
+        if e is None:
             return None
-        e = self.entries.get(self._id(step, key))
-        if e is None or (full_spectrum and e["spectrum"] is None):
+        problem = _check_entry(e, shape)
+        if problem is not None:
+            self.notes.append(
+                f"{self.path}: cached factors of '{self.name}' [{key}] at step {step} are "
+                f"damaged ({problem}); recomputed."
+            )
+            self._drop(entry_id)
+            return None
+        if full_spectrum and e["spectrum"] is None:
             return None
         fac = CachedFactors(e["u"], e["s"], e["v"], e["method"], e["iterations"], e["spectrum"])
         if kmax is None:
@@ -116,23 +125,126 @@ class TensorCache:
             return None
         return fac.truncated(min(kmax, fac.u.shape[1]))
 
-    def put(self, step: int, key: str, fac: CachedFactors, kcap: int) -> None:
-        """Store factors of Δ_step; kcap is the largest K the matrix has, min(rows, cols)."""
-        self.entries[self._id(step, key)] = {
-            "u": fac.u.contiguous(), "s": fac.s.contiguous(), "v": fac.v.contiguous(),
-            "method": fac.method, "iterations": fac.iterations, "spectrum": fac.spectrum,
-            "kcap": int(kcap), "step": step,
+    def put(self, step: int, key: str, fac: CachedFactors, kcap: int, content: str) -> None:
+        """Store factors of Δ_step computed from `content`; kcap = min(rows, cols)."""
+        entry_id = _entry_id(content, step, key)
+        old = self._at.get((step, key))
+        if old is not None and old != entry_id:
+            self._drop(old)  # stale: computed from other bytes
+        spectrum = None if fac.spectrum is None else fac.spectrum.contiguous().clone()
+        self.entries[entry_id] = {
+            "u": fac.u.contiguous().clone(), "s": fac.s.contiguous().clone(),
+            "v": fac.v.contiguous().clone(), "method": fac.method,
+            "iterations": int(fac.iterations), "spectrum": spectrum, "kcap": int(kcap),
+            "step": step,
         }  # fmt: skip
+        self._at[(step, key)] = entry_id
+        self.dirty = True
+
+    def _drop(self, entry_id: str) -> None:
+        e = self.entries.pop(entry_id, None)
+        if e is not None and self._at.get((e["step"], _slice(entry_id))) == entry_id:
+            del self._at[(e["step"], _slice(entry_id))]
         self.dirty = True
 
     def save(self) -> None:
+        """Write the file atomically; a failed write leaves no temporary file behind.
+
+        Raises:
+            OutputError: the cache directory cannot be written (read-only or full disk).
+        """
         if not self.dirty:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp-{os.getpid()}")
-        torch.save({"entries": self.entries}, tmp)
-        os.replace(tmp, self.path)
+        if self.keys:  # steps no longer in the run
+            for entry_id in [i for i, e in self.entries.items() if e["step"] not in self.keys]:
+                self._drop(entry_id)
+        tensors: dict[str, torch.Tensor] = {}
+        fields = []
+        for i, (entry_id, e) in enumerate(sorted(self.entries.items())):
+            for part in ("u", "s", "v", "spectrum"):
+                if e[part] is not None:
+                    tensors[f"{i}.{part}"] = e[part]
+            fields.append({"id": entry_id, **{f: e[f] for f in _FIELDS if f != "id"}})
+        data = st_save(tensors, {"format": _FORMAT, "entries": json.dumps(fields)})
+        write_atomic(self.path, data)
         self.dirty = False
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write bytes under a temporary name beside `path`, then rename it into place.
+
+    Raises:
+        OutputError: the write failed (read-only or full file system); nothing is left behind.
+    """
+    with atomic_file(path) as tmp:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+
+
+def _entry_id(content: str, step: int, key: str) -> str:
+    return f"{content}@{step}:{key}"
+
+
+def _slice(entry_id: str) -> str:
+    return entry_id.split(":", 1)[1]
+
+
+def _load(path: Path) -> dict[str, dict]:
+    """Entries of one cache file; ValueError for anything but a file this module wrote."""
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, expected {_FORMAT!r}")
+        fields = json.loads(meta.get("entries", "null"))
+        names = set(f.keys())
+        if not isinstance(fields, list):
+            raise ValueError("no entry list")
+        entries = {}
+        for i, rec in enumerate(fields):
+            if not isinstance(rec, dict) or any(
+                type(rec.get(k)) is not t for k, t in _FIELDS.items()
+            ):
+                raise ValueError(f"entry {i} is not an object with fields {sorted(_FIELDS)}")
+            if ":" not in rec["id"]:
+                raise ValueError(f"entry {i} has no slice in its id {rec['id']!r}")
+            parts = {}
+            for part in ("u", "s", "v", "spectrum"):
+                tname = f"{i}.{part}"
+                if tname not in names and part != "spectrum":
+                    raise ValueError(f"entry {i} has no '{part}' array")
+                parts[part] = f.get_tensor(tname) if tname in names else None
+            entries[rec["id"]] = {**{k: rec[k] for k in _FIELDS if k != "id"}, **parts}
+    return entries
+
+
+def _check_entry(e: dict, shape: tuple[int, int] | None) -> str | None:
+    """Why a cached entry cannot be used for an update of this shape, or None."""
+    u, s, v, spec = e.get("u"), e.get("s"), e.get("v"), e.get("spectrum")
+    for label, x, dim in (("u", u, 2), ("s", s, 1), ("v", v, 2)):
+        if not isinstance(x, torch.Tensor) or x.dim() != dim or not x.is_floating_point():
+            return f"'{label}' is not a {dim}-D float array"
+    k = u.shape[1]
+    if k < 1 or v.shape[1] != k or s.shape[0] != k + 1:
+        return f"u {list(u.shape)}, s {list(s.shape)} and v {list(v.shape)} do not fit together"
+    if shape is not None and (u.shape[0], v.shape[0]) != tuple(shape):
+        return f"factors of a {u.shape[0]}×{v.shape[0]} matrix for a {shape[0]}×{shape[1]} one"
+    kcap = min(u.shape[0], v.shape[0])
+    if e.get("kcap") != kcap or k > kcap:
+        return f"rank cap {e.get('kcap')!r} for a {u.shape[0]}×{v.shape[0]} matrix"
+    if spec is not None and (
+        not isinstance(spec, torch.Tensor) or spec.dim() != 1 or spec.shape[0] != kcap
+    ):
+        return "'spectrum' is not the matrix's min(rows, cols) singular values"
+    values = [s] + ([spec] if spec is not None else [])
+    if not all(bool(torch.isfinite(x).all()) and bool((x >= 0).all()) for x in values):
+        return "singular values that are negative, NaN or Inf"
+    if not (bool(torch.isfinite(u).all()) and bool(torch.isfinite(v).all())):
+        return "singular vectors holding NaN or Inf"
+    if bool((s[1:] > s[:-1] * (1 + 1e-6) + 1e-30).any()):
+        return "singular values out of order"
+    if not isinstance(e.get("method"), str) or not isinstance(e.get("iterations"), int):
+        return "no method or iteration count"
+    return None
 
 
 _INDEX = "steps.json"
@@ -157,19 +269,27 @@ class FactorCache:
                 f"{d}: no factor cache here (missing {_INDEX}); run `opdlens analyze RUN --out DIR` "
                 "and pass DIR or DIR/cache."
             )
-        keys = {int(k): str(v) for k, v in json.loads(index.read_text()).items()}
+        try:
+            keys = {int(k): str(v) for k, v in json.loads(index.read_text()).items()}
+        except (ValueError, TypeError, AttributeError, UnicodeDecodeError):
+            raise OpdlensError(
+                f"{index}: damaged cache index (expected a JSON object of step → key); run "
+                "`opdlens analyze` again to rebuild it."
+            ) from None
         return cls(index.parent, keys)
 
     def save_index(self) -> None:
-        """Record which fingerprint key each step has, so the cache opens without the run."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / f".{_INDEX}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps({str(k): v for k, v in sorted(self.keys.items())}, indent=1))
-        os.replace(tmp, self.directory / _INDEX)
+        """Record the run's steps, so the cache opens without the run.
+
+        Raises:
+            OutputError: the cache directory cannot be written.
+        """
+        text = json.dumps({str(k): v for k, v in sorted(self.keys.items())}, indent=1)
+        write_atomic(self.directory / _INDEX, text.encode())
 
     def tensor(self, name: str) -> TensorCache:
         digest = hashlib.sha1(name.encode()).hexdigest()[:20]
-        return TensorCache(self.directory / f"{digest}.pt", self.keys)
+        return TensorCache(self.directory / f"{digest}{_SUFFIX}", self.keys, name)
 
     def factors(self, name: str, step: int, key: str = "all") -> CachedFactors:
         """Cached factors of Δ_step for one tensor (slice ``key``), without reading a checkpoint."""
@@ -177,7 +297,11 @@ class FactorCache:
             raise OpdlensError(
                 f"Step {step} is not in the run; cached steps are {sorted(self.keys)}."
             )
-        e = self.tensor(name).get(step, key, None, False)
+        tc = self.tensor(name)
+        e = tc.get(step, key, None, False)
+        problem = tc.warning or (tc.notes[0] if tc.notes else None)
+        if e is None and problem is not None:
+            raise OpdlensError(problem.replace("recomputed.", "run `opdlens analyze` again."))
         if e is None:
             raise OpdlensError(
                 f"No cached factors for '{name}' [{key}] at step {step} in {self.directory}; "
@@ -200,3 +324,6 @@ class FactorCache:
             )
         a, b = (fa.u, fb.u) if side == "left" else (fa.v, fb.v)
         return M.subspace_alignment(a, b, k)
+
+
+__all__ = ["CachedFactors", "FactorCache", "TensorCache", "content_key", "step_keys"]

@@ -9,16 +9,18 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..io import dtypes
 from ..names import ModuleInfo, as_matrix, split_fused
 from ..run import Run
 from . import metrics as M
-from .cache import CachedFactors, TensorCache
+from .cache import CachedFactors, TensorCache, content_key
 from .linalg import svd_label
-from .update import Update
+from .update import Update, digest, read_stored, read_weight
 
 log = logging.getLogger(__name__)
 
 _ROWS = 1024  # rows per in-place subtraction block
+_FLOAT8 = ("F8_E5M2", "F8_E4M3")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,60 @@ def _part_kind(part: str) -> str:
     return {"q": "q_proj", "k": "k_proj", "v": "v_proj", "gate": "gate_proj", "up": "up_proj"}[part]
 
 
+def skip_reason(run: Run, name: str) -> str | None:
+    """Why a tensor gets no rows (an integer or boolean buffer, no elements), or None."""
+    saved = [(0, run.base.spec(name))] + [(s, run.checkpoint(s).spec(name)) for s in run.steps]
+    for step, spec in saved:
+        if not spec.is_float:
+            where = "in the base" if step == 0 else f"at step {step}"
+            return (
+                f"tensor '{name}' is stored {where} as {dtypes.torch_name(spec.stored)}: an "
+                "integer or boolean buffer (or quantized weights), not float weights; skipped."
+            )
+    if saved[0][1].numel == 0:
+        return f"tensor '{name}' has shape {list(saved[0][1].shape)}, no elements; skipped."
+    return None
+
+
+def float8_note(run: Run, name: str) -> str | None:
+    """The note for a float8 tensor, analysed as its stored values upcast to float32."""
+    saved = [run.base.spec(name)] + [run.checkpoint(s).spec(name) for s in run.steps]
+    kinds = sorted({dtypes.torch_name(sp.stored) for sp in saved if sp.stored in _FLOAT8})
+    if not kinds:
+        return None
+    return (
+        f"tensor '{name}' is stored as {'/'.join(kinds)}: analysed as its stored values upcast "
+        "to float32 (exact); a separate scale tensor, if the checkpoint has one, is not applied."
+    )
+
+
+def rank_notes(run: Run, names: Sequence[str], ranks: Sequence[int]) -> list[str]:
+    """One note for ranks K above every analysed matrix's min(rows, cols): energy_k is 1.0."""
+    caps = [_rank_cap(run.base.spec(n).shape, run.module(n)) for n in names]
+    caps = [c for c in caps if c is not None]
+    if not caps:
+        return []
+    over = [k for k in ranks if k > max(caps)]
+    if not over:
+        return []
+    return [
+        f"ranks {over} exceed min(rows, cols) of every analysed matrix (at most {max(caps)}): "
+        "their energy_k is 1.0 by definition, gap_k 0 and alignment NaN; pick smaller ranks."
+    ]
+
+
+def _rank_cap(shape: tuple[int, ...], info: ModuleInfo) -> int | None:
+    """min(rows, cols) of the matrices a tensor is analysed as, or None for vectors."""
+    if len(shape) < 2:
+        return None
+    if info.stacked_experts and len(shape) >= 3:
+        return min(shape[-2], shape[-1])
+    rest = 1
+    for d in shape[1:]:
+        rest *= d
+    return min(shape[0], rest)
+
+
 def _piece(x: torch.Tensor, sl: Slice, info: ModuleInfo) -> torch.Tensor:
     """The slice's matrix (or vector) from the whole oriented tensor."""
     if info.stacked_experts and x.dim() >= 3 and sl.expert is not None:
@@ -111,18 +167,26 @@ class TensorSweep:
         )
         self.result = TensorResult()
         self._final_sq: dict[str, float] = {}
+        self._h0 = b""  # digest of W_0's stored bytes
+        # A slice's rows (fused parts) depend on the config: part of its cache key.
+        self._slice_digest = {
+            sl.key: digest(sl.rows_index) if sl.rows_index is not None else b""
+            for sl in self.slices
+        }
 
-    def _update(self, step: int, w0: torch.Tensor) -> Update:
-        """Δ_step = W_step − W_0, with W_0 read once per sweep (each file is read once)."""
+    def _update(self, step: int, w0: torch.Tensor) -> tuple[Update, bytes]:
+        """Δ_step = W_step − W_0 (W_0 read once per sweep), and a digest of what it came from."""
         f = self.run.factored_delta(self.name, step)
         if f is not None:
-            return Update(b=f[0], a=f[1]).to(self.opt.device)
-        d = self.run.weight(self.name, step)  # a fresh float32 tensor: subtract in place,
+            return Update(b=f[0], a=f[1]).to(self.opt.device), digest(f[0], f[1])
+        # A fresh float32 tensor, hashed as it is read: subtract in place.
+        d, h = read_weight(self.run.checkpoint(step), self.name)
+        d = as_matrix(d, self.info)
         if d.dim() == 0:
             d.sub_(w0)
         for i in range(0, d.shape[0] if d.dim() else 0, _ROWS):
             d[i : i + _ROWS].sub_(w0[i : i + _ROWS])  # by row blocks: W_0 is never upcast whole
-        return Update(dense=d.to(self.opt.device))
+        return Update(dense=d.to(self.opt.device)), self._h0 + h
 
     def _pieces(self, u: Update) -> dict[str, Update]:
         out = {}
@@ -134,19 +198,36 @@ class TensorSweep:
         return out
 
     def run_sweep(self) -> TensorResult:
+        skip = skip_reason(self.run, self.name)
+        if skip is not None:
+            self.result.warnings.append(skip)
+            return self.result
+        note = float8_note(self.run, self.name)
+        if note is not None:
+            self.result.warnings.append(note)
         # W_0 stays in its stored dtype (half the memory of float32 for bf16 checkpoints).
-        w0 = as_matrix(self.run.base.tensor(self.name), self.info)
+        w0, self._h0 = read_stored(self.run.base, self.name)
+        if self.run.base.spec(self.name).stored in _FLOAT8:
+            w0 = w0.float()  # torch does not mix float8 with float32 in arithmetic
+        w0 = as_matrix(w0, self.info)
         base_sq = {sl.key: M.frobenius_sq(_piece(w0, sl, self.info)) for sl in self.slices}
-        final_u = self._pieces(self._update(self.final, w0))
+        final_whole, final_h = self._update(self.final, w0)
+        final_u = self._pieces(final_whole)
+        del final_whole
         self._final_sq = {k: u.frobenius_sq() for k, u in final_u.items()}
         final_top = {
-            k: self._factors(self.final, k, u, None, "cumulative", self._final_sq[k])
+            k: self._factors(self.final, k, u, None, "cumulative", self._final_sq[k], final_h)
             for k, u in final_u.items()
         }
         prev_v: dict[str, torch.Tensor | None] = {sl.key: None for sl in self.slices}
         prev_u: dict[str, Update] | None = None
         for step in self.steps:
-            cur = final_u if step == self.final else self._pieces(self._update(step, w0))
+            if step == self.final:
+                cur, h = final_u, final_h
+            else:
+                whole, h = self._update(step, w0)
+                cur = self._pieces(whole)
+                del whole
             for sl in self.slices:
                 key = sl.key
                 u = cur[key]
@@ -154,7 +235,7 @@ class TensorSweep:
                 top = (
                     final_top[key]
                     if step == self.final
-                    else self._factors(step, key, u, prev_v[key], "cumulative", sq)
+                    else self._factors(step, key, u, prev_v[key], "cumulative", sq, h)
                 )
                 prev_v[key] = top.v if top is not None else None
                 finals = (final_u[key], final_top[key], base_sq[key])
@@ -163,38 +244,41 @@ class TensorSweep:
                     pu = prev_u[key] if prev_u is not None else None
                     cu = u if pu is None else u.minus(pu)
                     csq = cu.frobenius_sq()
-                    ctop = self._factors(step, key, cu, None, "consecutive", csq)
+                    ctop = self._factors(step, key, cu, None, "consecutive", csq, None)
                     self._row(step, sl, "consecutive", cu, csq, ctop, *finals)
             prev_u = cur if self.opt.consecutive else None
             del cur, u  # free Δ_t before Δ_{t+1} is read: two live updates, not three
+        if self.cache is not None:
+            self.result.warnings += self.cache.notes
         return self.result
 
     def _factors(
-        self, step: int, key: str, u: Update, init: torch.Tensor | None, kind: str, total_sq: float
-    ) -> CachedFactors | None:
+        self, step: int, key: str, u: Update, init: torch.Tensor | None, kind: str,
+        total_sq: float, source: bytes | None,
+    ) -> CachedFactors | None:  # fmt: skip
+        """Top-K factors of one slice's update, from the cache when its bytes were seen before."""
         if not u.is_matrix or not math.isfinite(total_sq):  # non-finite ⇔ NaN/Inf inside
             return None
-        cacheable = self.cache is not None and kind == "cumulative"
-        if cacheable:
-            hit = self.cache.get(step, key, self.opt.kmax, self.opt.full_spectrum)
+        content = None
+        if self.cache is not None and kind == "cumulative" and source is not None:
+            content = content_key(source, self._slice_digest[key])
+            shape = (u.shape[0], u.shape[1])
+            hit = self.cache.get(step, key, self.opt.kmax, self.opt.full_spectrum, content, shape)
             if hit is not None:
                 self.result.cache_hits += 1
                 return hit
         k = min(self.opt.kmax, min(u.shape))
-        top = u.top_k(k, init=init)
-        spectrum = None
-        if self.opt.full_spectrum:
-            from .linalg import singular_values
-
-            spectrum = singular_values(u.to_dense()).cpu()
+        top = u.top_k(k, init=init, total_sq=total_sq)
+        spectrum = u.spectrum(total_sq).cpu() if self.opt.full_spectrum else None
         self.result.svd_calls += 1
         label = svd_label(top)
         self.result.svd_methods[label] = self.result.svd_methods.get(label, 0) + 1
         fac = CachedFactors(
             top.U.cpu(), top.S.cpu(), top.V.cpu(), top.method, top.iterations, spectrum
         )
-        if cacheable:
-            self.cache.put(step, key, fac, kcap=min(u.shape))
+        if content is not None:
+            assert self.cache is not None
+            self.cache.put(step, key, fac, min(u.shape), content)
         return fac
 
     def _row(
@@ -221,12 +305,13 @@ class TensorSweep:
         fsq = self._final_sq[sl.key]
         cos = math.nan
         if finite and math.isfinite(fsq) and total_sq > 0 and fsq > 0:
-            cos = u.inner(final) / math.sqrt(total_sq * fsq)
+            cos = u.inner(final) / (math.sqrt(total_sq) * math.sqrt(fsq))
         row["cos_to_final"] = cos
+        cap = min(rows, cols)  # K ≥ cap: energy_k is 1.0 and σ_{K+1} = 0 (design.md)
         for k in self.opt.ranks:
-            ok = finite and top is not None and total_sq > 0 and k <= top.u.shape[1]
-            row[f"energy_k{k}"] = M.energy_k(top.s, total_sq, k) if ok else math.nan
-            row[f"gap_k{k}"] = M.gap_k(top.s, k) if ok else math.nan
+            ok = finite and top is not None and total_sq > 0
+            row[f"energy_k{k}"] = M.energy_k(top.s, total_sq, k, rank_cap=cap) if ok else math.nan
+            row[f"gap_k{k}"] = M.gap_k(top.s, k, rank_cap=cap) if ok else math.nan
             al = ok and final_top is not None and k <= min(top.u.shape[1], final_top.u.shape[1])
             row[f"align_left_k{k}"] = (
                 M.subspace_alignment(top.u, final_top.u, k) if al else math.nan

@@ -1,15 +1,24 @@
-"""Factor cache: only new steps recomputed, alignment from the cache alone, changed files caught."""
+"""Factor cache: only new steps recomputed, alignment from the cache alone, changed bytes caught."""
 
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import resource
 import shutil
+import signal
+import subprocess
+import sys
 
 import checkpoints
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from planted import RANKS, SMALL_CONFIG, small_states, write_state_run
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from opdlens import OpdlensError, open_run
 from opdlens.analysis.analyze import run_analysis
@@ -91,7 +100,137 @@ def test_damaged_cache_file_is_rebuilt_with_a_warning(tmp_path):
     root = write_state_run(tmp_path / "run", small_states((0, 1)), SMALL_CONFIG)
     out = tmp_path / "out"
     write_analysis(open_run(root), out, ranks=(1,), workers=1)
-    victim = sorted((out / "cache").glob("*.pt"))[0]
+    victim = sorted((out / "cache").glob("*.safetensors"))[0]
     victim.write_bytes(b"garbage")
     again, _ = write_analysis(open_run(root), out, ranks=(1,), workers=1)
     assert again.svd_calls == 1 and any("unreadable cache file" in w for w in again.warnings)
+
+
+BIG = "model.layers.0.mlp.down_proj.weight"
+
+
+def _big_run(root, steps=(0, 1, 2)):
+    """small_states with one 1024×1024 float32 matrix: a 4 MiB tensor in a > 2 MiB file."""
+    states = small_states(steps)
+    g = torch.Generator().manual_seed(7)
+    w0 = 0.02 * torch.randn(1024, 1024, generator=g)
+    u, v = torch.randn(1024, 2, generator=g), torch.randn(2, 1024, generator=g)
+    for s, st in states.items():
+        st[BIG] = w0 + 1e-3 * s * (u @ v) + 1e-4 * torch.randn(1024, 1024, generator=g)
+    return write_state_run(root, states, SMALL_CONFIG)
+
+
+def _float64_row(root, step):
+    """update_norm, energy_k1 and stable_rank of BIG at `step`, from the bytes on disk."""
+    d = (checkpoints.st_state(root / f"checkpoint-{step}")[BIG].double()
+         - checkpoints.st_state(root / "checkpoint-0")[BIG].double()).numpy()  # fmt: skip
+    s = np.linalg.svd(d, compute_uv=False)
+    total = float((s**2).sum())
+    return np.sqrt(total), s[0] ** 2 / total, total / s[0] ** 2
+
+
+def test_in_place_edit_keeping_size_and_mtime_is_recomputed(tmp_path):
+    root = _big_run(tmp_path / "run")
+    out = tmp_path / "out"
+    first, _ = write_analysis(open_run(root), out, ranks=(1, 4), workers=1)
+    f = root / "checkpoint-1" / "model.safetensors"
+    st = f.stat()
+    assert st.st_size > 4 * 2**20
+    raw = f.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    begin = 8 + n + json.loads(raw[8 : 8 + n])[BIG]["data_offsets"][0]  # BIG's first byte
+    rows = np.arange(480, 544)  # 256 KiB in the middle of the file, > 1 MiB from either end
+    with open(f, "r+b") as fh:
+        fh.seek(begin + rows[0] * 4096)
+        fh.write((np.full((64, 1024), 0.5, np.float32)).tobytes())  # a strong new direction
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (f.stat().st_size, f.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    again, _ = write_analysis(open_run(root), out, ranks=(1, 4), workers=1)
+    assert again.svd_calls == 1  # only BIG at step 1 changed
+    assert again.cache_hits == first.svd_calls - 1
+    row = again.frame.query("tensor == @BIG and step == 1 and update == 'cumulative'")
+    norm, e1, sr = _float64_row(root, 1)
+    assert row["update_norm"].item() == pytest.approx(norm, rel=1e-6)
+    assert row["energy_k1"].item() == pytest.approx(e1, abs=1e-3)
+    assert row["stable_rank"].item() == pytest.approx(sr, rel=1e-3)
+    before = first.frame.query("tensor == @BIG and step == 1 and update == 'cumulative'")
+    assert abs(before["energy_k1"].item() - e1) > 0.1  # the edit did move the spectrum
+    fresh = run_analysis(open_run(root), ranks=(1, 4), workers=1).frame
+    pd.testing.assert_frame_equal(again.frame, fresh)
+
+
+def _rewrite(path, edit):
+    """Load a cache file's arrays and metadata, apply `edit(tensors, meta)`, save it back."""
+    with safe_open(path, "pt") as f:
+        names = f.keys()
+        tensors = {k: f.get_tensor(k) for k in names}
+        meta = dict(f.metadata())
+    edit(tensors, meta)
+    save_file(tensors, path, metadata=meta)
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.mkdir, ("/tmp/opdlens-cache-pickle-ran",))
+
+
+@pytest.mark.parametrize(
+    ("damage", "note"),
+    [
+        (lambda t, m: t.__setitem__("0.u", torch.zeros(3, 1)), "cached factors of"),
+        (lambda t, m: t["0.s"].fill_(float("nan")), "NaN or Inf"),
+        (lambda t, m: t.__setitem__("0.s", -t["0.s"]), "negative"),
+        (lambda t, m: t.pop("0.u"), "unreadable cache file"),
+        (lambda t, m: m.__setitem__("entries", "{not json"), "unreadable cache file"),
+        (lambda t, m: m.__setitem__("entries", '[{"id": 3}]'), "unreadable cache file"),
+        (lambda t, m: m.__setitem__("format", "something else"), "unreadable cache file"),
+        ("truncate", "unreadable cache file"),
+        ("pickle", "unreadable cache file"),
+    ],
+    ids=["u-shape", "s-nan", "s-negative", "u-missing", "entries-garbage", "entries-fields",
+         "format", "truncated", "pickle"],
+)  # fmt: skip
+def test_damaged_cache_entries_are_recomputed_with_a_warning(tmp_path, damage, note):
+    root = write_state_run(tmp_path / "run", small_states((0, 1, 2)), SMALL_CONFIG)
+    out = tmp_path / "out"
+    write_analysis(open_run(root), out, ranks=(1, 4), workers=1)
+    name = "model.layers.1.self_attn.q_proj.weight"
+    path = FactorCache(out / "cache", {}).tensor(name).path
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:-40])
+    elif damage == "pickle":
+        path.write_bytes(pickle.dumps({"entries": _Boom()}))
+    else:
+        _rewrite(path, damage)
+    again, _ = write_analysis(open_run(root), out, ranks=(1, 4), workers=1)
+    assert again.svd_calls >= 1
+    assert [w for w in again.warnings if note in w and str(path) in w], again.warnings
+    assert not os.path.exists("/tmp/opdlens-cache-pickle-ran")
+    fresh = run_analysis(open_run(root), ranks=(1, 4), workers=1).frame
+    pd.testing.assert_frame_equal(again.frame, fresh)
+    third, _ = write_analysis(open_run(root), out, ranks=(1, 4), workers=1)
+    assert third.svd_calls == 0 and not third.warnings  # rebuilt
+
+
+def _limit_file_size(limit: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_cache_write_failure_is_one_line_and_leaves_no_temp_file(tmp_path):
+    root = _big_run(tmp_path / "run")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "opdlens", "analyze", str(root), "--out", str(out),
+         "--ranks", "16", "--workers", "1", "--quiet"],
+        capture_output=True, text=True, timeout=600, preexec_fn=_limit_file_size(100_000),
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    big = FactorCache(out / "cache", {}).tensor(BIG).path
+    assert str(big) in lines[0] and "Cannot write the output" in lines[0]
+    assert not [p.name for p in (out / "cache").iterdir() if "tmp" in p.name]

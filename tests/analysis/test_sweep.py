@@ -131,3 +131,27 @@ def test_nonfinite_weight_marks_one_row_and_keeps_the_rest(tmp_path):
     shares = good[good["update"] == "cumulative"].groupby("step")["update_share"].sum()
     np.testing.assert_allclose(shares.to_numpy(), 1.0, atol=1e-9)
     assert math.isnan(df.loc[df["nonfinite"], "update_share"].iloc[0])
+
+
+def test_ranks_at_or_beyond_min_rows_cols_follow_the_definition(tmp_path):
+    router, narrow = "model.layers.0.mlp.gate.weight", "model.layers.1.self_attn.k_proj.weight"
+    states = small_states((0, 1, 2))
+    for s, st in states.items():
+        g = torch.Generator().manual_seed(s)
+        st[router] = 0.02 * torch.randn(4, 16, generator=g)  # (experts, hidden)
+        st[narrow] = 0.02 * torch.randn(12, 64, generator=g)  # a 12×64 head block
+    root = write_state_run(tmp_path, states, SMALL_CONFIG)
+    ranks = (1, 4, 12, 10_000)
+    res = run_analysis(open_run(root), ranks=ranks, workers=1)
+    df = res.frame
+    compare(df, reference(load_states(root), SMALL_CONFIG, ranks[:3]), ranks[:3])  # float64 SVDs
+    r, n = df[df["tensor"] == router], df[df["tensor"] == narrow]
+    assert (r[["energy_k4", "energy_k12", "energy_k10000"]] == 1.0).all().all()  # exactly
+    assert (r[["gap_k12", "gap_k10000"]] == 0.0).all().all()
+    assert r[["align_left_k12", "align_right_k10000"]].isna().all().all()
+    assert (n["energy_k12"] == 1.0).all() and (n["gap_k12"] > 0).all()
+    matrices = df[df["cols"] > 1]
+    assert (matrices["energy_k10000"] == 1.0).all()
+    assert df.loc[df["cols"] == 1, "energy_k10000"].isna().all()  # vectors: no spectrum
+    notes = [w for w in res.warnings if "exceed min(rows, cols)" in w]
+    assert len(notes) == 1 and "[10000]" in notes[0] and "at most 16" in notes[0]
