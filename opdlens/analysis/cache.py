@@ -81,7 +81,7 @@ class TensorCache:
         if path.is_file():
             try:
                 self.entries = _load(path)
-            except (OSError, SafetensorError, ValueError) as e:
+            except (OSError, SafetensorError, ValueError, RecursionError) as e:
                 self.dirty = True  # a damaged cache file is rebuilt, never trusted
                 self.warning = f"{path}: unreadable cache file ({e}); recomputed."
         for entry_id, e in self.entries.items():

@@ -183,12 +183,13 @@ class _Boom:
         (lambda t, m: t.pop("0.u"), "unreadable cache file"),
         (lambda t, m: m.__setitem__("entries", "{not json"), "unreadable cache file"),
         (lambda t, m: m.__setitem__("entries", '[{"id": 3}]'), "unreadable cache file"),
+        (lambda t, m: m.__setitem__("entries", "[" * 10**5 + "]" * 10**5), "unreadable cache file"),
         (lambda t, m: m.__setitem__("format", "something else"), "unreadable cache file"),
         ("truncate", "unreadable cache file"),
         ("pickle", "unreadable cache file"),
     ],
     ids=["u-shape", "s-nan", "s-negative", "u-missing", "entries-garbage", "entries-fields",
-         "format", "truncated", "pickle"],
+         "entries-deep", "format", "truncated", "pickle"],
 )  # fmt: skip
 def test_damaged_cache_entries_are_recomputed_with_a_warning(tmp_path, damage, note):
     root = write_state_run(tmp_path / "run", small_states((0, 1, 2)), SMALL_CONFIG)
