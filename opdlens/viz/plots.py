@@ -22,6 +22,7 @@ from opdlens.viz.style import (
     linestyle_at,
     new_figure,
     paper_style,
+    sequential_colors,
 )
 from opdlens.viz.training import training_curve
 
@@ -43,6 +44,7 @@ GAP_THRESHOLD = ILL_DEFINED_GAP  # design.md's gap rule, defined once in analysi
 # alignment_by_step greys out a point when ill-defined tensors carry more than this share of ‖Δ‖².
 _FLAG_WEIGHT = 0.5
 _MAX_STRIP_PANELS = 6
+_STRIP_COLUMNS = 3
 
 _ANALYZE_HINT = "Pass the DataFrame returned by Run.analyze."
 _BLOCKS = ("attn", "mlp", "embed", "norm", "head", "other")
@@ -168,29 +170,44 @@ def _share_grid(rows: pd.DataFrame, layers: list[int], kinds: list[str]) -> np.n
     return table.reindex(index=layers, columns=kinds).to_numpy(dtype="float64", na_value=np.nan)
 
 
-def _heatmaps(panels: list[tuple[str, np.ndarray]], layers: list[int], kinds: list[str]) -> Figure:
-    # Height: rotated kind labels below, the title above, and room for the colour-bar label
-    # (about 1.7 in long) beside an image of at least that height, whatever the layer count.
+def _heatmaps(
+    panels: list[tuple[str, np.ndarray]], layers: list[int], kinds: list[str], ncols: int = 0
+) -> Figure:
+    """One heatmap per panel on one colour scale, `ncols` per row (0: all in one row)."""
+    ncols = min(len(panels), ncols or len(panels))
+    nrows = -(-len(panels) // ncols)
+    # Height: rotated kind labels below, the titles above, and room for the colour-bar label
+    # (about 1.7 in long) beside images of at least that height, whatever the layer count.
     labels = 0.055 * max((len(k) for k in kinds), default=4)
-    height = 0.8 + labels + max(1.8, 0.14 * len(layers))
-    fig = new_figure(1.3 + len(panels) * (0.6 + 0.22 * len(kinds)), height)
-    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    image = max(1.8 / nrows, 0.14 * len(layers))
+    height = 0.8 + labels + nrows * image + (nrows - 1) * (0.35 + labels)
+    fig = new_figure(1.3 + ncols * (0.6 + 0.22 * len(kinds)), height)
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    axes = list(grid.flat[: len(panels)])
+    for ax in grid.flat[len(panels) :]:
+        ax.remove()
     finite = [grid[np.isfinite(grid)] for _, grid in panels]
     vmax = max((float(f.max()) for f in finite if f.size), default=0.0) or 1.0
     cmap = mpl.colormaps["viridis"].with_extremes(bad="#EEEEEE")
-    image = None
-    for ax, (title, grid) in zip(axes, panels, strict=True):
-        image = ax.imshow(
-            np.ma.masked_invalid(grid), origin="lower", aspect="auto", cmap=cmap,
+    drawn = None
+    every = max(1, len(layers) // 12)
+    for i, (ax, (title, values)) in enumerate(zip(axes, panels, strict=True)):
+        drawn = ax.imshow(
+            np.ma.masked_invalid(values), origin="lower", aspect="auto", cmap=cmap,
             vmin=0.0, vmax=vmax, interpolation="nearest",
         )  # fmt: skip
-        ax.set_xticks(range(len(kinds)), kinds, rotation=60, ha="right", rotation_mode="anchor")
-        every = max(1, len(layers) // 12)
+        # Kind names only under the lowest panel of each column, layers only in the first column.
+        lowest = i + ncols >= len(panels)
+        ax.set_xticks(range(len(kinds)), kinds if lowest else [], rotation=60, ha="right",
+                      rotation_mode="anchor")  # fmt: skip
         ax.set_yticks(range(0, len(layers), every), [str(v) for v in layers[::every]])
+        if i % ncols:
+            ax.tick_params(labelleft=False)
+        else:
+            ax.set_ylabel("layer")
         ax.grid(False)
         ax.set_title(title)
-    axes[0].set_ylabel("layer")
-    fig.colorbar(image, ax=list(axes), label=_SHARE_LABEL, fraction=0.05, pad=0.02)
+    fig.colorbar(drawn, ax=axes, label=_SHARE_LABEL, fraction=0.05, pad=0.02)
     return fig
 
 
@@ -255,7 +272,8 @@ def allocation_strip(
     layers, kinds = _grid_axes(rows)
     with paper_style():
         panels = [(f"step {s}", _share_grid(rows[rows["step"] == s], layers, kinds)) for s in steps]
-        fig = _heatmaps(panels, layers, kinds)
+        # Three panels a row: the strip stays as wide as the report's column, its labels legible.
+        fig = _heatmaps(panels, layers, kinds, ncols=_STRIP_COLUMNS)
         fig.suptitle(f"{run}: update share by layer and module")
     return fig
 
@@ -496,16 +514,19 @@ def error_vs_alpha(errors: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
     errors = _check_frame(
         errors, "error_vs_alpha", ["alpha", "target_step", "rel_error"], arg="errors", hint=hint
     )
+    targets = errors.sort_values("alpha").groupby("target_step")
+    # One colour per target step, from a sequential map: later targets are lighter, none repeats.
+    colors = sequential_colors(targets.ngroups)
     with paper_style():
         fig, ax = figure_and_axes(ax)
-        for i, (target, rows) in enumerate(errors.sort_values("alpha").groupby("target_step")):
-            ax.plot(rows["alpha"], rows["rel_error"], color=color_at(i), marker="o",
-                    label=f"target step $s$ = {target}")  # fmt: skip
+        for color, (target, rows) in zip(colors, targets, strict=True):
+            ax.plot(rows["alpha"], rows["rel_error"], color=color, marker="o",
+                    label=f"$s$ = {target}")  # fmt: skip
         ax.axhline(1.0, color="#777777", linestyle="--", linewidth=0.8, label="standing still")
         ax.set_xlabel(r"extrapolation factor $\alpha$")
         ax.set_ylabel(
             "relative error\n"
             r"$\|\theta_{\mathrm{pred}} - \theta_s\| \,/\, \|\theta_t - \theta_s\|$"
         )
-        ax.legend(loc="best")
+        ax.legend(loc="best", title="target step", ncols=2 if targets.ngroups > 6 else 1)
     return fig

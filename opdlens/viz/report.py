@@ -36,6 +36,7 @@ body { font-family: "STIX Two Text", "Times New Roman", Georgia, serif; margin: 
        max-width: 1100px; padding: 0 1.5em; color: #222; line-height: 1.45; }
 h1 { font-size: 1.7em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.6em 0 1.2em; }
+div.wide { overflow-x: auto; max-width: 100%; } div.top table { font-size: 0.78em; }
 th, td { border-bottom: 1px solid #e3e3e3; padding: 0.25em 0.6em; text-align: left; }
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
@@ -69,8 +70,8 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def _table(df: pd.DataFrame, flags: pd.DataFrame | None = None) -> str:
-    """An HTML table; cells where `flags` is True get a grey asterisk."""
+def _table(df: pd.DataFrame, flags: pd.DataFrame | None = None, css: str = "") -> str:
+    """An HTML table that scrolls inside the page column; cells where `flags` is True get a *."""
     head = "".join(f"<th>{_e(c)}</th>" for c in df.columns)
     body = []
     for i, (_, row) in enumerate(df.iterrows()):
@@ -82,34 +83,58 @@ def _table(df: pd.DataFrame, flags: pd.DataFrame | None = None) -> str:
             text = _e(_fmt(v)) + ('<span class="flag">*</span>' if mark else "")
             cells.append(f'<td class="num">{text}</td>' if num else f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    classes = " ".join(c for c in ("wide", css) if c)
+    return f'<div class="{classes}"><table><tr>{head}</tr>{"".join(body)}</table></div>'
 
 
 def _ks(df: pd.DataFrame, prefix: str) -> list[int]:
     return sorted(int(m.group(1)) for c in df.columns if (m := re.match(rf"^{prefix}_k(\d+)$", c)))
 
 
-def _top_table(df: pd.DataFrame, n: int) -> str:
+def _top_table(df: pd.DataFrame, n: int, finals: dict[str, int]) -> str:
+    """The top-n tensors; alignment columns only where they are not 1 by construction."""
     top = top_tensors(df, n)
     ks = _ks(df, "energy")
     k = ks[(len(ks) - 1) // 2] if ks else None
-    cols = ["run", "step", "tensor", "expert", "part", "layer", "block", "kind", "rows", "cols",
-            "update_share", "rel_update_norm", "stable_rank", "cos_to_final"]  # fmt: skip
+    if "rows" in top and "cols" in top:
+        top["shape"] = [f"{r}×{c}" for r, c in zip(top["rows"], top["cols"], strict=True)]
+    cols = ["run", "step", "tensor", "expert", "part", "block", "shape", "update_share",
+            "rel_update_norm", "stable_rank", "cos_to_final"]  # fmt: skip
+    aligned = ["cos_to_final"]
     if k is not None:
-        cols[-2:-2] = [f"energy_k{k}", f"align_left_k{k}", f"align_right_k{k}"]
+        aligned += [f"align_left_k{k}", f"align_right_k{k}"]
+        cols[-2:-2] = [f"energy_k{k}", *aligned[1:]]
+    # Δ_T compared with itself: alignment and cosine are 1 at each run's final step.
+    at_final = (top["step"] == top["run"].map(finals)).to_numpy(dtype=bool)
+    top.loc[at_final, [c for c in aligned if c in top]] = np.nan
     cols = [c for c in cols if c in top.columns and not top[c].isna().all()]
     flags = None
-    if k is not None and f"gap_k{k}" in top:
+    if k is not None and f"gap_k{k}" in top and f"align_left_k{k}" in cols:
         gap = top[f"gap_k{k}"].to_numpy(dtype="float64", na_value=np.nan)
-        ill = ~(gap >= GAP_THRESHOLD)
+        ill = ~(gap >= GAP_THRESHOLD) & top[f"align_left_k{k}"].notna().to_numpy()
         flags = pd.DataFrame({f"align_left_k{k}": ill, f"align_right_k{k}": ill})
-    note = (
-        f'<p class="meta"><span class="flag">*</span> gap_k{k} &lt; {GAP_THRESHOLD:g} at this '
-        "step: the top-K subspace is not well defined and its alignment means little.</p>"
-        if flags is not None and flags.to_numpy().any()
-        else ""
-    )
-    return _table(top[cols].reset_index(drop=True), flags) + note
+    notes = []
+    if at_final.any():
+        notes.append(
+            "align_* and cos_to_final are left out at the final step: they compare Δ_T with "
+            "itself and are 1 by construction (see the alignment figure for earlier steps)."
+        )
+    if flags is not None and flags.to_numpy().any():
+        notes.append(
+            f'<span class="flag">*</span> gap_k{k} &lt; {GAP_THRESHOLD:g} at this step: the '
+            "top-K subspace is not well defined and its alignment means little."
+        )
+    table = _table(top[cols].reset_index(drop=True), flags, css="top")
+    return table + "".join(f'<p class="meta">{t}</p>' for t in notes)
+
+
+def _finals(sources: Sources) -> dict[str, int]:
+    """Each run's final step Δ_T: from its analysis provenance, else its last analysed step."""
+    out = {}
+    for rm in sources.runs:
+        final = rm.provenance.get("final_step")
+        out[rm.label] = int(final) if final is not None else int(rm.frame["step"].max())
+    return out
 
 
 def _checkpoints(rm: RunMetrics) -> tuple[pd.DataFrame, list[str]]:
@@ -238,7 +263,7 @@ def render_report(
         "<h2>Run summary</h2>", *(_summary(rm, sources.training.get(rm.label)) for rm in sources.runs),
         "<h2>Figures</h2>", *(_figure(figures, stem) for stem in figures.paths),
         f"<h2>Top {top} tensors by update share at the final step</h2>",
-        _top_table(sources.frame, top),
+        _top_table(sources.frame, top, _finals(sources)),
         f"<h2>Warnings ({len(warnings)})</h2>", _list(warnings),
         "<h2>Provenance</h2>", _provenance(sources, options or {}),
     ]  # fmt: skip

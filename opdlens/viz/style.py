@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import matplotlib as mpl
+import numpy as np
 from cycler import cycler
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -24,6 +25,7 @@ __all__ = [
     "linestyle_at",
     "new_figure",
     "paper_style",
+    "sequential_colors",
 ]
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour
@@ -96,6 +98,12 @@ def paper_style() -> Iterator[None]:
 def color_at(i: int) -> str:
     """The i-th Okabe–Ito colour, cycling."""
     return OKABE_ITO[i % len(OKABE_ITO)]
+
+
+def sequential_colors(n: int) -> list[str]:
+    """n distinct colours in order, sampled evenly from viridis (its lightest yellow left out)."""
+    cmap = mpl.colormaps["viridis"]
+    return [mpl.colors.to_hex(cmap(x)) for x in np.linspace(0.0, 0.85, n)]
 
 
 def linestyle_at(i: int) -> str | tuple:

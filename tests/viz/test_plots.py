@@ -139,6 +139,18 @@ def test_allocation_strip(metrics: pd.DataFrame) -> None:
         allocation_strip(metrics, run="opd", steps=[3])
 
 
+def test_allocation_strip_fits_the_report_column(metrics: pd.DataFrame) -> None:
+    fig = allocation_strip(metrics, run="opd")  # four panels: three, then one below the first
+    # The report shows a figure at its print size up to ~11 in: wider ones shrink their labels.
+    assert fig.get_size_inches()[0] <= 10
+    panels = [ax for ax in fig.axes if ax.images]
+    fig.canvas.draw()
+    kinds = [[t.get_text() for t in ax.get_xticklabels() if t.get_text()] for ax in panels]
+    assert kinds[0] == [] and kinds[1] == kinds[2] == kinds[3] == _kinds_order(set(LAYER_KINDS))
+    assert [ax.get_ylabel() for ax in panels] == ["layer", "", "", "layer"]
+    assert min(t.get_fontsize() for ax in panels for t in ax.get_xticklabels()) >= 7.5
+
+
 def test_block_norms(metrics: pd.DataFrame) -> None:
     fig = block_norms(metrics)
     ax = fig.axes[0]
@@ -270,6 +282,21 @@ def test_error_vs_alpha() -> None:
     ax = error_vs_alpha(errors).axes[0]
     assert len(ax.lines) == 3  # two targets and the standing-still line
     np.testing.assert_allclose(ax.lines[1].get_ydata(), [0.9, 0.7, 0.5])
+
+
+def test_error_vs_alpha_gives_every_target_its_own_colour() -> None:
+    targets = [25, 32, 50, 64, 75, 100, 125, 128, 150, 175, 200, 256]
+    errors = pd.DataFrame(
+        [{"alpha": a, "target_step": t, "rel_error": 0.5 + t / 1000} for t in targets
+         for a in (0.5, 1, 2)]
+    )  # fmt: skip
+    ax = error_vs_alpha(errors).axes[0]
+    lines = ax.lines[: len(targets)]  # then the standing-still line
+    assert [ln.get_label() for ln in lines] == [f"$s$ = {t}" for t in targets]
+    colors = [mpl.colors.to_hex(ln.get_color()) for ln in lines]
+    assert len(set(colors)) == len(targets)  # 8 Okabe–Ito colours would repeat from the 9th
+    lightness = [sum(mpl.colors.to_rgb(c)) for c in colors]
+    assert lightness == sorted(lightness)  # later target steps are lighter
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,8 @@ from opdlens import open_run
 from opdlens.errors import OpdlensError
 from opdlens.viz.export import save_figure
 from opdlens.viz.figures import FigureSet, draw_figures
-from opdlens.viz.report import REPORT_FILE, write_report
-from opdlens.viz.sources import load_sources
+from opdlens.viz.report import REPORT_FILE, _top_table, write_report
+from opdlens.viz.sources import load_metrics, load_sources
 
 
 def _sources(viz_runs: dict[str, Path], viz_metrics: dict[str, Path], out: Path, spectra_top: int):
@@ -92,6 +92,25 @@ def test_report_contents(small_report: Path, viz_metrics: dict[str, Path]) -> No
     assert f"{final['update_share'].iloc[0]:.4g}" in section
 
 
+def test_top_table_leaves_out_what_is_1_by_construction(
+    small_report: Path, viz_metrics: dict[str, Path]
+) -> None:
+    page = small_report.read_text()
+    section = page[page.index("<h2>Top 7") : page.index("<h2>Warnings")]
+    heads = re.findall(r"<th>([^<]+)</th>", section)
+    assert heads == ["run", "step", "tensor", "block", "shape", "update_share", "rel_update_norm",
+                     "energy_k1", "stable_rank"]  # fmt: skip
+    assert "1 by construction" in section and '<div class="wide top">' in section
+    # Shown at a step before the run's final one, alignment is a finding: the columns stay.
+    df = load_metrics(viz_metrics["opd"], "OPD")
+    last = int(df["step"].max())
+    table = _top_table(df, 3, {"OPD": last + 1})
+    heads = re.findall(r"<th>([^<]+)</th>", table)
+    assert heads[-5:] == ["energy_k1", "align_left_k1", "align_right_k1", "stable_rank",
+                          "cos_to_final"]  # fmt: skip
+    assert "1 by construction" not in table
+
+
 def test_report_refuses_output_inside_run(
     viz_runs: dict[str, Path], viz_metrics: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -125,6 +144,21 @@ def _headless(browser: str, profile: Path, *args: str) -> subprocess.CompletedPr
     return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=180)
 
 
+# Measures, once laid out at the test's window width, how far the page and the widest table reach.
+_MEASURE = """<script>
+window.addEventListener("load", function () {
+  var style = getComputedStyle(document.body), widest = 0;
+  var right = document.body.getBoundingClientRect().right - parseFloat(style.paddingRight);
+  document.querySelectorAll("table").forEach(function (t) {
+    widest = Math.max(widest, t.getBoundingClientRect().right - right);
+  });
+  document.body.setAttribute("data-page-overflow",
+    document.documentElement.scrollWidth - window.innerWidth);
+  document.body.setAttribute("data-table-overflow", Math.round(widest));
+});
+</script></head>"""
+
+
 @pytest.mark.slow
 def test_report_in_a_real_browser(report: Path, tmp_path: Path) -> None:
     browser = _chromium()
@@ -132,6 +166,14 @@ def test_report_in_a_real_browser(report: Path, tmp_path: Path) -> None:
     dom = _headless(browser, tmp_path / "profile", "--virtual-time-budget=5000", "--dump-dom", url)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'data-images-ok="9/9"' in dom.stdout, re.findall(r"data-images-ok=\S+", dom.stdout)
+    measured = tmp_path / "measured.html"
+    measured.write_text(report.read_text().replace("</head>", _MEASURE, 1))
+    dom = _headless(browser, tmp_path / "profile", "--virtual-time-budget=5000",
+                    "--window-size=1200,3000", "--dump-dom", measured.as_uri())  # fmt: skip
+    # Nothing sticks out of the page, and every table fits its column at 1200 px.
+    reach = dict(re.findall(r'data-(page|table)-overflow="(-?\d+)"', dom.stdout))
+    assert sorted(reach) == ["page", "table"], dom.stdout[-2000:]
+    assert int(reach["page"]) <= 0 and int(reach["table"]) <= 0, reach
     shot = tmp_path / "shot.png"
     render = _headless(browser, tmp_path / "profile", f"--screenshot={shot}",
                        "--window-size=1200,3000", url)  # fmt: skip
