@@ -32,3 +32,23 @@ class UnknownTensorError(OpdlensError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""  # KeyError would repr() the message
+
+
+class OptionError(OpdlensError, ValueError):
+    """A bad parameter or option value, or options that conflict (also a ValueError)."""
+
+
+class InputNotFoundError(OpdlensError, FileNotFoundError):
+    """A path the user gave that does not exist (also a FileNotFoundError)."""
+
+
+class InputFileError(OpdlensError, ValueError):
+    """A side input (metrics, history or errors file) that is not what opdlens expected."""
+
+
+class NothingToDrawError(OpdlensError, ValueError):
+    """Data with nothing for a figure to show: no rows, no layered tensors, no finite values."""
+
+
+class FusedSplitError(OpdlensError, ValueError):
+    """A fused tensor (qkv, gate_up) whose row count fits no split its config describes."""

@@ -55,7 +55,7 @@ class Checkpoint:
     def tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Read one tensor in its stored orientation, in its stored dtype or converted to ``dtype``."""
         if name not in self.source.specs:
-            raise KeyError(f"{self.path}: no tensor named '{name}'.")
+            raise UnknownTensorError(f"{self.path}: no tensor named '{name}'.")
         return self.source.read(name) if dtype is None else self.source.read_as(name, dtype)
 
     def array(
@@ -66,7 +66,7 @@ class Checkpoint:
         With `span` = (start, stop), only those elements of the flattened tensor, as 1-D.
         """
         if name not in self.source.specs:
-            raise KeyError(f"{self.path}: no tensor named '{name}'.")
+            raise UnknownTensorError(f"{self.path}: no tensor named '{name}'.")
         if float32:
             return self.source.read_float32(name, span)
         return self.source.read_array(name, span)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..errors import OpdlensError
+from ..errors import OpdlensError, OptionError
 from ..progress import Progress
 from ..run import Run
 from .cache import FactorCache, step_keys
@@ -47,7 +47,7 @@ def _check_ranks(ranks: Sequence[int]) -> tuple[int, ...]:
         or any(k <= 0 for k in out)
         or any(float(k) != float(r) for k, r in zip(out, ranks, strict=True))
     ):
-        raise ValueError(
+        raise OptionError(
             f"The 'ranks' parameter of analyze must be positive integers. Got {list(ranks)} instead."
         )
     return tuple(sorted(set(out)))
@@ -69,13 +69,15 @@ def check_options(
     if run is not None and final is not None and final not in run.steps:
         raise OpdlensError(f"--final {final} is not a saved step; saved steps are {run.steps}.")
     if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"The 'device' parameter must be 'cpu' or 'cuda'. Got {device!r} instead.")
+        raise OptionError(
+            f"The 'device' parameter must be 'cpu' or 'cuda'. Got {device!r} instead."
+        )
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise OpdlensError(
             "--device cuda was asked for, but torch sees no CUDA device here; use --device cpu."
         )
     if executor not in ("local", "ray"):
-        raise ValueError(
+        raise OptionError(
             f"The 'executor' parameter must be 'local' or 'ray'. Got {executor!r} instead."
         )
     if executor == "ray" and importlib.util.find_spec("ray") is None:
@@ -84,13 +86,13 @@ def check_options(
             "`pip install 'opdlens[ray]'` (or `pip install ray`), or use --executor local."
         )
     if address is not None and executor != "ray":
-        raise ValueError(
+        raise OptionError(
             "The 'address' parameter is for a Ray cluster; pass executor='ray' (CLI: "
             "--executor ray) or drop the address."
         )
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
     if workers < 1:
-        raise ValueError(f"The 'workers' parameter must be ≥ 1. Got {workers} instead.")
+        raise OptionError(f"The 'workers' parameter must be ≥ 1. Got {workers} instead.")
     return ranks, workers
 
 

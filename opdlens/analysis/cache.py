@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
-from ..errors import OpdlensError
+from ..errors import OpdlensError, OptionError
 from ..io.paths import atomic_file
 from ..run import Run
 from . import metrics as M
@@ -319,7 +319,7 @@ class FactorCache:
                 f"k={k} exceeds the cached rank ({min(fa.u.shape[1], fb.u.shape[1])})."
             )
         if side not in ("left", "right"):
-            raise ValueError(
+            raise OptionError(
                 f"The 'side' parameter must be 'left' or 'right'. Got {side!r} instead."
             )
         a, b = (fa.u, fb.u) if side == "left" else (fa.v, fb.v)

@@ -12,7 +12,7 @@ import torch
 
 from .._memory import release_freed_buffers
 from .._workers import PoolContext
-from ..errors import OpdlensError
+from ..errors import OpdlensError, OptionError
 from ..run import Run, open_run
 from .cache import FactorCache
 from .sweep import SweepOptions, TensorResult, sweep_tensor
@@ -133,6 +133,6 @@ def make_iterator(
         return iter_local(job, names, run, workers)
     if executor == "ray":
         return iter_ray(job, names, address)
-    raise ValueError(
+    raise OptionError(
         f"The 'executor' parameter must be 'local' or 'ray'. Got {executor!r} instead."
     )

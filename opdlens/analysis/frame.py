@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import OptionError
+
 ID_COLUMNS = [
     "step",
     "update",
@@ -81,7 +83,7 @@ def summarize(df: pd.DataFrame, by: Sequence[str] = ("layer", "block")) -> pd.Da
         c for c in ("step", "update_norm", "base_norm", "update_share", *by) if c not in df.columns
     ]
     if missing:
-        raise ValueError(
+        raise OptionError(
             f"The 'df' argument of summarize needs the columns {missing}; got {list(df.columns)}. "
             "Pass the DataFrame returned by Run.analyze."
         )

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
+import os
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Sequence
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -13,6 +17,9 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from ..errors import OpdlensError
+
+# Where typer's click exceptions live: typer >= 0.22 vendors click as typer._click.
+_click_errors = importlib.import_module(typer.BadParameter.__module__)
 
 
 class _TidyHelp:
@@ -41,7 +48,35 @@ class _Command(_TidyHelp, TyperCommand):
 
 
 class _Group(_TidyHelp, TyperGroup):
-    pass
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the CLI; a usage error (unknown option, bad value) is one line on stderr, exit 2."""
+        run = functools.partial(super().main, args, prog_name, complete_var,
+                                windows_expand_args=windows_expand_args, **extra)  # fmt: skip
+        if not standalone_mode:
+            return run(standalone_mode=False)
+        try:
+            code = run(standalone_mode=False)
+        except _click_errors.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # as typer checks it; help is printed
+                sys.exit(e.exit_code)
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            typer.echo(f"opdlens: error: {e.format_message()}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except _click_errors.ClickException as e:
+            typer.echo(f"opdlens: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)  # an int is typer.Exit's code
 
 
 class Typer(typer.Typer):
@@ -86,6 +121,20 @@ TrustPickleOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
+class Executor(str, Enum):
+    """Where `analyze` sweeps the tensors: local worker processes or a Ray cluster."""
+
+    local = "local"
+    ray = "ray"
+
+
+class Device(str, Enum):
+    """Where `analyze` computes the SVDs."""
+
+    cpu = "cpu"
+    cuda = "cuda"
+
+
 def parse_checkpoints(items: list[str] | None) -> dict[int, Path]:
     """Parse repeated STEP=PATH options."""
     from ..io.discover import MAX_STEP
@@ -112,15 +161,22 @@ def parse_checkpoints(items: list[str] | None) -> dict[int, Path]:
     return out
 
 
+def debug_enabled() -> bool:
+    """Whether OPDLENS_DEBUG asks for a traceback on user errors too."""
+    return os.environ.get("OPDLENS_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def handle_errors(fn: F) -> F:
-    """Turn user errors into one line on stderr and exit code 2, never a traceback."""
+    """Turn opdlens' own (user) errors into one line on stderr and exit 2; bugs keep a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: object, **kwargs: object) -> object:
         logging.basicConfig(level=logging.WARNING, format="opdlens: %(levelname)s: %(message)s")
         try:
             return fn(*args, **kwargs)
-        except (OpdlensError, FileNotFoundError, ValueError) as e:
+        except OpdlensError as e:
+            if debug_enabled():
+                traceback.print_exc(file=sys.stderr)
             typer.echo(f"opdlens: error: {e}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:

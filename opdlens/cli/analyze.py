@@ -7,9 +7,12 @@ from typing import Annotated
 
 import typer
 
+from ..errors import OptionError
 from ._app import (
     BaseOpt,
     CheckpointOpt,
+    Device,
+    Executor,
     QuietOpt,
     RunArg,
     TrustPickleOpt,
@@ -25,7 +28,7 @@ def parse_ints(text: str, option: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(
+        raise OptionError(
             f"{option} takes comma-separated whole numbers, e.g. 1,4,16; got '{text}'."
         ) from None
 
@@ -63,11 +66,13 @@ def analyze(
     workers: Annotated[
         int | None, typer.Option(help="Worker processes (default: number of cores).")
     ] = None,
-    executor: Annotated[str, typer.Option(help="local or ray.")] = "local",
+    executor: Annotated[
+        Executor, typer.Option(help="Local worker processes, or a Ray cluster (see --address).")
+    ] = Executor.local,
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (with --executor ray).")
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Annotated[Device, typer.Option(help="Where the SVDs run.")] = Device.cpu,
     trust_pickle: TrustPickleOpt = False,
     skip_incomplete: Annotated[
         bool, typer.Option(help="Skip checkpoints still being written.")
@@ -81,14 +86,14 @@ def analyze(
 
     # Each step's update is freed before the next is read; give that memory back at once.
     release_freed_buffers()
-    if address is not None and executor != "ray":
-        raise ValueError("--address is for a Ray cluster; add --executor ray or drop --address.")
+    if address is not None and executor is not Executor.ray:
+        raise OptionError("--address is for a Ray cluster; add --executor ray or drop --address.")
     r = open_run(run, base, checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle,
                  skip_incomplete=skip_incomplete)  # fmt: skip
     result, summary = write_analysis(
         r, out, ranks=parse_ints(ranks, "--ranks"), final=final, tensors=tensors, consecutive=consecutive,
-        full_spectrum=full_spectrum, split_fused=split_fused, workers=workers, executor=executor,
-        address=address, device=device, progress=not quiet,
+        full_spectrum=full_spectrum, split_fused=split_fused, workers=workers, executor=executor.value,
+        address=address, device=device.value, progress=not quiet,
     )  # fmt: skip
     echo(
         f"final step {result.options.final or r.final_step}: update share and low-rank energy by block"

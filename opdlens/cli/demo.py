@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import OptionError
 from ._app import QuietOpt, app, echo, handle_errors
 
 
@@ -29,7 +30,7 @@ def demo(
 ) -> None:
     """Train (or reuse) tiny OPD and RL runs, analyse and extrapolate them, and write a report."""
     if workers < 1:
-        raise ValueError(f"--workers takes a count ≥ 1; got {workers}.")
+        raise OptionError(f"--workers takes a count ≥ 1; got {workers}.")
     from ..demo.pipeline import format_summary, run_demo
     from ..io.paths import output_dir
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import OptionError
 from ..extrapolation.extrapolate import ERRORS_FILE, extrapolate_paths, output_note
 from ..extrapolation.extrapolate import extrapolate as _extrapolate
 from ..extrapolation.replay import OFFLINE_NOTE, replay_summary
@@ -66,7 +67,7 @@ def _open(
     run: Path | None, base: Path | None, checkpoint: list[str] | None, trust_pickle: bool
 ) -> Run:
     if run is None and not checkpoint:
-        raise ValueError("Give a run directory (RUN), or --checkpoint STEP=PATH for each step.")
+        raise OptionError("Give a run directory (RUN), or --checkpoint STEP=PATH for each step.")
     return open_run(run, base, checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle)
 
 
@@ -120,7 +121,7 @@ def extrapolate(
             or step is not None
             or evaluate
         ):
-            raise ValueError(
+            raise OptionError(
                 "--current and --anchor-path go together and replace RUN, --step and --anchor "
                 "(and --evaluate, which needs later saved steps); give either form, not both."
             )
@@ -130,11 +131,13 @@ def extrapolate(
         echo(f"wrote {path}")
         return
     if step is None:
-        raise ValueError("Give --step T (a saved step of the run), or --current and --anchor-path.")
+        raise OptionError(
+            "Give --step T (a saved step of the run), or --current and --anchor-path."
+        )
     if anchor is not None and from_base:
-        raise ValueError("Give --anchor A or --from-base, not both.")
+        raise OptionError("Give --anchor A or --from-base, not both.")
     if anchor is None and not from_base:
-        raise ValueError("Say what θ_a is: --anchor A (an earlier saved step) or --from-base.")
+        raise OptionError("Say what θ_a is: --anchor A (an earlier saved step) or --from-base.")
     r = _open(run, base, checkpoint, trust_pickle)
     path, errors = _extrapolate(
         r, step, anchor=anchor, from_base=from_base, alpha=alpha, out=out, modules=_modules(modules),

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..errors import OptionError
 from ._app import (
     BaseOpt,
     QuietOpt,
@@ -84,7 +85,7 @@ def _load(
 ) -> Sources:  # fmt: skip
     names = None if labels is None else [x for x in labels.split(",")]
     if spectra < 0:
-        raise ValueError(f"--spectra takes a count ≥ 0; got {spectra}.")
+        raise OptionError(f"--spectra takes a count ≥ 0; got {spectra}.")
     from ..viz.sources import load_sources  # matplotlib and pandas load only for these commands
 
     return load_sources(
@@ -101,7 +102,7 @@ def _output(
 ) -> Iterator[Path]:
     """Check the options, then create and mark --out (new, empty, or written by opdlens)."""
     if spectra < 0:
-        raise ValueError(f"--spectra takes a count ≥ 0; got {spectra}.")
+        raise OptionError(f"--spectra takes a count ≥ 0; got {spectra}.")
     from ..analysis.analyze import check_options
     from ..io.paths import output_dir
     from ..viz.sources import is_metrics_dir
@@ -176,7 +177,7 @@ def report(
 ) -> None:
     """Write one self-contained HTML page: run summary, figures, top tensors, warnings, provenance."""
     if top < 1:
-        raise ValueError(f"--top takes a count ≥ 1; got {top}.")
+        raise OptionError(f"--top takes a count ≥ 1; got {top}.")
     with _output("report", out, [source, *(compare or [])], ranks, workers, spectra):
         src = _load(source, compare, labels, out, base, checkpoint, trust_pickle, replay, errors,
                     metrics, ranks, spectra, workers, quiet)  # fmt: skip

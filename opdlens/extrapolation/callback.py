@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import OptionError
 from ..names import canonical_name, classify
 from .extrapolate import BLOCKS, DEFAULT_MODULES
 
@@ -47,20 +48,20 @@ class EffOPD:
         select: Callable[[str, nn.Parameter], bool] | None = None,
     ) -> None:
         if not isinstance(alpha0, (int, float)) or not math.isfinite(alpha0) or alpha0 <= 0:
-            raise ValueError(
+            raise OptionError(
                 f"The 'alpha0' parameter of EffOPD must be a finite number > 0. Got {alpha0!r}."
             )
         if isinstance(max_candidates, bool) or not isinstance(max_candidates, int):
-            raise ValueError(
+            raise OptionError(
                 f"The 'max_candidates' parameter of EffOPD must be an int >= 1. Got {max_candidates!r}."
             )
         if max_candidates < 1:
-            raise ValueError(
+            raise OptionError(
                 f"The 'max_candidates' parameter of EffOPD must be an int >= 1. Got {max_candidates}."
             )
         unknown = sorted(set(modules) - set(BLOCKS) - {"all"})
         if unknown or not modules:
-            raise ValueError(
+            raise OptionError(
                 f"The 'modules' parameter of EffOPD takes blocks from {', '.join(BLOCKS)} or "
                 f"'all'. Got {tuple(modules)!r}; e.g. modules=('attn', 'mlp'), or pass select=."
             )
@@ -88,7 +89,7 @@ class EffOPD:
     def _selected(self, model: nn.Module) -> dict[str, nn.Parameter]:
         chosen = {n: p for n, p in model.named_parameters() if self.selects(n, p)}
         if not chosen:
-            raise ValueError(
+            raise OptionError(
                 f"EffOPD selected no parameters of the model: no weight matrix of the blocks "
                 f"{self.modules}. Pass other modules= or select=lambda name, param: ... ."
             )
@@ -151,7 +152,7 @@ class EffOPD:
     ) -> None:
         params = self._selected(model)
         if params.keys() != self._anchor.keys():
-            raise ValueError(
+            raise OptionError(
                 "EffOPD's selected tensors changed since start(): "
                 f"{sorted(params.keys() ^ self._anchor.keys())[:5]}. Call start(model) again."
             )

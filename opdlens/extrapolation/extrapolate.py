@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from ..errors import OpdlensError
+from ..errors import OpdlensError, OptionError
 from ..io import dtypes
 from ..io.layouts import detect
 from ..io.paths import output_error
@@ -56,9 +56,9 @@ def check_alpha(alpha: float, name: str = "alpha") -> float:
     try:
         value = float(alpha)
     except (TypeError, ValueError):
-        raise ValueError(f"The '{name}' parameter must be a real number. Got {alpha!r}.") from None
+        raise OptionError(f"The '{name}' parameter must be a real number. Got {alpha!r}.") from None
     if not math.isfinite(value):
-        raise ValueError(
+        raise OptionError(
             f"The '{name}' parameter must be finite. Got {alpha!r}; pass a real number "
             "(a negative one interpolates back toward the anchor)."
         )
@@ -78,7 +78,7 @@ def select_tensors(
         chosen = run.select(tensors)
         bad = [n for n in chosen if not run.base.spec(n).is_float]
         if bad:
-            raise ValueError(
+            raise OptionError(
                 f"--tensors {list(tensors)} selects non-floating-point tensors {bad[:3]}, which "
                 "cannot be extrapolated. Narrow the glob."
             )
@@ -86,7 +86,7 @@ def select_tensors(
     wanted = set(modules or DEFAULT_MODULES)
     unknown = wanted - set(BLOCKS) - {"all"}
     if unknown:
-        raise ValueError(
+        raise OptionError(
             f"The 'modules' parameter takes blocks from {', '.join(BLOCKS)} or 'all'. "
             f"Got {sorted(unknown)}; e.g. --modules attn,mlp."
         )
@@ -435,11 +435,11 @@ def extrapolate(
 
     Raises:
         OpdlensError: unknown step or anchor, anchor not before step, output overlapping an input.
-        ValueError: a non-finite alpha, an unknown module.
+        OptionError: a non-finite alpha, an unknown module (also a ValueError).
     """
     alpha = check_alpha(alpha)
     if (anchor is None) == (not from_base):
-        raise ValueError(
+        raise OptionError(
             "extrapolate needs exactly one of anchor=STEP (--anchor) or from_base=True "
             "(--from-base) to say what θ_a is."
         )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import OptionError
 from ..io.paths import check_output, output_dir, remove_stale, temp_name, write_text_atomic
 from ..run import Run
 from .extrapolate import (
@@ -110,7 +111,7 @@ def replay(
     """
     alpha0 = check_alpha(alpha0, "alpha0")
     if alpha0 <= 0:
-        raise ValueError(
+        raise OptionError(
             f"The 'alpha0' parameter (--alpha0) must be > 0: each accepted candidate moves a "
             f"further α₀·(θ_t − θ_a) from the anchor (2 by default). Got {alpha0!r} instead."
         )
@@ -119,9 +120,9 @@ def replay(
         or not isinstance(max_candidates, int)
         or max_candidates < 1
     ):
-        raise ValueError(f"--max-candidates must be a whole number ≥ 1; got {max_candidates!r}.")
+        raise OptionError(f"--max-candidates must be a whole number ≥ 1; got {max_candidates!r}.")
     if out is None and not dry_run:
-        raise ValueError(
+        raise OptionError(
             "replay keeps accepted candidates under --out DIR; give one, or --dry-run."
         )
     # Everything is checked before anything is created; --out's old contents go only then.

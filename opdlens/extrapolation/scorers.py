@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ScorerError
+from ..errors import OptionError, ScorerError
 from ..io.layouts import NON_WEIGHT_FILES, detect, open_source, read_config
 from ..io.paths import output_error
 from ..run import Run
@@ -116,7 +116,7 @@ class CommandScorer(Scorer):
 
     def __post_init__(self) -> None:
         if "{checkpoint}" not in self.template:
-            raise ValueError(
+            raise OptionError(
                 f"--scorer-cmd must contain the placeholder {{checkpoint}}; got '{self.template}'. "
                 "Example: --scorer-cmd 'python eval.py {checkpoint}'."
             )
@@ -294,7 +294,7 @@ def load_callable(spec: str) -> Callable[[Path], float]:
     if not sep:
         module_name, _, attr = spec.rpartition(".")
     if not module_name or not attr:
-        raise ValueError(
+        raise OptionError(
             f"--scorer takes module:function (e.g. mypkg.evals:score), 'hindsight', or use "
             f"--scorer-cmd; got '{spec}'."
         )
@@ -325,9 +325,9 @@ def make_scorer(
 ) -> Scorer:
     """A Scorer from a callable, 'module:function', 'hindsight' or a shell command template."""
     if timeout is not None and not timeout > 0:
-        raise ValueError(f"--scorer-timeout must be a positive number of seconds; got {timeout}.")
+        raise OptionError(f"--scorer-timeout must be a positive number of seconds; got {timeout}.")
     if (scorer is None) == (command is None):
-        raise ValueError(
+        raise OptionError(
             "Give exactly one scorer: --scorer module:function, --scorer hindsight, or "
             "--scorer-cmd 'CMD {checkpoint}'."
         )
@@ -337,10 +337,10 @@ def make_scorer(
         return scorer
     if scorer == "hindsight":
         if run is None:
-            raise ValueError("The hindsight scorer needs the run whose later checkpoint it uses.")
+            raise OptionError("The hindsight scorer needs the run whose later checkpoint it uses.")
         return HindsightScorer(run, run.final_step if target is None else target, list(tensors))
     if isinstance(scorer, str):
         return PythonScorer(load_callable(scorer), scorer, timeout)
     if callable(scorer):
         return PythonScorer(scorer, getattr(scorer, "__name__", "python"), timeout)
-    raise ValueError(f"The 'scorer' parameter must be a callable or a string; got {scorer!r}.")
+    raise OptionError(f"The 'scorer' parameter must be a callable or a string; got {scorer!r}.")

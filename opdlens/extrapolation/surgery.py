@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import OpdlensError
+from ..errors import OpdlensError, OptionError
 from ..run import Run
 from .extrapolate import (
     BLOCKS,
@@ -99,9 +99,9 @@ def surgery_scale(
     try:
         factor = float(factor)
     except (TypeError, ValueError):
-        raise ValueError(f"--factor must be a number ≥ 0; got {factor!r}.") from None
+        raise OptionError(f"--factor must be a number ≥ 0; got {factor!r}.") from None
     if not math.isfinite(factor) or factor < 0:
-        raise ValueError(f"--factor must be a finite number ≥ 0; got {factor!r}.")
+        raise OptionError(f"--factor must be a finite number ≥ 0; got {factor!r}.")
     _check_step(run, step)
     chosen = select_tensors(run, modules, tensors)
     current = run.checkpoint(step)
@@ -132,7 +132,7 @@ def surgery_lowrank(
     that a glob selects keep their full update.
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"--rank must be a whole number ≥ 1; got {rank!r}.")
+        raise OptionError(f"--rank must be a whole number ≥ 1; got {rank!r}.")
     _check_step(run, step)
     chosen = set(select_tensors(run, modules, tensors))
     current = run.checkpoint(step)
@@ -168,11 +168,11 @@ def parse_layers(text: str | None) -> tuple[int, int] | None:
     try:
         lo, hi = int(first), int(last) if sep else int(first)
     except ValueError:
-        raise ValueError(
+        raise OptionError(
             f"--layers takes FIRST-LAST (inclusive), e.g. 5-10, or one layer; got '{text}'."
         ) from None
     if lo < 0 or hi < lo:
-        raise ValueError(f"--layers must be FIRST-LAST with 0 ≤ FIRST ≤ LAST; got '{text}'.")
+        raise OptionError(f"--layers must be FIRST-LAST with 0 ≤ FIRST ≤ LAST; got '{text}'.")
     return lo, hi
 
 
@@ -190,9 +190,9 @@ def surgery_window(
     window = parse_layers(layers) if isinstance(layers, str) else layers
     block_set = set(blocks) if blocks else None
     if window is None and block_set is None:
-        raise ValueError("surgery window needs --layers FIRST-LAST, --blocks BLOCK,…, or both.")
+        raise OptionError("surgery window needs --layers FIRST-LAST, --blocks BLOCK,…, or both.")
     if block_set is not None and block_set - set(BLOCKS):
-        raise ValueError(
+        raise OptionError(
             f"--blocks takes {', '.join(BLOCKS)}; got {sorted(block_set - set(BLOCKS))}."
         )
     _check_step(run, step)

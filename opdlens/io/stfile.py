@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, OptionError
 from . import dtypes
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ def _span(entry: TensorEntry, span: tuple[int, int] | None) -> tuple[int, int, t
         return 0, numel, entry.shape
     start, stop = span
     if not 0 <= start <= stop <= numel:
-        raise ValueError(f"span {span} lies outside tensor '{entry.key}' of {numel} elements.")
+        raise OptionError(f"span {span} lies outside tensor '{entry.key}' of {numel} elements.")
     return start, stop, (stop - start,)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..analysis.export import final_summary
+from ..errors import OptionError
 from ..inspect_run import describe
 from ..io.paths import writable_dir, write_text_atomic
 from ..io.training_log import choose_metric, log_at_steps
@@ -290,7 +291,7 @@ def write_report(
         OpdlensError: out_dir overlaps one of the runs (or `inputs`), or is not a directory.
     """
     if top < 1:
-        raise ValueError(f"The 'top' parameter of write_report must be ≥ 1. Got {top} instead.")
+        raise OptionError(f"The 'top' parameter of write_report must be ≥ 1. Got {top} instead.")
     runs = [rm.source for rm in sources.runs if rm.run is not None]
     out = writable_dir(out_dir, [*runs, *inputs], "report")
     if figures is None:

@@ -16,7 +16,7 @@ import pandas as pd
 from ..analysis.cache import FactorCache
 from ..analysis.export import write_analysis
 from ..analysis.linalg import singular_values
-from ..errors import OpdlensError
+from ..errors import InputFileError, InputNotFoundError, OpdlensError, OptionError
 from ..io.paths import ensure_outside
 from ..io.training_log import TrainingLogError, read_training_log, run_training_log
 from ..run import Run, open_run
@@ -83,15 +83,42 @@ def is_metrics_dir(path: str | Path) -> bool:
     return (Path(path) / METRICS_FILE).is_file()
 
 
+def _read_table(path: Path, what: str) -> pd.DataFrame:
+    """A CSV or Parquet file opdlens wrote earlier; one that cannot be parsed is a user error."""
+    try:
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except (OSError, ValueError) as e:  # pandas' ParserError, pyarrow's ArrowInvalid, bad UTF-8
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputFileError(
+            f"{path} cannot be read as the {what}: {first}. Pass the file that command wrote, "
+            "or run it again."
+        ) from e
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object opdlens wrote earlier; anything else is a user error naming the file."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError
+        raise InputFileError(
+            f"{path} cannot be read as the {what}: {e}. Pass the file that command wrote."
+        ) from e
+    if not isinstance(data, dict):
+        raise InputFileError(
+            f"{path} holds a JSON {type(data).__name__}, expected the object of the {what}."
+        )
+    return data
+
+
 def load_metrics(metrics_dir: str | Path, label: str | None = None) -> pd.DataFrame:
     """The cumulative-update rows of an analysis output, with a `run` column set to `label`."""
     path = Path(metrics_dir) / METRICS_FILE
     if not path.is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"{path} does not exist: expected the output directory of `opdlens analyze RUN --out "
             "DIR` (it holds metrics.parquet). Run that first, or pass the run directory itself."
         )
-    df = pd.read_parquet(path)
+    df = _read_table(path, "metrics.parquet of `opdlens analyze`")
     if "update" in df.columns:
         df = df[df["update"] == "cumulative"].reset_index(drop=True)
     df = df.drop(columns=["run"], errors="ignore")
@@ -191,20 +218,20 @@ def _labels(paths: Sequence[Path], labels: Sequence[str] | None) -> list[str]:
     if labels is None:
         out = [_default_label(p) for p in paths]
         if len(set(out)) < len(out):
-            raise ValueError(
+            raise OptionError(
                 f"The runs {[str(p) for p in paths]} have the same directory names {out}; "
                 "name them with --labels, e.g. --labels OPD,RL."
             )
         return out
     labels = [str(x).strip() for x in labels]
     if len(labels) != len(paths):
-        raise ValueError(
+        raise OptionError(
             f"--labels names {len(labels)} run(s) ({','.join(labels)}) but {len(paths)} were "
             "given (RUN plus each --compare); give one label per run, in the same order."
         )
     bad = [x for x in labels if not _LABEL.match(x)]
     if bad or len(set(labels)) < len(labels):
-        raise ValueError(
+        raise OptionError(
             f"--labels must be distinct names of letters, digits, '.', '_', '+' or '-'; got "
             f"{labels}."
         )
@@ -234,22 +261,22 @@ def load_sources(
     beside its checkpoints (Run.training_log); a run without one gets a note, not an error.
 
     Raises:
-        FileNotFoundError: a path, replay directory or errors file that does not exist.
+        InputNotFoundError: a path, replay directory or errors file that does not exist.
         OpdlensError: an output directory overlapping an input run, an unreadable checkpoint.
-        ValueError: labels that do not match the paths.
+        OptionError: labels that do not match the paths; InputFileError: an unreadable side file.
     """
     paths = [Path(p) for p in paths]
     if not paths:
-        raise ValueError("Give at least one run directory or metrics directory.")
+        raise OptionError("Give at least one run directory or metrics directory.")
     for p in paths:
         if not p.exists():
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"{p} does not exist: expected a run directory (checkpoint-<N>/ …) or the output "
                 "directory of `opdlens analyze` (metrics.parquet)."
             )
     names = _labels(paths, labels)
     if checkpoints and is_metrics_dir(paths[0]):
-        raise ValueError(
+        raise OptionError(
             f"--checkpoint adds checkpoints to a run directory, but {paths[0]} is the output of "
             "`opdlens analyze` (metrics.parquet); pass the run directory, or drop --checkpoint."
         )
@@ -259,7 +286,7 @@ def load_sources(
     history = load_history(replay) if replay is not None else None
     errs = load_errors(errors) if errors else None
     if metrics and len(metrics) != len(paths):
-        raise ValueError(
+        raise OptionError(
             f"--metrics names {len(metrics)} training log(s) but {len(paths)} run(s) were given "
             "(RUN plus each --compare); give one per run, in the same order."
         )
@@ -275,7 +302,11 @@ def load_sources(
             logger.info("analysing %s into %s", path, metrics_dir)
             write_analysis(run, metrics_dir, progress=progress, **dict(analyze_options or {}))
         prov_file = metrics_dir / "provenance.json"
-        prov = json.loads(prov_file.read_text()) if prov_file.is_file() else {}
+        prov = (
+            _read_json(prov_file, "provenance.json of `opdlens analyze`")
+            if prov_file.is_file()
+            else {}
+        )
         frame = load_metrics(metrics_dir, label)
         result.runs.append(RunMetrics(label, path, metrics_dir, frame, prov, run))
         _add_training(result, result.runs[-1], logs[i] if logs else None)
@@ -331,14 +362,14 @@ def load_history(replay_dir: str | Path) -> pd.DataFrame:
     d = Path(replay_dir)
     csv = d / "history.csv" if d.is_dir() else d
     if not csv.is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"{csv} does not exist: --replay takes the --out directory of `opdlens replay` "
             "(it holds history.csv and history.json)."
         )
-    history = pd.read_csv(csv)
+    history = _read_table(csv, "history.csv of `opdlens replay`")
     meta_file = csv.with_name("history.json")
     if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
+        meta = _read_json(meta_file, "history.json of `opdlens replay`")
         history.attrs.update({k: meta[k] for k in ("scorer", "oracle", "note") if k in meta})
     return history
 
@@ -348,15 +379,15 @@ def load_errors(files: Sequence[str | Path]) -> pd.DataFrame:
     frames = []
     for f in map(Path, files):
         if not f.is_file():
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"{f} does not exist: --errors takes the extrapolation_errors.csv that "
                 "`opdlens extrapolate --evaluate` writes into its output checkpoint."
             )
-        frames.append(pd.read_csv(f))
+        frames.append(_read_table(f, "extrapolation_errors.csv of `opdlens extrapolate`"))
     df = pd.concat(frames, ignore_index=True)
     missing = [c for c in ("alpha", "target_step", "rel_error") if c not in df.columns]
     if missing:
-        raise ValueError(
+        raise InputFileError(
             f"--errors files need the columns alpha, target_step and rel_error; "
             f"{[str(f) for f in files]} lack {missing}. Pass extrapolation_errors.csv files."
         )
@@ -364,7 +395,7 @@ def load_errors(files: Sequence[str | Path]) -> pd.DataFrame:
         df = df[df["scope"] == "overall"]
     pairs = df[["step", "anchor"]].drop_duplicates() if {"step", "anchor"} <= set(df) else None
     if pairs is not None and len(pairs) > 1:
-        raise ValueError(
+        raise OptionError(
             f"--errors files extrapolate from {len(pairs)} different (step, anchor) pairs "
             f"{[tuple(int(v) for v in p) for p in pairs.to_numpy()]}; one figure compares α "
             "for one pair: pass the files of one step and anchor."

@@ -179,7 +179,7 @@ def test_results_go_into_empty_or_own_directories(run: Path, tmp_path: Path) -> 
         (["analyze", "--ranks", "0,4"], "'ranks' parameter of analyze must be positive integers"),
         (["analyze", "--ranks", ""], "'ranks' parameter of analyze must be positive integers"),
         (["analyze", "--workers", "0"], "'workers' parameter must be ≥ 1"),
-        (["analyze", "--executor", "dask"], "'executor' parameter must be 'local' or 'ray'"),
+        (["analyze", "--executor", "dask"], "'dask' is not one of 'local', 'ray'"),  # the parser's
         (["analyze", "--device", "cuda"], "--device cuda was asked for"),
         (["figures", "--ranks", "0,4"], "'ranks' parameter of analyze must be positive"),
         (["figures", "--workers", "0"], "'workers' parameter must be ≥ 1"),
