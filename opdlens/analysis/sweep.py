@@ -219,7 +219,8 @@ class TensorSweep:
             k: self._factors(self.final, k, u, None, "cumulative", self._final_sq[k], final_h)
             for k, u in final_u.items()
         }
-        prev_v: dict[str, torch.Tensor | None] = {sl.key: None for sl in self.slices}
+        # The first step warm-starts from the final step's top-K subspace (it is related).
+        prev_v = {k: (top.v if top is not None else None) for k, top in final_top.items()}
         prev_u: dict[str, Update] | None = None
         for step in self.steps:
             if step == self.final:

@@ -281,7 +281,7 @@ def test_energy_over_a_noise_bulk_is_certified_without_exact(kind, shape):
             passes.append(top.iterations)
             want = _exact_energies(d, (1, 4, 16))
             got = [M.energy_k(top.S, M.frobenius_sq(d), k) for k in (1, 4, 16)]
-            assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 5e-4
+            assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= ENERGY_TOL
             s = torch.linalg.svdvals(d.double())
             assert bool((top.S[:16] <= s[:16] + 1e-5 * s[0]).all())  # lower bounds, per index
     assert fell == 0, passes
@@ -327,6 +327,6 @@ def test_provenance_counts_svd_calls_by_method(tmp_path):
     root = write_state_run(tmp_path / "run", states, {"model_type": "llama"})
     write_analysis(open_run(root), tmp_path / "out", ranks=(1, 4, 16), workers=1)
     prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
-    # The large matrix: cold at the final step and at step 1, warm at step 2; the 16×16 exact.
-    assert prov["svd_methods"] == {"randomized": 2, "subspace": 1, "exact": 3}
+    # The large matrix: cold at the final step, then warm (from the final's V, then step 1's).
+    assert prov["svd_methods"] == {"randomized": 1, "subspace": 2, "exact": 3}
     assert sum(prov["svd_methods"].values()) == prov["svd_calls"]
