@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..errors import NothingToDrawError, OptionError
 from ..io.paths import writable_dir
 from . import plots
 from .export import save_figure
@@ -158,10 +159,11 @@ def draw_figures(
 
     df holds the metrics of one or more runs with a `run` column (Run.analyze plus a label);
     training maps a run label to its training log (Run.training_log).
-    A figure whose data is missing from df (e.g. no per-layer tensors) is skipped with a note.
+    A figure whose data is missing (no rows to draw, e.g. no per-layer tensors; a training log
+    without accuracy or loss) is skipped with a note; any other error propagates.
     """
     if not isinstance(df, pd.DataFrame) or "run" not in df.columns:
-        raise ValueError(
+        raise OptionError(
             "The 'df' argument of draw_figures must be a metrics DataFrame with a 'run' column; "
             "add one with df.assign(run='OPD') (opdlens.viz.sources.load_metrics does this)."
         )
@@ -211,7 +213,7 @@ def draw_figures(
     for stem, title, caption, draw in specs:
         try:
             panels.append(Panel(stem, title, caption, draw()))
-        except ValueError as e:
+        except NothingToDrawError as e:
             notes.append(f"figure {stem} skipped: {e}")
     for label, sp in (spectra or {}).items():
         panels.append(_spectra_panel(label, sp, several or label not in runs))

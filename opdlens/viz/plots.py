@@ -14,6 +14,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from opdlens.analysis.metrics import ILL_DEFINED_GAP
+from opdlens.errors import NothingToDrawError, OptionError
 from opdlens.viz.style import (
     FLAG_COLOR,
     block_color,
@@ -66,12 +67,12 @@ def _check_frame(
         )
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ValueError(
+        raise OptionError(
             f"The '{arg}' argument of {func} needs the columns {list(columns)}; got "
             f"{list(df.columns)} (missing {missing}). {hint}"
         )
     if df.empty:
-        raise ValueError(f"The '{arg}' argument of {func} has no rows. {hint}")
+        raise NothingToDrawError(f"The '{arg}' argument of {func} has no rows. {hint}")
     return df
 
 
@@ -79,7 +80,7 @@ def _ks(df: pd.DataFrame, prefix: str, func: str) -> list[int]:
     pattern = re.compile(rf"^{prefix}_k(\d+)$")
     ks = sorted(int(m.group(1)) for c in df.columns if (m := pattern.match(str(c))))
     if not ks:
-        raise ValueError(
+        raise OptionError(
             f"The 'df' argument of {func} needs at least one column named {prefix}_k{{K}} "
             f"(e.g. {prefix}_k4); got {list(df.columns)}. {_ANALYZE_HINT}"
         )
@@ -96,7 +97,7 @@ def _runs(df: pd.DataFrame, runs: Sequence[str] | None, func: str) -> list[str]:
         return present
     unknown = [r for r in runs if r not in present]
     if unknown or not runs:
-        raise ValueError(
+        raise OptionError(
             f"The 'runs' parameter of {func} must name runs in df. Got {list(runs)} instead; "
             f"df holds {present}."
         )
@@ -112,7 +113,7 @@ def _final_steps(df: pd.DataFrame, runs: Sequence[str], step: int | None, func: 
         elif (steps == step).any():
             out[run] = int(step)
         else:
-            raise ValueError(
+            raise OptionError(
                 f"The 'step' parameter of {func} must be a step saved by every run. Got {step} "
                 f"instead; run '{run}' has steps {sorted(int(s) for s in steps.unique())}."
             )
@@ -214,7 +215,7 @@ def _heatmaps(
 def _grid_axes(df: pd.DataFrame) -> tuple[list[int], list[str]]:
     layered = df[df["layer"].notna()]
     if layered.empty:
-        raise ValueError(f"The 'df' argument has no rows with a layer. {_ANALYZE_HINT}")
+        raise NothingToDrawError(f"The 'df' argument has no rows with a layer. {_ANALYZE_HINT}")
     layers = sorted(int(v) for v in layered["layer"].unique())
     return layers, _ordered(layered["kind"].unique(), _KINDS)
 
@@ -253,7 +254,7 @@ def allocation_strip(
     df = _check_frame(df, "allocation_strip", columns)
     present = _runs(df, None, "allocation_strip")
     if run is None and len(present) > 1:
-        raise ValueError(
+        raise OptionError(
             f"The 'run' parameter of allocation_strip is needed when df holds several runs; "
             f"pass one of {present}."
         )
@@ -265,7 +266,7 @@ def allocation_strip(
         picks = np.linspace(0, len(saved) - 1, min(len(saved), _MAX_STRIP_PANELS))
         steps = [saved[i] for i in sorted({int(round(p)) for p in picks})]
     elif not steps or any(s not in saved for s in steps):
-        raise ValueError(
+        raise OptionError(
             f"The 'steps' parameter of allocation_strip must list steps of run '{run}' with "
             f"update shares. Got {list(steps)} instead; the run has {saved}."
         )
@@ -320,7 +321,7 @@ def energy_by_step(df: pd.DataFrame, *, k: int | None = None, ax: Axes | None = 
     if k is None:
         k = ks[(len(ks) - 1) // 2]
     elif k not in ks:
-        raise ValueError(
+        raise OptionError(
             f"The 'k' parameter of energy_by_step must be one of the K in df's energy_k{{K}} "
             f"columns, {ks}. Got {k} instead."
         )
@@ -387,7 +388,7 @@ def alignment_by_step(df: pd.DataFrame, *, side: str = "both", ax: Axes | None =
     step (an ill-defined top-K subspace) carry more than half of the ‖Δ‖² behind it.
     """
     if side not in ("left", "right", "both"):
-        raise ValueError(
+        raise OptionError(
             f"The 'side' parameter of alignment_by_step must be 'left', 'right' or 'both'. "
             f"Got {side!r} instead."
         )
@@ -449,7 +450,7 @@ def alignment_by_step(df: pd.DataFrame, *, side: str = "both", ax: Axes | None =
 def spectra(spectra: Mapping[str, object], *, ax: Axes | None = None) -> Figure:
     """Singular values of the final update Δ_T of the given tensors, on a log scale."""
     if not isinstance(spectra, Mapping) or not spectra:
-        raise ValueError(
+        raise OptionError(
             "The 'spectra' argument of spectra must be a non-empty mapping of tensor name to "
             f"singular values. Got {type(spectra).__name__} of length "
             f"{len(spectra) if hasattr(spectra, '__len__') else '?'} instead."
@@ -458,7 +459,7 @@ def spectra(spectra: Mapping[str, object], *, ax: Axes | None = None) -> Figure:
     for name, sigma in spectra.items():
         array = np.asarray(sigma, dtype="float64")
         if array.ndim != 1 or not np.isfinite(array).all() or (array < 0).any():
-            raise ValueError(
+            raise OptionError(
                 f"The singular values of '{name}' passed to spectra must be a 1-D array of "
                 f"finite, non-negative numbers. Got shape {array.shape} instead."
             )

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
+from ..errors import NothingToDrawError, OptionError
 from ..io.training_log import choose_metric, log_at_steps, metric_kind
 from .style import color_at, figure_and_axes, paper_style
 
@@ -21,19 +22,19 @@ def metric_label(log: pd.DataFrame, metric: str | None = None) -> tuple[str, str
     """(column, kind) of the metric training_curve draws: `metric` itself, or choose_metric's."""
     if not isinstance(log, pd.DataFrame) or "step" not in log.columns:
         got = list(log.columns) if isinstance(log, pd.DataFrame) else type(log).__name__
-        raise ValueError(
+        raise OptionError(
             f"The 'log' argument must be a training log with a 'step' column; got {got}. {_HINT}"
         )
     if metric is None:
         choice = choose_metric(log)
         if choice is None:
-            raise ValueError(
+            raise NothingToDrawError(
                 f"The training log {log.attrs.get('source', '')} has no accuracy or loss column "
                 f"to draw (columns: {[str(c) for c in log.columns][:12]}); pass metric=NAME."
             )
         return choice
     if metric not in log.columns or metric == "step":
-        raise ValueError(
+        raise OptionError(
             f"The 'metric' parameter of training_curve must be a column of the log. Got "
             f"{metric!r} instead; the log has {[str(c) for c in log.columns if c != 'step']}."
         )
@@ -57,7 +58,9 @@ def training_curve(
     column, kind = metric_label(log, metric)
     values = log[["step", column]].dropna().sort_values("step")
     if values.empty:
-        raise ValueError(f"The training log has no finite value of {column!r} to draw. {_HINT}")
+        raise NothingToDrawError(
+            f"The training log has no finite value of {column!r} to draw. {_HINT}"
+        )
     color = color or color_at(0)
     with paper_style():
         _, ax = figure_and_axes(ax)

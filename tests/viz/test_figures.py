@@ -152,6 +152,17 @@ def test_missing_inputs_are_skipped_with_notes(viz_metrics: dict[str, Path]) -> 
     assert any("spectra skipped" in n for n in notes)
 
 
+def test_only_missing_data_skips_a_figure(viz_metrics, monkeypatch) -> None:
+    from opdlens.viz import plots
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("a bug inside matplotlib")
+
+    monkeypatch.setattr(plots, "block_norms", broken)
+    with pytest.raises(ValueError, match="a bug inside matplotlib"):  # not "figure skipped"
+        draw_figures(load_metrics(viz_metrics["opd"], "OPD"))
+
+
 def test_bad_inputs(viz_metrics: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'run' column"):
         draw_figures(load_metrics(viz_metrics["opd"]).drop(columns=["run"]))
