@@ -1,13 +1,22 @@
 """Update metrics over a run: top-K SVD with an accuracy contract, the sweep, the factor cache."""
 
 from .._lazy import lazy_getattr
-from .cache import FactorCache
-from .linalg import TopK, factored_top_k_svd, singular_values, top_k_svd
 
-# DataFrame-building parts load pandas; they load on first use so worker processes stay light.
+# design.md: where gap_k = (σ_K − σ_{K+1}) / σ_1 is below this, the top-K subspace is not well
+# defined and its alignment is flagged, not presented as a finding. Defined here, torch-free, so
+# plots can use it without loading torch.
+ILL_DEFINED_GAP = 1e-2
+
+# Everything loads on first use: torch for the SVD and cache, pandas for the DataFrame parts, so
+# worker processes and plotting stay light.
 __getattr__ = lazy_getattr(
     __name__,
     {
+        "FactorCache": "opdlens.analysis.cache:FactorCache",
+        "TopK": "opdlens.analysis.linalg:TopK",
+        "factored_top_k_svd": "opdlens.analysis.linalg:factored_top_k_svd",
+        "singular_values": "opdlens.analysis.linalg:singular_values",
+        "top_k_svd": "opdlens.analysis.linalg:top_k_svd",
         "analyze": "opdlens.analysis.analyze:analyze",
         "run_analysis": "opdlens.analysis.analyze:run_analysis",
         "summarize": "opdlens.analysis.frame:summarize",
@@ -17,6 +26,7 @@ __getattr__ = lazy_getattr(
 
 
 __all__ = [
+    "ILL_DEFINED_GAP",
     "FactorCache",
     "TopK",
     "analyze",

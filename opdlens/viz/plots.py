@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
-from opdlens.analysis.metrics import ILL_DEFINED_GAP
+from opdlens.analysis import ILL_DEFINED_GAP
 from opdlens.errors import NothingToDrawError, OptionError
 from opdlens.viz.style import (
     FLAG_COLOR,
@@ -41,7 +41,7 @@ __all__ = [
     "training_curve",
 ]
 
-GAP_THRESHOLD = ILL_DEFINED_GAP  # design.md's gap rule, defined once in analysis.metrics
+GAP_THRESHOLD = ILL_DEFINED_GAP  # design.md's gap rule, defined once in opdlens.analysis
 # alignment_by_step greys out a point when ill-defined tensors carry more than this share of ‖Δ‖².
 _FLAG_WEIGHT = 0.5
 _MAX_STRIP_PANELS = 6
