@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .errors import FusedSplitError, OptionError
+
 if TYPE_CHECKING:
     import torch
 
@@ -163,14 +165,17 @@ def split_fused(
     """Split a fused (out, in) matrix into its logical blocks (q/k/v or gate/up).
 
     Shape: matrix (out, in), already oriented with ``as_matrix``; returns views of it.
+
+    Raises:
+        FusedSplitError: the row count fits no split that the config (or its absence) describes.
     """
     if not info.fused:
-        raise ValueError(f"A tensor of kind '{info.kind}' is not fused; nothing to split.")
+        raise OptionError(f"A tensor of kind '{info.kind}' is not fused; nothing to split.")
     out = matrix.shape[0]
     cfg = dict(config or {})
     if info.fused == ("gate", "up"):
         if out % 2:
-            raise ValueError(f"A fused gate_up matrix needs an even row count; got {out}.")
+            raise FusedSplitError(f"A fused gate_up matrix needs an even row count; got {out}.")
         return {"gate": matrix[: out // 2], "up": matrix[out // 2 :]}
     heads = cfg.get("num_attention_heads") or cfg.get("n_head")
     model_type = cfg.get("model_type")
@@ -179,23 +184,29 @@ def split_fused(
     if _interleaved(cfg):
         # GPT-NeoX: rows are grouped per head as [q_h, k_h, v_h].
         if not heads:
-            raise ValueError(
+            raise FusedSplitError(
                 "Splitting GPT-NeoX query_key_value needs num_attention_heads from config.json."
             )
         heads = int(heads)
         if out % (3 * heads):
-            raise ValueError(f"query_key_value has {out} rows, not divisible by 3 × {heads} heads.")
+            raise FusedSplitError(
+                f"query_key_value has {out} rows, not divisible by 3 × {heads} heads."
+            )
         hd = out // (3 * heads)
         per_head = matrix.reshape(heads, 3, hd, -1)
         return {p: per_head[:, i].reshape(heads * hd, -1) for i, p in enumerate(("q", "k", "v"))}
     kv_heads = cfg.get("num_key_value_heads") or heads
-    if heads and kv_heads:
-        hd = cfg.get("head_dim") or (int(cfg.get("hidden_size", 0)) // int(heads))
+    hd = cfg.get("head_dim") or (int(cfg.get("hidden_size", 0)) // int(heads) if heads else 0)
+    if heads and kv_heads and hd:
         nq, nkv = int(heads) * int(hd), int(kv_heads) * int(hd)
-        if nq + 2 * nkv == out:
-            return {"q": matrix[:nq], "k": matrix[nq : nq + nkv], "v": matrix[nq + nkv :]}
+        if nq + 2 * nkv != out:  # the config's geometry is the only one to trust
+            raise FusedSplitError(
+                f"A fused qkv matrix has {out} rows, but config.json's {heads} query heads, "
+                f"{kv_heads} key/value heads of size {hd} need {nq + 2 * nkv}."
+            )
+        return {"q": matrix[:nq], "k": matrix[nq : nq + nkv], "v": matrix[nq + nkv :]}
     if out % 3:
-        raise ValueError(
+        raise FusedSplitError(
             f"A fused qkv matrix with {out} rows cannot be split into equal thirds; "
             "give the config (num_attention_heads, num_key_value_heads)."
         )
@@ -207,7 +218,7 @@ def _split_falcon(matrix: torch.Tensor, cfg: Mapping[str, object]) -> dict[str, 
     """Falcon's query_key_value, whose row layout depends on the variant (FalconAttention)."""
     heads = int(cfg.get("num_attention_heads") or cfg.get("n_head") or 0)  # type: ignore[call-overload]
     if not heads:
-        raise ValueError(
+        raise FusedSplitError(
             "Splitting Falcon query_key_value needs num_attention_heads from config.json."
         )
     hd = int(cfg.get("hidden_size", 0)) // heads  # type: ignore[call-overload]
@@ -232,7 +243,7 @@ def _split_falcon(matrix: torch.Tensor, cfg: Mapping[str, object]) -> dict[str, 
         if rows == want:
             per_head = matrix.reshape(heads, 3, hd, cols)
             return {p: per_head[:, i].reshape(heads * hd, cols) for i, p in enumerate("qkv")}
-    raise ValueError(
+    raise FusedSplitError(
         f"Falcon query_key_value has {rows} rows; the {layout} layout of this config.json "
         f"needs {want}."
     )

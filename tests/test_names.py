@@ -6,8 +6,10 @@ import re
 
 import pytest
 import torch
+from checkpoints import write_state_dir
 
 import opdlens
+from opdlens.errors import FusedSplitError, OptionError
 from opdlens.names import as_matrix, canonical_name, classify, split_fused
 
 # Hand-written expectations: name suffix (after the layer index, or the whole name) → (block, kind).
@@ -201,3 +203,44 @@ def test_split_fused_falcon_every_variant(tmp_path, variant):
     parts = split_fused(run.weight(name, 0), run.module(name), run.config)
     for p, want in zip("qkv", (q, k, v), strict=True):
         torch.testing.assert_close(parts[p], want[0].reshape(32, -1).t(), msg=p)
+
+
+_PHI3 = {"model_type": "phi3", "hidden_size": 32, "num_attention_heads": 4,
+         "num_key_value_heads": 2}  # fmt: skip
+_QKV = "model.layers.0.self_attn.qkv_proj.weight"
+
+
+@pytest.mark.parametrize(
+    ("name", "rows", "config", "message"),
+    [(_QKV, 50, _PHI3, r"qkv matrix has 50 rows, but config\.json's 4 query heads, 2 key/value "
+                       r"heads of size 8 need 64"),
+     # Divisible by 3, yet not what the config describes: no guess at equal thirds.
+     (_QKV, 63, _PHI3, r"has 63 rows, .* need 64"),
+     (_QKV, 50, {}, r"50 rows cannot be split into equal thirds"),
+     ("model.layers.0.mlp.gate_up_proj.weight", 63, _PHI3, r"even row count; got 63"),
+     ("gpt_neox.layers.0.attention.query_key_value.weight", 50,
+      {"model_type": "gpt_neox", "num_attention_heads": 4}, r"50 rows, not divisible by 3 × 4")],
+)  # fmt: skip
+def test_split_fused_refuses_rows_the_config_does_not_describe(name, rows, config, message):
+    info = classify(name, model_type=config.get("model_type"))
+    with pytest.raises(FusedSplitError, match=message):
+        split_fused(torch.zeros(rows, 32), info, config)
+
+
+def test_split_fused_of_an_unfused_tensor_is_an_option_error():
+    with pytest.raises(OptionError, match="kind 'down_proj' is not fused"):
+        split_fused(torch.zeros(4, 4), classify("model.layers.0.mlp.down_proj.weight"))
+
+
+def test_a_fused_tensor_that_cannot_be_split_is_analysed_whole_with_a_warning(tmp_path):
+    torch.manual_seed(0)
+    state = {_QKV: torch.randn(50, 32), "model.layers.0.mlp.down_proj.weight": torch.randn(32, 64)}
+    for step in (0, 1):
+        moved = {k: v + 0.01 * step * torch.randn(v.shape) for k, v in state.items()}
+        write_state_dir(tmp_path / "run" / f"checkpoint-{step}", moved, config=_PHI3)
+    df = opdlens.open_run(tmp_path / "run").analyze(ranks=(1,), workers=1)
+    rows = df[df["tensor"] == _QKV]
+    assert len(rows) == 1 and rows["part"].isna().all() and (rows["kind"] == "qkv").all()
+    warnings = [w for w in df.attrs["warnings"] if _QKV in w]
+    assert len(warnings) == 1, df.attrs["warnings"]
+    assert "whole" in warnings[0] and "has 50 rows" in warnings[0]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import FusedSplitError
 from ..io import dtypes
 from ..names import ModuleInfo, as_matrix, split_fused
 from ..run import Run
@@ -62,7 +63,11 @@ class Slice:
 
 
 def slices_of(shape: tuple[int, ...], info: ModuleInfo, config: dict, split: bool) -> list[Slice]:
-    """How a tensor of this shape is cut into analysed pieces (design.md)."""
+    """How a tensor of this shape is cut into analysed pieces (design.md).
+
+    Raises:
+        FusedSplitError: `split` asks for the parts of a fused tensor whose rows fit no split.
+    """
     experts: list[int | None] = [None]
     if len(shape) >= 3 and info.stacked_experts:
         experts = list(range(shape[0]))
@@ -70,11 +75,8 @@ def slices_of(shape: tuple[int, ...], info: ModuleInfo, config: dict, split: boo
     rows = shape[-2] if info.stacked_experts and len(shape) >= 3 else shape[0] if shape else 0
     parts: dict[str | None, torch.Tensor | None] = {None: None}
     if split and info.fused and len(shape) >= 2:
-        try:
-            idx = split_fused(torch.arange(rows).unsqueeze(1), info, config)
-            parts = {p: v.reshape(-1) for p, v in idx.items()}
-        except ValueError:
-            parts = {None: None}
+        idx = split_fused(torch.arange(rows).unsqueeze(1), info, config)
+        parts = {p: v.reshape(-1) for p, v in idx.items()}
     out = []
     for e in experts:
         for p, index in parts.items():
@@ -162,10 +164,15 @@ class TensorSweep:
         self.final = options.final if options.final is not None else run.final_step
         # Every saved step gets a row, also those after a user-chosen final.
         self.steps = list(run.steps)
-        self.slices = slices_of(
-            run.base.spec(name).shape, self.info, run.config, options.split_fused
-        )
         self.result = TensorResult()
+        shape = run.base.spec(name).shape
+        try:
+            self.slices = slices_of(shape, self.info, run.config, options.split_fused)
+        except FusedSplitError as e:
+            self.result.warnings.append(
+                f"tensor '{name}' is analysed whole, not per fused part: {e}"
+            )
+            self.slices = slices_of(shape, self.info, run.config, split=False)
         self._final_sq: dict[str, float] = {}
         self._h0 = b""  # digest of W_0's stored bytes
         # A slice's rows (fused parts) depend on the config: part of its cache key.
