@@ -130,7 +130,7 @@ def classify(name: str, *, model_type: str | None = None) -> ModuleInfo:
     if mlp_scope and module in _MLP_KIND:
         kind = _MLP_KIND[module]
         transposed = module in _CONV1D and leaf == "weight" and _is_gpt2(model_type)
-        fused = ("gate", "up") if kind == "gate_up" else None
+        fused: tuple[str, ...] | None = ("gate", "up") if kind == "gate_up" else None
         proj = kind if any(s.startswith("shared_expert") for s in scopes) else None
         return ModuleInfo(layer, "mlp", kind, proj=proj, transposed=transposed, fused=fused)
     if any(s in scopes for s in _ATTN_SCOPES) and module in _ATTN_KIND:
@@ -177,7 +177,7 @@ def split_fused(
         if out % 2:
             raise FusedSplitError(f"A fused gate_up matrix needs an even row count; got {out}.")
         return {"gate": matrix[: out // 2], "up": matrix[out // 2 :]}
-    heads = cfg.get("num_attention_heads") or cfg.get("n_head")
+    heads = _config_int(cfg, "num_attention_heads", "n_head")
     model_type = cfg.get("model_type")
     if model_type == "falcon":
         return _split_falcon(matrix, cfg)
@@ -187,7 +187,6 @@ def split_fused(
             raise FusedSplitError(
                 "Splitting GPT-NeoX query_key_value needs num_attention_heads from config.json."
             )
-        heads = int(heads)
         if out % (3 * heads):
             raise FusedSplitError(
                 f"query_key_value has {out} rows, not divisible by 3 × {heads} heads."
@@ -195,10 +194,10 @@ def split_fused(
         hd = out // (3 * heads)
         per_head = matrix.reshape(heads, 3, hd, -1)
         return {p: per_head[:, i].reshape(heads * hd, -1) for i, p in enumerate(("q", "k", "v"))}
-    kv_heads = cfg.get("num_key_value_heads") or heads
-    hd = cfg.get("head_dim") or (int(cfg.get("hidden_size", 0)) // int(heads) if heads else 0)
+    kv_heads = _config_int(cfg, "num_key_value_heads") or heads
+    hd = _config_int(cfg, "head_dim") or (_config_int(cfg, "hidden_size") // heads if heads else 0)
     if heads and kv_heads and hd:
-        nq, nkv = int(heads) * int(hd), int(kv_heads) * int(hd)
+        nq, nkv = heads * hd, kv_heads * hd
         if nq + 2 * nkv != out:  # the config's geometry is the only one to trust
             raise FusedSplitError(
                 f"A fused qkv matrix has {out} rows, but config.json's {heads} query heads, "
@@ -216,16 +215,16 @@ def split_fused(
 
 def _split_falcon(matrix: torch.Tensor, cfg: Mapping[str, object]) -> dict[str, torch.Tensor]:
     """Falcon's query_key_value, whose row layout depends on the variant (FalconAttention)."""
-    heads = int(cfg.get("num_attention_heads") or cfg.get("n_head") or 0)  # type: ignore[call-overload]
+    heads = _config_int(cfg, "num_attention_heads", "n_head")
     if not heads:
         raise FusedSplitError(
             "Splitting Falcon query_key_value needs num_attention_heads from config.json."
         )
-    hd = int(cfg.get("hidden_size", 0)) // heads  # type: ignore[call-overload]
+    hd = _config_int(cfg, "hidden_size") // heads
     rows, cols = matrix.shape
     if cfg.get("new_decoder_architecture"):
         # Per key/value group: its query heads, then one key head, then one value head.
-        kv = int(cfg.get("num_kv_heads") or cfg.get("n_head_kv") or heads)  # type: ignore[call-overload]
+        kv = _config_int(cfg, "num_kv_heads", "n_head_kv") or heads
         layout, want = "new_decoder_architecture", (heads + 2 * kv) * hd
         if rows == want and heads % kv == 0:
             g = matrix.reshape(kv, heads // kv + 2, hd, cols)
@@ -247,6 +246,23 @@ def _split_falcon(matrix: torch.Tensor, cfg: Mapping[str, object]) -> dict[str, 
         f"Falcon query_key_value has {rows} rows; the {layout} layout of this config.json "
         f"needs {want}."
     )
+
+
+def _config_int(cfg: Mapping[str, object], *keys: str) -> int:
+    """The first of `keys` that config.json sets (non-zero), as a whole number; 0 if none is."""
+    for key in keys:
+        value = cfg.get(key)
+        if not value:
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise FusedSplitError(
+                f"config.json sets {key} to {value!r}; expected a whole number ≥ 0. Fix the "
+                "config, or analyse fused tensors whole (--no-split-fused)."
+            )
+        return value
+    return 0
 
 
 def _interleaved(cfg: Mapping[str, object]) -> bool:

@@ -219,7 +219,9 @@ _QKV = "model.layers.0.self_attn.qkv_proj.weight"
      (_QKV, 50, {}, r"50 rows cannot be split into equal thirds"),
      ("model.layers.0.mlp.gate_up_proj.weight", 63, _PHI3, r"even row count; got 63"),
      ("gpt_neox.layers.0.attention.query_key_value.weight", 50,
-      {"model_type": "gpt_neox", "num_attention_heads": 4}, r"50 rows, not divisible by 3 × 4")],
+      {"model_type": "gpt_neox", "num_attention_heads": 4}, r"50 rows, not divisible by 3 × 4"),
+     (_QKV, 64, {**_PHI3, "num_attention_heads": "four"},
+      r"config\.json sets num_attention_heads to 'four'; expected a whole number")],
 )  # fmt: skip
 def test_split_fused_refuses_rows_the_config_does_not_describe(name, rows, config, message):
     info = classify(name, model_type=config.get("model_type"))
