@@ -11,21 +11,24 @@ import traceback
 from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from ..errors import OpdlensError
 
-# Where typer's click exceptions live: typer >= 0.22 vendors click as typer._click.
+if TYPE_CHECKING:  # the click that typer runs on (the installed typer vendors it)
+    from typer._click.core import Context, Parameter
+
+# Where typer's click exceptions live: newer typer vendors click as typer._click.
 _click_errors = importlib.import_module(typer.BadParameter.__module__)
 
 
 class _TidyHelp:
     """Help that names what each parameter takes: no type on flags, arguments as RUN."""
 
-    def get_params(self, ctx: typer.Context) -> list[Any]:
+    def get_params(self, ctx: Context) -> list[Parameter]:
         params = super().get_params(ctx)  # type: ignore[misc]
         for p in params:
             if isinstance(p, TyperOption) and p.is_flag and not p.count and p.metavar is None:
@@ -36,7 +39,7 @@ class _TidyHelp:
 
 
 class _Command(_TidyHelp, TyperCommand):
-    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+    def collect_usage_pieces(self, ctx: Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
         for p in self.get_params(ctx):
             if isinstance(p, TyperArgument):
