@@ -15,7 +15,12 @@ import threading
 import time
 import types
 from collections.abc import Iterator
-from multiprocessing.context import SpawnContext, SpawnProcess
+from multiprocessing.context import BaseContext, SpawnProcess
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from multiprocessing.popen_spawn_posix import Popen
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _BLOCKABLE = hasattr(signal, "pthread_sigmask")
@@ -90,7 +95,7 @@ class WorkerProcess(SpawnProcess):
         return _arrive, (os.getpid(),), self.__dict__
 
     @staticmethod
-    def _Popen(process_obj: WorkerProcess) -> object:  # noqa: N802  (multiprocessing's name)
+    def _Popen(process_obj: BaseProcess) -> Popen:  # noqa: N802  (multiprocessing's name)
         with _launching():
             popen = SpawnProcess._Popen(process_obj)
             # Kept before SIGINT is unblocked: a Ctrl-C right here must not orphan the worker.
@@ -98,8 +103,12 @@ class WorkerProcess(SpawnProcess):
         return popen
 
 
-class PoolContext(SpawnContext):
+class PoolContext(BaseContext):
     """A spawn context for ProcessPoolExecutor whose workers can all be killed at once."""
+
+    # multiprocessing's SpawnContext is exactly this with Process = SpawnProcess; Process here
+    # is a method instead (it records each worker), which SpawnContext's type does not allow.
+    _name = "spawn"
 
     def __init__(self) -> None:
         super().__init__()
