@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib as mpl
 import numpy as np
 from cycler import cycler
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 __all__ = [
     "BLOCK_COLORS",
@@ -57,7 +60,7 @@ LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 # Grey for points the figure marks as unreliable (ill-defined subspaces).
 FLAG_COLOR = "#9A9A9A"
 
-RC_PARAMS: dict[str, Any] = {
+RC_PARAMS: dict[RcKeyType, Any] = {
     # STIX ships with matplotlib, so the serif face never depends on the host's fonts.
     "font.family": "serif",
     "font.serif": ["STIXGeneral", "DejaVu Serif"],
@@ -130,8 +133,8 @@ def figure_and_axes(
     if ax is None:
         fig = new_figure(width, height)
         return fig, fig.add_subplot()
-    fig = ax.figure
+    root: Figure | SubFigure = ax.figure
     # A SubFigure's parent chain ends at the Figure that saves and displays it.
-    while not isinstance(fig, Figure):
-        fig = fig.figure
-    return fig, ax
+    while not isinstance(root, Figure):
+        root = root.figure
+    return root, ax
