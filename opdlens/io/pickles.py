@@ -81,8 +81,9 @@ class _Refused(Exception):
 
 
 def _words(kind: str | bytes) -> str:
-    return {"str": "a string", "tuple": "a tuple", "list": "a list", "dict": "a dict",
-            "set": "a set"}.get(kind, "a number or object")  # fmt: skip
+    words: dict[str | bytes, str] = {"str": "a string", "tuple": "a tuple", "list": "a list",
+                                     "dict": "a dict", "set": "a set"}  # fmt: skip
+    return words.get(kind, "a number or object")
 
 
 def _state_ok(state: _Node) -> bool:
@@ -213,7 +214,7 @@ def _scan_zip(path: Path) -> None:
 
     try:
         reader = torch._C.PyTorchFileReader(str(path))
-        if not reader.has_record("data.pkl"):
+        if "data.pkl" not in reader.get_all_records():
             raise CheckpointError(
                 f"{path}: a zip archive without data.pkl, so not a file torch.save wrote (a "
                 "TorchScript model or another archive); save the state dict with torch.save."

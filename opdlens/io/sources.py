@@ -348,7 +348,7 @@ class FsdpSource(TensorSource):
         (placement,) = t0.placements
         if isinstance(placement, replicate):
             self._dim[key] = None
-            joined = tuple(_local(t0).shape)
+            joined: tuple[int, ...] | None = tuple(_local(t0).shape)
         else:
             d = placement.dim % max(len(whole), 1)
             self._dim[key] = d

@@ -79,7 +79,7 @@ class SafetensorsFile:
         out = np.empty(shape, dtype=dtypes.storage(entry.stored))
         with open(self.path, "rb") as f:
             f.seek(entry.begin + start * item)
-            got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
+            got = f.readinto(out.reshape(-1).view(np.uint8).data)
         if got != (stop - start) * item:
             raise CheckpointError(
                 f"{self.path}: tensor '{key}' is cut short ({got} of {(stop - start) * item} "
@@ -108,7 +108,7 @@ class SafetensorsFile:
             f.seek(entry.begin + start * item)
             for at in range(0, flat.size, step):
                 piece = buf[: min(step, flat.size - at)]
-                if f.readinto(memoryview(piece.view(np.uint8))) != piece.nbytes:
+                if f.readinto(piece.view(np.uint8).data) != piece.nbytes:
                     raise CheckpointError(
                         f"{self.path}: tensor '{key}' is cut short; the file is truncated or "
                         "still being written."
@@ -133,7 +133,7 @@ class SafetensorsFile:
             f.seek(entry.begin)
             for start in range(0, flat.numel(), step):
                 count = min(step, flat.numel() - start)
-                view = memoryview(buf.numpy())[: count * item]
+                view = buf.numpy().data[: count * item]
                 if f.readinto(view) != count * item:
                     raise CheckpointError(
                         f"{self.path}: tensor '{key}' is cut short; the file is truncated or "
@@ -215,7 +215,10 @@ def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
     d = dict(pairs)
     if len(d) != len(pairs):
         seen: set[str] = set()
-        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(k)
+            seen.add(k)
     return d
 
 
@@ -259,8 +262,10 @@ def _validate(path: Path, raw: bytes, size: int) -> tuple[dict[str, TensorEntry]
         if type(info) is not dict:
             raise _bad_entry(path, key, info)
         stored, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        itemsize = _ITEMSIZE.get(stored) if type(stored) is str else None
-        if itemsize is None or type(shape) is not list or type(offsets) is not list:
+        if type(stored) is not str or type(shape) is not list or type(offsets) is not list:
+            raise _bad_entry(path, key, info)
+        itemsize = _ITEMSIZE.get(stored)
+        if itemsize is None:
             raise _bad_entry(path, key, info)
         if len(offsets) != 2:
             raise _bad_offsets(path, key, offsets)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import io
 import json
 import logging
 import os
@@ -347,7 +348,7 @@ class CheckpointWriter:
         try:
             handle = self._open(slot.file)
             handle.seek(slot.begin)
-            handle.write(memoryview(raw))
+            handle.write(raw.data)
             self._done(name, handle, raw.nbytes)
         except OSError as e:
             raise output_error(self._tmp / slot.file, e) from None  # type: ignore[operator]
@@ -535,7 +536,7 @@ class CheckpointWriter:
         self._tmp = None
 
 
-def _copy_range(src: BinaryIO, dst: BinaryIO, src_at: int, dst_at: int, size: int) -> int:
+def _copy_range(src: io.BufferedReader, dst: BinaryIO, src_at: int, dst_at: int, size: int) -> int:
     """Copy `size` bytes between files by offset; returns how many were there to copy."""
     done = 0
     try:
