@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure, SubFigure
 
 if TYPE_CHECKING:
-    from matplotlib.typing import RcKeyType
+    from matplotlib.typing import LineStyleType, RcKeyType
 
 __all__ = [
     "BLOCK_COLORS",
@@ -55,7 +55,7 @@ BLOCK_COLORS = {
 }
 
 # Line styles tell runs apart where colour already encodes a block or a rank.
-LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+LINESTYLES: tuple[LineStyleType, ...] = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 
 # Grey for points the figure marks as unreliable (ill-defined subspaces).
 FLAG_COLOR = "#9A9A9A"
@@ -109,7 +109,7 @@ def sequential_colors(n: int) -> list[str]:
     return [mpl.colors.to_hex(cmap(x)) for x in np.linspace(0.0, 0.85, n)]
 
 
-def linestyle_at(i: int) -> str | tuple:
+def linestyle_at(i: int) -> LineStyleType:
     """The i-th line style, cycling."""
     return LINESTYLES[i % len(LINESTYLES)]
 
