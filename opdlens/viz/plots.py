@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import matplotlib as mpl
 import numpy as np
@@ -12,6 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
+from numpy.typing import ArrayLike
 
 from opdlens.analysis import ILL_DEFINED_GAP
 from opdlens.errors import NothingToDrawError, OptionError
@@ -120,7 +121,7 @@ def _final_steps(df: pd.DataFrame, runs: Sequence[str], step: int | None, func: 
     return out
 
 
-def _ordered(values: object, order: Sequence[str]) -> list[str]:
+def _ordered(values: Iterable[object], order: Sequence[str]) -> list[str]:
     items = {str(v) for v in values}
     return sorted(items, key=lambda v: (order.index(v) if v in order else len(order), v))
 
@@ -143,7 +144,7 @@ def _step_curves(values: pd.Series) -> dict[tuple[str, str], tuple[np.ndarray, n
 
 def _block_lines(
     ax: Axes,
-    curves: Mapping[tuple[str, str], tuple[Sequence[float], Sequence[float]]],
+    curves: Mapping[tuple[str, str], tuple[ArrayLike, ArrayLike]],
     runs: Sequence[str],
     blocks: Sequence[str],
 ) -> None:
@@ -208,6 +209,7 @@ def _heatmaps(
             ax.set_ylabel("layer")
         ax.grid(False)
         ax.set_title(title)
+    assert drawn is not None  # every figure has at least one panel
     fig.colorbar(drawn, ax=axes, label=_SHARE_LABEL, fraction=0.05, pad=0.02)
     return fig
 
