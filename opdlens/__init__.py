@@ -1,6 +1,8 @@
 """opdlens: how post-training moves a language model's weights, from the checkpoints a run saved."""
 
 from ._lazy import lazy_getattr
+from ._version import __version__
+from .analysis.options import AnalyzeOptions
 from .errors import (
     CheckpointError,
     IncompleteCheckpointError,
@@ -17,13 +19,13 @@ from .errors import (
 from .names import ModuleInfo, canonical_name, classify
 from .run import Checkpoint, Run, open_run
 
-__version__ = "0.1.0"
-
 # Heavier parts (pandas, matplotlib, torch) load on first use, so reading and writing
 # checkpoints stays light in memory and start-up time.
 __getattr__ = lazy_getattr(
     __name__,
     {
+        "analyze": "opdlens.analysis.analyze:analyze",
+        "extrapolate": "opdlens.extrapolation.extrapolate:extrapolate",
         "summarize": "opdlens.analysis.frame:summarize",
         "EffOPD": "opdlens.extrapolation.callback:EffOPD",
         "plots": "opdlens.plots",
@@ -32,6 +34,7 @@ __getattr__ = lazy_getattr(
 
 
 __all__ = [
+    "AnalyzeOptions",
     "Checkpoint",
     "CheckpointError",
     "EffOPD",
@@ -48,8 +51,10 @@ __all__ = [
     "UnknownTensorError",
     "UnsafePickleError",
     "__version__",
+    "analyze",
     "canonical_name",
     "classify",
+    "extrapolate",
     "open_run",
     "plots",
     "summarize",

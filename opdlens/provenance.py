@@ -9,9 +9,12 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .run import Checkpoint, Run
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from .run import Checkpoint, Run
 
 _SAMPLE = 1 << 20  # bytes hashed from each end of a weight file
 
@@ -22,8 +25,6 @@ def versions() -> dict[str, str]:
     import pandas
     import safetensors
     import torch
-
-    from . import __version__
 
     return {
         "opdlens": __version__, "python": platform.python_version(), "torch": torch.__version__,

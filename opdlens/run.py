@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .errors import (
     CheckpointError,
@@ -22,13 +22,15 @@ from .io import dtypes
 from .io.discover import discover
 from .io.layouts import detect, open_source, read_config
 from .io.sources import Spec, TensorSource
-from .names import ModuleInfo, as_matrix, classify
+from .io.weightfiles import read_weight_map
+from .names import ModuleInfo, as_matrix, canonical_name, classify
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
     import torch
 
+    from .analysis.options import AnalyzeOptions
     from .io.lora import LoraSource
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,15 @@ class Checkpoint:
     layout: str
     source: TensorSource
     config: dict[str, object] = field(default_factory=dict)
+    config_dir: Path | None = None  # where config.json (and tokenizer files) were found
+    index_file: Path | None = None  # the *.index.json of a sharded checkpoint
+
+    @functools.cached_property
+    def weight_map(self) -> dict[str, str] | None:
+        """Canonical tensor name → shard file name of a sharded checkpoint; None for one file."""
+        if self.index_file is None:
+            return None
+        return {canonical_name(k): v for k, v in read_weight_map(self.index_file).items()}
 
     def names(self) -> list[str]:
         """Canonical tensor names in this checkpoint."""
@@ -107,7 +118,9 @@ def _is_lora(source: TensorSource) -> TypeGuard[LoraSource]:
 def _open_checkpoint(path: Path, step: int | None, trust_pickle: bool) -> Checkpoint:
     det = detect(path)
     config = read_config(det)
-    return Checkpoint(step, Path(path), det.layout, open_source(det, config, trust_pickle), config)
+    source = open_source(det, config, trust_pickle)
+    index = det.files[0] if det.files[0].name.endswith(".index.json") else None
+    return Checkpoint(step, Path(path), det.layout, source, config, det.config_dir, index)
 
 
 class Run:
@@ -224,59 +237,16 @@ class Run:
     # -- analysis --------------------------------------------------------------------------
     def analyze(
         self,
-        ranks: Sequence[int] = (1, 4, 16),
-        final: int | None = None,
+        options: AnalyzeOptions | None = None,
         *,
-        tensors: Sequence[str] | None = None,
-        consecutive: bool = False,
-        full_spectrum: bool = False,
-        split_fused: bool = True,
-        workers: int | None = None,
-        executor: str = "local",
-        address: str | None = None,
-        device: str = "cpu",
         cache_dir: str | Path | None = None,
         progress: bool = False,
+        **overrides: Any,
     ) -> pd.DataFrame:
-        """Metrics of design.md for every (step, tensor[, expert, part]) as a tidy DataFrame.
-
-        `workers` processes sweep the tensors (default: one per core; 1 sweeps in this process).
-        They are fresh interpreters that never re-run your `__main__`, so this works as typed in
-        a notebook, a script without an `if __name__ == "__main__":` guard, `python -` (stdin)
-        and `python -c`. They ignore Ctrl-C, which stops the whole sweep at once, and they exit
-        when this process dies.
-        """
+        """`opdlens.analyze(run, ...)`: the metrics DataFrame of this run (see there)."""
         from .analysis.analyze import analyze
 
-        return analyze(
-            self, ranks=ranks, final=final, tensors=tensors, consecutive=consecutive,
-            full_spectrum=full_spectrum, split_fused=split_fused, workers=workers,
-            executor=executor, address=address, device=device, cache_dir=cache_dir,
-            progress=progress,
-        )  # fmt: skip
-
-    def extrapolate(
-        self,
-        step: int,
-        *,
-        anchor: int | None = None,
-        from_base: bool = False,
-        alpha: float,
-        out: str | Path,
-        modules: Sequence[str] | None = ("attn", "mlp"),
-        tensors: Sequence[str] | None = None,
-        evaluate: bool = False,
-        overwrite: bool = False,
-        progress: bool = False,
-    ) -> tuple[Path, pd.DataFrame | None]:
-        """Write θ_t + α(θ_t − θ_a) as a new checkpoint; with evaluate, rel_error vs later steps."""
-        from .extrapolation.extrapolate import extrapolate
-
-        return extrapolate(
-            self, step, anchor=anchor, from_base=from_base, alpha=alpha, out=out,
-            modules=modules, tensors=tensors, evaluate=evaluate, overwrite=overwrite,
-            progress=progress,
-        )  # fmt: skip
+        return analyze(self, options, cache_dir=cache_dir, progress=progress, **overrides)
 
     def training_log(self, metrics: str | Path | None = None) -> pd.DataFrame:
         """Loss, accuracy, … per logged step, from the trainer's log or `metrics` (io.training_log)."""
@@ -333,6 +303,27 @@ class Run:
             f"Run(base={self.base.path}, steps={self.steps}, tensors={len(self.tensor_names)}, "
             f"layout={self.base.layout})"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A Run pickles as how to open it (e.g. for a worker process), not as its open files.
+        if not self.open_args:
+            raise OpdlensError(
+                f"{self!r} was built directly, not by open_run, so another process cannot open "
+                "it again; open it with open_run(...), or analyse it with workers=1."
+            )
+        return _reopen, (dict(self.open_args),)
+
+
+_REOPENED: dict[str, Run] = {}
+
+
+def _reopen(open_args: dict[str, Any]) -> Run:
+    """The run `open_run(**open_args)` opens, opened once per process: how a Run unpickles."""
+    key = repr(sorted(open_args.items()))
+    if key not in _REOPENED:
+        _REOPENED.clear()  # one run at a time: a worker sweeps the tensors of one run
+        _REOPENED[key] = open_run(**open_args)
+    return _REOPENED[key]
 
 
 class PartialRunError(CheckpointError):

@@ -98,3 +98,51 @@ def test_module_of_a_name_not_in_the_run_lists_close_names(tmp_path):
     with pytest.raises(OpdlensError) as err:
         run.module("zzz")
     assert str(err.value).startswith("The run ")  # one plain line, not KeyError's repr()
+
+
+def test_checkpoint_keeps_what_detection_found(tmp_path, hf_run):
+    import json
+
+    root = hf_run("llama", "sharded")
+    run = opdlens.open_run(root)
+    ck = run.checkpoint(2)
+    assert ck.config_dir == root / "checkpoint-2" and ck.index_file is not None
+    index = json.loads((root / "checkpoint-2" / "model.safetensors.index.json").read_text())
+    assert ck.weight_map == index["weight_map"] and set(ck.weight_map) >= set(run.tensor_names)
+    write_state_dir(tmp_path / "checkpoint-0", _state(0), layout="bin-sharded")
+    write_state_dir(tmp_path / "checkpoint-1", _state(1), config={"model_type": "llama"})
+    run = opdlens.open_run(tmp_path)
+    assert run.base.index_file == tmp_path / "checkpoint-0" / "pytorch_model.bin.index.json"
+    assert sorted(set(run.base.weight_map.values())) == [f.name for f in run.base.files]
+    assert run.base.config_dir is None  # no config.json beside the base
+    single = run.checkpoint(1)
+    assert single.weight_map is None and single.index_file is None
+    assert single.config_dir == tmp_path / "checkpoint-1"
+
+
+def test_a_run_pickles_as_how_to_open_it(tmp_path):
+    import pickle
+
+    for s in (0, 1):
+        write_state_dir(tmp_path / f"checkpoint-{s}", _state(s))
+    run = opdlens.open_run(tmp_path)
+    data = pickle.dumps(run)
+    assert len(data) < 1000  # the open arguments, not the weights or open files
+    again = pickle.loads(data)
+    assert again is not run and again.open_args == run.open_args
+    assert pickle.loads(data) is again  # opened once per process
+    name = "model.layers.0.mlp.down_proj.weight"
+    torch.testing.assert_close(again.delta(name, 1), run.delta(name, 1))
+    built = opdlens.Run(run.base, run.checkpoints, [])
+    with pytest.raises(OpdlensError, match="built directly, not by open_run.*workers=1"):
+        pickle.dumps(built)
+
+
+def test_analyze_and_extrapolate_are_top_level_functions():
+    import importlib
+
+    analyze_module = importlib.import_module("opdlens.analysis.analyze")
+    extrapolate_module = importlib.import_module("opdlens.extrapolation.extrapolate")
+    assert opdlens.analyze is analyze_module.analyze
+    assert opdlens.extrapolate is extrapolate_module.extrapolate
+    assert not hasattr(opdlens.Run, "extrapolate")  # Run holds data; analyze is its one forward

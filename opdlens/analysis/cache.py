@@ -13,6 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -20,8 +21,10 @@ from safetensors.torch import save as st_save
 
 from ..errors import OpdlensError, OptionError
 from ..io.paths import atomic_file
-from ..run import Run
 from . import metrics as M
+
+if TYPE_CHECKING:
+    from ..run import Run
 
 _FORMAT = "opdlens-factor-cache/2"
 _SUFFIX = ".safetensors"

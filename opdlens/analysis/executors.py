@@ -7,43 +7,39 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .._memory import release_freed_buffers
 from .._workers import PoolContext
-from ..errors import OpdlensError, OptionError
-from ..run import Run, open_run
+from ..errors import OpdlensError
 from .cache import FactorCache
-from .sweep import SweepOptions, TensorResult, sweep_tensor
+from .options import AnalyzeOptions
+from .sweep import TensorResult, sweep_tensor
+
+if TYPE_CHECKING:
+    from ..run import Run
 
 
 @dataclass(frozen=True)
 class Job:
-    """Everything a worker needs to sweep tensors: how to open the run, and what to compute."""
+    """Everything a worker needs to sweep tensors: the run, and what to compute.
 
-    open_args: dict
-    options: SweepOptions
+    In another process the run is the one its `open_args` open there, once per process (a Run
+    pickles as them).
+    """
+
+    run: Run
+    options: AnalyzeOptions
     cache_dir: str | None
     keys: dict[int, str]
 
 
-_RUNS: dict[str, Run] = {}
-
-
-def _worker_run(job: Job) -> Run:
-    key = repr(sorted(job.open_args.items()))
-    if key not in _RUNS:
-        _RUNS.clear()
-        _RUNS[key] = open_run(**job.open_args)
-    return _RUNS[key]
-
-
-def run_task(job: Job, name: str, run: Run | None = None) -> tuple[str, TensorResult]:
+def run_task(job: Job, name: str) -> tuple[str, TensorResult]:
     """Sweep one tensor (in whatever process this runs in) and save its cache file."""
-    run = run if run is not None else _worker_run(job)
     cache = FactorCache(Path(job.cache_dir), job.keys).tensor(name) if job.cache_dir else None
-    result = sweep_tensor(run, name, job.options, cache)
+    result = sweep_tensor(job.run, name, job.options, cache)
     if cache is not None:
         if cache.warning:
             result.warnings.append(cache.warning)
@@ -61,9 +57,7 @@ def _init_local(threads: int) -> None:
     _pin_threads(threads)
 
 
-def iter_local(
-    job: Job, names: Sequence[str], run: Run, workers: int
-) -> Iterator[tuple[str, TensorResult]]:
+def iter_local(job: Job, names: Sequence[str], workers: int) -> Iterator[tuple[str, TensorResult]]:
     """Yield (name, result) as tasks finish: inline for one worker, else a spawn process pool.
 
     Workers never re-run the caller's __main__, ignore Ctrl-C and die with this process. If the
@@ -72,7 +66,7 @@ def iter_local(
     """
     if workers <= 1:
         for name in names:
-            yield run_task(job, name, run)
+            yield run_task(job, name)
         return
     ctx = PoolContext()
     # One BLAS thread per worker: oversubscribed small SVDs are many times slower on few cores.
@@ -125,14 +119,11 @@ def _ray_task(job: Job, name: str) -> tuple[str, TensorResult]:
     return run_task(job, name)
 
 
-def make_iterator(
-    executor: str, job: Job, names: Sequence[str], run: Run, workers: int, address: str | None
-) -> Iterator[tuple[str, TensorResult]]:
-    """Pick the executor by name."""
-    if executor == "local":
-        return iter_local(job, names, run, workers)
-    if executor == "ray":
-        return iter_ray(job, names, address)
-    raise OptionError(
-        f"The 'executor' parameter must be 'local' or 'ray'. Got {executor!r} instead."
-    )
+def make_iterator(job: Job, names: Sequence[str]) -> Iterator[tuple[str, TensorResult]]:
+    """Sweep `names` on the executor `job.options` names, yielding (name, result) as each ends."""
+    opts = job.options
+    if opts.executor == "local":
+        return iter_local(job, names, opts.worker_count)
+    if opts.executor == "ray":
+        return iter_ray(job, names, opts.address)
+    raise AssertionError(f"AnalyzeOptions let through the executor {opts.executor!r}")

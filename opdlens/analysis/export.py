@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from ..io.paths import atomic_file, output_dir, write_text_atomic
 from ..provenance import record
-from ..run import Run
-from .analyze import Analysis, check_options, run_analysis
+from .analyze import Analysis, compute_analysis
 from .frame import summarize
+from .options import AnalyzeOptions
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..run import Run
 
 
 def final_summary(df: pd.DataFrame, final: int) -> pd.DataFrame:
@@ -26,22 +29,33 @@ def final_summary(df: pd.DataFrame, final: int) -> pd.DataFrame:
     return s[cols].sort_values("update_share", ascending=False)
 
 
-def write_analysis(run: Run, out: str | Path, **options: Any) -> tuple[Analysis, pd.DataFrame]:
+def write_analysis(
+    run: Run,
+    out: str | Path,
+    options: AnalyzeOptions | None = None,
+    *,
+    progress: bool = False,
+    **overrides: Any,
+) -> tuple[Analysis, pd.DataFrame]:
     """Analyse ``run`` and write its outputs under ``out`` (never inside an input).
 
-    ``out`` may be absent, empty, or a directory opdlens wrote (its factor cache is re-used);
-    options are checked before anything is created (see `opdlens.io.paths.output_dir`).
+    Options as `opdlens.analyze` takes them. ``out`` may be absent, empty, or a directory opdlens
+    wrote (its factor cache is re-used); the options are checked before anything is created
+    (see `opdlens.io.paths.output_dir`). Returns the analysis and `final_summary` of it.
     """
+    opts = AnalyzeOptions.build(options, overrides)
+    opts.check_run(run)
     inputs = [run.base.path, *(ck.path for ck in run.checkpoints.values())]
     if run.open_args.get("path"):
         inputs.append(Path(str(run.open_args["path"])))
-    check_options(run, **options)
     with output_dir(out, "analyze", inputs=inputs) as path:
-        return _write(run, path, options)
+        return _write(run, path, opts, progress)
 
 
-def _write(run: Run, out: Path, options: dict[str, Any]) -> tuple[Analysis, pd.DataFrame]:
-    result = run_analysis(run, cache_dir=out / "cache", **options)
+def _write(
+    run: Run, out: Path, options: AnalyzeOptions, progress: bool
+) -> tuple[Analysis, pd.DataFrame]:
+    result = compute_analysis(run, options, cache_dir=out / "cache", progress=progress)
     t = time.perf_counter()
     df = result.frame
     for name, writer in (("metrics.parquet", lambda p: df.to_parquet(p, index=False)),
@@ -49,12 +63,11 @@ def _write(run: Run, out: Path, options: dict[str, Any]) -> tuple[Analysis, pd.D
         with atomic_file(out / name) as tmp:
             writer(tmp)
     result.timings["write"] = time.perf_counter() - t
-    final = result.options.final if result.options.final is not None else run.final_step
-    opts = {k: v for k, v in options.items() if k != "progress"}
+    final = options.final if options.final is not None else run.final_step
     prov = record(
-        run, opts, final_step=final, steps=run.steps, rows=len(df), warnings=result.warnings,
-        wall_time_s=result.timings, svd_calls=result.svd_calls, cache_hits=result.cache_hits,
-        svd_methods=result.svd_methods,
+        run, options.record(), final_step=final, steps=run.steps, rows=len(df),
+        warnings=result.warnings, wall_time_s=result.timings, svd_calls=result.svd_calls,
+        cache_hits=result.cache_hits, svd_methods=result.svd_methods,
     )  # fmt: skip
     write_text_atomic(out / "provenance.json", json.dumps(prov, indent=2, default=str))
     return result, final_summary(df, final)

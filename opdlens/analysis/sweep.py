@@ -6,38 +6,26 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import FusedSplitError
 from ..io import dtypes
 from ..names import ModuleInfo, as_matrix, split_fused
-from ..run import Run
 from . import metrics as M
 from .cache import CachedFactors, TensorCache, content_key
 from .linalg import svd_label
+from .options import AnalyzeOptions
 from .update import Update, digest, read_stored, read_weight
+
+if TYPE_CHECKING:
+    from ..run import Run
 
 log = logging.getLogger(__name__)
 
 _ROWS = 1024  # rows per in-place subtraction block
 _FLOAT8 = ("F8_E5M2", "F8_E4M3")
-
-
-@dataclass(frozen=True)
-class SweepOptions:
-    """What to compute for every tensor (one object shared by every task)."""
-
-    ranks: tuple[int, ...] = (1, 4, 16)
-    final: int | None = None
-    consecutive: bool = False
-    full_spectrum: bool = False
-    split_fused: bool = True
-    device: str = "cpu"
-
-    @property
-    def kmax(self) -> int:
-        return max(self.ranks)
 
 
 @dataclass
@@ -158,7 +146,7 @@ def _piece(x: torch.Tensor, sl: Slice, info: ModuleInfo) -> torch.Tensor:
 class TensorSweep:
     """Computes every row of one tensor; reads each checkpoint's copy of it once."""
 
-    def __init__(self, run: Run, name: str, options: SweepOptions, cache: TensorCache | None):
+    def __init__(self, run: Run, name: str, options: AnalyzeOptions, cache: TensorCache | None):
         self.run, self.name, self.opt, self.cache = run, name, options, cache
         self.info = run.module(name)
         self.final = options.final if options.final is not None else run.final_step
@@ -339,7 +327,7 @@ class TensorSweep:
 
 
 def sweep_tensor(
-    run: Run, name: str, options: SweepOptions, cache: TensorCache | None = None
+    run: Run, name: str, options: AnalyzeOptions, cache: TensorCache | None = None
 ) -> TensorResult:
     """All rows of one tensor across the run's steps."""
     return TensorSweep(run, name, options, cache).run_sweep()

@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..errors import CheckpointError
 from ..io import dtypes
-from ..run import Checkpoint
 from .linalg import TopK, factored_top_k_svd, singular_values, top_k_svd
 from .metrics import frobenius_sq, inner
+
+if TYPE_CHECKING:
+    from ..run import Checkpoint
 
 _PIECE = 8 << 20  # bytes read, hashed and decoded at a time
 # ‖Δ‖_F outside [2^-20, 2^20]: the SVD sees Δ scaled by a power of two (exact), so that float32

@@ -82,22 +82,22 @@ def analyze(
     """Compute update norms, module allocation, low-rank concentration and alignment for a run."""
     from .._memory import release_freed_buffers
     from ..analysis.export import write_analysis  # pandas loads only for this command
+    from ..analysis.options import AnalyzeOptions
     from ..run import open_run
 
     # Each step's update is freed before the next is read; give that memory back at once.
     release_freed_buffers()
     if address is not None and executor is not Executor.ray:
         raise OptionError("--address is for a Ray cluster; add --executor ray or drop --address.")
+    options = AnalyzeOptions(
+        ranks=parse_ints(ranks, "--ranks"), final=final, tensors=tensors, consecutive=consecutive,
+        full_spectrum=full_spectrum, split_fused=split_fused, workers=workers,
+        executor=executor.value, address=address, device=device.value,
+    )  # fmt: skip
     r = open_run(run, base, checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle,
                  skip_incomplete=skip_incomplete)  # fmt: skip
-    result, summary = write_analysis(
-        r, out, ranks=parse_ints(ranks, "--ranks"), final=final, tensors=tensors, consecutive=consecutive,
-        full_spectrum=full_spectrum, split_fused=split_fused, workers=workers, executor=executor.value,
-        address=address, device=device.value, progress=not quiet,
-    )  # fmt: skip
-    echo(
-        f"final step {result.options.final or r.final_step}: update share and low-rank energy by block"
-    )
+    result, summary = write_analysis(r, out, options, progress=not quiet)
+    echo(f"final step {options.final or r.final_step}: update share and low-rank energy by block")
     echo(summary.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     echo(f"\nwrote {out}/metrics.parquet, metrics.csv, provenance.json ({len(result.frame)} rows)")
     for w in result.warnings[:20]:

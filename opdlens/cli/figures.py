@@ -22,6 +22,7 @@ from ._app import (
 from .analyze import parse_ints
 
 if TYPE_CHECKING:
+    from ..analysis.options import AnalyzeOptions
     from ..viz.sources import Sources
 
 SourceArg = Annotated[
@@ -80,34 +81,35 @@ WorkersOpt = Annotated[
 def _load(
     source: Path, compare: list[Path] | None, labels: str | None, out: Path, base: Path | None,
     checkpoint: list[str] | None, trust_pickle: bool,
-    replay: Path | None, errors: list[Path] | None, metrics: list[Path] | None, ranks: str,
-    spectra: int, workers: int | None, quiet: bool,
+    replay: Path | None, errors: list[Path] | None, metrics: list[Path] | None,
+    options: AnalyzeOptions, spectra: int, quiet: bool,
 ) -> Sources:  # fmt: skip
     names = None if labels is None else [x for x in labels.split(",")]
-    if spectra < 0:
-        raise OptionError(f"--spectra takes a count ≥ 0; got {spectra}.")
     from ..viz.sources import load_sources  # matplotlib and pandas load only for these commands
 
     return load_sources(
         [source, *(compare or [])], out, labels=names, base=base,
         checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle, replay=replay,
         errors=errors or (), metrics=metrics or (), spectra_top=spectra, progress=not quiet,
-        analyze_options={"ranks": parse_ints(ranks, "--ranks"), "workers": workers},
+        analyze_options=options,
     )  # fmt: skip
 
 
-@contextmanager
-def _output(
-    command: str, out: Path, paths: list[Path], ranks: str, workers: int | None, spectra: int
-) -> Iterator[Path]:
-    """Check the options, then create and mark --out (new, empty, or written by opdlens)."""
+def _options(ranks: str, workers: int | None, spectra: int) -> AnalyzeOptions:
+    """The options a run is analysed with, checked (with --spectra) before --out is touched."""
+    from ..analysis.options import AnalyzeOptions
+
     if spectra < 0:
         raise OptionError(f"--spectra takes a count ≥ 0; got {spectra}.")
-    from ..analysis.analyze import check_options
+    return AnalyzeOptions(ranks=parse_ints(ranks, "--ranks"), workers=workers)
+
+
+@contextmanager
+def _output(command: str, out: Path, paths: list[Path]) -> Iterator[Path]:
+    """Create and mark --out (new, empty, or written by opdlens)."""
     from ..io.paths import output_dir
     from ..viz.sources import is_metrics_dir
 
-    check_options(None, ranks=parse_ints(ranks, "--ranks"), workers=workers)
     runs = [p for p in paths if not is_metrics_dir(p)]  # --out may hold figures of a metrics dir
     with output_dir(out, command, inputs=runs) as path:
         yield path
@@ -140,9 +142,10 @@ def figures(
     quiet: QuietOpt = False,
 ) -> None:
     """Draw the paper's figures (PDF, SVG and 200-dpi PNG) for one run or several side by side."""
-    with _output("figures", out, [source, *(compare or [])], ranks, workers, spectra):
+    options = _options(ranks, workers, spectra)
+    with _output("figures", out, [source, *(compare or [])]):
         src = _load(source, compare, labels, out, base, checkpoint, trust_pickle, replay, errors,
-                    metrics, ranks, spectra, workers, quiet)  # fmt: skip
+                    metrics, options, spectra, quiet)  # fmt: skip
         from ..viz.figures import write_figures
 
         result = write_figures(
@@ -178,9 +181,10 @@ def report(
     """Write one self-contained HTML page: run summary, figures, top tensors, warnings, provenance."""
     if top < 1:
         raise OptionError(f"--top takes a count ≥ 1; got {top}.")
-    with _output("report", out, [source, *(compare or [])], ranks, workers, spectra):
+    analyze_options = _options(ranks, workers, spectra)
+    with _output("report", out, [source, *(compare or [])]):
         src = _load(source, compare, labels, out, base, checkpoint, trust_pickle, replay, errors,
-                    metrics, ranks, spectra, workers, quiet)  # fmt: skip
+                    metrics, analyze_options, spectra, quiet)  # fmt: skip
         options = {
             "labels": [r.label for r in src.runs],
             "replay": None if replay is None else str(replay),

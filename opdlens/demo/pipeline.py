@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from ..analysis.frame import summarize
+from ..analysis.options import AnalyzeOptions
 from ..extrapolation.extrapolate import ERRORS_FILE, extrapolate
 from ..extrapolation.replay import OFFLINE_NOTE, replay, replay_schedule
 from ..io.paths import write_text_atomic
@@ -145,7 +146,7 @@ def run_demo(
         labels=list(LABELS),
         replay=out / "replay-opd",
         errors=error_files,
-        analyze_options={"workers": workers},
+        analyze_options=AnalyzeOptions(workers=workers),
         progress=progress,
     )
     t["analyze"] = time.perf_counter() - t0

@@ -139,7 +139,7 @@ def is_opdlens_dir(path: str | Path) -> bool:
 
 def marker_text(command: str, *, complete: bool = True) -> str:
     """The JSON text of a marker for `command`."""
-    from .. import __version__
+    from .._version import __version__
 
     record = {
         "written_by": "opdlens",

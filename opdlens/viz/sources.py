@@ -16,6 +16,7 @@ import pandas as pd
 from ..analysis.cache import FactorCache
 from ..analysis.export import write_analysis
 from ..analysis.linalg import singular_values
+from ..analysis.options import AnalyzeOptions
 from ..errors import InputFileError, InputNotFoundError, OpdlensError, OptionError
 from ..io.paths import ensure_outside
 from ..io.training_log import TrainingLogError, read_training_log, run_training_log
@@ -250,7 +251,7 @@ def load_sources(
     errors: Sequence[str | Path] = (),
     metrics: Sequence[str | Path] = (),
     spectra_top: int = 6,
-    analyze_options: Mapping[str, Any] | None = None,
+    analyze_options: AnalyzeOptions | None = None,
     progress: bool = False,
 ) -> Sources:
     """Load metrics for each path (a run is analysed into out_dir/metrics-<label>/ first).
@@ -259,6 +260,7 @@ def load_sources(
     as open_run takes them) to the first path only, which must then be a run directory.
     Training logs: `metrics` names one per path (in order), else each run's own is looked for
     beside its checkpoints (Run.training_log); a run without one gets a note, not an error.
+    A run is analysed with `analyze_options` (default: `AnalyzeOptions()`).
 
     Raises:
         InputNotFoundError: a path, replay directory or errors file that does not exist.
@@ -300,7 +302,7 @@ def load_sources(
             run = open_run(path, base, checkpoints=extra, trust_pickle=trust_pickle)
             metrics_dir = out / f"metrics-{label}"
             logger.info("analysing %s into %s", path, metrics_dir)
-            write_analysis(run, metrics_dir, progress=progress, **dict(analyze_options or {}))
+            write_analysis(run, metrics_dir, analyze_options, progress=progress)
         prov_file = metrics_dir / "provenance.json"
         prov = (
             _read_json(prov_file, "provenance.json of `opdlens analyze`")

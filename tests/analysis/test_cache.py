@@ -21,9 +21,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from opdlens import OpdlensError, open_run
-from opdlens.analysis.analyze import run_analysis
+from opdlens.analysis.analyze import compute_analysis
 from opdlens.analysis.cache import FactorCache
 from opdlens.analysis.export import write_analysis
+from opdlens.analysis.options import AnalyzeOptions
 
 N_MATRICES = 8  # 2-D tensors of small_states: embed, head, 2 × (q, o, down)
 
@@ -43,10 +44,12 @@ def test_rerun_computes_only_new_steps(tmp_path):
     assert (second.svd_calls, second.cache_hits) == (N_MATRICES, 2 * N_MATRICES)
     prov = json.loads((out / "provenance.json").read_text())
     assert (prov["svd_calls"], prov["cache_hits"]) == (N_MATRICES, 2 * N_MATRICES)
-    fresh = run_analysis(open_run(root), ranks=RANKS, workers=1).frame
+    fresh = compute_analysis(open_run(root), AnalyzeOptions(ranks=RANKS, workers=1)).frame
     pd.testing.assert_frame_equal(second.frame, fresh)
     # Asking for a larger K than was cached is a miss, never a silently truncated answer.
-    third = run_analysis(open_run(root), ranks=(1, 12), workers=1, cache_dir=out / "cache")
+    third = compute_analysis(
+        open_run(root), AnalyzeOptions(ranks=(1, 12), workers=1), cache_dir=out / "cache"
+    )
     assert third.svd_calls == 3 * N_MATRICES
     big = (third.frame["rows"] >= 12) & (third.frame["cols"] >= 12)
     assert third.frame.loc[big, "energy_k12"].notna().all()
@@ -88,7 +91,7 @@ def test_changed_checkpoint_is_recomputed_never_reused(tmp_path):
     checkpoints.write_state_dir(root / "checkpoint-2", other, config=SMALL_CONFIG)
     again, _ = write_analysis(open_run(root), out, ranks=RANKS, workers=1)
     assert again.svd_calls == N_MATRICES and again.cache_hits == N_MATRICES  # step 1 reused
-    fresh = run_analysis(open_run(root), ranks=RANKS, workers=1).frame
+    fresh = compute_analysis(open_run(root), AnalyzeOptions(ranks=RANKS, workers=1)).frame
     pd.testing.assert_frame_equal(again.frame, fresh)
     name = "model.layers.0.self_attn.q_proj.weight"
     row = fresh[(fresh["tensor"] == name) & (fresh["step"] == 2)]
@@ -155,7 +158,7 @@ def test_in_place_edit_keeping_size_and_mtime_is_recomputed(tmp_path):
     assert row["stable_rank"].item() == pytest.approx(sr, rel=1e-3)
     before = first.frame.query("tensor == @BIG and step == 1 and update == 'cumulative'")
     assert abs(before["energy_k1"].item() - e1) > 0.1  # the edit did move the spectrum
-    fresh = run_analysis(open_run(root), ranks=(1, 4), workers=1).frame
+    fresh = compute_analysis(open_run(root), AnalyzeOptions(ranks=(1, 4), workers=1)).frame
     pd.testing.assert_frame_equal(again.frame, fresh)
 
 
@@ -207,7 +210,7 @@ def test_damaged_cache_entries_are_recomputed_with_a_warning(tmp_path, damage, n
     assert again.svd_calls >= 1
     assert [w for w in again.warnings if note in w and str(path) in w], again.warnings
     assert not os.path.exists("/tmp/opdlens-cache-pickle-ran")
-    fresh = run_analysis(open_run(root), ranks=(1, 4), workers=1).frame
+    fresh = compute_analysis(open_run(root), AnalyzeOptions(ranks=(1, 4), workers=1)).frame
     pd.testing.assert_frame_equal(again.frame, fresh)
     third, _ = write_analysis(open_run(root), out, ranks=(1, 4), workers=1)
     assert third.svd_calls == 0 and not third.warnings  # rebuilt

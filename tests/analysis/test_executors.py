@@ -26,11 +26,11 @@ def run_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def inline(run_root) -> pd.DataFrame:
-    return open_run(run_root).analyze(RANKS, consecutive=True, workers=1)
+    return open_run(run_root).analyze(ranks=RANKS, consecutive=True, workers=1)
 
 
 def test_process_pool_equals_inline(run_root, inline):
-    pooled = open_run(run_root).analyze(RANKS, consecutive=True, workers=2)
+    pooled = open_run(run_root).analyze(ranks=RANKS, consecutive=True, workers=2)
     pd.testing.assert_frame_equal(pooled, inline)
 
 
@@ -40,7 +40,7 @@ def test_ray_equals_local(run_root, inline):
     t = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        got = open_run(run_root).analyze(RANKS, consecutive=True, executor="ray")
+        got = open_run(run_root).analyze(ranks=RANKS, consecutive=True, executor="ray")
     finally:
         ray.shutdown()
     pd.testing.assert_frame_equal(got, inline)
@@ -50,17 +50,17 @@ def test_ray_equals_local(run_root, inline):
 def test_missing_ray_is_a_clear_error(run_root, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(OpdlensError, match=r"pip install 'opdlens\[ray\]'"):
-        open_run(run_root).analyze(RANKS, executor="ray")
+        open_run(run_root).analyze(ranks=RANKS, executor="ray")
 
 
 def test_bad_executor_options(run_root):
     run = open_run(run_root)
     with pytest.raises(ValueError, match="'executor' parameter must be 'local' or 'ray'"):
-        run.analyze(RANKS, executor="dask", workers=1)
+        run.analyze(ranks=RANKS, executor="dask", workers=1)
     with pytest.raises(ValueError, match="'address' parameter is for a Ray cluster"):
-        run.analyze(RANKS, address="ray://head:10001")
+        run.analyze(ranks=RANKS, address="ray://head:10001")
     with pytest.raises(ValueError, match="'workers' parameter must be ≥ 1"):
-        run.analyze(RANKS, workers=0)
+        run.analyze(ranks=RANKS, workers=0)
 
 
 # -- worker processes: they die with their parent, and Ctrl-C stops everything at once ------

@@ -21,7 +21,8 @@ from planted import (
 )
 
 import opdlens
-from opdlens.analysis.analyze import run_analysis
+from opdlens.analysis.analyze import compute_analysis
+from opdlens.analysis.options import AnalyzeOptions
 
 MASK = "model.layers.0.self_attn.causal_mask"  # bool buffer
 POSITIONS = "model.position_ids"  # int64 buffer
@@ -60,7 +61,7 @@ def _float64_states(root) -> dict[int, dict[str, torch.Tensor]]:
 
 
 def test_buffers_float8_and_empty_tensors_through_the_api(odd_run):
-    res = run_analysis(opdlens.open_run(odd_run), ranks=RANKS, workers=1)
+    res = compute_analysis(opdlens.open_run(odd_run), AnalyzeOptions(ranks=RANKS, workers=1))
     df = res.frame
     assert not set(SKIPPED) & set(df["tensor"])
     for name in SKIPPED:  # one note each, naming the tensor
@@ -112,7 +113,9 @@ def _scaled_run(tmp_path, scales: dict[str, float]):
 )  # fmt: skip
 def test_extreme_but_finite_weights_match_float64(tmp_path, scales):
     root = _scaled_run(tmp_path, scales)
-    res = run_analysis(opdlens.open_run(root), ranks=RANKS, workers=1, full_spectrum=True)
+    res = compute_analysis(
+        opdlens.open_run(root), AnalyzeOptions(ranks=RANKS, workers=1, full_spectrum=True)
+    )
     df = res.frame
     assert not df["nonfinite"].any() and not res.warnings
     compare(df, reference(load_states(root), SMALL_CONFIG))  # norms rel 1e-5, energies 1e-3

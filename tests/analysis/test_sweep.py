@@ -19,7 +19,8 @@ from planted import (
 )
 
 from opdlens import open_run
-from opdlens.analysis.analyze import run_analysis
+from opdlens.analysis.analyze import compute_analysis
+from opdlens.analysis.options import AnalyzeOptions
 
 
 def _config(root):
@@ -29,7 +30,7 @@ def _config(root):
 @pytest.mark.parametrize("kind", ["llama-bf16", "llama-f32", "phi3", "moe"])
 def test_every_metric_matches_float64_svd(planted_runs, kind):
     root = planted_runs(kind)
-    df = open_run(root).analyze(RANKS, consecutive=True, full_spectrum=True, workers=1)
+    df = open_run(root).analyze(ranks=RANKS, consecutive=True, full_spectrum=True, workers=1)
     ref = reference(load_states(root), _config(root), consecutive=True)
     counts = compare(df, ref)
     assert counts["aligned"] > counts["rows"]  # most alignments are sharp and checked exactly
@@ -41,13 +42,13 @@ def test_every_metric_matches_float64_svd(planted_runs, kind):
 
 
 def test_slices_of_fused_and_stacked_tensors(planted_runs):
-    moe = open_run(planted_runs("moe")).analyze((1,), workers=1)
+    moe = open_run(planted_runs("moe")).analyze(ranks=(1,), workers=1)
     gu = moe[(moe["tensor"] == "model.layers.0.mlp.experts.gate_up_proj") & (moe["step"] == 4)]
     assert sorted(zip(gu["expert"], gu["part"], strict=True)) == [
         (e, p) for e in range(4) for p in ("gate", "up")
     ]
     assert set(gu["kind"]) == {"gate_proj", "up_proj"} and set(gu["rows"]) == {16}
-    phi = open_run(planted_runs("phi3")).analyze((1,), workers=1)
+    phi = open_run(planted_runs("phi3")).analyze(ranks=(1,), workers=1)
     qkv = phi[(phi["tensor"] == "model.layers.1.self_attn.qkv_proj.weight") & (phi["step"] == 1)]
     assert list(zip(qkv["part"], qkv["kind"], qkv["rows"], strict=True)) == [
         ("k", "k_proj", 16), ("q", "q_proj", 32), ("v", "v_proj", 16)
@@ -59,7 +60,7 @@ def test_slices_of_fused_and_stacked_tensors(planted_runs):
 def test_lora_updates_from_factors_match_float64(planted_runs):
     root, base = planted_runs("lora"), planted_runs("llama-f32") / "checkpoint-0"
     run = open_run(root, base=base)
-    df = run.analyze(RANKS, workers=1)
+    df = run.analyze(ranks=RANKS, workers=1)
     ref = reference(load_states(root, base), _config(base.parent))
     compare(df, ref)
     q = df[df["tensor"] == "model.layers.0.self_attn.q_proj.weight"]
@@ -72,7 +73,7 @@ def test_lora_updates_from_factors_match_float64(planted_runs):
 
 def test_chosen_final_keeps_every_step(planted_runs):
     root = planted_runs("llama-f32")
-    df = open_run(root).analyze(RANKS, final=2, workers=1)
+    df = open_run(root).analyze(ranks=RANKS, final=2, workers=1)
     assert sorted(df["step"].unique()) == [1, 2, 4]
     compare(df, reference(load_states(root), _config(root), final=2), final=2)
     at2 = df[df["step"] == 2]
@@ -86,7 +87,7 @@ def test_vectors_get_norms_only_and_zero_base_gives_inf(tmp_path):
         st["model.layers.1.mlp.down_proj.weight"] = torch.zeros(16, 24) if s == 0 else st[
             "model.layers.1.mlp.down_proj.weight"
         ]  # fmt: skip
-    df = open_run(write_state_run(tmp_path, states, SMALL_CONFIG)).analyze(RANKS, workers=1)
+    df = open_run(write_state_run(tmp_path, states, SMALL_CONFIG)).analyze(ranks=RANKS, workers=1)
     vec = df[df["tensor"] == "model.layers.0.input_layernorm.weight"]
     assert (vec["update_norm"] > 0).all() and (vec["base_norm"] > 0).all()
     assert (vec["rows"] == 16).all() and (vec["cols"] == 1).all()
@@ -104,7 +105,7 @@ def test_nonfinite_weight_marks_one_row_and_keeps_the_rest(tmp_path):
     states[2][bad][3, 5] = float("nan")
     states[2]["model.layers.0.input_layernorm.weight"][0] = float("inf")
     run = open_run(write_state_run(tmp_path, states, SMALL_CONFIG))
-    res = run_analysis(run, ranks=RANKS, workers=1, consecutive=True)
+    res = compute_analysis(run, AnalyzeOptions(ranks=RANKS, workers=1, consecutive=True))
     df = res.frame
     marked = df[df["nonfinite"]]
     assert set(zip(marked["tensor"], marked["step"], strict=True)) == {
@@ -142,7 +143,7 @@ def test_ranks_at_or_beyond_min_rows_cols_follow_the_definition(tmp_path):
         st[narrow] = 0.02 * torch.randn(12, 64, generator=g)  # a 12×64 head block
     root = write_state_run(tmp_path, states, SMALL_CONFIG)
     ranks = (1, 4, 12, 10_000)
-    res = run_analysis(open_run(root), ranks=ranks, workers=1)
+    res = compute_analysis(open_run(root), AnalyzeOptions(ranks=ranks, workers=1))
     df = res.frame
     compare(df, reference(load_states(root), SMALL_CONFIG, ranks[:3]), ranks[:3])  # float64 SVDs
     r, n = df[df["tensor"] == router], df[df["tensor"] == narrow]

@@ -83,3 +83,22 @@ def test_bad_inputs_exit_with_one_line(run_root, tmp_path):
     res = _invoke(bad, "--out", tmp_path / "o2", "--workers", "1")
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert "model.safetensors" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_options_are_checked_before_the_run_is_opened(tmp_path):
+    # A bad option is reported even when the run is missing too: nothing was opened or created.
+    res = _invoke(tmp_path / "no-run", "--out", tmp_path / "o", "--ranks", "0,4")
+    assert res.exit_code == 2 and "'ranks' parameter of analyze" in res.stderr
+    assert "no-run" not in res.stderr and not (tmp_path / "o").exists()
+
+
+def test_provenance_records_every_option(run_root, tmp_path):
+    out = tmp_path / "out"
+    res = _invoke(run_root, "--out", out, "--ranks", "4,1", "--workers", "1", "--consecutive", "-q")
+    assert res.exit_code == 0, res.output
+    opts = json.loads((out / "provenance.json").read_text())["options"]
+    assert opts == {
+        "ranks": [1, 4], "final": None, "tensors": None, "consecutive": True,
+        "full_spectrum": False, "split_fused": True, "workers": 1, "executor": "local",
+        "address": None, "device": "cpu",
+    }  # fmt: skip

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from transformers import TrainerState
 
+from opdlens import AnalyzeOptions
 from opdlens.io.training_log import read_training_log
 from opdlens.viz.figures import draw_figures
 from opdlens.viz.plots import training_curve
@@ -91,7 +92,7 @@ def test_sources_find_trainer_state_and_report_shows_it(tmp_path: Path) -> None:
     )
     (run / "checkpoint-2" / "trainer_state.json").write_text("{not json")  # older: never read
     src = load_sources([run], tmp_path / "out", labels=["OPD"], spectra_top=0,
-                       analyze_options={"ranks": (1,), "workers": 1})  # fmt: skip
+                       analyze_options=AnalyzeOptions(ranks=(1,), workers=1))  # fmt: skip
     log = src.training["OPD"]
     assert log.attrs["source"] == str(run / "checkpoint-4" / "trainer_state.json")
     assert log["eval_accuracy"].dropna().tolist() == [0.4, 0.8]
@@ -108,7 +109,7 @@ def test_a_broken_log_found_beside_the_run_is_a_note(tmp_path: Path) -> None:
     run = write_run(tmp_path / "rl", 1)
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1}\n{"step": 2, "loss": oops}\n')
     src = load_sources([run], tmp_path / "out", labels=["RL"], spectra_top=0,
-                       analyze_options={"ranks": (1,), "workers": 1})  # fmt: skip
+                       analyze_options=AnalyzeOptions(ranks=(1,), workers=1))  # fmt: skip
     assert src.training == {}
     assert any("RL: no training curve:" in n and "line 2 is not a JSON" in n for n in src.notes)
     meta = json.loads((tmp_path / "out" / "metrics-RL" / "provenance.json").read_text())

@@ -1,0 +1,155 @@
+"""AnalyzeOptions: what `analyze` computes and how it runs, checked once when it is built."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
+
+from ..errors import OpdlensError, OptionError
+
+if TYPE_CHECKING:
+    from ..run import Run
+
+
+@dataclass(frozen=True)
+class AnalyzeOptions:
+    """Every option of `opdlens.analyze`, for the API, the CLI, figures/report and the workers.
+
+    Built once and validated then (before any output exists), so a bad value fails in one line
+    naming the parameter; `ranks` is kept sorted without repeats and `tensors` as a tuple.
+    Only `final` depends on the run: `check_run` tests it.
+    """
+
+    ranks: Sequence[int] = (1, 4, 16)  # K of energy_k, align_*_k and gap_k; kept as a sorted tuple
+    final: int | None = None  # the step taken as the final update (default: the last)
+    tensors: Sequence[str] | None = None  # glob patterns, kept as a tuple; None: every tensor
+    consecutive: bool = False  # also the step-to-step update W_t − W_prev
+    full_spectrum: bool = False  # a full SVD per update, for effective_rank
+    split_fused: bool = True  # fused qkv / gate_up tensors per logical part
+    workers: int | None = None  # worker processes; None is one per core, 1 sweeps in-process
+    executor: str = "local"  # 'local' (process pool) or 'ray'
+    address: str | None = None  # a Ray cluster address (with executor='ray')
+    device: str = "cpu"  # where the SVDs run: 'cpu' or 'cuda[:N]'
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalised values are set once, here
+        set_(self, "ranks", _check_ranks(self.ranks))
+        for name in ("executor", "device"):  # a CLI choice (a str Enum) is kept as its value
+            set_(self, name, getattr(getattr(self, name), "value", getattr(self, name)))
+        if self.tensors is not None:
+            if isinstance(self.tensors, str):
+                set_(self, "tensors", (self.tensors,))
+            else:
+                set_(self, "tensors", tuple(self.tensors))
+        device = self.device if isinstance(self.device, str) else ""
+        if device != "cpu" and not device.startswith("cuda"):
+            raise OptionError(
+                f"The 'device' parameter must be 'cpu' or 'cuda'. Got {self.device!r} instead."
+            )
+        if device.startswith("cuda") and not _cuda_available():
+            raise OpdlensError(
+                "--device cuda was asked for, but torch sees no CUDA device here; use --device cpu."
+            )
+        if self.executor not in ("local", "ray"):
+            raise OptionError(
+                f"The 'executor' parameter must be 'local' or 'ray'. Got {self.executor!r} instead."
+            )
+        if self.executor == "ray" and importlib.util.find_spec("ray") is None:
+            raise OpdlensError(
+                "--executor ray needs the ray package, which is not installed here; "
+                "`pip install 'opdlens[ray]'` (or `pip install ray`), or use --executor local."
+            )
+        if self.address is not None and self.executor != "ray":
+            raise OptionError(
+                "The 'address' parameter is for a Ray cluster; pass executor='ray' (CLI: "
+                "--executor ray) or drop the address."
+            )
+        if self.workers is not None:
+            try:
+                workers = int(self.workers)
+            except (TypeError, ValueError):
+                workers = 0
+            if workers < 1:
+                raise OptionError(
+                    f"The 'workers' parameter must be ≥ 1. Got {self.workers} instead."
+                )
+            set_(self, "workers", workers)
+
+    @classmethod
+    def build(
+        cls, options: AnalyzeOptions | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> AnalyzeOptions:
+        """`options` (default: all defaults) with `overrides` replacing fields by name."""
+        if options is not None and not isinstance(options, AnalyzeOptions):
+            raise OptionError(
+                f"The 'options' parameter of analyze must be an AnalyzeOptions or None. Got "
+                f"{type(options).__name__} {options!r} instead; pass other options by name, e.g. "
+                "analyze(run, ranks=(1, 4))."
+            )
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in overrides or {} if k not in known]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise OptionError(
+                f"analyze has no option {unknown[0]!r}{hint}; its options are {', '.join(known)}."
+            )
+        if options is None:
+            return cls(**dict(overrides or {}))
+        return replace(options, **dict(overrides or {})) if overrides else options
+
+    @property
+    def kmax(self) -> int:
+        """The largest K."""
+        return max(self.ranks)
+
+    @property
+    def worker_count(self) -> int:
+        """Worker processes to start: `workers`, or one per core."""
+        return (os.cpu_count() or 1) if self.workers is None else self.workers
+
+    def check_run(self, run: Run) -> None:
+        """Check the options that depend on the run: `final` and `tensors`.
+
+        Raises:
+            OpdlensError: `final` is not a saved step, or no tensor matches `tensors`.
+        """
+        if self.final is not None and self.final not in run.steps:
+            raise OpdlensError(
+                f"--final {self.final} is not a saved step; saved steps are {run.steps}."
+            )
+        if self.tensors:
+            run.select(self.tensors)
+
+    def record(self) -> dict[str, Any]:
+        """The options as JSON-ready values, for provenance."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+def _check_ranks(ranks: Iterable[int]) -> tuple[int, ...]:
+    try:
+        items = list(ranks)
+        out = tuple(int(k) for k in items)
+        exact = all(float(k) == float(r) for k, r in zip(out, items, strict=True))
+        shown: object = items
+    except (TypeError, ValueError):
+        out, exact, shown = (), False, ranks
+    if not out or not exact or any(k <= 0 for k in out):
+        raise OptionError(
+            f"The 'ranks' parameter of analyze must be positive integers. Got {shown} instead."
+        )
+    return tuple(sorted(set(out)))
+
+
+def _cuda_available() -> bool:
+    import torch  # only when a GPU is asked for: the options stay torch-free otherwise
+
+    return bool(torch.cuda.is_available())

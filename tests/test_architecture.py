@@ -1,0 +1,125 @@
+"""The package's import graph has no cycle, counting imports inside functions too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import opdlens
+
+PACKAGE = Path(opdlens.__file__).parent
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking_nodes(tree: ast.Module) -> set[int]:
+    """Ids of nodes under `if TYPE_CHECKING:`: imports for annotations that never run."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return skip
+
+
+def _imported(module: str, is_package: bool, node: ast.Import | ast.ImportFrom) -> list[str]:
+    """Absolute names an import statement may load: the module and each `from` name."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if node.level:
+        base = module.split(".") if is_package else module.split(".")[:-1]
+        base = base[: len(base) - (node.level - 1)]
+        prefix = ".".join(base + ([node.module] if node.module else []))
+    else:
+        prefix = node.module or ""
+    return [prefix] + [f"{prefix}.{alias.name}" for alias in node.names]
+
+
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module → the package's modules it imports, at module level or inside any function.
+
+    Imports under `if TYPE_CHECKING:` are left out (they never run); so are the names a
+    package's `__getattr__` loads on first access (`_lazy.lazy_getattr`): strings, not imports.
+    """
+    files = {_module_name(p, root): p for p in sorted(root.rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        skip = _type_checking_nodes(tree)
+        deps: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in skip:
+                is_package = path.name == "__init__.py"
+                deps.update(n for n in _imported(module, is_package, node) if n in files)
+        graph[module] = deps - {module}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, …, a], or None when the graph is acyclic."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                return path[path.index(dep) :] + [dep]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_the_import_graph_of_opdlens_is_acyclic() -> None:
+    graph = import_graph()
+    assert "opdlens.run" in graph and "opdlens.analysis.analyze" in graph["opdlens.run"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_checker_sees_function_level_and_relative_imports(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from .a import f\n")
+    (pkg / "a.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from .sub.b import g\n"
+        "def f():\n    from .sub import b\n    return b\n"
+    )
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "b.py").write_text("def g():\n    from .. import a\n    return a\n")
+    graph = import_graph(pkg)
+    assert graph["pkg.a"] == {"pkg.sub", "pkg.sub.b"}  # the TYPE_CHECKING import is not counted
+    cycle = find_cycle(graph)
+    assert cycle is not None and cycle[0] == cycle[-1] and {"pkg.a", "pkg.sub.b"} <= set(cycle)
+    (pkg / "sub" / "b.py").write_text("def g():\n    return 1\n")
+    assert find_cycle(import_graph(pkg)) is None
+
+
+@pytest.mark.parametrize("module", ["opdlens.analysis.analyze", "opdlens.provenance"])
+def test_run_forwards_upward_and_nothing_below_imports_it(module: str) -> None:
+    graph = import_graph()
+    below: set[str] = set()
+    todo = [module]
+    while todo:
+        m = todo.pop()
+        if m not in below:
+            below.add(m)
+            todo += graph[m]
+    assert "opdlens.run" not in below and "opdlens" not in below
