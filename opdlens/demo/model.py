@@ -130,6 +130,9 @@ class Decoder(nn.Module):
 class TinyLlama(nn.Module):
     """Decoder-only language model with an untied lm_head."""
 
+    rope_cos: torch.Tensor  # (P, D) buffers, not saved
+    rope_sin: torch.Tensor
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
