@@ -49,7 +49,7 @@ class PostTrainSettings:
 
 @torch.no_grad()
 def sample(
-    model: TinyLlama, prompts: torch.Tensor, answer_len: int, gen: torch.Generator | None
+    model: torch.nn.Module, prompts: torch.Tensor, answer_len: int, gen: torch.Generator | None
 ) -> torch.Tensor:
     """Complete prompts token by token (greedy when gen is None). Shape: (B, P) → (B, P + A)."""
     seq = prompts
@@ -69,7 +69,7 @@ def answer_logprobs(model: TinyLlama, seq: torch.Tensor, prompt_len: int) -> tor
     return logits.log_softmax(-1).gather(-1, seq[:, prompt_len:, None]).squeeze(-1)
 
 
-def greedy_accuracy(model: TinyLlama, prompts: torch.Tensor, answers: torch.Tensor) -> float:
+def greedy_accuracy(model: torch.nn.Module, prompts: torch.Tensor, answers: torch.Tensor) -> float:
     """Fraction of prompts whose greedy completion equals the answer exactly."""
     out = sample(model, prompts, answers.shape[1], None)[:, prompts.shape[1] :]
     return (out == answers).all(dim=1).float().mean().item()
@@ -219,11 +219,11 @@ def post_train(
     sampler = task.sampler(seed + 1)
     gen = torch.Generator().manual_seed(seed + 2)
     opt = torch.optim.Adam(student.parameters(), lr=settings.lr, betas=(0.9, 0.98))
-    keep = set(saved_steps(settings.steps, settings.save_every)) if run_dir else set()
+    keep = set(saved_steps(settings.steps, settings.save_every)) if run_dir is not None else set()
     rows: list[dict[str, float]] = []
     for step in range(settings.steps + 1):
         surrogate, stats = _objective(kind, student, teacher, sampler, settings, gen)
-        if step in keep:
+        if run_dir is not None and step in keep:
             student.eval()
             acc = greedy_accuracy(student, test_prompts, test_answers)
             student.train()
