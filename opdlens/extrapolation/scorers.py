@@ -63,7 +63,7 @@ class Scorer(ABC):
 def _finite(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         try:
-            value = float(value)  # type: ignore[arg-type]  (numpy / torch scalars)
+            value = float(value)  # type: ignore[arg-type]  # numpy / torch scalars, numeric strings
         except (TypeError, ValueError):
             raise ScorerError(f"{where} returned {value!r}, not a number. {_NUMBER_HELP}") from None
     if not math.isfinite(float(value)):
