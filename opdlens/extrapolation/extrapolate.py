@@ -346,10 +346,12 @@ def extrapolation_producer(
         spec = current.spec(name)
         if spec.stored not in dtypes.NUMPY_FLOATS:  # float8: torch rounds it, whole
             theta = current.array(name, float32=True)
-            out = _round(_predict(name, theta, base.array(name, float32=True)), spec.stored)
+            whole = _round_float8(
+                _predict(name, theta, base.array(name, float32=True)), spec.stored
+            )
             if tracker is not None:
-                tracker.add(name, out.float().numpy(), theta)
-            return out
+                tracker.add(name, whole.float().numpy(), theta)
+            return whole
         # Cache-sized spans: 3× faster than whole tensors, and only the output is held whole.
         # Sources without byte ranges (.bin, FSDP, LoRA) read whole tensors: one span.
         ranged = all(ck.byte_range(name) is not None for ck in involved)
@@ -398,12 +400,15 @@ def _non_finite(name: str, current: Checkpoint, anchor: Checkpoint, setting: str
     )
 
 
-def _round(values: np.ndarray, stored: str) -> np.ndarray | torch.Tensor:
-    """Round computed values once to the stored dtype (numpy bytes; torch for float8)."""
+def _round(values: np.ndarray, stored: str) -> np.ndarray:
+    """Round computed values once to a stored dtype numpy holds (F16/BF16 as their bytes)."""
     if stored in ("F32", "F64"):
         return values
-    if stored in dtypes.NUMPY_FLOATS:
-        return dtypes.encode_float32(values, stored, finite=True)
+    return dtypes.encode_float32(values, stored, finite=True)
+
+
+def _round_float8(values: np.ndarray, stored: str) -> torch.Tensor:
+    """Round computed values once to a float8 dtype, which only torch holds."""
     import torch
 
     return torch.from_numpy(values).to(dtypes.to_torch(stored))
