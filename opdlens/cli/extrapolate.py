@@ -145,7 +145,7 @@ def extrapolate(
     )  # fmt: skip
     _note(r, step)
     echo(f"wrote {path}")
-    if evaluate:
+    if errors is not None:  # with --evaluate
         overall = errors[errors["scope"] == "overall"][["target_step", "rel_error"]]
         if overall.empty:
             echo("no saved step after the extrapolated one: nothing to compare against.")
