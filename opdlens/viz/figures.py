@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -182,7 +183,7 @@ def draw_figures(
         stem = f"allocation_strip-{run}" if several else "allocation_strip"
         specs.append((stem, f"Module allocation over steps ({run})",
                       "The allocation heatmap at up to six saved steps, first and last included.",
-                      lambda run=run: plots.allocation_strip(df, run=run)))  # fmt: skip
+                      functools.partial(plots.allocation_strip, df, run=run)))  # fmt: skip
     specs += [
         ("block_norms", "Update norm per block",
          "Update norm of each block, (Σ_block ‖Δ_t‖_F²)^½ with Δ_t = W_t − W_0, against step; "
