@@ -319,7 +319,7 @@ def remove_stale(parent: Path, stem: str, *, files: bool = False) -> list[Path]:
     pattern = re.compile(
         rf"^(?:{stem})(?:{re.escape(TEMP_MARKER)}|{re.escape(OLD_MARKER)})(\d+)-[0-9a-f]{{8}}"
     )
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(parent))
     except OSError:
