@@ -437,9 +437,9 @@ def _resolve_base(
         ck = opened[0]
         if not _is_lora(ck.source):
             return ck
-    lora = next((c for c in opened.values() if _is_lora(c.source)), None)
+    lora = next((c.source for c in opened.values() if _is_lora(c.source)), None)
     if lora is not None:
-        guess = lora.source.adapter_config.get("base_model_name_or_path")  # type: ignore[union-attr]
+        guess = lora.adapter_config.get("base_model_name_or_path")
         if guess and Path(str(guess)).is_dir():
             warnings.append(f"base taken from adapter_config.json: {guess}")
             return _open_checkpoint(Path(str(guess)), None, trust_pickle)
