@@ -51,13 +51,13 @@ def read_weight(ck: Checkpoint, name: str) -> tuple[torch.Tensor, bytes]:
         f.seek(begin)
         for start in range(0, flat.size, step):
             piece = buf[: min(step, flat.size - start)]
-            got = f.readinto(memoryview(piece.view(np.uint8)))
+            got = f.readinto(piece.view(np.uint8).data)
             if got != piece.nbytes:
                 raise CheckpointError(
                     f"{path}: tensor '{name}' is cut short ({begin + start * item + (got or 0)} "
                     f"of {end} bytes); the file is truncated or still being written."
                 )
-            h.update(piece.view(np.uint8))
+            h.update(piece.view(np.uint8).data)
             dtypes.decode_float32(piece, spec.stored, flat[start : start + piece.size])
     return out, h.digest()
 
@@ -87,7 +87,7 @@ def _hasher(stored: str, shape: tuple[int, ...]) -> hashlib._Hash:
 
 def _raw_bytes(t: torch.Tensor) -> memoryview:
     flat = t.detach().contiguous().reshape(-1).cpu()
-    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+    return flat.view(torch.uint8).numpy().data if flat.numel() else memoryview(b"")
 
 
 def _exponent(total_sq: float | None) -> int:
