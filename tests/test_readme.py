@@ -1,0 +1,106 @@
+"""The README's tours run as written, on the runs its first command (`opdlens demo`) trains."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+# The CLI tour lines no test can run here, each with the reason.
+UNTESTED = {"--address auto": "needs a running Ray cluster to connect to"}
+# README says eval.py stands for the user's own evaluation script. This one is cheap (no torch
+# import per candidate): it prints the checkpoint's file count, after a line that is no number.
+EVAL_PY = """import os, sys
+print("evaluating", sys.argv[1])
+print(len(os.listdir(sys.argv[1])))
+"""
+
+
+def _section(title: str) -> str:
+    text = README.read_text(encoding="utf-8")
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else len(text)]
+
+
+def _blocks(text: str, lang: str) -> list[str]:
+    return re.findall(rf"^```{lang}\n(.*?)^```", text, flags=re.S | re.M)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`opdlens-demo/` as `opdlens demo --quick --out opdlens-demo` leaves its runs."""
+    from opdlens.demo import generate_runs
+
+    out = tmp_path_factory.mktemp("readme") / "opdlens-demo"
+    generate_runs(out / "runs", quick=True, progress=False)
+    return out
+
+
+def _workdir(demo: Path, tmp_path: Path) -> Path:
+    """A fresh directory holding `opdlens-demo/` where the README's commands expect it."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "opdlens-demo").symlink_to(demo, target_is_directory=True)
+    return cwd
+
+
+def test_readme_has_the_tours() -> None:
+    assert len(_blocks(_section("A tour of the Python API"), "python")) == 2
+    assert len(_blocks(README.read_text(encoding="utf-8"), "python")) == 2  # no other snippet
+    assert len(_blocks(_section("A tour of the command line"), "bash")) == 1
+
+
+@pytest.mark.slow
+def test_python_tour_runs_through_stdin(demo: Path, tmp_path: Path) -> None:
+    code = "\n".join(_blocks(README.read_text(encoding="utf-8"), "python"))
+    proc = subprocess.run(
+        [sys.executable, "-"], input=code, capture_output=True, text=True,
+        cwd=_workdir(demo, tmp_path), timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    # Both snippets ran to their last line: the evaluation verdict, then the EffOPD history.
+    lines = proc.stdout.strip().splitlines()
+    assert re.search(r"(no saved step|beats standing still).*best rel_error", lines[-2]), lines
+    assert lines[-1].startswith("[(1, "), lines[-1]
+    assert (tmp_path / "cwd/pred-api/extrapolation_errors.csv").is_file()
+
+
+def _cli_tour() -> tuple[str, list[str]]:
+    """The tour's variable assignments and its command lines."""
+    lines = [ln for ln in _blocks(_section("A tour of the command line"), "bash")[0].splitlines()
+             if ln.strip()]  # fmt: skip
+    assert lines[0].startswith("RUN="), lines[0]
+    return lines[0], lines[1:]
+
+
+@pytest.mark.slow
+def test_cli_tour_runs_line_by_line(demo: Path, tmp_path: Path) -> None:
+    cwd = _workdir(demo, tmp_path)
+    (cwd / "eval.py").write_text(EVAL_PY)
+    assignments, commands = _cli_tour()
+    skipped = [c for c in commands if any(key in c for key in UNTESTED)]
+    assert len(skipped) == len(UNTESTED), skipped  # every other line is run below
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for command in commands:
+        if command in skipped:
+            continue
+        assert shlex.split(command, comments=True)[0] == "opdlens", command
+        proc = subprocess.run(
+            ["bash", "-c", f"set -eu\n{assignments}\n{command}"], capture_output=True, text=True,
+            cwd=cwd, env=env, timeout=900,
+        )  # fmt: skip
+        assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
+        assert "Traceback" not in proc.stderr, f"{command}\n{proc.stderr[-3000:]}"
+    for output in ("metrics/metrics.parquet", "m/metrics.parquet", "figs/.opdlens",
+                   "report/report.html", "pred/extrapolation_errors.csv", "pred2/model.safetensors",
+                   "replay/history.csv", "replay2/history.csv", "s-scale/model.safetensors",
+                   "s-lowrank/model.safetensors", "s-window/model.safetensors"):  # fmt: skip
+        assert (cwd / output).exists(), output
