@@ -123,3 +123,17 @@ def test_run_forwards_upward_and_nothing_below_imports_it(module: str) -> None:
             below.add(m)
             todo += graph[m]
     assert "opdlens.run" not in below and "opdlens" not in below
+
+
+def test_viz_only_draws() -> None:
+    """viz/ draws DataFrames: it runs no SVD, opens no cache or checkpoint, runs no sweep."""
+    graph = import_graph()
+    forbidden = {
+        "opdlens.analysis.linalg", "opdlens.analysis.cache", "opdlens.analysis.sweep",
+        "opdlens.analysis.results", "opdlens.analysis.spectra", "opdlens.analysis.export",
+        "opdlens.run", "opdlens.inspect_run", "opdlens.io.layouts", "opdlens.io.sources",
+    }  # fmt: skip
+    viz = [m for m in graph if m == "opdlens.viz" or m.startswith("opdlens.viz.")]
+    assert "opdlens.viz.figures" in viz and "opdlens.viz.report" in viz
+    reached = {m: sorted(graph[m] & forbidden) for m in viz}
+    assert not {m: deps for m, deps in reached.items() if deps}

@@ -36,6 +36,13 @@ def step_keys(run: Run) -> dict[int, str]:
     return {s: str(run.checkpoint(s).path) for s in run.steps}
 
 
+def slice_key(expert: int | None = None, part: str | None = None) -> str:
+    """The cache key of one analysed slice: 'all', 'e3', 'q' or 'e3/q' (expert, fused part)."""
+    return (
+        "/".join(x for x in (f"e{expert}" if expert is not None else "", part or "") if x) or "all"
+    )
+
+
 def content_key(*digests: bytes) -> str:
     """The cache key of Δ from the digests of what it was computed from (W_0, W_t, a slice)."""
     h = hashlib.sha256()
@@ -64,6 +71,14 @@ class CachedFactors:
             self.iterations,
             self.spectrum,
         )
+
+
+@dataclass(frozen=True)
+class CachedSpectrum:
+    """Singular values of one cached update: all of them (`full`) or the top K only."""
+
+    values: torch.Tensor
+    full: bool
 
 
 class TensorCache:
@@ -312,6 +327,31 @@ class FactorCache:
             )
         return e
 
+    def spectrum(
+        self, name: str, step: int, *, part: str | None = None, expert: int | None = None
+    ) -> CachedSpectrum | None:
+        """σ of Δ_step for one slice as the last analysis cached it (None: nothing cached).
+
+        The full spectrum when the analysis ran with full_spectrum, else the top-K values.
+        Entries are matched by step and slice only: without the run there is nothing to check
+        their content key against. No checkpoint is read.
+
+        Raises:
+            OpdlensError: the tensor's cache file or its entry is damaged.
+        """
+        key = slice_key(expert, part)
+        tc = self.tensor(name)
+        e = tc.get(step, key, None, False)
+        problem = tc.warning or (tc.notes[0] if tc.notes else None)
+        if problem is not None:
+            raise OpdlensError(problem.replace("recomputed.", "run `opdlens analyze` again."))
+        if e is None:
+            return None
+        if e.spectrum is not None:
+            return CachedSpectrum(e.spectrum, full=True)
+        # s holds σ_1..σ_K and σ_{K+1}; U has the K cached columns.
+        return CachedSpectrum(e.s[: e.u.shape[1]], full=False)
+
     def alignment(
         self, name: str, step_a: int, step_b: int, k: int, *, side: str = "left", key: str = "all"
     ) -> float:
@@ -329,4 +369,12 @@ class FactorCache:
         return M.subspace_alignment(a, b, k)
 
 
-__all__ = ["CachedFactors", "FactorCache", "TensorCache", "content_key", "step_keys"]
+__all__ = [
+    "CachedFactors",
+    "CachedSpectrum",
+    "FactorCache",
+    "TensorCache",
+    "content_key",
+    "slice_key",
+    "step_keys",
+]

@@ -1,4 +1,5 @@
-"""What figures and reports draw from: metrics of one or more runs, spectra, replay history, errors."""
+"""What figures and reports draw, loaded as data: each run's metrics (a run is analysed first),
+its checkpoints, summary and spectra, the replay history and extrapolation errors."""
 
 from __future__ import annotations
 
@@ -10,30 +11,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from ..analysis.cache import FactorCache
-from ..analysis.export import write_analysis
-from ..analysis.linalg import singular_values
-from ..analysis.options import AnalyzeOptions
 from ..errors import InputFileError, InputNotFoundError, OpdlensError, OptionError
+from ..inspect_run import describe
 from ..io.paths import ensure_outside
 from ..io.training_log import TrainingLogError, read_training_log, run_training_log
 from ..run import Run, open_run
+from .export import final_summary, write_analysis
+from .options import AnalyzeOptions
+from .spectra import SPECTRA_COLUMNS, cached_spectra, run_spectra
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "RunMetrics",
     "Sources",
-    "Spectra",
+    "checkpoint_table",
     "is_metrics_dir",
     "load_errors",
     "load_history",
     "load_metrics",
     "load_sources",
-    "run_spectra",
     "top_tensors",
 ]
 
@@ -41,18 +40,13 @@ METRICS_FILE = "metrics.parquet"
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
-@dataclass(frozen=True)
-class Spectra:
-    """Singular values of Δ at one step for a few tensors; `top_k_only` when read from the cache."""
-
-    values: dict[str, np.ndarray]
-    step: int
-    top_k_only: bool = False
-
-
 @dataclass
 class RunMetrics:
-    """One run's metrics as loaded for figures: its label, where they came from, the open Run."""
+    """One run's metrics as loaded for figures: its label, where they came from, the open Run.
+
+    `checkpoints` (step, path, layout, …) and `reader_warnings` describe its checkpoints (from
+    the open run, else from the analysis' provenance); `summary` is its final-step block table.
+    """
 
     label: str
     source: Path
@@ -60,6 +54,15 @@ class RunMetrics:
     frame: pd.DataFrame
     provenance: dict[str, Any]
     run: Run | None = None
+    checkpoints: pd.DataFrame = field(default_factory=pd.DataFrame)
+    reader_warnings: list[str] = field(default_factory=list)
+    summary: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def final_step(self) -> int:
+        """The step of Δ_T: from the analysis provenance, else the last analysed step."""
+        final = self.provenance.get("final_step")
+        return int(final) if final is not None else int(self.frame["step"].max())
 
 
 @dataclass
@@ -67,7 +70,7 @@ class Sources:
     """Everything a figure set or report needs, for one or more runs."""
 
     runs: list[RunMetrics]
-    spectra: dict[str, Spectra] = field(default_factory=dict)
+    spectra: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SPECTRA_COLUMNS))
     history: pd.DataFrame | None = None
     errors: pd.DataFrame | None = None
     training: dict[str, pd.DataFrame] = field(default_factory=dict)
@@ -77,6 +80,15 @@ class Sources:
     def frame(self) -> pd.DataFrame:
         """All runs' cumulative-update rows in one DataFrame with a `run` column."""
         return pd.concat([r.frame for r in self.runs], ignore_index=True)
+
+    @property
+    def final_steps(self) -> dict[str, int]:
+        """Each run's final step Δ_T, by label."""
+        return {rm.label: rm.final_step for rm in self.runs}
+
+    def top_tensors(self, n: int = 20) -> pd.DataFrame:
+        """The n rows with the largest update share at each run's final analysed step."""
+        return top_tensors(self.frame, n)
 
 
 def is_metrics_dir(path: str | Path) -> bool:
@@ -138,78 +150,6 @@ def top_tensors(df: pd.DataFrame, n: int = 20, *, step: int | None = None) -> pd
     return pd.concat(out, ignore_index=True) if out else df.iloc[0:0]
 
 
-def _by_share(df: pd.DataFrame, n: int, parts: bool) -> list[tuple[str, int | None, str | None]]:
-    """(tensor, expert, part) of the n matrices with the largest update share at the last step.
-
-    parts=False sums the parts of a fused tensor (qkv, gate_up) into the whole matrix.
-    """
-    at = df[(df["step"] == df["step"].max()) & df["stable_rank"].notna()]
-    expert = at["expert"] if "expert" in at else pd.Series(pd.NA, index=at.index)
-    part = at["part"] if parts and "part" in at else pd.Series(pd.NA, index=at.index)
-    keyed = at.assign(_e=expert.astype("Int64").fillna(-1), _p=part.astype("string").fillna(""))
-    shares = keyed.groupby(["tensor", "_e", "_p"])["update_share"].sum()
-    top = shares.sort_values(ascending=False, kind="stable").head(n)
-    return [(str(t), None if e < 0 else int(e), p or None) for t, e, p in top.index]
-
-
-def _label(tensor: str, expert: int | None, part: str | None) -> str:
-    extra = ", ".join(
-        x for x in (f"expert {expert}" if expert is not None else "", part or "") if x
-    )
-    return f"{tensor} [{extra}]" if extra else tensor
-
-
-def run_spectra(run: Run, df: pd.DataFrame, n: int = 6) -> Spectra:
-    """Full spectra of Δ_T for the n matrices with the largest update share at the final step."""
-    step = int(df["step"].max())
-    values = {}
-    for tensor, expert, _ in _by_share(df, n, parts=False):
-        delta = run.delta(tensor, step)
-        if expert is not None and delta.dim() >= 3:
-            delta = delta[expert]
-        if delta.dim() > 2:
-            delta = delta.reshape(delta.shape[0], -1)  # conv kernels: (out, rest)
-        values[_label(tensor, expert, None)] = singular_values(delta).double().cpu().numpy()
-    return Spectra(values, step, top_k_only=False)
-
-
-def _cached_values(cache_dir: Path, tensor: str, step: int, key: str) -> tuple[np.ndarray, bool]:
-    """σ of Δ_step for one slice from the analysis cache: (values, full spectrum or top-K only).
-
-    Entries are matched by step only: without the run there are no fingerprints to check.
-    """
-    cache = FactorCache(cache_dir, {}).tensor(tensor)
-    if cache.warning is not None:
-        raise OpdlensError(cache.warning.replace("recomputed.", "run `opdlens analyze` again."))
-    for entry_id, e in sorted(cache.entries.items()):
-        if int(e["step"]) == step and entry_id.split(":", 1)[1] == key:
-            full = e["spectrum"] is not None
-            # s holds σ_1..σ_K and σ_{K+1}; U has the K cached columns.
-            values = e["spectrum"] if full else e["s"][: e["u"].shape[1]]
-            return values.double().numpy(), full
-    return np.empty(0), False
-
-
-def _cached_spectra(metrics_dir: Path, df: pd.DataFrame, n: int) -> Spectra:
-    """Spectra from the analysis cache; the top-K values only unless it ran with full_spectrum."""
-    step = int(df["step"].max())
-    values: dict[str, np.ndarray] = {}
-    full = True
-    for tensor, expert, part in _by_share(df, n, parts=True):
-        # The sweep's cache key of a slice (opdlens.analysis.sweep.slices_of).
-        key = "/".join(x for x in (f"e{expert}" if expert is not None else "", part or "") if x)
-        sigma, is_full = _cached_values(metrics_dir / "cache", tensor, step, key or "all")
-        if sigma.size:
-            values[_label(tensor, expert, part)] = sigma
-            full = full and is_full
-    if not values:
-        raise OpdlensError(
-            f"{metrics_dir / 'cache'} holds no cached singular values for step {step}; pass the "
-            "run directory instead of its metrics to draw the spectra."
-        )
-    return Spectra(values, step, top_k_only=not full)
-
-
 def _default_label(path: Path) -> str:
     name = path.resolve().name
     return name[len("metrics-") :] if name.startswith("metrics-") and len(name) > 8 else name
@@ -267,34 +207,34 @@ def load_sources(
         OpdlensError: an output directory overlapping an input run, an unreadable checkpoint.
         OptionError: labels that do not match the paths; InputFileError: an unreadable side file.
     """
-    paths = [Path(p) for p in paths]
-    if not paths:
+    dirs = [Path(p) for p in paths]
+    if not dirs:
         raise OptionError("Give at least one run directory or metrics directory.")
-    for p in paths:
+    for p in dirs:
         if not p.exists():
             raise InputNotFoundError(
                 f"{p} does not exist: expected a run directory (checkpoint-<N>/ …) or the output "
                 "directory of `opdlens analyze` (metrics.parquet)."
             )
-    names = _labels(paths, labels)
-    if checkpoints and is_metrics_dir(paths[0]):
+    names = _labels(dirs, labels)
+    if checkpoints and is_metrics_dir(dirs[0]):
         raise OptionError(
-            f"--checkpoint adds checkpoints to a run directory, but {paths[0]} is the output of "
+            f"--checkpoint adds checkpoints to a run directory, but {dirs[0]} is the output of "
             "`opdlens analyze` (metrics.parquet); pass the run directory, or drop --checkpoint."
         )
-    run_dirs = [p for p in paths if not is_metrics_dir(p)]
+    run_dirs = [p for p in dirs if not is_metrics_dir(p)]
     out = ensure_outside(Path(out_dir), run_dirs, "output")
     # Side inputs first, so a wrong path fails before a long analysis.
     history = load_history(replay) if replay is not None else None
     errs = load_errors(errors) if errors else None
-    if metrics and len(metrics) != len(paths):
+    if metrics and len(metrics) != len(dirs):
         raise OptionError(
-            f"--metrics names {len(metrics)} training log(s) but {len(paths)} run(s) were given "
+            f"--metrics names {len(metrics)} training log(s) but {len(dirs)} run(s) were given "
             "(RUN plus each --compare); give one per run, in the same order."
         )
     logs = [read_training_log(m) for m in metrics]
     result = Sources(runs=[], history=history, errors=errs)
-    for i, (path, label) in enumerate(zip(paths, names, strict=True)):
+    for i, (path, label) in enumerate(zip(dirs, names, strict=True)):
         if is_metrics_dir(path):
             metrics_dir, run = path, None
         else:
@@ -310,11 +250,42 @@ def load_sources(
             else {}
         )
         frame = load_metrics(metrics_dir, label)
-        result.runs.append(RunMetrics(label, path, metrics_dir, frame, prov, run))
+        rm = RunMetrics(label, path, metrics_dir, frame, prov, run)
+        rm.checkpoints, rm.reader_warnings = checkpoint_table(rm)
+        rm.summary = _summary(rm)
+        result.runs.append(rm)
         _add_training(result, result.runs[-1], logs[i] if logs else None)
         if spectra_top > 0:
             _add_spectra(result, result.runs[-1], spectra_top)
     return result
+
+
+def checkpoint_table(rm: RunMetrics) -> tuple[pd.DataFrame, list[str]]:
+    """The run's checkpoints and reader warnings: from the open run, else from provenance."""
+    if rm.run is not None:
+        d = describe(rm.run)
+        rows = [d["base"], *d["checkpoints"]]
+        df = pd.DataFrame(rows)[["step", "path", "layout", "num_tensors", "num_params", "dtype",
+                                 "bytes"]]  # fmt: skip
+        extra = [f"{len(d['missing_tensors'])} tensor(s) missing from some checkpoints"] * bool(
+            d["missing_tensors"]
+        )
+        return df, [*d["warnings"], *extra]
+    inputs = rm.provenance.get("inputs", [])
+    df = pd.DataFrame(
+        [{"step": i.get("step"), "path": i.get("path"), "layout": i.get("layout"),
+          "bytes": sum(f.get("bytes", 0) for f in i.get("files", []))} for i in inputs]
+    )  # fmt: skip
+    return df, []
+
+
+def _summary(rm: RunMetrics) -> pd.DataFrame:
+    """Update share and low-rank energy by block at the run's last analysed step."""
+    df = rm.frame
+    if "update" not in df.columns:
+        df = df.assign(update="cumulative")
+    final = int(df["step"].max())
+    return final_summary(df.drop(columns=["run"]), final).reset_index(drop=True)
 
 
 def _checkpoint_dirs(rm: RunMetrics) -> tuple[Path | None, dict[int, Path]]:
@@ -345,18 +316,24 @@ def _add_spectra(result: Sources, rm: RunMetrics, n: int) -> None:
         result.notes.append(f"{rm.label}: no matrix tensors with a spectrum; spectra skipped.")
         return
     if rm.run is not None:
-        result.spectra[rm.label] = run_spectra(rm.run, rm.frame, n)
+        _append_spectra(result, run_spectra(rm.run, rm.frame, n, label=rm.label))
         return
     try:
-        result.spectra[rm.label] = _cached_spectra(rm.metrics_dir, rm.frame, n)
+        sp = cached_spectra(rm.metrics_dir, rm.frame, n, label=rm.label)
     except OpdlensError as e:
         result.notes.append(f"{rm.label}: spectra skipped: {e}")
         return
-    if result.spectra[rm.label].top_k_only:
+    _append_spectra(result, sp)
+    if sp["top_k_only"].any():
         result.notes.append(
             f"{rm.label}: spectra show the cached top-K singular values only (a metrics directory "
             "was given); pass the run directory for full spectra."
         )
+
+
+def _append_spectra(result: Sources, sp: pd.DataFrame) -> None:
+    frames = [f for f in (result.spectra, sp) if not f.empty]
+    result.spectra = pd.concat(frames, ignore_index=True) if frames else sp
 
 
 def load_history(replay_dir: str | Path) -> pd.DataFrame:

@@ -14,7 +14,7 @@ from ..errors import FusedSplitError
 from ..io import dtypes
 from ..names import ModuleInfo, as_matrix, split_fused
 from . import metrics as M
-from .cache import CachedFactors, TensorCache, content_key
+from .cache import CachedFactors, TensorCache, content_key, slice_key
 from .linalg import svd_label
 from .options import AnalyzeOptions
 from .update import Update, digest, read_stored, read_weight
@@ -69,8 +69,7 @@ def slices_of(shape: tuple[int, ...], info: ModuleInfo, config: dict, split: boo
     for e in experts:
         for p, index in parts.items():
             kind = base_kind if p is None else _part_kind(p)
-            key = "/".join(x for x in (f"e{e}" if e is not None else "", p or "") if x) or "all"
-            out.append(Slice(key, kind, e if e is not None else info.expert, p, index))
+            out.append(Slice(slice_key(e, p), kind, e if e is not None else info.expert, p, index))
     return out
 
 

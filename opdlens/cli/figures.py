@@ -23,7 +23,7 @@ from .analyze import parse_ints
 
 if TYPE_CHECKING:
     from ..analysis.options import AnalyzeOptions
-    from ..viz.sources import Sources
+    from ..analysis.results import Sources
 
 SourceArg = Annotated[
     Path,
@@ -85,7 +85,8 @@ def _load(
     options: AnalyzeOptions, spectra: int, quiet: bool,
 ) -> Sources:  # fmt: skip
     names = None if labels is None else [x for x in labels.split(",")]
-    from ..viz.sources import load_sources  # matplotlib and pandas load only for these commands
+    # matplotlib and pandas load only for these commands
+    from ..analysis.results import load_sources
 
     return load_sources(
         [source, *(compare or [])], out, labels=names, base=base,
@@ -107,8 +108,8 @@ def _options(ranks: str, workers: int | None, spectra: int) -> AnalyzeOptions:
 @contextmanager
 def _output(command: str, out: Path, paths: list[Path]) -> Iterator[Path]:
     """Create and mark --out (new, empty, or written by opdlens)."""
+    from ..analysis.results import is_metrics_dir
     from ..io.paths import output_dir
-    from ..viz.sources import is_metrics_dir
 
     runs = [p for p in paths if not is_metrics_dir(p)]  # --out may hold figures of a metrics dir
     with output_dir(out, command, inputs=runs) as path:

@@ -13,12 +13,12 @@ import pandas as pd
 
 from ..analysis.frame import summarize
 from ..analysis.options import AnalyzeOptions
+from ..analysis.results import load_sources
 from ..extrapolation.extrapolate import ERRORS_FILE, extrapolate
 from ..extrapolation.replay import OFFLINE_NOTE, replay, replay_schedule
 from ..io.paths import write_text_atomic
 from ..run import open_run
 from ..viz.report import write_report
-from ..viz.sources import load_sources
 from .runs import generate_runs
 
 LABELS = ("OPD", "RL")

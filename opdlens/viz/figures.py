@@ -15,7 +15,6 @@ from ..errors import NothingToDrawError, OptionError
 from ..io.paths import writable_dir
 from . import plots
 from .export import save_figure
-from .sources import Spectra
 from .style import new_figure, paper_style
 from .training import metric_label, training_curve
 
@@ -135,14 +134,16 @@ def _with_title(fig: Figure, title: str) -> Figure:
     return fig
 
 
-def _spectra_panel(label: str, sp: Spectra, several: bool) -> Panel:
-    which = "cached top-K singular values only" if sp.top_k_only else "full spectrum"
-    title = f"{label}: step {sp.step}, {which}" if several else f"step {sp.step}, {which}"
-    fig = _with_title(plots.spectra(sp.values), title)
+def _spectra_panel(label: str, sp: pd.DataFrame, several: bool) -> Panel:
+    """The spectra of one run: its rows of the tidy spectra frame (opdlens.analysis.spectra)."""
+    step = int(sp["step"].iloc[0])
+    which = "cached top-K singular values only" if sp["top_k_only"].any() else "full spectrum"
+    title = f"{label}: step {step}, {which}" if several else f"step {step}, {which}"
+    fig = _with_title(plots.spectra(sp), title)
     caption = (
-        f"Singular values σ_i of the update Δ_T = W_T − W_0 at step {sp.step} for the "
-        f"{len(sp.values)} matrices with the largest update share ({which}; log scale). A fast "
-        "drop after the first few values means a low-rank update."
+        f"Singular values σ_i of the update Δ_T = W_T − W_0 at step {step} for the "
+        f"{sp['tensor'].nunique()} matrices with the largest update share ({which}; log scale). "
+        "A fast drop after the first few values means a low-rank update."
     )
     stem = f"spectra-{label}" if several else "spectra"
     return Panel(stem, f"Singular-value spectra of Δ_T ({label})", caption, fig)
@@ -151,7 +152,7 @@ def _spectra_panel(label: str, sp: Spectra, several: bool) -> Panel:
 def draw_figures(
     df: pd.DataFrame,
     *,
-    spectra: Mapping[str, Spectra] | None = None,
+    spectra: pd.DataFrame | None = None,
     history: pd.DataFrame | None = None,
     errors: pd.DataFrame | None = None,
     training: Mapping[str, pd.DataFrame] | None = None,
@@ -159,14 +160,15 @@ def draw_figures(
     """Draw every figure the inputs allow; return them and a note for each one skipped.
 
     df holds the metrics of one or more runs with a `run` column (Run.analyze plus a label);
-    training maps a run label to its training log (Run.training_log).
+    spectra the tidy singular values (run, tensor, step, index, sigma, top_k_only) that
+    opdlens.analysis.spectra gathers; training maps a run label to its training log (Run.training_log).
     A figure whose data is missing (no rows to draw, e.g. no per-layer tensors; a training log
     without accuracy or loss) is skipped with a note; any other error propagates.
     """
     if not isinstance(df, pd.DataFrame) or "run" not in df.columns:
         raise OptionError(
             "The 'df' argument of draw_figures must be a metrics DataFrame with a 'run' column; "
-            "add one with df.assign(run='OPD') (opdlens.viz.sources.load_metrics does this)."
+            "add one with df.assign(run='OPD') (opdlens.analysis.results.load_metrics does this)."
         )
     if "update" in df.columns:
         df = df[df["update"] == "cumulative"]
@@ -216,9 +218,10 @@ def draw_figures(
             panels.append(Panel(stem, title, caption, draw()))
         except NothingToDrawError as e:
             notes.append(f"figure {stem} skipped: {e}")
-    for label, sp in (spectra or {}).items():
-        panels.append(_spectra_panel(label, sp, several or label not in runs))
-    if not spectra:
+    if spectra is not None and not spectra.empty:
+        for label, sp in spectra.groupby("run", sort=False):
+            panels.append(_spectra_panel(str(label), sp, several or str(label) not in runs))
+    else:
         notes.append("figure spectra skipped: no spectra given (pass a run, or its metrics cache).")
     if history is not None:
         fig = plots.replay_scores(history, score_label=_score_label(history))
@@ -249,7 +252,7 @@ def write_figures(
     df: pd.DataFrame,
     out_dir: str | Path,
     *,
-    spectra: Mapping[str, Spectra] | None = None,
+    spectra: pd.DataFrame | None = None,
     history: pd.DataFrame | None = None,
     errors: pd.DataFrame | None = None,
     training: Mapping[str, pd.DataFrame] | None = None,
@@ -272,7 +275,7 @@ def make_figures(
     df: pd.DataFrame,
     out_dir: str | Path,
     *,
-    spectra: Mapping[str, Spectra] | None = None,
+    spectra: pd.DataFrame | None = None,
     history: pd.DataFrame | None = None,
     errors: pd.DataFrame | None = None,
     training: Mapping[str, pd.DataFrame] | None = None,

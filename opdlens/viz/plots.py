@@ -449,8 +449,18 @@ def alignment_by_step(df: pd.DataFrame, *, side: str = "both", ax: Axes | None =
     return fig
 
 
-def spectra(spectra: Mapping[str, object], *, ax: Axes | None = None) -> Figure:
-    """Singular values of the final update Δ_T of the given tensors, on a log scale."""
+def spectra(spectra: pd.DataFrame | Mapping[str, object], *, ax: Axes | None = None) -> Figure:
+    """Singular values of the final update Δ_T of the given tensors, on a log scale.
+
+    spectra: tidy rows (tensor, index, sigma; opdlens.analysis.spectra) or tensor → values.
+    """
+    if isinstance(spectra, pd.DataFrame):
+        hint = "Pass the spectra DataFrame of opdlens.analysis.spectra."
+        frame = _check_frame(spectra, "spectra", ["tensor", "index", "sigma"], "spectra", hint)
+        spectra = {
+            str(name): _values(rows.sort_values("index")["sigma"])
+            for name, rows in frame.groupby("tensor", sort=False)
+        }
     if not isinstance(spectra, Mapping) or not spectra:
         raise OptionError(
             "The 'spectra' argument of spectra must be a non-empty mapping of tensor name to "

@@ -10,21 +10,21 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from ..analysis.export import final_summary
 from ..errors import OptionError
-from ..inspect_run import describe
 from ..io.paths import writable_dir, write_text_atomic
 from ..io.training_log import choose_metric, log_at_steps
 from ..provenance import versions
 from .export import PNG_DPI
 from .figures import FigureSet, write_figures
 from .plots import GAP_THRESHOLD
-from .sources import RunMetrics, Sources, top_tensors
+
+if TYPE_CHECKING:
+    from ..analysis.results import RunMetrics, Sources
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +92,10 @@ def _ks(df: pd.DataFrame, prefix: str) -> list[int]:
     return sorted(int(m.group(1)) for c in df.columns if (m := re.match(rf"^{prefix}_k(\d+)$", c)))
 
 
-def _top_table(df: pd.DataFrame, n: int, finals: dict[str, int]) -> str:
-    """The top-n tensors; alignment columns only where they are not 1 by construction."""
-    top = top_tensors(df, n)
-    ks = _ks(df, "energy")
+def _top_table(top: pd.DataFrame, finals: dict[str, int]) -> str:
+    """The top tensors' rows; alignment columns only where they are not 1 by construction."""
+    top = top.copy()
+    ks = _ks(top, "energy")
     k = ks[(len(ks) - 1) // 2] if ks else None
     if "rows" in top and "cols" in top:
         top["shape"] = [f"{r}×{c}" for r, c in zip(top["rows"], top["cols"], strict=True)]
@@ -129,34 +129,6 @@ def _top_table(df: pd.DataFrame, n: int, finals: dict[str, int]) -> str:
     return table + "".join(f'<p class="meta">{t}</p>' for t in notes)
 
 
-def _finals(sources: Sources) -> dict[str, int]:
-    """Each run's final step Δ_T: from its analysis provenance, else its last analysed step."""
-    out = {}
-    for rm in sources.runs:
-        final = rm.provenance.get("final_step")
-        out[rm.label] = int(final) if final is not None else int(rm.frame["step"].max())
-    return out
-
-
-def _checkpoints(rm: RunMetrics) -> tuple[pd.DataFrame, list[str]]:
-    """The run's checkpoints and reader warnings: from the open run, else from provenance."""
-    if rm.run is not None:
-        d = describe(rm.run)
-        rows = [d["base"], *d["checkpoints"]]
-        df = pd.DataFrame(rows)[["step", "path", "layout", "num_tensors", "num_params", "dtype",
-                                 "bytes"]]  # fmt: skip
-        extra = [f"{len(d['missing_tensors'])} tensor(s) missing from some checkpoints"] * bool(
-            d["missing_tensors"]
-        )
-        return df, [*d["warnings"], *extra]
-    inputs = rm.provenance.get("inputs", [])
-    df = pd.DataFrame(
-        [{"step": i.get("step"), "path": i.get("path"), "layout": i.get("layout"),
-          "bytes": sum(f.get("bytes", 0) for f in i.get("files", []))} for i in inputs]
-    )  # fmt: skip
-    return df, []
-
-
 def _training_line(log: pd.DataFrame | None, steps: list[int]) -> str:
     """Where the run's training curve comes from, and its value at the first and last saved step."""
     if log is None:
@@ -179,7 +151,7 @@ def _training_line(log: pd.DataFrame | None, steps: list[int]) -> str:
 def _summary(rm: RunMetrics, log: pd.DataFrame | None = None) -> str:
     df = rm.frame
     final = int(df["step"].max())
-    checkpoints, _ = _checkpoints(rm)
+    checkpoints = rm.checkpoints
     source = "run directory" if rm.run is not None else "metrics directory (opdlens analyze)"
     parts = [
         f"<h3>{_e(rm.label)}</h3>",
@@ -192,9 +164,7 @@ def _summary(rm: RunMetrics, log: pd.DataFrame | None = None) -> str:
         parts.append(_table(checkpoints))
     parts.append(_training_line(log, sorted(int(s) for s in df["step"].unique())))
     parts.append(f"<p>Update share and low-rank energy by block at step {final}:</p>")
-    if "update" not in df.columns:
-        df = df.assign(update="cumulative")
-    parts.append(_table(final_summary(df.drop(columns=["run"]), final).reset_index(drop=True)))
+    parts.append(_table(rm.summary))
     return "\n".join(parts)
 
 
@@ -215,8 +185,9 @@ def _figure(figures: FigureSet, stem: str) -> str:
 def _warnings(sources: Sources, figures: FigureSet) -> list[str]:
     out: list[str] = []
     for rm in sources.runs:
-        _, reader = _checkpoints(rm)
-        out += [f"{rm.label}: {w}" for w in [*reader, *rm.provenance.get("warnings", [])]]
+        out += [
+            f"{rm.label}: {w}" for w in [*rm.reader_warnings, *rm.provenance.get("warnings", [])]
+        ]
     if sources.history is not None:
         out.append(str(sources.history.attrs.get("note", "Offline replay (see replay_scores).")))
         if sources.history.attrs.get("oracle"):
@@ -264,7 +235,7 @@ def render_report(
         "<h2>Run summary</h2>", *(_summary(rm, sources.training.get(rm.label)) for rm in sources.runs),
         "<h2>Figures</h2>", *(_figure(figures, stem) for stem in figures.paths),
         f"<h2>Top {top} tensors by update share at the final step</h2>",
-        _top_table(sources.frame, top, _finals(sources)),
+        _top_table(sources.top_tensors(top), sources.final_steps),
         f"<h2>Warnings ({len(warnings)})</h2>", _list(warnings),
         "<h2>Provenance</h2>", _provenance(sources, options or {}),
     ]  # fmt: skip

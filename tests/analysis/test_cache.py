@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from opdlens import OpdlensError, open_run
 from opdlens.analysis.analyze import compute_analysis
-from opdlens.analysis.cache import FactorCache
+from opdlens.analysis.cache import FactorCache, slice_key
 from opdlens.analysis.export import write_analysis
 from opdlens.analysis.options import AnalyzeOptions
 
@@ -238,3 +238,31 @@ def test_cache_write_failure_is_one_line_and_leaves_no_temp_file(tmp_path):
     big = FactorCache(out / "cache", {}).tensor(BIG).path
     assert str(big) in lines[0] and "Cannot write the output" in lines[0]
     assert not [p.name for p in (out / "cache").iterdir() if "tmp" in p.name]
+
+
+def test_spectrum_from_cache_only(tmp_path):
+    states = small_states((0, 1, 2))
+    root = write_state_run(tmp_path / "run", states, SMALL_CONFIG)
+    top, full = tmp_path / "top", tmp_path / "full"
+    write_analysis(open_run(root), top, ranks=RANKS, workers=1)
+    write_analysis(open_run(root), full, ranks=RANKS, workers=1, full_spectrum=True)
+    shutil.move(root, tmp_path / "elsewhere")  # no checkpoint file left to read
+    name = "model.layers.1.mlp.down_proj.weight"
+    ref = torch.linalg.svdvals(states[2][name].double() - states[0][name].double())
+    cached = FactorCache.open(top).spectrum(name, 2)
+    assert cached is not None and not cached.full and cached.values.numel() == max(RANKS)
+    np.testing.assert_allclose(cached.values.numpy(), ref[: max(RANKS)], rtol=1e-3)
+    whole = FactorCache.open(full).spectrum(name, 2, part=None, expert=None)
+    assert whole is not None and whole.full and whole.values.numel() == ref.numel()
+    np.testing.assert_allclose(whole.values.numpy(), ref, rtol=1e-3, atol=1e-6 * float(ref[0]))
+    assert FactorCache.open(top).spectrum(name, 2, part="q") is None  # no such slice
+    assert FactorCache.open(top).spectrum("model.no_such.weight", 2) is None
+    assert (slice_key(), slice_key(3), slice_key(None, "q"), slice_key(3, "q")) == (
+        "all",
+        "e3",
+        "q",
+        "e3/q",
+    )
+    FactorCache.open(top).tensor(name).path.write_bytes(b"garbage")
+    with pytest.raises(OpdlensError, match="unreadable cache file.*run `opdlens analyze` again"):
+        FactorCache.open(top).spectrum(name, 2)

@@ -11,18 +11,17 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from opdlens import open_run
-from opdlens.errors import OpdlensError
-from opdlens.viz.figures import draw_figures, make_figures
-from opdlens.viz.sources import (
-    Spectra,
+from opdlens.analysis.results import (
     is_metrics_dir,
     load_errors,
     load_history,
     load_metrics,
     load_sources,
-    run_spectra,
     top_tensors,
 )
+from opdlens.analysis.spectra import run_spectra, spectra_frame
+from opdlens.errors import OpdlensError
+from opdlens.viz.figures import draw_figures, make_figures
 
 CORE = ["allocation_heatmap", "block_norms", "energy_by_step", "energy_by_rank",
         "alignment_by_step"]  # fmt: skip
@@ -60,11 +59,14 @@ def test_spectra_from_run_match_numpy(
 ) -> None:
     df = load_metrics(viz_metrics["opd"], "opd")
     sp = run_spectra(open_run(viz_runs["opd"]), df, n=4)
-    assert not sp.top_k_only and sp.step == 4 and len(sp.values) == 4
+    assert not sp["top_k_only"].any() and (sp["step"] == 4).all() and sp["tensor"].nunique() == 4
+    assert (sp["run"] == "opd").all()
     at = df[(df["step"] == 4) & df["stable_rank"].notna()]
     expected = at.groupby("tensor")["update_share"].sum().sort_values(ascending=False).head(4)
-    assert list(sp.values) == list(expected.index)
-    for name, sigma in sp.values.items():
+    assert list(pd.unique(sp["tensor"])) == list(expected.index)
+    for name, rows in sp.groupby("tensor"):
+        assert list(rows["index"]) == list(range(1, len(rows) + 1))
+        sigma = rows["sigma"].to_numpy()
         ref = np.linalg.svd(_delta(viz_runs["opd"], name, 4), compute_uv=False)
         np.testing.assert_allclose(sigma, ref, rtol=1e-4, atol=1e-6 * ref[0])
 
@@ -73,10 +75,11 @@ def test_spectra_from_cache_are_top_k_and_labelled(
     viz_runs: dict[str, Path], viz_metrics: dict[str, Path], tmp_path: Path
 ) -> None:
     src = load_sources([viz_metrics["opd"]], tmp_path, labels=["OPD"])
-    sp = src.spectra["OPD"]
-    assert sp.top_k_only and src.runs[0].run is None
+    sp = src.spectra[src.spectra["run"] == "OPD"]
+    assert sp["top_k_only"].all() and src.runs[0].run is None
     assert any("cached top-K" in n for n in src.notes)
-    for name, sigma in sp.values.items():
+    for name, rows in sp.groupby("tensor"):
+        sigma = rows["sigma"].to_numpy()
         ref = np.linalg.svd(_delta(viz_runs["opd"], name, 4), compute_uv=False)
         assert sigma.size == 4
         np.testing.assert_allclose(sigma, ref[: sigma.size], rtol=1e-3, atol=1e-4 * ref[0])
@@ -188,7 +191,7 @@ def test_out_inside_run_is_refused(viz_runs: dict[str, Path]) -> None:
 
 def test_spectra_title_says_top_k(viz_metrics: dict[str, Path], tmp_path: Path) -> None:
     df = load_metrics(viz_metrics["opd"], "OPD")
-    sp = {"OPD": Spectra({"a": np.array([3.0, 1.0, 0.1])}, step=4, top_k_only=True)}
+    sp = spectra_frame({"a": np.array([3.0, 1.0, 0.1])}, step=4, run="OPD", top_k_only=True)
     panels, _ = draw_figures(df, spectra=sp)
     panel = next(p for p in panels if p.stem == "spectra")
     assert panel.figure.axes[0].get_title() == "step 4, cached top-K singular values only"

@@ -14,19 +14,21 @@ import pytest
 from PIL import Image
 
 from opdlens import open_run
+from opdlens.analysis.results import checkpoint_table, load_metrics, load_sources, top_tensors
 from opdlens.errors import OpdlensError
 from opdlens.viz.export import save_figure
 from opdlens.viz.figures import FigureSet, draw_figures
 from opdlens.viz.report import REPORT_FILE, _top_table, write_report
-from opdlens.viz.sources import load_metrics, load_sources
 
 
 def _sources(viz_runs: dict[str, Path], viz_metrics: dict[str, Path], out: Path, spectra_top: int):
     """OPD and RL metrics, the OPD run opened (so the report has the reader's summary)."""
     src = load_sources([viz_metrics["opd"], viz_metrics["rl"]], out, labels=["OPD", "RL"],
                        spectra_top=spectra_top)  # fmt: skip
-    src.runs[0].run = open_run(viz_runs["opd"])
-    src.runs[0].run.warnings.append("reader says: checkpoint-3 holds only trainer state")
+    rm = src.runs[0]
+    rm.run = open_run(viz_runs["opd"])
+    rm.run.warnings.append("reader says: checkpoint-3 holds only trainer state")
+    rm.checkpoints, rm.reader_warnings = checkpoint_table(rm)  # what load_sources does for a run
     return src
 
 
@@ -104,7 +106,7 @@ def test_top_table_leaves_out_what_is_1_by_construction(
     # Shown at a step before the run's final one, alignment is a finding: the columns stay.
     df = load_metrics(viz_metrics["opd"], "OPD")
     last = int(df["step"].max())
-    table = _top_table(df, 3, {"OPD": last + 1})
+    table = _top_table(top_tensors(df, 3), {"OPD": last + 1})
     heads = re.findall(r"<th>([^<]+)</th>", table)
     assert heads[-5:] == ["energy_k1", "align_left_k1", "align_right_k1", "stable_rank",
                           "cos_to_final"]  # fmt: skip

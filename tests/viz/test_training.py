@@ -11,11 +11,11 @@ import pytest
 from transformers import TrainerState
 
 from opdlens import AnalyzeOptions
+from opdlens.analysis.results import load_metrics, load_sources
 from opdlens.io.training_log import read_training_log
 from opdlens.viz.figures import draw_figures
 from opdlens.viz.plots import training_curve
 from opdlens.viz.report import write_report
-from opdlens.viz.sources import load_metrics, load_sources
 from viz.runs import write_run
 
 
