@@ -39,6 +39,10 @@ def canonical_name(name: str) -> str:
     return name
 
 
+# Every block `classify` returns, in the order tables and plots show them.
+BLOCKS = ("attn", "mlp", "embed", "norm", "head", "other")
+
+
 @dataclass(frozen=True)
 class ModuleInfo:
     """Where a tensor sits in the model (design.md: layer, block, kind)."""

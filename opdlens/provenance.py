@@ -59,7 +59,7 @@ def _fingerprint(stats: tuple[tuple[str, int, int], ...]) -> str:
     return h.hexdigest()
 
 
-def run_inputs(run: Run) -> list[dict[str, Any]]:
+def input_fingerprints(run: Run) -> list[dict[str, Any]]:
     """Every weight file of the run with its step, size and fingerprint."""
     out = []
     for step, ck in [(0, run.base), *run.checkpoints.items()]:
@@ -81,7 +81,7 @@ def record(run: Run | None, options: dict[str, Any], **extra: Any) -> dict[str, 
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(sys.argv),
         "versions": versions(),
-        "inputs": run_inputs(run) if run is not None else [],
+        "inputs": input_fingerprints(run) if run is not None else [],
         "options": {k: (str(v) if hasattr(v, "__fspath__") else v) for k, v in options.items()},
         **extra,
     }

@@ -151,6 +151,14 @@ class Run:
         return [s for s in self.checkpoints if s != 0]
 
     @property
+    def input_paths(self) -> list[Path]:
+        """The base, every checkpoint and the run directory: paths an output must stay outside."""
+        paths = [self.base.path, *(ck.path for ck in self.checkpoints.values())]
+        if self.open_args.get("path"):
+            paths.append(Path(str(self.open_args["path"])))
+        return paths
+
+    @property
     def final_step(self) -> int:
         if not self.steps:
             raise OpdlensError("The run has no checkpoint after its base; nothing to analyse.")

@@ -45,10 +45,7 @@ def write_analysis(
     """
     opts = AnalyzeOptions.build(options, overrides)
     opts.check_run(run)
-    inputs = [run.base.path, *(ck.path for ck in run.checkpoints.values())]
-    if run.open_args.get("path"):
-        inputs.append(Path(str(run.open_args["path"])))
-    with output_dir(out, "analyze", inputs=inputs) as path:
+    with output_dir(out, "analyze", inputs=run.input_paths) as path:
         return _write(run, path, opts, progress)
 
 

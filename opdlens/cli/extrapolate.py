@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 
 from ..errors import OptionError
-from ..extrapolation.extrapolate import ERRORS_FILE, extrapolate_paths, output_note
+from ..extrapolation.extrapolate import ERRORS_FILE, extrapolate_paths
 from ..extrapolation.extrapolate import extrapolate as _extrapolate
 from ..extrapolation.replay import OFFLINE_NOTE, replay_summary
 from ..extrapolation.replay import replay as _replay
 from ..extrapolation.surgery import surgery_lowrank, surgery_scale, surgery_window
+from ..io.like import output_note
 from ..run import Run, open_run
 from ._app import (
     BaseOpt,

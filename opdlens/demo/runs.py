@@ -17,13 +17,13 @@ from opdlens.demo.task import VOCAB_SIZE, AdditionTask
 from opdlens.demo.train import (
     PostTrainSettings,
     greedy_accuracy,
-    is_power_of_two,
     post_train,
     sft,
     single_thread,
 )
 from opdlens.errors import OpdlensError
 from opdlens.extrapolation.callback import EffOPD
+from opdlens.extrapolation.schedule import is_power_of_two
 from opdlens.progress import Progress
 
 MANIFEST = "demo_manifest.json"

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from opdlens.demo.model import TinyLlama, load_model, save_checkpoint
 from opdlens.demo.task import AdditionTask, TrainSampler
+from opdlens.extrapolation.schedule import is_power_of_two
 from opdlens.io.paths import atomic_file
 from opdlens.progress import Progress
 
@@ -139,11 +140,6 @@ def sft(
             if done:
                 return step
     return steps
-
-
-def is_power_of_two(step: int) -> bool:
-    """True for 1, 2, 4, 8, …"""
-    return step > 0 and step & (step - 1) == 0
 
 
 def saved_steps(total: int, save_every: int) -> list[int]:

@@ -11,14 +11,11 @@ import torch
 from torch import nn
 
 from ..errors import OptionError
-from ..names import canonical_name, classify
-from .extrapolate import BLOCKS, DEFAULT_MODULES
+from ..names import BLOCKS, canonical_name, classify
+from .schedule import is_power_of_two
+from .selection import DEFAULT_MODULES
 
 logger = logging.getLogger(__name__)
-
-
-def _is_power_of_two(step: int) -> bool:
-    return step > 0 and step & (step - 1) == 0
 
 
 class EffOPD:
@@ -136,7 +133,7 @@ class EffOPD:
             self.start(model, step)
             record["anchor_step"] = step
             return record
-        if not _is_power_of_two(step):
+        if not is_power_of_two(step):
             return record
         self._decide(model, step, score_fn, record)
         self.history.append(record)

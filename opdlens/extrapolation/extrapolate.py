@@ -2,53 +2,36 @@
 
 from __future__ import annotations
 
-import logging
 import math
-import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._version import __version__
 from ..errors import OpdlensError, OptionError
 from ..io import dtypes
-from ..io.layouts import detect
+from ..io.like import FileBytes, as_stored, write_like
 from ..io.paths import output_error
-from ..io.weightfiles import read_weight_map
-from ..io.writer import CheckpointWriter, TensorSpec, plan_like
-from ..names import canonical_name
-from ..progress import track
+from ..io.writer import CheckpointWriter
 from ..run import Checkpoint, Run, open_run
+from .evaluate import ERRORS_FILE, ErrorTracker
+from .selection import DEFAULT_MODULES, select_tensors
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-logger = logging.getLogger(__name__)
-
 __all__ = [
-    "BLOCKS",
-    "ErrorTracker",
+    "ERRORS_FILE",
     "check_alpha",
     "extrapolate",
     "extrapolate_paths",
-    "select_tensors",
-    "write_checkpoint",
+    "extrapolation_producer",
 ]
 
-BLOCKS = ("attn", "mlp", "embed", "norm", "head", "other")
-DEFAULT_MODULES = ("attn", "mlp")
 SPAN = 1 << 18  # elements computed at a time: 1 MiB of float32 stays in cache
-# Layouts whose files are written back as they were; every other one becomes dense HF safetensors.
-_MIRRORED = ("hf-safetensors", "hf-safetensors-sharded")
-_INDEX_FILES = {
-    "hf-safetensors-sharded": "model.safetensors.index.json",
-    "hf-bin-sharded": "pytorch_model.bin.index.json",
-}
 
 
 def check_alpha(alpha: float, name: str = "alpha") -> float:
@@ -65,262 +48,6 @@ def check_alpha(alpha: float, name: str = "alpha") -> float:
     return value
 
 
-def select_tensors(
-    run: Run, modules: Iterable[str] | None = DEFAULT_MODULES, tensors: Sequence[str] | None = None
-) -> list[str]:
-    """Floating-point tensors chosen by glob, or the weight matrices of the given blocks.
-
-    `modules` holds block names (attn, mlp, embed, norm, head, other) or "all"; with `tensors`
-    (globs) given, `modules` is ignored. Weight matrices are ≥2-D tensors named *weight and
-    stacked expert parameters.
-    """
-    if tensors:
-        chosen = run.select(tensors)
-        bad = [n for n in chosen if not run.base.spec(n).is_float]
-        if bad:
-            raise OptionError(
-                f"--tensors {list(tensors)} selects non-floating-point tensors {bad[:3]}, which "
-                "cannot be extrapolated. Narrow the glob."
-            )
-        return chosen
-    wanted = set(modules or DEFAULT_MODULES)
-    unknown = wanted - set(BLOCKS) - {"all"}
-    if unknown:
-        raise OptionError(
-            f"The 'modules' parameter takes blocks from {', '.join(BLOCKS)} or 'all'. "
-            f"Got {sorted(unknown)}; e.g. --modules attn,mlp."
-        )
-    chosen = []
-    for name in run.tensor_names:
-        spec = run.base.spec(name)
-        if not spec.is_float:
-            continue
-        if "all" in wanted:
-            chosen.append(name)
-            continue
-        info = run.module(name)
-        matrix = (name.endswith("weight") and len(spec.shape) >= 2) or info.stacked_experts
-        if info.block in wanted and matrix:
-            chosen.append(name)
-    if not chosen:
-        raise OpdlensError(
-            f"No weight matrix of blocks {sorted(wanted)} in the run; names look like "
-            f"'{run.tensor_names[0]}'. Pick other --modules or give --tensors GLOB."
-        )
-    return chosen
-
-
-def _weight_map(ck: Checkpoint) -> dict[str, str] | None:
-    """Canonical name → shard file of a sharded input, or None for a single file."""
-    index_name = _INDEX_FILES.get(ck.layout.removeprefix("verl-"))
-    if index_name is None:
-        return None
-    index = ck.files[0].parent / index_name
-    return {canonical_name(k): v for k, v in read_weight_map(index).items()}
-
-
-def _support_dir(ck: Checkpoint, fallback: Checkpoint) -> Path | None:
-    """The directory holding config/tokenizer files to copy beside the output."""
-    for c in (ck, fallback):
-        found = detect(c.path).config_dir
-        if found is not None:
-            return found
-    return None
-
-
-def run_inputs(run: Run) -> list[Path]:
-    """Every path of the run that an output must stay outside."""
-    paths = [run.base.path, *(ck.path for ck in run.checkpoints.values())]
-    if run.open_args.get("path"):
-        paths.append(Path(str(run.open_args["path"])))
-    return paths
-
-
-def output_note(ck: Checkpoint) -> str | None:
-    """A sentence saying how the output's layout differs from the input's, or None."""
-    if ck.layout in _MIRRORED:
-        return None
-    return (
-        f"the input {ck.path} is '{ck.layout}'; the output is a dense Hugging Face safetensors "
-        "checkpoint"
-    )
-
-
-class FileBytes(NamedTuple):
-    """A tensor to copy unchanged: its stored bytes start at `begin` in `path`."""
-
-    path: Path
-    begin: int
-
-
-def unchanged(ck: Checkpoint, name: str) -> np.ndarray | FileBytes:
-    """Tensor `name` of `ck` as it is stored: a byte range to copy when possible."""
-    where = ck.byte_range(name)
-    return ck.array(name) if where is None else FileBytes(where[0], where[1])
-
-
-def write_checkpoint(
-    run: Run,
-    like: Checkpoint,
-    out: Path,
-    produce: Callable[[str], torch.Tensor | np.ndarray | FileBytes],
-    *,
-    metadata: dict[str, str],
-    overwrite: bool = False,
-    progress: bool = False,
-    desc: str = "writing",
-    extra: Callable[[CheckpointWriter], None] | None = None,
-) -> Path:
-    """Write every tensor of `like`, as `produce(name)` returns it, in like's layout.
-
-    `produce` must return each tensor in the stored dtype and shape of `like`, or a FileBytes.
-    `extra(writer)` runs after the last tensor and may add files through `writer.extra_file`.
-    """
-    names = like.names()
-    specs = [TensorSpec(n, tuple(like.spec(n).shape), like.spec(n).stored) for n in names]
-    plan = plan_like(specs, _weight_map(like))
-    note = output_note(like)
-    meta = {
-        **metadata,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join(sys.argv),
-        "input_layout": like.layout,
-    }
-    if note:
-        meta["output_layout_note"] = note
-        logger.info("%s", note)
-    writer = CheckpointWriter(
-        Path(out), plan, metadata=meta, copy_from=_support_dir(like, run.base),
-        protected=run_inputs(run), overwrite=overwrite,
-    )  # fmt: skip
-    with writer, ThreadPoolExecutor(max_workers=1) as pool:
-        # The next tensor is read and computed while this one is written (numpy, torch and file
-        # I/O release the GIL): one more tensor in memory, reading overlapped with writing.
-        pending = pool.submit(produce, names[0]) if names else None
-        for i, name in enumerate(track(names, len(names), desc, enabled=progress)):
-            assert pending is not None
-            tensor = pending.result()
-            pending = pool.submit(produce, names[i + 1]) if i + 1 < len(names) else None
-            if isinstance(tensor, FileBytes):
-                writer.copy_bytes(name, tensor.path, tensor.begin)
-            else:
-                writer.write(name, tensor)
-            del tensor
-        if extra is not None:
-            extra(writer)
-    return writer.out_dir
-
-
-@dataclass
-class ErrorTracker:
-    """Squared distances of a written prediction to every saved step, per tensor."""
-
-    run: Run
-    step: int
-    pred: dict[str, dict[int, float]] = field(default_factory=dict)  # name → step → ‖θ_pred − θ_s‖²
-    stay: dict[str, dict[int, float]] = field(default_factory=dict)  # name → step → ‖θ_t − θ_s‖²
-
-    def add(
-        self, name: str, pred: np.ndarray, current: np.ndarray, span: tuple[int, int] | None = None
-    ) -> None:
-        """Add the distances of a predicted tensor and of θ_t (float32) to every saved step.
-
-        With `span`, the arrays are that flat span of the tensor and the sums accumulate.
-        """
-        pred_sq = self.pred.setdefault(name, {})
-        stay_sq = self.stay.setdefault(name, {})
-        for s in [0, *self.run.steps]:
-            if s == self.step:
-                w = current
-            else:
-                w = self.run.checkpoint(s).array(name, float32=True, span=span)
-            pred_sq[s] = pred_sq.get(s, 0.0) + sq_distance(pred, w)
-            stay_sq[s] = stay_sq.get(s, 0.0) + (0.0 if s == self.step else sq_distance(current, w))
-
-    def equivalent_step(self) -> int:
-        """The saved step whose weights are nearest to the prediction."""
-        totals = {s: sum(d[s] for d in self.pred.values()) for s in [0, *self.run.steps]}
-        return min(totals, key=lambda s: (totals[s], s))
-
-    def rel_errors(self) -> dict[int, float]:
-        """rel_error over all tracked tensors against every later saved step."""
-        out = {}
-        for s in (s for s in self.run.steps if s > self.step):
-            num = sum(d[s] for d in self.pred.values())
-            den = sum(d[s] for d in self.stay.values())
-            out[s] = math.sqrt(num / den) if den > 0 else math.nan
-        return out
-
-    def verdict(self) -> dict[str, object]:
-        """Whether the prediction beats standing still (rel_error < 1) against a later step, in words."""
-        rel = {s: r for s, r in self.rel_errors().items() if not math.isnan(r)}
-        if not rel:
-            return {"beats_standing_still": None, "best_target_step": None, "best_rel_error": None,
-                    "verdict": f"no later saved step differs from step {self.step}: nothing "
-                    "to compare against"}  # fmt: skip
-        best = min(rel, key=lambda s: (rel[s], s))
-        where = f"best rel_error {rel[best]:.2f} at step {best}"
-        beats = rel[best] < 1
-        text = (f"the prediction beats standing still ({where})" if beats else "no saved step: "
-                f"the prediction is farther from every later saved step than θ_t is ({where})")  # fmt: skip
-        return {"beats_standing_still": beats, "best_target_step": best,
-                "best_rel_error": rel[best], "verdict": text}  # fmt: skip
-
-    def frame(self, **labels: object) -> pd.DataFrame:
-        """Per-tensor and overall rel_error against every later saved step, as a DataFrame.
-
-        attrs hold `equivalent_step` and the `verdict` fields: `beats_standing_still`,
-        `best_target_step`, `best_rel_error` and a sentence saying whether any later step is
-        nearer to the prediction than to θ_t.
-        """
-        import pandas as pd
-
-        later = [s for s in self.run.steps if s > self.step]
-        eq = self.equivalent_step() if self.pred else None
-        rows = []
-        for s in later:
-            for name in self.pred:
-                info = self.run.module(name)
-                den = self.stay[name][s]
-                rows.append({
-                    "scope": "tensor", "tensor": name, "layer": info.layer, "block": info.block,
-                    "target_step": s, "pred_distance": math.sqrt(self.pred[name][s]),
-                    "stay_distance": math.sqrt(den),
-                    "rel_error": math.sqrt(self.pred[name][s] / den) if den > 0 else math.nan,
-                })  # fmt: skip
-            rows.append({
-                "scope": "overall", "tensor": None, "layer": None, "block": None, "target_step": s,
-                "pred_distance": math.sqrt(sum(d[s] for d in self.pred.values())),
-                "stay_distance": math.sqrt(sum(d[s] for d in self.stay.values())),
-                "rel_error": self.rel_errors()[s],
-            })  # fmt: skip
-        df = pd.DataFrame(rows, columns=[
-            "scope", "tensor", "layer", "block", "target_step", "pred_distance", "stay_distance",
-            "rel_error",
-        ])  # fmt: skip
-        df = df.astype({"layer": "Int64", "target_step": "int64", "tensor": "string",
-                        "block": "string", "scope": "string"})  # fmt: skip
-        for i, (key, value) in enumerate(labels.items()):
-            df.insert(i, key, value)
-        df["equivalent_step"] = pd.array([eq] * len(df), dtype="Int64")
-        df.attrs["equivalent_step"] = eq
-        df.attrs.update(self.verdict())
-        return df
-
-
-_CHUNK = 1 << 16
-
-
-def sq_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """‖a − b‖² of two float32 arrays, in 64 Ki pieces summed in float64."""
-    x, y = a.reshape(-1), b.reshape(-1)
-    total = 0.0
-    for i in range(0, x.size, _CHUNK):
-        d = x[i : i + _CHUNK] - y[i : i + _CHUNK]
-        total += float(np.dot(d, d))
-    return total
-
-
 def extrapolation_producer(
     run: Run,
     step: int,
@@ -331,7 +58,7 @@ def extrapolation_producer(
     *,
     setting: str | None = None,
 ) -> Callable[[str], np.ndarray | FileBytes | torch.Tensor]:
-    """A `produce` for write_checkpoint: θ_t + α(θ_t − θ_a) on `selected`, θ_t elsewhere.
+    """A `produce` for io.like.write_like: θ_t + α(θ_t − θ_a) on `selected`, θ_t elsewhere.
 
     `setting` names the knob in an overflow error (default "alpha <α>").
     """
@@ -342,7 +69,7 @@ def extrapolation_producer(
 
     def produce(name: str) -> np.ndarray | FileBytes | torch.Tensor:
         if name not in chosen:
-            return unchanged(current, name)
+            return as_stored(current, name)
         spec = current.spec(name)
         if spec.stored not in dtypes.NUMPY_FLOATS:  # float8: torch rounds it, whole
             theta = current.array(name, float32=True)
@@ -414,9 +141,6 @@ def _round_float8(values: np.ndarray, stored: str) -> torch.Tensor:
     return torch.from_numpy(values).to(dtypes.to_torch(stored))
 
 
-ERRORS_FILE = "extrapolation_errors.csv"  # written beside the weights with evaluate=True
-
-
 def extrapolate(
     run: Run,
     step: int,
@@ -462,7 +186,7 @@ def extrapolate(
     selected = select_tensors(run, modules, tensors)
     tracker = ErrorTracker(run, step) if evaluate else None
     metadata = {
-        "opdlens_operation": "extrapolate", "opdlens_version": _version(), "alpha": repr(alpha),
+        "opdlens_operation": "extrapolate", "opdlens_version": __version__, "alpha": repr(alpha),
         "step": str(step), "anchor": str(a), "source": str(run.checkpoint(step).path),
         "anchor_source": str(run.checkpoint(a).path), "extrapolated_tensors": str(len(selected)),
         "formula": "theta_t + alpha * (theta_t - theta_anchor)",
@@ -483,10 +207,11 @@ def extrapolate(
         except OSError as e:
             raise output_error(target, e) from None
 
-    path = write_checkpoint(
-        run, run.checkpoint(step), Path(out), produce, metadata=metadata, overwrite=overwrite,
-        progress=progress, desc=f"extrapolate step {step}",
-        extra=None if tracker is None else write_errors,
+    current = run.checkpoint(step)
+    path = write_like(
+        current, Path(out), produce, metadata=metadata, protected=run.input_paths,
+        config_dir=run.base.config_dir, overwrite=overwrite, progress=progress,
+        desc=f"extrapolate step {step}", extra=None if tracker is None else write_errors,
     )  # fmt: skip
     # No DataFrame without evaluate: the write path never imports pandas.
     return path, frames[0] if frames else None
@@ -511,9 +236,3 @@ def extrapolate_paths(
         overwrite=overwrite, progress=progress,
     )  # fmt: skip
     return path
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__

@@ -13,19 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._version import __version__
 from ..errors import OptionError
+from ..io.like import Produced, write_like
 from ..io.paths import check_output, output_dir, remove_stale, temp_name, write_text_atomic
-from ..run import Run
-from .extrapolate import (
-    DEFAULT_MODULES,
-    ErrorTracker,
-    check_alpha,
-    extrapolation_producer,
-    run_inputs,
-    select_tensors,
-    write_checkpoint,
-)
+from ..run import Checkpoint, Run
+from .evaluate import ErrorTracker
+from .extrapolate import check_alpha, extrapolation_producer
+from .schedule import alpha_schedule, replay_schedule
 from .scorers import Scorer, make_scorer, remove_copy, score_input
+from .selection import DEFAULT_MODULES, select_tensors
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,9 +32,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "OFFLINE_NOTE",
     "ReplayResult",
-    "alpha_schedule",
     "replay",
-    "replay_schedule",
     "replay_summary",
 ]
 
@@ -47,30 +42,6 @@ OFFLINE_NOTE = (
     "Offline replay cannot continue training from an accepted candidate: each scheduled step "
     "starts again from the checkpoint the run actually saved."
 )
-
-
-def replay_schedule(steps: Sequence[int]) -> list[tuple[int, int]]:
-    """(step, anchor) pairs: the first saved step at or after each power of two, each used once."""
-    saved = sorted(s for s in steps if s > 0)
-    chosen: list[int] = []
-    power = 1
-    while saved and power <= saved[-1]:
-        at = next(s for s in saved if s >= power)
-        if not chosen or at != chosen[-1]:
-            chosen.append(at)
-        power *= 2
-    return list(zip(chosen, [0, *chosen[:-1]], strict=True))
-
-
-def alpha_schedule(alpha0: float, n: int) -> list[tuple[float, float]]:
-    """(α applied to the previous candidate's distance from the anchor, cumulative multiple)."""
-    out = []
-    alpha, multiple = alpha0, 0.0
-    for _ in range(n):
-        multiple = (1 + multiple) * (1 + alpha) - 1
-        out.append((alpha, multiple))
-        alpha = alpha / (1 + alpha)
-    return out
 
 
 @dataclass
@@ -126,7 +97,7 @@ def replay(
             "replay keeps accepted candidates under --out DIR; give one, or --dry-run."
         )
     # Everything is checked before anything is created; --out's old contents go only then.
-    inputs = run_inputs(run)
+    inputs = run.input_paths
     if out is not None:
         check_output(out, inputs=inputs, overwrite=overwrite, allow_empty=True)
     selected = select_tensors(run, modules, tensors)
@@ -163,10 +134,8 @@ def _replay_steps(
             tmp = work / temp_name(f"step-{step}-candidate-{k}")
             try:
                 produce = extrapolation_producer(run, step, anchor, multiple, selected, tracker)
-                write_checkpoint(
-                    run, run.checkpoint(step), tmp, produce, progress=progress, desc=label,
-                    metadata=_metadata(step, anchor, k, alpha, multiple, judge),
-                )  # fmt: skip
+                meta = _metadata(step, anchor, k, alpha, multiple, judge)
+                _write(run, run.checkpoint(step), tmp, produce, meta, progress, label)
                 score = judge.score(tmp, label)
                 better = score > best
                 rows.append(_row(step, anchor, k, alpha, multiple, score, better, tracker))
@@ -209,9 +178,7 @@ def _score_saved(
             # Never the input itself: the scorer gets a private copy, removed after.
             score = score_input(judge, ck.path, label, tmp)
         else:
-            write_checkpoint(
-                run, ck, tmp, produce, metadata=_metadata(step, anchor, 0, 0, 0, judge)
-            )
+            _write(run, ck, tmp, produce, _metadata(step, anchor, 0, 0, 0, judge), False, label)
             score = judge.score(tmp, label)
     finally:
         remove_copy(tmp)
@@ -219,13 +186,22 @@ def _score_saved(
     return score
 
 
+def _write(
+    run: Run, like: Checkpoint, tmp: Path, produce: Callable[[str], Produced],
+    meta: dict[str, str], progress: bool, label: str,
+) -> None:  # fmt: skip
+    """Write one candidate like the step it extrapolates, outside every input of the run."""
+    write_like(
+        like, tmp, produce, metadata=meta, protected=run.input_paths,
+        config_dir=run.base.config_dir, progress=progress, desc=label,
+    )  # fmt: skip
+
+
 def _metadata(
     step: int, anchor: int, k: int, alpha: float, multiple: float, judge: Scorer
 ) -> dict[str, str]:
-    from .extrapolate import _version
-
     return {
-        "opdlens_operation": "replay", "opdlens_version": _version(), "step": str(step),
+        "opdlens_operation": "replay", "opdlens_version": __version__, "step": str(step),
         "anchor": str(anchor), "candidate": str(k), "alpha": repr(alpha),
         "multiple": repr(multiple), "scorer": judge.label, "note": OFFLINE_NOTE,
         "formula": "theta_t + multiple * (theta_t - theta_anchor)",

@@ -21,7 +21,7 @@ from ..errors import OptionError, ScorerError
 from ..io.layouts import NON_WEIGHT_FILES, detect, open_source, read_config
 from ..io.paths import output_error
 from ..run import Run
-from .extrapolate import sq_distance
+from .evaluate import sq_distance
 
 logger = logging.getLogger(__name__)
 

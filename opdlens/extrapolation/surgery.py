@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
+from .._version import __version__
 from ..errors import OpdlensError, OptionError
-from ..run import Run
-from .extrapolate import (
-    BLOCKS,
-    DEFAULT_MODULES,
-    FileBytes,
-    _version,
-    extrapolation_producer,
-    select_tensors,
-    unchanged,
-    write_checkpoint,
-)
+from ..io.like import Produced, as_stored, write_like
+from ..names import BLOCKS
+from ..run import Checkpoint, Run
+from .extrapolate import extrapolation_producer
+from .selection import DEFAULT_MODULES, select_tensors
 
 if TYPE_CHECKING:
     import torch
@@ -40,10 +33,21 @@ def _check_step(run: Run, step: int) -> None:
 
 def _metadata(operation: str, run: Run, step: int, **options: object) -> dict[str, str]:
     return {
-        "opdlens_operation": f"surgery-{operation}", "opdlens_version": _version(),
+        "opdlens_operation": f"surgery-{operation}", "opdlens_version": __version__,
         "step": str(step), "anchor": "0", "source": str(run.checkpoint(step).path),
         "base_source": str(run.base.path), **{k: str(v) for k, v in options.items()},
     }  # fmt: skip
+
+
+def _write(
+    run: Run, current: Checkpoint, out: str | Path, produce: Callable[[str], Produced],
+    meta: dict[str, str], overwrite: bool, progress: bool, desc: str,
+) -> Path:  # fmt: skip
+    """Write the surgery's checkpoint like step `current`, outside every input of the run."""
+    return write_like(
+        current, Path(out), produce, metadata=meta, protected=run.input_paths,
+        config_dir=run.base.config_dir, overwrite=overwrite, progress=progress, desc=desc,
+    )  # fmt: skip
 
 
 def low_rank(delta: torch.Tensor, rank: int, *, keep_norm: bool = False) -> torch.Tensor:
@@ -110,8 +114,7 @@ def surgery_scale(
 
     meta = _metadata("scale", run, step, factor=repr(factor), modified_tensors=len(chosen),
                      formula="theta_0 + factor * (theta_T - theta_0)")  # fmt: skip
-    return write_checkpoint(run, current, Path(out), produce, metadata=meta, overwrite=overwrite,
-                            progress=progress, desc=f"scale step {step}")  # fmt: skip
+    return _write(run, current, out, produce, meta, overwrite, progress, f"scale step {step}")
 
 
 def surgery_lowrank(
@@ -137,9 +140,9 @@ def surgery_lowrank(
     chosen = set(select_tensors(run, modules, tensors))
     current = run.checkpoint(step)
 
-    def produce(name: str) -> torch.Tensor | np.ndarray | FileBytes:
+    def produce(name: str) -> Produced:
         if name not in chosen or len(current.spec(name).shape) < 2:
-            return unchanged(current, name)
+            return as_stored(current, name)
         stored = current.tensor(name)
         base = run.base.tensor(name).float()
         delta = stored.float().sub_(base)
@@ -156,8 +159,7 @@ def surgery_lowrank(
     meta = _metadata("lowrank", run, step, rank=rank, keep_norm=keep_norm,
                      modified_tensors=len(chosen),
                      formula="theta_0 + rank_K(theta_T - theta_0) per matrix")  # fmt: skip
-    return write_checkpoint(run, current, Path(out), produce, metadata=meta, overwrite=overwrite,
-                            progress=progress, desc=f"lowrank step {step}")  # fmt: skip
+    return _write(run, current, out, produce, meta, overwrite, progress, f"lowrank step {step}")
 
 
 def parse_layers(text: str | None) -> tuple[int, int] | None:
@@ -211,16 +213,15 @@ def surgery_window(
         )
     current = run.checkpoint(step)
 
-    def produce(name: str) -> torch.Tensor | np.ndarray | FileBytes:
+    def produce(name: str) -> Produced:
         # Tensors the base lacks (e.g. missing at some step) keep θ_T.
         if name in chosen or name not in run.tensor_names:
-            return unchanged(current, name)
+            return as_stored(current, name)
         if run.base.spec(name).stored == current.spec(name).stored:
-            return unchanged(run.base, name)
+            return as_stored(run.base, name)
         return run.base.tensor(name).to(current.spec(name).dtype)
 
     meta = _metadata("window", run, step, layers=window, blocks=sorted(block_set or []),
                      applied_tensors=len(chosen),
                      formula="theta_T inside the window, theta_0 outside")  # fmt: skip
-    return write_checkpoint(run, current, Path(out), produce, metadata=meta, overwrite=overwrite,
-                            progress=progress, desc=f"window step {step}")  # fmt: skip
+    return _write(run, current, out, produce, meta, overwrite, progress, f"window step {step}")

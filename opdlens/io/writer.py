@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import fnmatch
-import io
 import json
 import logging
 import os
 import re
 import shutil
-import struct
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO
@@ -23,6 +20,8 @@ import numpy as np
 from opdlens.errors import CheckpointError, OpdlensError
 
 from . import dtypes
+from .fileops import copy_range as _copy_range  # one name tests patch
+from .fileops import fsync_dir
 from .paths import (
     MARKER,
     OLD_MARKER,
@@ -34,6 +33,16 @@ from .paths import (
     remove_stale,
     temp_name,
 )
+from .plan import (
+    INDEX_FILE,
+    SINGLE_FILE,
+    Slot,
+    TensorSpec,
+    lay_out,
+    plan_like,
+    safetensors_dtype,
+    split_by_size,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -41,7 +50,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "INDEX_FILE",
     "MARKER",
+    "PROVENANCE_FILE",
+    "SINGLE_FILE",
     "TEMP_MARKER",
     "CheckpointWriter",
     "TensorSpec",
@@ -50,8 +62,6 @@ __all__ = [
     "safetensors_dtype",
 ]
 
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 PROVENANCE_FILE = "opdlens_provenance.json"
 
 # Non-weight files of a Hugging Face model directory that an output checkpoint needs to load.
@@ -73,124 +83,9 @@ _COPY_PATTERNS = (
     "modeling_*.py",
     "tokenization_*.py",
 )
-_PIECE = 8 * 1024 * 1024  # bytes per read when copying by hand
 # Written bytes after which a background thread starts flushing them to disk, so the fsync
 # that makes the checkpoint durable at the end does not wait for the whole file.
 _FLUSH_EVERY = 256 * 1024 * 1024
-_BIN_SHARD = re.compile(r"^pytorch_model(-\d+-of-\d+)?\.bin$")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """The name, shape and dtype of one tensor an output checkpoint will hold."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: torch.dtype | str  # a torch dtype or a safetensors name such as "BF16"
-
-    @property
-    def stored(self) -> str:
-        """The safetensors name of the dtype."""
-        return safetensors_dtype(self.dtype)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes the tensor occupies on disk."""
-        numel = 1
-        for size in self.shape:
-            numel *= size
-        return numel * dtypes.itemsize(self.stored)
-
-
-def safetensors_dtype(dtype: torch.dtype | str) -> str:
-    """The safetensors name of a torch dtype, e.g. torch.bfloat16 -> "BF16"."""
-    return dtypes.from_torch(dtype)
-
-
-def _shard_name(index: int, total: int) -> str:
-    return f"model-{index:05d}-of-{total:05d}.safetensors"
-
-
-def plan_like(
-    specs: Sequence[TensorSpec], weight_map: Mapping[str, str] | None
-) -> dict[str, list[TensorSpec]]:
-    """Group specs into the shard files of an input's weight map, renamed to safetensors."""
-    if weight_map is None:
-        return {SINGLE_FILE: list(specs)}
-    plan: dict[str, list[TensorSpec]] = {}
-    for spec in specs:
-        if spec.name not in weight_map:
-            raise ValueError(
-                f"Tensor '{spec.name}' is not in the weight map passed to plan_like "
-                f"({len(weight_map)} entries). Pass the weight_map of the checkpoint the "
-                "specs came from, or weight_map=None for a single file."
-            )
-        plan.setdefault(_safetensors_name(weight_map[spec.name]), []).append(spec)
-    return dict(sorted(plan.items()))
-
-
-def _safetensors_name(file_name: str) -> str:
-    match = _BIN_SHARD.match(file_name)
-    if match:
-        return f"model{match.group(1) or ''}.safetensors"
-    stem, dot, suffix = file_name.rpartition(".")
-    if dot and suffix in ("bin", "pt", "pth"):
-        return f"{stem}.safetensors"
-    return file_name
-
-
-def _split_by_size(
-    specs: Sequence[TensorSpec], max_shard_bytes: int | None
-) -> dict[str, list[TensorSpec]]:
-    if max_shard_bytes is None:
-        return {SINGLE_FILE: list(specs)}
-    if max_shard_bytes <= 0:
-        raise ValueError(
-            f"The 'max_shard_bytes' parameter of CheckpointWriter must be positive. "
-            f"Got {max_shard_bytes} instead; pass None for a single file."
-        )
-    groups: list[list[TensorSpec]] = [[]]
-    size = 0
-    for spec in specs:
-        if groups[-1] and size + spec.nbytes > max_shard_bytes:
-            groups.append([])
-            size = 0
-        groups[-1].append(spec)
-        size += spec.nbytes
-    if len(groups) == 1:
-        return {SINGLE_FILE: groups[0]}
-    return {_shard_name(i + 1, len(groups)): g for i, g in enumerate(groups)}
-
-
-@dataclass(frozen=True)
-class _Slot:
-    """Where one planned tensor goes: its file and absolute byte range."""
-
-    spec: TensorSpec
-    file: str
-    begin: int
-    end: int
-
-
-def _layout(
-    specs: Sequence[TensorSpec], metadata: Mapping[str, str]
-) -> tuple[bytes, list[tuple[TensorSpec, int, int]]]:
-    """The padded header of one file and its tensors' data offsets, in save_file's order."""
-    ordered = sorted(specs, key=lambda s: (-dtypes.rank(s.stored), s.name))
-    header: dict[str, object] = {"__metadata__": dict(metadata)}
-    offsets = []
-    position = 0
-    for spec in ordered:
-        begin, position = position, position + spec.nbytes
-        header[spec.name] = {
-            "dtype": spec.stored,
-            "shape": list(spec.shape),
-            "data_offsets": [begin, position],
-        }
-        offsets.append((spec, begin, position))
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text, offsets
 
 
 def _inside(path: Path, other: Path) -> bool:
@@ -235,8 +130,8 @@ class CheckpointWriter:
                 )
             self.plan = {name: list(specs) for name, specs in plan.items()}
         else:
-            self.plan = _split_by_size(list(plan), max_shard_bytes)
-        self._slots = self._check_plan()
+            self.plan = split_by_size(list(plan), max_shard_bytes)
+        self._slots, self._headers, self._sizes = lay_out(self.plan, self.metadata)
         self._check_destination()
         if self.copy_from is not None and not self.copy_from.is_dir():
             raise OpdlensError(
@@ -261,33 +156,6 @@ class CheckpointWriter:
             )
         merged.setdefault("format", "pt")
         return merged
-
-    def _check_plan(self) -> dict[str, _Slot]:
-        slots: dict[str, _Slot] = {}
-        seen: set[str] = set()
-        self._headers: dict[str, bytes] = {}
-        self._sizes: dict[str, int] = {}
-        for file, specs in self.plan.items():
-            if "/" in file or "\\" in file or not file.endswith(".safetensors"):
-                raise ValueError(
-                    f"Shard name '{file}' in the plan of CheckpointWriter must be a bare file "
-                    "name ending in .safetensors, e.g. 'model-00001-of-00002.safetensors'."
-                )
-            for spec in specs:
-                safetensors_dtype(spec.dtype)
-                if spec.name in seen or spec.name == "__metadata__":
-                    raise ValueError(
-                        f"Tensor '{spec.name}' appears twice in the plan of CheckpointWriter "
-                        f"(again in '{file}'), or is the reserved name '__metadata__'. "
-                        "Plan each tensor name exactly once."
-                    )
-                seen.add(spec.name)
-            header, offsets = _layout(specs, self.metadata)
-            self._headers[file] = header
-            self._sizes[file] = len(header) + sum(s.nbytes for s in specs)
-            for spec, begin, end in offsets:
-                slots[spec.name] = _Slot(spec, file, len(header) + begin, len(header) + end)
-        return slots
 
     def _check_destination(self) -> None:
         for path in self._protected:
@@ -406,7 +274,7 @@ class CheckpointWriter:
         finally:
             os.close(fd)
 
-    def _slot(self, name: str) -> _Slot:
+    def _slot(self, name: str) -> Slot:
         if self._tmp is None:
             raise RuntimeError("CheckpointWriter.write called outside its `with` block.")
         slot = self._slots.get(name)
@@ -485,7 +353,7 @@ class CheckpointWriter:
         for path in self._tmp.iterdir():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
-        _fsync_dir(self._tmp)
+        fsync_dir(self._tmp)
         self._move_into_place()
 
     def _copy_support_files(self, source: Path) -> None:
@@ -520,7 +388,7 @@ class CheckpointWriter:
                 os.rename(old, self.out_dir)
             raise
         self._tmp = None
-        _fsync_dir(self.out_dir.parent)
+        fsync_dir(self.out_dir.parent)
         if old is not None:
             shutil.rmtree(old)  # checked above: a real directory opdlens wrote
         logger.info("wrote checkpoint %s", self.out_dir)
@@ -534,41 +402,6 @@ class CheckpointWriter:
             except OSError as e:  # its files are unloadable; the next run on this --out removes it
                 logger.warning("could not remove the unfinished %s: %s", self._tmp, e)
         self._tmp = None
-
-
-def _copy_range(src: io.BufferedReader, dst: BinaryIO, src_at: int, dst_at: int, size: int) -> int:
-    """Copy `size` bytes between files by offset; returns how many were there to copy."""
-    done = 0
-    try:
-        while done < size:
-            n = os.copy_file_range(
-                src.fileno(), dst.fileno(), size - done, src_at + done, dst_at + done
-            )
-            if n == 0:
-                return done  # end of the source file
-            done += n
-        return done
-    except (AttributeError, OSError):
-        pass  # no copy_file_range here, or not between these file systems: copy by hand
-    buf = bytearray(min(_PIECE, size - done))
-    src.seek(src_at + done)
-    dst.seek(dst_at + done)
-    while done < size:
-        view = memoryview(buf)[: min(len(buf), size - done)]
-        n = src.readinto(view)
-        if not n:
-            return done
-        dst.write(view[:n])
-        done += n
-    return done
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def is_temp_dir(path: Path) -> bool:

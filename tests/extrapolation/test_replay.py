@@ -13,13 +13,8 @@ from safetensors.torch import load_file
 
 from opdlens import open_run
 from opdlens.errors import ScorerError
-from opdlens.extrapolation.replay import (
-    OFFLINE_NOTE,
-    alpha_schedule,
-    replay,
-    replay_schedule,
-    replay_summary,
-)
+from opdlens.extrapolation.replay import OFFLINE_NOTE, replay, replay_summary
+from opdlens.extrapolation.schedule import alpha_schedule, replay_schedule
 from opdlens.io.writer import is_temp_dir
 
 from .conftest import linear_state, write_run

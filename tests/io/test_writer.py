@@ -416,13 +416,13 @@ def test_byte_copies_fall_back_to_reads_where_the_kernel_cannot(
 ) -> None:
     import errno
 
-    import opdlens.io.writer as writer_module
+    import opdlens.io.fileops as fileops
 
     def cross_device(*args: object) -> int:
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    monkeypatch.setattr(writer_module.os, "copy_file_range", cross_device)
-    monkeypatch.setattr(writer_module, "_PIECE", 7)  # many partial reads
+    monkeypatch.setattr(fileops.os, "copy_file_range", cross_device)
+    monkeypatch.setattr(fileops, "_PIECE", 7)  # many partial reads
     tensors = {"a": torch.randn(5, 3), "b": torch.arange(10, dtype=torch.int64)}
     save_file(tensors, tmp_path / "ref.safetensors", metadata={"format": "pt"})
     with CheckpointWriter(tmp_path / "out", _specs(tensors)) as writer:
