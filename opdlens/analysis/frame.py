@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import overload
 
 import numpy as np
 import pandas as pd
@@ -70,11 +71,24 @@ def build_frame(
     )
 
 
-def _weighted(values: pd.Series, weights: pd.Series) -> float:
-    ok = values.notna() & weights.notna() & (weights > 0)
-    if not ok.any():
-        return np.nan
-    return float(np.average(values[ok], weights=weights[ok]))
+@overload
+def weighted_mean(values: pd.Series, weights: pd.Series) -> float: ...
+@overload
+def weighted_mean(values: pd.Series, weights: pd.Series, by: Sequence[pd.Series]) -> pd.Series: ...
+def weighted_mean(
+    values: pd.Series, weights: pd.Series, by: Sequence[pd.Series] | None = None
+) -> float | pd.Series:
+    """Mean of `values` weighted by `weights` over rows where both are finite and the weight > 0.
+
+    With `by` (columns aligned with `values`), one mean per group that has such a row; without,
+    one number (NaN when no row counts).
+    """
+    ok = np.isfinite(values.astype(float)) & np.isfinite(weights.astype(float)) & (weights > 0)
+    v, w = values[ok], weights[ok]
+    if by is None:
+        return float((v * w).sum() / w.sum()) if ok.any() else np.nan
+    keys = [k[ok] for k in by]
+    return (v * w).groupby(keys).sum() / w.groupby(keys).sum()
 
 
 def summarize(df: pd.DataFrame, by: Sequence[str] = ("layer", "block")) -> pd.DataFrame:
@@ -105,6 +119,6 @@ def summarize(df: pd.DataFrame, by: Sequence[str] = ("layer", "block")) -> pd.Da
         )
         rec["update_share"] = float(g["update_share"].sum(min_count=1))
         for c in ratio_cols:
-            rec[c] = _weighted(g[c], w)
+            rec[c] = weighted_mean(g[c], w)
         out.append(rec)
     return pd.DataFrame(out)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..analysis.frame import summarize
+from ..analysis.frame import summarize, weighted_mean
 from ..analysis.options import AnalyzeOptions
 from ..analysis.results import load_sources
 from ..extrapolation.extrapolate import ERRORS_FILE, extrapolate
@@ -48,9 +48,7 @@ def _final(df: pd.DataFrame) -> pd.DataFrame:
 
 def energy_weighted(df: pd.DataFrame, column: str) -> float:
     """Mean of a spectrum metric over matrix rows, weighted by ‖Δ‖_F²."""
-    rows = df[df[column].notna() & (df["update_norm"] > 0)]
-    w = rows["update_norm"].astype(float) ** 2
-    return float((rows[column] * w).sum() / w.sum()) if w.sum() > 0 else math.nan
+    return weighted_mean(df[column], df["update_norm"].astype(float) ** 2)
 
 
 def first_power_of_two(df: pd.DataFrame) -> int:
