@@ -106,8 +106,8 @@ def float8_note(run: Run, name: str) -> str | None:
 
 def rank_notes(run: Run, names: Sequence[str], ranks: Sequence[int]) -> list[str]:
     """One note for ranks K above every analysed matrix's min(rows, cols): energy_k is 1.0."""
-    caps = [_rank_cap(run.base.spec(n).shape, run.module(n)) for n in names]
-    caps = [c for c in caps if c is not None]
+    found = (_rank_cap(run.base.spec(n).shape, run.module(n)) for n in names)
+    caps = [c for c in found if c is not None]
     if not caps:
         return []
     over = [k for k in ranks if k > max(caps)]
@@ -303,25 +303,23 @@ class TensorSweep:
             cos = u.inner(final) / (math.sqrt(total_sq) * math.sqrt(fsq))
         row["cos_to_final"] = cos
         cap = min(rows, cols)  # K ≥ cap: energy_k is 1.0 and σ_{K+1} = 0 (design.md)
+        usable = top if finite and total_sq > 0 else None  # no spectrum metric otherwise
         for k in self.opt.ranks:
-            ok = finite and top is not None and total_sq > 0
-            row[f"energy_k{k}"] = M.energy_k(top.s, total_sq, k, rank_cap=cap) if ok else math.nan
-            row[f"gap_k{k}"] = M.gap_k(top.s, k, rank_cap=cap) if ok else math.nan
-            al = ok and final_top is not None and k <= min(top.u.shape[1], final_top.u.shape[1])
-            row[f"align_left_k{k}"] = (
-                M.subspace_alignment(top.u, final_top.u, k) if al else math.nan
-            )
-            row[f"align_right_k{k}"] = (
-                M.subspace_alignment(top.v, final_top.v, k) if al else math.nan
-            )
+            energy = gap = left = right = math.nan
+            if usable is not None:
+                energy = M.energy_k(usable.s, total_sq, k, rank_cap=cap)
+                gap = M.gap_k(usable.s, k, rank_cap=cap)
+                if final_top is not None and k <= min(usable.u.shape[1], final_top.u.shape[1]):
+                    left = M.subspace_alignment(usable.u, final_top.u, k)
+                    right = M.subspace_alignment(usable.v, final_top.v, k)
+            row[f"energy_k{k}"], row[f"gap_k{k}"] = energy, gap
+            row[f"align_left_k{k}"], row[f"align_right_k{k}"] = left, right
         row["stable_rank"] = (
-            M.stable_rank(float(top.s[0]), total_sq)
-            if finite and top is not None and total_sq > 0
-            else math.nan
+            M.stable_rank(float(usable.s[0]), total_sq) if usable is not None else math.nan
         )
         if self.opt.full_spectrum:
-            ok = finite and top is not None and top.spectrum is not None
-            row["effective_rank"] = M.effective_rank(top.spectrum) if ok else math.nan
+            spectrum = top.spectrum if finite and top is not None else None
+            row["effective_rank"] = math.nan if spectrum is None else M.effective_rank(spectrum)
         self.result.rows.append(row)
 
 
