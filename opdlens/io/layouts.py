@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError
-from .sources import FsdpSource, PickleSource, SafetensorsSource, TensorSource
+from .sources import RANK_FILE, FsdpSource, PickleSource, SafetensorsSource, TensorSource
 
 # Files a trainer leaves beside the weights; recognised so they are never loaded.
 NON_WEIGHT_FILES = re.compile(
@@ -19,7 +19,6 @@ NON_WEIGHT_FILES = re.compile(
 _SHARD_ST = re.compile(r"^model-\d+-of-\d+\.safetensors$")
 _JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
                type(None): "null"}  # fmt: skip
-_RANK_FILE = re.compile(r"^model_world_size_\d+_rank_\d+\.pt$")
 
 
 @dataclass
@@ -56,7 +55,7 @@ def detect(directory: Path) -> Detected:
         if found:
             found.layout = "verl-" + found.layout
             return found
-    ranks = sorted(p for p in actor.iterdir() if _RANK_FILE.match(p.name))
+    ranks = sorted(p for p in actor.iterdir() if RANK_FILE.match(p.name))
     if ranks:
         return Detected("verl-fsdp", actor, ranks, _config_dir(hf, actor, d))
     present = sorted(p.name for p in d.iterdir())

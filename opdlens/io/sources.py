@@ -222,7 +222,8 @@ class PickleSource(TensorSource):
         return self._tensors[name].clone()
 
 
-_RANK_FILE = re.compile(r"model_world_size_(\d+)_rank_(\d+)\.pt$")
+# A verl FSDP rank file: world size and rank.
+RANK_FILE = re.compile(r"^model_world_size_(\d+)_rank_(\d+)\.pt$")
 
 
 def _rank_files(files: list[Path]) -> list[Path]:
@@ -230,7 +231,7 @@ def _rank_files(files: list[Path]) -> list[Path]:
     ranks: dict[int, Path] = {}
     world = None
     for f in files:
-        m = _RANK_FILE.search(f.name)
+        m = RANK_FILE.match(f.name)
         assert m is not None
         w, r = int(m.group(1)), int(m.group(2))
         if world is not None and w != world:
