@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -102,8 +102,8 @@ class TensorCache:
             except (OSError, SafetensorError, ValueError, RecursionError) as e:
                 self.dirty = True  # a damaged cache file is rebuilt, never trusted
                 self.warning = f"{path}: unreadable cache file ({e}); recomputed."
-        for entry_id, e in self.entries.items():
-            self._at[(e["step"], _slice(entry_id))] = entry_id
+        for entry_id, entry in self.entries.items():
+            self._at[(entry["step"], _slice(entry_id))] = entry_id
 
     def get(
         self,
@@ -122,7 +122,9 @@ class TensorCache:
         entry_id = (
             _entry_id(content, step, key) if content is not None else self._at.get((step, key))
         )
-        e = self.entries.get(entry_id) if entry_id is not None else None
+        if entry_id is None:
+            return None
+        e = self.entries.get(entry_id)
         if e is None:
             return None
         problem = _check_entry(e, shape)
@@ -235,12 +237,19 @@ def _load(path: Path) -> dict[str, dict]:
     return entries
 
 
+def _float_array(x: object, dim: int) -> TypeGuard[torch.Tensor]:
+    return isinstance(x, torch.Tensor) and x.dim() == dim and x.is_floating_point()
+
+
 def _check_entry(e: dict, shape: tuple[int, int] | None) -> str | None:
     """Why a cached entry cannot be used for an update of this shape, or None."""
     u, s, v, spec = e.get("u"), e.get("s"), e.get("v"), e.get("spectrum")
-    for label, x, dim in (("u", u, 2), ("s", s, 1), ("v", v, 2)):
-        if not isinstance(x, torch.Tensor) or x.dim() != dim or not x.is_floating_point():
-            return f"'{label}' is not a {dim}-D float array"
+    if not _float_array(u, 2):
+        return "'u' is not a 2-D float array"
+    if not _float_array(s, 1):
+        return "'s' is not a 1-D float array"
+    if not _float_array(v, 2):
+        return "'v' is not a 2-D float array"
     k = u.shape[1]
     if k < 1 or v.shape[1] != k or s.shape[0] != k + 1:
         return f"u {list(u.shape)}, s {list(s.shape)} and v {list(v.shape)} do not fit together"
