@@ -74,7 +74,7 @@ def top_k_svd(
       with Δv_i = σ̃_i u_i exactly, and C·W/σ̃ gives Δᵀu_i for free. The space restarts from its
       Ritz vectors after _DEPTH blocks. A Krylov space resolves the top of a noise bulk in
       a few passes where subspace iteration needs many (planted rank-4 + 20 % bulk, 512×1024:
-      7 passes against 14+).
+      7 passes against more than 10).
     - "factored": Δ = b @ a via QR of b and aᵀ and an SVD of the r×r core, never forming Δ.
 
     Certificate (checked after every pass; ρ_i = ‖Δᵀu_i − σ̃_i v_i‖):
@@ -96,12 +96,7 @@ def top_k_svd(
     recomputed exactly: `method` is then "exact" with `iterations` > 0, the passes spent.
     The budget under "auto" is a flop model: passes cost 4mnp, exact costs 2·max·min² + 8·min³.
 
-    Measured before the Krylov change (benchmarks/bench_linalg.py, k=16, power-law signal +
-    noise, warm start = V of the same signal with other noise, ×1.1; 2-core CPU shared with
-    other jobs, minimum of 3 runs, 1 thread): (1024, 3072) full svd 3.3 s, exact 1.1 s;
-    (3072, 1024) full svd 1.5 s, exact 1.0 s; iteration 0.1–0.2 s. Exact wins below
-    (256, 768); "auto" switches at 384×1152. With 2 threads on the loaded machine every time
-    doubled or worse (oversubscription), so the ratios, not the times, carry over.
+    Figures: BENCHMARKS.md (issue 11). Exact wins below about 384×1152 on this 2-core CPU.
 
     Shape: delta (m, n) float32 or float64; init (n, k') any basis of a right subspace
     (e.g. the previous step's V of the same tensor), orthonormalised here.
