@@ -136,7 +136,7 @@ def test_no_base_says_how_to_give_one(good, tmp_path):
     shutil.rmtree(run / "checkpoint-0")
     with pytest.raises(opdlens.CheckpointError, match=r"no base.*Pass --base PATH"):
         opdlens.open_run(run)
-    _cli_fails([run], "no base", "--base PATH")
+    _cli_fails([run], "missing: base (step 0)", "--base PATH")
     assert opdlens.open_run(run, base=good / "checkpoint-0").steps == [10, 20]
 
 
