@@ -71,9 +71,9 @@ EXPLORE = [
         '[["run", "block", "update_share", "rel_update_norm", "energy_k4"]]'
     ),
     new_markdown_cell("## Module allocation: heatmaps"),
-    new_code_cell("plots.allocation_heatmap(df)"),
-    new_code_cell('plots.allocation_strip(df, run="OPD")'),
-    new_code_cell("plots.block_norms(df)"),
+    new_code_cell("plots.allocation_heatmap_figure(df)"),
+    new_code_cell('plots.allocation_strip_figure(df, run="OPD")'),
+    new_code_cell("plots.block_norms(df).figure  # each plot returns its Axes"),
     new_markdown_cell(
         "## Drill into one layer\n\nThe layer that took the largest share of the OPD update at "
         "the final step, module by module."
@@ -88,7 +88,7 @@ EXPLORE = [
     ),
     new_code_cell(
         "# Alignment of the top-4 subspaces with the final update, step by step, in that layer.\n"
-        'plots.alignment_by_step(df[df["layer"] == layer])'
+        'plots.alignment_by_step(df[df["layer"] == layer]).figure'
     ),
     new_markdown_cell(
         "## One tensor's spectrum\n\nThe singular values of Δ_T for the matrix with the largest "
@@ -102,7 +102,7 @@ EXPLORE = [
         '    f"OPD: {name}": singular_values(opd.delta(name, opd.final_step)).numpy(),\n'
         '    f"RL: {name}": singular_values(rl.delta(name, rl.final_step)).numpy(),\n'
         "}\n"
-        "plots.spectra(sigma)"
+        "plots.spectra(sigma).figure"
     ),
     new_code_cell(
         "{label: float((s[:4] ** 2).sum() / (s**2).sum()) for label, s in sigma.items()}"
@@ -150,7 +150,7 @@ EXTRAPOLATION = [
         'overall.pivot(index="alpha", columns="target_step", values="rel_error")'
     ),
     new_code_cell('overall.groupby("alpha")["equivalent_step"].first()'),
-    new_code_cell("plots.error_vs_alpha(overall)"),
+    new_code_cell("plots.error_vs_alpha(overall).figure  # each plot returns its Axes"),
     new_markdown_cell(
         "Per block: which modules extrapolate well (the mean relative error of their tensors "
         "against the last saved step, at α = 1)."
@@ -172,7 +172,7 @@ EXTRAPOLATION = [
         "print(result.note)\n"
         "result.history"
     ),
-    new_code_cell('plots.replay_scores(result.history, score_label="test accuracy")'),
+    new_code_cell('plots.replay_scores(result.history, score_label="test accuracy").figure'),
     new_code_cell(
         "# Prediction error of every candidate against the last saved step, against its α multiple.\n"
         'tried = result.history[result.history["candidate"] > 0]\n'

@@ -19,7 +19,7 @@ def _loaded(code: str) -> list[str]:
 def test_plots_and_summarize_do_not_import_torch() -> None:
     code = (
         "import opdlens, opdlens.plots\n"
-        "opdlens.summarize, opdlens.plots.allocation_heatmap, opdlens.plots.GAP_THRESHOLD\n"
+        "opdlens.summarize, opdlens.plots.allocation_heatmap_figure, opdlens.plots.GAP_THRESHOLD\n"
         "from opdlens.analysis import ILL_DEFINED_GAP\n"
         "assert ILL_DEFINED_GAP == opdlens.plots.GAP_THRESHOLD == 1e-2"
     )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..errors import NothingToDrawError, OptionError
@@ -20,7 +21,16 @@ from .training import metric_label, training_curve
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FigureSet", "Panel", "draw_figures", "make_figures", "write_figures"]
+__all__ = [
+    "FigureSet",
+    "Panel",
+    "alignment_figure",
+    "draw_figures",
+    "make_figures",
+    "single_figure",
+    "training_figure",
+    "write_figures",
+]
 
 _OFFLINE = "Offline replay: training did not continue from an accepted candidate."
 
@@ -49,10 +59,18 @@ class FigureSet:
         return next(p for p in self.paths[stem] if p.suffix == ".png")
 
 
-def _alignment(df: pd.DataFrame) -> Figure:
-    """Left and right alignment with the final update side by side."""
+def single_figure(plot: Callable[..., Axes], *args: object, **kwargs: object) -> Figure:
+    """A new one-panel Figure with `plot(*args, ax=…, **kwargs)` drawn on it."""
     with paper_style():
-        fig = new_figure(8.6, 3.6)
+        fig = new_figure()
+        plot(*args, ax=fig.add_subplot(), **kwargs)
+    return fig
+
+
+def alignment_figure(df: pd.DataFrame, *, fig: Figure | None = None) -> Figure:
+    """Left and right alignment with the final update side by side, one legend below both."""
+    with paper_style():
+        fig = new_figure(8.6, 3.6) if fig is None else fig
         axes = fig.subplots(1, 2, sharey=True)
         for ax, side, what in zip(axes, ("left", "right"), ("left (U)", "right (V)"), strict=True):
             plots.alignment_by_step(df, side=side, ax=ax)
@@ -75,11 +93,17 @@ def _common_metric(logs: Mapping[str, pd.DataFrame]) -> str | None:
     return first if all(first in log.columns for log in logs.values()) else None
 
 
-def _training(df: pd.DataFrame, runs: list[str], logs: Mapping[str, pd.DataFrame]) -> Figure:
+def training_figure(
+    df: pd.DataFrame,
+    runs: Sequence[str],
+    logs: Mapping[str, pd.DataFrame],
+    *,
+    fig: Figure | None = None,
+) -> Figure:
     """Per run (column): the logged metric above alignment and energy, on one step axis."""
     metric = _common_metric(logs)
     with paper_style():
-        fig = new_figure(0.9 + 3.4 * len(runs), 7.6)
+        fig = new_figure(0.9 + 3.4 * len(runs), 7.6) if fig is None else fig
         axes = fig.subplots(3, len(runs), sharex="col", squeeze=False)
         for col, run in enumerate(runs):
             rows = df[df["run"] == run]
@@ -139,7 +163,7 @@ def _spectra_panel(label: str, sp: pd.DataFrame, several: bool) -> Panel:
     step = int(sp["step"].iloc[0])
     which = "cached top-K singular values only" if sp["top_k_only"].any() else "full spectrum"
     title = f"{label}: step {step}, {which}" if several else f"step {step}, {which}"
-    fig = _with_title(plots.spectra(sp), title)
+    fig = _with_title(single_figure(plots.spectra, sp), title)
     caption = (
         f"Singular values σ_i of the update Δ_T = W_T − W_0 at step {step} for the "
         f"{sp['tensor'].nunique()} matrices with the largest update share ({which}; log scale). "
@@ -179,33 +203,35 @@ def draw_figures(
          "Share of the total squared update norm, ‖Δ‖_F² / Σ‖Δ‖_F², per layer and module kind "
          "at each run's final step, on one colour scale; grey cells have no such tensor. The "
          "title gives the share of tensors outside the layers (embeddings, final norm, head).",
-         lambda: plots.allocation_heatmap(df)),
+         lambda: plots.allocation_heatmap_figure(df)),
     ]  # fmt: skip
     for run in runs:
         stem = f"allocation_strip-{run}" if several else "allocation_strip"
         specs.append((stem, f"Module allocation over steps ({run})",
                       "The allocation heatmap at up to six saved steps, first and last included.",
-                      functools.partial(plots.allocation_strip, df, run=run)))  # fmt: skip
+                      functools.partial(plots.allocation_strip_figure, df, run=run)))  # fmt: skip
     specs += [
         ("block_norms", "Update norm per block",
          "Update norm of each block, (Σ_block ‖Δ_t‖_F²)^½ with Δ_t = W_t − W_0, against step; "
-         "colour is the block, line style the run.", lambda: plots.block_norms(df)),
+         "colour is the block, line style the run.",
+         lambda: single_figure(plots.block_norms, df)),
         ("energy_by_step", "Low-rank concentration against step",
          "Energy in the top-K singular directions, Σ_{i≤K} σ_i² / ‖Δ_t‖_F², per block against "
          "step (‖Δ‖_F²-weighted mean over the block's matrices); 1 means rank ≤ K.",
-         lambda: plots.energy_by_step(df)),
+         lambda: single_figure(plots.energy_by_step, df)),
         ("energy_by_rank", "Low-rank concentration against K",
-         "The same energy against K at each run's final step.", lambda: plots.energy_by_rank(df)),
+         "The same energy against K at each run's final step.",
+         lambda: single_figure(plots.energy_by_rank, df)),
         ("alignment_by_step", "Alignment with the final update",
          "‖U_{t,K}ᵀ U_{T,K}‖_F² / K (left) and the same for V (right) against step, per K; the "
          "dashed line per K is a random K-dimensional subspace (K/rows, K/cols). Hollow grey "
          "points: the top-K subspace is ill-defined there (gap_K < 1e-2).",
-         lambda: _alignment(df)),
+         lambda: alignment_figure(df)),
     ]  # fmt: skip
     logs = {run: log for run, log in (training or {}).items() if run in runs}
     if logs:
         specs.append(("training_and_weights", "What the run learned, and how its weights moved",
-                      _training_caption(logs), lambda: _training(df, runs, logs)))  # fmt: skip
+                      _training_caption(logs), lambda: training_figure(df, runs, logs)))  # fmt: skip
     panels: list[Panel] = []
     notes: list[str] = []
     if not logs:
@@ -224,7 +250,7 @@ def draw_figures(
     else:
         notes.append("figure spectra skipped: no spectra given (pass a run, or its metrics cache).")
     if history is not None:
-        fig = plots.replay_scores(history, score_label=_score_label(history))
+        fig = single_figure(plots.replay_scores, history, score_label=_score_label(history))
         caption = (
             "EffOPD replay: score of each saved checkpoint (candidate 0) and of the extrapolated "
             "candidates θ_t + m(θ_t − θ_a) tried at it; triangles were accepted, crosses "
@@ -234,7 +260,7 @@ def draw_figures(
     else:
         notes.append("figure replay_scores skipped: no replay history (--replay DIR).")
     if errors is not None:
-        fig = plots.error_vs_alpha(errors)
+        fig = single_figure(plots.error_vs_alpha, errors)
         step = errors["step"].iloc[0] if "step" in errors else "t"
         anchor = errors["anchor"].iloc[0] if "anchor" in errors else "a"
         caption = (

@@ -15,8 +15,8 @@ from opdlens.viz.export import save_figure
 from opdlens.viz.plots import (
     GAP_THRESHOLD,
     alignment_by_step,
-    allocation_heatmap,
-    allocation_strip,
+    allocation_heatmap_figure,
+    allocation_strip_figure,
     block_norms,
     energy_by_rank,
     energy_by_step,
@@ -99,7 +99,7 @@ def _kinds_order(kinds: set[str]) -> list[str]:
 
 
 def test_allocation_heatmap_matches_pivot(metrics: pd.DataFrame) -> None:
-    fig = allocation_heatmap(metrics)
+    fig = allocation_heatmap_figure(metrics)
     assert isinstance(fig, Figure)
     panels = [ax for ax in fig.axes if ax.images]
     assert len(panels) == 2 and len(fig.axes) == 3  # two runs and a shared colour bar
@@ -118,29 +118,31 @@ def test_allocation_heatmap_matches_pivot(metrics: pd.DataFrame) -> None:
 
 
 def test_allocation_heatmap_step_and_runs(metrics: pd.DataFrame) -> None:
-    fig = allocation_heatmap(metrics, step=2, runs=["rl"])
+    fig = allocation_heatmap_figure(metrics, step=2, runs=["rl"])
     assert len(fig.axes) == 2
     assert fig.axes[0].get_title().startswith("rl · step 2")
     with pytest.raises(ValueError, match=r"'step' parameter .* Got 3 instead; run 'opd' has"):
-        allocation_heatmap(metrics, step=3)
+        allocation_heatmap_figure(metrics, step=3)
     with pytest.raises(ValueError, match=r"'runs' parameter .* Got \['sft'\]"):
-        allocation_heatmap(metrics, runs=["sft"])
+        allocation_heatmap_figure(metrics, runs=["sft"])
 
 
 def test_allocation_strip(metrics: pd.DataFrame) -> None:
-    fig = allocation_strip(metrics, run="opd")
+    fig = allocation_strip_figure(metrics, run="opd")
     assert len([ax for ax in fig.axes if ax.images]) == len(STEPS)
-    fig = allocation_strip(metrics, run="rl", steps=[2, 8])
+    fig = allocation_strip_figure(metrics, run="rl", steps=[2, 8])
     panels = [ax for ax in fig.axes if ax.images]
     assert [ax.get_title() for ax in panels] == ["step 2", "step 8"]
-    with pytest.raises(ValueError, match=r"'run' parameter of allocation_strip is needed"):
-        allocation_strip(metrics)
+    with pytest.raises(ValueError, match=r"'run' parameter of allocation_strip_figure is needed"):
+        allocation_strip_figure(metrics)
     with pytest.raises(ValueError, match=r"Got \[3\] instead; the run has \[1, 2, 4, 8\]"):
-        allocation_strip(metrics, run="opd", steps=[3])
+        allocation_strip_figure(metrics, run="opd", steps=[3])
 
 
 def test_allocation_strip_fits_the_report_column(metrics: pd.DataFrame) -> None:
-    fig = allocation_strip(metrics, run="opd")  # four panels: three, then one below the first
+    fig = allocation_strip_figure(
+        metrics, run="opd"
+    )  # four panels: three, then one below the first
     # The report shows a figure at its print size up to ~11 in: wider ones shrink their labels.
     assert fig.get_size_inches()[0] <= 10
     panels = [ax for ax in fig.axes if ax.images]
@@ -152,8 +154,7 @@ def test_allocation_strip_fits_the_report_column(metrics: pd.DataFrame) -> None:
 
 
 def test_block_norms(metrics: pd.DataFrame) -> None:
-    fig = block_norms(metrics)
-    ax = fig.axes[0]
+    ax = block_norms(metrics)
     assert len(ax.lines) == len(RUNS) * 5  # attn, mlp, embed, norm, head
     line = next(ln for ln in ax.lines if ln.get_label() == "rl · mlp")
     rows = metrics[(metrics.run == "rl") & (metrics.block == "mlp")]
@@ -173,8 +174,7 @@ def _weighted_energy(rows: pd.DataFrame, col: str) -> float:
 
 
 def test_energy_by_step(metrics: pd.DataFrame) -> None:
-    fig = energy_by_step(metrics)  # default K: the middle one, 4
-    ax = fig.axes[0]
+    ax = energy_by_step(metrics)  # default K: the middle one, 4
     assert len(ax.lines) == len(RUNS) * 4  # norms have no spectrum
     assert "top-4" in ax.get_ylabel()
     line = next(ln for ln in ax.lines if ln.get_label() == "opd · attn")
@@ -188,7 +188,7 @@ def test_energy_by_step(metrics: pd.DataFrame) -> None:
 def test_energy_by_rank(metrics: pd.DataFrame) -> None:
     fig, axes = new_figure(), None
     axes = fig.subplots(1, 2)
-    assert energy_by_rank(metrics, ax=axes[1]) is fig
+    assert energy_by_rank(metrics, ax=axes[1]) is axes[1]
     ax = axes[1]
     assert len(ax.lines) == len(RUNS) * 4 and not axes[0].lines
     line = next(ln for ln in ax.lines if ln.get_label() == "rl · head")
@@ -199,8 +199,7 @@ def test_energy_by_rank(metrics: pd.DataFrame) -> None:
 
 
 def test_alignment_by_step(metrics: pd.DataFrame) -> None:
-    fig = alignment_by_step(metrics, side="left")
-    ax = fig.axes[0]
+    ax = alignment_by_step(metrics, side="left")
     data_lines = [ln for ln in ax.lines if ln.get_marker() == "o"]
     baselines = [ln for ln in ax.lines if ln.get_marker() != "o"]
     assert len(data_lines) == len(RUNS) * len(KS) and len(baselines) == len(KS)
@@ -227,8 +226,8 @@ def test_alignment_by_step(metrics: pd.DataFrame) -> None:
 
 
 def test_alignment_both_and_errors(metrics: pd.DataFrame) -> None:
-    fig = alignment_by_step(metrics)
-    line = next(ln for ln in fig.axes[0].lines if ln.get_label() == "rl · K=1")
+    ax = alignment_by_step(metrics)
+    line = next(ln for ln in ax.lines if ln.get_label() == "rl · K=1")
     rows = metrics[(metrics.run == "rl") & (metrics.step == 2)].copy()
     rows["mean"] = (rows.align_left_k1 + rows.align_right_k1) / 2
     assert line.get_ydata()[1] == pytest.approx(_weighted_energy(rows, "mean"))
@@ -240,7 +239,7 @@ def test_alignment_both_and_errors(metrics: pd.DataFrame) -> None:
 
 def test_spectra() -> None:
     sigma = {"a": [1.0, 3.0, 2.0, 0.5], "b": np.geomspace(1, 1e-3, 10)}
-    ax = spectra(sigma).axes[0]
+    ax = spectra(sigma)
     assert len(ax.lines) == 2 and ax.get_yscale() == "log"
     np.testing.assert_array_equal(ax.lines[0].get_ydata(), [3.0, 2.0, 1.0, 0.5])
     np.testing.assert_array_equal(ax.lines[0].get_xdata(), [1, 2, 3, 4])
@@ -260,9 +259,8 @@ def test_replay_scores() -> None:
             "accepted": [False, False, False, True, True, False, False],
         }
     )
-    fig = replay_scores(history)
-    ax = fig.axes[0]
-    fig.canvas.draw()
+    ax = replay_scores(history)
+    ax.figure.canvas.draw()
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert {"1", "2", "4"} <= set(labels) and not any(t.endswith(".0") for t in labels)
     assert len(ax.lines) == 2 and len(ax.collections) == 2
@@ -279,7 +277,7 @@ def test_error_vs_alpha() -> None:
         {"alpha": [0.5, 1, 2, 0.5, 1, 2], "target_step": [8] * 3 + [16] * 3,
          "rel_error": [0.8, 0.6, 0.9, 0.9, 0.7, 0.5]}
     )  # fmt: skip
-    ax = error_vs_alpha(errors).axes[0]
+    ax = error_vs_alpha(errors)
     assert len(ax.lines) == 3  # two targets and the standing-still line
     np.testing.assert_allclose(ax.lines[1].get_ydata(), [0.9, 0.7, 0.5])
 
@@ -290,7 +288,7 @@ def test_error_vs_alpha_gives_every_target_its_own_colour() -> None:
         [{"alpha": a, "target_step": t, "rel_error": 0.5 + t / 1000} for t in targets
          for a in (0.5, 1, 2)]
     )  # fmt: skip
-    ax = error_vs_alpha(errors).axes[0]
+    ax = error_vs_alpha(errors)
     lines = ax.lines[: len(targets)]  # then the standing-still line
     assert [ln.get_label() for ln in lines] == [f"$s$ = {t}" for t in targets]
     colors = [mpl.colors.to_hex(ln.get_color()) for ln in lines]
@@ -300,7 +298,14 @@ def test_error_vs_alpha_gives_every_target_its_own_colour() -> None:
 
 
 @pytest.mark.parametrize(
-    "func", [allocation_heatmap, allocation_strip, block_norms, energy_by_step, energy_by_rank]
+    "func",
+    [
+        allocation_heatmap_figure,
+        allocation_strip_figure,
+        block_norms,
+        energy_by_step,
+        energy_by_rank,
+    ],
 )
 def test_missing_columns(metrics: pd.DataFrame, func) -> None:
     bad = metrics.drop(columns=["update_norm", "update_share"])
@@ -313,15 +318,15 @@ def test_missing_columns(metrics: pd.DataFrame, func) -> None:
 
 def test_style_is_local_and_sticks(metrics: pd.DataFrame, tmp_path: Path) -> None:
     family = list(mpl.rcParams["font.family"])
-    fig = block_norms(metrics)
+    ax = block_norms(metrics)
     assert list(mpl.rcParams["font.family"]) == family
-    fig.canvas.draw()  # outside the style: tick labels must still be serif
-    label = fig.axes[0].get_xticklabels()[0]
+    ax.figure.canvas.draw()  # outside the style: tick labels must still be serif
+    label = ax.get_xticklabels()[0]
     assert label.get_fontfamily() == ["serif"]
 
 
 def test_save_figure(metrics: pd.DataFrame, tmp_path: Path) -> None:
-    paths = save_figure(energy_by_step(metrics), tmp_path / "figs", "energy")
+    paths = save_figure(energy_by_step(metrics).figure, tmp_path / "figs", "energy")
     assert [p.name for p in paths] == ["energy.pdf", "energy.svg", "energy.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
     assert paths[0].read_bytes()[:5] == b"%PDF-"
@@ -332,3 +337,53 @@ def test_save_figure(metrics: pd.DataFrame, tmp_path: Path) -> None:
         assert png.size[0] > 4 * 200 * 0.8  # a ~4.2 in wide figure at 200 dpi
     with pytest.raises(ValueError, match="'stem' argument of save_figure must be a bare"):
         save_figure(Figure(), tmp_path, "a/b")
+
+
+_HISTORY = pd.DataFrame(
+    {"step": [1, 2, 2], "anchor": [0, 1, 1], "candidate": [0, 0, 1], "alpha": [0.0, 0.0, 2.0],
+     "multiple": [0.0, 0.0, 2.0], "score": [0.1, 0.2, 0.3], "accepted": [False, False, True]}
+)  # fmt: skip
+_ERRORS = pd.DataFrame({"alpha": [0.5, 1.0], "target_step": [8, 8], "rel_error": [0.8, 0.6]})
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda m, ax: block_norms(m, ax=ax),
+        lambda m, ax: energy_by_step(m, ax=ax),
+        lambda m, ax: energy_by_rank(m, ax=ax),
+        lambda m, ax: alignment_by_step(m, ax=ax),
+        lambda m, ax: spectra({"a": [3.0, 1.0]}, ax=ax),
+        lambda m, ax: replay_scores(_HISTORY, ax=ax),
+        lambda m, ax: error_vs_alpha(_ERRORS, ax=ax),
+    ],
+    ids=["block_norms", "energy_by_step", "energy_by_rank", "alignment_by_step", "spectra",
+         "replay_scores", "error_vs_alpha"],
+)  # fmt: skip
+def test_each_plot_draws_on_the_given_axes_and_returns_it(metrics: pd.DataFrame, draw) -> None:
+    fig = new_figure()
+    left, right = fig.subplots(1, 2)
+    assert draw(metrics, right) is right
+    assert right.lines and not left.lines and not left.collections and len(fig.axes) == 2
+    alone = draw(metrics, None)  # no ax: a new Figure with one Axes
+    assert alone.figure is not fig and alone.figure.axes == [alone]
+
+
+def test_figure_helpers_draw_into_the_given_figure(metrics: pd.DataFrame) -> None:
+    heatmap, strip = new_figure(9.0, 4.0), new_figure(9.0, 4.0)
+    assert allocation_heatmap_figure(metrics, fig=heatmap) is heatmap
+    assert allocation_strip_figure(metrics, run="rl", steps=[2, 8], fig=strip) is strip
+    assert len([ax for ax in heatmap.axes if ax.images]) == 2
+    assert [ax.get_title() for ax in strip.axes if ax.images] == ["step 2", "step 8"]
+    for fig in (heatmap, strip):
+        assert tuple(fig.get_size_inches()) == (9.0, 4.0)  # the given figure keeps its size
+
+
+def test_spectra_from_the_tidy_frame() -> None:
+    tidy = pd.DataFrame({"run": "OPD", "tensor": ["a", "a", "a", "b", "b"],
+                         "step": 4, "index": [2, 1, 3, 1, 2], "sigma": [2.0, 3.0, 1.0, 5.0, 4.0]})  # fmt: skip
+    ax = spectra(tidy)
+    assert [ln.get_label() for ln in ax.lines] == ["a", "b"]
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), [3.0, 2.0, 1.0])
+    with pytest.raises(ValueError, match=r"'spectra' argument of spectra needs the columns"):
+        spectra(tidy.drop(columns="sigma"))
