@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from opdlens._version import __version__
 from opdlens.errors import CheckpointError
 from opdlens.io.paths import output_error
 from opdlens.io.weightfiles import read_weight_map
+from opdlens.io.writer import CheckpointWriter, TensorSpec
 
 DEMO_SECTION = "opdlens_demo"
 _SINGLE = "model.safetensors"
@@ -183,25 +182,22 @@ def hf_config(cfg: ModelConfig, demo: dict[str, Any], dtype: torch.dtype) -> dic
 def save_checkpoint(
     model: TinyLlama, out_dir: Path, demo: dict[str, Any], dtype: torch.dtype = torch.float32
 ) -> Path:
-    """Write model.safetensors + config.json into out_dir, atomically (temp dir, then rename)."""
+    """Write model.safetensors + config.json into out_dir, atomically (io.writer.CheckpointWriter)."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise CheckpointError(f"Refusing to overwrite {out_dir}: the directory already exists.")
-    tmp = None
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / _SINGLE), metadata={"format": "pt"})
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    specs = [TensorSpec(k, tuple(v.shape), v.dtype) for k, v in state.items()]
+    meta = {"opdlens_operation": "demo-checkpoint", "opdlens_version": __version__}
+    with CheckpointWriter(out_dir, specs, metadata=meta) as writer:
+        for name, tensor in state.items():
+            writer.write(name, tensor)
         config = hf_config(model.config, demo, dtype)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        os.replace(tmp, out_dir)
-    except BaseException as e:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise output_error(out_dir, e) from None
-        raise
+        target = writer.extra_file("config.json")
+        try:
+            target.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        except OSError as e:
+            raise output_error(target, e) from None
     return out_dir
 
 

@@ -24,6 +24,7 @@ from opdlens.demo.train import (
 from opdlens.errors import OpdlensError
 from opdlens.extrapolation.callback import EffOPD
 from opdlens.extrapolation.schedule import is_power_of_two
+from opdlens.io.paths import write_text_atomic
 from opdlens.progress import Progress
 
 MANIFEST = "demo_manifest.json"
@@ -168,7 +169,7 @@ def _generate(out_dir: Path, quick: bool, seed: int, progress: bool) -> DemoRuns
     manifest: dict[str, Any] = {"params": params, "complete": False}
     if _prepare(out_dir, manifest):
         return _layout(out_dir, _read_online(out_dir / ONLINE))
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     timings: dict[str, float] = {}
     task = settings.task
     val_prompts, val_answers = task.split("val")
@@ -269,13 +270,13 @@ def _generate(out_dir: Path, quick: bool, seed: int, progress: bool) -> DemoRuns
         "eval_every": settings.eval_every,
         "curves": {"plain": curves["opd"], "effopd": curves["effopd"]},
     }
-    (out_dir / ONLINE).write_text(json.dumps(record, indent=2) + "\n")
+    write_text_atomic(out_dir / ONLINE, json.dumps(record, indent=2) + "\n")
     manifest.update(
         complete=True,
         sft_steps=sft_steps,
         seconds={k: round(v, 2) for k, v in timings.items()},
     )
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return _layout(out_dir, online)
 
 
