@@ -10,7 +10,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OptionError, ScorerError
+from ..io.fileops import copy_file
 from ..io.layouts import NON_WEIGHT_FILES, detect, open_source, read_config
 from ..io.paths import output_error
 from ..run import Run
@@ -200,10 +200,6 @@ class HindsightScorer(Scorer):
         return -math.sqrt(total)
 
 
-_FICLONE = 0x40049409  # _IOW(0x94, 9, int) in <linux/fs.h>: share extents, copy on write
-_PIECE = 8 * 1024 * 1024
-
-
 def score_input(judge: Scorer, checkpoint: Path, label: str, copy_dir: Path) -> float:
     """Score an input checkpoint through a private copy at `copy_dir`, removed afterwards.
 
@@ -234,39 +230,11 @@ def private_copy(source: Path, dest: Path) -> Path:
     try:
         for entry in sorted(os.scandir(source), key=lambda e: e.name):
             if entry.is_file() and not NON_WEIGHT_FILES.match(entry.name):
-                _copy_file(Path(entry.path), dest / entry.name)
+                copy_file(Path(entry.path), dest / entry.name)
     except OSError as e:
         remove_copy(dest)
         raise output_error(dest, e) from None
     return dest
-
-
-def _copy_file(src: Path, dst: Path) -> None:
-    with open(src, "rb", buffering=0) as fs, open(dst, "xb", buffering=0) as fd:
-        if sys.platform.startswith("linux"):
-            import fcntl
-
-            try:
-                fcntl.ioctl(fd.fileno(), _FICLONE, fs.fileno())
-                return
-            except OSError:
-                pass  # no reflinks here (ext4, tmpfs, across file systems): copy the bytes
-        size, done = os.fstat(fs.fileno()).st_size, 0
-        try:
-            while done < size:
-                n = os.copy_file_range(fs.fileno(), fd.fileno(), size - done, done, done)
-                if n == 0:
-                    return  # the file ended early
-                done += n
-            return
-        except (AttributeError, OSError):
-            pass  # no copy_file_range between these files: copy the rest by hand
-        fs.seek(done)
-        fd.seek(done)
-        while chunk := fs.read(_PIECE):
-            view = memoryview(chunk)
-            while view:
-                view = view[fd.write(view) :]
 
 
 def remove_copy(path: Path) -> None:
