@@ -83,3 +83,16 @@ def test_summarize_matches_a_hand_computation(frame):
 def test_summarize_rejects_other_frames():
     with pytest.raises(ValueError, match="needs the columns"):
         opdlens.summarize(pd.DataFrame({"step": [1]}))
+
+
+def test_weighted_mean_counts_finite_values_with_positive_weights() -> None:
+    from opdlens.analysis.frame import weighted_mean
+
+    values = pd.Series([0.5, 1.0, np.nan, 2.0, np.inf, 3.0])
+    weights = pd.Series([1.0, 4.0, 3.0, 0.0, 1.0, np.nan])
+    assert weighted_mean(values, weights) == pytest.approx((0.5 * 1 + 1.0 * 4) / 5)
+    assert np.isnan(weighted_mean(values[2:], weights[2:]))  # no row counts
+    groups = pd.Series(["a", "a", "b", "b", "c", "c"], name="g")
+    per_group = weighted_mean(values, weights, [groups])
+    assert per_group.to_dict() == {"a": pytest.approx(0.9)}  # b and c have no row that counts
+    assert per_group.index.name == "g"
