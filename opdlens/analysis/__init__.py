@@ -23,6 +23,10 @@ __getattr__ = lazy_getattr(
         "compute_analysis": "opdlens.analysis.analyze:compute_analysis",
         "summarize": "opdlens.analysis.frame:summarize",
         "write_analysis": "opdlens.analysis.export:write_analysis",
+        "load_metrics": "opdlens.analysis.results:load_metrics",
+        "load_sources": "opdlens.analysis.results:load_sources",
+        "run_spectra": "opdlens.analysis.spectra:run_spectra",
+        "cached_spectra": "opdlens.analysis.spectra:cached_spectra",
     },
 )
 
@@ -34,8 +38,12 @@ __all__ = [
     "FactorCache",
     "TopK",
     "analyze",
+    "cached_spectra",
     "compute_analysis",
     "factored_top_k_svd",
+    "load_metrics",
+    "load_sources",
+    "run_spectra",
     "singular_values",
     "summarize",
     "top_k_svd",
