@@ -35,12 +35,9 @@ from .paths import (
 )
 from .plan import (
     INDEX_FILE,
-    SINGLE_FILE,
     Slot,
     TensorSpec,
     lay_out,
-    plan_like,
-    safetensors_dtype,
     split_by_size,
 )
 
@@ -53,13 +50,10 @@ __all__ = [
     "INDEX_FILE",
     "MARKER",
     "PROVENANCE_FILE",
-    "SINGLE_FILE",
     "TEMP_MARKER",
     "CheckpointWriter",
     "TensorSpec",
     "is_temp_dir",
-    "plan_like",
-    "safetensors_dtype",
 ]
 
 PROVENANCE_FILE = "opdlens_provenance.json"

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from opdlens.errors import CheckpointError, OpdlensError
 from opdlens.io import dtypes
+from opdlens.io.plan import plan_like, safetensors_dtype
 from opdlens.io.writer import (
     INDEX_FILE,
     MARKER,
@@ -26,8 +27,6 @@ from opdlens.io.writer import (
     CheckpointWriter,
     TensorSpec,
     is_temp_dir,
-    plan_like,
-    safetensors_dtype,
 )
 
 ALL_DTYPES = [
