@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def final_summary(df: pd.DataFrame, final: int) -> pd.DataFrame:
     """Update share and energy_k by block at the final step (cumulative update)."""
-    sub = df[(df["step"] == final) & (df["update"] == "cumulative")]
+    sub = df[(df["step"] == final) & (df["span"] == "cumulative")]
     s = summarize(sub, by=("block",))
     cols = ["block", "tensors", "update_share", "rel_update_norm"] + [
         c for c in s.columns if c.startswith("energy_k")

@@ -12,7 +12,7 @@ from ..errors import OptionError
 
 ID_COLUMNS = [
     "step",
-    "update",
+    "span",
     "tensor",
     "layer",
     "block",
@@ -45,18 +45,18 @@ def build_frame(
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in cols})
     df = pd.DataFrame(rows)
     sq = df["update_sq"].astype("float64")
-    total = sq.groupby([df["update"], df["step"]]).transform(lambda s: s.sum(min_count=1))
+    total = sq.groupby([df["span"], df["step"]]).transform(lambda s: s.sum(min_count=1))
     df["update_share"] = np.where(total > 0, sq / total, np.nan)
     rank = {name: i for i, name in enumerate(order)}
     df["_order"] = df["tensor"].map(rank)
     df = df.sort_values(
-        ["update", "step", "_order", "expert", "part"], na_position="first", kind="stable"
+        ["span", "step", "_order", "expert", "part"], na_position="first", kind="stable"
     )
     df = df[cols].reset_index(drop=True)
     return df.astype(
         {
             "step": "int64",
-            "update": "string",
+            "span": "string",
             "tensor": "string",
             "layer": "Int64",
             "block": "string",
@@ -101,7 +101,7 @@ def summarize(df: pd.DataFrame, by: Sequence[str] = ("layer", "block")) -> pd.Da
             f"The 'df' argument of summarize needs the columns {missing}; got {list(df.columns)}. "
             "Pass the DataFrame returned by Run.analyze."
         )
-    keys = [c for c in ("run", "update") if c in df.columns and c not in by] + ["step", *by]
+    keys = [c for c in ("run", "span") if c in df.columns and c not in by] + ["step", *by]
     ratio_cols = [
         c for c in df.columns
         if c.startswith(("energy_k", "align_left_k", "align_right_k", "gap_k")) or c in ("cos_to_final", "stable_rank", "effective_rank")

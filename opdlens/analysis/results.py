@@ -132,8 +132,10 @@ def load_metrics(metrics_dir: str | Path, label: str | None = None) -> pd.DataFr
             "DIR` (it holds metrics.parquet). Run that first, or pass the run directory itself."
         )
     df = _read_table(path, "metrics.parquet of `opdlens analyze`")
-    if "update" in df.columns:
-        df = df[df["update"] == "cumulative"].reset_index(drop=True)
+    if "update" in df.columns and "span" not in df.columns:
+        df = df.rename(columns={"update": "span"})  # written before the column was renamed
+    if "span" in df.columns:
+        df = df[df["span"] == "cumulative"].reset_index(drop=True)
     df = df.drop(columns=["run"], errors="ignore")
     df.insert(0, "run", label or _default_label(Path(metrics_dir)))
     return df
@@ -282,8 +284,8 @@ def checkpoint_table(rm: RunMetrics) -> tuple[pd.DataFrame, list[str]]:
 def _summary(rm: RunMetrics) -> pd.DataFrame:
     """Update share and low-rank energy by block at the run's last analysed step."""
     df = rm.frame
-    if "update" not in df.columns:
-        df = df.assign(update="cumulative")
+    if "span" not in df.columns:
+        df = df.assign(span="cumulative")
     final = int(df["step"].max())
     return final_summary(df.drop(columns=["run"]), final).reset_index(drop=True)
 

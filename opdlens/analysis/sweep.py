@@ -290,7 +290,7 @@ class TensorSweep:
             )
         update_norm = math.sqrt(total_sq) if finite else math.nan
         row: dict[str, object] = {
-            "step": step, "update": kind, "tensor": self.name, "layer": self.info.layer,
+            "step": step, "span": kind, "tensor": self.name, "layer": self.info.layer,
             "block": self.info.block, "kind": sl.kind, "expert": sl.expert, "part": sl.part,
             "rows": rows, "cols": cols, "numel": rows * cols,
             "update_norm": update_norm, "base_norm": math.sqrt(base_sq),

@@ -42,7 +42,7 @@ class DemoResult:
 
 
 def _final(df: pd.DataFrame) -> pd.DataFrame:
-    cum = df[df["update"] == "cumulative"]
+    cum = df[df["span"] == "cumulative"]
     return cum[cum["step"] == cum["step"].max()]
 
 
@@ -58,7 +58,7 @@ def first_power_of_two(df: pd.DataFrame) -> int:
 
 def alignment_at(df: pd.DataFrame, step: int, k: int = 1) -> float:
     """Energy-weighted mean of left and right top-k alignment with the final update."""
-    cum = df[(df["update"] == "cumulative") & (df["step"] == step)]
+    cum = df[(df["span"] == "cumulative") & (df["step"] == step)]
     return 0.5 * (
         energy_weighted(cum, f"align_left_k{k}") + energy_weighted(cum, f"align_right_k{k}")
     )

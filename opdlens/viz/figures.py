@@ -194,8 +194,8 @@ def draw_figures(
             "The 'df' argument of draw_figures must be a metrics DataFrame with a 'run' column; "
             "add one with df.assign(run='OPD') (opdlens.analysis.results.load_metrics does this)."
         )
-    if "update" in df.columns:
-        df = df[df["update"] == "cumulative"]
+    if "span" in df.columns:
+        df = df[df["span"] == "cumulative"]
     runs = [str(r) for r in pd.unique(df["run"])]
     several = len(runs) > 1
     specs: list[tuple[str, str, str, Callable[[], Figure]]] = [

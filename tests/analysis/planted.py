@@ -181,7 +181,7 @@ def reference(
                     rows.append(_ref_row(update, step, name, e, p, d, b, dT[(e, p)], ranks))
     df = pd.DataFrame(rows)
     sq = df["update_norm"] ** 2
-    df["update_share"] = sq / sq.groupby([df["update"], df["step"]]).transform("sum")
+    df["update_share"] = sq / sq.groupby([df["span"], df["step"]]).transform("sum")
     return df
 
 
@@ -192,7 +192,7 @@ def _next(s: torch.Tensor, k: int) -> float:
 def _ref_row(update, step, name, expert, part, d, base, final, ranks) -> dict[str, object]:
     d_final, svd_final = final
     norm, bnorm = float(d.norm()), float(base.norm())
-    row = {"update": update, "step": step, "tensor": name, "expert": expert, "part": part,
+    row = {"span": update, "step": step, "tensor": name, "expert": expert, "part": part,
            "update_norm": norm, "base_norm": bnorm,
            "rel_update_norm": norm / bnorm if bnorm else math.inf}  # fmt: skip
     fn = float(d_final.norm())
@@ -224,7 +224,7 @@ def compare(
     df: pd.DataFrame, ref: pd.DataFrame, ranks: Sequence[int] = RANKS, final: int | None = None
 ) -> dict[str, int]:
     """Check every metric column of ``df`` against ``ref``; returns how many checks each ran."""
-    keys = ["update", "step", "tensor", "expert", "part"]
+    keys = ["span", "step", "tensor", "expert", "part"]
     got = df.copy()
     got["expert"] = got["expert"].astype("float64")
     got["part"] = got["part"].astype(object).where(got["part"].notna(), None)
@@ -233,9 +233,9 @@ def compare(
     m = got.merge(r, on=keys, how="outer", suffixes=("", "_ref"), indicator=True)
     assert (m["_merge"] == "both").all(), m.loc[m["_merge"] != "both", keys + ["_merge"]]
     counts = {"rows": len(m), "aligned": 0, "flagged": 0}
-    final = m.loc[m["update"] == "cumulative", "step"].max() if final is None else final
+    final = m.loc[m["span"] == "cumulative", "step"].max() if final is None else final
     slice_keys = ["tensor", "expert", "part"]
-    at_final = m.loc[(m["update"] == "cumulative") & (m["step"] == final)]
+    at_final = m.loc[(m["span"] == "cumulative") & (m["step"] == final)]
     for k in ranks:
         gaps = at_final.set_index(slice_keys)[f"gap_k{k}"].rename(f"final_gap_k{k}")
         m = m.merge(gaps, left_on=slice_keys, right_index=True, how="left")

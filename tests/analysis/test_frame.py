@@ -20,7 +20,7 @@ def frame(tmp_path_factory) -> pd.DataFrame:
 def test_columns_and_dtypes(frame):
     ids = [
         "step",
-        "update",
+        "span",
         "tensor",
         "layer",
         "block",
@@ -51,14 +51,14 @@ def test_columns_and_dtypes(frame):
 
 
 def test_one_row_per_step_and_tensor(frame):
-    assert not frame.duplicated(["update", "step", "tensor", "expert", "part"]).any()
+    assert not frame.duplicated(["span", "step", "tensor", "expert", "part"]).any()
     assert len(frame) == 3 * 11  # 3 steps × 11 tensors
     assert list(frame["step"].unique()) == [1, 2, 4]
 
 
 def test_summarize_matches_a_hand_computation(frame):
     s = opdlens.summarize(frame, by=("layer", "block"))
-    assert not s.duplicated(["update", "step", "layer", "block"]).any()
+    assert not s.duplicated(["span", "step", "layer", "block"]).any()
     for step in (1, 4):
         g = frame[(frame["step"] == step) & (frame["layer"] == 1) & (frame["block"] == "attn")]
         got = s[(s["step"] == step) & (s["layer"] == 1) & (s["block"] == "attn")].iloc[0]

@@ -58,10 +58,10 @@ def test_analyze_takes_options_and_keyword_overrides(run_root: Path) -> None:
     pd.testing.assert_frame_equal(df, run.analyze(opts))
     pd.testing.assert_frame_equal(df, run.analyze(ranks=(1, 4), workers=1))
     # A keyword replaces that field of the options given, the others stay.
-    assert set(opdlens.analyze(run, opts, ranks=(2,))["update"]) == {"cumulative"}
+    assert set(opdlens.analyze(run, opts, ranks=(2,))["span"]) == {"cumulative"}
     assert "energy_k2" in opdlens.analyze(run, opts, ranks=(2,)).columns
     with_consecutive = opdlens.analyze(run, opts, consecutive=True)
-    assert set(with_consecutive["update"]) == {"cumulative", "consecutive"}
+    assert set(with_consecutive["span"]) == {"cumulative", "consecutive"}
     assert isinstance(df.attrs["warnings"], list)
 
 

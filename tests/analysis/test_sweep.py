@@ -34,10 +34,10 @@ def test_every_metric_matches_float64_svd(planted_runs, kind):
     ref = reference(load_states(root), _config(root), consecutive=True)
     counts = compare(df, ref)
     assert counts["aligned"] > counts["rows"]  # most alignments are sharp and checked exactly
-    shares = df.groupby(["update", "step"])["update_share"].sum()
+    shares = df.groupby(["span", "step"])["update_share"].sum()
     np.testing.assert_allclose(shares.to_numpy(), 1.0, atol=1e-9)
-    first = df[(df["update"] == "consecutive") & (df["step"] == 1)].reset_index(drop=True)
-    cum = df[(df["update"] == "cumulative") & (df["step"] == 1)].reset_index(drop=True)
+    first = df[(df["span"] == "consecutive") & (df["step"] == 1)].reset_index(drop=True)
+    cum = df[(df["span"] == "cumulative") & (df["step"] == 1)].reset_index(drop=True)
     np.testing.assert_allclose(first["update_norm"], cum["update_norm"])  # W_1 − W_0 both ways
 
 
@@ -53,7 +53,7 @@ def test_slices_of_fused_and_stacked_tensors(planted_runs):
     assert list(zip(qkv["part"], qkv["kind"], qkv["rows"], strict=True)) == [
         ("k", "k_proj", 16), ("q", "q_proj", 32), ("v", "v_proj", 16)
     ]  # fmt: skip
-    keys = ["update", "step", "tensor", "expert", "part"]
+    keys = ["span", "step", "tensor", "expert", "part"]
     assert not phi.duplicated(keys).any() and not moe.duplicated(keys).any()
 
 
@@ -113,7 +113,7 @@ def test_nonfinite_weight_marks_one_row_and_keeps_the_rest(tmp_path):
         ("model.layers.0.input_layernorm.weight", 3),
     }  # fmt: skip
     # Cumulative rows at step 3 are finite again; only W_3 − W_2 touches the NaN.
-    assert set(marked.loc[marked["step"] == 3, "update"]) == {"consecutive"}
+    assert set(marked.loc[marked["step"] == 3, "span"]) == {"consecutive"}
     assert marked[["update_norm", "energy_k1", "align_left_k1"]].isna().all().all()
     assert any(bad in w and "step 2" in w for w in res.warnings)
     assert any("input_layernorm" in w and "step 2" in w for w in res.warnings)
@@ -123,13 +123,13 @@ def test_nonfinite_weight_marks_one_row_and_keeps_the_rest(tmp_path):
         {s: {n: t.double() for n, t in st.items()} for s, st in states.items()}, SMALL_CONFIG,
         names=clean,
     )  # fmt: skip
-    cum = good[(good["update"] == "cumulative") & good["tensor"].isin(clean)]
+    cum = good[(good["span"] == "cumulative") & good["tensor"].isin(clean)]
     compare(cum, ref.drop(columns="update_share"), final=3)
     for step in (1, 3):  # the marked tensor's other steps are intact
-        row = df[(df["tensor"] == bad) & (df["step"] == step) & (df["update"] == "cumulative")]
+        row = df[(df["tensor"] == bad) & (df["step"] == step) & (df["span"] == "cumulative")]
         want = float((states[step][bad].double() - states[0][bad].double()).norm())
         assert row["update_norm"].item() == pytest.approx(want, rel=1e-5)
-    shares = good[good["update"] == "cumulative"].groupby("step")["update_share"].sum()
+    shares = good[good["span"] == "cumulative"].groupby("step")["update_share"].sum()
     np.testing.assert_allclose(shares.to_numpy(), 1.0, atol=1e-9)
     assert math.isnan(df.loc[df["nonfinite"], "update_share"].iloc[0])
 

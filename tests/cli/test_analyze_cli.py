@@ -34,8 +34,8 @@ def test_writes_outputs_and_prints_the_summary(run_root, tmp_path):
     pq, csv = pd.read_parquet(out / "metrics.parquet"), pd.read_csv(out / "metrics.csv")
     assert len(pq) == len(csv) == 33
     pd.testing.assert_frame_equal(
-        pq.astype({c: "object" for c in ("update", "tensor", "block", "kind", "part")}).drop(columns=["layer", "expert", "part"]),
-        csv.astype({c: "object" for c in ("update", "tensor", "block", "kind")}).drop(columns=["layer", "expert", "part"]),
+        pq.astype({c: "object" for c in ("span", "tensor", "block", "kind", "part")}).drop(columns=["layer", "expert", "part"]),
+        csv.astype({c: "object" for c in ("span", "tensor", "block", "kind")}).drop(columns=["layer", "expert", "part"]),
         check_dtype=False, rtol=1e-12,
     )  # fmt: skip
     assert pq["layer"].astype("float64").equals(csv["layer"].astype("float64"))

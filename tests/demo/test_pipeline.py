@@ -30,7 +30,7 @@ def test_energy_weighted_uses_squared_update_norm() -> None:
 
 
 def test_verdict_says_when_opd_does_not_show_the_finding() -> None:
-    df = pd.DataFrame({"update": ["cumulative"] * 2, "step": [5, 5], "block": ["mlp", "attn"],
+    df = pd.DataFrame({"span": ["cumulative"] * 2, "step": [5, 5], "block": ["mlp", "attn"],
                        "update_share": [0.4, 0.6]})  # fmt: skip
     rl = df.assign(update_share=[0.7, 0.3])
     lines = _verdict(
@@ -62,7 +62,7 @@ def test_demo_quick_end_to_end(tmp_path) -> None:
     # The printed shares are the metrics files' own numbers.
     for label in ("OPD", "RL"):
         df = pd.read_parquet(out / "analysis" / f"metrics-{label}" / "metrics.parquet")
-        final = df[(df["update"] == "cumulative") & (df["step"] == df["step"].max())]
+        final = df[(df["span"] == "cumulative") & (df["step"] == df["step"].max())]
         mlp = final.loc[final["block"] == "mlp", "update_share"].sum()
         assert f"{mlp:.3f}" in text
     # A second run reuses the trained runs and the analysis cache.

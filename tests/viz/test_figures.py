@@ -36,12 +36,23 @@ def _delta(run: Path, name: str, step: int) -> np.ndarray:
 def test_load_metrics_adds_run_and_keeps_cumulative(viz_metrics: dict[str, Path]) -> None:
     df = load_metrics(viz_metrics["opd"], "OPD")
     assert is_metrics_dir(viz_metrics["opd"]) and not is_metrics_dir(viz_metrics["opd"].parent)
-    assert (df["run"] == "OPD").all() and (df["update"] == "cumulative").all()
+    assert (df["run"] == "OPD").all() and (df["span"] == "cumulative").all()
     assert sorted(df["step"].unique()) == [1, 2, 4]
     assert str(df["layer"].dtype) == "Int64"
     assert (load_metrics(viz_metrics["rl"])["run"] == "rl").all()  # label from "metrics-rl"
     with pytest.raises(FileNotFoundError, match=r"metrics.parquet.*opdlens analyze"):
         load_metrics(viz_metrics["opd"].parent / "nowhere")
+
+
+def test_span_column_does_not_shadow_dataframe_methods(viz_metrics, tmp_path) -> None:
+    df = load_metrics(viz_metrics["opd"], "OPD")
+    assert "update" not in df.columns
+    assert df.span.value_counts().to_dict() == {"cumulative": len(df)}
+    old = tmp_path / "old-metrics"
+    old.mkdir()
+    raw = pd.read_parquet(viz_metrics["opd"] / "metrics.parquet")
+    raw.rename(columns={"span": "update"}).to_parquet(old / "metrics.parquet")
+    assert (load_metrics(old, "old")["span"] == "cumulative").all()
 
 
 def test_top_tensors_sorted_by_share(viz_metrics: dict[str, Path]) -> None:
