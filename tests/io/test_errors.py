@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from checkpoints import save_model, tiny_model, write_bin, write_state_dir
+from cli_errors import scan_fails
 from typer.testing import CliRunner
 
 import opdlens
@@ -31,17 +32,6 @@ def good(tmp_path_factory):
 
 def _copy(good: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(good, tmp_path / "run"))
-
-
-def _cli_fails(args: list[str], *needles: str) -> str:
-    result = CliRunner().invoke(app, ["scan", *map(str, args)])
-    assert result.exit_code not in (0, None), result.output
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def _truncate(run: Path) -> Path:
@@ -104,31 +94,31 @@ def test_bad_checkpoint(good, tmp_path, case):
         opdlens.open_run(run)
     for w in [filename, *words]:
         assert w in str(e.value)
-    _cli_fails([run], filename, *words)
+    scan_fails([run], filename, *words)
 
 
 def test_empty_directory(tmp_path):
     with pytest.raises(opdlens.CheckpointError, match=r"no checkpoints found \(it is empty\)"):
         opdlens.open_run(tmp_path)
-    _cli_fails([tmp_path], str(tmp_path), "it is empty")
+    scan_fails([tmp_path], str(tmp_path), "it is empty")
 
 
 def test_directory_with_no_checkpoints(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(opdlens.CheckpointError, match=r"no checkpoints found.*notes\.txt"):
         opdlens.open_run(tmp_path)
-    _cli_fails([tmp_path], "notes.txt", "--checkpoint STEP=PATH")
+    scan_fails([tmp_path], "notes.txt", "--checkpoint STEP=PATH")
 
 
 def test_path_does_not_exist(good, tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(opdlens.CheckpointError, match=r"nope: no such directory"):
         opdlens.open_run(missing)
-    _cli_fails([missing], "nope", "no such directory")
+    scan_fails([missing], "nope", "no such directory")
     with pytest.raises(opdlens.CheckpointError, match=r"nope: no such file or directory"):
         opdlens.open_run(good, base=missing)
-    _cli_fails([good, "--base", missing], "nope", "no such file or directory")
-    _cli_fails([good, "--checkpoint", f"30={missing}"], "nope", "no such file or directory")
+    scan_fails([good, "--base", missing], "nope", "no such file or directory")
+    scan_fails([good, "--checkpoint", f"30={missing}"], "nope", "no such file or directory")
 
 
 def test_no_base_says_how_to_give_one(good, tmp_path):
@@ -136,7 +126,7 @@ def test_no_base_says_how_to_give_one(good, tmp_path):
     shutil.rmtree(run / "checkpoint-0")
     with pytest.raises(opdlens.CheckpointError, match=r"no base.*Pass --base PATH"):
         opdlens.open_run(run)
-    _cli_fails([run], "missing: base (step 0)", "--base PATH")
+    scan_fails([run], "missing: base (step 0)", "--base PATH")
     assert opdlens.open_run(run, base=good / "checkpoint-0").steps == [10, 20]
 
 
@@ -169,7 +159,7 @@ def test_pickle_needs_trust(tmp_path):
     f = tmp_path / "checkpoint-1" / "pytorch_model.bin"
     with pytest.raises(opdlens.UnsafePickleError, match=r"pytorch_model\.bin.*--trust-pickle"):
         opdlens.open_run(tmp_path)
-    _cli_fails([tmp_path], str(f), "--trust-pickle")
+    scan_fails([tmp_path], str(f), "--trust-pickle")
     run = opdlens.open_run(tmp_path, trust_pickle=True)
     assert torch.equal(run.checkpoint(1).tensor(name), state[name])
     result = CliRunner().invoke(app, ["scan", str(tmp_path), "--trust-pickle"])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_errors import scan_fails
 from safetensors import safe_open
 from safetensors.numpy import save_file
 from typer.testing import CliRunner
@@ -96,18 +97,6 @@ def library_refuses(path: Path) -> bool:
             return False
     except Exception:
         return True
-
-
-def scan_fails(run: Path, *needles: str) -> str:
-    """`opdlens scan RUN` exits 2 with one line on stderr holding every needle, no traceback."""
-    result = CliRunner().invoke(app, ["scan", str(run)])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -15,23 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 from checkpoints import save_model, tiny_model, write_verl_run
-from typer.testing import CliRunner
+from cli_errors import scan_fails
 
 import opdlens
-from opdlens.cli import app
 
 INDEX = "model.safetensors.index.json"
-
-
-def _cli_fails(args: list[str], *needles: str) -> str:
-    result = CliRunner().invoke(app, ["scan", *map(str, args)])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def _scan_subprocess(run: Path) -> str:
@@ -111,7 +99,7 @@ def test_bad_index(sharded, tmp_path, case):
     with pytest.raises(opdlens.CheckpointError) as e:
         opdlens.open_run(run)
     assert str(index) in str(e.value) and needle in str(e.value), str(e.value)
-    _cli_fails([run], str(index), needle)
+    scan_fails([run], str(index), needle)
 
 
 def _shard_is(kind: str) -> Callable[[Path, Path], None]:
@@ -143,7 +131,7 @@ def test_index_shard_not_a_file_inside(sharded, tmp_path, kind, needle):
     with pytest.raises(opdlens.CheckpointError) as e:
         opdlens.open_run(run)
     assert str(e.value).startswith(f"{shard}: ") and needle in str(e.value), str(e.value)
-    _cli_fails([run], str(shard), needle)
+    scan_fails([run], str(shard), needle)
 
 
 def _hub_snapshot(hub: Path, rev: str, src: Path) -> Path:
@@ -252,7 +240,7 @@ def test_hostile_pickle(bins, tmp_path, case):
         opdlens.open_run(run)
     assert time.perf_counter() - start < 5
     assert str(_bin(run)) in str(e.value) and needle in str(e.value), str(e.value)
-    _cli_fails([run], str(_bin(run)), needle)
+    scan_fails([run], str(_bin(run)), needle)
 
 
 def test_random_bytes_are_not_a_pytorch_file(bins, tmp_path):
@@ -262,7 +250,7 @@ def test_random_bytes_are_not_a_pytorch_file(bins, tmp_path):
         with pytest.raises(opdlens.CheckpointError, match=r"not a PyTorch file: .* this file "
                            r"starts 00 01 02 03 04 05 06 07"):  # fmt: skip
             opdlens.open_run(run, trust_pickle=trust)
-    _cli_fails([run], str(_bin(run)), "not a PyTorch file")
+    scan_fails([run], str(_bin(run)), "not a PyTorch file")
     # torch.save's legacy (pre-zip) format is still a PyTorch file.
     state = tiny_model("llama").state_dict()
     torch.save(state, _bin(run), _use_new_zipfile_serialization=False)
@@ -279,4 +267,4 @@ def test_state_dict_entries_must_be_tensors(bins, tmp_path):
         with pytest.raises(opdlens.CheckpointError, match=r"entry 'provenance' is not a tensor "
                            r"\(found dict\)"):  # fmt: skip
             opdlens.open_run(run, trust_pickle=trust)
-    _cli_fails([run], str(_bin(run)), "entry 'provenance' is not a tensor")
+    scan_fails([run], str(_bin(run)), "entry 'provenance' is not a tensor")
