@@ -5,9 +5,9 @@ Figure-level helpers (`*_figure`, `single_figure`) compose them and return a mat
 """
 
 from .viz import plots as _plots
-from .viz.export import save_figure
 from .viz.figures import alignment_figure, single_figure, training_figure
 from .viz.plots import *  # noqa: F403  (the public plot functions, listed in their __all__)
+from .viz.save import save_figure
 
 __all__ = [
     *_plots.__all__,

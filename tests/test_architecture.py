@@ -130,8 +130,8 @@ def test_viz_only_draws() -> None:
     graph = import_graph()
     forbidden = {
         "opdlens.analysis.linalg", "opdlens.analysis.cache", "opdlens.analysis.sweep",
-        "opdlens.analysis.results", "opdlens.analysis.spectra", "opdlens.analysis.export",
-        "opdlens.run", "opdlens.inspect_run", "opdlens.io.layouts", "opdlens.io.sources",
+        "opdlens.analysis.results", "opdlens.analysis.spectra", "opdlens.analysis.write",
+        "opdlens.run", "opdlens.survey", "opdlens.io.layouts", "opdlens.io.sources",
     }  # fmt: skip
     viz = [m for m in graph if m == "opdlens.viz" or m.startswith("opdlens.viz.")]
     assert "opdlens.viz.figures" in viz and "opdlens.viz.report" in viz

@@ -22,7 +22,7 @@ __getattr__ = lazy_getattr(
         "analyze": "opdlens.analysis.analyze:analyze",
         "compute_analysis": "opdlens.analysis.analyze:compute_analysis",
         "summarize": "opdlens.analysis.frame:summarize",
-        "write_analysis": "opdlens.analysis.export:write_analysis",
+        "write_analysis": "opdlens.analysis.write:write_analysis",
         "load_metrics": "opdlens.analysis.results:load_metrics",
         "load_sources": "opdlens.analysis.results:load_sources",
         "run_spectra": "opdlens.analysis.spectra:run_spectra",

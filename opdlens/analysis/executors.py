@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .._memory import release_freed_buffers
+from .._malloc import release_freed_buffers
 from .._workers import PoolContext
 from ..errors import OpdlensError
 from .cache import FactorCache

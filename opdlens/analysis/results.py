@@ -14,13 +14,13 @@ from typing import Any
 import pandas as pd
 
 from ..errors import InputFileError, InputNotFoundError, OpdlensError, OptionError
-from ..inspect_run import describe
 from ..io.paths import ensure_outside
 from ..io.training_log import TrainingLogError, read_training_log, run_training_log
 from ..run import Run, open_run
-from .export import final_summary, write_analysis
+from ..survey import describe
 from .options import AnalyzeOptions
 from .spectra import SPECTRA_COLUMNS, cached_spectra, run_spectra
+from .write import final_summary, write_analysis
 
 logger = logging.getLogger(__name__)
 

@@ -80,9 +80,9 @@ def analyze(
     quiet: QuietOpt = False,
 ) -> None:
     """Compute update norms, module allocation, low-rank concentration and alignment for a run."""
-    from .._memory import release_freed_buffers
-    from ..analysis.export import write_analysis  # pandas loads only for this command
+    from .._malloc import release_freed_buffers
     from ..analysis.options import AnalyzeOptions
+    from ..analysis.write import write_analysis  # pandas loads only for this command
     from ..run import open_run
 
     # Each step's update is freed before the next is read; give that memory back at once.

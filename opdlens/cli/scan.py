@@ -36,7 +36,7 @@ def scan(
     A run without a base or without any checkpoint after it is listed too, then refused
     (exit 2) with a line saying what is missing.
     """
-    from ..inspect_run import describe_frame, survey  # pandas loads only for this command
+    from ..survey import describe_frame, survey  # pandas loads only for this command
 
     d = survey(run, base, checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle)
     if as_json:

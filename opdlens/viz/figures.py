@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from ..errors import NothingToDrawError, OptionError
 from ..io.paths import writable_dir
 from . import plots
-from .export import save_figure
+from .save import save_figure
 from .style import new_figure, paper_style
 from .training import metric_label, training_curve
 

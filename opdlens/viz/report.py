@@ -19,9 +19,9 @@ from ..errors import OptionError
 from ..io.paths import writable_dir, write_text_atomic
 from ..io.training_log import choose_metric, log_at_steps
 from ..provenance import versions
-from .export import PNG_DPI
 from .figures import FigureSet, write_figures
 from .plots import GAP_THRESHOLD
+from .save import PNG_DPI
 
 if TYPE_CHECKING:
     from ..analysis.results import RunMetrics, Sources

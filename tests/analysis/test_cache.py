@@ -23,8 +23,8 @@ from safetensors.torch import save_file
 from opdlens import OpdlensError, open_run
 from opdlens.analysis.analyze import compute_analysis
 from opdlens.analysis.cache import FactorCache, slice_key
-from opdlens.analysis.export import write_analysis
 from opdlens.analysis.options import AnalyzeOptions
+from opdlens.analysis.write import write_analysis
 
 N_MATRICES = 8  # 2-D tensors of small_states: embed, head, 2 × (q, o, down)
 

@@ -12,7 +12,6 @@ from planted import planted_spectrum, write_state_run
 
 from opdlens import open_run
 from opdlens.analysis import metrics as M
-from opdlens.analysis.export import write_analysis
 from opdlens.analysis.linalg import (
     TopK,
     factored_top_k_svd,
@@ -20,6 +19,7 @@ from opdlens.analysis.linalg import (
     svd_label,
     top_k_svd,
 )
+from opdlens.analysis.write import write_analysis
 
 ENERGY_TOL, ALIGN_TOL = 1e-3, 1e-2  # design.md's contract
 

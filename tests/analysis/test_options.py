@@ -13,7 +13,7 @@ from planted import SMALL_CONFIG, small_states, write_state_run
 
 import opdlens
 from opdlens import AnalyzeOptions, OpdlensError, OptionError, open_run
-from opdlens.analysis.export import write_analysis
+from opdlens.analysis.write import write_analysis
 
 
 @pytest.fixture(scope="module")

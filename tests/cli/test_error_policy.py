@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import opdlens.inspect_run
+import opdlens.survey
 from opdlens.cli import app
 
 runner = CliRunner()
@@ -25,7 +25,7 @@ def _bug(exc: type[Exception]):
 
 @pytest.mark.parametrize("exc", [ValueError, FileNotFoundError, KeyError])
 def test_a_plain_exception_inside_a_command_keeps_its_traceback(monkeypatch, tmp_path, exc):
-    monkeypatch.setattr(opdlens.inspect_run, "survey", _bug(exc))
+    monkeypatch.setattr(opdlens.survey, "survey", _bug(exc))
     result = runner.invoke(app, ["scan", str(tmp_path)])
     assert result.exit_code == 1
     assert type(result.exception) is exc  # not turned into "opdlens: error: …" and exit 2
@@ -34,7 +34,7 @@ def test_a_plain_exception_inside_a_command_keeps_its_traceback(monkeypatch, tmp
 
 def test_a_bug_prints_a_traceback_from_the_console_script(tmp_path: Path) -> None:
     code = (
-        "import sys, opdlens.inspect_run as m\n"
+        "import sys, opdlens.survey as m\n"
         "def survey(*a, **k): raise ValueError('a bug deep inside numpy')\n"
         "m.survey = survey\n"
         "from opdlens.cli import main\n"

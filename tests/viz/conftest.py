@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from opdlens import open_run
-from opdlens.analysis.export import write_analysis
+from opdlens.analysis.write import write_analysis
 from viz.runs import write_run
 
 

@@ -11,7 +11,6 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from opdlens.viz.export import save_figure
 from opdlens.viz.plots import (
     GAP_THRESHOLD,
     alignment_by_step,
@@ -24,6 +23,7 @@ from opdlens.viz.plots import (
     replay_scores,
     spectra,
 )
+from opdlens.viz.save import save_figure
 from opdlens.viz.style import new_figure
 
 RUNS = ("opd", "rl")

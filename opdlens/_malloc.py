@@ -1,4 +1,4 @@
-"""Process-level memory tuning for streaming work: give freed tensor buffers back to the OS."""
+"""glibc malloc tuning for streaming work: give freed tensor buffers back to the OS."""
 
 from __future__ import annotations
 
