@@ -102,7 +102,7 @@ def main() -> None:
     for key, v in naive["rows"].items():
         name, step = key.rsplit("@", 1)
         row = df[
-            (df["tensor"] == name) & (df["step"] == int(step)) & (df["update"] == "cumulative")
+            (df["tensor"] == name) & (df["step"] == int(step)) & (df["span"] == "cumulative")
         ]
         for k in (1, 4, 16):
             err_e = max(err_e, abs(row[f"energy_k{k}"].item() - v[f"energy_k{k}"]))

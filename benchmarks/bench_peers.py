@@ -93,7 +93,7 @@ def opdlens_rows(out: Path) -> dict[str, dict[str, float]]:
     import pandas as pd
 
     df = pd.read_parquet(out / "metrics.parquet")
-    df = df[(df["step"] == 1) & (df["update"] == "cumulative") & (df["cols"] > 1)]
+    df = df[(df["step"] == 1) & (df["span"] == "cumulative") & (df["cols"] > 1)]
     return {
         r.tensor: {"stable_rank": r.stable_rank, "energy_k16": r.energy_k16}
         for r in df.itertuples()

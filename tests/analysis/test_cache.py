@@ -151,12 +151,12 @@ def test_in_place_edit_keeping_size_and_mtime_is_recomputed(tmp_path):
     again, _ = write_analysis(open_run(root), out, ranks=(1, 4), workers=1)
     assert again.svd_calls == 1  # only BIG at step 1 changed
     assert again.cache_hits == first.svd_calls - 1
-    row = again.frame.query("tensor == @BIG and step == 1 and update == 'cumulative'")
+    row = again.frame.query("tensor == @BIG and step == 1 and span == 'cumulative'")
     norm, e1, sr = _float64_row(root, 1)
     assert row["update_norm"].item() == pytest.approx(norm, rel=1e-6)
     assert row["energy_k1"].item() == pytest.approx(e1, abs=1e-3)
     assert row["stable_rank"].item() == pytest.approx(sr, rel=1e-3)
-    before = first.frame.query("tensor == @BIG and step == 1 and update == 'cumulative'")
+    before = first.frame.query("tensor == @BIG and step == 1 and span == 'cumulative'")
     assert abs(before["energy_k1"].item() - e1) > 0.1  # the edit did move the spectrum
     fresh = compute_analysis(open_run(root), AnalyzeOptions(ranks=(1, 4), workers=1)).frame
     pd.testing.assert_frame_equal(again.frame, fresh)
