@@ -60,7 +60,12 @@ def slices_of(shape: tuple[int, ...], info: ModuleInfo, config: dict, split: boo
     if len(shape) >= 3 and info.stacked_experts:
         experts = list(range(shape[0]))
     base_kind = info.proj if info.kind == "experts" and info.proj else info.kind
-    rows = shape[-2] if info.stacked_experts and len(shape) >= 3 else shape[0] if shape else 0
+    if info.stacked_experts and len(shape) >= 3:
+        rows = shape[-2]
+    elif len(shape) == 2 and info.transposed:
+        rows = shape[1]  # Conv1D stores (in, out): the fused parts are its columns
+    else:
+        rows = shape[0] if shape else 0
     parts: dict[str | None, torch.Tensor | None] = {None: None}
     if split and info.fused and len(shape) >= 2:
         idx = split_fused(torch.arange(rows).unsqueeze(1), info, config)

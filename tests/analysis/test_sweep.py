@@ -156,3 +156,26 @@ def test_ranks_at_or_beyond_min_rows_cols_follow_the_definition(tmp_path):
     assert df.loc[df["cols"] == 1, "energy_k10000"].isna().all()  # vectors: no spectrum
     notes = [w for w in res.warnings if "exceed min(rows, cols)" in w]
     assert len(notes) == 1 and "[10000]" in notes[0] and "at most 16" in notes[0]
+
+
+def test_gpt2_conv1d_c_attn_is_analysed_per_part(hf_run):
+    from safetensors.numpy import load_file
+
+    root = hf_run("gpt2", "safetensors", steps=(0, 1), dtype=torch.float32)
+    run = open_run(root)
+    df = compute_analysis(run, AnalyzeOptions(ranks=(1,), workers=1)).frame
+    name = "transformer.h.0.attn.c_attn.weight"
+    rows = df[(df["tensor"] == name) & (df["step"] == 1)].set_index("part")
+    assert sorted(rows.index) == ["k", "q", "v"]
+    w0 = load_file(str(root / "checkpoint-0" / "model.safetensors"))[name].astype("float64")
+    w1 = load_file(str(root / "checkpoint-1" / "model.safetensors"))[name].astype("float64")
+    delta = (w1 - w0).T  # Conv1D stores (in, out); GPT2Attention splits the out features in thirds
+    hidden = delta.shape[1]
+    for i, part in enumerate("qkv"):
+        block = delta[i * hidden : (i + 1) * hidden]
+        assert rows.loc[part, "rows"] == hidden
+        assert math.isclose(rows.loc[part, "update_norm"], np.linalg.norm(block), rel_tol=1e-5)
+        sigma = np.linalg.svd(block, compute_uv=False)
+        assert math.isclose(
+            rows.loc[part, "stable_rank"], (sigma**2).sum() / sigma[0] ** 2, rel_tol=1e-3
+        )
