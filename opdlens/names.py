@@ -112,6 +112,7 @@ def classify(name: str, *, model_type: str | None = None) -> ModuleInfo:
     leaf = parts[-1]
     module = parts[-2] if leaf in ("weight", "bias") and len(parts) > 1 else leaf
     scopes = set(parts[:-1])
+    arch = architecture(model_type)
 
     if module in _EMBED or (layer is None and module in ("embeddings", "embedding")):
         return ModuleInfo(layer, "embed", module)
@@ -133,26 +134,47 @@ def classify(name: str, *, model_type: str | None = None) -> ModuleInfo:
         return ModuleInfo(layer, "mlp", "router")
     if mlp_scope and module in _MLP_KIND:
         kind = _MLP_KIND[module]
-        transposed = module in _CONV1D and leaf == "weight" and _is_gpt2(model_type)
+        transposed = module in _CONV1D and leaf == "weight" and arch.conv1d
         fused: tuple[str, ...] | None = ("gate", "up") if kind == "gate_up" else None
         proj = kind if any(s.startswith("shared_expert") for s in scopes) else None
         return ModuleInfo(layer, "mlp", kind, proj=proj, transposed=transposed, fused=fused)
     if any(s in scopes for s in _ATTN_SCOPES) and module in _ATTN_KIND:
         kind = _ATTN_KIND[module]
-        transposed = module in _CONV1D and leaf == "weight" and _is_gpt2(model_type)
+        transposed = module in _CONV1D and leaf == "weight" and arch.conv1d
         fused = ("q", "k", "v") if kind == "qkv" else None
         return ModuleInfo(layer, "attn", kind, transposed=transposed, fused=fused)
     return ModuleInfo(layer, "other", module)
 
 
-def _is_gpt2(model_type: str | None) -> bool:
-    # Conv1D is GPT-2's; without a config, c_attn/c_fc/c_proj names imply it.
-    return model_type is None or model_type in (
-        "gpt2",
-        "gpt_bigcode",
-        "imagegpt",
-        "decision_transformer",
+@dataclass(frozen=True)
+class Architecture:
+    """What still differs between architectures once parameter names are canonical."""
+
+    conv1d: bool = False  # c_attn / c_fc / c_proj weights stored (in, out), GPT-2's Conv1D
+    qkv: str = (
+        "blocks"  # fused qkv rows: "blocks" (all q, k, v), "per_head" ([q_h, k_h, v_h]), "falcon"
     )
+
+
+# One row per architecture that deviates from the default (Llama-like) layout.
+ARCHITECTURES: dict[str, Architecture] = {
+    "gpt2": Architecture(conv1d=True),
+    "gpt_bigcode": Architecture(conv1d=True),
+    "imagegpt": Architecture(conv1d=True),
+    "decision_transformer": Architecture(conv1d=True),
+    "gpt_neox": Architecture(qkv="per_head"),
+    "bloom": Architecture(qkv="per_head"),
+    "falcon": Architecture(qkv="falcon"),
+}
+# Without a config.json, c_attn / c_fc / c_proj names imply GPT-2's Conv1D.
+_NO_CONFIG = Architecture(conv1d=True)
+
+
+def architecture(model_type: object) -> Architecture:
+    """The table row of config.json's `model_type` (the default layout for unlisted ones)."""
+    if model_type is None:
+        return _NO_CONFIG
+    return ARCHITECTURES.get(str(model_type), Architecture())
 
 
 def as_matrix(tensor: torch.Tensor, info: ModuleInfo) -> torch.Tensor:
@@ -182,10 +204,10 @@ def split_fused(
             raise FusedSplitError(f"A fused gate_up matrix needs an even row count; got {out}.")
         return {"gate": matrix[: out // 2], "up": matrix[out // 2 :]}
     heads = _config_int(cfg, "num_attention_heads", "n_head")
-    model_type = cfg.get("model_type")
-    if model_type == "falcon":
+    layout = architecture(cfg.get("model_type")).qkv
+    if layout == "falcon":
         return _split_falcon(matrix, cfg)
-    if _interleaved(cfg):
+    if layout == "per_head":
         # GPT-NeoX: rows are grouped per head as [q_h, k_h, v_h].
         if not heads:
             raise FusedSplitError(
@@ -267,7 +289,3 @@ def _config_int(cfg: Mapping[str, object], *keys: str) -> int:
             )
         return value
     return 0
-
-
-def _interleaved(cfg: Mapping[str, object]) -> bool:
-    return str(cfg.get("model_type", "")) in ("gpt_neox", "bloom")
