@@ -3,6 +3,7 @@
 from ._lazy import lazy_getattr
 from ._version import __version__
 from .analysis.options import AnalyzeOptions
+from .checkpoint import Checkpoint
 from .errors import (
     CheckpointError,
     IncompleteCheckpointError,
@@ -17,7 +18,7 @@ from .errors import (
     UnsafePickleError,
 )
 from .names import ModuleInfo, canonical_name, classify
-from .run import Checkpoint, Run, open_run
+from .run import Run, open_run
 
 # Heavier parts (pandas, matplotlib, torch) load on first use, so reading and writing
 # checkpoints stays light in memory and start-up time.

@@ -1,4 +1,4 @@
-"""Run and Checkpoint: the objects users hold to reach any tensor of any saved step."""
+"""Run: the object users hold to reach any tensor of any saved step (Checkpoint: checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -6,121 +6,27 @@ import difflib
 import fnmatch
 import functools
 import logging
-import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
+from .checkpoint import Checkpoint, is_lora, open_checkpoint
 from .errors import (
     CheckpointError,
     IncompleteCheckpointError,
     OpdlensError,
     UnknownTensorError,
 )
-from .io import dtypes
 from .io.discover import discover
-from .io.layouts import detect, open_source, read_config
-from .io.sources import Spec, TensorSource
-from .io.weightfiles import read_weight_map
-from .names import ModuleInfo, as_matrix, canonical_name, classify
+from .names import ModuleInfo, as_matrix, classify
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
     import torch
 
     from .analysis.options import AnalyzeOptions
-    from .io.lora import LoraSource
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Checkpoint:
-    """The weights saved at one training step (or the base), read lazily per tensor."""
-
-    step: int | None
-    path: Path
-    layout: str
-    source: TensorSource
-    config: dict[str, object] = field(default_factory=dict)
-    config_dir: Path | None = None  # where config.json (and tokenizer files) were found
-    index_file: Path | None = None  # the *.index.json of a sharded checkpoint
-
-    @functools.cached_property
-    def weight_map(self) -> dict[str, str] | None:
-        """Canonical tensor name → shard file name of a sharded checkpoint; None for one file."""
-        if self.index_file is None:
-            return None
-        return {canonical_name(k): v for k, v in read_weight_map(self.index_file).items()}
-
-    def names(self) -> list[str]:
-        """Canonical tensor names in this checkpoint."""
-        return self.source.names()
-
-    def spec(self, name: str) -> Spec:
-        """Shape and stored dtype of one tensor."""
-        return self.source.specs[name]
-
-    def tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Read one tensor in its stored orientation, in its stored dtype or converted to ``dtype``."""
-        if name not in self.source.specs:
-            raise UnknownTensorError(f"{self.path}: no tensor named '{name}'.")
-        return self.source.read(name) if dtype is None else self.source.read_as(name, dtype)
-
-    def array(
-        self, name: str, *, float32: bool = False, span: tuple[int, int] | None = None
-    ) -> np.ndarray:
-        """Read one tensor as numpy: its stored bytes (see `io.dtypes.storage`), or float32 values.
-
-        With `span` = (start, stop), only those elements of the flattened tensor, as 1-D.
-        """
-        if name not in self.source.specs:
-            raise UnknownTensorError(f"{self.path}: no tensor named '{name}'.")
-        if float32:
-            return self.source.read_float32(name, span)
-        return self.source.read_array(name, span)
-
-    def byte_range(self, name: str) -> tuple[Path, int, int] | None:
-        """(file, begin, end) of a tensor stored as-is in one file, or None (e.g. LoRA, FSDP)."""
-        return self.source.byte_range(name)
-
-    @property
-    def files(self) -> list[Path]:
-        """The weight files this checkpoint reads."""
-        return list(self.source.files)
-
-    @property
-    def bytes_on_disk(self) -> int:
-        return sum(f.stat().st_size for f in self.files)
-
-    @property
-    def num_params(self) -> int:
-        return sum(s.numel for s in self.source.specs.values())
-
-    @property
-    def dtype(self) -> str:
-        """The dominant stored dtype (by parameter count), e.g. 'bfloat16'."""
-        counts: dict[str, int] = {}
-        for s in self.source.specs.values():
-            key = dtypes.torch_name(s.stored)
-            counts[key] = counts.get(key, 0) + s.numel
-        return max(counts, key=counts.__getitem__) if counts else "none"
-
-
-def _is_lora(source: TensorSource) -> TypeGuard[LoraSource]:
-    # LoRA sources need torch, so their module loads only when an adapter is opened.
-    lora = sys.modules.get("opdlens.io.lora")
-    return lora is not None and isinstance(source, lora.LoraSource)
-
-
-def _open_checkpoint(path: Path, step: int | None, trust_pickle: bool) -> Checkpoint:
-    det = detect(path)
-    config = read_config(det)
-    source = open_source(det, config, trust_pickle)
-    index = det.files[0] if det.files[0].name.endswith(".index.json") else None
-    return Checkpoint(step, Path(path), det.layout, source, config, det.config_dir, index)
 
 
 class Run:
@@ -227,7 +133,7 @@ class Run:
             src = self.checkpoint(s).source
             if src is self.base.source:
                 continue  # W_0 itself: contributes no update
-            if not _is_lora(src) or name in src.full_replacements():
+            if not is_lora(src) or name in src.full_replacements():
                 return None
             f = src.factors(name)
             if f is not None:
@@ -394,7 +300,7 @@ def open_run(
     opened: dict[int, Checkpoint] = {}
     for step, d in sorted(dirs.items()):
         try:
-            opened[step] = _open_checkpoint(d, step, trust_pickle)
+            opened[step] = open_checkpoint(d, step, trust_pickle)
         except IncompleteCheckpointError as e:
             if not skip_incomplete:
                 raise IncompleteCheckpointError(
@@ -403,16 +309,16 @@ def open_run(
                 ) from None
             warnings.append(f"skipped step {step}: {e}")
     base_ck = _resolve_base(base, opened, path, trust_pickle, warnings)
-    if _is_lora(base_ck.source):
+    if is_lora(base_ck.source):
         raise CheckpointError(
             f"{base_ck.path}: a LoRA adapter cannot be the base; pass --base PATH (Python: "
             "base=PATH) pointing at the full model the adapters were trained on."
         )
     for ck in opened.values():
-        if _is_lora(ck.source):
+        if is_lora(ck.source):
             ck.source.attach_base(base_ck.source)
             ck.config = ck.config or dict(base_ck.config)
-    if 0 in opened and opened[0] is not base_ck and _is_lora(opened[0].source):
+    if 0 in opened and opened[0] is not base_ck and is_lora(opened[0].source):
         warnings.append(f"{opened[0].path}: the step-0 adapter is not used; W_0 is the base model.")
     opened.pop(0, None)
     if not opened:
@@ -440,17 +346,17 @@ def _resolve_base(
     if base is not None:
         if 0 in opened:
             warnings.append(f"using --base {base} instead of the run's step-0 checkpoint.")
-        return _open_checkpoint(Path(base), None, trust_pickle)
+        return open_checkpoint(Path(base), None, trust_pickle)
     if 0 in opened:
         ck = opened[0]
-        if not _is_lora(ck.source):
+        if not is_lora(ck.source):
             return ck
-    lora = next((c.source for c in opened.values() if _is_lora(c.source)), None)
+    lora = next((c.source for c in opened.values() if is_lora(c.source)), None)
     if lora is not None:
         guess = lora.adapter_config.get("base_model_name_or_path")
         if guess and Path(str(guess)).is_dir():
             warnings.append(f"base taken from adapter_config.json: {guess}")
-            return _open_checkpoint(Path(str(guess)), None, trust_pickle)
+            return open_checkpoint(Path(str(guess)), None, trust_pickle)
     steps = sorted(opened)
     raise PartialRunError(
         f"{path}: the run has no base — no step-0 checkpoint among steps {steps}. Pass --base PATH "
