@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from foreign_outputs import REFUSED, foreign_out, user_dir
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -62,13 +63,6 @@ def _ok(args: list[str]) -> None:
     assert result.exit_code == 0, result.output
 
 
-def _user_dir(tmp_path: Path) -> Path:
-    user = tmp_path / "user"
-    user.mkdir()
-    (user / "thesis.tex").write_text("years of work")
-    return user
-
-
 def _writers(run: Path) -> dict[str, list[str]]:
     """Every command that writes a checkpoint directory, all but --out."""
     return {
@@ -83,7 +77,7 @@ def _writers(run: Path) -> dict[str, list[str]]:
 def test_overwrite_never_destroys_a_symlinked_user_directory(
     run: Path, tmp_path: Path, command: str
 ) -> None:
-    user = _user_dir(tmp_path)
+    user = user_dir(tmp_path)
     link = tmp_path / "link"
     link.symlink_to(user)
     _fails([*_writers(run)[command], "--out", link, "--overwrite"], "is a symbolic link")
@@ -104,7 +98,7 @@ def test_overwrite_refuses_fifos_files_and_user_directories(
         out.write_text("notes")
         match = "is a regular file, not a directory"
     else:
-        _user_dir(tmp_path).rename(out)
+        user_dir(tmp_path).rename(out)
         match = "opdlens did not write it (no .opdlens marker inside)"
     before = sorted(p.name for p in tmp_path.iterdir())
     _fails([*_writers(run)["extrapolate"], "--out", out, "--overwrite"], match)
@@ -138,18 +132,9 @@ def _results(run: Path, tmp_path: Path) -> dict[str, list[str]]:
 def test_results_refuse_files_links_and_user_directories(
     run: Path, tmp_path: Path, command: str, kind: str
 ) -> None:
-    out = tmp_path / "out"
-    if kind == "file":
-        out.write_text("notes")
-        match = "is a regular file, not a directory"
-    elif kind == "symlink":
-        out.symlink_to(_user_dir(tmp_path))
-        match = "is a symbolic link"
-    else:
-        _user_dir(tmp_path).rename(out)
-        match = "is not empty and opdlens did not write it"
+    out = foreign_out(tmp_path, kind)
     before = sorted(p.name for p in tmp_path.iterdir())
-    _fails([*_results(run, tmp_path)[command], "--out", out], match)
+    _fails([*_results(run, tmp_path)[command], "--out", out], REFUSED[kind])
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     if kind == "file":
         assert out.read_text() == "notes"

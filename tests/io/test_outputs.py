@@ -5,12 +5,14 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from foreign_outputs import REFUSED, foreign_out, user_dir
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
@@ -37,13 +39,6 @@ def _write(out: Path, value: float = 1.0, **kw: object) -> Path:
     return out
 
 
-def _user_dir(tmp_path: Path) -> Path:
-    user = tmp_path / "user"
-    user.mkdir()
-    (user / "thesis.tex").write_text("years of work")
-    return user
-
-
 def _dead_pid() -> int:
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
@@ -68,7 +63,7 @@ def test_overwrite_replaces_a_marked_directory(tmp_path: Path) -> None:
 
 
 def test_overwrite_never_follows_a_symlink(tmp_path: Path) -> None:
-    user = _user_dir(tmp_path)
+    user = user_dir(tmp_path)
     link = tmp_path / "link"
     link.symlink_to(user)
     with pytest.raises(OpdlensError, match=r"link is a symbolic link; opdlens never writes"):
@@ -145,7 +140,7 @@ def test_stale_temp_dirs_of_dead_processes_are_removed(tmp_path: Path) -> None:
         d.mkdir()
         (d / "model.safetensors").write_bytes(bytes(16))
     link = tmp_path / f"out{TEMP_MARKER}{dead}-89abcdef"
-    link.symlink_to(_user_dir(tmp_path))
+    link.symlink_to(user_dir(tmp_path))
     _write(tmp_path / "out")
     assert not stale.exists()
     assert live.is_dir() and other.is_dir() and odd.is_dir() and link.is_symlink()
@@ -224,17 +219,8 @@ def test_output_dir_leaves_nothing_when_it_failed_before_writing(tmp_path: Path)
 
 @pytest.mark.parametrize("kind", ["file", "symlink", "unmarked"])
 def test_output_dir_refuses_what_opdlens_did_not_write(tmp_path: Path, kind: str) -> None:
-    out = tmp_path / "out"
-    if kind == "file":
-        out.write_text("notes")
-        match = "is a regular file, not a directory"
-    elif kind == "symlink":
-        out.symlink_to(_user_dir(tmp_path))
-        match = "is a symbolic link"
-    else:
-        _user_dir(tmp_path).rename(out)
-        match = r"is not empty and opdlens did not write it \(no \.opdlens marker inside\)"
-    with pytest.raises(OpdlensError, match=match), output_dir(out, "analyze"):
+    out = foreign_out(tmp_path, kind)
+    with pytest.raises(OpdlensError, match=re.escape(REFUSED[kind])), output_dir(out, "analyze"):
         pytest.fail("the block must not run")
     assert out.is_symlink() or not (out / MARKER).exists()
 
@@ -246,7 +232,7 @@ def test_replay_overwrite_clears_only_its_own_directory(tmp_path: Path) -> None:
         (path / "history.csv").write_text("old")
     with pytest.raises(OpdlensError, match="already exists"):
         check_output(out, allow_empty=True)
-    user = _user_dir(tmp_path)
+    user = user_dir(tmp_path)
     (out / "link").symlink_to(user)
     with output_dir(out, "replay", overwrite=True, reuse=False) as path:
         assert [p.name for p in path.iterdir()] == [MARKER]
