@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from .plan import (
     lay_out,
     split_by_size,
 )
+from .support_files import copy_support_files
 
 if TYPE_CHECKING:
     import torch
@@ -58,25 +58,6 @@ __all__ = [
 
 PROVENANCE_FILE = "opdlens_provenance.json"
 
-# Non-weight files of a Hugging Face model directory that an output checkpoint needs to load.
-_COPY_PATTERNS = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer*.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-    "added_tokens.json",
-    "preprocessor_config.json",
-    # Remote-code models name these in config.json's auto_map and cannot load without them.
-    "configuration_*.py",
-    "modeling_*.py",
-    "tokenization_*.py",
-)
 # Written bytes after which a background thread starts flushing them to disk, so the fsync
 # that makes the checkpoint durable at the end does not wait for the whole file.
 _FLUSH_EVERY = 256 * 1024 * 1024
@@ -338,7 +319,7 @@ class CheckpointWriter:
             (self._tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
         (self._tmp / PROVENANCE_FILE).write_text(json.dumps(self.metadata, indent=2) + "\n")
         if self.copy_from is not None:
-            self._copy_support_files(self.copy_from)
+            copy_support_files(self.copy_from, self._tmp)
         for file, header in self._headers.items():  # every tensor is in place: now loadable
             with open(self._tmp / file, "r+b") as f:
                 f.write(header)
@@ -349,17 +330,6 @@ class CheckpointWriter:
                 os.fsync(f.fileno())
         fsync_dir(self._tmp)
         self._move_into_place()
-
-    def _copy_support_files(self, source: Path) -> None:
-        assert self._tmp is not None
-        copied = []
-        for path in sorted(source.iterdir()):
-            if path.is_file() and any(fnmatch.fnmatch(path.name, p) for p in _COPY_PATTERNS):
-                shutil.copy2(path, self._tmp / path.name)
-                copied.append(path.name)
-        if "config.json" not in copied:
-            logger.warning("copy_from=%s has no config.json; the output will lack it", source)
-        logger.debug("copied %s from %s", copied, source)
 
     def _move_into_place(self) -> None:
         assert self._tmp is not None
