@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -19,4 +21,17 @@ def scan_fails(args: Path | list[str | Path], *needles: str) -> str:
     assert len(lines) == 1, result.stderr
     for n in needles:
         assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def scan_fails_in_child(run: Path) -> str:
+    """`python -m opdlens scan RUN` in a child exits 2 with one line on stderr; returns it.
+
+    A child, so that a hang fails the test (timeout) instead of stalling the suite.
+    """
+    proc = subprocess.run([sys.executable, "-m", "opdlens", "scan", str(run)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
     return lines[0]
