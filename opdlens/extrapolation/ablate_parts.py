@@ -1,0 +1,223 @@
+"""What `ablate` scores: groups of tensors, candidate checkpoints of θ_0 + part of Δ_T, rank-k factors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..errors import OpdlensError, OptionError
+from ..io.like import Produced, as_stored
+from ..names import BLOCKS
+from ..run import Run
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "BY_CHOICES",
+    "Candidate",
+    "Factors",
+    "Group",
+    "candidate_producer",
+    "check_by",
+    "group_tensors",
+    "update_norms",
+]
+
+BY_CHOICES = ("block", "layer", "layer,block", "kind")
+
+
+@dataclass(frozen=True)
+class Group:
+    """Tensors whose update is dropped or kept together; `layer`/`block` say where they sit."""
+
+    name: str
+    tensors: tuple[str, ...]
+    layer: int | None
+    block: str | None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One checkpoint to score: Δ_T kept on `kept` (θ_0 on the other grouped tensors), or rank-k."""
+
+    key: str  # the scores file's key, e.g. "drop:block:attn" or "rank:4"
+    dirname: str  # its directory name under --out/candidates with --keep
+    label: str  # how errors and logs name it
+    kept: frozenset[str] = frozenset()
+    rank: int | None = None
+
+
+def check_by(by: str | Sequence[str]) -> str:
+    """Normalise the 'by' parameter to one of BY_CHOICES ("block,layer" is "layer,block")."""
+    parts = [by] if isinstance(by, str) else list(by)
+    items = sorted({p.strip() for part in parts for p in str(part).split(",") if p.strip()})
+    text = ",".join(items)
+    if text == "block,layer":
+        text = "layer,block"
+    if text not in BY_CHOICES:
+        raise OptionError(
+            f"The 'by' parameter of ablate (--by) must be one of {', '.join(BY_CHOICES)}. "
+            f"Got {by!r} instead."
+        )
+    return text
+
+
+def grouped_names(run: Run) -> list[str]:
+    """Tensors with an update: floating-point tensors held by the base and every checkpoint."""
+    return [n for n in run.tensor_names if run.base.spec(n).is_float]
+
+
+def group_tensors(run: Run, by: str) -> list[Group]:
+    """Partition the run's floating-point tensors by block, layer, layer and block, or kind.
+
+    Tensors outside any layer (embeddings, the final norm, the head) form one group per block
+    under --by layer and layer,block, named after the block. Groups are ordered embed, layers
+    (by number, then block), then the rest by block.
+    """
+    by = check_by(by)
+    members: dict[tuple[object, ...], list[str]] = {}
+    where: dict[tuple[object, ...], tuple[int | None, str | None]] = {}
+    for name in grouped_names(run):
+        info = run.module(name)
+        if by == "block":
+            key: tuple[object, ...] = ("block", info.block)
+            place: tuple[int | None, str | None] = (None, info.block)
+        elif by == "kind":
+            key, place = ("kind", info.block, info.kind), (None, info.block)
+        elif info.layer is None:
+            key, place = ("block", info.block), (None, info.block)
+        elif by == "layer":
+            key, place = ("layer", info.layer), (info.layer, None)
+        else:
+            key, place = ("layer", info.layer, info.block), (info.layer, info.block)
+        members.setdefault(key, []).append(name)
+        where[key] = place
+    if not members:
+        raise OpdlensError(
+            f"The run at {run.base.path} has no floating-point tensor common to the base and "
+            "every checkpoint, so there is no update to ablate. Check the run's checkpoints."
+        )
+    kinds = [k[2] for k in members if k[0] == "kind"]
+
+    def label(key: tuple[object, ...]) -> str:
+        if key[0] == "block":
+            return str(key[1])
+        if key[0] == "kind":  # a kind found in two blocks is told apart by its block
+            return str(key[2]) if kinds.count(key[2]) == 1 else f"{key[1]}.{key[2]}"
+        return f"layer {key[1]}" if len(key) == 2 else f"layer {key[1]} {key[2]}"
+
+    def order(key: tuple[object, ...]) -> tuple[int, float, int, str]:
+        layer, block = where[key]
+        b = BLOCKS.index(block) if block in BLOCKS else len(BLOCKS)
+        head = 0 if block == "embed" and layer is None else 1 if layer is not None else 2
+        return (head, -1 if layer is None else layer, b, label(key))
+
+    return [Group(label(k), tuple(members[k]), *where[k]) for k in sorted(members, key=order)]
+
+
+def update_norms(run: Run, step: int, names: Iterable[str]) -> dict[str, tuple[float, float]]:
+    """‖Δ_T‖_F² and ‖W_0‖_F² per tensor, in float64 from the stored values."""
+    import torch
+
+    out = {}
+    current = run.checkpoint(step)
+    for name in names:
+        w0 = run.base.tensor(name, torch.float64)
+        delta = current.tensor(name, torch.float64) - w0
+        out[name] = (float(delta.square().sum()), float(w0.square().sum()))
+    return out
+
+
+class Factors:
+    """Top-k singular factors of every 2-D update Δ_T (stacked experts per slice), float64.
+
+    Computed once with the largest k asked for, by the exact method of analysis.linalg
+    (eigh of the float64 Gram matrix): rank-k(Δ) is then accurate to float64 round-off.
+    """
+
+    def __init__(self, run: Run, step: int, names: Iterable[str], kmax: int) -> None:
+        import torch
+
+        from ..analysis.linalg import top_k_svd
+
+        self.kmax = kmax
+        self.matrices: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        self.energy: dict[str, tuple[list[float], float]] = {}  # name → (Σ_{i≤k} σ² per k, ‖Δ‖²)
+        self.whole: list[str] = []  # tensors of more than two dimensions kept whole
+        current = run.checkpoint(step)
+        for name in names:
+            shape = run.base.spec(name).shape
+            stacked = run.module(name).stacked_experts and len(shape) == 3
+            if len(shape) != 2 and not stacked:
+                if len(shape) > 2:
+                    self.whole.append(name)
+                continue
+            delta = current.tensor(name, torch.float64) - run.base.tensor(name, torch.float64)
+            slices = list(delta) if stacked else [delta]
+            tops = []
+            sq = [0.0] * kmax
+            for d in slices:
+                k = min(kmax, *d.shape)
+                top = top_k_svd(d, k, method="exact")
+                s = top.S[:k]
+                tops.append((top.U, s, top.V))
+                cum = torch.cumsum(s.square(), 0).tolist()
+                for i in range(kmax):
+                    sq[i] += cum[i] if i + 1 < min(d.shape) else float(d.square().sum())
+            self.matrices[name] = tops
+            self.energy[name] = (sq, float(delta.square().sum()))
+
+    def energy_k(self, k: int) -> float:
+        """Σ over the 2-D updates of Σ_{i≤k} σ_i², over Σ ‖Δ‖² (the ‖Δ‖²-weighted energy)."""
+        top = sum(v[0][k - 1] for v in self.energy.values())
+        total = sum(v[1] for v in self.energy.values())
+        return top / total if total > 0 else math.nan
+
+    def truncated(self, name: str, k: int, delta: torch.Tensor) -> torch.Tensor:
+        """rank-k(Δ) of one tensor (per slice when stacked); `delta` is its float64 Δ_T."""
+        import torch
+
+        parts = []
+        slices = list(delta) if delta.dim() == 3 else [delta]
+        for d, (u, s, v) in zip(slices, self.matrices[name], strict=True):
+            if k >= min(d.shape):
+                parts.append(d)  # every update has rank ≤ min(rows, cols): kept exactly
+            else:
+                parts.append((u[:, :k] * s[:k]) @ v[:, :k].T)  # (m, n)
+        return torch.stack(parts) if delta.dim() == 3 else parts[0]
+
+
+def candidate_producer(
+    run: Run, step: int, grouped: set[str], candidate: Candidate, factors: Factors | None
+) -> Callable[[str], Produced]:
+    """A `produce` for io.like.write_like: the candidate's weights, written like step T."""
+    import torch
+
+    current, base = run.checkpoint(step), run.base
+
+    def produce(name: str) -> Produced:
+        if name not in grouped:  # no update defined (integer buffers, tensors the base lacks)
+            return as_stored(current, name)
+        if candidate.rank is not None:
+            if factors is None or name not in factors.matrices:
+                return as_stored(current, name)  # 1-D (and >2-D) updates are kept whole
+            w0 = base.tensor(name, torch.float64)
+            delta = current.tensor(name, torch.float64) - w0
+            out = (w0 + factors.truncated(name, candidate.rank, delta)).to(current.spec(name).dtype)
+            if not bool(out.isfinite().all()):
+                raise OpdlensError(
+                    f"{current.path}: tensor '{name}' is not finite in {out.dtype} after the "
+                    f"rank-{candidate.rank} truncation (NaN or Inf in the run, or beyond the "
+                    "dtype's range); check the run's checkpoints."
+                )
+            return out
+        if name in candidate.kept:
+            return as_stored(current, name)
+        if base.spec(name).stored == current.spec(name).stored:
+            return as_stored(base, name)
+        return base.tensor(name).to(current.spec(name).dtype)  # θ_0 in the dtype step T stores
+
+    return produce
