@@ -25,6 +25,7 @@ from .run import Run, open_run
 __getattr__ = lazy_getattr(
     __name__,
     {
+        "ablate": "opdlens.extrapolation.ablate:ablate",
         "analyze": "opdlens.analysis.analyze:analyze",
         "extrapolate": "opdlens.extrapolation.extrapolate:extrapolate",
         "summarize": "opdlens.analysis.frame:summarize",
@@ -35,6 +36,7 @@ __getattr__ = lazy_getattr(
 
 
 __all__ = [
+    "ablate",
     "AnalyzeOptions",
     "Checkpoint",
     "CheckpointError",

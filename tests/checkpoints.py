@@ -388,3 +388,14 @@ def st_state(directory: Path) -> dict[str, torch.Tensor]:
     for f in sorted(d.glob("pytorch_model*.bin")):
         out.update(torch.load(f, weights_only=True))
     return out
+
+
+def small_state(seed: int) -> dict[str, torch.Tensor]:
+    """Four llama-named tensors (embedding, q_proj, down_proj, norm) of random values."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "model.embed_tokens.weight": torch.randn(10, 4, generator=g),
+        "model.layers.0.self_attn.q_proj.weight": torch.randn(4, 4, generator=g),
+        "model.layers.0.mlp.down_proj.weight": torch.randn(4, 6, generator=g),
+        "model.norm.weight": torch.randn(4, generator=g),
+    }

@@ -1,46 +1,36 @@
-"""Run: names matched across wrappers, missing tensors, tied embeddings, selection."""
+"""Run: names matched across wrappers, missing tensors, selection, pickling."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from checkpoints import write_state_dir
+from checkpoints import small_state, write_state_dir
 
 import opdlens
 from opdlens.errors import OpdlensError, UnknownTensorError
 
 
-def _state(seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "model.embed_tokens.weight": torch.randn(10, 4, generator=g),
-        "model.layers.0.self_attn.q_proj.weight": torch.randn(4, 4, generator=g),
-        "model.layers.0.mlp.down_proj.weight": torch.randn(4, 6, generator=g),
-        "model.norm.weight": torch.randn(4, generator=g),
-    }
-
-
 def test_wrapper_prefixes_match_across_checkpoints(tmp_path):
     prefixes = {0: "", 1: "module.", 2: "_orig_mod.", 3: "module._orig_mod."}
-    states = {s: _state(s) for s in prefixes}
+    states = {s: small_state(s) for s in prefixes}
     for s, p in prefixes.items():
         write_state_dir(tmp_path / f"step_{s}", {p + k: v for k, v in states[s].items()},
                         layout="bin" if s % 2 else "safetensors")  # fmt: skip
     # multimodal wrapper: model.language_model.* is the same parameter as model.*
-    mm = {k.replace("model.", "model.language_model.", 1): v for k, v in _state(4).items()}
+    mm = {k.replace("model.", "model.language_model.", 1): v for k, v in small_state(4).items()}
     write_state_dir(tmp_path / "step_4", mm)
     run = opdlens.open_run(tmp_path)
     assert run.missing == {} and run.warnings == []
-    assert sorted(run.tensor_names) == sorted(_state(0))
+    assert sorted(run.tensor_names) == sorted(small_state(0))
     name = "model.layers.0.mlp.down_proj.weight"
     for s in (1, 2, 3):
         torch.testing.assert_close(run.delta(name, s), states[s][name] - states[0][name])
-    torch.testing.assert_close(run.delta(name, 4), _state(4)[name] - states[0][name])
+    torch.testing.assert_close(run.delta(name, 4), small_state(4)[name] - states[0][name])
 
 
 def test_missing_tensor_is_reported(tmp_path):
     for s in (0, 1, 2):
-        st = _state(s)
+        st = small_state(s)
         if s == 1:
             del st["model.layers.0.mlp.down_proj.weight"]
         write_state_dir(tmp_path / f"checkpoint-{s}", st)
@@ -48,27 +38,6 @@ def test_missing_tensor_is_reported(tmp_path):
     assert run.missing == {"model.layers.0.mlp.down_proj.weight": [1]}
     assert "model.layers.0.mlp.down_proj.weight" not in run.tensor_names
     assert any("down_proj.weight" in w and "[1]" in w for w in run.warnings)
-
-
-def test_tied_embeddings_counted_once(hf_run):
-    # safetensors drops the tied lm_head; torch.save keeps it as the embedding's storage.
-    for layout in ("safetensors", "bin"):
-        for arch, emb in (
-            ("gpt2", "transformer.wte.weight"),
-            ("gemma", "model.embed_tokens.weight"),
-        ):
-            run = opdlens.open_run(hf_run(arch, layout))
-            assert "lm_head.weight" not in run.tensor_names and emb in run.tensor_names
-            assert run.missing == {}
-            ck = run.checkpoint(2)
-            n_params = sum(p.numel() for n, p in _params(arch).items())
-            assert ck.num_params == n_params, (arch, layout)
-
-
-def _params(arch: str) -> dict[str, torch.Tensor]:
-    from checkpoints import tiny_model
-
-    return dict(tiny_model(arch).named_parameters())  # tied parameters once
 
 
 def test_select_and_module(hf_run):
@@ -81,7 +50,7 @@ def test_select_and_module(hf_run):
 
 def test_module_of_a_name_not_in_the_run_lists_close_names(tmp_path):
     for s in (0, 1):
-        st = _state(s)
+        st = small_state(s)
         if s == 1:
             del st["model.norm.weight"]  # in the run, though missing at step 1
         write_state_dir(tmp_path / f"checkpoint-{s}", st)
@@ -100,31 +69,11 @@ def test_module_of_a_name_not_in_the_run_lists_close_names(tmp_path):
     assert str(err.value).startswith("The run ")  # one plain line, not KeyError's repr()
 
 
-def test_checkpoint_keeps_what_detection_found(tmp_path, hf_run):
-    import json
-
-    root = hf_run("llama", "sharded")
-    run = opdlens.open_run(root)
-    ck = run.checkpoint(2)
-    assert ck.config_dir == root / "checkpoint-2" and ck.index_file is not None
-    index = json.loads((root / "checkpoint-2" / "model.safetensors.index.json").read_text())
-    assert ck.weight_map == index["weight_map"] and set(ck.weight_map) >= set(run.tensor_names)
-    write_state_dir(tmp_path / "checkpoint-0", _state(0), layout="bin-sharded")
-    write_state_dir(tmp_path / "checkpoint-1", _state(1), config={"model_type": "llama"})
-    run = opdlens.open_run(tmp_path)
-    assert run.base.index_file == tmp_path / "checkpoint-0" / "pytorch_model.bin.index.json"
-    assert sorted(set(run.base.weight_map.values())) == [f.name for f in run.base.files]
-    assert run.base.config_dir is None  # no config.json beside the base
-    single = run.checkpoint(1)
-    assert single.weight_map is None and single.index_file is None
-    assert single.config_dir == tmp_path / "checkpoint-1"
-
-
 def test_a_run_pickles_as_how_to_open_it(tmp_path):
     import pickle
 
     for s in (0, 1):
-        write_state_dir(tmp_path / f"checkpoint-{s}", _state(s))
+        write_state_dir(tmp_path / f"checkpoint-{s}", small_state(s))
     run = opdlens.open_run(tmp_path)
     data = pickle.dumps(run)
     assert len(data) < 1000  # the open arguments, not the weights or open files
