@@ -16,7 +16,7 @@ from .._workers import PoolContext
 from ..errors import OpdlensError
 from .cache import FactorCache
 from .options import AnalyzeOptions
-from .sweep import TensorResult, sweep_tensor
+from .sweep import TensorResult, gram_tensor, sweep_tensor
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -34,10 +34,13 @@ class Job:
     options: AnalyzeOptions
     cache_dir: str | None
     keys: dict[int, str]
+    gram: bool = False  # foresee: each task computes the tensor's Gram matrix instead
 
 
 def run_task(job: Job, name: str) -> tuple[str, TensorResult]:
     """Sweep one tensor (in whatever process this runs in) and save its cache file."""
+    if job.gram:
+        return name, gram_tensor(job.run, name)
     cache = FactorCache(Path(job.cache_dir), job.keys).tensor(name) if job.cache_dir else None
     result = sweep_tensor(job.run, name, job.options, cache)
     if cache is not None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from ..errors import FusedSplitError
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ROWS = 1024  # rows per in-place subtraction block
+# float64 elements of one Gram row block over every saved step: 32 MiB whatever the model.
+GRAM_BUDGET = 1 << 22
 _FLOAT8 = ("F8_E5M2", "F8_E4M3")
 
 
@@ -37,6 +40,7 @@ class TensorResult:
     svd_calls: int = 0
     cache_hits: int = 0
     svd_methods: dict[str, int] = field(default_factory=dict)  # calls by linalg.svd_label
+    gram: np.ndarray | None = None  # (steps + 1, steps + 1) float64, from gram_tensor
 
 
 @dataclass(frozen=True)
@@ -338,3 +342,40 @@ def sweep_tensor(
 def sweep_names(run: Run, names: Sequence[str]) -> list[str]:
     """Tensors the sweep covers, largest first so a pool finishes evenly."""
     return sorted(names, key=lambda n: -run.base.spec(n).numel)
+
+
+def gram_tensor(run: Run, name: str, budget: int = GRAM_BUDGET) -> TensorResult:
+    """G[i, j] = ⟨Δ_i, Δ_j⟩ over [0, *run.steps] (Δ_0 = 0) of one tensor, in float64.
+
+    Reads every step's copy of the tensor once, one flat span (a block of rows) of every step
+    at a time, so memory is `budget` float64 values plus O(steps²), never steps × tensor.
+    """
+    result = TensorResult()
+    cks = [run.base, *(run.checkpoint(s) for s in run.steps)]
+    n = len(cks)
+    gram = np.zeros((n, n))
+    spec = run.base.spec(name)
+    numel = spec.numel
+    span = max(1024, budget // n)
+    ranged = all(ck.byte_range(name) is not None for ck in cks)
+    if not ranged and numel > span:
+        result.warnings.append(
+            f"tensor '{name}' is stored without byte ranges (.bin, FSDP rank files or LoRA): "
+            f"foresee read it {-(-numel // span)} times, once per row block, to keep memory "
+            "at O(steps²)."
+        )
+    wide = spec.stored == "F64"  # float64 stays float64; every other dtype upcasts exactly
+    for start in range(0, numel, span):
+        stop = min(numel, start + span)
+        block = np.empty((n, stop - start))  # (steps + 1, span), float64
+        for i, ck in enumerate(cks):
+            block[i] = ck.array(name, float32=not wide, span=(start, stop))
+        delta = block[1:]
+        delta -= block[0]  # float64: exact for float32 inputs whose exponents differ by ≤ 29
+        gram[1:, 1:] += delta @ delta.T
+    if not np.isfinite(gram).all():
+        result.warnings.append(
+            f"tensor '{name}' has NaN or Inf at some saved step; its foresight rows are NaN."
+        )
+    result.gram = gram
+    return result
