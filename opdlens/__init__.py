@@ -28,6 +28,7 @@ __getattr__ = lazy_getattr(
         "ablate": "opdlens.extrapolation.ablate:ablate",
         "analyze": "opdlens.analysis.analyze:analyze",
         "extrapolate": "opdlens.extrapolation.extrapolate:extrapolate",
+        "foresee": "opdlens.analysis.foresight:foresee",
         "summarize": "opdlens.analysis.frame:summarize",
         "EffOPD": "opdlens.extrapolation.callback:EffOPD",
         "plots": "opdlens.plots",
@@ -36,7 +37,6 @@ __getattr__ = lazy_getattr(
 
 
 __all__ = [
-    "ablate",
     "AnalyzeOptions",
     "Checkpoint",
     "CheckpointError",
@@ -54,10 +54,12 @@ __all__ = [
     "UnknownTensorError",
     "UnsafePickleError",
     "__version__",
+    "ablate",
     "analyze",
     "canonical_name",
     "classify",
     "extrapolate",
+    "foresee",
     "open_run",
     "plots",
     "summarize",
