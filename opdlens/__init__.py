@@ -55,6 +55,7 @@ __all__ = [
     "UnsafePickleError",
     "__version__",
     "ablate",
+    "ablate",
     "analyze",
     "canonical_name",
     "classify",
