@@ -55,7 +55,6 @@ __all__ = [
     "UnsafePickleError",
     "__version__",
     "ablate",
-    "ablate",
     "analyze",
     "canonical_name",
     "classify",
