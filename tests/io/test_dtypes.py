@@ -54,3 +54,11 @@ def test_torch_names_round_trip() -> None:
         assert dtypes.itemsize(name) == dtypes.to_torch(name).itemsize
     with pytest.raises(ValueError, match="cannot store dtype torch.complex64"):
         dtypes.from_torch(torch.complex64)
+
+
+def test_bfloat16_overflow_is_detected() -> None:
+    fits = np.array([3.38e38, -3.38e38, 1.0], dtype=np.float32)
+    past = np.array([1.0, -3.4e38], dtype=np.float32)  # finite in float32, past bfloat16's max
+    assert not dtypes.overflowed(dtypes.encode_float32(fits, "BF16", finite=True), "BF16")
+    assert dtypes.overflowed(dtypes.encode_float32(past, "BF16", finite=True), "BF16")
+    assert dtypes.overflowed(np.array([np.inf], dtype=np.float16), "F16")

@@ -1,4 +1,5 @@
-"""Outputs: only what opdlens wrote is replaced, unfinished files never load, OSErrors are one line."""
+"""Tests for io/paths.py: only what opdlens wrote is replaced, unfinished files never load,
+OSErrors are one line, outputs stay outside every input."""
 
 from __future__ import annotations
 
@@ -17,15 +18,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from opdlens.errors import OpdlensError, OutputError
-from opdlens.io import dtypes
 from opdlens.io.paths import (
     MARKER,
     atomic_file,
     check_output,
+    ensure_outside,
     is_opdlens_dir,
     output_dir,
     read_marker,
     remove_stale,
+    writable_dir,
+    write_text_atomic,
 )
 from opdlens.io.writer import TEMP_MARKER, CheckpointWriter, TensorSpec
 
@@ -239,11 +242,31 @@ def test_replay_overwrite_clears_only_its_own_directory(tmp_path: Path) -> None:
     assert (user / "thesis.tex").read_text() == "years of work"
 
 
-def test_bfloat16_overflow_is_detected() -> None:
-    import numpy as np
+def test_outputs_overlapping_an_input_are_refused_even_through_a_link(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoint-1").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(run / "checkpoint-1")
+    overlap = r"Refusing figures directory .*: it overlaps the input .*run"
+    for out in [run, run / "checkpoint-1" / "plots", tmp_path, tmp_path / "link" / "plots"]:
+        with pytest.raises(OpdlensError, match=overlap):
+            ensure_outside(out, [run], "figures")
+    assert ensure_outside(tmp_path / "plots", [run]) == tmp_path / "plots"
 
-    fits = np.array([3.38e38, -3.38e38, 1.0], dtype=np.float32)
-    past = np.array([1.0, -3.4e38], dtype=np.float32)  # finite in float32, past bfloat16's max
-    assert not dtypes.overflowed(dtypes.encode_float32(fits, "BF16", finite=True), "BF16")
-    assert dtypes.overflowed(dtypes.encode_float32(past, "BF16", finite=True), "BF16")
-    assert dtypes.overflowed(np.array([np.inf], dtype=np.float16), "F16")
+
+def test_writable_dir_adds_to_any_directory_but_refuses_a_file(tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine")
+    assert writable_dir(full) == full and (full / "notes.txt").read_text() == "mine"
+    assert writable_dir(tmp_path / "a" / "b").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OpdlensError, match=r"file exists and is a regular file, not a directory"):
+        writable_dir(tmp_path / "file")
+
+
+def test_write_text_atomic_replaces_whole_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+    write_text_atomic(target, "new ✓")
+    assert target.read_text(encoding="utf-8") == "new ✓"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
