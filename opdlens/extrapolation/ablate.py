@@ -52,7 +52,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ABLATION_COLUMNS", "MODES", "RANK_COLUMNS", "SCORES_FILE", "Ablation", "ablate"]
+__all__ = [
+    "ABLATION_COLUMNS",
+    "CANDIDATES_DIR",
+    "MODES",
+    "RANK_COLUMNS",
+    "SCORES_FILE",
+    "Ablation",
+    "ablate",
+]
 
 MODES = ("drop", "only", "both")
 SCORES_FILE = "scores.json"

@@ -1,0 +1,197 @@
+"""Marginal utility of each group's update (opdlens ablate): utility against share, the rank curve."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from opdlens.errors import NothingToDrawError, OptionError
+from opdlens.names import BLOCKS
+from opdlens.viz._validate import check_frame, ordered, values_of
+from opdlens.viz.style import block_color, color_at, figure_and_axes, new_figure, paper_style
+
+__all__ = ["ablation_figure", "ablation_sentence", "score_by_rank", "utility_by_share"]
+
+Frames = pd.DataFrame | Mapping[str, pd.DataFrame]
+
+ABLATION_HINT = "Pass the ablation table opdlens.ablate returns (or ablation.csv it writes)."
+RANK_HINT = "Pass the rank_curve table opdlens.ablate returns with ranks (or rank_curve.csv)."
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+_OTHER = "#7F7F7F"
+
+
+def _by_run(
+    data: object, func: str, columns: list[str], arg: str, hint: str
+) -> dict[str, pd.DataFrame]:
+    """label → one run's table, from a table (split by its 'run' column if any) or a mapping."""
+    if isinstance(data, Mapping):
+        if not data:
+            raise NothingToDrawError(f"The '{arg}' argument of {func} is an empty mapping. {hint}")
+        return {str(k): check_frame(v, func, columns, arg, hint) for k, v in data.items()}
+    df = check_frame(data, func, columns, arg, hint)
+    if "run" not in df.columns:
+        return {"": df}
+    return {str(r): df[df["run"] == r] for r in pd.unique(df["run"])}
+
+
+def _colour(block: object) -> str:
+    return block_color(str(block)) if isinstance(block, str) and block in BLOCKS else _OTHER
+
+
+def utility_by_share(ablation: Frames, *, ax: Axes | None = None) -> Axes:
+    """Utility S(θ_T) − S(θ_T without g) against g's update share: one marker per group and run.
+
+    `ablation` is one table, a table with a 'run' column, or a mapping label → table; runs
+    differ by marker, blocks by colour (grey for groups spanning blocks, e.g. whole layers).
+    """
+    func, cols = "utility_by_share", ["group", "update_share", "utility"]
+    runs = _by_run(ablation, func, cols, "ablation", ABLATION_HINT)
+    if all(np.isnan(values_of(df["utility"])).all() for df in runs.values()):
+        raise NothingToDrawError(
+            f"The 'ablation' argument of {func} has no utility (it was ablated with mode='only'). "
+            "Run opdlens ablate with --mode drop or both."
+        )
+    with paper_style():
+        _, ax = figure_and_axes(ax)
+        blocks: set[str] = set()
+        for i, df in enumerate(runs.values()):
+            block = df["block"] if "block" in df else pd.Series([None] * len(df), index=df.index)
+            for (_, row), b in zip(df.iterrows(), block, strict=True):
+                colour = _colour(None if pd.isna(b) else b)
+                blocks.add(str(b) if colour != _OTHER else "several blocks")
+                x, y = float(row["update_share"]), float(row["utility"])
+                ax.scatter(
+                    [x], [y], marker=_MARKERS[i % len(_MARKERS)], color=colour, s=30, zorder=3
+                )
+                ax.annotate(str(row["group"]), (x, y), xytext=(3, 3), textcoords="offset points",
+                            fontsize=6)  # fmt: skip
+        ax.axhline(0.0, color="#999999", linewidth=0.7, zorder=1)
+        ax.set_xlabel(r"update share of the group  $\|\Delta_{T|g}\|_F^2 / \|\Delta_T\|_F^2$")
+        ax.set_ylabel(
+            "utility of the group's update\n" r"$S(\theta_T) - S(\theta_T - \Delta_{T|g})$"
+        )
+        handles = [Line2D([], [], linestyle="", marker="o", color=block_color(b), label=b)
+                   for b in ordered(blocks - {"several blocks"}, BLOCKS)]  # fmt: skip
+        if "several blocks" in blocks:
+            handles.append(
+                Line2D([], [], linestyle="", marker="o", color=_OTHER, label="several blocks")
+            )
+        if len(runs) > 1 or "" not in runs:
+            handles += [Line2D([], [], linestyle="", marker=_MARKERS[i % len(_MARKERS)],
+                               color="#333333", label=label) for i, label in enumerate(runs)]  # fmt: skip
+        ax.legend(handles=handles, loc="best")
+    return ax
+
+
+def score_by_rank(
+    rank_curve: Frames, *, ablation: Frames | None = None, ax: Axes | None = None
+) -> Axes:
+    """Score of θ_0 + rank-k(Δ_T) against k per run; with `ablation`, θ_T (dashed) and θ_0 (dotted)."""
+    func = "score_by_rank"
+    runs = _by_run(rank_curve, func, ["k", "score"], "rank_curve", RANK_HINT)
+    refs: dict[str, pd.DataFrame] = {}
+    if ablation is not None:
+        refs = _by_run(ablation, func, ["score_full", "score_base"], "ablation", ABLATION_HINT)
+        missing = [r for r in runs if r not in refs]
+        if missing:
+            raise OptionError(
+                f"The 'ablation' argument of {func} must hold the runs of rank_curve; "
+                f"{missing} are missing (it holds {list(refs)})."
+            )
+    with paper_style():
+        _, ax = figure_and_axes(ax)
+        ks: set[int] = set()
+        for i, (label, df) in enumerate(runs.items()):
+            df = df.sort_values("k")
+            ks |= {int(k) for k in df["k"]}
+            name = label or "rank-k update"
+            ax.plot(
+                df["k"].to_numpy(),
+                values_of(df["score"]),
+                color=color_at(i),
+                marker="o",
+                label=name,
+            )
+            if label in refs:
+                ref = refs[label].iloc[0]
+                ax.axhline(float(ref["score_full"]), color=color_at(i), linestyle="--", linewidth=0.9,
+                           label=rf"{label + ' · ' if label else ''}$\theta_T$ (full update)")  # fmt: skip
+                ax.axhline(float(ref["score_base"]), color=color_at(i), linestyle=":", linewidth=0.9,
+                           label=rf"{label + ' · ' if label else ''}$\theta_0$ (base)")  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ticks = sorted(ks)
+        ax.set_xticks(ticks, [str(k) for k in ticks])
+        ax.set_xlabel("rank $k$ of every matrix update")
+        ax.set_ylabel(r"score $S(\theta_0 + \mathrm{rank}_k(\Delta_T))$")
+        ax.legend(loc="best")
+    return ax
+
+
+def ablation_figure(ablation: Frames, rank_curve: Frames | None = None) -> Figure:
+    """Utility against update share, one panel per run side by side, then the rank curve."""
+    runs = _by_run(
+        ablation, "ablation_figure", ["group", "update_share", "utility"], "ablation", ABLATION_HINT
+    )
+    panels = len(runs) + (rank_curve is not None)
+    with paper_style():
+        fig = new_figure(3.6 * panels, 3.0)
+        axes = fig.subplots(1, panels, squeeze=False)[0]
+        for ax, (label, df) in zip(axes, runs.items(), strict=False):
+            utility_by_share(df, ax=ax)
+            if label:
+                ax.set_title(label)
+        if rank_curve is not None:
+            score_by_rank(rank_curve, ablation=runs, ax=axes[-1])
+            axes[-1].set_title("rank curve")
+    return fig
+
+
+def ablation_sentence(df: pd.DataFrame) -> str:
+    """One line on which group's update is worth most, for a report or the demo."""
+    cols = [
+        "group",
+        "update_share",
+        "score_full",
+        "score_base",
+        "score_drop",
+        "score_only",
+        "utility",
+    ]
+    df = check_frame(df, "ablation_sentence", cols, hint=ABLATION_HINT)
+    step = f"step {int(df['step'].iloc[0])}" if "step" in df else "step T"
+    full, base = float(df["score_full"].iloc[0]), float(df["score_base"].iloc[0])
+    utility = values_of(df["utility"])
+    if np.isfinite(utility).any():
+        top = df.iloc[int(np.nanargmax(utility))]
+        text = (
+            f"At {step}, dropping the update of {top['group']} ({top['update_share']:.0%} of "
+            f"‖Δ_T‖²) costs the most: the score falls from {full:.4g} to {top['score_drop']:.4g} "
+            f"(utility {top['utility']:.4g}; the base scores {base:.4g})"
+        )
+        share = values_of(df["update_share"])
+        per_share = np.where(share > 0, utility / np.where(share > 0, share, 1.0), np.nan)
+        if np.isfinite(per_share).any():
+            best = df.iloc[int(np.nanargmax(per_share))]
+            if best["group"] != top["group"]:
+                text += (
+                    f"; per unit of update share, {best['group']} is worth most "
+                    f"({best['utility'] / best['update_share']:.3g})"
+                )
+        return text + "."
+    only = values_of(df["score_only"])
+    if not np.isfinite(only).any():
+        raise NothingToDrawError(
+            f"The 'df' argument of ablation_sentence has neither utility nor score_only. {ABLATION_HINT}"
+        )
+    top = df.iloc[int(np.nanargmax(only))]
+    gain = top["score_only"] - base
+    return (
+        f"At {step}, the update of {top['group']} alone ({top['update_share']:.0%} of ‖Δ_T‖²) "
+        f"scores highest: {top['score_only']:.4g}, {gain:+.4g} over the base ({base:.4g}; the full "
+        f"update scores {full:.4g})."
+    )
