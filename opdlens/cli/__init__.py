@@ -1,6 +1,6 @@
 """The `opdlens` command line: each command is one call into the library."""
 
-from . import analyze, demo, extrapolate, figures, foresee, scan  # noqa: F401  (registers the commands)
+from . import ablate, analyze, demo, extrapolate, figures, foresee, scan  # noqa: F401  (registers the commands)
 from ._app import app
 
 
