@@ -137,3 +137,52 @@ def test_viz_only_draws() -> None:
     assert "opdlens.viz.figures" in viz and "opdlens.viz.report" in viz
     reached = {m: sorted(graph[m] & forbidden) for m in viz}
     assert not {m: deps for m, deps in reached.items() if deps}
+
+
+TESTS = Path(__file__).parent
+# Modules with no mirror test file of their own, and why.
+NO_MIRROR = {
+    "plots.py": "a re-export facade of viz's plot and figure functions, which tests/viz/ tests; "
+    "that importing it stays light is tests/test_imports.py's check",
+}
+
+
+def mirror_test(module: Path, root: Path = PACKAGE, tests: Path = TESTS) -> Path:
+    """opdlens/<pkg>/<mod>.py → tests/<pkg>/test_<mod>.py (a leading underscore dropped)."""
+    rel = module.relative_to(root)
+    return tests / rel.parent / f"test_{rel.stem.lstrip('_')}.py"
+
+
+def missing_mirrors(root: Path = PACKAGE, tests: Path = TESTS) -> list[str]:
+    """Modules of the package (not __init__ / __main__ / NO_MIRROR) without their mirror test file."""
+    modules = [
+        p for p in sorted(root.rglob("*.py")) if p.name not in ("__init__.py", "__main__.py")
+    ]
+    return [
+        f"{p.relative_to(root)} -> {mirror_test(p, root, tests).relative_to(tests.parent)}"
+        for p in modules
+        if p.relative_to(root).as_posix() not in NO_MIRROR
+        and not mirror_test(p, root, tests).is_file()
+    ]
+
+
+def test_every_module_has_its_mirror_test_file() -> None:
+    missing = missing_mirrors()
+    assert not missing, "modules without their tests/<pkg>/test_<module>.py:\n" + "\n".join(missing)
+    assert all((PACKAGE / name).is_file() for name in NO_MIRROR)  # no entry outlives its module
+
+
+def test_the_mirror_check_sees_packages_and_private_modules(tmp_path: Path) -> None:
+    root, tests = tmp_path / "pkg", tmp_path / "tests"
+    for name in ["__init__.py", "__main__.py", "_app.py", "io/__init__.py", "io/reader.py"]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("")
+    assert missing_mirrors(root, tests) == [
+        "_app.py -> tests/test_app.py", "io/reader.py -> tests/io/test_reader.py",
+    ]  # fmt: skip
+    (tests / "io").mkdir(parents=True)
+    (tests / "test_app.py").write_text("")
+    (tests / "test_reader.py").write_text("")  # not in the mirror's place
+    assert missing_mirrors(root, tests) == ["io/reader.py -> tests/io/test_reader.py"]
+    (tests / "io" / "test_reader.py").write_text("")
+    assert missing_mirrors(root, tests) == []
