@@ -6,6 +6,7 @@ from .analysis.options import AnalyzeOptions
 from .checkpoint import Checkpoint
 from .errors import (
     CheckpointError,
+    FusedSplitError,
     IncompleteCheckpointError,
     InputFileError,
     InputNotFoundError,
@@ -41,6 +42,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "EffOPD",
+    "FusedSplitError",
     "IncompleteCheckpointError",
     "InputFileError",
     "InputNotFoundError",
