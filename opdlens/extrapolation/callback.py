@@ -2,20 +2,66 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import OptionError
+from ..io.paths import write_text_atomic
 from ..names import BLOCKS, canonical_name, classify
 from .schedule import is_power_of_two
 from .selection import DEFAULT_MODULES
 
 logger = logging.getLogger(__name__)
+
+# One row per candidate EffOPD tried (`candidate_rows`), in this order in its CSV.
+CANDIDATE_COLUMNS = (
+    "step",
+    "anchor_step",
+    "candidate",
+    "alpha",
+    "base_score",
+    "score",
+    "accepted",
+)
+
+
+def candidate_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per candidate of an `EffOPD.after_step` record (none on a step without a decision).
+
+    Candidates count from 1; `accepted` says whether the weights kept that candidate.
+    """
+    accepted = record["accepted"]
+    return [
+        {
+            "step": record["step"],
+            "anchor_step": record["anchor_step"],
+            "candidate": i,
+            "alpha": alpha,
+            "base_score": record["base_score"],
+            "score": score,
+            "accepted": i <= accepted,
+        }
+        for i, (alpha, score) in enumerate(
+            zip(record["alphas"], record["candidate_scores"], strict=True), start=1
+        )
+    ]
+
+
+def write_candidates_csv(rows: Iterable[Mapping[str, Any]], path: str | Path) -> None:
+    """Write candidate rows (`CANDIDATE_COLUMNS`) to a CSV file, atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CANDIDATE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: row[k] for k in CANDIDATE_COLUMNS} for row in rows)
+    write_text_atomic(path, buffer.getvalue())
 
 
 class EffOPD:
@@ -34,7 +80,10 @@ class EffOPD:
     nothing more (one float32 temporary of a single tensor while a candidate is built).
     Arithmetic is float32; low-precision parameters are cast back after each candidate.
     score_fn(model) -> float, higher is better; it should put the model in eval mode itself
-    if the model has dropout. The optimiser state is left untouched.
+    if the model has dropout. EffOPD changes weights only, in place: the optimiser's state
+    (Adam's moments and step counts) and the learning-rate schedule carry on unchanged.
+    `candidate_rows()` / `write_csv(path)` list every candidate tried. In a Hugging Face or
+    TRL trainer use `opdlens.integrations.transformers.EffOPDCallback`, which drives this.
     """
 
     def __init__(
@@ -181,6 +230,14 @@ class EffOPD:
             record["candidate_scores"],
             record["accepted"],
         )
+
+    def candidate_rows(self) -> list[dict[str, Any]]:
+        """Every candidate tried so far, one row each (`CANDIDATE_COLUMNS`)."""
+        return [row for record in self.history for row in candidate_rows(record)]
+
+    def write_csv(self, path: str | Path) -> None:
+        """Write `candidate_rows()` to a CSV file, atomically."""
+        write_candidates_csv(self.candidate_rows(), path)
 
     @staticmethod
     def _copy(params: dict[str, nn.Parameter], into: dict[str, torch.Tensor]) -> None:

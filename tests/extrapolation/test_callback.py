@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from opdlens.extrapolation.callback import EffOPD
+from opdlens.extrapolation.callback import CANDIDATE_COLUMNS, EffOPD
 
 
 class Toy(nn.Module):
@@ -206,3 +206,29 @@ def test_bad_arguments_are_rejected() -> None:
         EffOPD(modules=("attention",))
     with pytest.raises(ValueError, match="selected no parameters"):
         EffOPD(select=lambda n, p: False).start(Toy())
+
+
+def test_candidate_rows_and_csv_list_every_candidate(tmp_path) -> None:
+    model = Toy()
+    cb = EffOPD(max_candidates=3)
+    cb.start(model)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.add_(0.01)
+    scores = iter([0.0, 1.0, 0.5, 3.0, 4.0, 5.0, 6.0])
+    cb.after_step(model, 1, lambda m: next(scores))  # base 0, accept 1, reject 0.5
+    cb.after_step(model, 2, lambda m: next(scores))  # base 3, accept 4, 5, 6 (max 3)
+    expected = [
+        (1, 0, 1, 2.0, 0.0, 1.0, True),
+        (1, 0, 2, 2 / 3, 0.0, 0.5, False),
+        (2, 1, 1, 2.0, 3.0, 4.0, True),
+        (2, 1, 2, 2 / 3, 3.0, 5.0, True),
+        (2, 1, 3, 2 / 5, 3.0, 6.0, True),
+    ]
+    rows = cb.candidate_rows()
+    assert [tuple(r[c] for c in CANDIDATE_COLUMNS) for r in rows] == expected
+    cb.write_csv(tmp_path / "effopd.csv")
+    lines = (tmp_path / "effopd.csv").read_text().splitlines()
+    assert lines[0] == ",".join(CANDIDATE_COLUMNS)
+    assert lines[2] == f"1,0,2,{2 / 3!r},0.0,0.5,False"
+    assert len(lines) == 1 + len(expected)
+    assert [p.name for p in tmp_path.iterdir()] == ["effopd.csv"]  # no temporary file left
