@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeGuard
 
 import torch
+import xxhash
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from ..run import Run
 
 _FORMAT = "opdlens-factor-cache/2"
+_KEY_SCHEME = b"xxh3-128;"  # part of every content key: a new hash gives new keys
 _SUFFIX = ".safetensors"
 _FIELDS = {"id": str, "step": int, "method": str, "iterations": int, "kcap": int}
 
@@ -44,11 +46,15 @@ def slice_key(expert: int | None = None, part: str | None = None) -> str:
 
 
 def content_key(*digests: bytes) -> str:
-    """The cache key of Δ from the digests of what it was computed from (W_0, W_t, a slice)."""
-    h = hashlib.sha256()
+    """The cache key of Δ from the digests of what it was computed from (W_0, W_t, a slice).
+
+    The key names its hash scheme: entries keyed under another scheme (sha256 before
+    xxh3-128) never match, so they are recomputed, not misread.
+    """
+    h = xxhash.xxh3_128(_KEY_SCHEME)
     for d in digests:
         h.update(len(d).to_bytes(4, "little") + d)
-    return h.hexdigest()[:40]
+    return h.hexdigest()
 
 
 @dataclass

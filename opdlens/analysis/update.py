@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import xxhash
 
 from ..errors import CheckpointError
 from ..io import dtypes
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..run import Checkpoint
 
 _PIECE = 8 << 20  # bytes read, hashed and decoded at a time
+_TORCH_DECODE = {"BF16": torch.bfloat16, "F16": torch.float16}  # 16-bit patterns torch decodes
 # ‖Δ‖_F outside [2^-20, 2^20]: the SVD sees Δ scaled by a power of two (exact), so that float32
 # Gram matrices and residual norms neither overflow (1e30 weights) nor underflow (1e-30).
 _SAFE_EXPONENT = 20
@@ -43,14 +44,19 @@ def read_weight(ck: Checkpoint, name: str) -> tuple[torch.Tensor, bytes]:
         return raw.to(torch.float32), h.digest()
     path, begin, end = where
     flat = np.empty(spec.numel, dtype=np.float32)  # numpy asks for huge pages: fewer faults
-    out = torch.from_numpy(flat).view(spec.shape)
+    out = torch.from_numpy(flat)
     item = dtypes.itemsize(spec.stored)
     step = max(1, _PIECE // item)
-    buf = np.empty(min(step, flat.size), dtype=dtypes.storage(spec.stored))
+    # float32 is read straight into the result; bf16 and f16 are decoded by torch (vectorised
+    # copy_, ~2x numpy's shift), float64 rounded by numpy.
+    direct = spec.stored == "F32"
+    via_torch = _TORCH_DECODE.get(spec.stored)
+    buf = None if direct else np.empty(min(step, flat.size), dtype=dtypes.storage(spec.stored))
     with open(path, "rb") as f:
         f.seek(begin)
         for start in range(0, flat.size, step):
-            piece = buf[: min(step, flat.size - start)]
+            stop = min(start + step, flat.size)
+            piece = flat[start:stop] if buf is None else buf[: stop - start]
             got = f.readinto(piece.view(np.uint8).data)
             if got != piece.nbytes:
                 raise CheckpointError(
@@ -58,8 +64,13 @@ def read_weight(ck: Checkpoint, name: str) -> tuple[torch.Tensor, bytes]:
                     f"of {end} bytes); the file is truncated or still being written."
                 )
             h.update(piece.view(np.uint8).data)
-            dtypes.decode_float32(piece, spec.stored, flat[start : start + piece.size])
-    return out, h.digest()
+            if direct:
+                continue
+            if via_torch is not None:
+                out[start:stop].copy_(torch.from_numpy(piece.view(np.int16)).view(via_torch))
+            else:
+                dtypes.decode_float32(piece, spec.stored, flat[start:stop])
+    return out.view(spec.shape), h.digest()
 
 
 def read_stored(ck: Checkpoint, name: str) -> tuple[torch.Tensor, bytes]:
@@ -73,16 +84,16 @@ def read_stored(ck: Checkpoint, name: str) -> tuple[torch.Tensor, bytes]:
 
 def digest(*tensors: torch.Tensor) -> bytes:
     """A digest of tensors' dtypes, shapes and bytes (LoRA factors, slice row indices)."""
-    h = hashlib.sha256()
+    h = xxhash.xxh3_128()
     for t in tensors:
         h.update(f"{t.dtype}{list(t.shape)};".encode())
         h.update(_raw_bytes(t))
     return h.digest()
 
 
-def _hasher(stored: str, shape: tuple[int, ...]) -> hashlib._Hash:
-    # sha256: 1.3 GB/s here (SHA extensions), against 0.5 GB/s for blake2b.
-    return hashlib.sha256(f"{stored}{list(shape)};".encode())
+def _hasher(stored: str, shape: tuple[int, ...]) -> xxhash.xxh3_128:
+    # xxh3-128: ~15x sha256 here (0.4 ms against 6 ms for 5.8 MB); a cache key, not a signature.
+    return xxhash.xxh3_128(f"{stored}{list(shape)};".encode())
 
 
 def _raw_bytes(t: torch.Tensor) -> memoryview:

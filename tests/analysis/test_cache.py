@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -97,6 +98,48 @@ def test_changed_checkpoint_is_recomputed_never_reused(tmp_path):
     row = fresh[(fresh["tensor"] == name) & (fresh["step"] == 2)]
     want = float((other[name].double() - states[0][name].double()).norm())
     assert row["update_norm"].item() == pytest.approx(want, rel=1e-5)
+
+
+def _sha256_key(root, name: str, step: int) -> str:
+    """The content key the cache used before xxh3-128: sha256 of W_0's and W_t's stored bytes."""
+    digests = []
+    for s in (0, step):
+        with safe_open(root / f"checkpoint-{s}" / "model.safetensors", "pt") as f:
+            t = f.get_tensor(name)
+        h = hashlib.sha256(f"F32{list(t.shape)};".encode())
+        h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+        digests.append(h.digest())
+    source = digests[0] + digests[1]
+    h = hashlib.sha256()
+    for d in (source, b""):  # (W_0 + W_t digests, the whole-tensor slice's empty digest)
+        h.update(len(d).to_bytes(4, "little") + d)
+    return h.hexdigest()[:40]
+
+
+def test_entries_keyed_by_the_old_hash_are_recomputed_not_misread(tmp_path):
+    # A cache written by a version that keyed entries by sha256, here with every σ doubled: had
+    # the key not changed with the hash, a rerun would find these entries and report them.
+    states = small_states((0, 1, 2))
+    root = write_state_run(tmp_path / "run", states, SMALL_CONFIG)
+    out = tmp_path / "out"
+    write_analysis(open_run(root), out, ranks=RANKS, workers=1)
+    cache = FactorCache(out / "cache", {})
+    for name, t in states[0].items():
+        if t.dim() != 2:
+            continue
+
+        def to_old(tensors, meta, name=name):
+            entries = json.loads(meta["entries"])
+            for i, e in enumerate(entries):
+                e["id"] = f"{_sha256_key(root, name, e['step'])}@{e['id'].split('@', 1)[1]}"
+                tensors[f"{i}.s"] *= 2.0
+            meta["entries"] = json.dumps(entries)
+
+        _rewrite(cache.tensor(name).path, to_old)
+    again, _ = write_analysis(open_run(root), out, ranks=RANKS, workers=1)
+    assert (again.svd_calls, again.cache_hits) == (2 * N_MATRICES, 0)
+    fresh = compute_analysis(open_run(root), AnalyzeOptions(ranks=RANKS, workers=1)).frame
+    pd.testing.assert_frame_equal(again.frame, fresh)
 
 
 def test_damaged_cache_file_is_rebuilt_with_a_warning(tmp_path):
