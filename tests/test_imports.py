@@ -35,3 +35,14 @@ def test_the_analysis_package_loads_torch_only_for_what_needs_it() -> None:
         "assert M is ILL_DEFINED_GAP"  # one definition
     )
     assert "torch" in _loaded(code)
+
+
+def test_opdlens_never_imports_transformers_or_trl() -> None:
+    code = (
+        "import sys, opdlens, opdlens.integrations\n"
+        "opdlens.EffOPD\n"
+        "print(sorted(m for m in ('transformers', 'trl') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
