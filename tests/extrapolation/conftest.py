@@ -28,6 +28,10 @@ def shapes() -> dict[str, tuple[int, ...]]:
     return out
 
 
+# What extrapolation changes by default: the attention and MLP weight matrices.
+MATRICES = [n for n, s in shapes().items() if len(s) == 2 and (".self_attn." in n or ".mlp." in n)]
+
+
 def linear_state(
     step: int, dtype: torch.dtype = torch.float32, seed: int = 0
 ) -> dict[str, torch.Tensor]:

@@ -17,21 +17,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from opdlens import OpdlensError, open_run
-from opdlens.extrapolation.extrapolate import extrapolate, extrapolate_paths, select_tensors
+from opdlens.extrapolation.extrapolate import extrapolate, extrapolate_paths
 from opdlens.io.writer import is_temp_dir
 
-from .conftest import linear_state, shapes, write_run
-
-MATRICES = [n for n, s in shapes().items() if len(s) == 2 and (".self_attn." in n or ".mlp." in n)]
-
-
-def test_default_selection_is_attention_and_mlp_matrices(linear_run: Path) -> None:
-    assert sorted(select_tensors(open_run(linear_run))) == sorted(MATRICES)
-    assert select_tensors(open_run(linear_run), tensors=["*.q_proj.weight"]) == [
-        f"model.layers.{i}.self_attn.q_proj.weight" for i in range(3)
-    ]
-    with pytest.raises(ValueError, match="blocks from attn"):
-        select_tensors(open_run(linear_run), modules=["attention"])
+from .conftest import MATRICES, linear_state, shapes, write_run
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -1,4 +1,4 @@
-"""EffOPD replay: the schedule of design.md, accept/reject against known scores, no leftovers."""
+"""EffOPD replay: accept/reject against known scores, no leftovers (the schedule: test_schedule.py)."""
 
 from __future__ import annotations
 
@@ -14,27 +14,11 @@ from safetensors.torch import load_file
 from opdlens import open_run
 from opdlens.errors import ScorerError
 from opdlens.extrapolation.replay import OFFLINE_NOTE, replay, replay_summary
-from opdlens.extrapolation.schedule import alpha_schedule, replay_schedule
 from opdlens.io.writer import is_temp_dir
 
 from .conftest import linear_state, write_run
 
 Q0 = "model.layers.0.self_attn.q_proj.weight"
-
-
-def test_schedule_uses_first_saved_step_at_or_after_each_power_of_two() -> None:
-    assert replay_schedule([1, 2, 4, 8]) == [(1, 0), (2, 1), (4, 2), (8, 4)]
-    assert replay_schedule([3, 5, 10, 20]) == [(3, 0), (5, 3), (10, 5), (20, 10)]
-    assert replay_schedule([2, 3, 4, 6, 8, 9]) == [(2, 0), (4, 2), (8, 4)]  # no step ≥ 16
-    assert replay_schedule([100]) == [(100, 0)]
-
-
-def test_alpha_schedule_moves_alpha0_further_each_candidate() -> None:
-    got = alpha_schedule(2.0, 5)
-    assert [a for a, _ in got] == pytest.approx([2, 2 / 3, 2 / 5, 2 / 7, 2 / 9])
-    assert [m for _, m in got] == pytest.approx([2, 4, 6, 8, 10])
-    # α applied to the previous candidate's distance from the anchor: (1+m') = (1+m)(1+α)
-    assert [m for _, m in alpha_schedule(0.5, 3)] == pytest.approx([0.5, 1.0, 1.5])
 
 
 def _effective_step(path: Path) -> float:

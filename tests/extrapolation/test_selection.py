@@ -1,0 +1,35 @@
+"""Which tensors an extrapolation changes: globs, or the weight matrices of blocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from opdlens import OpdlensError, OptionError, open_run
+from opdlens.extrapolation.selection import select_tensors
+
+from .conftest import MATRICES, shapes
+
+
+def test_default_selection_is_attention_and_mlp_matrices(linear_run: Path) -> None:
+    assert sorted(select_tensors(open_run(linear_run))) == sorted(MATRICES)
+    assert select_tensors(open_run(linear_run), tensors=["*.q_proj.weight"]) == [
+        f"model.layers.{i}.self_attn.q_proj.weight" for i in range(3)
+    ]
+    with pytest.raises(ValueError, match="blocks from attn"):
+        select_tensors(open_run(linear_run), modules=["attention"])
+
+
+def test_blocks_all_and_globs_choose_floating_point_tensors_only(linear_run: Path) -> None:
+    run = open_run(linear_run)
+    assert select_tensors(run, ["embed", "head"]) == ["lm_head.weight", "model.embed_tokens.weight"]
+    assert sorted(select_tensors(run, ["all"])) == sorted(shapes())  # not the int64 step counter
+    assert select_tensors(run, None) == select_tensors(run)  # None is the default: attn, mlp
+    with pytest.raises(OpdlensError, match=r"No weight matrix of blocks \['norm'\] in the run"):
+        select_tensors(run, ["norm"])  # norms are vectors
+    with pytest.raises(
+        OptionError, match=r"selects non-floating-point tensors \['model\.step_counter'\]"
+    ):
+        select_tensors(run, tensors=["model.*"])
+    assert select_tensors(run, ["norm"], tensors=["*.norm.weight"]) == ["model.norm.weight"]
