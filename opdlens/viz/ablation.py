@@ -166,6 +166,14 @@ def ablation_sentence(df: pd.DataFrame) -> str:
     step = f"step {int(df['step'].iloc[0])}" if "step" in df else "step T"
     full, base = float(df["score_full"].iloc[0]), float(df["score_base"].iloc[0])
     utility = values_of(df["utility"])
+    if np.isfinite(utility).any() and np.nanmax(utility) <= 0:
+        low = df.iloc[int(np.nanargmin(utility))]
+        return (
+            f"At {step}, no group's update helps: dropping any one leaves the score as high or "
+            f"higher, and dropping "
+            f"{low['group']}'s ({low['update_share']:.0%} of ‖Δ_T‖²) raises the score most, from "
+            f"{full:.4g} to {low['score_drop']:.4g} (the base scores {base:.4g})."
+        )
     if np.isfinite(utility).any():
         top = df.iloc[int(np.nanargmax(utility))]
         text = (

@@ -12,7 +12,6 @@ from safetensors.numpy import load_file
 
 from opdlens import OpdlensError, OptionError, ScorerError, open_run
 from opdlens.extrapolation.ablate import ABLATION_COLUMNS, SCORES_FILE, ablate
-from opdlens.extrapolation.ablate_parts import group_tensors
 
 from .conftest import linear_state, shapes, write_run
 
@@ -61,24 +60,6 @@ def random_run(tmp_path: Path) -> Path:
     for s in states:
         states[s]["model.step_counter"] = torch.tensor([s])
     return write_run(tmp_path / "run", steps=(0, 2, 5), sharded=True, state=lambda s: states[s])
-
-
-def test_groups_partition_the_float_tensors(linear_run: Path) -> None:
-    run = open_run(linear_run)
-    floats = {n for n, v in linear_state(0).items() if v.is_floating_point()}
-    for by in ("block", "layer", "layer,block", "kind"):
-        groups = group_tensors(run, by)
-        names = [n for g in groups for n in g.tensors]
-        assert sorted(names) == sorted(floats) and len(names) == len(set(names))
-    assert [g.name for g in group_tensors(run, "block")] == ["embed", "attn", "mlp", "norm", "head"]
-    assert [g.name for g in group_tensors(run, "layer")] == [
-        "embed", "layer 0", "layer 1", "layer 2", "norm", "head"
-    ]  # fmt: skip
-    by_lb = group_tensors(run, "block,layer")
-    assert by_lb[1].name == "layer 0 attn" and (by_lb[1].layer, by_lb[1].block) == (0, "attn")
-    assert "layer 0 norm" in [g.name for g in by_lb]  # input_layernorm sits in layer 0
-    kinds = {g.name: len(g.tensors) for g in group_tensors(run, "kind")}
-    assert kinds["q_proj"] == 3 and kinds["down_proj"] == 3 and kinds["lm_head"] == 1
 
 
 def test_candidates_are_theta0_plus_the_kept_updates(random_run: Path, tmp_path: Path) -> None:
