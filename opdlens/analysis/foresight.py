@@ -347,9 +347,11 @@ def _sentence(df: pd.DataFrame, target: int | None) -> str:
     row = rows.iloc[first]
     when = f"from step {int(steps[first])} on," if first < len(rows) - 1 else (
         f"only at step {int(steps[first])}, the last before it,")  # fmt: skip
-    return f"{when} {along} (rel_error {_fmt(row['rel_error'])} at α* = {_fmt(row['alpha'])})"
+    return (
+        f"{when} {along} (rel_error {_fmt(row['rel_error'], '.2f')} at α* = {_fmt(row['alpha'])})"
+    )
 
 
-def _fmt(x: object) -> str:
+def _fmt(x: object, spec: str = ".2g") -> str:
     v = float(x)  # type: ignore[arg-type]
-    return "nan" if math.isnan(v) else f"{v:.2g}"
+    return "nan" if math.isnan(v) else format(v, spec)
