@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,7 @@ from opdlens.viz.style import block_color, color_at, figure_and_axes, new_figure
 
 __all__ = ["ablation_figure", "ablation_sentence", "score_by_rank", "utility_by_share"]
 
-Frames = pd.DataFrame | Mapping[str, pd.DataFrame]
+Frames: TypeAlias = "pd.DataFrame | Mapping[str, pd.DataFrame]"
 
 ABLATION_HINT = "Pass the ablation table opdlens.ablate returns (or ablation.csv it writes)."
 RANK_HINT = "Pass the rank_curve table opdlens.ablate returns with ranks (or rank_curve.csv)."
