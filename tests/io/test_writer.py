@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from opdlens.errors import CheckpointError, OpdlensError
 from opdlens.io import dtypes
-from opdlens.io.plan import plan_like, safetensors_dtype
+from opdlens.io.plan import safetensors_dtype
 from opdlens.io.writer import (
     INDEX_FILE,
     MARKER,
@@ -191,24 +191,6 @@ def test_one_shard_under_cap_is_single_file(tmp_path: Path) -> None:
         writer.write("w", tensors["w"])
     assert (tmp_path / "o" / "model.safetensors").exists()
     assert not (tmp_path / "o" / INDEX_FILE).exists()
-
-
-def test_plan_like_renames_bin_shards() -> None:
-    specs = [TensorSpec(n, (2,), torch.float32) for n in ("a", "b", "c")]
-    weight_map = {
-        "a": "pytorch_model-00001-of-00002.bin",
-        "b": "pytorch_model-00002-of-00002.bin",
-        "c": "pytorch_model-00001-of-00002.bin",
-    }
-    plan = plan_like(specs, weight_map)
-    assert {k: [s.name for s in v] for k, v in plan.items()} == {
-        "model-00001-of-00002.safetensors": ["a", "c"],
-        "model-00002-of-00002.safetensors": ["b"],
-    }
-    assert list(plan_like(specs, None)) == ["model.safetensors"]
-    assert list(plan_like(specs[:1], {"a": "pytorch_model.bin"})) == ["model.safetensors"]
-    with pytest.raises(ValueError, match="Tensor 'c' is not in the weight map"):
-        plan_like(specs, {"a": "x.safetensors", "b": "x.safetensors"})
 
 
 def _write(out: Path, specs: list[TensorSpec], *items: tuple[str, torch.Tensor]) -> None:
