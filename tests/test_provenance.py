@@ -1,0 +1,65 @@
+"""Provenance: versions, the command, every input file with a fingerprint, options as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from checkpoints import small_state, write_state_dir
+
+import opdlens
+from opdlens import provenance
+
+
+def _run(root: Path) -> opdlens.Run:
+    for s in (0, 2):
+        write_state_dir(root / f"checkpoint-{s}", small_state(s), layout="sharded")
+    return opdlens.open_run(root)
+
+
+def test_a_fingerprint_follows_the_bytes_size_and_mtime_not_the_path(tmp_path: Path) -> None:
+    run = _run(tmp_path / "run")
+    ck = run.checkpoint(2)
+    first = provenance.fingerprint(ck)
+    assert len(first) == 40 and provenance.fingerprint(ck) == first
+    copy = Path(shutil.copytree(ck.path, tmp_path / "copy"))  # copy2 keeps the mtimes
+    assert provenance.fingerprint(opdlens.open_run(checkpoints={2: copy}, base=run.base.path)
+                                  .checkpoint(2)) == first  # fmt: skip
+    shard = ck.files[0]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF  # the last byte of a weight: same size
+    shard.write_bytes(data)
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+    assert provenance.fingerprint(ck) != first
+
+
+def test_record_is_json_with_inputs_versions_and_options(tmp_path: Path, monkeypatch) -> None:
+    run = _run(tmp_path / "run")
+    monkeypatch.setattr(sys, "argv", ["opdlens", "analyze", str(tmp_path / "run")])
+    rec = provenance.record(run, {"out": tmp_path / "out", "ranks": [1, 4]}, note="x")
+    again = json.loads(json.dumps(rec))  # JSON-ready as it is
+    assert again["command"] == f"opdlens analyze {tmp_path / 'run'}"
+    assert (
+        again["options"] == {"out": str(tmp_path / "out"), "ranks": [1, 4]} and again["note"] == "x"
+    )
+    assert again["versions"]["opdlens"] == opdlens.__version__
+    assert set(again["versions"]) == {
+        "opdlens",
+        "python",
+        "torch",
+        "numpy",
+        "pandas",
+        "safetensors",
+    }
+    inputs = again["inputs"]
+    assert [i["step"] for i in inputs] == [0, 2]
+    assert {i["layout"] for i in inputs} == {"hf-safetensors-sharded"}
+    files = inputs[1]["files"]
+    assert [Path(f["path"]).name for f in files] == [
+        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+    ]  # fmt: skip
+    assert all(f["bytes"] == Path(f["path"]).stat().st_size for f in files)
+    assert provenance.record(None, {})["inputs"] == []
