@@ -148,12 +148,34 @@ class EffOPD:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     @torch.no_grad()
-    def start(self, model: nn.Module, step: int = 0) -> None:
-        """Record the selected weights as the anchor of the first power-of-two step."""
+    def start(
+        self,
+        model: nn.Module,
+        step: int = 0,
+        anchor: Callable[[str], torch.Tensor] | None = None,
+    ) -> None:
+        """Record the selected weights as the anchor of the first power-of-two step.
+
+        `anchor(name)`, if given, returns the anchor weights of each selected parameter instead
+        (e.g. read from the checkpoint of step `step` when training resumes after it).
+        Shape: each as its parameter.
+        """
         params = self._selected(model)
-        self._anchor = {n: p.detach().clone() for n, p in params.items()}
+        if anchor is None:
+            self._anchor = {n: p.detach().clone() for n, p in params.items()}
+        else:
+            self._anchor = {n: self._anchor_of(n, p, anchor(n)) for n, p in params.items()}
         self._backup = {n: torch.empty_like(p) for n, p in params.items()}
         self.anchor_step = step
+
+    @staticmethod
+    def _anchor_of(name: str, param: nn.Parameter, value: torch.Tensor) -> torch.Tensor:
+        if value.shape != param.shape:
+            raise OptionError(
+                f"EffOPD's anchor for {name} has shape {tuple(value.shape)}, the parameter "
+                f"{tuple(param.shape)}. Give the anchor weights of this model."
+            )
+        return value.detach().to(device=param.device, dtype=param.dtype, copy=True)
 
     def after_step(
         self, model: nn.Module, step: int, score_fn: Callable[[nn.Module], float]

@@ -22,11 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint import open_checkpoint
 from ..errors import OpdlensError, OptionError
 from ..extrapolation.callback import CANDIDATE_COLUMNS, EffOPD, candidate_rows, write_candidates_csv
 from ..extrapolation.schedule import is_power_of_two
 from ..extrapolation.selection import DEFAULT_MODULES
 from ..io.paths import MARKER, OLD_MARKER, TEMP_MARKER, is_opdlens_dir, temp_name, write_marker
+from ..names import canonical_name
 
 try:
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -75,9 +77,10 @@ class EffOPDCallback(TrainerCallback):
     effopd_candidates.csv`), rewritten atomically after every decision from the log history,
     so a resumed run's CSV matches its checkpoint. Records are not sent to `report_to` loggers.
 
-    One process only (no DDP, FSDP or DeepSpeed). When training resumes from a checkpoint,
-    the anchor is the resumed weights (the `anchor_step` column says so), not those of the
-    previous power-of-two step; a warning says so.
+    One process only (no DDP, FSDP or DeepSpeed). Resuming from a checkpoint continues
+    exactly when the output directory holds the checkpoint of the previous power-of-two step
+    (`SaveAtPowersOfTwo` saves it): its weights are the anchor. Without it, the resumed
+    weights are, with a warning and the `anchor_step` column saying so.
     """
 
     def __init__(
@@ -114,15 +117,26 @@ class EffOPDCallback(TrainerCallback):
         self._csv = self.csv_path or Path(args.output_dir or ".") / CSV_NAME
         if state.is_world_process_zero:
             _check_csv(self._csv)
-        self.effopd.start(model, state.global_step)
-        if state.global_step > 0:
-            message = (
-                f"EffOPDCallback: training resumes at step {state.global_step}; the weights of "
-                f"step {state.global_step} are the anchor of the next power-of-two step (the "
-                "'anchor_step' column shows it), not those of the previous power-of-two step."
-            )
-            logger.warning(message)
-            warnings.warn(message, stacklevel=2)
+        step = state.global_step
+        if step == 0 or is_power_of_two(step):  # the weights now are the anchor
+            self.effopd.start(model, step)
+            return
+        prior = 1 << (step.bit_length() - 1)  # the power-of-two step before `step`
+        saved = Path(args.output_dir or ".") / f"checkpoint-{prior}"
+        if saved.is_dir():
+            checkpoint = open_checkpoint(saved, prior, trust_pickle=False)
+            self.effopd.start(model, prior, lambda name: checkpoint.tensor(canonical_name(name)))
+            logger.info("EffOPDCallback: resumed at step %d, anchored at %s", step, saved)
+            return
+        self.effopd.start(model, step)
+        message = (
+            f"EffOPDCallback: training resumes at step {step} and {saved} (the weights of the "
+            f"previous power-of-two step) is missing, so the weights of step {step} are the "
+            "anchor of the next power-of-two step (the 'anchor_step' column shows it). Save "
+            "with SaveAtPowersOfTwo to resume exactly."
+        )
+        logger.warning(message)
+        warnings.warn(message, stacklevel=2)
 
     def on_step_end(
         self,
@@ -146,10 +160,10 @@ class EffOPDCallback(TrainerCallback):
             entry[f"{_PREFIX}accepted"] = int(row["accepted"])
             state.log_history.append({**entry, "step": row["step"]})
         if state.is_world_process_zero and self._csv is not None:
-            write_candidates_csv(history_rows(state.log_history), self._csv)
+            write_candidates_csv(_history_rows(state.log_history), self._csv)
 
 
-def history_rows(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def _history_rows(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The candidate rows EffOPDCallback put into a Trainer's log history, in order."""
     rows = []
     for entry in log_history:

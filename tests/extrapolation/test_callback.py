@@ -232,3 +232,17 @@ def test_candidate_rows_and_csv_list_every_candidate(tmp_path) -> None:
     assert lines[2] == f"1,0,2,{2 / 3!r},0.0,0.5,False"
     assert len(lines) == 1 + len(expected)
     assert [p.name for p in tmp_path.iterdir()] == ["effopd.csv"]  # no temporary file left
+
+
+def test_start_takes_the_anchor_from_a_function() -> None:
+    model = Toy()
+    earlier = {n: p.detach() - 0.5 for n, p in model.named_parameters()}
+    cb = EffOPD(max_candidates=1)
+    cb.start(model, 4, anchor=lambda name: earlier[name])
+    current = _state(model)
+    record = cb.after_step(model, 8, lambda m: float(m.model.layers[0].mlp.down_proj.weight.sum()))
+    assert record["anchor_step"] == 4 and record["accepted"] == 1
+    name = "model.layers.0.mlp.down_proj.weight"
+    torch.testing.assert_close(dict(model.named_parameters())[name], current[name] + 1.0)
+    with pytest.raises(ValueError, match="anchor for .*q_proj.weight has shape \\(2,\\)"):
+        EffOPD().start(model, 4, anchor=lambda name: torch.zeros(2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -279,13 +280,59 @@ def test_effopd_callback_refuses_several_processes_and_bad_score_fn() -> None:
         EffOPDCallback(0.5)
 
 
-def test_resuming_warns_that_the_anchor_is_the_resumed_step(tmp_path: Path) -> None:
+def test_resuming_without_the_prior_power_of_two_checkpoint_warns(tmp_path: Path) -> None:
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[])
-    state = TrainerState(global_step=5)
     cb = EffOPDCallback(lambda m: 0.0)
-    with pytest.warns(UserWarning, match="resumes at step 5"):
-        cb.on_train_begin(args, state, None, model=tiny_model("llama"))
+    with pytest.warns(UserWarning, match="resumes at step 5 and .*checkpoint-4 .* is missing"):
+        cb.on_train_begin(args, TrainerState(global_step=5), None, model=tiny_model("llama"))
     assert cb.effopd.anchor_step == 5
+    cb.on_train_begin(args, TrainerState(global_step=4), None, model=tiny_model("llama"))
+    assert cb.effopd.anchor_step == 4  # resumed at a power of two: its weights are the anchor
+
+
+def _lm_trainer(out: Path, callbacks: list[TrainerCallback], max_steps: int) -> Trainer:
+    """A plain Trainer on a tiny Llama, causal LM loss on fixed random tokens."""
+    data = torch.randint(4, VOCAB, (32, 8), generator=torch.Generator().manual_seed(0))
+    args = TrainingArguments(
+        output_dir=str(out),
+        max_steps=max_steps,
+        per_device_train_batch_size=4,
+        learning_rate=3e-2,
+        save_strategy="steps",
+        save_steps=3,
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+        seed=0,
+    )
+    rows = [{"input_ids": x, "labels": x} for x in data]
+    model = tiny_model("llama", seed=0, vocab_size=VOCAB).train()
+    return Trainer(model=model, args=args, train_dataset=rows, callbacks=callbacks)
+
+
+@pytest.mark.slow
+def test_resuming_anchors_at_the_saved_power_of_two_step(tmp_path: Path) -> None:
+    # Every decision: base 0, first candidate 1 (kept), second 0.5 (rolled back).
+    def score() -> Callable[[nn.Module], float]:
+        return scripted([0.0, 1.0, 0.5] * 4)
+
+    whole = _lm_trainer(tmp_path / "whole", [EffOPDCallback(score(), max_candidates=2)], 6)
+    whole.callback_handler.add_callback(SaveAtPowersOfTwo())
+    whole.train()
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "whole", resumed_dir)
+    for step in (4, 6):
+        shutil.rmtree(resumed_dir / f"checkpoint-{step}")
+    resumed = _lm_trainer(resumed_dir, [EffOPDCallback(score(), max_candidates=2)], 6)
+    resumed.train(resume_from_checkpoint=str(resumed_dir / "checkpoint-3"))
+
+    rows = read_csv(resumed_dir / CSV_NAME)
+    assert rows == read_csv(tmp_path / "whole" / CSV_NAME)
+    assert [(r["step"], r["anchor_step"]) for r in rows][-2:] == [("4", "2"), ("4", "2")]
+    # The jump at step 4 went from step 2's weights, so the resumed run ends where the whole did.
+    final = dict(resumed.model.named_parameters())
+    for n, p in whole.model.named_parameters():
+        torch.testing.assert_close(final[n], p, rtol=0, atol=1e-6)
 
 
 def test_without_transformers_the_import_says_how_to_install() -> None:
