@@ -12,7 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # `import planted` from any test directory
 
 import checkpoints  # noqa: E402
-from planted import STEPS, planted, write_state_run  # noqa: E402
+from planted import SMALL_CONFIG, STEPS, planted, small_states, write_state_run  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +44,9 @@ def planted_runs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Pa
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small llama-named run (planted.small_states) saved at planted.STEPS."""
+    return write_state_run(tmp_path_factory.mktemp("small"), small_states(), SMALL_CONFIG)
