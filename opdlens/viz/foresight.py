@@ -1,0 +1,208 @@
+"""Foresight plots: how close one extrapolation from step t lands to a later step s, per run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from opdlens.analysis.foresight import foresight_sentence, select_anchor
+from opdlens.errors import NothingToDrawError, OptionError
+from opdlens.names import BLOCKS
+from opdlens.viz._validate import STEP_LABEL, check_frame, ordered, run_names, values_of
+from opdlens.viz.style import (
+    block_color,
+    color_at,
+    figure_and_axes,
+    linestyle_at,
+    new_figure,
+    paper_style,
+)
+
+__all__ = [
+    "alpha_star_by_step",
+    "effopd_vs_optimal",
+    "foresight_figure",
+    "foresight_map",
+    "foresight_sentence",
+]
+
+HINT = "Pass the DataFrame of opdlens.foresee with a 'run' column, e.g. df.assign(run='OPD')."
+_BASE = ["run", "step", "anchor", "alpha", "alpha_kind", "scope", "target_step", "rel_error"]
+_ANNOTATE_MAX = 10  # cells per side up to which the map prints each value
+_STAR_LABEL = r"$\alpha^* = -\langle \theta_t - \theta_s, \theta_t - \theta_a \rangle / \|\theta_t - \theta_a\|^2$"
+
+
+def _rows(
+    df: pd.DataFrame, func: str, anchor: str | int, extra: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    df = check_frame(df, func, [*_BASE, *extra], hint=HINT)
+    rows = select_anchor(df, anchor)
+    if rows.empty:
+        raise NothingToDrawError(
+            f"The 'df' argument of {func} has no rows with anchor {anchor!r}; its anchors are "
+            f"{sorted(int(a) for a in df['anchor'].unique())}. Pass anchor='base' or a step."
+        )
+    return rows
+
+
+def _targets(rows: pd.DataFrame, target: str | int, func: str) -> pd.DataFrame:
+    """Rows against the next saved step after t, the last step, or one step, per run."""
+    if target == "next":
+        keys = [rows["run"], rows["step"], rows["anchor"]]
+        return rows[rows["target_step"] == rows.groupby(keys)["target_step"].transform("min")]
+    if target == "final":
+        return rows[rows["target_step"] == rows.groupby("run")["target_step"].transform("max")]
+    if isinstance(target, bool) or not isinstance(target, int):
+        raise OptionError(
+            f"The 'target' parameter of {func} must be 'next', 'final' or a saved step. Got "
+            f"{target!r} instead."
+        )
+    out = rows[rows["target_step"] == target]
+    if out.empty:
+        raise NothingToDrawError(
+            f"The 'df' argument of {func} has no rows with target_step {target}; its targets are "
+            f"{sorted(int(s) for s in rows['target_step'].unique())}."
+        )
+    return out
+
+
+def foresight_map(
+    df: pd.DataFrame,
+    *,
+    run: str | None = None,
+    anchor: str | int = "previous",
+    ax: Axes | None = None,
+) -> Axes:
+    """Best rel_error of the whole model (over the α in df, α* included) for step t against step s."""
+    rows = _rows(df, "foresight_map", anchor)
+    runs = run_names(rows, None if run is None else [run], "foresight_map")
+    rows = rows[(rows["run"] == runs[0]) & (rows["scope"] == "overall")]
+    best = rows.groupby(["step", "target_step"])["rel_error"].min()
+    steps = sorted(int(s) for s in best.index.get_level_values("step").unique())
+    targets = sorted(int(s) for s in best.index.get_level_values("target_step").unique())
+    grid = best.unstack().reindex(index=steps, columns=targets)
+    values = grid.to_numpy(dtype="float64", na_value=np.nan)
+    with paper_style():
+        fig, ax = figure_and_axes(ax)
+        image = ax.imshow(
+            np.ma.masked_invalid(values), origin="lower", aspect="auto", cmap="viridis",
+            vmin=0.0, vmax=1.0, interpolation="nearest",
+        )  # fmt: skip
+        ax.grid(False)
+        ax.set_xticks(range(len(targets)), [str(s) for s in targets])
+        ax.set_yticks(range(len(steps)), [str(s) for s in steps])
+        if len(steps) <= _ANNOTATE_MAX and len(targets) <= _ANNOTATE_MAX:
+            for (i, j), v in np.ndenumerate(values):
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6.5,
+                            color="white" if v < 0.6 else "black")  # fmt: skip
+        ax.set_xlabel("later saved step $s$ (target)")
+        ax.set_ylabel(f"step $t$ extrapolated from\n(anchor: {anchor})")
+        ax.set_title(runs[0])
+        bar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
+        bar.set_label("best rel_error, whole model\n(< 1: closer to θ_s than θ_t is)")
+    return ax
+
+
+def alpha_star_by_step(
+    df: pd.DataFrame, *, target: str | int = "next", anchor: str | int = "previous",
+    ax: Axes | None = None,
+) -> Axes:  # fmt: skip
+    """α* of each block (and the whole model, black) against step t, one line style per run."""
+    rows = _rows(df, "alpha_star_by_step", anchor, ("block",))
+    rows = rows[(rows["alpha_kind"] == "optimal") & rows["scope"].isin(["block", "overall"])]
+    rows = _targets(rows, target, "alpha_star_by_step")
+    runs = run_names(rows, None, "alpha_star_by_step")
+    blocks = ordered(rows["block"].dropna().unique(), BLOCKS)
+    with paper_style():
+        _, ax = figure_and_axes(ax)
+        for i, run in enumerate(runs):
+            mine = rows[rows["run"] == run]
+            for block in [*blocks, None]:
+                part = mine[mine["scope"] == "overall"] if block is None else mine[
+                    (mine["scope"] == "block") & (mine["block"] == block)]  # fmt: skip
+                part = part.sort_values("step")
+                if part.empty:
+                    continue
+                color = "#333333" if block is None else block_color(block)
+                ax.plot(values_of(part["step"]), values_of(part["alpha"]), color=color,
+                        linestyle=linestyle_at(i), marker="o", label=f"{run} · {block or 'all'}")  # fmt: skip
+        ax.axhline(0.0, color="#777777", linewidth=0.8)
+        steps = sorted(int(s) for s in rows["step"].unique())
+        if len(steps) <= 12:
+            ax.set_xticks(steps, [str(s) for s in steps])
+        ax.set_xlabel(STEP_LABEL)
+        where = {"next": "the next saved step", "final": "the last saved step"}.get(
+            str(target), f"step {target}"
+        )
+        ax.set_ylabel(f"optimal α against {where}\n{_STAR_LABEL}")
+        handles = [Line2D([], [], color=block_color(b), label=b) for b in blocks]
+        handles.append(Line2D([], [], color="#333333", label="whole model"))
+        handles += [Line2D([], [], color="#333333", linestyle=linestyle_at(i), label=run)
+                    for i, run in enumerate(runs)]  # fmt: skip
+        ax.legend(handles=handles, ncols=2 if len(handles) > 5 else 1, loc="best")
+    return ax
+
+
+def effopd_vs_optimal(
+    df: pd.DataFrame, *, target: str | int = "next", ax: Axes | None = None
+) -> Axes:
+    """At EffOPD's scheduled steps, the α its candidates try (grey) against α* (per run)."""
+    rows = check_frame(df, "effopd_vs_optimal", [*_BASE, "candidate"], hint=HINT)
+    rows = rows[rows["scope"] == "overall"]
+    eff = rows[rows["alpha_kind"] == "effopd"]
+    if eff.empty:
+        raise NothingToDrawError(
+            "The 'df' argument of effopd_vs_optimal has no alpha_kind 'effopd' rows: none of its "
+            "(step, anchor) pairs is one of EffOPD's scheduled ones. Run foresee with the default "
+            "anchors."
+        )
+    pairs = eff[["run", "step", "anchor"]].drop_duplicates()
+    star = rows[rows["alpha_kind"] == "optimal"].merge(pairs, on=["run", "step", "anchor"])
+    star = _targets(star, target, "effopd_vs_optimal")
+    eff = eff.merge(star[["run", "step", "anchor", "target_step"]], on=["run", "step", "anchor",
+                                                                        "target_step"])  # fmt: skip
+    runs = run_names(rows, None, "effopd_vs_optimal")
+    with paper_style():
+        _, ax = figure_and_axes(ax)
+        tried = eff[["step", "alpha"]].drop_duplicates()
+        ax.scatter(values_of(tried["step"]), values_of(tried["alpha"]), marker="_", s=120,
+                   color="#9A9A9A", linewidths=1.6, zorder=2)  # fmt: skip
+        for i, run in enumerate(runs):
+            mine = star[star["run"] == run].sort_values("step")
+            ax.plot(values_of(mine["step"]), values_of(mine["alpha"]), color=color_at(i),
+                    linestyle=linestyle_at(i), marker="o", zorder=3)  # fmt: skip
+        ax.set_xscale("log", base=2)
+        steps = sorted(int(s) for s in star["step"].unique())
+        ax.set_xticks(steps, [str(s) for s in steps])
+        ax.axhline(0.0, color="#777777", linewidth=0.8)
+        ax.set_xlabel("EffOPD's scheduled step $t$")
+        ax.set_ylabel("α in $\\theta_t + \\alpha(\\theta_t - \\theta_a)$")
+        handles = [Line2D([], [], color="#9A9A9A", marker="_", linestyle="", markersize=10,
+                          label="EffOPD's candidates (cumulative α)")]  # fmt: skip
+        handles += [Line2D([], [], color=color_at(i), linestyle=linestyle_at(i), marker="o",
+                           label=f"{run}: α*") for i, run in enumerate(runs)]  # fmt: skip
+        ax.legend(handles=handles, loc="best")
+    return ax
+
+
+def foresight_figure(
+    df: pd.DataFrame, *, target: str | int = "next", fig: Figure | None = None
+) -> Figure:
+    """The foresight map of each run side by side, then α* per block and EffOPD's α against α*."""
+    rows = check_frame(df, "foresight_figure", _BASE, hint=HINT)
+    runs = run_names(rows, None, "foresight_figure")
+    cols = max(2, len(runs))
+    with paper_style():
+        fig = new_figure(3.4 * cols, 5.6) if fig is None else fig
+        grid = fig.add_gridspec(2, cols * 2)
+        width = (cols * 2) // len(runs)
+        for i, run in enumerate(runs):
+            foresight_map(rows, run=run, ax=fig.add_subplot(grid[0, i * width : (i + 1) * width]))
+        alpha_star_by_step(rows, target=target, ax=fig.add_subplot(grid[1, :cols]))
+        if (rows["alpha_kind"] == "effopd").any():
+            effopd_vs_optimal(rows, target=target, ax=fig.add_subplot(grid[1, cols:]))
+    return fig
