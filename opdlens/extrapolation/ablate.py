@@ -398,6 +398,8 @@ class _Job:
             self.run, options, scorer=self.judge.label, oracle=self.judge.oracle,
             reused_scores=reused, warnings=warnings, groups=grouping,
             untouched_tensors=untouched,
+            rank_svd=("top-k of each 2-D update (stacked experts per slice) by "
+                      "analysis.linalg.top_k_svd(method='exact'), float64") if self.ks else None,
             note=("Tensors without an update (integer buffers, tensors the base lacks) are "
                   "written as at step T in every candidate."),
         )  # fmt: skip

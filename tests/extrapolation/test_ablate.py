@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
+from safetensors.torch import load_file as load_torch
 
 from opdlens import OpdlensError, OptionError, ScorerError, open_run
 from opdlens.extrapolation.ablate import ABLATION_COLUMNS, SCORES_FILE, ablate
@@ -243,3 +244,19 @@ def test_out_of_another_command_is_refused(linear_run: Path, tmp_path: Path) -> 
         ablate(open_run(linear_run), 4, distance_score, out=tmp_path / "rep")
     with pytest.raises(OpdlensError, match="overlaps the input"):
         ablate(open_run(linear_run), 4, distance_score, out=linear_run / "checkpoint-4" / "x")
+
+
+def test_base_values_are_written_in_the_dtype_step_t_stores(tmp_path: Path) -> None:
+    def state(step: int) -> dict[str, torch.Tensor]:
+        return linear_state(step, torch.float32 if step == 0 else torch.bfloat16)
+
+    root = write_run(tmp_path / "run", steps=(0, 2), state=state)
+    zero = lambda path: 0.0  # noqa: E731  (only the written weights matter here)
+    ablate(open_run(root), 2, zero, by="block", mode="drop", out=tmp_path / "out", keep=True)
+
+    got = load_torch(tmp_path / "out/candidates/drop-block-mlp/model.safetensors")
+    w0, w2 = linear_state(0), linear_state(2, torch.bfloat16)
+    for name, value in got.items():
+        assert value.dtype == w2[name].dtype
+        want = w0[name] if ".mlp." in name else w2[name]  # multiples of 1/64: exact in bf16
+        torch.testing.assert_close(value.float(), want.float(), rtol=0, atol=0)
