@@ -121,10 +121,11 @@ class EffOPD:
         self.history: list[dict[str, Any]] = []
 
     def selects(self, name: str, param: nn.Parameter) -> bool:
-        """Whether `name` is extrapolated: select= if given, else select_tensors' offline rule."""
+        """Whether `name` is extrapolated: select= if given, else select_tensors' offline rule
+        restricted to trainable parameters (a frozen one never moves from its anchor)."""
         if self._select is not None:
             return bool(self._select(name, param))
-        if not param.dtype.is_floating_point:
+        if not param.dtype.is_floating_point or not param.requires_grad:
             return False
         if "all" in self.modules:
             return True
@@ -135,9 +136,18 @@ class EffOPD:
     def _selected(self, model: nn.Module) -> dict[str, nn.Parameter]:
         chosen = {n: p for n, p in model.named_parameters() if self.selects(n, p)}
         if not chosen:
+            lora = any("lora_" in n and p.requires_grad for n, p in model.named_parameters())
+            hint = (
+                " The model trains LoRA adapters only; EffOPD extrapolates full weight "
+                "matrices: merge the adapters, or pass select=lambda name, param: "
+                "param.requires_grad to extrapolate each LoRA factor on its own."
+                if lora
+                else ""
+            )
             raise OptionError(
-                f"EffOPD selected no parameters of the model: no weight matrix of the blocks "
-                f"{self.modules}. Pass other modules= or select=lambda name, param: ... ."
+                f"EffOPD selected no parameters of the model: no trainable weight matrix of the "
+                f"blocks {self.modules}. Pass other modules= or select=lambda name, param: ... ."
+                f"{hint}"
             )
         return chosen
 

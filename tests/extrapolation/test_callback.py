@@ -246,3 +246,23 @@ def test_start_takes_the_anchor_from_a_function() -> None:
     torch.testing.assert_close(dict(model.named_parameters())[name], current[name] + 1.0)
     with pytest.raises(ValueError, match="anchor for .*q_proj.weight has shape \\(2,\\)"):
         EffOPD().start(model, 4, anchor=lambda name: torch.zeros(2))
+
+
+def test_frozen_parameters_are_not_selected() -> None:
+    model = Toy()
+    model.model.layers[0].self_attn.q_proj.weight.requires_grad_(False)
+    cb = EffOPD()
+    cb.start(model)
+    assert set(cb._anchor) == {"model.layers.0.mlp.down_proj.weight"}
+
+
+def test_a_lora_model_is_refused_with_the_way_out() -> None:
+    from checkpoints import tiny_model
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="no trainable weight matrix.*LoRA adapters only"):
+        EffOPD().start(lora)
+    factors = EffOPD(select=lambda name, param: param.requires_grad)
+    factors.start(lora)
+    assert len(factors._anchor) == 4 and all("lora_" in n for n in factors._anchor)
