@@ -227,7 +227,7 @@ def foresee(
     tensors: Sequence[str] | None = None,
     alpha0: float = 2.0,
     max_candidates: int = 5,
-    workers: int | None = 1,
+    workers: int | None = None,
     executor: str = "local",
     address: str | None = None,
     progress: bool = False,
@@ -240,7 +240,9 @@ def foresee(
     matrices, as extrapolate). alpha_kind is `grid` (each of `alphas`), `optimal` (α* of the
     scope, in `alpha`) or `effopd` (candidate k of EffOPD's schedule from α0: `alpha` holds its
     cumulative multiple of θ_t − θ_a). `anchor`: None (the previous saved step, plus EffOPD's
-    scheduled pairs), 'previous', 'base' or a saved step. frame.attrs["warnings"] lists warnings.
+    scheduled pairs), 'previous', 'base' or a saved step. `workers`, `executor`, `address`: as
+    `analyze` runs its tensors (default: one process per core). frame.attrs["warnings"] lists
+    warnings.
 
     Raises:
         OptionError: a bad alpha, anchor, module, or executor option (also a ValueError).

@@ -20,7 +20,15 @@ from ._app import (
     handle_errors,
     parse_checkpoints,
 )
-from .extrapolate import ModulesOpt, OverwriteOpt, TensorsOpt
+from .extrapolate import OverwriteOpt, TensorsOpt
+
+ModulesOpt = Annotated[
+    str,
+    typer.Option(
+        "--modules",
+        help="Blocks whose weight matrices are measured: attn,mlp,embed,norm,head,other or all.",
+    ),
+]
 
 
 def parse_floats(text: str, option: str) -> list[float]:
