@@ -39,6 +39,7 @@ from .ablate_parts import (
     Candidate,
     Factors,
     Group,
+    ScoreBook,
     candidate_producer,
     check_by,
     group_tensors,
@@ -170,46 +171,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "-", text).strip("-")
 
 
-class _ScoreBook:
-    """Scores of one (run, step, scorer), rewritten atomically after each new one."""
-
-    def __init__(self, path: Path | None, identity: dict[str, object]) -> None:
-        self.path, self.identity = path, identity
-        self.scores: dict[str, float] = {}
-        self.reused: set[str] = set()
-        self.warnings: list[str] = []
-        self._lock = threading.Lock()
-        if path is None or not path.is_file():
-            return
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            self.warnings.append(f"{path} could not be read ({e}); every candidate is scored anew.")
-            return
-        if not isinstance(saved, dict) or saved.get("identity") != identity:
-            self.warnings.append(
-                f"{path} holds scores of another run, step or scorer; they are not reused and "
-                "the file is replaced."
-            )
-            return
-        scores = saved.get("scores")
-        self.scores = {str(k): float(v) for k, v in (scores or {}).items()}
-
-    def get(self, key: str) -> float | None:
-        with self._lock:
-            value = self.scores.get(key)
-            if value is not None:
-                self.reused.add(key)
-            return value
-
-    def put(self, key: str, value: float) -> None:
-        with self._lock:
-            self.scores[key] = value
-            if self.path is not None:
-                payload = {"identity": self.identity, "scores": self.scores}
-                write_text_atomic(self.path, json.dumps(payload, indent=2) + "\n")
-
-
 class _Job:
     """One ablation: its candidates, scored (or reused) and tabulated."""
 
@@ -262,7 +223,7 @@ class _Job:
             "step": self.step, "scorer": self.judge.label,
             "base": fingerprint(self.run.base), "checkpoint": fingerprint(self.run.checkpoint(self.step)),
         }  # fmt: skip
-        book = _ScoreBook(None if out_dir is None else out_dir / SCORES_FILE, identity)
+        book = ScoreBook(None if out_dir is None else out_dir / SCORES_FILE, identity)
         keep_dir = None if out_dir is None or not self.keep else out_dir / CANDIDATES_DIR
         if keep_dir is not None:
             keep_dir.mkdir(exist_ok=True)
@@ -284,7 +245,7 @@ class _Job:
         return result
 
     def _score(
-        self, todo: list[Candidate], book: _ScoreBook, work: Path, keep_dir: Path | None
+        self, todo: list[Candidate], book: ScoreBook, work: Path, keep_dir: Path | None
     ) -> None:
         def one(c: Candidate) -> None:
             tmp = work / temp_name(f"candidate-{c.dirname}")

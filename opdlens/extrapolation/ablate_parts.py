@@ -1,14 +1,18 @@
-"""What `ablate` scores: groups of tensors, candidate checkpoints of θ_0 + part of Δ_T, rank-k factors."""
+"""What `ablate` scores (groups, candidates of θ_0 + part of Δ_T, rank-k factors) and the scores saved."""
 
 from __future__ import annotations
 
+import json
 import math
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import OpdlensError, OptionError
 from ..io.like import Produced, as_stored
+from ..io.paths import write_text_atomic
 from ..names import BLOCKS
 from ..run import Run
 
@@ -20,6 +24,7 @@ __all__ = [
     "Candidate",
     "Factors",
     "Group",
+    "ScoreBook",
     "candidate_producer",
     "check_by",
     "group_tensors",
@@ -221,3 +226,45 @@ def candidate_producer(
         return base.tensor(name).to(current.spec(name).dtype)  # θ_0 in the dtype step T stores
 
     return produce
+
+
+class ScoreBook:
+    """Scores of one (run, step, scorer), rewritten atomically after each new one."""
+
+    def __init__(self, path: Path | None, identity: dict[str, object]) -> None:
+        self.path, self.identity = path, identity
+        self.scores: dict[str, float] = {}
+        self.reused: set[str] = set()
+        self.warnings: list[str] = []
+        self._lock = threading.Lock()
+        if path is None or not path.is_file():
+            return
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            self.warnings.append(f"{path} could not be read ({e}); every candidate is scored anew.")
+            return
+        if not isinstance(saved, dict) or saved.get("identity") != identity:
+            self.warnings.append(
+                f"{path} holds scores of another run, step or scorer; they are not reused and "
+                "the file is replaced."
+            )
+            return
+        scores = saved.get("scores")
+        self.scores = {str(k): float(v) for k, v in (scores or {}).items()}
+
+    def get(self, key: str) -> float | None:
+        """The saved score of candidate `key` (counted as reused), or None."""
+        with self._lock:
+            value = self.scores.get(key)
+            if value is not None:
+                self.reused.add(key)
+            return value
+
+    def put(self, key: str, value: float) -> None:
+        """Record a new score and rewrite the file at once, so a kill loses no finished score."""
+        with self._lock:
+            self.scores[key] = value
+            if self.path is not None:
+                payload = {"identity": self.identity, "scores": self.scores}
+                write_text_atomic(self.path, json.dumps(payload, indent=2) + "\n")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from opdlens import OptionError, open_run
-from opdlens.extrapolation.ablate_parts import check_by, group_tensors
+from opdlens.extrapolation.ablate_parts import ScoreBook, check_by, group_tensors
 
 from .conftest import linear_state
 
@@ -36,3 +36,16 @@ def test_by_accepts_either_order_and_refuses_the_rest() -> None:
         OptionError, match="must be one of block, layer, layer,block, kind. Got 'expert'"
     ):
         check_by("expert")
+
+
+def test_score_book_keeps_only_the_scores_of_its_identity(tmp_path: Path) -> None:
+    path = tmp_path / "scores.json"
+    book = ScoreBook(path, {"step": 4, "scorer": "s"})
+    book.put("full", 1.5)
+    again = ScoreBook(path, {"step": 4, "scorer": "s"})
+    assert again.get("full") == 1.5 and again.get("base") is None and again.reused == {"full"}
+    other = ScoreBook(path, {"step": 8, "scorer": "s"})
+    assert other.get("full") is None and "another run, step or scorer" in other.warnings[0]
+    path.write_text("{not json")
+    broken = ScoreBook(path, {"step": 4, "scorer": "s"})
+    assert broken.scores == {} and "could not be read" in broken.warnings[0]
