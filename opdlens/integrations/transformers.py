@@ -148,13 +148,18 @@ class EffOPDCallback(TrainerCallback):
     ) -> None:
         """Run EffOPD's decision when the optimiser step just completed is a power of two."""
         assert model is not None, "the Trainer passes its model to every callback event"
-        was_training = model.training
-        if is_power_of_two(state.global_step):
-            model.eval()
+        if not is_power_of_two(state.global_step):
+            self.effopd.after_step(model, state.global_step, self.score_fn)  # anchors if unset
+            return
+        modes = {module: module.training for module in model.modules()}
+        model.eval()
         try:
             record = self.effopd.after_step(model, state.global_step, self.score_fn)
         finally:
-            model.train(was_training)
+            for module, training in modes.items():
+                module.training = training
+        if not record["extrapolated"]:
+            return
         for row in candidate_rows(record):
             entry = {f"{_PREFIX}{k}": v for k, v in row.items() if k != "step"}
             entry[f"{_PREFIX}accepted"] = int(row["accepted"])

@@ -260,6 +260,22 @@ def test_save_base_replaces_only_its_own_checkpoint_0(tmp_path: Path) -> None:
         save_base(nn.Linear(2, 2), tmp_path / "plain")
 
 
+def test_scoring_runs_in_eval_mode_and_restores_each_module_mode(tmp_path: Path) -> None:
+    model = tiny_model("llama", vocab_size=VOCAB).train()
+    model.model.layers[0].eval()  # a user's choice the callback must keep
+    seen: list[bool] = []
+    cb = EffOPDCallback(lambda m: seen.append(m.training) or 0.0, max_candidates=1)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[])
+    cb.on_train_begin(args, TrainerState(), None, model=model)
+    cb.on_step_end(args, TrainerState(global_step=1), None, model=model)
+    assert seen == [False, False]  # the base and one candidate, both scored in eval mode
+    assert model.training and not model.model.layers[0].training
+    assert model.model.layers[1].training
+    (tmp_path / CSV_NAME).unlink()
+    cb.on_step_end(args, TrainerState(global_step=3), None, model=model)
+    assert seen == [False, False] and not (tmp_path / CSV_NAME).exists()  # no decision at 3
+
+
 def test_effopd_callback_refuses_a_foreign_csv(tmp_path: Path) -> None:
     mine = tmp_path / "notes.csv"
     mine.write_text("a,b\n1,2\n")
