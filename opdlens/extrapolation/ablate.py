@@ -178,14 +178,8 @@ class _Job:
         self, run: Run, step: int, judge: Scorer, by: str, mode: str, ks: list[int],
         groups: list[Group], jobs: int, keep: bool, progress: bool,
     ) -> None:  # fmt: skip
-        self.run, self.step, self.judge, self.by, self.mode, self.ks = (
-            run,
-            step,
-            judge,
-            by,
-            mode,
-            ks,
-        )
+        self.run, self.step, self.judge = run, step, judge
+        self.by, self.mode, self.ks = by, mode, ks
         self.groups, self.jobs, self.keep, self.progress = groups, jobs, keep, progress
         self.grouped = {n for g in groups for n in g.tensors}
         self.factors: Factors | None = None
@@ -257,7 +251,7 @@ class _Job:
                     protected=self.run.input_paths, config_dir=self.run.base.config_dir,
                     desc=c.label,
                 )  # fmt: skip
-                if c.key not in book.scores:
+                if not book.has(c.key):
                     score = self.judge.score(tmp, c.label)
                     book.put(c.key, score)
                     logger.info("%s: score %.6g", c.label, score)
@@ -281,13 +275,14 @@ class _Job:
                     one(c)
                     tick(None)
                 return
-            with ThreadPoolExecutor(self.jobs, thread_name_prefix="opdlens-ablate") as pool:
+            pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="opdlens-ablate")
+            try:
                 futures = [pool.submit(one, c) for c in todo]
                 for f in futures:
                     f.add_done_callback(tick)
-                _, pending = wait(futures, return_when=FIRST_EXCEPTION)
-                for f in pending:
-                    f.cancel()
+                wait(futures, return_when=FIRST_EXCEPTION)
+            finally:  # after a failure or an interrupt, start no other candidate
+                pool.shutdown(wait=True, cancel_futures=True)
         finally:
             bar.close()
         for f in futures:  # the first failure in candidate order, once every running one ended

@@ -261,6 +261,11 @@ class ScoreBook:
                 self.reused.add(key)
             return value
 
+    def has(self, key: str) -> bool:
+        """Whether candidate `key` has a score (without counting it as reused)."""
+        with self._lock:
+            return key in self.scores
+
     def put(self, key: str, value: float) -> None:
         """Record a new score and rewrite the file at once, so a kill loses no finished score."""
         with self._lock:

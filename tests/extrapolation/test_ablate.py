@@ -260,3 +260,14 @@ def test_base_values_are_written_in_the_dtype_step_t_stores(tmp_path: Path) -> N
         assert value.dtype == w2[name].dtype
         want = w0[name] if ".mlp." in name else w2[name]  # multiples of 1/64: exact in bf16
         torch.testing.assert_close(value.float(), want.float(), rtol=0, atol=0)
+
+
+def test_a_failure_under_two_jobs_stops_and_keeps_what_was_scored(
+    linear_run: Path, tmp_path: Path
+) -> None:
+    killed = Counting(fail_after=3)
+    with pytest.raises(ScorerError, match="killed"):
+        ablate(open_run(linear_run), 4, killed, by="block", jobs=2, out=tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / SCORES_FILE).read_text())["scores"]
+    assert len(saved) == killed.calls == 3  # the other job's candidate ended; none started after
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".opdlens", SCORES_FILE]
