@@ -242,7 +242,11 @@ class EffOPD:
             for name, p in params.items():
                 cur = p.float()
                 p.copy_(cur + alpha * (cur - self._anchor[name].float()))
-            score = float(score_fn(model))
+            try:
+                score = float(score_fn(model))
+            except BaseException:
+                self._restore(params)  # the last accepted weights, not a half-tried candidate
+                raise
             record["alphas"].append(alpha)
             record["candidate_scores"].append(score)
             if not score > best:  # also rejects a NaN score

@@ -266,3 +266,23 @@ def test_a_lora_model_is_refused_with_the_way_out() -> None:
     factors = EffOPD(select=lambda name, param: param.requires_grad)
     factors.start(lora)
     assert len(factors._anchor) == 4 and all("lora_" in n for n in factors._anchor)
+
+
+def test_a_failing_score_fn_leaves_the_last_accepted_weights() -> None:
+    model = Toy()
+    cb = EffOPD()
+    cb.start(model)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.add_(0.01)
+    before = _state(model)
+    calls: list[nn.Module] = []
+
+    def score(m: nn.Module) -> float:  # the base scores, the first candidate's call fails
+        calls.append(m)
+        if len(calls) > 1:
+            raise RuntimeError("evaluation server went away")
+        return 0.0
+
+    with pytest.raises(RuntimeError, match="went away"):
+        cb.after_step(model, 1, score)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
