@@ -55,6 +55,19 @@ def check_alphas(alphas: Iterable[float]) -> tuple[float, ...]:
     return tuple(dict.fromkeys(check_alpha(a, "alphas") for a in alphas))
 
 
+def check_scopes(scopes: Iterable[str]) -> list[str]:
+    """The scopes asked for, each one of SCOPES."""
+    items = [scopes] if isinstance(scopes, str) else list(scopes)
+    bad = [x for x in items if x not in SCOPES]
+    if bad or not items:
+        raise OptionError(
+            f"The 'scopes' parameter of foresee takes some of {', '.join(SCOPES)}. Got "
+            f"{items} instead{f', where {bad} is none of them' if bad else ''}; e.g. --scopes "
+            "block,overall."
+        )
+    return items
+
+
 def anchor_pairs(steps: Sequence[int], anchor: Anchor = None) -> list[tuple[int, int]]:
     """(t, a) pairs: `previous` saved step, the `base`, one saved step, or (None) previous + EffOPD's.
 
@@ -225,6 +238,7 @@ def foresee(
     anchor: Anchor = None,
     modules: Iterable[str] | None = DEFAULT_MODULES,
     tensors: Sequence[str] | None = None,
+    scopes: Iterable[str] = SCOPES,
     alpha0: float = 2.0,
     max_candidates: int = 5,
     workers: int | None = None,
@@ -240,7 +254,8 @@ def foresee(
     matrices, as extrapolate). alpha_kind is `grid` (each of `alphas`), `optimal` (α* of the
     scope, in `alpha`) or `effopd` (candidate k of EffOPD's schedule from α0: `alpha` holds its
     cumulative multiple of θ_t − θ_a). `anchor`: None (the previous saved step, plus EffOPD's
-    scheduled pairs), 'previous', 'base' or a saved step. `workers`, `executor`, `address`: as
+    scheduled pairs), 'previous', 'base' or a saved step. `scopes`: which of SCOPES get rows
+    (tensor rows are most of a long run's rows). `workers`, `executor`, `address`: as
     `analyze` runs its tensors (default: one process per core). frame.attrs["warnings"] lists
     warnings.
 
@@ -265,10 +280,13 @@ def foresee(
             f"predict); the run has {run.steps}. Add checkpoints (--checkpoint STEP=PATH)."
         )
     pairs = anchor_pairs(run.steps, anchor)
+    wanted = check_scopes(scopes)
     opts = AnalyzeOptions(workers=workers, executor=executor, address=address)
     names = select_tensors(run, modules, tensors)
     tensor_grams, warnings = grams(run, names, opts, progress=progress)
     meta, stacked = _scopes(run, tensor_grams)
+    keep = meta["scope"].isin(wanted).to_numpy()
+    meta, stacked = meta[keep].reset_index(drop=True), stacked[keep]
     df = foresight_frame(meta, stacked, [0, *run.steps], pairs, grid, alpha0=alpha0,
                          max_candidates=max_candidates)  # fmt: skip
     df.attrs["warnings"] = list(run.warnings) + warnings

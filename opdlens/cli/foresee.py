@@ -62,6 +62,9 @@ def foresee(
     ] = None,
     modules: ModulesOpt = "attn,mlp",
     tensors: TensorsOpt = None,
+    scopes: Annotated[
+        str, typer.Option("--scopes", help="Rows for these scopes: tensor,block,layer,overall.")
+    ] = "tensor,block,layer,overall",
     alpha0: Annotated[float, typer.Option("--alpha0", help="α of EffOPD's first candidate.")] = 2.0,
     max_candidates: Annotated[
         int, typer.Option("--max-candidates", help="EffOPD candidates per scheduled step.")
@@ -100,6 +103,7 @@ def foresee(
     df, path = write_foresight(
         r, out, overwrite=overwrite, progress=not quiet, alphas=parse_floats(alphas, "--alphas"),
         anchor=chosen, modules=mods, tensors=tensors, alpha0=alpha0,
+        scopes=[x.strip() for x in scopes.split(",") if x.strip()],
         max_candidates=max_candidates, workers=workers, executor=executor.value, address=address,
     )  # fmt: skip
     echo(foresight_sentence(df))

@@ -139,6 +139,13 @@ def test_default_selection_is_attention_and_mlp_matrices(planted_runs) -> None:
     }
     only = foresee(run, tensors=["*.q_proj.weight"], workers=1)
     assert set(only["tensor"].dropna()) == {n for n in run.tensor_names if "q_proj" in n}
+    few = foresee(run, scopes=["overall", "block"], workers=1)
+    assert set(few["scope"]) == {"overall", "block"}
+    full = foresee(run, workers=1)
+    pd.testing.assert_frame_equal(
+        few.reset_index(drop=True),
+        full[full["scope"].isin(["overall", "block"])].reset_index(drop=True),
+    )
 
 
 def test_anchor_pairs() -> None:
@@ -224,6 +231,10 @@ def test_user_errors(planted_runs, tmp_path: Path) -> None:
         foresee(run, max_candidates=-1)
     with pytest.raises(OptionError, match=r"takes blocks from"):
         foresee(run, modules=["mlps"])
+    with pytest.raises(
+        OptionError, match=r"'scopes' parameter of foresee takes some of .* \['model'\]"
+    ):
+        foresee(run, scopes=["overall", "model"])
     short = _coefficient_run(tmp_path / "short", {0: 0.0, 1: 1.0})
     with pytest.raises(OpdlensError, match=r"at least two saved steps after the base .* \[1\]"):
         foresee(short)

@@ -71,9 +71,11 @@ def test_anchor_and_alphas(run_root: Path, tmp_path: Path) -> None:
     assert sorted(df.loc[df["alpha_kind"] == "grid", "alpha"].unique()) == [1.0, 3.0]
     assert set(df["tensor"].dropna()) == {f"model.layers.{i}.mlp.down_proj.weight" for i in (0, 1)}
     assert sorted(df.loc[df["alpha_kind"] == "effopd", "candidate"].unique()) == [1, 2]
-    res = _invoke(run_root, "--out", tmp_path / "o2", "--anchor", "2", "--workers", "1")
+    res = _invoke(run_root, "--out", tmp_path / "o2", "--anchor", "2", "--scopes", "layer,overall",
+                  "--workers", "1")  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert set(pd.read_parquet(tmp_path / "o2" / "foresight.parquet")["anchor"]) == {2}
+    df = pd.read_parquet(tmp_path / "o2" / "foresight.parquet")
+    assert set(df["anchor"]) == {2} and set(df["scope"]) == {"layer", "overall"}
 
 
 def test_output_directory_rules(run_root: Path, tmp_path: Path) -> None:
@@ -104,6 +106,7 @@ def test_foreign_out_is_refused_and_untouched(run_root: Path, tmp_path: Path, ki
         (["--alphas", "1,inf"], "The 'alphas' parameter must be finite. Got inf"),
         (["--modules", "mlps"], "The 'modules' parameter takes blocks from"),
         (["--address", "auto"], "--address is for a Ray cluster"),
+        (["--scopes", "tensors"], "The 'scopes' parameter of foresee takes some of tensor, block"),
     ],
 )  # fmt: skip
 def test_bad_options_fail_in_one_line(run_root: Path, tmp_path: Path, args, needle) -> None:
