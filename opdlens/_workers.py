@@ -1,4 +1,5 @@
-"""Local pool workers that skip the caller's __main__, ignore Ctrl-C and die with their parent.
+"""Local pool workers that skip the caller's __main__, ignore Ctrl-C and die with their parent;
+stop points for worker threads.
 
 Kept free of torch imports: a worker runs `_arrive` while it is unpickled, before it imports
 the heavy modules its tasks need (seconds of torch import on a busy machine).
@@ -57,6 +58,32 @@ def _arrive(parent: int) -> WorkerProcess:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _die_with_parent(parent)
     return WorkerProcess.__new__(WorkerProcess)
+
+
+class Stopped(BaseException):  # noqa: N818  (not an error: the pool asked its thread to stop)
+    """Raised at a stop point of a worker thread whose pool was told to stop.
+
+    A BaseException, so that no `except Exception` on the way swallows it.
+    """
+
+
+_THREAD = threading.local()
+
+
+def stop_when(event: threading.Event | None) -> None:
+    """Make `stop_point` in the calling thread raise `Stopped` once `event` is set (None: never)."""
+    _THREAD.stop = event
+
+
+def stop_point() -> None:
+    """Raise `Stopped` if this thread's pool was told to stop; else return at once.
+
+    Long loops (a tensor's read, Krylov passes) call it, so that a Ctrl-C ends worker threads
+    within one iteration instead of one whole tensor.
+    """
+    event = getattr(_THREAD, "stop", None)
+    if event is not None and event.is_set():
+        raise Stopped
 
 
 @contextlib.contextmanager

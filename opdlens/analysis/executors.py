@@ -1,10 +1,11 @@
-"""Run per-tensor sweep tasks inline, on a local process pool, or on a Ray cluster."""
+"""Run per-tensor sweep tasks inline, on local worker threads, or on a Ray cluster."""
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .._malloc import release_freed_buffers
-from .._workers import PoolContext
+from .._workers import Stopped, stop_when
 from ..errors import OpdlensError
 from .cache import FactorCache
 from .options import AnalyzeOptions
@@ -26,8 +27,8 @@ if TYPE_CHECKING:
 class Job:
     """Everything a worker needs to sweep tensors: the run, and what to compute.
 
-    In another process the run is the one its `open_args` open there, once per process (a Run
-    pickles as them).
+    In another process (Ray) the run is the one its `open_args` open there, once per process
+    (a Run pickles as them).
     """
 
     run: Run
@@ -56,36 +57,74 @@ def _pin_threads(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
-def _init_local(threads: int) -> None:
-    _pin_threads(threads)
-
-
 def iter_local(job: Job, names: Sequence[str], workers: int) -> Iterator[tuple[str, TensorResult]]:
-    """Yield (name, result) as tasks finish: inline for one worker, else a spawn process pool.
+    """Yield (name, result) as tasks finish: inline for one worker, else worker threads.
 
-    Workers never re-run the caller's __main__, ignore Ctrl-C and die with this process. If the
-    loop stops early (Ctrl-C, an error, the consumer gives up), queued tasks are cancelled and
-    the workers killed at once instead of finishing every queued tensor.
+    Workers are threads of this process, not processes: torch releases the GIL in every kernel,
+    reads and hashes release it too, and a thread costs no second `import torch` (~2 s and
+    ~250 MiB per process here) and no copy of the run's state. Each thread runs its kernels
+    on 1 BLAS thread (oversubscribed small SVDs are many times slower on few cores); torch's
+    thread count is restored afterwards. If the loop stops early (Ctrl-C, an error, the
+    consumer gives up), no queued tensor is started and each thread stops at its next stop
+    point (`_workers.stop_point`: every read piece and Krylov pass) before this returns.
     """
     if workers <= 1:
         for name in names:
             yield run_task(job, name)
         return
-    ctx = PoolContext()
-    # One BLAS thread per worker: oversubscribed small SVDs are many times slower on few cores.
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_local, initargs=(1,))
-    finished = False
+    todo: queue.SimpleQueue[str] = queue.SimpleQueue()
+    for name in names:
+        todo.put(name)
+    done: queue.SimpleQueue[tuple[str, TensorResult | None, BaseException | None]] = (
+        queue.SimpleQueue()
+    )
+    stop = threading.Event()
+
+    def work() -> None:
+        stop_when(stop)
+        while not stop.is_set():
+            try:
+                name = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put(run_task(job, name) + (None,))
+            except Stopped:
+                return
+            except BaseException as e:  # handed to the consumer, traceback included
+                done.put((name, None, e))
+                return
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pool = [
+        threading.Thread(target=work, name=f"opdlens-analyze-{i}", daemon=True)
+        for i in range(min(workers, len(names)))
+    ]
     try:
-        futures = [pool.submit(run_task, job, name) for name in names]
-        for fut in as_completed(futures):
-            yield fut.result()
-        finished = True
+        for t in pool:
+            t.start()
+        for _ in names:
+            name, result, error = _next(done)
+            if error is not None:
+                raise error
+            assert result is not None
+            yield name, result
     finally:
-        if finished:
-            pool.shutdown(wait=True)
-        else:
-            pool.shutdown(wait=False, cancel_futures=True)
-            ctx.kill_workers()
+        stop.set()  # each thread stops at its next stop point (a read piece, a Krylov pass)
+        for t in pool:
+            while t.is_alive():  # in short slices: a second Ctrl-C still interrupts the wait
+                t.join(0.1)
+        torch.set_num_threads(threads_before)
+
+
+def _next(done: queue.SimpleQueue) -> tuple:
+    """The next finished task; waits in short slices so that Ctrl-C is seen at once."""
+    while True:
+        try:
+            return done.get(timeout=0.1)
+        except queue.Empty:
+            continue
 
 
 def iter_ray(

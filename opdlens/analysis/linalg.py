@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._workers import stop_point
 from .metrics import ILL_DEFINED_GAP, frobenius_sq
 
 logger = logging.getLogger(__name__)
@@ -293,6 +294,7 @@ def _subspace(
     used = 0
     ratios: list[float] = []
     for it in range(1, budget + 1):
+        stop_point()
         s0, s1 = used, used + p
         basis[:, s0:s1] = q
         y = delta @ q  # (m, p)

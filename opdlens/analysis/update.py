@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import xxhash
 
+from .._workers import stop_point
 from ..errors import CheckpointError
 from ..io import dtypes
 from .linalg import TopK, factored_top_k_svd, singular_values, top_k_svd
@@ -55,6 +56,7 @@ def read_weight(ck: Checkpoint, name: str) -> tuple[torch.Tensor, bytes]:
     with open(path, "rb") as f:
         f.seek(begin)
         for start in range(0, flat.size, step):
+            stop_point()
             stop = min(start + step, flat.size)
             piece = flat[start:stop] if buf is None else buf[: stop - start]
             got = f.readinto(piece.view(np.uint8).data)
