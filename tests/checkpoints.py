@@ -399,3 +399,20 @@ def small_state(seed: int) -> dict[str, torch.Tensor]:
         "model.layers.0.mlp.down_proj.weight": torch.randn(4, 6, generator=g),
         "model.norm.weight": torch.randn(4, generator=g),
     }
+
+
+def same_weights_run(
+    root: Path, layout: str = "safetensors", steps: Iterable[int] = (0, 1)
+) -> Path:
+    """A run whose checkpoints all hold one tiny llama's float32 weights: a run to copy and break."""
+    model = tiny_model("llama")
+    for step in steps:
+        save_model(model, Path(root) / f"checkpoint-{step}", layout)
+    return Path(root)
+
+
+def copy_run(src: Path, tmp_path: Path) -> Path:
+    """A copy of run `src` at tmp_path/run (symlinks kept as links), to break."""
+    import shutil
+
+    return Path(shutil.copytree(src, tmp_path / "run", symlinks=True))

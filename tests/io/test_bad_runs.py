@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import save_model, tiny_model, write_bin, write_state_dir
+from checkpoints import (
+    copy_run,
+    same_weights_run,
+    save_model,
+    tiny_model,
+    write_bin,
+    write_state_dir,
+)
 from cli_errors import scan_fails
 from typer.testing import CliRunner
 
@@ -23,15 +30,7 @@ class TaggedTensor(torch.Tensor):
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
     """A small valid run to copy and break."""
-    root = tmp_path_factory.mktemp("good")
-    model = tiny_model("llama", dtype=torch.float32)
-    for step in (0, 10, 20):
-        save_model(model, root / f"checkpoint-{step}")
-    return root
-
-
-def _copy(good: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(good, tmp_path / "run"))
+    return same_weights_run(tmp_path_factory.mktemp("good"), steps=(0, 10, 20))
 
 
 def _truncate(run: Path) -> Path:
@@ -88,7 +87,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_checkpoint(good, tmp_path, case):
     breaker, words, filename = CASES[case]
-    run = _copy(good, tmp_path)
+    run = copy_run(good, tmp_path)
     breaker(run)
     with pytest.raises(opdlens.CheckpointError) as e:
         opdlens.open_run(run)
@@ -122,7 +121,7 @@ def test_path_does_not_exist(good, tmp_path):
 
 
 def test_no_base_says_how_to_give_one(good, tmp_path):
-    run = _copy(good, tmp_path)
+    run = copy_run(good, tmp_path)
     shutil.rmtree(run / "checkpoint-0")
     with pytest.raises(opdlens.CheckpointError, match=r"no base.*Pass --base PATH"):
         opdlens.open_run(run)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pickle
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import save_model, tiny_model
+from checkpoints import copy_run, same_weights_run, tiny_model
 from cli_errors import scan_fails, scan_fails_in_child
 
 import opdlens
@@ -19,15 +18,7 @@ import opdlens
 @pytest.fixture(scope="module")
 def bins(tmp_path_factory):
     """A run of two pytorch_model.bin checkpoints, to copy and break."""
-    root = tmp_path_factory.mktemp("bins")
-    model = tiny_model("llama")
-    for step in (0, 1):
-        save_model(model, root / f"checkpoint-{step}", "bin")
-    return root
-
-
-def _copy(src: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(src, tmp_path / "run", symlinks=True))
+    return same_weights_run(tmp_path_factory.mktemp("bins"), "bin")
 
 
 def _torch_zip(path: Path, data_pkl: bytes) -> None:
@@ -57,7 +48,7 @@ def _bin(run: Path) -> Path:
 
 
 def test_memo_shared_tuple_key_is_refused_fast(bins, tmp_path):
-    run = _copy(bins, tmp_path)
+    run = copy_run(bins, tmp_path)
     _torch_zip(_bin(run), _shared_tuple_key())
     assert _bin(run).stat().st_size < 2000
     line = scan_fails_in_child(run)  # hashed the key for ever before
@@ -88,7 +79,7 @@ BAD_PICKLES = {
 @pytest.mark.parametrize("case", list(BAD_PICKLES))
 def test_hostile_pickle(bins, tmp_path, case):
     make, needle = BAD_PICKLES[case]
-    run = _copy(bins, tmp_path)
+    run = copy_run(bins, tmp_path)
     _torch_zip(_bin(run), make())
     start = time.perf_counter()
     with pytest.raises(opdlens.CheckpointError) as e:
@@ -99,7 +90,7 @@ def test_hostile_pickle(bins, tmp_path, case):
 
 
 def test_random_bytes_are_not_a_pytorch_file(bins, tmp_path):
-    run = _copy(bins, tmp_path)
+    run = copy_run(bins, tmp_path)
     _bin(run).write_bytes(bytes(range(256)) * 8)
     for trust in (False, True):
         with pytest.raises(opdlens.CheckpointError, match=r"not a PyTorch file: .* this file "
@@ -114,7 +105,7 @@ def test_random_bytes_are_not_a_pytorch_file(bins, tmp_path):
 
 
 def test_state_dict_entries_must_be_tensors(bins, tmp_path):
-    run = _copy(bins, tmp_path)
+    run = copy_run(bins, tmp_path)
     state = dict(tiny_model("llama").state_dict())
     state["provenance"] = {"made by": "a custom trainer"}
     torch.save(state, _bin(run))

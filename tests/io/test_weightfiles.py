@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import save_model, tiny_model, write_verl_run
+from checkpoints import copy_run, same_weights_run, save_model, tiny_model, write_verl_run
 from cli_errors import scan_fails, scan_fails_in_child
 
 import opdlens
@@ -22,15 +22,7 @@ INDEX = "model.safetensors.index.json"
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
     """A run of two sharded safetensors checkpoints, to copy and break."""
-    root = tmp_path_factory.mktemp("sharded")
-    model = tiny_model("llama")
-    for step in (0, 1):
-        save_model(model, root / f"checkpoint-{step}", "sharded")
-    return root
-
-
-def _copy(src: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(src, tmp_path / "run", symlinks=True))
+    return same_weights_run(tmp_path_factory.mktemp("sharded"), "sharded")
 
 
 # -- index files -------------------------------------------------------------------------------
@@ -69,7 +61,7 @@ BAD_INDEXES = {
 @pytest.mark.parametrize("case", list(BAD_INDEXES))
 def test_bad_index(sharded, tmp_path, case):
     edit, needle = BAD_INDEXES[case]
-    run = _copy(sharded, tmp_path)
+    run = copy_run(sharded, tmp_path)
     index = run / "checkpoint-1" / INDEX
     new = edit(json.loads(index.read_text()))
     index.write_text(new if isinstance(new, str) else json.dumps(new))
@@ -102,7 +94,7 @@ def _shard_is(kind: str) -> Callable[[Path, Path], None]:
     ],
 )
 def test_index_shard_not_a_file_inside(sharded, tmp_path, kind, needle):
-    run = _copy(sharded, tmp_path)
+    run = copy_run(sharded, tmp_path)
     shard = run / "checkpoint-1" / _first_shard(run / "checkpoint-1")
     _shard_is(kind)(shard, tmp_path / "outside.safetensors")
     with pytest.raises(opdlens.CheckpointError) as e:
