@@ -11,10 +11,9 @@ from typer.testing import CliRunner
 from opdlens.cli import app
 
 
-def scan_fails(args: Path | list[str | Path], *needles: str) -> str:
-    """`opdlens scan ARGS` exits 2 with one line on stderr holding every needle; returns it."""
-    argv = [str(a) for a in (args if isinstance(args, list) else [args])]
-    result = CliRunner().invoke(app, ["scan", *argv])
+def cli_fails(argv: list[str | Path], *needles: str) -> str:
+    """`opdlens ARGV` exits 2 with one line on stderr holding every needle; returns it."""
+    result = CliRunner().invoke(app, [str(a) for a in argv])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
@@ -22,6 +21,11 @@ def scan_fails(args: Path | list[str | Path], *needles: str) -> str:
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]
+
+
+def scan_fails(args: Path | list[str | Path], *needles: str) -> str:
+    """`opdlens scan ARGS` exits 2 with one line on stderr holding every needle; returns it."""
+    return cli_fails(["scan", *(args if isinstance(args, list) else [args])], *needles)
 
 
 def scan_fails_in_child(run: Path) -> str:
