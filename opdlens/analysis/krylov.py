@@ -69,6 +69,9 @@ def block_krylov(
         torch.matmul(delta.T, y, out=cs[:, s0:s1])
         qy[:, s0:s1], rr[:s1, s0:s1] = _extend_qr(y, qy[:, :s0])
         used = s1
+        if it < MIN_PASSES and used + p <= width:  # no certificate yet: no Ritz problem either
+            q = _orthonormal_against(cs[:, s0:s1], basis[:, :used])
+            continue
         ur, sy, wh = torch.linalg.svd(rr[:used, :used])  # float64, (used, used)
         r = min(p, int((sy > sy[0] * _RANK_FLOOR).sum()))  # directions above the noise floor
         w = wh[:r].T.to(delta.dtype)  # (used, r)
