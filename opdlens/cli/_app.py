@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from ..errors import OpdlensError
+from ..errors import OpdlensError, OptionError
 
 if TYPE_CHECKING:  # the click that typer runs on (the installed typer vendors it)
     from typer._click.core import Context, Parameter
@@ -122,10 +122,62 @@ TrustPickleOpt = Annotated[
     typer.Option("--trust-pickle", help="Allow .bin/.pt files that need code execution to load."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+OptRunArg = Annotated[Path | None, typer.Argument(help="Run directory holding checkpoint-<N>/ …")]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace --out if an opdlens command wrote it (never an input or a symlink).",
+    ),
+]
+TensorsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--tensors",
+        metavar="<glob>",
+        help="Only tensors matching this glob (repeatable); overrides --modules.",
+    ),
+]
+ScorerOpt = Annotated[
+    str | None, typer.Option("--scorer", help="module:function or 'hindsight' (an oracle).")
+]
+ScorerCmdOpt = Annotated[
+    str | None,
+    typer.Option("--scorer-cmd", help="Shell command printing a number; {checkpoint} is replaced."),
+]
+ScorerTimeoutOpt = Annotated[
+    float | None, typer.Option("--scorer-timeout", help="Seconds before a scorer call fails.")
+]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", help="Worker threads (default: number of cores).")
+]
+AddressOpt = Annotated[
+    str | None, typer.Option("--address", help="Ray cluster address (with --executor ray).")
+]
+
+
+def parse_ints(text: str, option: str) -> list[int]:
+    """Parse '1,4,16' into integers, with an error naming the option."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise OptionError(
+            f"{option} takes comma-separated whole numbers, e.g. 1,4,16; got '{text}'."
+        ) from None
+
+
+def parse_floats(text: str, option: str) -> list[float]:
+    """Parse '0.5,1,2' into floats, with an error naming the option."""
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise OptionError(
+            f"{option} takes comma-separated numbers, e.g. 0.5,1,2,4; got '{text}'."
+        ) from None
 
 
 class Executor(str, Enum):
-    """Where `analyze` sweeps the tensors: local worker processes or a Ray cluster."""
+    """Where `analyze` and `foresee` sweep the tensors: threads in this process or a Ray cluster."""
 
     local = "local"
     ray = "ray"
@@ -136,6 +188,11 @@ class Device(str, Enum):
 
     cpu = "cpu"
     cuda = "cuda"
+
+
+ExecutorOpt = Annotated[
+    Executor, typer.Option("--executor", help="Threads here, or a Ray cluster (see --address).")
+]
 
 
 def parse_checkpoints(items: list[str] | None) -> dict[int, Path]:

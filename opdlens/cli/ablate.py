@@ -14,26 +14,19 @@ from ..run import open_run
 from ._app import (
     BaseOpt,
     CheckpointOpt,
+    OptRunArg,
+    OverwriteOpt,
     QuietOpt,
+    ScorerCmdOpt,
+    ScorerOpt,
+    ScorerTimeoutOpt,
     TrustPickleOpt,
     app,
     echo,
     handle_errors,
     parse_checkpoints,
+    parse_ints,
 )
-from .extrapolate import OptRunArg, OverwriteOpt
-
-
-def parse_ranks(text: str | None) -> list[int] | None:
-    """Parse --ranks 1,2,4,8 into whole numbers."""
-    if text is None:
-        return None
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items or not all(t.isascii() and t.isdigit() for t in items):
-        raise OptionError(
-            f"--ranks takes whole numbers ≥ 1 separated by commas, e.g. 1,2,4,8; got {text!r}."
-        )
-    return [int(t) for t in items]
 
 
 @app.command()
@@ -45,18 +38,9 @@ def ablate(
         typer.Option("--out", "-o", help="Results directory; re-running into it resumes."),
     ],
     run: OptRunArg = None,
-    scorer: Annotated[
-        str | None, typer.Option("--scorer", help="module:function or 'hindsight' (an oracle).")
-    ] = None,
-    scorer_cmd: Annotated[
-        str | None,
-        typer.Option(
-            "--scorer-cmd", help="Shell command printing a number; {checkpoint} is replaced."
-        ),
-    ] = None,
-    scorer_timeout: Annotated[
-        float | None, typer.Option("--scorer-timeout", help="Seconds before a scorer call fails.")
-    ] = None,
+    scorer: ScorerOpt = None,
+    scorer_cmd: ScorerCmdOpt = None,
+    scorer_timeout: ScorerTimeoutOpt = None,
     by: Annotated[
         str, typer.Option("--by", help="Groups: block, layer, layer,block or kind.")
     ] = "block",
@@ -83,7 +67,7 @@ def ablate(
     r = open_run(run, base, checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle)
     result = _ablate(
         r, step, scorer, scorer_cmd=scorer_cmd, scorer_timeout=scorer_timeout, by=by, mode=mode,
-        ranks=parse_ranks(ranks), jobs=jobs, out=out, keep=keep, overwrite=overwrite,
+        ranks=None if ranks is None else parse_ints(ranks, "--ranks"), jobs=jobs, out=out, keep=keep, overwrite=overwrite,
         progress=not quiet,
     )  # fmt: skip
     from ..viz.ablation import ablation_sentence

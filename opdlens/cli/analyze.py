@@ -9,28 +9,22 @@ import typer
 
 from ..errors import OptionError
 from ._app import (
+    AddressOpt,
     BaseOpt,
     CheckpointOpt,
     Device,
     Executor,
+    ExecutorOpt,
     QuietOpt,
     RunArg,
     TrustPickleOpt,
+    WorkersOpt,
     app,
     echo,
     handle_errors,
     parse_checkpoints,
+    parse_ints,
 )
-
-
-def parse_ints(text: str, option: str) -> list[int]:
-    """Parse '1,4,16' into integers, with an error naming the option."""
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise OptionError(
-            f"{option} takes comma-separated whole numbers, e.g. 1,4,16; got '{text}'."
-        ) from None
 
 
 @app.command()
@@ -63,15 +57,9 @@ def analyze(
     split_fused: Annotated[
         bool, typer.Option(help="Report fused qkv / gate_up tensors per logical part.")
     ] = True,
-    workers: Annotated[
-        int | None, typer.Option(help="Worker processes (default: number of cores).")
-    ] = None,
-    executor: Annotated[
-        Executor, typer.Option(help="Local worker processes, or a Ray cluster (see --address).")
-    ] = Executor.local,
-    address: Annotated[
-        str | None, typer.Option(help="Ray cluster address (with --executor ray).")
-    ] = None,
+    workers: WorkersOpt = None,
+    executor: ExecutorOpt = Executor.local,
+    address: AddressOpt = None,
     device: Annotated[Device, typer.Option(help="Where the SVDs run.")] = Device.cpu,
     trust_pickle: TrustPickleOpt = False,
     skip_incomplete: Annotated[

@@ -18,7 +18,13 @@ from ..run import Run, open_run
 from ._app import (
     BaseOpt,
     CheckpointOpt,
+    OptRunArg,
+    OverwriteOpt,
     QuietOpt,
+    ScorerCmdOpt,
+    ScorerOpt,
+    ScorerTimeoutOpt,
+    TensorsOpt,
     TrustPickleOpt,
     Typer,
     app,
@@ -38,22 +44,6 @@ ModulesOpt = Annotated[
         help="Blocks whose weight matrices change: attn,mlp,embed,norm,head,other or all.",
     ),
 ]
-TensorsOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--tensors",
-        metavar="<glob>",
-        help="Only tensors matching this glob (repeatable); overrides --modules.",
-    ),
-]
-OverwriteOpt = Annotated[
-    bool,
-    typer.Option(
-        "--overwrite",
-        help="Replace --out if an opdlens command wrote it (never an input or a symlink).",
-    ),
-]
-OptRunArg = Annotated[Path | None, typer.Argument(help="Run directory holding checkpoint-<N>/ …")]
 
 surgery_app = Typer(help="The paper's weight-surgery experiments on Δ_T, each writing a checkpoint.",
                     no_args_is_help=True)  # fmt: skip
@@ -165,18 +155,9 @@ def extrapolate(
 @handle_errors
 def replay(
     run: OptRunArg = None,
-    scorer: Annotated[
-        str | None, typer.Option("--scorer", help="module:function or 'hindsight' (an oracle).")
-    ] = None,
-    scorer_cmd: Annotated[
-        str | None,
-        typer.Option(
-            "--scorer-cmd", help="Shell command printing a number; {checkpoint} is replaced."
-        ),
-    ] = None,
-    scorer_timeout: Annotated[
-        float | None, typer.Option("--scorer-timeout", help="Seconds before a scorer call fails.")
-    ] = None,
+    scorer: ScorerOpt = None,
+    scorer_cmd: ScorerCmdOpt = None,
+    scorer_timeout: ScorerTimeoutOpt = None,
     max_candidates: Annotated[
         int, typer.Option("--max-candidates", help="Candidates per scheduled step.")
     ] = 5,

@@ -9,18 +9,23 @@ import typer
 
 from ..errors import OptionError
 from ._app import (
+    AddressOpt,
     BaseOpt,
     CheckpointOpt,
     Executor,
+    ExecutorOpt,
+    OverwriteOpt,
     QuietOpt,
     RunArg,
+    TensorsOpt,
     TrustPickleOpt,
+    WorkersOpt,
     app,
     echo,
     handle_errors,
     parse_checkpoints,
+    parse_floats,
 )
-from .extrapolate import OverwriteOpt, TensorsOpt
 
 ModulesOpt = Annotated[
     str,
@@ -29,16 +34,6 @@ ModulesOpt = Annotated[
         help="Blocks whose weight matrices are measured: attn,mlp,embed,norm,head,other or all.",
     ),
 ]
-
-
-def parse_floats(text: str, option: str) -> list[float]:
-    """Parse '0.5,1,2' into floats, with an error naming the option."""
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise OptionError(
-            f"{option} takes comma-separated numbers, e.g. 0.5,1,2,4; got '{text}'."
-        ) from None
 
 
 @app.command()
@@ -69,15 +64,9 @@ def foresee(
     max_candidates: Annotated[
         int, typer.Option("--max-candidates", help="EffOPD candidates per scheduled step.")
     ] = 5,
-    workers: Annotated[
-        int | None, typer.Option(help="Worker processes (default: number of cores).")
-    ] = None,
-    executor: Annotated[
-        Executor, typer.Option(help="Local worker processes, or a Ray cluster (see --address).")
-    ] = Executor.local,
-    address: Annotated[
-        str | None, typer.Option(help="Ray cluster address (with --executor ray).")
-    ] = None,
+    workers: WorkersOpt = None,
+    executor: ExecutorOpt = Executor.local,
+    address: AddressOpt = None,
     base: BaseOpt = None,
     checkpoint: CheckpointOpt = None,
     trust_pickle: TrustPickleOpt = False,

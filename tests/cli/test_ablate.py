@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from opdlens.cli import app
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+from cli_errors import cli_fails  # noqa: E402
 from extrapolation.conftest import write_run  # noqa: E402
 
 SCORER = '''
@@ -45,18 +46,6 @@ def cli_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.syspath_prepend(str(tmp_path / "mods"))
     sys.modules.pop("ablate_scorer", None)
     return write_run(tmp_path / "run", steps=(0, 2, 4))
-
-
-def ablate_fails(args: list[str | Path], *needles: str) -> str:
-    """`opdlens ablate ARGS` exits 2 with one line on stderr holding every needle."""
-    result = CliRunner().invoke(app, ["ablate", *(str(a) for a in args)])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def test_ablate_prints_and_writes_the_tables(cli_run: Path, tmp_path: Path) -> None:
@@ -104,7 +93,7 @@ def test_scorer_command_and_kept_candidates(cli_run: Path, tmp_path: Path) -> No
     [
         (["--by", "head"], ["'by' parameter of ablate (--by)", "Got 'head'"]),
         (["--mode", "all"], ["--mode", "drop, only, both"]),
-        (["--ranks", "0,x"], ["--ranks takes whole numbers", "'0,x'"]),
+        (["--ranks", "0,x"], ["--ranks takes comma-separated whole numbers", "'0,x'"]),
         (["--ranks", "0"], ["--ranks", "Got [0]"]),
         (["--jobs", "0"], ["--jobs", "≥ 1; got 0"]),
         (["--step", "3"], ["Step 3 is not a saved step", "[2, 4]"]),
@@ -116,17 +105,20 @@ def test_user_errors_are_one_line(
 ) -> None:
     step = [] if "--step" in extra else ["--step", "4"]
     args = [cli_run, *step, "--scorer", "ablate_scorer:score", "--out", tmp_path / "out", *extra]
-    ablate_fails(args, *needles)
+    cli_fails(["ablate", *args], *needles)
 
 
 def test_scorer_and_run_errors_are_one_line(cli_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    ablate_fails([cli_run, "--step", "4", "--out", out], "Give exactly one scorer")
-    ablate_fails(
-        ["--step", "4", "--scorer", "ablate_scorer:score", "--out", out], "Give a run directory"
+    cli_fails(["ablate", cli_run, "--step", "4", "--out", out], "Give exactly one scorer")
+    cli_fails(
+        ["ablate", "--step", "4", "--scorer", "ablate_scorer:score", "--out", out],
+        "Give a run directory",
     )
-    ablate_fails([cli_run, "--step", "4", "--scorer-cmd", "echo 1", "--out", out], "{checkpoint}")
-    ablate_fails([cli_run, "--step", "4", "--scorer", "ablate_scorer:broken", "--out", out],
+    cli_fails(
+        ["ablate", cli_run, "--step", "4", "--scorer-cmd", "echo 1", "--out", out], "{checkpoint}"
+    )
+    cli_fails(["ablate", cli_run, "--step", "4", "--scorer", "ablate_scorer:broken", "--out", out],
                  "raised ValueError on step 4 (full update)", "no GPU here")  # fmt: skip
-    ablate_fails([cli_run, "--step", "4", "--scorer", "ablate_scorer:score", "--keep", "--out",
+    cli_fails(["ablate", cli_run, "--step", "4", "--scorer", "ablate_scorer:score", "--keep", "--out",
                   cli_run / "checkpoint-4"], "overlaps the input")  # fmt: skip
