@@ -32,6 +32,7 @@ __all__ = [
     "write_figures",
 ]
 
+_Spec = tuple[str, str, str, Callable[[], Figure]]  # stem, title, caption, draw
 _OFFLINE = "Offline replay: training did not continue from an accepted candidate."
 
 
@@ -180,12 +181,17 @@ def draw_figures(
     history: pd.DataFrame | None = None,
     errors: pd.DataFrame | None = None,
     training: Mapping[str, pd.DataFrame] | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
+    band: str = "sd",
 ) -> tuple[list[Panel], list[str]]:
     """Draw every figure the inputs allow; return them and a note for each one skipped.
 
     df holds the metrics of one or more runs with a `run` column (Run.analyze plus a label);
     spectra the tidy singular values (run, tensor, step, index, sigma, top_k_only) that
     opdlens.analysis.spectra gathers; training maps a run label to its training log (Run.training_log).
+    groups ({"OPD": ["OPD-1", "OPD-2"], …}; runs of df in no group are left out) draws group means
+    with a band (band="sd": ±1 sd, "range": min–max) and the claims' numbers per group;
+    spectra and the training figure then show each group's first run.
     A figure whose data is missing (no rows to draw, e.g. no per-layer tensors; a training log
     without accuracy or loss) is skipped with a note; any other error propagates.
     """
@@ -197,8 +203,19 @@ def draw_figures(
     if "span" in df.columns:
         df = df[df["span"] == "cumulative"]
     runs = [str(r) for r in pd.unique(df["run"])]
+    notes: list[str] = []
+    if groups is not None:
+        grouped, checked = _group_specs(df, groups, band)
+        firsts = [members[0] for members in checked.values()]
+        df, runs = df[df["run"].isin(firsts)], firsts
+        if spectra is not None and not spectra.empty:
+            spectra = spectra[spectra["run"].isin(firsts)]
+        notes.append(
+            f"groups: spectra and the training figure show each group's first run ({', '.join(firsts)})."
+        )
+        return _draw_all(grouped, df, runs, notes, spectra, history, errors, training)
     several = len(runs) > 1
-    specs: list[tuple[str, str, str, Callable[[], Figure]]] = [
+    specs: list[_Spec] = [
         ("allocation_heatmap", "Module allocation at the final step",
          "Share of the total squared update norm, ‖Δ‖_F² / Σ‖Δ‖_F², per layer and module kind "
          "at each run's final step, on one colour scale; grey cells have no such tensor. The "
@@ -228,12 +245,62 @@ def draw_figures(
          "points: the top-K subspace is ill-defined there (gap_K < 1e-2).",
          lambda: alignment_figure(df)),
     ]  # fmt: skip
+    return _draw_all(specs, df, runs, notes, spectra, history, errors, training)
+
+
+def _group_specs(
+    df: pd.DataFrame, groups: Mapping[str, Sequence[str]], band: str
+) -> tuple[list[_Spec], dict[str, list[str]]]:
+    """The grouped figures: group-mean allocation, curves with a band, the claims per run."""
+    from ..analysis.findings import check_groups, group_findings
+    from . import groups as g
+
+    checked = check_groups(groups, [str(r) for r in pd.unique(df["run"])])
+    if band not in g.BANDS:
+        raise OptionError(
+            f"The 'band' parameter must be one of {list(g.BANDS)}. Got {band!r} instead."
+        )
+    tail = g.band_caption(band, checked)
+    means = g.group_mean_frame(df, checked)
+    frames = {run: df[df["run"] == run] for members in checked.values() for run in members}
+    specs: list[_Spec] = [
+        ("findings", "The paper's claims, run by run",
+         "Each dot is one run's number, the bar its group's mean ± 1 sd; the text gives the "
+         "difference of group means with its 95 % percentile bootstrap interval (10,000 "
+         "resamples, seed 0). energy_k1: energy in the top direction of Δ_T (smallest K "
+         "analysed); MLP share: Σ update share of the mlp block at the final step; alignment: "
+         "top-K alignment with Δ_T at the first saved step.",
+         lambda: g.findings_figure(group_findings(frames, checked))),
+        ("allocation_heatmap", "Module allocation at the final step (group means)",
+         "Share of the total squared update norm per layer and module kind at the final step, "
+         "averaged over each group's runs, on one colour scale.",
+         lambda: plots.allocation_heatmap_figure(means)),
+        ("block_norms", "Update norm per block",
+         f"Update norm of each block, (Σ_block ‖Δ_t‖_F²)^½, against step. {tail}",
+         lambda: single_figure(g.group_block_norms, df, checked, band=band)),
+        ("energy_by_step", "Low-rank concentration against step",
+         f"Energy in the top-K singular directions per block against step (‖Δ‖_F²-weighted). {tail}",
+         lambda: single_figure(g.group_energy_by_step, df, checked, band=band)),
+        ("alignment_by_step", "Alignment with the final update",
+         "Mean of the left and right top-K alignment with the final update, "
+         f"‖U_{{t,K}}ᵀ U_{{T,K}}‖_F² / K and the same for V, against step, per K. {tail}",
+         lambda: single_figure(g.group_alignment_by_step, df, checked, band=band)),
+    ]  # fmt: skip
+    return specs, checked
+
+
+def _draw_all(
+    specs: list[_Spec], df: pd.DataFrame, runs: list[str], notes: list[str],
+    spectra: pd.DataFrame | None, history: pd.DataFrame | None, errors: pd.DataFrame | None,
+    training: Mapping[str, pd.DataFrame] | None,
+) -> tuple[list[Panel], list[str]]:  # fmt: skip
+    """Draw the specs, then the training, spectra, replay and error figures the inputs allow."""
+    several = len(runs) > 1
     logs = {run: log for run, log in (training or {}).items() if run in runs}
     if logs:
         specs.append(("training_and_weights", "What the run learned, and how its weights moved",
                       _training_caption(logs), lambda: training_figure(df, runs, logs)))  # fmt: skip
     panels: list[Panel] = []
-    notes: list[str] = []
     if not logs:
         notes.append(
             "figure training_and_weights skipped: no training log (trainer_state.json or a metric "
@@ -282,11 +349,14 @@ def write_figures(
     history: pd.DataFrame | None = None,
     errors: pd.DataFrame | None = None,
     training: Mapping[str, pd.DataFrame] | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
+    band: str = "sd",
 ) -> FigureSet:
-    """Draw every figure and save each as PDF, SVG and 200-dpi PNG in out_dir."""
+    """Draw every figure (draw_figures) and save each as PDF, SVG and 200-dpi PNG in out_dir."""
     panels, notes = draw_figures(
-        df, spectra=spectra, history=history, errors=errors, training=training
-    )
+        df, spectra=spectra, history=history, errors=errors, training=training, groups=groups,
+        band=band,
+    )  # fmt: skip
     out = FigureSet(notes=notes)
     writable_dir(out_dir)
     for p in panels:
@@ -305,9 +375,12 @@ def make_figures(
     history: pd.DataFrame | None = None,
     errors: pd.DataFrame | None = None,
     training: Mapping[str, pd.DataFrame] | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
+    band: str = "sd",
 ) -> list[Path]:
-    """Save every figure the inputs allow in out_dir; return the written files."""
+    """Save every figure the inputs allow in out_dir (draw_figures); return the written files."""
     result = write_figures(
-        df, out_dir, spectra=spectra, history=history, errors=errors, training=training
-    )
+        df, out_dir, spectra=spectra, history=history, errors=errors, training=training,
+        groups=groups, band=band,
+    )  # fmt: skip
     return [p for paths in result.paths.values() for p in paths]

@@ -8,13 +8,14 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from ..analysis.findings import GroupFindings, check_groups, claim_lines, group_findings
 from ..errors import OptionError
 from ..io.paths import writable_dir, write_text_atomic
 from ..io.training_log import choose_metric, log_at_steps
@@ -196,6 +197,26 @@ def _warnings(sources: Sources, figures: FigureSet) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _groups_section(findings: GroupFindings, band: str) -> str:
+    """Mean ± sd per group of the claims' numbers, each difference with its interval, verdicts."""
+    from ..analysis.stats import BOOTSTRAP_SAMPLES
+    from .groups import BANDS
+
+    sizes = "; ".join(f"{g}: {', '.join(runs)}" for g, runs in findings.groups.items())
+    lines = "".join(f"<li>{_e(t)}</li>" for t in claim_lines(findings))
+    return "\n".join([
+        "<h2>Groups of runs</h2>",
+        f'<p class="meta">Groups: {_e(sizes)}. Mean ± sample sd (ddof = 1) per group; the '
+        f"difference of group means with its 95 % percentile bootstrap interval "
+        f"({BOOTSTRAP_SAMPLES:,} resamples of each group's runs, seed 0). A claim is stated to "
+        "hold or not hold only when that interval excludes 0. Grouped figures draw group means "
+        f"with a band of {_e(BANDS[band])}.</p>",
+        _table(findings.table()),
+        f'<ul class="claims">{lines}</ul>' if lines else "",
+        _table(findings.per_run.reset_index(names="run")),
+    ])  # fmt: skip
+
+
 def _list(items: Iterable[str]) -> str:
     lis = "".join(f"<li>{_e(w)}</li>" for w in items)
     return f'<ul class="warnings">{lis}</ul>' if lis else "<p>None.</p>"
@@ -221,7 +242,8 @@ def _provenance(sources: Sources, options: dict[str, Any]) -> str:
 
 def render_report(
     sources: Sources, figures: FigureSet, *, title: str | None = None, top: int = 20,
-    options: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None, findings: GroupFindings | None = None,
+    band: str = "sd",
 ) -> str:  # fmt: skip
     """The report page as one HTML string; images are data: URIs, nothing loads from a network."""
     labels = [rm.label for rm in sources.runs]
@@ -233,6 +255,7 @@ def render_report(
         f"(opdlens {_e(versions()['opdlens'])}). Δ_t = W_t − W_0 per tensor; definitions in "
         "each caption.</p>",
         "<h2>Run summary</h2>", *(_summary(rm, sources.training.get(rm.label)) for rm in sources.runs),
+        _groups_section(findings, band) if findings is not None else "",
         "<h2>Figures</h2>", *(_figure(figures, stem) for stem in figures.paths),
         f"<h2>Top {top} tensors by update share at the final step</h2>",
         _top_table(sources.top_tensors(top), sources.final_steps),
@@ -255,22 +278,34 @@ def write_report(
     figures: FigureSet | None = None,
     options: dict[str, Any] | None = None,
     inputs: Sequence[Path] = (),
+    groups: Mapping[str, Sequence[str]] | None = None,
+    band: str = "sd",
 ) -> Path:
     """Write out_dir/report.html (figures saved under out_dir/figures/ and embedded); return it.
 
+    groups ({"OPD": ["OPD-1", "OPD-2"], …}: run labels) adds the groups section (mean ± sd,
+    differences with 95 % bootstrap intervals, the claims' verdicts) and draws grouped figures
+    (group means with a band: band="sd" ±1 sd, "range" min–max).
+
     Raises:
-        OpdlensError: out_dir overlaps one of the runs (or `inputs`), or is not a directory.
+        OpdlensError: out_dir overlaps one of the runs (or `inputs`), or is not a directory;
+            groups naming runs not in sources.
     """
     if top < 1:
         raise OptionError(f"The 'top' parameter of write_report must be ≥ 1. Got {top} instead.")
     runs = [rm.source for rm in sources.runs if rm.run is not None]
+    findings = None
+    if groups is not None:
+        frames = {rm.label: rm.frame for rm in sources.runs}
+        findings = group_findings(frames, check_groups(groups, list(frames)))
     out = writable_dir(out_dir, [*runs, *inputs], "report")
     if figures is None:
         figures = write_figures(
             sources.frame, out / "figures", spectra=sources.spectra, history=sources.history,
-            errors=sources.errors, training=sources.training,
+            errors=sources.errors, training=sources.training, groups=groups, band=band,
         )  # fmt: skip
-    page = render_report(sources, figures, title=title, top=top, options=options)
+    page = render_report(sources, figures, title=title, top=top, options=options,
+                         findings=findings, band=band)  # fmt: skip
     path = out / REPORT_FILE
     write_text_atomic(path, page)
     logger.info("wrote %s (%d bytes)", path, len(page))

@@ -1,0 +1,187 @@
+"""The paper's claims as one number per run, and their comparison across groups of runs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..errors import OptionError
+from .frame import weighted_mean
+from .stats import Difference, MeanSD, bootstrap_difference, mean_sd
+
+__all__ = [
+    "CLAIMS",
+    "Claim",
+    "GroupFindings",
+    "check_groups",
+    "claim_lines",
+    "group_findings",
+    "run_quantities",
+    "verdict",
+]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the paper: the first group's `quantity` is larger than the second's."""
+
+    quantity: str
+    label: str  # what the number is
+    text: str  # the claim, '{s}' where the verb takes its 's'
+
+
+CLAIMS = (
+    Claim("energy_k1", "energy_k1 of the final update (‖Δ‖_F²-weighted)",
+          "concentrate{s} its final update more in its top singular direction"),
+    Claim("mlp_share", "update share of the MLPs at the final step",
+          "put{s} a larger share of its update norm into the MLPs"),
+    Claim("align_first", "top-1 alignment with the final update at the first saved step",
+          "settle{s} on its final update direction earlier"),
+)  # fmt: skip
+
+
+def _smallest_k(df: pd.DataFrame, prefix: str) -> int:
+    ks = sorted(int(m.group(1)) for c in df.columns if (m := re.match(rf"^{prefix}_k(\d+)$", c)))
+    if not ks:
+        raise OptionError(
+            f"The metrics have no {prefix}_k{{K}} column; analyse the run with ranks, e.g. 1,4,16."
+        )
+    return ks[0]
+
+
+def run_quantities(df: pd.DataFrame) -> dict[str, float]:
+    """One run's numbers behind CLAIMS, from its metrics (cumulative rows of Run.analyze).
+
+    energy_k1: energy in the top-K directions of Δ_T (smallest K analysed) over the matrices,
+    ‖Δ_T‖_F²-weighted; mlp_share: Σ update_share of the mlp block at the final step;
+    align_first: mean of left and right top-K alignment with Δ_T at the first saved step ≥ 1,
+    ‖Δ_t‖_F²-weighted.
+    """
+    if "span" in df.columns:
+        df = df[df["span"] == "cumulative"]
+    k = _smallest_k(df, "energy")
+    final = df[df["step"] == df["step"].max()]
+    w_final = final["update_norm"].astype(float) ** 2
+    later = df.loc[df["step"] >= 1, "step"]
+    first = df[df["step"] == (later.min() if not later.empty else df["step"].max())]
+    w_first = first["update_norm"].astype(float) ** 2
+    align = [
+        weighted_mean(first[f"align_{s}_k{k}"].astype(float), w_first) for s in ("left", "right")
+    ]
+    return {
+        "energy_k1": weighted_mean(final[f"energy_k{k}"].astype(float), w_final),
+        "mlp_share": float(final.loc[final["block"] == "mlp", "update_share"].sum()),
+        "align_first": float(np.mean(align)),
+        "first_step": float(first["step"].iloc[0]),
+    }
+
+
+def check_groups(groups: Mapping[str, Sequence[str]], runs: Sequence[str]) -> dict[str, list[str]]:
+    """Groups as {name: [run labels]}, each run in `runs` and in one group only."""
+    if not isinstance(groups, Mapping) or not groups:
+        raise OptionError(
+            "The 'groups' parameter must map a group name to its runs' labels, e.g. "
+            f"{{'OPD': ['OPD-1', 'OPD-2']}}. Got {groups!r} instead."
+        )
+    out = {str(g): [str(r) for r in members] for g, members in groups.items()}
+    seen = [r for members in out.values() for r in members]
+    unknown = [r for r in seen if r not in runs]
+    empty = [g for g, members in out.items() if not members]
+    if unknown or empty or len(set(seen)) < len(seen):
+        raise OptionError(
+            f"The 'groups' parameter must name each run once, among the runs given {list(runs)}; "
+            f"got {out} (unknown: {unknown}, empty groups: {empty})."
+        )
+    return out
+
+
+@dataclass
+class GroupFindings:
+    """Per-run numbers, their mean ± sd per group, and first group − each other group."""
+
+    groups: dict[str, list[str]]
+    per_run: pd.DataFrame  # run × quantity
+    summary: dict[str, dict[str, MeanSD]]  # quantity → group → mean ± sd
+    differences: dict[str, dict[str, Difference | None]]  # quantity → other group → CI
+
+    def table(self) -> pd.DataFrame:
+        """One row per quantity: each group's mean ± sd, and each difference with its CI."""
+        names = list(self.groups)
+        rows = []
+        for claim in CLAIMS:
+            q = claim.quantity
+            row = {"quantity": claim.label}
+            row.update(
+                {f"{g} (n = {len(m)})": self.summary[q][g].format() for g, m in self.groups.items()}
+            )
+            for other in names[1:]:
+                d = self.differences[q][other]
+                col = f"{names[0]} − {other}, 95 % CI"
+                row[col] = (
+                    d.format()
+                    if d
+                    else f"{self.summary[q][names[0]].mean - self.summary[q][other].mean:+.3f} (n = 1: no interval)"
+                )
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def group_findings(
+    frames: Mapping[str, pd.DataFrame], groups: Mapping[str, Sequence[str]], *, seed: int = 0
+) -> GroupFindings:
+    """CLAIMS' numbers per run (frames: run label → metrics), summarised per group."""
+    groups = check_groups(groups, list(frames))
+    per_run = pd.DataFrame(
+        {run: run_quantities(frames[run]) for m in groups.values() for run in m}
+    ).T
+    names = list(groups)
+    summary: dict[str, dict[str, MeanSD]] = {}
+    diffs: dict[str, dict[str, Difference | None]] = {}
+    for claim in CLAIMS:
+        q = claim.quantity
+        values = {g: per_run.loc[m, q].to_numpy(dtype=float) for g, m in groups.items()}
+        summary[q] = {g: mean_sd(v) for g, v in values.items()}
+        diffs[q] = {}
+        for other in names[1:]:
+            a, b = values[names[0]], values[other]
+            enough = len(a) > 1 and len(b) > 1
+            diffs[q][other] = bootstrap_difference(a, b, seed=seed) if enough else None
+    return GroupFindings(groups, per_run, summary, diffs)
+
+
+def verdict(findings: GroupFindings, claim: Claim, other: str | None = None) -> str:
+    """'holds', 'does not hold' or 'inconclusive at n = …' for the first group against `other`.
+
+    A claim holds or does not hold only when the 95 % interval of the difference excludes 0.
+    """
+    names = list(findings.groups)
+    other = other or names[1]
+    d = findings.differences[claim.quantity][other]
+    if d is None or not d.excludes_zero:
+        n = sorted({len(findings.groups[names[0]]), len(findings.groups[other])})
+        return f"inconclusive at n = {' and '.join(map(str, n))}"
+    return "holds" if d.low > 0 else "does not hold"
+
+
+def claim_lines(findings: GroupFindings) -> list[str]:
+    """One sentence per claim: the first group against the second, its verdict and numbers."""
+    names = list(findings.groups)
+    if len(names) < 2:
+        return []
+    a, b = names[:2]
+    lines = []
+    for claim in CLAIMS:
+        q = claim.quantity
+        ms = findings.summary[q]
+        d = findings.differences[q][b]
+        diff = (f"difference {d.format()} (95 % bootstrap CI)" if d is not None
+                else f"difference {ms[a].mean - ms[b].mean:+.3f} (no interval at n = 1)")  # fmt: skip
+        lines.append(
+            f"{a} {claim.text.format(s='s')} than {b}: {verdict(findings, claim, b)} — "
+            f"{claim.label}: {a} {ms[a].format()}, {b} {ms[b].format()}; {diff}."
+        )
+    return lines
