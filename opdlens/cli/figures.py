@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import typer
 
@@ -26,8 +27,31 @@ if TYPE_CHECKING:
     from ..analysis.results import Sources
 
 SourceArg = Annotated[
-    Path,
-    typer.Argument(help="Run directory (checkpoint-<N>/ …), or the --out of `opdlens analyze`."),
+    Path | None,
+    typer.Argument(
+        help="Run directory (checkpoint-<N>/ …), or the --out of `opdlens analyze` (omit with "
+        "--group).",
+        show_default=False,
+    ),
+]
+GroupOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--group",
+        metavar="<name=path,path,…>",
+        help="A group of runs, e.g. seeds of one method (repeatable): NAME=PATH,PATH,…; its runs "
+        "are labelled NAME-1, NAME-2, …. Lines become group means with a band, and summaries "
+        "give mean ± sd per group and the difference of means (first group − each other) with "
+        "a 95 % bootstrap interval. Replaces SOURCE, --compare and --labels.",
+    ),
+]
+BandOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--band",
+        help="With --group, the band around group means: sd (±1 sd, the default) or "
+        "range (min–max).",
+    ),
 ]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory (outside every run).")]
 CompareOpt = Annotated[
@@ -78,18 +102,77 @@ WorkersOpt = Annotated[
 ]
 
 
+class Inputs(NamedTuple):
+    """The runs a figures or report command reads: paths, labels and groups (or None)."""
+
+    paths: list[Path]
+    labels: list[str] | None
+    groups: dict[str, list[str]] | None
+    band: str
+
+
+def parse_groups(specs: list[str]) -> tuple[list[Path], dict[str, list[str]]]:
+    """--group NAME=PATH,PATH,… options as the paths in order and NAME → [NAME-1, NAME-2, …]."""
+    paths: list[Path] = []
+    groups: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        name = name.strip()
+        members = [p.strip() for p in rest.split(",") if p.strip()]
+        if not sep or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+]*", name) or not members:
+            raise OptionError(
+                f"--group takes NAME=PATH,PATH,… (a name of letters, digits, '.', '_' or '+', then "
+                f"one or more run or metrics directories); got {spec!r}."
+            )
+        if name in groups:
+            raise OptionError(
+                f"--group {name} is given twice; give each group once with all its runs."
+            )
+        groups[name] = [f"{name}-{i}" for i in range(1, len(members) + 1)]
+        paths += [Path(p) for p in members]
+    return paths, groups
+
+
+def inputs(
+    source: Path | None, compare: list[Path] | None, labels: str | None,
+    group: list[str] | None, band: str | None, checkpoint: list[str] | None,
+) -> Inputs:  # fmt: skip
+    """Which runs to read: SOURCE and --compare (single runs), or --group (groups of runs)."""
+    if band is not None and band not in ("sd", "range"):
+        raise OptionError(f"--band takes sd or range; got {band!r}.")
+    if not group:
+        if source is None:
+            raise OptionError(
+                "Give SOURCE (a run or metrics directory) or at least one --group NAME=PATH,PATH,…."
+            )
+        if band is not None:
+            raise OptionError("--band draws a band around group means; it needs --group.")
+        names = None if labels is None else labels.split(",")
+        return Inputs([source, *(compare or [])], names, None, "sd")
+    clash = [opt for opt, given in (("SOURCE", source is not None), ("--compare", compare),
+                                    ("--labels", labels is not None),
+                                    ("--checkpoint", checkpoint)) if given]  # fmt: skip
+    if clash:
+        raise OptionError(
+            f"--group replaces SOURCE, --compare, --labels and --checkpoint, but {', '.join(clash)} "
+            "was given too: pass every run through --group NAME=PATH,PATH,…, or drop --group to "
+            "compare single runs."
+        )
+    paths, groups = parse_groups(group)
+    return Inputs(paths, [lab for labs in groups.values() for lab in labs], groups, band or "sd")
+
+
 def _load(
-    source: Path, compare: list[Path] | None, labels: str | None, out: Path, base: Path | None,
+    given: Inputs, out: Path, base: Path | None,
     checkpoint: list[str] | None, trust_pickle: bool,
     replay: Path | None, errors: list[Path] | None, metrics: list[Path] | None,
     options: AnalyzeOptions, spectra: int, quiet: bool,
 ) -> Sources:  # fmt: skip
-    names = None if labels is None else [x for x in labels.split(",")]
     # matplotlib and pandas load only for these commands
     from ..analysis.results import load_sources
 
     return load_sources(
-        [source, *(compare or [])], out, labels=names, base=base,
+        given.paths, out, labels=given.labels, base=base,
         checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle, replay=replay,
         errors=errors or (), metrics=metrics or (), spectra_top=spectra, progress=not quiet,
         analyze_options=options,
@@ -127,10 +210,13 @@ def _notes(src: Sources, notes: list[str]) -> None:
 @app.command()
 @handle_errors
 def figures(
-    source: SourceArg,
+    source: SourceArg = None,
+    *,
     out: OutOpt,
     compare: CompareOpt = None,
     labels: LabelsOpt = None,
+    group: GroupOpt = None,
+    band: BandOpt = None,
     base: BaseOpt = None,
     checkpoint: CheckpointOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -142,16 +228,18 @@ def figures(
     workers: WorkersOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Draw the paper's figures (PDF, SVG and 200-dpi PNG) for one run or several side by side."""
+    """Draw the paper's figures (PDF, SVG and 200-dpi PNG) for one run, several side by side, or
+    groups of runs (group means with a band)."""
+    given = inputs(source, compare, labels, group, band, checkpoint)
     options = _options(ranks, workers, spectra)
-    with _output("figures", out, [source, *(compare or [])]):
-        src = _load(source, compare, labels, out, base, checkpoint, trust_pickle, replay, errors,
-                    metrics, options, spectra, quiet)  # fmt: skip
+    with _output("figures", out, given.paths):
+        src = _load(given, out, base, checkpoint, trust_pickle, replay, errors, metrics, options,
+                    spectra, quiet)  # fmt: skip
         from ..viz.figures import write_figures
 
         result = write_figures(
             src.frame, out, spectra=src.spectra, history=src.history, errors=src.errors,
-            training=src.training,
+            training=src.training, groups=given.groups, band=given.band,
         )  # fmt: skip
     _notes(src, [*src.notes, *result.notes])
     for stem in result.paths:
@@ -162,10 +250,13 @@ def figures(
 @app.command()
 @handle_errors
 def report(
-    source: SourceArg,
+    source: SourceArg = None,
+    *,
     out: OutOpt,
     compare: CompareOpt = None,
     labels: LabelsOpt = None,
+    group: GroupOpt = None,
+    band: BandOpt = None,
     base: BaseOpt = None,
     checkpoint: CheckpointOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -182,12 +273,15 @@ def report(
     """Write one self-contained HTML page: run summary, figures, top tensors, warnings, provenance."""
     if top < 1:
         raise OptionError(f"--top takes a count ≥ 1; got {top}.")
+    given = inputs(source, compare, labels, group, band, checkpoint)
     analyze_options = _options(ranks, workers, spectra)
-    with _output("report", out, [source, *(compare or [])]):
-        src = _load(source, compare, labels, out, base, checkpoint, trust_pickle, replay, errors,
-                    metrics, analyze_options, spectra, quiet)  # fmt: skip
+    with _output("report", out, given.paths):
+        src = _load(given, out, base, checkpoint, trust_pickle, replay, errors, metrics,
+                    analyze_options, spectra, quiet)  # fmt: skip
         options = {
             "labels": [r.label for r in src.runs],
+            "groups": given.groups,
+            "band": given.band if given.groups else None,
             "replay": None if replay is None else str(replay),
             "errors": [str(e) for e in errors or []],
             "metrics": [str(m) for m in metrics or []],
@@ -197,6 +291,7 @@ def report(
         }
         from ..viz.report import write_report
 
-        path = write_report(src, out, title=title, top=top, options=options)
+        path = write_report(src, out, title=title, top=top, options=options,
+                            groups=given.groups, band=given.band)  # fmt: skip
     _notes(src, src.notes)
     echo(f"wrote {path} (figures in {out / 'figures'})")

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -77,6 +78,19 @@ def test_report_from_metrics_dir(runs: tuple[Path, Path], tmp_path: Path) -> Non
         (["figures", "{opd}", "--metrics", "{tmp}/nope.csv", "--out", "{tmp}/o"], r"nope\.csv: no such file"),
         (["report", "{opd}", "--compare", "{rl}", "--labels", "A,B", "--metrics", "{tmp}/x.csv",
           "--out", "{tmp}/o"], r"--metrics names 1 training log\(s\) but 2 run\(s\)"),
+        (["figures", "--out", "{tmp}/o"], r"Give SOURCE .* or at least one --group NAME=PATH"),
+        (["figures", "{opd}", "--group", "A={opd}", "--out", "{tmp}/o"],
+         r"--group replaces SOURCE, --compare, --labels and --checkpoint, but SOURCE was given"),
+        (["report", "--group", "A={opd}", "--compare", "{rl}", "--labels", "x", "--out", "{tmp}/o"],
+         r"but --compare, --labels was given too"),
+        (["figures", "--group", "A={opd}", "--checkpoint", "0={opd}/checkpoint-0", "--out", "{tmp}/o"],
+         r"but --checkpoint was given"),
+        (["figures", "--group", "{opd}", "--out", "{tmp}/o"], r"--group takes NAME=PATH,PATH,… .*got '/"),
+        (["report", "--group", "A=", "--out", "{tmp}/o"], r"--group takes NAME=PATH.*got 'A='"),
+        (["figures", "--group", "A={opd}", "--group", "A={rl}", "--out", "{tmp}/o"], "--group A is given twice"),
+        (["figures", "{opd}", "--band", "range", "--out", "{tmp}/o"], "--band draws a band .* needs --group"),
+        (["report", "--group", "A={opd}", "--band", "iqr", "--out", "{tmp}/o"], "--band takes sd or range; got 'iqr'"),
+        (["figures", "--group", "A={missing}", "--out", "{tmp}/o"], "missing does not exist"),
     ],
 )  # fmt: skip
 def test_bad_inputs_one_line(runs: tuple[Path, Path], tmp_path: Path, args, message) -> None:
@@ -113,3 +127,31 @@ def test_figures_take_checkpoint_trust_pickle_and_metrics(
     assert result.exit_code == 0, result.output
     assert "training_and_weights" in result.stdout
     assert (tmp_path / "o2" / "training_and_weights.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_report_with_groups_states_means_and_intervals(
+    runs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    opd, rl = runs
+    extra = [write_run(tmp_path / f"run{s}", s) for s in (2, 3)]
+    out = tmp_path / "r"
+    result = _invoke("report", "--group", f"A={opd},{extra[0]}", "--group", f"B={rl},{extra[1]}",
+                     "--band", "range", "--out", out, "--ranks", "1,4", "--spectra", "0",
+                     "--workers", "1", "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    page = (out / "report.html").read_text()
+    assert "<h2>Groups of runs</h2>" in page and "Groups: A: A-1, A-2; B: B-1, B-2." in page
+    assert "min–max across the group&#x27;s runs" in page
+    # The MLPs' share of each run's final update, from its metrics file.
+    share = {}
+    for label in ("A-1", "A-2", "B-1", "B-2"):
+        df = pd.read_parquet(out / f"metrics-{label}" / "metrics.parquet")
+        final = df[(df["span"] == "cumulative") & (df["step"] == df["step"].max())]
+        share[label] = float(final.loc[final["block"] == "mlp", "update_share"].sum())
+    a, b = np.array([share["A-1"], share["A-2"]]), np.array([share["B-1"], share["B-2"]])
+    assert f"<td>{a.mean():.3f} ± {a.std(ddof=1):.3f}</td><td>{b.mean():.3f} ± " in page
+    assert f"difference {a.mean() - b.mean():+.3f} [" in page
+    assert re.search(r"A concentrates its final update more .* than B: (holds|does not hold|"
+                     r"inconclusive at n = 2) — ", page)  # fmt: skip
+    assert {p.stem for p in (out / "figures").glob("*.png")} >= {"findings", "block_norms"}
