@@ -275,6 +275,10 @@ def _group_specs(
          "Share of the total squared update norm per layer and module kind at the final step, "
          "averaged over each group's runs, on one colour scale.",
          lambda: plots.allocation_heatmap_figure(means)),
+        *((f"allocation_strip-{name}", f"Module allocation over steps ({name}, group mean)",
+           "The group-mean allocation heatmap at up to six saved steps, first and last included.",
+           functools.partial(plots.allocation_strip_figure, means, run=name))
+          for name in checked),
         ("block_norms", "Update norm per block",
          f"Update norm of each block, (Σ_block ‖Δ_t‖_F²)^½, against step. {tail}",
          lambda: single_figure(g.group_block_norms, df, checked, band=band)),

@@ -114,7 +114,8 @@ def test_findings_figure_has_one_panel_per_claim() -> None:
 def test_draw_figures_with_groups() -> None:
     panels, notes = draw_figures(DF, groups=GROUPS, band="range")
     stems = [p.stem for p in panels]
-    assert stems[:5] == ["findings", "allocation_heatmap", "block_norms", "energy_by_step",
+    assert stems[:7] == ["findings", "allocation_heatmap", "allocation_strip-OPD",
+                         "allocation_strip-RL", "block_norms", "energy_by_step",
                          "alignment_by_step"]  # fmt: skip
     captions = {p.stem: p.caption for p in panels}
     assert "min–max across the group's runs (OPD: n = 3, RL: n = 2)" in captions["block_norms"]
