@@ -5,21 +5,26 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
-from ..analysis.frame import summarize, weighted_mean
+from ..analysis.findings import GroupFindings, claim_lines, group_findings
+from ..analysis.frame import summarize
 from ..analysis.options import AnalyzeOptions
-from ..analysis.results import load_sources
+from ..analysis.results import Sources, load_sources
+from ..analysis.stats import mean_sd
 from ..extrapolation.extrapolate import ERRORS_FILE, extrapolate
 from ..extrapolation.replay import OFFLINE_NOTE, replay, replay_schedule
 from ..io.paths import write_text_atomic
-from ..run import open_run
+from ..run import Run, open_run
 from ..viz.report import write_report
-from .runs import generate_runs
+from .runs import DemoRuns, generate_runs
+
+T = TypeVar("T")
 
 LABELS = ("OPD", "RL")
 ALPHAS = (0.5, 1.0, 2.0, 4.0)
@@ -31,37 +36,24 @@ class DemoResult:
 
     out_dir: Path
     report: Path
-    share_by_block: pd.DataFrame  # block × run, update share at the final step
-    energy_k1: dict[str, float]  # run → energy-weighted energy_k1 of Δ_T over matrices
-    alignment_first: dict[str, tuple[int, float]]  # run → (first power-of-two step, align_k1)
+    groups: dict[str, list[str]]  # method → its runs' labels
+    findings: GroupFindings  # the claims' numbers per run and per method
+    share_by_block: pd.DataFrame  # block × method, update share at the final step, mean ± sd
     replay_steps_saved: int
     replay_accepted: int
     online: dict[str, Any]
     verdict: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def replicates(self) -> int:
+        """Runs per method."""
+        return len(next(iter(self.groups.values())))
+
 
 def _final(df: pd.DataFrame) -> pd.DataFrame:
     cum = df[df["span"] == "cumulative"]
     return cum[cum["step"] == cum["step"].max()]
-
-
-def energy_weighted(df: pd.DataFrame, column: str) -> float:
-    """Mean of a spectrum metric over matrix rows, weighted by ‖Δ‖_F²."""
-    return weighted_mean(df[column], df["update_norm"].astype(float) ** 2)
-
-
-def first_power_of_two(df: pd.DataFrame) -> int:
-    """The first saved step at or after 1 (EffOPD's first extrapolation point)."""
-    return int(df.loc[df["step"] >= 1, "step"].min())
-
-
-def alignment_at(df: pd.DataFrame, step: int, k: int = 1) -> float:
-    """Energy-weighted mean of left and right top-k alignment with the final update."""
-    cum = df[(df["span"] == "cumulative") & (df["step"] == step)]
-    return 0.5 * (
-        energy_weighted(cum, f"align_left_k{k}") + energy_weighted(cum, f"align_right_k{k}")
-    )
 
 
 def steps_saved(history: pd.DataFrame) -> tuple[int, int]:
@@ -75,27 +67,75 @@ def steps_saved(history: pd.DataFrame) -> tuple[int, int]:
     return saved, len(acc)
 
 
-def _verdict(
-    frames: dict[str, pd.DataFrame], energy: dict[str, float], align: dict[str, tuple[int, float]]
-) -> list[str]:
-    """Plain sentences comparing OPD with RL, saying so when the toy does not show the paper's finding."""
-    opd, rl = LABELS
-    mlp = {
-        lab: float(_final(df).loc[_final(df)["block"] == "mlp", "update_share"].sum())
-        for lab, df in frames.items()
-    }
-    claims = [
-        (energy[opd] > energy[rl], "concentrate{s} its final update more in its top singular direction than RL",
-         f"energy_k1 {energy[opd]:.3f} vs {energy[rl]:.3f}"),
-        (mlp[opd] > mlp[rl], "put{s} a larger share of its update norm into the MLPs than RL",
-         f"{mlp[opd]:.1%} vs {mlp[rl]:.1%}"),
-        (align[opd][1] > align[rl][1], "settle{s} on its final update direction earlier than RL",
-         f"top-1 alignment with the final update at the first saved step {align[opd][1]:.3f} vs {align[rl][1]:.3f}"),
-    ]  # fmt: skip
-    return [
-        f"OPD {text.format(s='s') if held else 'does NOT ' + text.format(s='')} ({numbers})."
-        for held, text, numbers in claims
-    ]
+def run_labels(runs: DemoRuns) -> dict[str, list[tuple[str, Path]]]:
+    """Method → (label, run directory) per replicate: OPD, RL alone, else OPD-1, OPD-2, …"""
+    out = {}
+    for method in LABELS:
+        dirs = runs.replicates[method.lower()]
+        out[method] = [(method if len(dirs) == 1 else f"{method}-{i + 1}", d)
+                       for i, d in enumerate(dirs)]  # fmt: skip
+    return out
+
+
+def share_table(frames: dict[str, pd.DataFrame], groups: dict[str, list[str]]) -> pd.DataFrame:
+    """Update share per block at the final step: mean ± sd over each method's runs."""
+    shares = pd.concat(
+        {run: summarize(_final(frames[run]), by=("block",)).set_index("block")["update_share"]
+         for runs in groups.values() for run in runs},
+        axis=1,
+    ).fillna(0.0)  # fmt: skip
+    return pd.DataFrame(
+        {g: [mean_sd(shares.loc[b, runs].to_numpy(float)).format() for b in shares.index]
+         for g, runs in groups.items()},
+        index=shares.index,
+    )  # fmt: skip
+
+
+def _extrapolate(opd: Run, out: Path) -> list[Path]:
+    """One-shot extrapolation of the first OPD run at the middle of its schedule, per α."""
+    sched = replay_schedule(opd.steps)
+    mid_step, mid_anchor = sched[len(sched) // 2]
+    files = []
+    for alpha in ALPHAS:
+        path, _ = extrapolate(
+            opd, mid_step, anchor=mid_anchor, alpha=alpha,
+            out=out / "extrapolate" / f"alpha-{alpha:g}", evaluate=True, overwrite=True,
+        )  # fmt: skip
+        files.append(path / ERRORS_FILE)
+    return files
+
+
+def _replay(opd: Run, out: Path, progress: bool) -> pd.DataFrame:
+    """EffOPD replay of the first OPD run, scored by held-out accuracy; its history."""
+    rep = replay(
+        opd, "opdlens.demo:accuracy", out=out / "replay-opd", overwrite=True, progress=progress
+    )
+    return rep.history
+
+
+def _analyse(
+    labelled: dict[str, list[tuple[str, Path]]], out: Path, errors: list[Path], workers: int | None,
+    progress: bool,
+) -> Sources:  # fmt: skip
+    """Analyse every run (metrics, spectra) with the replay and extrapolation side inputs."""
+    pairs = [pair for method in labelled.values() for pair in method]
+    return load_sources(
+        [d for _, d in pairs], out / "analysis", labels=[lab for lab, _ in pairs],
+        replay=out / "replay-opd", errors=errors,
+        analyze_options=AnalyzeOptions(workers=workers), progress=progress,
+    )  # fmt: skip
+
+
+def _report(
+    sources: Sources, out: Path, groups: dict[str, list[str]], quick: bool, seed: int
+) -> Path:
+    """The HTML report, with the groups section and grouped figures."""
+    n = len(next(iter(groups.values())))
+    seeds = "1 seed per method (--quick)" if n == 1 else f"{n} seeds per method"
+    return write_report(
+        sources, out / "report", title=f"opdlens demo: OPD vs RL on a tiny addition model, {seeds}",
+        options={"quick": quick, "seed": seed, "replicates": n}, groups=groups,
+    )  # fmt: skip
 
 
 def run_demo(
@@ -106,112 +146,69 @@ def run_demo(
     progress: bool = True,
     workers: int | None = 1,
 ) -> DemoResult:
-    """Train or reuse the demo runs, then analyse, extrapolate, replay and report on them."""
+    """Train or reuse the demo runs, then analyse, extrapolate, replay and report on them.
+
+    workers: processes for training the runs and for the analysis.
+    """
     out = Path(out_dir).expanduser().resolve()
     t: dict[str, float] = {}
-    t0 = time.perf_counter()
-    runs = generate_runs(out / "runs", quick=quick, seed=seed, progress=progress)
-    t["train"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
+    def timed(name: str, func: Callable[..., T], *args: Any) -> T:
+        t0 = time.perf_counter()
+        try:
+            return func(*args)
+        finally:
+            t[name] = time.perf_counter() - t0
+
+    runs = timed("train", lambda: generate_runs(out / "runs", quick=quick, seed=seed,
+                                                progress=progress, workers=workers or 1))  # fmt: skip
     opd = open_run(runs.opd)
-    sched = replay_schedule(opd.steps)
-    mid_step, mid_anchor = sched[len(sched) // 2]
-    error_files = []
-    for alpha in ALPHAS:
-        path, _ = extrapolate(
-            opd,
-            mid_step,
-            anchor=mid_anchor,
-            alpha=alpha,
-            out=out / "extrapolate" / f"alpha-{alpha:g}",
-            evaluate=True,
-            overwrite=True,
-        )
-        error_files.append(path / ERRORS_FILE)
-    t["extrapolate"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    rep = replay(
-        opd, "opdlens.demo:accuracy", out=out / "replay-opd", overwrite=True, progress=progress
-    )
-    t["replay"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    sources = load_sources(
-        [runs.opd, runs.rl],
-        out / "analysis",
-        labels=list(LABELS),
-        replay=out / "replay-opd",
-        errors=error_files,
-        analyze_options=AnalyzeOptions(workers=workers),
-        progress=progress,
-    )
-    t["analyze"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    report = write_report(
-        sources,
-        out / "report",
-        title="opdlens demo: OPD vs RL on a tiny addition model",
-        options={"quick": quick, "seed": seed},
-    )
-    t["report"] = time.perf_counter() - t0
-
+    errors = timed("extrapolate", _extrapolate, opd, out)
+    history = timed("replay", _replay, opd, out, progress)
+    labelled = run_labels(runs)
+    sources = timed("analyze", _analyse, labelled, out, errors, workers, progress)
+    groups = {method: [lab for lab, _ in pairs] for method, pairs in labelled.items()}
+    report = timed("report", _report, sources, out, groups, quick, seed)
     frames = {rm.label: rm.frame for rm in sources.runs}
-    share = pd.concat(
-        {
-            lab: summarize(_final(df), by=("block",)).set_index("block")["update_share"]
-            for lab, df in frames.items()
-        },
-        axis=1,
-    ).fillna(0.0)
-    energy = {lab: energy_weighted(_final(df), "energy_k1") for lab, df in frames.items()}
-    align = {}
-    for lab, df in frames.items():
-        s = first_power_of_two(df)
-        align[lab] = (s, alignment_at(df, s))
-    saved, accepted = steps_saved(rep.history)
+    findings = group_findings(frames, groups)
+    saved, accepted = steps_saved(history)
     online = json.loads(runs.online_path.read_text())
     result = DemoResult(
-        out,
-        report,
-        share,
-        energy,
-        align,
-        saved,
-        accepted,
-        online,
-        _verdict(frames, energy, align),
-        t,
-    )
+        out, report, groups, findings, share_table(frames, groups), saved, accepted, online,
+        claim_lines(findings), t,
+    )  # fmt: skip
     write_text_atomic(out / "demo_summary.txt", format_summary(result))
     return result
 
 
 def format_summary(r: DemoResult) -> str:
     """The closing summary the demo prints."""
+    n = r.replicates
+    seeds = (
+        "1 post-training seed per method (--quick): every claim is inconclusive at n = 1"
+        if n == 1
+        else f"{n} post-training seeds per method from one teacher and student start"
+    )
     lines = [
-        "opdlens demo — OPD vs RL from the same student start",
+        f"opdlens demo — OPD vs RL from the same student start; {seeds}",
         "",
-        "update share by block at the final step:",
+        "update share by block at the final step" + (" (mean ± sd over seeds):" if n > 1 else ":"),
+        r.share_by_block.to_string(),
+        "",
+        "The paper's claims (a claim holds or does not hold only when the 95 % interval of the "
+        "difference of means excludes 0):",
+        *(f"  {line}" for line in r.verdict),
+        "",
     ]
-    lines.append(r.share_by_block.to_string(float_format=lambda x: f"{x:.3f}"))
-    lines.append("")
-    for lab in LABELS:
-        s, a = r.alignment_first[lab]
-        lines.append(
-            f"{lab}: energy_k1 of the final update {r.energy_k1[lab]:.3f}; top-1 alignment with the final update at step {s}: {a:.3f}"
-        )
-    lines += ["", *r.verdict, ""]
     lines.append(
-        f"EffOPD replay on the OPD run (scorer: held-out accuracy): {r.replay_accepted} candidate(s) accepted, {r.replay_steps_saved} training step(s) saved by the accepted jumps (equivalent_step − step)."
+        f"EffOPD replay on the first OPD run (scorer: held-out accuracy): {r.replay_accepted} candidate(s) accepted, {r.replay_steps_saved} training step(s) saved by the accepted jumps (equivalent_step − step)."
     )
     lines.append(f"  {OFFLINE_NOTE}")
     on = r.online
     plain, eff = on.get("plain_steps_to_target"), on.get("effopd_steps_to_target")
     speed = f"{plain / eff:.2f}×" if plain and eff else "n/a (a run never reached the target)"
     lines.append(
-        f"Online EffOPD vs plain OPD: steps to reach {on.get('target_accuracy', math.nan):.3f} accuracy (90% of plain OPD's final): plain {plain}, with EffOPD {eff} — speed-up {speed}."
+        f"Online EffOPD vs plain OPD (first seed): steps to reach {on.get('target_accuracy', math.nan):.3f} accuracy (90% of plain OPD's final): plain {plain}, with EffOPD {eff} — speed-up {speed}."
     )
     lines += ["", f"report: {r.report}"]
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -12,25 +13,22 @@ from typing import Any
 
 import torch
 
+from opdlens.demo.jobs import Job, Start, run_jobs
 from opdlens.demo.model import ModelConfig, TinyLlama, save_checkpoint
 from opdlens.demo.task import VOCAB_SIZE, AdditionTask
 from opdlens.demo.train import (
     PostTrainSettings,
     greedy_accuracy,
-    post_train,
     sft,
     single_thread,
 )
 from opdlens.errors import OpdlensError
-from opdlens.extrapolation.callback import EffOPD
-from opdlens.extrapolation.schedule import is_power_of_two
 from opdlens.io.paths import write_text_atomic
 from opdlens.progress import Progress
 
 MANIFEST = "demo_manifest.json"
 ONLINE = "online_effopd.json"
 _FORMAT = 1
-_OWNED = ("teacher", "opd", "rl", ONLINE)
 
 
 @dataclass(frozen=True)
@@ -49,6 +47,7 @@ class DemoSettings:
     label_smoothing: float
     post: PostTrainSettings
     eval_every: int  # test-accuracy resolution of the online comparison, in steps
+    replicates: int = 1  # OPD and RL runs per method, each with its own post-training seed
 
 
 def demo_settings(quick: bool, seed: int = 0) -> DemoSettings:
@@ -65,9 +64,9 @@ def demo_settings(quick: bool, seed: int = 0) -> DemoSettings:
         max_position_embeddings=task.prompt_len + task.answer_len,
     )
     post = PostTrainSettings(
-        steps=40 if quick else 200,
-        save_every=10 if quick else 25,
-        lr=3e-4,
+        steps=40 if quick else 120,
+        save_every=10 if quick else 20,
+        lr=3e-4 if quick else 4e-4,
         samples_per_step=64 if quick else 128,
         group_size=8,
     )
@@ -82,7 +81,18 @@ def demo_settings(quick: bool, seed: int = 0) -> DemoSettings:
         label_smoothing=0.1,
         post=post,
         eval_every=5,
+        replicates=1 if quick else 3,
     )
+
+
+def replicate_dir(kind: str, r: int) -> str:
+    """Directory name of replicate r (0-based) of a method: opd, opd-2, opd-3, …"""
+    return kind if r == 0 else f"{kind}-{r + 1}"
+
+
+def replicate_seed(seed: int, r: int) -> int:
+    """The post-training seed of replicate r; replicate 0 keeps the demo's seed."""
+    return seed + 1000 * r
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,10 @@ class OnlineComparison:
 
 @dataclass(frozen=True)
 class DemoRuns:
-    """Where generate_runs put the teacher, the two runs and the online comparison."""
+    """Where generate_runs put the teacher, the runs and the online comparison.
+
+    opd and rl are the first replicates; replicates holds every run per method ("opd", "rl").
+    """
 
     out_dir: Path
     teacher: Path
@@ -107,12 +120,13 @@ class DemoRuns:
     rl: Path
     online_path: Path
     online: OnlineComparison
+    replicates: dict[str, list[Path]] = field(default_factory=dict)
 
 
-def _layout(out_dir: Path, online: OnlineComparison) -> DemoRuns:
-    return DemoRuns(
-        out_dir, out_dir / "teacher", out_dir / "opd", out_dir / "rl", out_dir / ONLINE, online
-    )
+def _layout(out_dir: Path, online: OnlineComparison, n: int) -> DemoRuns:
+    reps = {k: [out_dir / replicate_dir(k, r) for r in range(n)] for k in ("opd", "rl")}
+    return DemoRuns(out_dir, out_dir / "teacher", out_dir / "opd", out_dir / "rl",
+                    out_dir / ONLINE, online, reps)  # fmt: skip
 
 
 def _read_online(path: Path) -> OnlineComparison:
@@ -122,6 +136,16 @@ def _read_online(path: Path) -> OnlineComparison:
 
 def _steps_to(curve: list[tuple[int, float]], target: float) -> int | None:
     return next((step for step, acc in curve if acc >= target), None)
+
+
+def _expected(n: int) -> list[str]:
+    return ["teacher", ONLINE, *(replicate_dir(k, r) for k in ("opd", "rl") for r in range(n))]
+
+
+def _ours(out_dir: Path) -> list[str]:
+    """Names in out_dir that generate_runs writes, with any number of replicates."""
+    return [p.name for p in out_dir.iterdir() if p.name in ("teacher", ONLINE)
+            or re.fullmatch(r"(opd|rl)(-\d+)?", p.name)]  # fmt: skip
 
 
 def _prepare(out_dir: Path, manifest: dict[str, Any]) -> bool:
@@ -135,8 +159,9 @@ def _prepare(out_dir: Path, manifest: dict[str, Any]) -> bool:
     if path.is_file():
         old = json.loads(path.read_text())
         if old.get("complete") and old.get("params") == manifest["params"]:
-            return all((out_dir / name).exists() for name in _OWNED)
-        for name in _OWNED:  # ours, from other parameters or an interrupted run
+            n = manifest["params"]["settings"]["replicates"]
+            return all((out_dir / name).exists() for name in _expected(n))
+        for name in _ours(out_dir):  # ours, from other parameters or an interrupted run
             target = out_dir / name
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
@@ -152,34 +177,33 @@ def _prepare(out_dir: Path, manifest: dict[str, Any]) -> bool:
 
 
 def generate_runs(
-    out_dir: Path, *, quick: bool = False, seed: int = 0, progress: bool = True
+    out_dir: Path, *, quick: bool = False, seed: int = 0, progress: bool = True, workers: int = 1
 ) -> DemoRuns:
     """Train the demo's teacher, student start, OPD and RL runs and the online EffOPD comparison.
 
-    Reuses out_dir when it already holds complete runs made with the same parameters.
+    The full preset trains 3 replicates per method (post-training seeds; one teacher and
+    student start), the quick preset 1. The post-training runs are independent seeded jobs,
+    `workers` at a time in processes (the same runs whatever `workers`). Reuses out_dir when
+    it already holds complete runs made with the same parameters.
     """
     out_dir = Path(out_dir)
     with single_thread():
-        return _generate(out_dir, quick, seed, progress)
+        return _generate(out_dir, quick, seed, progress, workers)
 
 
-def _generate(out_dir: Path, quick: bool, seed: int, progress: bool) -> DemoRuns:
+def _generate(out_dir: Path, quick: bool, seed: int, progress: bool, workers: int) -> DemoRuns:
     settings = demo_settings(quick, seed)
     params = {"format": _FORMAT, "quick": quick, "seed": seed, "settings": asdict(settings)}
     manifest: dict[str, Any] = {"params": params, "complete": False}
     if _prepare(out_dir, manifest):
-        return _layout(out_dir, _read_online(out_dir / ONLINE))
+        return _layout(out_dir, _read_online(out_dir / ONLINE), settings.replicates)
     write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     timings: dict[str, float] = {}
     task = settings.task
     val_prompts, val_answers = task.split("val")
-    test_prompts, test_answers = task.split("test")
 
     def val_accuracy(model: torch.nn.Module) -> float:
         return greedy_accuracy(model, val_prompts, val_answers)
-
-    def test_accuracy(model: torch.nn.Module) -> float:
-        return greedy_accuracy(model, test_prompts, test_answers)
 
     # One SFT run: the student is its first snapshot at student_target, the teacher its end.
     start = time.perf_counter()
@@ -215,60 +239,25 @@ def _generate(out_dir: Path, quick: bool, seed: int, progress: bool) -> DemoRuns
     timings["sft"] = time.perf_counter() - start
     demo = {"task": task.to_dict(), "seed": seed, "quick": quick}
     save_checkpoint(teacher, out_dir / "teacher", {**demo, "role": "teacher"})
-    curves: dict[str, list[tuple[int, float]]] = {}
-
-    def curve_recorder(name: str, callback: EffOPD | None = None):
-        curves[name] = [(0, test_accuracy(student))]
-
-        def on_step(model: torch.nn.Module, step: int) -> None:
-            if callback is not None:
-                callback.after_step(model, step, val_accuracy)
-            if step % settings.eval_every == 0 or is_power_of_two(step):
-                curves[name].append((step, test_accuracy(model)))
-
-        return on_step
-
-    student_demo = {**demo, "role": "student"}
-    for kind in ("opd", "rl"):
-        start = time.perf_counter()
-        bar = Progress(settings.post.steps, f"demo {kind}", enabled=progress)
-        post_train(
-            kind,
-            student,
-            teacher,
-            task,
-            settings.post,
-            seed=seed,
-            run_dir=out_dir / kind,
-            demo=student_demo,
-            on_step=curve_recorder(kind) if kind == "opd" else None,
-            bar=bar,
-        )
-        timings[kind] = time.perf_counter() - start
-    start = time.perf_counter()
-    effopd = EffOPD()
-    effopd.start(student)
-    bar = Progress(settings.post.steps, "demo opd+effopd", enabled=progress)
-    post_train(
-        "opd",
-        student,
-        teacher,
-        task,
-        settings.post,
-        seed=seed,
-        on_step=curve_recorder("effopd", effopd),
-        bar=bar,
-    )
-    timings["opd_effopd"] = time.perf_counter() - start
-    online = _compare(curves["opd"], curves["effopd"], effopd.history)
+    start_point = Start(student, teacher, task, settings.post, settings.eval_every, demo)
+    jobs = [
+        Job(replicate_dir(kind, r), kind, replicate_seed(seed, r), out_dir / replicate_dir(kind, r),
+            record=(kind, r) == ("opd", 0))
+        for r in range(settings.replicates) for kind in ("opd", "rl")
+    ]  # fmt: skip
+    jobs.insert(0, Job("effopd", "opd", seed, None, record=True, effopd=True))  # slowest first
+    done = run_jobs(start_point, jobs, workers=workers, progress=progress)
+    timings.update({name: r["seconds"] for name, r in done.items()})
+    plain, eff = done["opd"]["curve"], done["effopd"]
+    online = _compare(plain, eff["curve"], eff["history"])
     record = {
         **asdict(online),
         "target_fraction": 0.9,
         "score": f"validation accuracy (greedy, {task.n_val} held-out problems)",
-        "alpha0": effopd.alpha0,
-        "max_candidates": effopd.max_candidates,
+        "alpha0": eff["alpha0"],
+        "max_candidates": eff["max_candidates"],
         "eval_every": settings.eval_every,
-        "curves": {"plain": curves["opd"], "effopd": curves["effopd"]},
+        "curves": {"plain": plain, "effopd": eff["curve"]},
     }
     write_text_atomic(out_dir / ONLINE, json.dumps(record, indent=2) + "\n")
     manifest.update(
@@ -277,7 +266,7 @@ def _generate(out_dir: Path, quick: bool, seed: int, progress: bool) -> DemoRuns
         seconds={k: round(v, 2) for k, v in timings.items()},
     )
     write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    return _layout(out_dir, online)
+    return _layout(out_dir, online, settings.replicates)
 
 
 def _compare(

@@ -209,7 +209,9 @@ def _groups_section(findings: GroupFindings, band: str) -> str:
         f'<p class="meta">Groups: {_e(sizes)}. Mean ± sample sd (ddof = 1) per group; the '
         f"difference of group means with its 95 % percentile bootstrap interval "
         f"({BOOTSTRAP_SAMPLES:,} resamples of each group's runs, seed 0). A claim is stated to "
-        "hold or not hold only when that interval excludes 0. Grouped figures draw group means "
+        "hold or not hold only when that interval excludes 0; with as few as 3 runs per group "
+        "the percentile interval is narrower than a t interval, so read such a decision as "
+        "tentative. Grouped figures draw group means "
         f"with a band of {_e(BANDS[band])}.</p>",
         _table(findings.table()),
         f'<ul class="claims">{lines}</ul>' if lines else "",

@@ -123,7 +123,7 @@ def test_second_call_reuses_runs(runs, monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("generate_runs retrained complete runs")
 
     monkeypatch.setattr("opdlens.demo.runs.sft", no_training)
-    monkeypatch.setattr("opdlens.demo.runs.post_train", no_training)
+    monkeypatch.setattr("opdlens.demo.jobs.post_train", no_training)
     again = generate_runs(result.out_dir, quick=True, progress=False)
     assert again == result
     assert (result.opd / "metrics.csv").stat().st_mtime_ns == stamp

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from opdlens.cli import app
-from opdlens.demo.pipeline import _verdict, energy_weighted, steps_saved
+from opdlens.demo.pipeline import share_table, steps_saved
 
 
 def test_steps_saved_counts_last_accepted_candidate_per_step() -> None:
@@ -24,21 +24,16 @@ def test_steps_saved_counts_last_accepted_candidate_per_step() -> None:
     assert steps_saved(history) == (3, 2)  # step 1 jumped to 4; step 2 rejected
 
 
-def test_energy_weighted_uses_squared_update_norm() -> None:
-    df = pd.DataFrame({"energy_k1": [0.5, 1.0, math.nan], "update_norm": [1.0, 2.0, 3.0]})
-    assert energy_weighted(df, "energy_k1") == pytest.approx((0.5 * 1 + 1.0 * 4) / 5)
+def test_share_table_gives_mean_and_sd_over_seeds() -> None:
+    def final(mlp: float) -> pd.DataFrame:
+        return pd.DataFrame({"span": ["cumulative"] * 2, "step": [5, 5], "block": ["mlp", "attn"],
+                             "tensor": ["m", "a"], "update_norm": [1.0, 1.0],
+                             "base_norm": [1.0, 1.0], "update_share": [mlp, 1 - mlp]})  # fmt: skip
 
-
-def test_verdict_says_when_opd_does_not_show_the_finding() -> None:
-    df = pd.DataFrame({"span": ["cumulative"] * 2, "step": [5, 5], "block": ["mlp", "attn"],
-                       "update_share": [0.4, 0.6]})  # fmt: skip
-    rl = df.assign(update_share=[0.7, 0.3])
-    lines = _verdict(
-        {"OPD": df, "RL": rl}, {"OPD": 0.2, "RL": 0.5}, {"OPD": (1, 0.9), "RL": (1, 0.1)}
-    )
-    assert lines[0].startswith("OPD does NOT concentrate")
-    assert lines[1].startswith("OPD does NOT put")
-    assert lines[2].startswith("OPD settles")
+    frames = {"OPD-1": final(0.6), "OPD-2": final(0.8), "RL-1": final(0.5), "RL-2": final(0.5)}
+    table = share_table(frames, {"OPD": ["OPD-1", "OPD-2"], "RL": ["RL-1", "RL-2"]})
+    assert table.loc["mlp", "OPD"] == f"0.700 ± {math.sqrt(0.02):.3f}"
+    assert table.loc["attn", "RL"] == "0.500 ± 0.000"
 
 
 @pytest.mark.slow
@@ -48,8 +43,10 @@ def test_demo_quick_end_to_end(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     text = result.stdout
     for phrase in (
+        "1 post-training seed per method (--quick): every claim is inconclusive at n = 1",
         "update share by block",
-        "energy_k1",
+        "OPD concentrates its final update more in its top singular direction than RL: "
+        "inconclusive at n = 1 — energy_k1",
         "EffOPD replay",
         "Online EffOPD",
         "report:",
@@ -57,7 +54,9 @@ def test_demo_quick_end_to_end(tmp_path) -> None:
         assert phrase in text
     assert "cannot continue training" in text
     report = out / "report" / "report.html"
-    assert report.is_file() and "data:image/png;base64" in report.read_text()
+    page = report.read_text()
+    assert report.is_file() and "data:image/png;base64" in page
+    assert "<h2>Groups of runs</h2>" in page and "1 seed per method (--quick)" in page
     assert (out / "replay-opd" / "history.csv").is_file()
     # The printed shares are the metrics files' own numbers.
     for label in ("OPD", "RL"):
