@@ -164,11 +164,20 @@ def _dot64(a: torch.Tensor, b: torch.Tensor) -> float:
     work = torch.float64 if a.dtype == torch.float64 else torch.float32
     tiny = _TINY[work]
     fa, fb = a.reshape(-1), b.reshape(-1)
+    conv_a, conv_b = fa.dtype != work, fb.dtype != work  # converts one chunk at a time, if at all
+    dot = torch.dot
     total = 0.0
     for start in range(0, fa.numel(), _CHUNK):
-        ca = fa[start : start + _CHUNK].to(work)  # converts one chunk at a time, if at all
-        cb = ca if same else fb[start : start + _CHUNK].to(work)
-        part = float(torch.dot(ca, cb))
+        ca = fa[start : start + _CHUNK]
+        if conv_a:
+            ca = ca.to(work)
+        if same:
+            cb = ca
+        else:
+            cb = fb[start : start + _CHUNK]
+            if conv_b:
+                cb = cb.to(work)
+        part = float(dot(ca, cb))
         if not (abs(part) >= tiny and math.isfinite(part)):  # rare: tiny, zero, huge or NaN
             part = _exact_chunk(ca, cb)
         total += part
