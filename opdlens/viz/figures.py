@@ -261,7 +261,8 @@ def _group_specs(
             f"The 'band' parameter must be one of {list(g.BANDS)}. Got {band!r} instead."
         )
     tail = g.band_caption(band, checked)
-    means = g.group_mean_frame(df, checked)
+    shown = {name: f"{name} (mean of {len(runs)})" for name, runs in checked.items()}
+    means = g.group_mean_frame(df, checked).replace({"run": shown})
     frames = {run: df[df["run"] == run] for members in checked.values() for run in members}
     specs: list[_Spec] = [
         ("findings", "The paper's claims, run by run",
@@ -277,7 +278,7 @@ def _group_specs(
          lambda: plots.allocation_heatmap_figure(means)),
         *((f"allocation_strip-{name}", f"Module allocation over steps ({name}, group mean)",
            "The group-mean allocation heatmap at up to six saved steps, first and last included.",
-           functools.partial(plots.allocation_strip_figure, means, run=name))
+           functools.partial(plots.allocation_strip_figure, means, run=shown[name]))
           for name in checked),
         ("block_norms", "Update norm per block",
          f"Update norm of each block, (Σ_block ‖Δ_t‖_F²)^½, against step. {tail}",

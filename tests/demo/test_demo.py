@@ -164,7 +164,10 @@ def test_generate_runs_refuses_foreign_directory(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_full_demo_meets_its_accuracy_targets(tmp_path: Path) -> None:
-    result = generate_runs(tmp_path, progress=False)
+    result = generate_runs(tmp_path, progress=False, workers=2)
+    assert [p.name for p in result.replicates["rl"]] == ["rl", "rl-2", "rl-3"]
+    finals = [pd.read_csv(p / "metrics.csv")["accuracy"].iloc[-1] for p in result.replicates["opd"]]
+    assert len(set(finals)) > 1  # three seeds, three runs
     start = pd.read_csv(result.opd / "metrics.csv")["accuracy"].iloc[0]
     assert accuracy(result.teacher) >= 0.8
     assert 0.1 <= start <= 0.4

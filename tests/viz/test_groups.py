@@ -117,6 +117,8 @@ def test_draw_figures_with_groups() -> None:
     assert stems[:7] == ["findings", "allocation_heatmap", "allocation_strip-OPD",
                          "allocation_strip-RL", "block_norms", "energy_by_step",
                          "alignment_by_step"]  # fmt: skip
+    heatmap = next(p.figure for p in panels if p.stem == "allocation_heatmap")
+    assert heatmap.axes[0].get_title().startswith("OPD (mean of 3) · step 4")
     captions = {p.stem: p.caption for p in panels}
     assert "min–max across the group's runs (OPD: n = 3, RL: n = 2)" in captions["block_norms"]
     assert any("each group's first run (OPD-1, RL-1)" in n for n in notes)
