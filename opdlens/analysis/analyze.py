@@ -50,11 +50,11 @@ def analyze(
     ``analyze(run, ranks=(1, 4), workers=1)``; the run's and the sweep's warnings are in
     ``frame.attrs["warnings"]``. `cache_dir` keeps the top-K factors there for a later call.
 
-    `workers` processes sweep the tensors (default: one per core; 1 sweeps in this process).
-    They are fresh interpreters that never re-run your `__main__`, so this works as typed in
-    a notebook, a script without an `if __name__ == "__main__":` guard, `python -` (stdin)
-    and `python -c`. They ignore Ctrl-C, which stops the whole sweep at once, and they exit
-    when this process dies.
+    `workers` threads of this process sweep the tensors (default: one per core; 1 sweeps in
+    the calling thread), each on 1 BLAS thread; torch's thread count is restored afterwards.
+    Nothing re-runs your `__main__`, so this works as typed in a notebook, a script without an
+    `if __name__ == "__main__":` guard, `python -` (stdin) and `python -c`. Ctrl-C stops the
+    whole sweep at once.
 
     Raises:
         OptionError: a bad option, named (see `AnalyzeOptions`).

@@ -30,7 +30,7 @@ class AnalyzeOptions:
     consecutive: bool = False  # also the step-to-step update W_t − W_prev
     full_spectrum: bool = False  # a full SVD per update, for effective_rank
     split_fused: bool = True  # fused qkv / gate_up tensors per logical part
-    workers: int | None = None  # worker processes; None is one per core, 1 sweeps in-process
+    workers: int | None = None  # worker threads; None is one per core, 1 sweeps inline
     executor: str = "local"  # 'local' (process pool) or 'ray'
     address: str | None = None  # a Ray cluster address (with executor='ray')
     device: str = "cpu"  # where the SVDs run: 'cpu' or 'cuda[:N]'
@@ -109,7 +109,7 @@ class AnalyzeOptions:
 
     @property
     def worker_count(self) -> int:
-        """Worker processes to start: `workers`, or one per core."""
+        """Worker threads to start: `workers`, or one per core."""
         return (os.cpu_count() or 1) if self.workers is None else self.workers
 
     def check_run(self, run: Run) -> None:

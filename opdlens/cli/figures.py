@@ -98,7 +98,7 @@ MetricsOpt = Annotated[
 RanksOpt = Annotated[str, typer.Option(help="K values when a run is analysed, e.g. 1,4,16.")]
 TopOpt = Annotated[int, typer.Option("--spectra", help="Tensors whose spectrum is drawn.")]
 WorkersOpt = Annotated[
-    int | None, typer.Option(help="Worker processes when a run is analysed (default: cores).")
+    int | None, typer.Option(help="Worker threads when a run is analysed (default: cores).")
 ]
 
 
