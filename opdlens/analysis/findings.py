@@ -156,12 +156,14 @@ def group_findings(
 def verdict(findings: GroupFindings, claim: Claim, other: str | None = None) -> str:
     """'holds', 'does not hold' or 'inconclusive at n = …' for the first group against `other`.
 
-    A claim holds or does not hold only when the 95 % interval of the difference excludes 0.
+    A claim holds or does not hold only when the 95 % interval of the difference excludes 0
+    and has a width (runs that all agree within each group, e.g. one run given twice, show no
+    spread to judge the difference by).
     """
     names = list(findings.groups)
     other = other or names[1]
     d = findings.differences[claim.quantity][other]
-    if d is None or not d.excludes_zero:
+    if d is None or not d.excludes_zero or d.low == d.high:
         n = sorted({len(findings.groups[names[0]]), len(findings.groups[other])})
         return f"inconclusive at n = {' and '.join(map(str, n))}"
     return "holds" if d.low > 0 else "does not hold"

@@ -91,3 +91,10 @@ def test_groups_must_name_known_runs_once() -> None:
         group_findings(frames, {"OPD": ["OPD-1"], "RL": ["OPD-1"]})
     with pytest.raises(OptionError, match="must map a group name"):
         group_findings(frames, {})
+
+
+def test_groups_without_spread_decide_nothing() -> None:
+    found = group_findings(*_frames([(0.5, 0.5, 0.5)] * 2, [(0.4, 0.4, 0.4)] * 2))
+    d = found.differences["energy_k1"]["RL"]
+    assert d is not None and d.low == d.high == pytest.approx(0.1)  # a zero-width interval
+    assert all(verdict(found, c) == "inconclusive at n = 2" for c in CLAIMS)
