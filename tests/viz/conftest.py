@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from opdlens import open_run
 from opdlens.analysis.write import write_analysis
+from viz.planted import metrics_frame
 from viz.runs import write_run
 
 
@@ -27,3 +29,9 @@ def viz_metrics(viz_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFact
         out[label] = root / f"metrics-{label}"
         write_analysis(open_run(path), out[label], ranks=(1, 4), workers=1)
     return out
+
+
+@pytest.fixture(scope="module")
+def metrics() -> pd.DataFrame:
+    """The planted metrics frame of viz.planted (two runs, three layers)."""
+    return metrics_frame()
