@@ -1,0 +1,52 @@
+"""`opdlens demo` from the command line: the quick preset end to end, and its one-line errors."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from opdlens.cli import app
+
+
+def test_demo_refuses_zero_workers(tmp_path) -> None:
+    result = CliRunner().invoke(
+        app, ["demo", "--quick", "--workers", "0", "--out", str(tmp_path / "d")]
+    )
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip() == "opdlens: error: --workers takes a count ≥ 1; got 0."
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path) -> None:
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    for phrase in (
+        "1 post-training seed per method (--quick): every claim is inconclusive at n = 1",
+        "update share by block",
+        "OPD concentrates its final update more in its top singular direction than RL: "
+        "inconclusive at n = 1 — energy_k1",
+        "EffOPD replay",
+        "Online EffOPD",
+        "report:",
+    ):
+        assert phrase in text
+    assert "cannot continue training" in text
+    report = out / "report" / "report.html"
+    page = report.read_text()
+    assert report.is_file() and "data:image/png;base64" in page
+    assert "<h2>Groups of runs</h2>" in page and "1 seed per method (--quick)" in page
+    assert (out / "replay-opd" / "history.csv").is_file()
+    # The printed shares are the metrics files' own numbers.
+    for label in ("OPD", "RL"):
+        df = pd.read_parquet(out / "analysis" / f"metrics-{label}" / "metrics.parquet")
+        final = df[(df["span"] == "cumulative") & (df["step"] == df["step"].max())]
+        mlp = final.loc[final["block"] == "mlp", "update_share"].sum()
+        assert f"{mlp:.3f}" in text
+    # A second run reuses the trained runs and the analysis cache.
+    again = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert again.stdout == text
