@@ -92,7 +92,8 @@ MetricsOpt = Annotated[
         "--metrics",
         metavar="<path>",
         help="Training log drawn above the weight metrics: trainer_state.json, JSONL or CSV; one "
-        "per run in the order RUN, --compare … (default: found beside the checkpoints).",
+        "per run in the order RUN, --compare … (or the runs of each --group in turn; default: "
+        "found beside the checkpoints).",
     ),
 ]
 RanksOpt = Annotated[str, typer.Option(help="K values when a run is analysed, e.g. 1,4,16.")]
