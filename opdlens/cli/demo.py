@@ -22,7 +22,7 @@ def demo(
         typer.Option(
             "--quick",
             help="One seed per method, a smaller model and fewer steps (about 35 s on 2 CPU "
-            "cores; the full preset, 3 seeds per method: about 3 min); no claim is decided.",
+            "cores; the full preset, 3 seeds per method: about 2.5 min); no claim is decided.",
         ),
     ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed for data, models and sampling.")] = 0,
