@@ -53,13 +53,15 @@ def _workdir(demo: Path, tmp_path: Path) -> Path:
 
 def test_readme_has_the_tours() -> None:
     assert len(_blocks(_section("A tour of the Python API"), "python")) == 2
-    assert len(_blocks(README.read_text(encoding="utf-8"), "python")) == 2  # no other snippet
+    trainer = _blocks(_section("EffOPD inside the Trainer / TRL"), "python")
+    assert len(trainer) == 1
+    assert len(_blocks(README.read_text(encoding="utf-8"), "python")) == 3  # no other snippet
     assert len(_blocks(_section("A tour of the command line"), "bash")) == 1
 
 
 @pytest.mark.slow
 def test_python_tour_runs_through_stdin(demo: Path, tmp_path: Path) -> None:
-    code = "\n".join(_blocks(README.read_text(encoding="utf-8"), "python"))
+    code = "\n".join(_blocks(_section("A tour of the Python API"), "python"))
     proc = subprocess.run(
         [sys.executable, "-"], input=code, capture_output=True, text=True,
         cwd=_workdir(demo, tmp_path), timeout=900,
@@ -70,6 +72,8 @@ def test_python_tour_runs_through_stdin(demo: Path, tmp_path: Path) -> None:
     lines = proc.stdout.strip().splitlines()
     assert re.search(r"(no saved step|beats standing still).*best rel_error", lines[-2]), lines
     assert lines[-1].startswith("[(1, "), lines[-1]
+    assert "utility" in proc.stdout and "score_drop" in proc.stdout  # the ablation table
+    assert re.search(r"extrapolation along the current update", proc.stdout), proc.stdout[-2000:]
     assert (tmp_path / "cwd/pred-api/extrapolation_errors.csv").is_file()
 
 
@@ -102,5 +106,20 @@ def test_cli_tour_runs_line_by_line(demo: Path, tmp_path: Path) -> None:
     for output in ("metrics/metrics.parquet", "m/metrics.parquet", "figs/.opdlens",
                    "report/report.html", "pred/extrapolation_errors.csv", "pred2/model.safetensors",
                    "replay/history.csv", "replay2/history.csv", "s-scale/model.safetensors",
-                   "s-lowrank/model.safetensors", "s-window/model.safetensors"):  # fmt: skip
+                   "s-lowrank/model.safetensors", "s-window/model.safetensors",
+                   "foresight/foresight.csv", "ablate/ablation.csv", "ablate/rank_curve.csv"):  # fmt: skip
         assert (cwd / output).exists(), output
+
+
+@pytest.mark.slow
+def test_effopd_trainer_section_runs_as_written(tmp_path: Path) -> None:
+    (code,) = _blocks(_section("EffOPD inside the Trainer / TRL"), "python")
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("\n1,0,1,2.0,") == 1  # the CSV's first candidate: step 1, anchor 0
+    steps = sorted(
+        int(p.name.split("-")[1]) for p in (tmp_path / "effopd-run").glob("checkpoint-*")
+    )
+    assert steps == [0, 1, 2, 4, 8, 10, 16]
