@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from matplotlib.axes import Axes
@@ -15,9 +16,13 @@ from matplotlib.figure import Figure
 from ..errors import NothingToDrawError, OptionError
 from ..io.paths import writable_dir
 from . import plots
+from .analyses import analysis_specs, check_ablation
 from .save import save_figure
 from .style import new_figure, paper_style
 from .training import metric_label, training_curve
+
+if TYPE_CHECKING:
+    from ..extrapolation.ablate import Ablation
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +188,8 @@ def draw_figures(
     training: Mapping[str, pd.DataFrame] | None = None,
     groups: Mapping[str, Sequence[str]] | None = None,
     band: str = "sd",
+    foresight: pd.DataFrame | None = None,
+    ablation: Mapping[str, Ablation] | None = None,
 ) -> tuple[list[Panel], list[str]]:
     """Draw every figure the inputs allow; return them and a note for each one skipped.
 
@@ -191,7 +198,9 @@ def draw_figures(
     opdlens.analysis.spectra gathers; training maps a run label to its training log (Run.training_log).
     groups ({"OPD": ["OPD-1", "OPD-2"], …}; runs of df in no group are left out) draws group means
     with a band (band="sd": ±1 sd, "range": min–max) and the claims' numbers per group;
-    spectra and the training figure then show each group's first run.
+    spectra, foresight and the training figure then show each group's first run.
+    foresight: opdlens.foresee's rows with a `run` column; ablation: label → opdlens.ablate's
+    result or its --out directory.
     A figure whose data is missing (no rows to draw, e.g. no per-layer tensors; a training log
     without accuracy or loss) is skipped with a note; any other error propagates.
     """
@@ -204,6 +213,10 @@ def draw_figures(
         df = df[df["span"] == "cumulative"]
     runs = [str(r) for r in pd.unique(df["run"])]
     notes: list[str] = []
+    if groups is not None and foresight is not None:
+        firsts = [str(m[0]) for m in groups.values() if m]
+        foresight = foresight[foresight["run"].isin(firsts)] if "run" in foresight else foresight
+    extra, notes = analysis_specs(foresight, check_ablation(ablation))
     if groups is not None:
         grouped, checked = _group_specs(df, groups, band)
         firsts = [members[0] for members in checked.values()]
@@ -213,7 +226,7 @@ def draw_figures(
         notes.append(
             f"groups: spectra and the training figure show each group's first run ({', '.join(firsts)})."
         )
-        return _draw_all(grouped, df, runs, notes, spectra, history, errors, training)
+        return _draw_all(grouped + extra, df, runs, notes, spectra, history, errors, training)
     several = len(runs) > 1
     specs: list[_Spec] = [
         ("allocation_heatmap", "Module allocation at the final step",
@@ -245,7 +258,7 @@ def draw_figures(
          "points: the top-K subspace is ill-defined there (gap_K < 1e-2).",
          lambda: alignment_figure(df)),
     ]  # fmt: skip
-    return _draw_all(specs, df, runs, notes, spectra, history, errors, training)
+    return _draw_all(specs + extra, df, runs, notes, spectra, history, errors, training)
 
 
 def _group_specs(
@@ -356,11 +369,13 @@ def write_figures(
     training: Mapping[str, pd.DataFrame] | None = None,
     groups: Mapping[str, Sequence[str]] | None = None,
     band: str = "sd",
+    foresight: pd.DataFrame | None = None,
+    ablation: Mapping[str, Ablation] | None = None,
 ) -> FigureSet:
     """Draw every figure (draw_figures) and save each as PDF, SVG and 200-dpi PNG in out_dir."""
     panels, notes = draw_figures(
         df, spectra=spectra, history=history, errors=errors, training=training, groups=groups,
-        band=band,
+        band=band, foresight=foresight, ablation=ablation,
     )  # fmt: skip
     out = FigureSet(notes=notes)
     writable_dir(out_dir)
@@ -382,10 +397,12 @@ def make_figures(
     training: Mapping[str, pd.DataFrame] | None = None,
     groups: Mapping[str, Sequence[str]] | None = None,
     band: str = "sd",
+    foresight: pd.DataFrame | None = None,
+    ablation: Mapping[str, Ablation] | None = None,
 ) -> list[Path]:
     """Save every figure the inputs allow in out_dir (draw_figures); return the written files."""
     result = write_figures(
         df, out_dir, spectra=spectra, history=history, errors=errors, training=training,
-        groups=groups, band=band,
+        groups=groups, band=band, foresight=foresight, ablation=ablation,
     )  # fmt: skip
     return [p for paths in result.paths.values() for p in paths]

@@ -20,12 +20,14 @@ from ..errors import OptionError
 from ..io.paths import writable_dir, write_text_atomic
 from ..io.training_log import choose_metric, log_at_steps
 from ..provenance import versions
+from .analyses import check_ablation
 from .figures import FigureSet, write_figures
 from .plots import GAP_THRESHOLD
 from .save import PNG_DPI
 
 if TYPE_CHECKING:
     from ..analysis.results import RunMetrics, Sources
+    from ..extrapolation.ablate import Ablation
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +221,63 @@ def _groups_section(findings: GroupFindings, band: str) -> str:
     ])  # fmt: skip
 
 
+_OWN_SECTION = ("foresight", "ablation")  # figures shown in their own sections
+
+
+def _foresight_section(figures: FigureSet, foresight: pd.DataFrame | None) -> str:
+    """The foresight figure, its sentence per run, and EffOPD's α against α* (opdlens foresee)."""
+    from ..analysis.foresight import effopd_comparison, foresight_sentence
+
+    if foresight is None or "foresight" not in figures.paths:
+        return ""
+    runs = ", ".join(str(r) for r in pd.unique(foresight["run"]))
+    lines = "".join(
+        f"<li>{_e(run)}: {_e(foresight_sentence(df.drop(columns='run')))}</li>"
+        for run, df in foresight.groupby("run", sort=False)
+    )
+    table = effopd_comparison(foresight)
+    if not table.empty:
+        nxt = table.groupby(["run", "step", "anchor"])["target_step"].transform("min")
+        table = table[table["target_step"] == nxt].reset_index(drop=True)
+    return "\n".join([
+        "<h2>Foresight</h2>",
+        f'<p class="meta">Computed from the checkpoints of {_e(runs)} (opdlens foresee: one pass '
+        "of reads and dot products, exact; whole model = attention and MLP matrices). Against "
+        "the last saved step, with the previous saved step as anchor and α = α*:</p>",
+        f'<ul class="foresight">{lines}</ul>',
+        _figure(figures, "foresight"),
+        *(["<p>What EffOPD's schedule would try at each scheduled step (cumulative α of each "
+           "candidate, and its rel_error against the next saved step) against α*:</p>",
+           _table(table)] if not table.empty else []),
+    ])  # fmt: skip
+
+
+def _ablation_section(figures: FigureSet, ablation: Mapping[str, Ablation] | None) -> str:
+    """The ablation figure, its sentence per run, and the table of each (opdlens ablate)."""
+    from .ablation import ablation_sentence
+
+    if not ablation or "ablation" not in figures.paths:
+        return ""
+    lines = "".join(
+        f"<li>{_e(label)}: {_e(ablation_sentence(a.ablation))}</li>"
+        for label, a in ablation.items()
+    )
+    cols = ["group", "update_share", "score_drop", "score_only", "utility"]
+    tables = [
+        f"<p>{_e(label)} (scorer {_e(a.ablation.attrs.get('scorer', 'given'))}):</p>"
+        + _table(a.ablation[[c for c in cols if c in a.ablation]])
+        for label, a in ablation.items()
+    ]
+    return "\n".join([
+        "<h2>Marginal utility (ablation)</h2>",
+        '<p class="meta">From <code>opdlens ablate</code>: each group\'s update removed (drop) or '
+        "kept alone (only) at step T, scored by the user's scorer; utility = S(θ_T) − drop.</p>",
+        f'<ul class="ablation">{lines}</ul>',
+        _figure(figures, "ablation"),
+        *tables,
+    ])  # fmt: skip
+
+
 def _list(items: Iterable[str]) -> str:
     lis = "".join(f"<li>{_e(w)}</li>" for w in items)
     return f'<ul class="warnings">{lis}</ul>' if lis else "<p>None.</p>"
@@ -245,7 +304,8 @@ def _provenance(sources: Sources, options: dict[str, Any]) -> str:
 def render_report(
     sources: Sources, figures: FigureSet, *, title: str | None = None, top: int = 20,
     options: dict[str, Any] | None = None, findings: GroupFindings | None = None,
-    band: str = "sd",
+    band: str = "sd", foresight: pd.DataFrame | None = None,
+    ablation: Mapping[str, Ablation] | None = None,
 ) -> str:  # fmt: skip
     """The report page as one HTML string; images are data: URIs, nothing loads from a network."""
     labels = [rm.label for rm in sources.runs]
@@ -258,7 +318,9 @@ def render_report(
         "each caption.</p>",
         "<h2>Run summary</h2>", *(_summary(rm, sources.training.get(rm.label)) for rm in sources.runs),
         _groups_section(findings, band) if findings is not None else "",
-        "<h2>Figures</h2>", *(_figure(figures, stem) for stem in figures.paths),
+        "<h2>Figures</h2>",
+        *(_figure(figures, stem) for stem in figures.paths if stem not in _OWN_SECTION),
+        _foresight_section(figures, foresight), _ablation_section(figures, ablation),
         f"<h2>Top {top} tensors by update share at the final step</h2>",
         _top_table(sources.top_tensors(top), sources.final_steps),
         f"<h2>Warnings ({len(warnings)})</h2>", _list(warnings),
@@ -282,12 +344,16 @@ def write_report(
     inputs: Sequence[Path] = (),
     groups: Mapping[str, Sequence[str]] | None = None,
     band: str = "sd",
+    foresight: pd.DataFrame | None = None,
+    ablation: Mapping[str, Ablation] | None = None,
 ) -> Path:
     """Write out_dir/report.html (figures saved under out_dir/figures/ and embedded); return it.
 
     groups ({"OPD": ["OPD-1", "OPD-2"], …}: run labels) adds the groups section (mean ± sd,
     differences with 95 % bootstrap intervals, the claims' verdicts) and draws grouped figures
-    (group means with a band: band="sd" ±1 sd, "range" min–max).
+    (group means with a band: band="sd" ±1 sd, "range" min–max). foresight (opdlens.foresee's
+    rows with a `run` column, e.g. from analysis.side_inputs.compute_foresight) and ablation (label →
+    opdlens.ablate's result (side_inputs.load_ablation reads its --out)) add a section each.
 
     Raises:
         OpdlensError: out_dir overlaps one of the runs (or `inputs`), or is not a directory;
@@ -300,14 +366,18 @@ def write_report(
     if groups is not None:
         frames = {rm.label: rm.frame for rm in sources.runs}
         findings = group_findings(frames, check_groups(groups, list(frames)))
+    abl = check_ablation(ablation)
+    if groups is not None and foresight is not None:
+        foresight = foresight[foresight["run"].isin([m[0] for m in groups.values() if m])]
     out = writable_dir(out_dir, [*runs, *inputs], "report")
     if figures is None:
         figures = write_figures(
             sources.frame, out / "figures", spectra=sources.spectra, history=sources.history,
             errors=sources.errors, training=sources.training, groups=groups, band=band,
+            foresight=foresight, ablation=abl,
         )  # fmt: skip
     page = render_report(sources, figures, title=title, top=top, options=options,
-                         findings=findings, band=band)  # fmt: skip
+                         findings=findings, band=band, foresight=foresight, ablation=abl)  # fmt: skip
     path = out / REPORT_FILE
     write_text_atomic(path, page)
     logger.info("wrote %s (%d bytes)", path, len(page))

@@ -207,3 +207,23 @@ def test_spectra_title_says_top_k(viz_metrics: dict[str, Path], tmp_path: Path) 
     panel = next(p for p in panels if p.stem == "spectra")
     assert panel.figure.axes[0].get_title() == "step 4, cached top-K singular values only"
     assert "cached top-K" in panel.caption
+
+
+def test_foresight_and_ablation_figures(
+    viz_runs: dict[str, Path], viz_metrics: dict[str, Path], tmp_path: Path
+) -> None:
+    from opdlens.analysis.foresight import foresee
+    from opdlens.analysis.side_inputs import load_ablation
+    from viz.inputs import write_ablation
+
+    src = load_sources([viz_metrics["opd"], viz_metrics["rl"]], tmp_path, labels=["OPD", "RL"],
+                       spectra_top=0)  # fmt: skip
+    fore = pd.concat([foresee(open_run(viz_runs[k]), workers=1).assign(run=k.upper())
+                      for k in ("opd", "rl")])  # fmt: skip
+    abl = {"OPD": load_ablation(write_ablation(viz_runs["opd"], tmp_path / "abl"))}
+    panels, notes = draw_figures(src.frame, foresight=fore, ablation=abl)
+    drawn = {p.stem: p.figure for p in panels}
+    titles = [ax.get_title() for ax in drawn["foresight"].axes if ax.get_title()]
+    assert titles[:2] == ["OPD", "RL"]  # the two maps side by side
+    assert [ax.get_title() for ax in drawn["ablation"].axes] == ["OPD", "rank curve"]
+    assert not [n for n in notes if "foresight" in n or "ablation" in n]

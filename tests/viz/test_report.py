@@ -16,10 +16,12 @@ from PIL import Image
 
 from opdlens import open_run
 from opdlens.analysis.results import checkpoint_table, load_metrics, load_sources, top_tensors
+from opdlens.analysis.side_inputs import compute_foresight, load_ablation
 from opdlens.errors import OpdlensError
 from opdlens.viz.figures import FigureSet, draw_figures
 from opdlens.viz.report import REPORT_FILE, _top_table, write_report
 from opdlens.viz.save import save_figure
+from viz.inputs import write_ablation
 
 
 def _sources(viz_runs: dict[str, Path], viz_metrics: dict[str, Path], out: Path, spectra_top: int):
@@ -38,7 +40,12 @@ def report(viz_runs: dict[str, Path], viz_metrics: dict[str, Path], tmp_path_fac
     """A report comparing the OPD run (opened, so with the reader's summary) and RL metrics."""
     out = tmp_path_factory.mktemp("report")
     src = _sources(viz_runs, viz_metrics, out, spectra_top=2)
-    return write_report(src, out, top=7, options={"labels": ["OPD", "RL"]})
+    fore, _ = compute_foresight({"OPD": src.runs[0].run}, workers=1)
+    abl = {
+        "OPD": load_ablation(write_ablation(viz_runs["opd"], tmp_path_factory.mktemp("a") / "o"))
+    }
+    return write_report(src, out, top=7, options={"labels": ["OPD", "RL"]}, foresight=fore,
+                        ablation=abl)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +79,8 @@ def test_report_is_self_contained(report: Path) -> None:
     assert "http://" not in page and "https://" not in page
     assert not re.search(r"""(src|href)\s*=\s*["'](?!data:|#)""", page)
     images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == page.count("<img ") == 9  # 5 core + 2 strips + 2 spectra
+    # 5 core + 2 strips + 2 spectra + foresight + ablation
+    assert len(images) == page.count("<img ") == 11
     for data in images:
         assert base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n")
 
@@ -161,7 +169,7 @@ window.addEventListener("load", function () {
 
 @pytest.mark.slow
 def test_report_in_a_real_browser(report: Path, tmp_path: Path) -> None:
-    _check_in_browser(report, tmp_path, "9/9")
+    _check_in_browser(report, tmp_path, "11/11")
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +213,23 @@ def _check_in_browser(report: Path, tmp_path: Path, images: str) -> None:
     with Image.open(shot) as im:
         pixels = np.asarray(im.convert("L"), dtype="float64")
     assert pixels.shape == (3000, 1200) and pixels.std() > 10  # text, tables and figures drawn
+
+
+def test_report_foresight_and_ablation_sections(report: Path) -> None:
+    page = report.read_text()
+    heads = re.findall(r"<h2>([^<]*)</h2>", page)
+    assert (
+        heads.index("Figures")
+        < heads.index("Foresight")
+        < heads.index("Marginal utility (ablation)")
+        < heads.index("Top 7 tensors by update share at the final step")
+    )
+    fore = page[page.index("<h2>Foresight</h2>") : page.index("<h2>Marginal utility")]
+    assert 'id="fig-foresight"' in fore and "Computed from the checkpoints of OPD" in fore
+    assert re.search(r"<li>OPD: (from step \d+ on|at no step|only at step|one extrapolation)", fore)
+    assert "What EffOPD's schedule would try" in fore and "alpha_star" in fore
+    abl = page[page.index("<h2>Marginal utility") : page.index("<h2>Top 7")]
+    assert 'id="fig-ablation"' in abl and "<li>OPD: At step 4, " in abl
+    assert "OPD (scorer mlp_energy):" in abl  # the scorer ablate recorded
+    # Each of the two figures is shown once, in its own section.
+    assert page.count('id="fig-foresight"') == 1 and page.count('id="fig-ablation"') == 1
