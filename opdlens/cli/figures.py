@@ -23,8 +23,11 @@ from ._app import (
 from .analyze import parse_ints
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from ..analysis.options import AnalyzeOptions
     from ..analysis.results import Sources
+    from ..extrapolation.ablate import Ablation
 
 SourceArg = Annotated[
     Path | None,
@@ -94,6 +97,24 @@ MetricsOpt = Annotated[
         help="Training log drawn above the weight metrics: trainer_state.json, JSONL or CSV; one "
         "per run in the order RUN, --compare … (or the runs of each --group in turn; default: "
         "found beside the checkpoints).",
+    ),
+]
+AblationOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--ablation",
+        metavar="<label=dir>",
+        help="The --out of `opdlens ablate` for one run, as LABEL=DIR (repeatable): adds the "
+        "utility-against-update-share figure (and the rank curve, if ablated with --ranks).",
+    ),
+]
+ForesightOpt = Annotated[
+    bool,
+    typer.Option(
+        "--foresight/--no-foresight",
+        help="Compute `opdlens foresee` on each run directory (with --group: each group's first "
+        "run; one pass of reads and dot products, cheap) and draw the foresight figure; runs "
+        "with fewer than two saved steps after the base are skipped with a note.",
     ),
 ]
 RanksOpt = Annotated[str, typer.Option(help="K values when a run is analysed, e.g. 1,4,16.")]
@@ -200,6 +221,45 @@ def _output(command: str, out: Path, paths: list[Path]) -> Iterator[Path]:
         yield path
 
 
+def parse_ablation(specs: list[str]) -> dict[str, Path]:
+    """--ablation LABEL=DIR options as LABEL → DIR (checked for form only)."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        label, sep, rest = spec.partition("=")
+        label, rest = label.strip(), rest.strip()
+        if not sep or not label or not rest:
+            raise OptionError(
+                f"--ablation takes LABEL=DIR (a label such as OPD, then the --out of `opdlens "
+                f"ablate`); got {spec!r}."
+            )
+        if label in out:
+            raise OptionError(f"--ablation {label} is given twice; give each label once.")
+        out[label] = Path(rest)
+    return out
+
+
+def _ablation(specs: list[str] | None) -> dict[str, Ablation] | None:
+    """--ablation LABEL=DIR options, each read (and refused in one line if not an ablate output)."""
+    if not specs:
+        return None
+    from ..analysis.side_inputs import load_ablation
+
+    return {label: load_ablation(d) for label, d in parse_ablation(specs).items()}
+
+
+def _foresight(
+    src: Sources, given: Inputs, wanted: bool, workers: int | None, quiet: bool
+) -> tuple[pd.DataFrame | None, list[str]]:
+    """opdlens foresee on the runs shown (each group's first run with --group)."""
+    if not wanted:
+        return None, []
+    from ..analysis.side_inputs import compute_foresight
+
+    shown = [m[0] for m in given.groups.values()] if given.groups else None
+    runs = {rm.label: rm.run for rm in src.runs if shown is None or rm.label in shown}
+    return compute_foresight(runs, workers=workers, progress=not quiet)
+
+
 def _notes(src: Sources, notes: list[str]) -> None:
     for rm in src.runs:
         for w in rm.provenance.get("warnings", [])[:20]:
@@ -224,6 +284,8 @@ def figures(
     replay: ReplayOpt = None,
     errors: ErrorsOpt = None,
     metrics: MetricsOpt = None,
+    ablation: AblationOpt = None,
+    foresight: ForesightOpt = True,
     ranks: RanksOpt = "1,4,16",
     spectra: TopOpt = 6,
     workers: WorkersOpt = None,
@@ -233,16 +295,19 @@ def figures(
     groups of runs (group means with a band)."""
     given = inputs(source, compare, labels, group, band, checkpoint)
     options = _options(ranks, workers, spectra)
+    ablated = _ablation(ablation)
     with _output("figures", out, given.paths):
         src = _load(given, out, base, checkpoint, trust_pickle, replay, errors, metrics, options,
                     spectra, quiet)  # fmt: skip
+        fore, fore_notes = _foresight(src, given, foresight, workers, quiet)
         from ..viz.figures import write_figures
 
         result = write_figures(
             src.frame, out, spectra=src.spectra, history=src.history, errors=src.errors,
-            training=src.training, groups=given.groups, band=given.band,
+            training=src.training, groups=given.groups, band=given.band, foresight=fore,
+            ablation=ablated,
         )  # fmt: skip
-    _notes(src, [*src.notes, *result.notes])
+    _notes(src, [*src.notes, *fore_notes, *result.notes])
     for stem in result.paths:
         echo(f"{out / stem}.{{pdf,svg,png}}  {result.titles[stem]}")
     echo(f"wrote {len(result.paths)} figures to {out}")
@@ -264,6 +329,8 @@ def report(
     replay: ReplayOpt = None,
     errors: ErrorsOpt = None,
     metrics: MetricsOpt = None,
+    ablation: AblationOpt = None,
+    foresight: ForesightOpt = True,
     ranks: RanksOpt = "1,4,16",
     spectra: TopOpt = 6,
     top: Annotated[int, typer.Option(help="Rows in the top-tensors table.")] = 20,
@@ -276,9 +343,12 @@ def report(
         raise OptionError(f"--top takes a count ≥ 1; got {top}.")
     given = inputs(source, compare, labels, group, band, checkpoint)
     analyze_options = _options(ranks, workers, spectra)
+    ablated = _ablation(ablation)
     with _output("report", out, given.paths):
         src = _load(given, out, base, checkpoint, trust_pickle, replay, errors, metrics,
                     analyze_options, spectra, quiet)  # fmt: skip
+        fore, fore_notes = _foresight(src, given, foresight, workers, quiet)
+        src.notes.extend(fore_notes)
         options = {
             "labels": [r.label for r in src.runs],
             "groups": given.groups,
@@ -286,6 +356,8 @@ def report(
             "replay": None if replay is None else str(replay),
             "errors": [str(e) for e in errors or []],
             "metrics": [str(m) for m in metrics or []],
+            "ablation": list(ablation or []),
+            "foresight": foresight,
             "ranks": ranks,
             "spectra": spectra,
             "top": top,
@@ -293,6 +365,7 @@ def report(
         from ..viz.report import write_report
 
         path = write_report(src, out, title=title, top=top, options=options,
-                            groups=given.groups, band=given.band)  # fmt: skip
+                            groups=given.groups, band=given.band, foresight=fore,
+                            ablation=ablated)  # fmt: skip
     _notes(src, src.notes)
     echo(f"wrote {path} (figures in {out / 'figures'})")

@@ -11,13 +11,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
+from viz.inputs import write_ablation
 from viz.runs import write_run
 
 from opdlens.cli import app
 
 EXPECTED = {"allocation_heatmap", "allocation_strip-OPD", "allocation_strip-RL", "block_norms",
             "energy_by_step", "energy_by_rank", "alignment_by_step", "spectra-OPD",
-            "spectra-RL"}  # fmt: skip
+            "spectra-RL", "foresight", "ablation"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +35,13 @@ def _invoke(*args: object):
 def test_figures_compare_two_runs(runs: tuple[Path, Path], tmp_path: Path) -> None:
     opd, rl = runs
     out = tmp_path / "figs"
+    ablated = write_ablation(opd, tmp_path / "ablation-opd")
     result = _invoke("figures", opd, "--compare", rl, "--labels", "OPD,RL", "--out", out,
-                     "--ranks", "1,4", "--spectra", "3", "--workers", "1", "-q")  # fmt: skip
+                     "--ranks", "1,4", "--spectra", "3", "--workers", "1", "-q",
+                     "--ablation", f"OPD={ablated}")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert f"wrote {len(EXPECTED)} figures" in result.stdout
+    assert "Foresight: how close one extrapolation lands" in result.stdout
     assert "replay_scores skipped" in result.stderr  # no --replay given: said, not silent
     for label in ("OPD", "RL"):
         assert (out / f"metrics-{label}" / "metrics.parquet").is_file()
@@ -62,6 +66,9 @@ def test_report_from_metrics_dir(runs: tuple[Path, Path], tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     page = (tmp_path / "r" / "report.html").read_text()
     assert "opdlens report: OPD" in page and "<h2>Top 5 tensors" in page
+    # foresee reads checkpoints: a metrics directory has none, and the page says so.
+    assert "foresight of OPD skipped: it was given as a metrics directory" in page
+    assert "<h2>Foresight</h2>" not in page
     assert (tmp_path / "r" / "figures" / "block_norms.svg").is_file()
 
 
@@ -91,6 +98,15 @@ def test_report_from_metrics_dir(runs: tuple[Path, Path], tmp_path: Path) -> Non
         (["figures", "{opd}", "--band", "range", "--out", "{tmp}/o"], "--band draws a band .* needs --group"),
         (["report", "--group", "A={opd}", "--band", "iqr", "--out", "{tmp}/o"], "--band takes sd or range; got 'iqr'"),
         (["figures", "--group", "A={missing}", "--out", "{tmp}/o"], "missing does not exist"),
+        (["figures", "{opd}", "--ablation", "OPD", "--out", "{tmp}/o"],
+         r"--ablation takes LABEL=DIR .*got 'OPD'"),
+        (["report", "{opd}", "--ablation", "A={tmp}", "--ablation", "A={tmp}", "--out", "{tmp}/o"],
+         "--ablation A is given twice"),
+        (["figures", "{opd}", "--ablation", "OPD={opd}", "--out", "{tmp}/o"],
+         r"--ablation .*opd holds no opdlens ablate output: expected the finished --out of "
+         r"`opdlens ablate`"),
+        (["report", "{opd}", "--ablation", "OPD={missing}", "--out", "{tmp}/o"],
+         "missing is not a directory"),
     ],
 )  # fmt: skip
 def test_bad_inputs_one_line(runs: tuple[Path, Path], tmp_path: Path, args, message) -> None:
@@ -120,13 +136,15 @@ def test_figures_take_checkpoint_trust_pickle_and_metrics(
         "".join(f'{{"step": {s}, "data": {{"val/accuracy": {0.1 * s}}}}}\n' for s in range(5))
     )
     args = ["figures", headless, "--metrics", log, "--spectra", "0", "--ranks", "1", "--workers", "1",
-            "-q", "--trust-pickle"]  # fmt: skip
+            "-q", "--trust-pickle", "--no-foresight"]  # fmt: skip
     refused = _invoke(*args, "--out", tmp_path / "o1")
     assert refused.exit_code == 2 and "no base" in refused.stderr
     result = _invoke(*args, "--checkpoint", f"0={opd / 'checkpoint-0'}", "--out", tmp_path / "o2")
     assert result.exit_code == 0, result.output
     assert "training_and_weights" in result.stdout
     assert (tmp_path / "o2" / "training_and_weights.png").stat().st_size > 1000
+    assert "figure foresight skipped: no foresight rows (--no-foresight" in result.stderr
+    assert not (tmp_path / "o2" / "foresight.png").exists()
 
 
 @pytest.mark.slow
@@ -154,4 +172,8 @@ def test_report_with_groups_states_means_and_intervals(
     assert f"difference {a.mean() - b.mean():+.3f} [" in page
     assert re.search(r"A concentrates its final update more .* than B: (holds|does not hold|"
                      r"inconclusive at n = 2) — ", page)  # fmt: skip
-    assert {p.stem for p in (out / "figures").glob("*.png")} >= {"findings", "block_norms"}
+    assert {p.stem for p in (out / "figures").glob("*.png")} >= {"findings", "block_norms",
+                                                                  "foresight"}  # fmt: skip
+    # Foresight of each group's first run, one line each.
+    assert "Computed from the checkpoints of A-1, B-1 (opdlens foresee" in page
+    assert re.search(r"<li>A-1: .*</li><li>B-1: ", page)
