@@ -36,8 +36,9 @@ def demo(
     ] = 2,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train (or reuse) tiny OPD and RL runs (3 seeds each), analyse, extrapolate, report, and
-    state each of the paper's claims as holding, not holding or inconclusive."""
+    """Train (or reuse) tiny OPD and RL runs (3 seeds each), analyse, extrapolate, replay,
+    foresee and ablate (first seed of each method), report, and state each of the paper's claims
+    as holding, not holding or inconclusive."""
     if workers < 1:
         raise OptionError(f"--workers takes a count ≥ 1; got {workers}.")
     from ..demo.pipeline import format_summary, run_demo

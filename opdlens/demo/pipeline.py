@@ -13,14 +13,18 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from ..analysis.findings import GroupFindings, claim_lines, group_findings
+from ..analysis.foresight import foresight_sentence
+from ..analysis.foresight_write import write_foresight
 from ..analysis.frame import summarize
 from ..analysis.options import AnalyzeOptions
 from ..analysis.results import Sources, load_sources
 from ..analysis.stats import mean_sd
+from ..extrapolation.ablate import Ablation, ablate
 from ..extrapolation.extrapolate import ERRORS_FILE, extrapolate
 from ..extrapolation.replay import OFFLINE_NOTE, replay, replay_schedule
 from ..io.paths import write_text_atomic
 from ..run import Run, open_run
+from ..viz.ablation import ablation_sentence
 from ..viz.report import write_report
 from .runs import DemoRuns, generate_runs
 
@@ -28,6 +32,7 @@ T = TypeVar("T")
 
 LABELS = ("OPD", "RL")
 ALPHAS = (0.5, 1.0, 2.0, 4.0)
+ABLATE_RANKS = (1, 2, 4, 8)
 
 
 @dataclass
@@ -44,6 +49,19 @@ class DemoResult:
     online: dict[str, Any]
     verdict: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    foresight: pd.DataFrame | None = None  # opdlens.foresee of each method's first run, `run` col
+    ablation: dict[str, Ablation] = field(default_factory=dict)  # first run's label → ablate
+
+    def foresight_lines(self) -> list[str]:
+        """One line per method: when one extrapolation starts beating standing still."""
+        if self.foresight is None:
+            return []
+        return [f"{run}: {foresight_sentence(df.drop(columns='run'))}"
+                for run, df in self.foresight.groupby("run", sort=False)]  # fmt: skip
+
+    def ablation_lines(self) -> list[str]:
+        """One line per method: which block's update is worth most."""
+        return [f"{run}: {ablation_sentence(a.ablation)}" for run, a in self.ablation.items()]
 
     @property
     def replicates(self) -> int:
@@ -113,6 +131,33 @@ def _replay(opd: Run, out: Path, progress: bool) -> pd.DataFrame:
     return rep.history
 
 
+def _foresee(labelled: dict[str, list[tuple[str, Path]]], out: Path) -> pd.DataFrame:
+    """opdlens foresee on the first run of each method, written to out/foresight/<method>/."""
+    frames = []
+    for method, pairs in labelled.items():
+        label, path = pairs[0]
+        df, _ = write_foresight(open_run(path), out / "foresight" / method.lower(),
+                                overwrite=True, workers=1)  # fmt: skip
+        frames.append(df.assign(run=label))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _ablate(
+    labelled: dict[str, list[tuple[str, Path]]], out: Path, jobs: int, progress: bool
+) -> dict[str, Ablation]:
+    """opdlens ablate by block with ranks on each method's first run at its final step."""
+    result = {}
+    for method, pairs in labelled.items():
+        label, path = pairs[0]
+        run = open_run(path)
+        # Re-running the demo resumes: the scores of the same run, step and scorer are reused.
+        result[label] = ablate(
+            run, run.steps[-1], "opdlens.demo:accuracy", by="block", ranks=ABLATE_RANKS,
+            jobs=jobs, out=out / "ablation" / method.lower(), progress=progress,
+        )  # fmt: skip
+    return result
+
+
 def _analyse(
     labelled: dict[str, list[tuple[str, Path]]], out: Path, errors: list[Path], workers: int | None,
     progress: bool,
@@ -127,14 +172,16 @@ def _analyse(
 
 
 def _report(
-    sources: Sources, out: Path, groups: dict[str, list[str]], quick: bool, seed: int
-) -> Path:
+    sources: Sources, out: Path, groups: dict[str, list[str]], quick: bool, seed: int,
+    foresight: pd.DataFrame, ablation: dict[str, Ablation],
+) -> Path:  # fmt: skip
     """The HTML report, with the groups section and grouped figures."""
     n = len(next(iter(groups.values())))
     seeds = "1 seed per method (--quick)" if n == 1 else f"{n} seeds per method"
     return write_report(
         sources, out / "report", title=f"opdlens demo: OPD vs RL on a tiny addition model, {seeds}",
         options={"quick": quick, "seed": seed, "replicates": n}, groups=groups,
+        foresight=foresight, ablation=ablation,
     )  # fmt: skip
 
 
@@ -167,15 +214,17 @@ def run_demo(
     history = timed("replay", _replay, opd, out, progress)
     labelled = run_labels(runs)
     sources = timed("analyze", _analyse, labelled, out, errors, workers, progress)
+    foresight = timed("foresee", _foresee, labelled, out)
+    ablation = timed("ablate", _ablate, labelled, out, workers or 1, progress)
     groups = {method: [lab for lab, _ in pairs] for method, pairs in labelled.items()}
-    report = timed("report", _report, sources, out, groups, quick, seed)
+    report = timed("report", _report, sources, out, groups, quick, seed, foresight, ablation)
     frames = {rm.label: rm.frame for rm in sources.runs}
     findings = group_findings(frames, groups)
     saved, accepted = steps_saved(history)
     online = json.loads(runs.online_path.read_text())
     result = DemoResult(
         out, report, groups, findings, share_table(frames, groups), saved, accepted, online,
-        claim_lines(findings), t,
+        claim_lines(findings), t, foresight, ablation,
     )  # fmt: skip
     write_text_atomic(out / "demo_summary.txt", format_summary(result))
     return result
@@ -210,5 +259,15 @@ def format_summary(r: DemoResult) -> str:
     lines.append(
         f"Online EffOPD vs plain OPD (first seed): steps to reach {on.get('target_accuracy', math.nan):.3f} accuracy (90% of plain OPD's final): plain {plain}, with EffOPD {eff} — speed-up {speed}."
     )
-    lines += ["", f"report: {r.report}"]
+    lines += [
+        "",
+        "Foresight (opdlens foresee, first seed of each method; whole model, anchor = the previous "
+        "saved step, α = α*, against the last saved step):",
+        *(f"  {line}" for line in r.foresight_lines()),
+        "Marginal utility (opdlens ablate --by block at the final step, first seed of each method; "
+        "scorer: held-out accuracy):",
+        *(f"  {line}" for line in r.ablation_lines()),
+        "",
+        f"report: {r.report}",
+    ]
     return "\n".join(lines)

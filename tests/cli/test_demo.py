@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from opdlens.analysis.foresight import foresight_sentence
 from opdlens.cli import app
+from opdlens.viz.ablation import ablation_sentence
 
 
 def test_demo_refuses_zero_workers(tmp_path) -> None:
@@ -40,6 +42,17 @@ def test_demo_quick_end_to_end(tmp_path) -> None:
     assert report.is_file() and "data:image/png;base64" in page
     assert "<h2>Groups of runs</h2>" in page and "1 seed per method (--quick)" in page
     assert (out / "replay-opd" / "history.csv").is_file()
+    # Foresight and ablation of each method's first run: one printed line each, from their files.
+    assert "<h2>Foresight</h2>" in page and "<h2>Marginal utility (ablation)</h2>" in page
+    for label in ("OPD", "RL"):
+        fore = pd.read_parquet(out / "foresight" / label.lower() / "foresight.parquet")
+        assert f"  {label}: {foresight_sentence(fore)}\n" in text
+        abl = pd.read_parquet(out / "ablation" / label.lower() / "ablation.parquet")
+        assert set(abl["group"]) >= {"attn", "mlp"} and (abl["step"] == 40).all()
+        assert f"  {label}: {ablation_sentence(abl)}\n" in text
+        curve = pd.read_csv(out / "ablation" / label.lower() / "rank_curve.csv")
+        assert list(curve["k"]) == [1, 2, 4, 8]
+        assert (out / "foresight" / label.lower() / "effopd_schedule.csv").is_file()
     # The printed shares are the metrics files' own numbers.
     for label in ("OPD", "RL"):
         df = pd.read_parquet(out / "analysis" / f"metrics-{label}" / "metrics.parquet")
