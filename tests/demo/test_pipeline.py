@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 
-from opdlens.demo.pipeline import share_table, steps_saved
+from opdlens.analysis.foresight import foresight_sentence
+from opdlens.demo.pipeline import (
+    _ablate,
+    _foresee,
+    run_labels,
+    share_table,
+    steps_saved,
+)
+from opdlens.viz.ablation import ablation_sentence
 
 
 def test_steps_saved_counts_last_accepted_candidate_per_step() -> None:
@@ -31,3 +40,21 @@ def test_share_table_gives_mean_and_sd_over_seeds() -> None:
     table = share_table(frames, {"OPD": ["OPD-1", "OPD-2"], "RL": ["RL-1", "RL-2"]})
     assert table.loc["mlp", "OPD"] == f"0.700 ± {math.sqrt(0.02):.3f}"
     assert table.loc["attn", "RL"] == "0.500 ± 0.000"
+
+
+def test_foresee_and_ablate_first_seed_of_each_method(runs, tmp_path: Path) -> None:
+    labelled = run_labels(runs[0])
+    fore = _foresee(labelled, tmp_path)
+    assert list(pd.unique(fore["run"])) == ["OPD", "RL"]
+    for method in ("opd", "rl"):
+        written = pd.read_parquet(tmp_path / "foresight" / method / "foresight.parquet")
+        mine = fore[fore["run"] == method.upper()].drop(columns="run").reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, written, check_dtype=False)
+        assert foresight_sentence(written).startswith(("from step", "at no step", "only at"))
+    first = _ablate(labelled, tmp_path, jobs=2, progress=False)
+    assert list(first) == ["OPD", "RL"] and list(first["OPD"].rank_curve["k"]) == [1, 2, 4, 8]
+    # The demo run again resumes from the saved scores: nothing is scored twice.
+    again = _ablate(labelled, tmp_path, jobs=2, progress=False)
+    assert again["RL"].ablation.attrs["reused"] == 16
+    pd.testing.assert_frame_equal(again["RL"].ablation, first["RL"].ablation)
+    assert ablation_sentence(again["OPD"].ablation).startswith("At step 40, ")
