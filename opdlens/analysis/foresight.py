@@ -367,9 +367,16 @@ def _sentence(df: pd.DataFrame, target: int | None) -> str:
     row = rows.iloc[first]
     when = f"from step {int(steps[first])} on," if first < len(rows) - 1 else (
         f"only at step {int(steps[first])}, the last before it,")  # fmt: skip
-    return (
-        f"{when} {along} (rel_error {_fmt(row['rel_error'], '.2f')} at α* = {_fmt(row['alpha'])})"
-    )
+    return f"{when} {along} (rel_error {_below_one(row['rel_error'])} at α* = {_fmt(row['alpha'])})"
+
+
+def _below_one(x: float) -> str:
+    """A rel_error < 1 with enough decimals that it does not print as 1.00."""
+    for digits in (2, 3, 4):
+        text = f"{x:.{digits}f}"
+        if float(text) < 1:
+            break
+    return text
 
 
 def _fmt(x: object, spec: str = ".2g") -> str:

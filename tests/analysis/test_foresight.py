@@ -242,3 +242,13 @@ def test_user_errors(planted_runs, tmp_path: Path) -> None:
 
 def test_public_api_is_lazy_foresee() -> None:
     assert opdlens.foresee is foresee
+
+
+def test_sentence_never_rounds_a_win_to_one() -> None:
+    """A rel_error of 0.9962 is printed with the decimals that keep it below 1."""
+    rows = pd.DataFrame(
+        {"step": [1, 2], "anchor": [0, 1], "alpha": [13.0, 12.0], "alpha_kind": "optimal",
+         "scope": "overall", "target_step": 4, "rel_error": [0.9962, 0.99962]}
+    )  # fmt: skip
+    text = foresight_sentence(rows)
+    assert text.endswith("(rel_error 0.996 at α* = 13)"), text
