@@ -18,6 +18,7 @@ _RANK_FLOOR = 1e-4  # σ_K/σ_1 below this: beyond the numerical rank, subspace 
 MIN_PASSES = 2  # never certify from a single pass (guards against a missed direction)
 _DEPTH = 8  # Krylov blocks kept before a restart from the Ritz vectors
 _TINY_GAP = 1e-7  # keeps the ratio finite (and its progress measurable) while δ_K ≤ 0
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
 def _start(
@@ -145,9 +146,9 @@ def _certificate(
     """Worst ratio of the error bounds to their tolerances (≤ 1: certified; inf: inconsistent).
 
     Shape: ritz, rho, low (p,) float64, p > k. ritz: σ̃ of ΔQ; rho: ρᵢ = ‖Δᵀuᵢ − σ̃ᵢvᵢ‖;
-    low: σ(ΔᵀU) with σ̃ᵢ ≤ lowᵢ ≤ σᵢ. Upper bounds hiᵢ = min_{l≤i}(σ̃_l + ρ_l) ≥ σᵢ.
+    low: σ(ΔᵀU) with σ̃ᵢ ≤ lowᵢ ≤ σᵢ. Upper bounds hiᵢ = min_{l≤i} _upper(σ̃_l, ρ_l) ≥ σᵢ.
     """
-    hi = torch.cummin(ritz + rho, 0).values[: k + 1]
+    hi = torch.cummin(_upper(ritz, rho), 0).values[: k + 1]
     lo = low[: k + 1]
     if bool((lo > hi * (1.0 + 1e-6)).any()):
         return math.inf  # a lower bound above an upper one: the subspace missed a direction
@@ -164,6 +165,21 @@ def _certificate(
     for kk in torch.nonzero(defined).flatten().tolist():
         worst = max(worst, float(res[kk]) / _ANGLE_TOL / max(float(delta_k[kk]), floor))
     return worst
+
+
+def _upper(ritz: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """σ̃ᵢ + ρᵢ/√2: the top of the interval around σ̃ᵢ in which Δ has a singular value.
+
+    Shape: ritz, rho (p,). Proof: J = [[0, Δ], [Δᵀ, 0]] is symmetric with eigenvalues ±σⱼ (and
+    zeros); x = [uᵢ; vᵢ]/√2 is a unit vector with Jx − σ̃ᵢx = [Δvᵢ − σ̃ᵢuᵢ; Δᵀuᵢ − σ̃ᵢvᵢ]/√2
+    = [0; rᵢ]/√2, since Δvᵢ = σ̃ᵢuᵢ exactly for a Ritz pair of ΔQ. For a symmetric matrix some
+    eigenvalue lies within ‖Jx − σ̃ᵢx‖ = ρᵢ/√2 of σ̃ᵢ (Bauer–Fike), so Δ has a singular value (or
+    a zero) there. Reading it as σᵢ ≤ σ̃ᵢ + ρᵢ/√2 is the premise `top_k_svd` states: the space
+    has missed no direction above it. (The former σ̃ᵢ + ρᵢ took the radius of Δ, not of J.)
+    The quadratic radius of ΔᵀΔ, σ̃ᵢ² + σ̃ᵢρᵢ, would be tighter still, but inside a noise bulk
+    it fell below the exact σᵢ on planted spectra: the premise fails there, so it is not used.
+    """
+    return ritz + rho * _INV_SQRT2
 
 
 def _hopeless(ratios: list[float], remaining: int) -> bool:

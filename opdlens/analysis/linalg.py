@@ -74,8 +74,9 @@ def top_k_svd(
 
     Certificate (checked after every pass; ρ_i = ‖Δᵀu_i − σ̃_i v_i‖):
     - per-index brackets lo_i ≤ σ_i ≤ hi_i: lo = σ(ΔᵀU) (the Ritz values one half-step on;
-      σ̃_i ≤ lo_i by interlacing, since σ̃ = σ(UᵀΔQ)), hi_i = min_{l≤i} (σ̃_l + ρ_l) (a singular
-      value lies within ρ_l of σ̃_l, and σ_i ≤ σ_l). The reported S is lo.
+      σ̃_i ≤ lo_i by interlacing, since σ̃ = σ(UᵀΔQ)), hi_i = min_{l≤i} (σ̃_l + ρ_l/√2) (a singular
+      value lies within ρ_l/√2 of σ̃_l: the residual of [u_l; v_l]/√2 for [[0, Δ], [Δᵀ, 0]],
+      `krylov._upper`; and σ_i ≤ σ_l). The reported S is lo.
     - energy, gap-free: Σ_{i≤k} (hi_i² − lo_i²) ≤ 8e-4·‖Δ‖_F² bounds |energy error| for every
       K ≤ k at once. Inside a noise bulk no Ritz vector converges, but the bulk's top values are
       all pinned between lo and the bulk edge, which is all the energy needs.
@@ -85,7 +86,7 @@ def top_k_svd(
       ‖sin Θ‖_F of U_K and V_K ≤ 2e-3, so an alignment between two certified results is off by
       at most 2·2·2e-3/√K ≤ 8e-3.
     hi rests on the premise of every iterative method: the space has not missed a direction
-    above σ̃_l + ρ_l. Two passes at least, and a Gaussian block in every start, guard it.
+    above σ̃_l + ρ_l/√2. Two passes at least, and a Gaussian block in every start, guard it.
     If the certificate is not met within the pass budget, or the progress of the worst ratio
     predicts it will not be (flat spectra, near-ties, float32 residual floor), the result is
     recomputed exactly: `method` is then "exact" with `iterations` > 0, the passes spent.
