@@ -19,7 +19,7 @@ from . import plots
 from .analyses import analysis_specs, check_ablation
 from .save import save_figure
 from .style import new_figure, paper_style
-from .training import metric_label, training_curve
+from .training import training_caption, training_figure
 
 if TYPE_CHECKING:
     from ..extrapolation.ablate import Ablation
@@ -91,65 +91,6 @@ def alignment_figure(df: pd.DataFrame, *, fig: Figure | None = None) -> Figure:
             ax.get_legend().remove()
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4))
     return fig
-
-
-def _common_metric(logs: Mapping[str, pd.DataFrame]) -> str | None:
-    """The first run's chosen metric when every log has it (one y scale for all), else None."""
-    first = metric_label(next(iter(logs.values())))[0]
-    return first if all(first in log.columns for log in logs.values()) else None
-
-
-def training_figure(
-    df: pd.DataFrame,
-    runs: Sequence[str],
-    logs: Mapping[str, pd.DataFrame],
-    *,
-    fig: Figure | None = None,
-) -> Figure:
-    """Per run (column): the logged metric above alignment and energy, on one step axis."""
-    metric = _common_metric(logs)
-    with paper_style():
-        fig = new_figure(0.9 + 3.4 * len(runs), 7.6) if fig is None else fig
-        axes = fig.subplots(3, len(runs), sharex="col", squeeze=False)
-        for col, run in enumerate(runs):
-            rows = df[df["run"] == run]
-            top, mid, low = axes[:, col]
-            if run in logs:
-                saved = sorted(int(s) for s in rows["step"].unique())
-                training_curve(logs[run], metric=metric, saved_steps=saved, ax=top)
-            else:
-                top.text(0.5, 0.5, "no training log", transform=top.transAxes, ha="center",
-                         va="center", color="#777777")  # fmt: skip
-            top.set_title(run)
-            plots.alignment_by_step(rows, side="both", ax=mid)
-            plots.energy_by_step(rows, ax=low)
-            for ax in (top, mid):
-                ax.set_xlabel("")
-            if col > 0:
-                for ax, first in zip((mid, low), (axes[1, 0], axes[2, 0]), strict=True):
-                    ax.sharey(first)
-                    ax.set_ylabel("")
-                    ax.get_legend().remove()
-                if metric is not None and run in logs and runs[0] in logs:
-                    top.sharey(axes[0, 0])
-                    top.set_ylabel("")
-        if runs[0] in logs:
-            axes[0, 0].legend(loc="best")
-    return fig
-
-
-def _training_caption(logs: Mapping[str, pd.DataFrame]) -> str:
-    sources = "; ".join(
-        f"{run}: {log.attrs.get('source', 'given log')}" for run, log in logs.items()
-    )
-    return (
-        "Top: what the run achieved, as its trainer logged it (accuracy if logged, else the "
-        "evaluation loss, else the training loss) against step; hollow dots mark the saved "
-        "checkpoints analysed below, each with the last value logged at or before it. Middle: "
-        "alignment of the top-K singular subspaces with the final update (mean of left and "
-        "right, ‖Δ‖_F²-weighted). Bottom: energy in the top-K singular directions per block. "
-        f"One column per run, on one step axis. Logs: {sources}."
-    )
 
 
 def _score_label(history: pd.DataFrame) -> str:
@@ -317,7 +258,7 @@ def _draw_all(
     logs = {run: log for run, log in (training or {}).items() if run in runs}
     if logs:
         specs.append(("training_and_weights", "What the run learned, and how its weights moved",
-                      _training_caption(logs), lambda: training_figure(df, runs, logs)))  # fmt: skip
+                      training_caption(logs), lambda: training_figure(df, runs, logs)))  # fmt: skip
     panels: list[Panel] = []
     if not logs:
         notes.append(

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from ..errors import NothingToDrawError, OptionError
 from ..io.training_log import choose_metric, log_at_steps, metric_kind
-from .style import color_at, figure_and_axes, paper_style
+from .dynamics import alignment_by_step, energy_by_step
+from .style import color_at, figure_and_axes, new_figure, paper_style
 
-__all__ = ["metric_label", "training_curve"]
+__all__ = ["metric_label", "training_caption", "training_curve", "training_figure"]
 
 _HINT = "Pass the DataFrame returned by Run.training_log (or opdlens.io.training_log)."
 _MARKERS_UP_TO = 60  # logged points drawn as dots only when there are few of them
@@ -86,3 +88,63 @@ def training_curve(
         if kind == "accuracy" and np.nanmax(values[column].to_numpy(dtype="float64")) <= 1.0:
             ax.set_ylim(bottom=0.0)
     return ax
+
+
+def _common_metric(logs: Mapping[str, pd.DataFrame]) -> str | None:
+    """The first run's chosen metric when every log has it (one y scale for all), else None."""
+    first = metric_label(next(iter(logs.values())))[0]
+    return first if all(first in log.columns for log in logs.values()) else None
+
+
+def training_figure(
+    df: pd.DataFrame,
+    runs: Sequence[str],
+    logs: Mapping[str, pd.DataFrame],
+    *,
+    fig: Figure | None = None,
+) -> Figure:
+    """Per run (column): the logged metric above alignment and energy, on one step axis."""
+    metric = _common_metric(logs)
+    with paper_style():
+        fig = new_figure(0.9 + 3.4 * len(runs), 7.6) if fig is None else fig
+        axes = fig.subplots(3, len(runs), sharex="col", squeeze=False)
+        for col, run in enumerate(runs):
+            rows = df[df["run"] == run]
+            top, mid, low = axes[:, col]
+            if run in logs:
+                saved = sorted(int(s) for s in rows["step"].unique())
+                training_curve(logs[run], metric=metric, saved_steps=saved, ax=top)
+            else:
+                top.text(0.5, 0.5, "no training log", transform=top.transAxes, ha="center",
+                         va="center", color="#777777")  # fmt: skip
+            top.set_title(run)
+            alignment_by_step(rows, side="both", ax=mid)
+            energy_by_step(rows, ax=low)
+            for ax in (top, mid):
+                ax.set_xlabel("")
+            if col > 0:
+                for ax, first in zip((mid, low), (axes[1, 0], axes[2, 0]), strict=True):
+                    ax.sharey(first)
+                    ax.set_ylabel("")
+                    ax.get_legend().remove()
+                if metric is not None and run in logs and runs[0] in logs:
+                    top.sharey(axes[0, 0])
+                    top.set_ylabel("")
+        if runs[0] in logs:
+            axes[0, 0].legend(loc="best")
+    return fig
+
+
+def training_caption(logs: Mapping[str, pd.DataFrame]) -> str:
+    """The training figure's caption, naming where each run's log came from."""
+    sources = "; ".join(
+        f"{run}: {log.attrs.get('source', 'given log')}" for run, log in logs.items()
+    )
+    return (
+        "Top: what the run achieved, as its trainer logged it (accuracy if logged, else the "
+        "evaluation loss, else the training loss) against step; hollow dots mark the saved "
+        "checkpoints analysed below, each with the last value logged at or before it. Middle: "
+        "alignment of the top-K singular subspaces with the final update (mean of left and "
+        "right, ‖Δ‖_F²-weighted). Bottom: energy in the top-K singular directions per block. "
+        f"One column per run, on one step axis. Logs: {sources}."
+    )
