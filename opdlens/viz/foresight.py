@@ -92,7 +92,8 @@ def foresight_map(
             vmin=0.0, vmax=1.0, interpolation="nearest",
         )  # fmt: skip
         ax.grid(False)
-        ax.set_xticks(range(len(targets)), [str(s) for s in targets])
+        ax.set_xticks(range(len(targets)), [str(s) for s in targets],
+                      rotation=90 if len(targets) > 8 else 0)  # fmt: skip
         ax.set_yticks(range(len(steps)), [str(s) for s in steps])
         if len(steps) <= _ANNOTATE_MAX and len(targets) <= _ANNOTATE_MAX:
             for (i, j), v in np.ndenumerate(values):
@@ -131,9 +132,7 @@ def alpha_star_by_step(
                 ax.plot(values_of(part["step"]), values_of(part["alpha"]), color=color,
                         linestyle=linestyle_at(i), marker="o", label=f"{run} · {block or 'all'}")  # fmt: skip
         ax.axhline(0.0, color="#777777", linewidth=0.8)
-        steps = sorted(int(s) for s in rows["step"].unique())
-        if len(steps) <= 12:
-            ax.set_xticks(steps, [str(s) for s in steps])
+        _step_axis(ax, sorted(int(s) for s in rows["step"].unique()))
         ax.set_xlabel(STEP_LABEL)
         where = {"next": "the next saved step", "final": "the last saved step"}.get(
             str(target), f"step {target}"
@@ -175,18 +174,33 @@ def effopd_vs_optimal(
             mine = star[star["run"] == run].sort_values("step")
             ax.plot(values_of(mine["step"]), values_of(mine["alpha"]), color=color_at(i),
                     linestyle=linestyle_at(i), marker="o", zorder=3)  # fmt: skip
-        ax.set_xscale("log", base=2)
-        steps = sorted(int(s) for s in star["step"].unique())
-        ax.set_xticks(steps, [str(s) for s in steps])
+        _step_axis(ax, sorted(int(s) for s in star["step"].unique()))
         ax.axhline(0.0, color="#777777", linewidth=0.8)
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high + 0.45 * (high - low))  # headroom for the legend above the marks
         ax.set_xlabel("EffOPD's scheduled step $t$")
         ax.set_ylabel("α in $\\theta_t + \\alpha(\\theta_t - \\theta_a)$")
         handles = [Line2D([], [], color="#9A9A9A", marker="_", linestyle="", markersize=10,
                           label="EffOPD's candidates (cumulative α)")]  # fmt: skip
         handles += [Line2D([], [], color=color_at(i), linestyle=linestyle_at(i), marker="o",
                            label=f"{run}: α*") for i, run in enumerate(runs)]  # fmt: skip
-        ax.legend(handles=handles, loc="best")
+        ax.legend(handles=handles, loc="upper center")
     return ax
+
+
+def _step_axis(ax: Axes, steps: list[int]) -> None:
+    """Steps ≥ 1 on a log2 axis, ticked at the powers of two and the last step, so that the
+    early, closely saved steps do not overlap."""
+    if not steps or steps[0] < 1:
+        return
+    ax.set_xscale("log", base=2)
+    ax.minorticks_off()
+    ticks = [s for s in steps if s & (s - 1) == 0]
+    if steps[-1] not in ticks:
+        if ticks and steps[-1] < 1.4 * ticks[-1]:
+            ticks.pop()  # too close to the last power of two to share the axis legibly
+        ticks.append(steps[-1])
+    ax.set_xticks(ticks, [str(t) for t in ticks])
 
 
 def foresight_figure(
