@@ -210,18 +210,7 @@ def test_plain_trainer_decisions_equal_effopd_on_a_real_score(tmp_path: Path) ->
 
     before, after = Snapshot(), Snapshot()
     out = tmp_path / "run"
-    args = TrainingArguments(
-        output_dir=str(out),
-        max_steps=8,
-        per_device_train_batch_size=4,
-        learning_rate=3e-2,
-        save_strategy="steps",
-        save_steps=3,
-        use_cpu=True,
-        report_to=[],
-        disable_tqdm=True,
-        seed=0,
-    )
+    args = _lm_args(out, 8)
     callbacks = [before, EffOPDCallback(score, max_candidates=3), after, SaveAtPowersOfTwo()]
     model = tiny_model("llama", seed=0, vocab_size=VOCAB).train()
     Trainer(model=model, args=args, train_dataset=Rows(), callbacks=callbacks).train()
@@ -306,10 +295,9 @@ def test_resuming_without_the_prior_power_of_two_checkpoint_warns(tmp_path: Path
     assert cb.effopd.anchor_step == 4  # resumed at a power of two: its weights are the anchor
 
 
-def _lm_trainer(out: Path, callbacks: list[TrainerCallback], max_steps: int) -> Trainer:
-    """A plain Trainer on a tiny Llama, causal LM loss on fixed random tokens."""
-    data = torch.randint(4, VOCAB, (32, 8), generator=torch.Generator().manual_seed(0))
-    args = TrainingArguments(
+def _lm_args(out: Path, max_steps: int) -> TrainingArguments:
+    """CPU, batch 4, a fast learning rate, saves every 3 steps, no loggers, seed 0."""
+    return TrainingArguments(
         output_dir=str(out),
         max_steps=max_steps,
         per_device_train_batch_size=4,
@@ -321,6 +309,12 @@ def _lm_trainer(out: Path, callbacks: list[TrainerCallback], max_steps: int) -> 
         disable_tqdm=True,
         seed=0,
     )
+
+
+def _lm_trainer(out: Path, callbacks: list[TrainerCallback], max_steps: int) -> Trainer:
+    """A plain Trainer on a tiny Llama, causal LM loss on fixed random tokens."""
+    data = torch.randint(4, VOCAB, (32, 8), generator=torch.Generator().manual_seed(0))
+    args = _lm_args(out, max_steps)
     rows = [{"input_ids": x, "labels": x} for x in data]
     model = tiny_model("llama", seed=0, vocab_size=VOCAB).train()
     return Trainer(model=model, args=args, train_dataset=rows, callbacks=callbacks)
