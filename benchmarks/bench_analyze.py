@@ -101,9 +101,7 @@ def main() -> None:
     n_flagged = n_defined = 0
     for key, v in naive["rows"].items():
         name, step = key.rsplit("@", 1)
-        row = df[
-            (df["tensor"] == name) & (df["step"] == int(step)) & (df["span"] == "cumulative")
-        ]
+        row = df[(df["tensor"] == name) & (df["step"] == int(step)) & (df["span"] == "cumulative")]
         for k in (1, 4, 16):
             err_e = max(err_e, abs(row[f"energy_k{k}"].item() - v[f"energy_k{k}"]))
             diff = abs(row[f"align_left_k{k}"].item() - v[f"align_left_k{k}"])

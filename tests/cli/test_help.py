@@ -29,7 +29,9 @@ def test_help_names_what_options_take(command: str) -> None:
     usage = next(line for line in text.splitlines() if "Usage:" in line)
     assert "{" not in usage and "}" not in usage, usage
     if command in READS_A_RUN and command not in ("extrapolate", "replay"):
-        assert re.search(r"Usage: .* \[OPTIONS\] \[?(RUN|SOURCE)\b", usage), usage  # [SOURCE]: --group
+        assert re.search(r"Usage: .* \[OPTIONS\] \[?(RUN|SOURCE)\b", usage), (
+            usage
+        )  # [SOURCE]: --group
 
 
 def test_repeatable_options_show_one_value() -> None:
