@@ -27,7 +27,7 @@ from ..errors import OpdlensError, OptionError
 from ..extrapolation.callback import CANDIDATE_COLUMNS, EffOPD, candidate_rows, write_candidates_csv
 from ..extrapolation.schedule import is_power_of_two
 from ..extrapolation.selection import DEFAULT_MODULES
-from ..io.paths import MARKER, OLD_MARKER, TEMP_MARKER, is_opdlens_dir, temp_name, write_marker
+from ..io.paths import MARKER, is_opdlens_dir, move_into_place, temp_name, write_marker
 from ..names import canonical_name
 
 try:
@@ -263,15 +263,9 @@ def save_base(model: nn.Module, output_dir: Path) -> Path:
         with torch.no_grad():
             save_pretrained(tmp)
         write_marker(tmp, "SaveAtPowersOfTwo")
-        old = None
-        if os.path.lexists(target):
-            old = output_dir / temp_name(BASE_CHECKPOINT).replace(TEMP_MARKER, OLD_MARKER)
-            os.rename(target, old)
-        os.rename(tmp, target)
+        move_into_place(tmp, target)  # an existing target was checked above: opdlens wrote it
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if old is not None:
-        shutil.rmtree(old)  # checked above: a real directory opdlens wrote
     logger.info("saved the base weights as %s", target)
     return target

@@ -26,6 +26,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from ..errors import OpdlensError, OutputError
+from .fileops import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ __all__ = [
     "check_output",
     "ensure_outside",
     "is_opdlens_dir",
+    "move_into_place",
     "output_dir",
     "output_error",
     "output_path",
@@ -297,6 +299,27 @@ def _clear(directory: Path) -> None:
 def temp_name(name: str) -> str:
     """A unique temporary sibling name for `name`, recognisable by `remove_stale`."""
     return f"{name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def move_into_place(tmp: Path, target: Path) -> None:
+    """Rename the finished directory `tmp` to `target`, durably.
+
+    An existing `target` — which the caller has checked is a real directory opdlens wrote — is
+    renamed aside first and deleted once `tmp` is in place, or renamed back if the move fails.
+    """
+    old: Path | None = None
+    if os.path.lexists(target):
+        old = target.with_name(temp_name(target.name).replace(TEMP_MARKER, OLD_MARKER))
+        os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        if old is not None:
+            os.rename(old, target)
+        raise
+    fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def _alive(pid: int) -> bool:

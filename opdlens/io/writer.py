@@ -23,10 +23,10 @@ from .fileops import copy_range as _copy_range  # one name tests patch
 from .fileops import fsync_dir
 from .paths import (
     MARKER,
-    OLD_MARKER,
     TEMP_MARKER,
     check_output,
     marker_text,
+    move_into_place,
     output_error,
     output_path,
     remove_stale,
@@ -333,7 +333,6 @@ class CheckpointWriter:
 
     def _move_into_place(self) -> None:
         assert self._tmp is not None
-        old: Path | None = None
         if self.out_dir.exists() or self.out_dir.is_symlink():
             if not self.overwrite:
                 raise OpdlensError(
@@ -341,20 +340,8 @@ class CheckpointWriter:
                     "written. Choose a new directory, or pass overwrite=True to replace it."
                 )
             self._check_destination()  # still a real directory with the marker, not a symlink
-            old = self.out_dir.with_name(
-                temp_name(self.out_dir.name).replace(TEMP_MARKER, OLD_MARKER)
-            )
-            os.rename(self.out_dir, old)
-        try:
-            os.rename(self._tmp, self.out_dir)
-        except BaseException:
-            if old is not None:
-                os.rename(old, self.out_dir)
-            raise
+        move_into_place(self._tmp, self.out_dir)
         self._tmp = None
-        fsync_dir(self.out_dir.parent)
-        if old is not None:
-            shutil.rmtree(old)  # checked above: a real directory opdlens wrote
         logger.info("wrote checkpoint %s", self.out_dir)
 
     def _abort(self) -> None:

@@ -24,6 +24,7 @@ from opdlens.io.paths import (
     check_output,
     ensure_outside,
     is_opdlens_dir,
+    move_into_place,
     output_dir,
     read_marker,
     remove_stale,
@@ -270,3 +271,19 @@ def test_write_text_atomic_replaces_whole_and_leaves_no_temp_file(tmp_path: Path
     write_text_atomic(target, "new ✓")
     assert target.read_text(encoding="utf-8") == "new ✓"
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_move_into_place_replaces_the_old_directory_or_puts_it_back(tmp_path: Path) -> None:
+    target, tmp = tmp_path / "out", tmp_path / "out.new"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    tmp.mkdir()
+    (tmp / "new.txt").write_text("new")
+    move_into_place(tmp, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the old one is gone
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    # A move that fails (here: nothing to move) leaves the existing directory where it was.
+    with pytest.raises(FileNotFoundError):
+        move_into_place(tmp_path / "missing", target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (target / "new.txt").read_text() == "new"
