@@ -15,6 +15,7 @@ import torch
 from .._malloc import release_freed_buffers
 from .._workers import Stopped, stop_when
 from ..errors import OpdlensError
+from ..io import buffers
 from .cache import FactorCache
 from .options import AnalyzeOptions
 from .sweep import TensorResult, gram_tensor, sweep_tensor
@@ -69,8 +70,11 @@ def iter_local(job: Job, names: Sequence[str], workers: int) -> Iterator[tuple[s
     point (`_workers.stop_point`: every read piece and Krylov pass) before this returns.
     """
     if workers <= 1:
+        arrays = buffers.BufferPool()  # reused across this call's tasks, not across yields
         for name in names:
-            yield run_task(job, name)
+            with buffers.pooled(arrays):
+                finished = run_task(job, name)
+            yield finished
         return
     todo: queue.SimpleQueue[str] = queue.SimpleQueue()
     for name in names:
@@ -82,6 +86,10 @@ def iter_local(job: Job, names: Sequence[str], workers: int) -> Iterator[tuple[s
 
     def work() -> None:
         stop_when(stop)
+        with buffers.pooled():
+            _work_loop()
+
+    def _work_loop() -> None:
         while not stop.is_set():
             try:
                 name = todo.get_nowait()

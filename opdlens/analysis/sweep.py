@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import FusedSplitError
-from ..io import dtypes
+from ..io import buffers, dtypes
 from ..names import ModuleInfo, as_matrix, split_fused
 from . import metrics as M
 from .cache import CachedFactors, TensorCache, content_key, slice_key
@@ -29,6 +29,7 @@ _ROWS = 1024  # rows per in-place subtraction block
 # float64 elements of one Gram row block over every saved step: 32 MiB whatever the model.
 GRAM_BUDGET = 1 << 22
 _FLOAT8 = ("F8_E5M2", "F8_E4M3")
+_EXACT_IN_FLOAT32 = (torch.bfloat16, torch.float16)
 
 
 @dataclass
@@ -187,8 +188,18 @@ class TensorSweep:
         d = as_matrix(d, self.info)
         if d.dim() == 0:
             d.sub_(w0)
+        # By row blocks: W_0 is never upcast whole. bf16 and f16 blocks are upcast into a reused
+        # float32 block first (exact; a same-dtype sub_ is ~2x a mixed one); float64 W_0 is
+        # subtracted as torch promotes it, in float64.
+        exact = w0.dtype in _EXACT_IN_FLOAT32 and d.dim() > 0
+        if exact:
+            row = max(1, w0[:1].numel())
+            scratch = torch.from_numpy(buffers.empty(min(_ROWS, d.shape[0]) * row, np.float32))
         for i in range(0, d.shape[0] if d.dim() else 0, _ROWS):
-            d[i : i + _ROWS].sub_(w0[i : i + _ROWS])  # by row blocks: W_0 is never upcast whole
+            block = w0[i : i + _ROWS]
+            if exact:
+                block = scratch[: block.numel()].view(block.shape).copy_(block)
+            d[i : i + _ROWS].sub_(block)
         return Update(dense=d.to(self.opt.device)), self._h0 + h
 
     def _pieces(self, u: Update) -> dict[str, Update]:

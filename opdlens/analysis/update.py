@@ -12,7 +12,7 @@ import xxhash
 
 from .._workers import stop_point
 from ..errors import CheckpointError
-from ..io import dtypes
+from ..io import buffers, dtypes
 from .linalg import TopK, factored_top_k_svd, singular_values, top_k_svd
 from .metrics import frobenius_sq, inner
 
@@ -44,7 +44,7 @@ def read_weight(ck: Checkpoint, name: str) -> tuple[torch.Tensor, bytes]:
         h.update(_raw_bytes(raw))
         return raw.to(torch.float32), h.digest()
     path, begin, end = where
-    flat = np.empty(spec.numel, dtype=np.float32)  # numpy asks for huge pages: fewer faults
+    flat = buffers.empty(spec.numel, np.float32)  # reused within a worker's sweeps
     out = torch.from_numpy(flat)
     item = dtypes.itemsize(spec.stored)
     step = max(1, _PIECE // item)
@@ -52,7 +52,7 @@ def read_weight(ck: Checkpoint, name: str) -> tuple[torch.Tensor, bytes]:
     # copy_, ~2x numpy's shift), float64 rounded by numpy.
     direct = spec.stored == "F32"
     via_torch = _TORCH_DECODE.get(spec.stored)
-    buf = None if direct else np.empty(min(step, flat.size), dtype=dtypes.storage(spec.stored))
+    buf = None if direct else buffers.empty(min(step, flat.size), dtypes.storage(spec.stored))
     with open(path, "rb") as f:
         f.seek(begin)
         for start in range(0, flat.size, step):

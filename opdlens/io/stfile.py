@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from ..errors import CheckpointError, OptionError
-from . import dtypes
+from . import buffers, dtypes
 
 if TYPE_CHECKING:
     import torch
@@ -76,7 +76,7 @@ class SafetensorsFile:
         entry = self.entries[key]
         start, stop, shape = _span(entry, span)
         item = dtypes.itemsize(entry.stored)
-        out = np.empty(shape, dtype=dtypes.storage(entry.stored))
+        out = buffers.empty(shape, dtypes.storage(entry.stored))
         with open(self.path, "rb") as f:
             f.seek(entry.begin + start * item)
             got = f.readinto(out.reshape(-1).view(np.uint8).data)
