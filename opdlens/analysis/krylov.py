@@ -108,12 +108,12 @@ def _extend_qr(y: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     x = y
     for _ in range(2):  # Gram–Schmidt twice
         if q.shape[1]:
-            c = q.T @ x
+            c = _tmm(q, x)
             x = x - q @ c
             h += c.double()
     qb, rb = torch.linalg.qr(x)
     if q.shape[1] and _shrunk(rb, y):  # x nearly inside span(Q): orthonormalise it once more
-        t = q.T @ qb
+        t = _tmm(q, qb)
         qb2, rb2 = torch.linalg.qr(qb - q @ t)
         h += t.double() @ rb.double()
         qb, rb = qb2, rb2 @ rb
@@ -130,9 +130,14 @@ def _orthonormal_against(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
         return torch.linalg.qr(x)[0]
     y = x
     for _ in range(2):
-        x = x - basis @ (basis.T @ x)
+        x = x - basis @ _tmm(basis, x)
     q, r = torch.linalg.qr(x)
-    return torch.linalg.qr(q - basis @ (basis.T @ q))[0] if _shrunk(r, y) else q
+    return torch.linalg.qr(q - basis @ _tmm(basis, q))[0] if _shrunk(r, y) else q
+
+
+def _tmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """aᵀ·b for tall a (rows, s) and b (rows, p), computed as (bᵀ·a)ᵀ: ~1.5x faster on this CPU."""
+    return (b.T @ a).T
 
 
 def _shrunk(r: torch.Tensor, y: torch.Tensor) -> bool:
