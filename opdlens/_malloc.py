@@ -16,7 +16,8 @@ def release_freed_buffers() -> None:
     so streaming one large tensor after another grows RSS by several dead tensors (bounded:
     larger buffers are always mapped). The price is fresh, zeroed pages for every buffer:
     `opdlens extrapolate` measured 1.6× slower with it (BENCHMARKS.md), so only `analyze` and
-    its workers call it, never on import; a no-op where libc is not glibc.
+    its workers call it, never on import, and their reads reuse their own buffers
+    (`io.buffers`) to avoid most of that price; a no-op where libc is not glibc.
     """
     if not sys.platform.startswith("linux"):
         return
