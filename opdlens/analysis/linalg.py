@@ -48,6 +48,7 @@ def top_k_svd(
     init: torch.Tensor | None = None,
     method: str = "auto",
     generator: torch.Generator | None = None,
+    total_sq: float | None = None,
 ) -> TopK:
     """Top-k singular triplets of Δ meeting the design's accuracy contract.
 
@@ -95,7 +96,8 @@ def top_k_svd(
     Figures: BENCHMARKS.md (issue 11). Exact wins below about 384×1152 on this 2-core CPU.
 
     Shape: delta (m, n) float32 or float64; init (n, k') any basis of a right subspace
-    (e.g. the previous step's V of the same tensor), orthonormalised here.
+    (e.g. the previous step's V of the same tensor), orthonormalised here. total_sq: ‖Δ‖_F² as
+    `metrics.frobenius_sq(delta)` gives it, when the caller has it (saves one pass over Δ).
 
     Raises:
         ValueError: delta not a finite 2-D float32/float64 tensor, k outside 1..min(m, n),
@@ -126,7 +128,8 @@ def top_k_svd(
     elif method == "subspace":
         raise ValueError("method='subspace' needs a warm start: pass init=V of a related update.")
 
-    total_sq = frobenius_sq(delta)
+    if total_sq is None:
+        total_sq = frobenius_sq(delta)
     if not math.isfinite(total_sq):  # any NaN or Inf makes the sum of squares non-finite
         raise ValueError("The 'delta' parameter contains NaN or Inf; its spectrum is undefined.")
     if total_sq == 0.0:

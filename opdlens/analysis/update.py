@@ -170,14 +170,15 @@ class Update:
     ) -> TopK:
         """Top-k singular triplets (plus σ_{k+1}), from the factors when there are factors.
 
-        total_sq = ‖Δ‖_F²: far from 1, a dense Δ is scaled by a power of two for the SVD.
+        total_sq = ‖Δ‖_F² as `frobenius_sq` gives it: passed on to the SVD (one pass fewer); far
+        from 1, a dense Δ is scaled by a power of two for the SVD instead.
         """
         if self.dense is None:
             assert self.b is not None and self.a is not None
             return factored_top_k_svd(self.b, self.a, k)  # float64 throughout
         e = _exponent(total_sq)
         if e == 0:
-            return top_k_svd(self.dense, k, init=init)
+            return top_k_svd(self.dense, k, init=init, total_sq=total_sq)
         top = top_k_svd(self.dense * 2.0**-e, k, init=init)  # a copy, only for extreme norms
         return replace(top, S=top.S * 2.0**e)
 

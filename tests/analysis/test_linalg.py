@@ -173,6 +173,19 @@ def test_deterministic_given_generator():
     assert torch.equal(c.V, d.V)
 
 
+def test_given_total_sq_changes_nothing_and_is_still_checked():
+    delta = planted(256, 768)
+    sq = M.frobenius_sq(delta)
+    for method in ("randomized", "exact"):
+        a = top_k_svd(delta, 6, method=method, generator=_gen(3))
+        b = top_k_svd(delta, 6, method=method, generator=_gen(3), total_sq=sq)
+        assert torch.equal(a.U, b.U) and torch.equal(a.S, b.S) and a.iterations == b.iterations
+        assert_contract(delta, b, 6)
+    assert torch.equal(top_k_svd(delta, 4, total_sq=0.0).S, torch.zeros(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        top_k_svd(delta, 4, total_sq=math.inf)
+
+
 def test_zero_update_gives_zeros_and_nan_ratios():
     top = top_k_svd(torch.zeros(64, 96), 4)
     assert torch.equal(top.S, torch.zeros(5, dtype=torch.float64))
