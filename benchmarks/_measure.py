@@ -60,6 +60,6 @@ def measure(cmd: list[str]) -> tuple[float, int, int]:
 
 
 def opdlens_cmd(*args: str) -> list[str]:
-    """The `opdlens` CLI as a fresh interpreter runs it."""
-    entry = "import sys; from opdlens.cli import main; sys.argv[0] = 'opdlens'; main()"
+    """The `opdlens` console script as a fresh interpreter runs it."""
+    entry = "import sys; from opdlens.cli import console; sys.argv[0] = 'opdlens'; console()"
     return [sys.executable, "-c", entry, *args]

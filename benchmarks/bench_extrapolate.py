@@ -82,7 +82,7 @@ def main() -> None:
     opdlens = [
         sys.executable,
         "-c",
-        "import sys; from opdlens.cli import main; sys.argv[0] = 'opdlens'; main()",
+        "import sys; from opdlens.cli import console; sys.argv[0] = 'opdlens'; console()",
     ]
     cases = {
         "(a) plain copy": lambda o: [sys.executable, "-c", textwrap.dedent(COPY), str(cur), str(o)],

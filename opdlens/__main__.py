@@ -1,5 +1,5 @@
 """`python -m opdlens …` runs the command line, for environments without the console script."""
 
-from .cli import main
+from .cli import console
 
-main()
+console()

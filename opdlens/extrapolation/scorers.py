@@ -256,6 +256,11 @@ def remove_copy(path: Path) -> None:
         logger.warning("could not remove the scorer's copy %s (%s); remove it by hand", path, e)
 
 
+# Set once a --scorer module is imported: its open files may count on a normal interpreter
+# exit to be flushed, so the console script then exits the usual way (cli.console).
+user_code_loaded = False
+
+
 def load_callable(spec: str) -> Callable[[Path], float]:
     """Import `module:function` (or `module.function`) and return the callable."""
     module_name, sep, attr = spec.partition(":")
@@ -266,6 +271,8 @@ def load_callable(spec: str) -> Callable[[Path], float]:
             f"--scorer takes module:function (e.g. mypkg.evals:score), 'hindsight', or use "
             f"--scorer-cmd; got '{spec}'."
         )
+    global user_code_loaded
+    user_code_loaded = True  # also when the import fails halfway through the module
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:

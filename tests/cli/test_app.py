@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import opdlens.survey
-from opdlens.cli import app
+sys.path.insert(0, str(Path(__file__).parents[1] / "analysis"))
+from planted import SMALL_CONFIG, small_states, write_state_run  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from extrapolation.conftest import write_run  # noqa: E402
+
+import opdlens.survey  # noqa: E402
+from opdlens.cli import app  # noqa: E402
 
 runner = CliRunner()
 
@@ -37,9 +45,9 @@ def test_a_bug_prints_a_traceback_from_the_console_script(tmp_path: Path) -> Non
         "import sys, opdlens.survey as m\n"
         "def survey(*a, **k): raise ValueError('a bug deep inside numpy')\n"
         "m.survey = survey\n"
-        "from opdlens.cli import main\n"
+        "from opdlens.cli import console\n"
         f"sys.argv = ['opdlens', 'scan', {str(tmp_path)!r}]\n"
-        "main()\n"
+        "console()\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "OPDLENS_DEBUG"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
@@ -47,6 +55,60 @@ def test_a_bug_prints_a_traceback_from_the_console_script(tmp_path: Path) -> Non
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr
     assert proc.stderr.rstrip().endswith("ValueError: a bug deep inside numpy")
+
+
+def _console(*args: str, **kw: object) -> subprocess.CompletedProcess:
+    # Without PYTHONUNBUFFERED a piped stdout is block-buffered: what console() must flush.
+    env = {k: v for k, v in os.environ.items() if k not in ("OPDLENS_DEBUG", "PYTHONUNBUFFERED")}
+    return subprocess.run([sys.executable, "-m", "opdlens", *args], capture_output=True,
+                          text=True, env=env, timeout=300, **kw)  # fmt: skip
+
+
+def test_the_console_script_flushes_its_output_and_keeps_the_status(tmp_path: Path) -> None:
+    """console() skips the interpreter's teardown: piped output, files and statuses must survive."""
+    run = write_state_run(tmp_path / "run", small_states(), SMALL_CONFIG)
+    out = tmp_path / "out"
+    done = _console("analyze", str(run), "--out", str(out), "--ranks", "1,2", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().splitlines()[-1].startswith(f"wrote {out}")  # the last line
+    rows = pd.read_csv(out / "metrics.csv")
+    assert len(rows) == len(pd.read_parquet(out / "metrics.parquet")) > 0
+    assert json.loads((out / "provenance.json").read_text())["command"]
+    scan = _console("scan", str(run), "--json")
+    assert scan.returncode == 0 and json.loads(scan.stdout)  # a whole JSON document, flushed
+    missing = _console("scan", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2
+    assert missing.stderr.splitlines() == [
+        f"opdlens: error: {tmp_path / 'nowhere'}: no such directory."
+    ]
+    usage = _console("analyze", str(run), "--workers", "many")
+    assert usage.returncode == 2 and "Invalid value for '--workers'" in usage.stderr
+
+
+_LEAKY_SCORER = """
+LOG = open(__file__ + ".log", "w")  # never closed: only the interpreter's exit flushes it
+
+def score(path):
+    LOG.write("scored " + str(path) + chr(10))
+    return 1.0
+"""
+
+
+def test_a_user_scorer_module_gets_the_usual_exit(tmp_path: Path) -> None:
+    """A --scorer module's unflushed file survives: console() then skips the fast exit."""
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "leaky.py").write_text(_LEAKY_SCORER)
+    run = write_run(tmp_path / "run", steps=(0, 2))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "mods")}
+    env.pop("OPDLENS_DEBUG", None)
+    args = ["ablate", str(run), "--step", "2", "--scorer", "leaky:score", "--out",
+            str(tmp_path / "out"), "-q"]  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "opdlens", *args], capture_output=True,
+                          text=True, env=env, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    scored = json.loads((tmp_path / "out" / "scores.json").read_text())
+    lines = (tmp_path / "mods" / "leaky.py.log").read_text().splitlines()
+    assert len(lines) == len(scored["scores"]) > 1  # every write reached the file
 
 
 def test_a_user_error_is_one_line_and_opdlens_debug_shows_its_traceback(tmp_path: Path) -> None:
