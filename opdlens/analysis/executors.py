@@ -87,21 +87,18 @@ def iter_local(job: Job, names: Sequence[str], workers: int) -> Iterator[tuple[s
     def work() -> None:
         stop_when(stop)
         with buffers.pooled():
-            _work_loop()
-
-    def _work_loop() -> None:
-        while not stop.is_set():
-            try:
-                name = todo.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                done.put(run_task(job, name) + (None,))
-            except Stopped:
-                return
-            except BaseException as e:  # handed to the consumer, traceback included
-                done.put((name, None, e))
-                return
+            while not stop.is_set():
+                try:
+                    name = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    done.put(run_task(job, name) + (None,))
+                except Stopped:
+                    return
+                except BaseException as e:  # handed to the consumer, traceback included
+                    done.put((name, None, e))
+                    return
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(1)

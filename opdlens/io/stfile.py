@@ -99,11 +99,11 @@ class SafetensorsFile:
         if entry.stored not in dtypes.NUMPY_FLOATS:
             whole = self.read_as(key, dtypes.to_torch("F32")).numpy()
             return whole if span is None else whole.reshape(-1)[start:stop]
-        out = np.empty(shape, dtype=np.float32)
+        out = buffers.empty(shape, np.float32)
         flat = out.reshape(-1)
         item = dtypes.itemsize(entry.stored)
         step = max(1, _PIECE // item)
-        buf = np.empty(min(step, flat.size), dtype=dtypes.storage(entry.stored))
+        buf = buffers.empty(min(step, flat.size), dtypes.storage(entry.stored))
         with open(self.path, "rb") as f:
             f.seek(entry.begin + start * item)
             for at in range(0, flat.size, step):
