@@ -245,6 +245,14 @@ def test_save_base_replaces_only_its_own_checkpoint_0(tmp_path: Path) -> None:
     with pytest.raises(OptionError, match="opdlens did not write it.*save_base=False"):
         save_base(model, theirs)
     assert list((theirs / "checkpoint-0").iterdir()) == []
+    # A symlink named checkpoint-0 is never replaced, not even one to a base opdlens wrote.
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "checkpoint-0").symlink_to(first)
+    with pytest.raises(OptionError, match="opdlens did not write it"):
+        save_base(model, linked)
+    assert (linked / "checkpoint-0").is_symlink() and (first / "model.safetensors").is_file()
+    assert sorted(p.name for p in linked.iterdir()) == ["checkpoint-0"]
     with pytest.raises(OptionError, match="has no save_pretrained.*base="):
         save_base(nn.Linear(2, 2), tmp_path / "plain")
 
