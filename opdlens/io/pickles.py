@@ -14,6 +14,7 @@ import logging
 import mmap
 import pickle
 import pickletools
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -219,7 +220,7 @@ def _scan_zip(path: Path) -> None:
                 f"{path}: a zip archive without data.pkl, so not a file torch.save wrote (a "
                 "TorchScript model or another archive); save the state dict with torch.save."
             )
-        size = reader.get_record_size("data.pkl")
+        size = _record_size(path)
         if size > _MAX_PICKLE:
             raise _Refused(f"its data.pkl is {size} bytes (limit {_MAX_PICKLE})")
         data = reader.get_record("data.pkl")
@@ -228,7 +229,31 @@ def _scan_zip(path: Path) -> None:
             f"{path}: cannot read this PyTorch zip archive ({_first_line(e)}); it is truncated, "
             "corrupt or still being written."
         ) from None
+    if len(data) != size:
+        raise _Refused(f"its data.pkl is {len(data)} bytes where its zip directory says {size}")
     _prescan(data, 0, _WORK_PER_BYTE * len(data) + 10**6)
+
+
+def _record_size(path: Path) -> int:
+    """The size of the data.pkl torch.load reads, from the zip's own central directory.
+
+    torch's reader names records relative to the folder of the archive's first entry, and
+    matches names case-insensitively; a name that matches twice is refused, since which copy
+    torch would read is then not ours to know. (Works with every torch: `get_record_size` is
+    not in all of them.)
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
+        raise _Refused(f"its zip directory is unreadable ({_first_line(e)})", cut=True) from None
+    if not infos:
+        raise _Refused("its zip archive is empty", cut=True)
+    want = infos[0].filename.split("/", 1)[0].lower() + "/data.pkl"
+    found = [i.file_size for i in infos if i.filename.lower() == want]
+    if len(found) != 1:
+        raise _Refused(f"its zip directory names data.pkl {len(found)} times")
+    return found[0]
 
 
 def _scan_legacy(f: IO[bytes]) -> None:

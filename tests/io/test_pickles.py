@@ -114,3 +114,21 @@ def test_state_dict_entries_must_be_tensors(bins, tmp_path):
                            r"\(found dict\)"):  # fmt: skip
             opdlens.open_run(run, trust_pickle=trust)
     scan_fails([run], str(_bin(run)), "entry 'provenance' is not a tensor")
+
+
+def test_zip_sizes_come_from_the_zip_directory_and_duplicates_are_refused(bins, tmp_path):
+    """The data.pkl size is read from the zip's central directory (torch < 2.13 has no
+    get_record_size); a second data.pkl entry, whichever torch would read, is refused."""
+    import zipfile
+
+    run = copy_run(bins, tmp_path)
+    name = "model.layers.0.mlp.up_proj.weight"
+    want = torch.load(_bin(run), weights_only=True)[name]
+    assert torch.equal(opdlens.open_run(run).checkpoint(1).tensor(name), want)
+    with zipfile.ZipFile(_bin(run)) as z:
+        prefix = z.namelist()[0].split("/")[0]
+    with zipfile.ZipFile(_bin(run), "a") as z:  # torch's reader matches names in any case
+        z.writestr(f"{prefix}/DATA.pkl", pickle.dumps({}))
+    with pytest.raises(opdlens.CheckpointError, match="its zip directory names data.pkl 2 times"):
+        opdlens.open_run(run)
+    scan_fails([run], str(_bin(run)), "names data.pkl 2 times")
