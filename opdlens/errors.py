@@ -52,3 +52,7 @@ class NothingToDrawError(OpdlensError, ValueError):
 
 class FusedSplitError(OpdlensError, ValueError):
     """A fused tensor (qkv, gate_up) whose row count fits no split its config describes."""
+
+
+class ResourceError(OpdlensError):
+    """A machine resource that ran out for this input: GPU memory, say (the message says what)."""

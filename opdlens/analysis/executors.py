@@ -14,6 +14,7 @@ import torch
 
 from .._malloc import release_freed_buffers
 from .._workers import Stopped, stop_when
+from ..devices import out_of_memory_as_error, prepare
 from ..errors import OpdlensError
 from ..io import buffers
 from .cache import FactorCache
@@ -41,10 +42,11 @@ class Job:
 
 def run_task(job: Job, name: str) -> tuple[str, TensorResult]:
     """Sweep one tensor (in whatever process this runs in) and save its cache file."""
-    if job.gram:
-        return name, gram_tensor(job.run, name)
-    cache = FactorCache(Path(job.cache_dir), job.keys).tensor(name) if job.cache_dir else None
-    result = sweep_tensor(job.run, name, job.options, cache)
+    with out_of_memory_as_error(f"tensor '{name}'"):
+        if job.gram:
+            return name, gram_tensor(job.run, name, device=job.options.device)
+        cache = FactorCache(Path(job.cache_dir), job.keys).tensor(name) if job.cache_dir else None
+        result = sweep_tensor(job.run, name, job.options, cache)
     if cache is not None:
         if cache.warning:
             result.warnings.append(cache.warning)
@@ -69,6 +71,7 @@ def iter_local(job: Job, names: Sequence[str], workers: int) -> Iterator[tuple[s
     consumer gives up), no queued tensor is started and each thread stops at its next stop
     point (`_workers.stop_point`: every read piece and Krylov pass) before this returns.
     """
+    prepare(job.options.device)  # CUDA's lazy solver loading is not thread-safe: do it here
     if workers <= 1:
         arrays = buffers.BufferPool()  # reused across this call's tasks, not across yields
         for name in names:
@@ -163,6 +166,7 @@ def iter_ray(
 
 def _ray_task(job: Job, name: str) -> tuple[str, TensorResult]:
     _pin_threads(1)
+    prepare(job.options.device)
     return run_task(job, name)
 
 

@@ -244,6 +244,7 @@ def foresee(
     workers: int | None = None,
     executor: str = "local",
     address: str | None = None,
+    device: str = "cpu",
     progress: bool = False,
 ) -> pd.DataFrame:
     """How close one extrapolation θ_t + α(θ_t − θ_a) lands to every later saved θ_s (design.md).
@@ -256,7 +257,8 @@ def foresee(
     cumulative multiple of θ_t − θ_a). `anchor`: None (the previous saved step, plus EffOPD's
     scheduled pairs), 'previous', 'base' or a saved step. `scopes`: which of SCOPES get rows
     (tensor rows are most of a long run's rows). `workers`, `executor`, `address`: as
-    `analyze` runs its tensors (default: one process per core). frame.attrs["warnings"] lists
+    `analyze` runs its tensors (default: one thread per core); `device`: where the float64
+    Gram products run ('cpu', 'cuda', 'cuda:N'). frame.attrs["warnings"] lists
     warnings.
 
     Raises:
@@ -281,7 +283,7 @@ def foresee(
         )
     pairs = anchor_pairs(run.steps, anchor)
     wanted = check_scopes(scopes)
-    opts = AnalyzeOptions(workers=workers, executor=executor, address=address)
+    opts = AnalyzeOptions(workers=workers, executor=executor, address=address, device=device)
     names = select_tensors(run, modules, tensors)
     tensor_grams, warnings = grams(run, names, opts, progress=progress)
     meta, stacked = _scopes(run, tensor_grams)

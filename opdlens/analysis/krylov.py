@@ -26,7 +26,8 @@ def _start(
 ) -> torch.Tensor:
     """Orthonormal (n, p) start: init's columns first, Gaussian columns for the rest."""
     n = delta.shape[1]
-    cols = [] if init is None else [init[:, :p].to(delta.dtype)]
+    # A warm start from the cache or another step lives on the CPU: move it to Δ's device.
+    cols = [] if init is None else [init[:, :p].to(device=delta.device, dtype=delta.dtype)]
     have = 0 if init is None else cols[0].shape[1]
     if have < p:
         cols.append(torch.randn(n, p - have, generator=gen, dtype=delta.dtype, device=delta.device))

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from ..devices import check_device
 from ..errors import OpdlensError, OptionError
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ class AnalyzeOptions:
     workers: int | None = None  # worker threads; None is one per core, 1 sweeps inline
     executor: str = "local"  # 'local' (process pool) or 'ray'
     address: str | None = None  # a Ray cluster address (with executor='ray')
-    device: str = "cpu"  # where the SVDs run: 'cpu' or 'cuda[:N]'
+    device: str = "cpu"  # where the SVDs run: 'cpu', 'cuda' or 'cuda:N' (kept as 'cuda:N')
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalised values are set once, here
@@ -45,15 +46,7 @@ class AnalyzeOptions:
                 set_(self, "tensors", (self.tensors,))
             else:
                 set_(self, "tensors", tuple(self.tensors))
-        device = self.device if isinstance(self.device, str) else ""
-        if device != "cpu" and not device.startswith("cuda"):
-            raise OptionError(
-                f"The 'device' parameter must be 'cpu' or 'cuda'. Got {self.device!r} instead."
-            )
-        if device.startswith("cuda") and not _cuda_available():
-            raise OpdlensError(
-                "--device cuda was asked for, but torch sees no CUDA device here; use --device cpu."
-            )
+        set_(self, "device", check_device(self.device))
         if self.executor not in ("local", "ray"):
             raise OptionError(
                 f"The 'executor' parameter must be 'local' or 'ray'. Got {self.executor!r} instead."
@@ -147,9 +140,3 @@ def _check_ranks(ranks: Iterable[int]) -> tuple[int, ...]:
             f"The 'ranks' parameter of analyze must be positive integers. Got {shown} instead."
         )
     return tuple(sorted(set(out)))
-
-
-def _cuda_available() -> bool:
-    import torch  # only when a GPU is asked for: the options stay torch-free otherwise
-
-    return bool(torch.cuda.is_available())

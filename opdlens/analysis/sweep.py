@@ -73,7 +73,7 @@ def slices_of(shape: tuple[int, ...], info: ModuleInfo, config: dict, split: boo
         rows = shape[0] if shape else 0
     parts: dict[str | None, torch.Tensor | None] = {None: None}
     if split and info.fused and len(shape) >= 2:
-        idx = split_fused(torch.arange(rows).unsqueeze(1), info, config)
+        idx = split_fused(torch.arange(rows, device="cpu").unsqueeze(1), info, config)
         parts = {p: v.reshape(-1) for p, v in idx.items()}
     out = []
     for e in experts:
@@ -148,7 +148,7 @@ def _piece(x: torch.Tensor, sl: Slice, info: ModuleInfo) -> torch.Tensor:
     if x.dim() > 2:
         x = x.reshape(x.shape[0], -1)  # conv kernels: (out, rest)
     if sl.rows_index is not None:
-        x = x.index_select(0, sl.rows_index)
+        x = x.index_select(0, sl.rows_index.to(x.device))
     return x
 
 
@@ -355,11 +355,14 @@ def sweep_names(run: Run, names: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda n: -run.base.spec(n).numel)
 
 
-def gram_tensor(run: Run, name: str, budget: int = GRAM_BUDGET) -> TensorResult:
+def gram_tensor(
+    run: Run, name: str, budget: int = GRAM_BUDGET, device: str = "cpu"
+) -> TensorResult:
     """G[i, j] = ⟨Δ_i, Δ_j⟩ over [0, *run.steps] (Δ_0 = 0) of one tensor, in float64.
 
     Reads every step's copy of the tensor once, one flat span (a block of rows) of every step
-    at a time, so memory is `budget` float64 values plus O(steps²), never steps × tensor.
+    at a time, so memory is `budget` float64 values plus O(steps²), never steps × tensor (on
+    `device` too, where the products run).
     """
     result = TensorResult()
     cks = [run.base, *(run.checkpoint(s) for s in run.steps)]
@@ -381,12 +384,24 @@ def gram_tensor(run: Run, name: str, budget: int = GRAM_BUDGET) -> TensorResult:
         block = np.empty((n, stop - start))  # (steps + 1, span), float64
         for i, ck in enumerate(cks):
             block[i] = ck.array(name, float32=not wide, span=(start, stop))
-        delta = block[1:]
-        delta -= block[0]  # float64: exact for float32 inputs whose exponents differ by ≤ 29
-        gram[1:, 1:] += delta @ delta.T
+        gram[1:, 1:] += _span_gram(block, device)
     if not np.isfinite(gram).all():
         result.warnings.append(
             f"tensor '{name}' has NaN or Inf at some saved step; its foresight rows are NaN."
         )
     result.gram = gram
     return result
+
+
+def _span_gram(block: np.ndarray, device: str) -> np.ndarray:
+    """ΔΔᵀ of one span, Δ = block[1:] − block[0], in float64 on `device`.
+
+    Shape: block (steps + 1, span); returns (steps, steps).
+    """
+    if device == "cpu":
+        delta = block[1:]
+        delta -= block[0]  # float64: exact for float32 inputs whose exponents differ by ≤ 29
+        return delta @ delta.T
+    b = torch.from_numpy(block).to(device)
+    d = b[1:] - b[0]
+    return (d @ d.T).cpu().numpy()

@@ -193,9 +193,9 @@ class Update:
     def rows(self, index: torch.Tensor) -> Update:
         """The update of the given rows — one logical part of a fused block."""
         if self.dense is not None:
-            return Update(dense=self.dense.index_select(0, index))
+            return Update(dense=self.dense.index_select(0, index.to(self.dense.device)))
         assert self.b is not None
-        return Update(b=self.b.index_select(0, index), a=self.a)
+        return Update(b=self.b.index_select(0, index.to(self.b.device)), a=self.a)
 
     def to(self, device: torch.device | str) -> Update:
         if self.dense is not None:

@@ -183,11 +183,25 @@ class Executor(str, Enum):
     ray = "ray"
 
 
-class Device(str, Enum):
-    """Where `analyze` computes the SVDs."""
+def _device(value: str) -> str:
+    """--device checked as the parser reads it, before any work: 'cpu' or 'cuda:N'."""
+    from ..devices import check_device
 
-    cpu = "cpu"
-    cuda = "cuda"
+    try:
+        return check_device(value)
+    except OptionError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        metavar="cpu|cuda[:N]",
+        callback=_device,
+        help="Where the tensors are computed: cpu, cuda (the current GPU) or cuda:N.",
+    ),
+]
 
 
 ExecutorOpt = Annotated[

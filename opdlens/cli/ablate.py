@@ -14,6 +14,7 @@ from ..run import open_run
 from ._app import (
     BaseOpt,
     CheckpointOpt,
+    DeviceOpt,
     OptRunArg,
     OverwriteOpt,
     QuietOpt,
@@ -55,6 +56,7 @@ def ablate(
     keep: Annotated[
         bool, typer.Option("--keep", help=f"Keep every candidate under OUT/{CANDIDATES_DIR}/.")
     ] = False,
+    device: DeviceOpt = "cpu",
     base: BaseOpt = None,
     checkpoint: CheckpointOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -68,7 +70,7 @@ def ablate(
     result = _ablate(
         r, step, scorer, scorer_cmd=scorer_cmd, scorer_timeout=scorer_timeout, by=by, mode=mode,
         ranks=None if ranks is None else parse_ints(ranks, "--ranks"), jobs=jobs, out=out, keep=keep, overwrite=overwrite,
-        progress=not quiet,
+        progress=not quiet, device=device,
     )  # fmt: skip
     from ..viz.ablation import ablation_sentence
 

@@ -12,7 +12,7 @@ from ._app import (
     AddressOpt,
     BaseOpt,
     CheckpointOpt,
-    Device,
+    DeviceOpt,
     Executor,
     ExecutorOpt,
     QuietOpt,
@@ -60,7 +60,7 @@ def analyze(
     workers: WorkersOpt = None,
     executor: ExecutorOpt = Executor.local,
     address: AddressOpt = None,
-    device: Annotated[Device, typer.Option(help="Where the SVDs run.")] = Device.cpu,
+    device: DeviceOpt = "cpu",
     trust_pickle: TrustPickleOpt = False,
     skip_incomplete: Annotated[
         bool, typer.Option(help="Skip checkpoints still being written.")
@@ -80,7 +80,7 @@ def analyze(
     options = AnalyzeOptions(
         ranks=parse_ints(ranks, "--ranks"), final=final, tensors=tensors, consecutive=consecutive,
         full_spectrum=full_spectrum, split_fused=split_fused, workers=workers,
-        executor=executor.value, address=address, device=device.value,
+        executor=executor.value, address=address, device=device,
     )  # fmt: skip
     r = open_run(run, base, checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle,
                  skip_incomplete=skip_incomplete)  # fmt: skip

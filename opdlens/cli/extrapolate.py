@@ -18,6 +18,7 @@ from ..run import Run, open_run
 from ._app import (
     BaseOpt,
     CheckpointOpt,
+    DeviceOpt,
     OptRunArg,
     OverwriteOpt,
     QuietOpt,
@@ -235,6 +236,7 @@ def lowrank(
     ] = False,
     modules: ModulesOpt = "attn,mlp",
     tensors: TensorsOpt = None,
+    device: DeviceOpt = "cpu",
     base: BaseOpt = None,
     checkpoint: CheckpointOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -244,7 +246,8 @@ def lowrank(
     """Write θ_0 + Δ_T truncated to rank K per matrix."""
     r = _open(run, base, checkpoint, trust_pickle)
     path = surgery_lowrank(r, step, rank, out, keep_norm=keep_norm, modules=_modules(modules),
-                           tensors=tensors, overwrite=overwrite, progress=not quiet)  # fmt: skip
+                           tensors=tensors, overwrite=overwrite, progress=not quiet,
+                           device=device)  # fmt: skip
     _note(r, step)
     echo(f"wrote {path}")
 

@@ -12,6 +12,7 @@ from ._app import (
     AddressOpt,
     BaseOpt,
     CheckpointOpt,
+    DeviceOpt,
     Executor,
     ExecutorOpt,
     OverwriteOpt,
@@ -67,6 +68,7 @@ def foresee(
     workers: WorkersOpt = None,
     executor: ExecutorOpt = Executor.local,
     address: AddressOpt = None,
+    device: DeviceOpt = "cpu",
     base: BaseOpt = None,
     checkpoint: CheckpointOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -94,6 +96,7 @@ def foresee(
         anchor=chosen, modules=mods, tensors=tensors, alpha0=alpha0,
         scopes=[x.strip() for x in scopes.split(",") if x.strip()],
         max_candidates=max_candidates, workers=workers, executor=executor.value, address=address,
+        device=device,
     )  # fmt: skip
     echo(foresight_sentence(df))
     overall = df[(df["scope"] == "overall") & (df["alpha_kind"] == "optimal")]

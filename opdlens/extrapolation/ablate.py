@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._version import __version__
+from ..devices import check_device, prepare
 from ..errors import OpdlensError, OptionError
 from ..io.like import write_like
 from ..io.paths import (
@@ -95,6 +96,7 @@ def ablate(
     keep: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    device: str = "cpu",
 ) -> Ablation:
     """Score θ_T, θ_0, θ_T without each group's update ("drop") and with only it ("only").
 
@@ -104,7 +106,8 @@ def ablate(
     ablation.csv/.parquet, rank_curve.csv/.parquet (with ranks), provenance.json and the scores
     file go there; re-running into the same `out` reuses the scores of the same run, step and
     scorer. `keep` keeps each candidate under out/candidates/. `jobs` scores that many
-    candidates at once (threads).
+    candidates at once (threads). `device` is where the rank curve's SVDs run ('cpu', 'cuda',
+    'cuda:N').
 
     Raises:
         OptionError: an unknown `by` or `mode`, bad ranks or jobs, `keep` without `out`.
@@ -117,6 +120,7 @@ def ablate(
             f"Got {mode!r} instead."
         )
     ks = _check_ranks(ranks)
+    device = check_device(device)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise OptionError(
             f"The 'jobs' parameter of ablate (--jobs) must be a whole number ≥ 1; got {jobs!r}."
@@ -143,7 +147,8 @@ def ablate(
         scorer, command=scorer_cmd, timeout=scorer_timeout, run=run,
         tensors=select_tensors(run) if hindsight else (),
     )  # fmt: skip
-    job = _Job(run, step, judge, by, mode, ks, groups, jobs, keep, progress)
+    job = _Job(run, step, judge, by, mode, ks, groups, jobs, keep, progress, device)
+    prepare(device)  # before any scoring thread makes the first CUDA solver call
     if out is None:
         with tempfile.TemporaryDirectory(prefix="opdlens-ablate-") as work:
             return job.execute(Path(work), None)
@@ -176,12 +181,13 @@ class _Job:
 
     def __init__(
         self, run: Run, step: int, judge: Scorer, by: str, mode: str, ks: list[int],
-        groups: list[Group], jobs: int, keep: bool, progress: bool,
+        groups: list[Group], jobs: int, keep: bool, progress: bool, device: str = "cpu",
     ) -> None:  # fmt: skip
         self.run, self.step, self.judge = run, step, judge
         self.by, self.mode, self.ks = by, mode, ks
         self.groups, self.jobs, self.keep, self.progress = groups, jobs, keep, progress
         self.grouped = {n for g in groups for n in g.tensors}
+        self.device = device
         self.factors: Factors | None = None
         self._factors_lock = threading.Lock()
 
@@ -208,7 +214,8 @@ class _Job:
     def _factors(self) -> Factors:
         with self._factors_lock:
             if self.factors is None:
-                self.factors = Factors(self.run, self.step, sorted(self.grouped), max(self.ks))
+                names = sorted(self.grouped)
+                self.factors = Factors(self.run, self.step, names, max(self.ks), self.device)
             return self.factors
 
     def execute(self, work: Path, out_dir: Path | None) -> Ablation:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..devices import out_of_memory_as_error
 from ..errors import OpdlensError, OptionError
 from ..io.like import Produced, as_stored
 from ..io.paths import write_text_atomic
@@ -140,10 +141,13 @@ class Factors:
     """Top-k singular factors of every 2-D update Δ_T (stacked experts per slice), float64.
 
     Computed once with the largest k asked for, by the exact method of analysis.linalg
-    (eigh of the float64 Gram matrix): rank-k(Δ) is then accurate to float64 round-off.
+    (eigh of the float64 Gram matrix): rank-k(Δ) is then accurate to float64 round-off. The
+    SVDs run on `device`; the factors are kept on the CPU.
     """
 
-    def __init__(self, run: Run, step: int, names: Iterable[str], kmax: int) -> None:
+    def __init__(
+        self, run: Run, step: int, names: Iterable[str], kmax: int, device: str = "cpu"
+    ) -> None:
         import torch
 
         from ..analysis.linalg import top_k_svd
@@ -166,9 +170,10 @@ class Factors:
             sq = [0.0] * kmax
             for d in slices:
                 k = min(kmax, *d.shape)
-                top = top_k_svd(d, k, method="exact")
-                s = top.S[:k]
-                tops.append((top.U, s, top.V))
+                with out_of_memory_as_error(f"tensor '{name}'"):
+                    top = top_k_svd(d.to(device), k, method="exact")
+                s = top.S[:k].cpu()
+                tops.append((top.U.cpu(), s, top.V.cpu()))
                 cum = torch.cumsum(s.square(), 0).tolist()
                 for i in range(kmax):
                     sq[i] += cum[i] if i + 1 < min(d.shape) else float(d.square().sum())

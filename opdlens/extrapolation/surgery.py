@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._version import __version__
+from ..devices import check_device, out_of_memory_as_error, prepare
 from ..errors import OpdlensError, OptionError
 from ..io.like import Produced, as_stored, write_like
 from ..names import BLOCKS
@@ -128,14 +129,17 @@ def surgery_lowrank(
     tensors: Sequence[str] | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    device: str = "cpu",
 ) -> Path:
     """Write θ_0 + rank-K truncation of Δ_T per matrix on the chosen tensors (θ_T elsewhere).
 
     With `keep_norm`, each truncated update is rescaled to ‖Δ_T‖_F of its matrix. 1-D tensors
-    that a glob selects keep their full update.
+    that a glob selects keep their full update. The SVDs run on `device` ('cpu', 'cuda[:N]').
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise OptionError(f"--rank must be a whole number ≥ 1; got {rank!r}.")
+    device = check_device(device)
+    prepare(device)
     _check_step(run, step)
     chosen = set(select_tensors(run, modules, tensors))
     current = run.checkpoint(step)
@@ -146,7 +150,9 @@ def surgery_lowrank(
         stored = current.tensor(name)
         base = run.base.tensor(name).float()
         delta = stored.float().sub_(base)
-        trunc = _per_matrix(delta, rank, keep_norm, run.module(name).stacked_experts)
+        with out_of_memory_as_error(f"tensor '{name}'"):
+            stacked = run.module(name).stacked_experts
+            trunc = _per_matrix(delta.to(device), rank, keep_norm, stacked).cpu()
         out = base.add_(trunc).to(stored.dtype)
         if not bool(out.isfinite().all()):  # NaN/Inf in the run, or rounded past the dtype's max
             raise OpdlensError(

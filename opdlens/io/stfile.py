@@ -125,10 +125,10 @@ class SafetensorsFile:
         if stored == dtype or stored == torch.bool:
             return self.read(key).to(dtype)
         item = dtypes.itemsize(entry.stored)
-        out = torch.empty(entry.shape, dtype=dtype)
+        out = torch.empty(entry.shape, dtype=dtype, device="cpu")
         flat = out.view(-1)
         step = max(1, _PIECE // item)
-        buf = torch.empty(step * item, dtype=torch.uint8)
+        buf = torch.empty(step * item, dtype=torch.uint8, device="cpu")
         with open(self.path, "rb") as f:
             f.seek(entry.begin)
             for start in range(0, flat.numel(), step):

@@ -32,7 +32,9 @@ def test_values_are_normalised_once_and_frozen() -> None:
         ({"workers": "many"}, OptionError, "'workers' parameter must be ≥ 1. Got many instead"),
         ({"executor": "dask"}, OptionError, "'executor' parameter must be 'local' or 'ray'"),
         ({"address": "ray://h:1"}, OptionError, "'address' parameter is for a Ray cluster"),
-        ({"device": "tpu"}, OptionError, "'device' parameter must be 'cpu' or 'cuda'"),
+        ({"device": "tpu"}, OptionError, "'device' parameter must be 'cpu', 'cuda' or 'cuda:N'"),
+        ({"device": "cuda:x"}, OptionError, "'device' parameter must be 'cpu', 'cuda' or 'cuda:N'"),
+        ({"device": "cpu:1"}, OptionError, "'device' parameter must be 'cpu', 'cuda' or 'cuda:N'"),
     ],
 )
 def test_bad_values_fail_when_the_options_are_built(kwargs, error, message) -> None:

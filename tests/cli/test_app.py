@@ -143,4 +143,4 @@ def test_the_parser_refuses_a_bad_value_in_one_line(tmp_path, args, message):
 def test_help_lists_the_executor_and_device_choices() -> None:
     result = runner.invoke(app, ["analyze", "--help"], env={"COLUMNS": "160"})
     assert result.exit_code == 0
-    assert "<local|ray>" in result.stdout and "<cpu|cuda>" in result.stdout
+    assert "<local|ray>" in result.stdout and "cpu|cuda[:N]" in result.stdout

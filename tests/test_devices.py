@@ -1,0 +1,115 @@
+"""opdlens.devices: device names, CUDA out-of-memory as one line, and no tensor on a default device."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent / "analysis"))
+
+import checkpoints  # noqa: E402
+from planted import RANKS, STEPS, planted  # noqa: E402
+
+import opdlens  # noqa: E402
+from opdlens.cli import app  # noqa: E402
+from opdlens.devices import check_device, out_of_memory_as_error  # noqa: E402
+from opdlens.errors import OptionError, ResourceError  # noqa: E402
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+
+
+@pytest.fixture(scope="module")
+def run_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dev")
+    return checkpoints.write_hf_run(root, "llama", STEPS, dtype=torch.bfloat16, update=planted,
+                                    trainer_files=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("value", ["cpu", "CPU", " cpu", "cpu:0", torch.device("cpu")])
+def test_cpu_names(value) -> None:
+    assert check_device(value) == "cpu"
+
+
+@pytest.mark.parametrize(
+    "value", ["gpu", "cuda:", "cuda:x", "cuda:٣", "cpu:1", "mps", "", "cuda:0:1"]
+)
+def test_bad_names_are_option_errors(value) -> None:
+    with pytest.raises(OptionError, match="'device' parameter must be 'cpu', 'cuda' or 'cuda:N'"):
+        check_device(value)
+
+
+@no_cuda
+@pytest.mark.parametrize("value", ["cuda", "cuda:0", "CUDA:1"])
+def test_cuda_without_a_gpu_says_so(value) -> None:
+    with pytest.raises(OptionError, match="torch sees no CUDA device here.*use --device cpu"):
+        check_device(value)
+
+
+def test_out_of_memory_becomes_one_line_and_other_errors_pass() -> None:
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
+    want = r"^tensor 'w': the GPU ran out of memory \(CUDA out of memory. Tried to allocate 2.00 GiB\)\. Use fewer --workers"
+    with pytest.raises(ResourceError, match=want) as e, out_of_memory_as_error("tensor 'w'"):
+        raise oom
+    assert "\n" not in str(e.value)
+    with pytest.raises(RuntimeError, match="other"), out_of_memory_as_error("x"):
+        raise RuntimeError("other")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_out_of_memory_in_a_worker_is_one_line_from_the_cli(
+    run_root, tmp_path, monkeypatch, workers
+) -> None:
+    from opdlens.analysis import sweep
+
+    real = sweep.TensorSweep._factors
+
+    def factors(self, *args, **kwargs):
+        if self.name.endswith("mlp.down_proj.weight"):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(sweep.TensorSweep, "_factors", factors)
+    res = CliRunner().invoke(app, ["analyze", str(run_root), "--out", str(tmp_path / "m"),
+                                   "--workers", workers, "-q"])  # fmt: skip
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.output
+    assert "mlp.down_proj.weight': the GPU ran out of memory" in lines[0]
+    assert "fewer --workers" in lines[0] and "--device cpu" in lines[0]
+
+
+def test_no_tensor_is_made_on_the_default_device(run_root, tmp_path) -> None:
+    """With torch's default device set to 'meta', every command gives the numbers it gives
+    without: what opdlens computes lives on the data's (or the asked-for) device."""
+    from opdlens.extrapolation.ablate import ablate
+    from opdlens.extrapolation.surgery import surgery_lowrank
+
+    def score(path: Path) -> float:
+        return float(len(str(path)) % 3)
+
+    def everything(tag: str):
+        run = opdlens.open_run(run_root)
+        df = opdlens.analyze(run, ranks=RANKS, consecutive=True, workers=1, device="cpu")
+        fs = opdlens.foresee(run, workers=1, device="cpu")
+        ab = ablate(run, 4, score, mode="drop", ranks=[1, 2], device="cpu")
+        low = surgery_lowrank(run, 4, 2, tmp_path / f"low-{tag}", device="cpu")
+        return df, fs, ab.rank_curve, checkpoints.st_state(low)
+
+    want = everything("plain")
+    torch.set_default_device("meta")
+    try:
+        got = everything("meta")
+    finally:
+        torch.set_default_device(None)
+    pd.testing.assert_frame_equal(got[0], want[0])
+    pd.testing.assert_frame_equal(got[1], want[1])
+    np.testing.assert_allclose(got[2]["energy_k"], want[2]["energy_k"])
+    assert got[3].keys() == want[3].keys()
+    for name in want[3]:
+        assert torch.equal(got[3][name], want[3][name]), name
