@@ -14,6 +14,20 @@ sys.path.insert(0, str(Path(__file__).parent))  # `import checkpoints` from any 
 import checkpoints  # noqa: E402
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked gpu where torch sees no CUDA device."""
+    gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=f"needs CUDA; torch {torch.__version__} sees no CUDA device")
+    for item in gpu:
+        item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_libraries() -> None:
     for name in ("transformers", "peft", "torch.distributed"):
