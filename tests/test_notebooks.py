@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
+
+# Test extras: installed by scripts/test.sh; a leaner environment (a GPU node's, the version
+# passes) skips these tests instead of failing to collect them.
+nbformat = pytest.importorskip("nbformat")
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 NAMES = ("explore_allocation.ipynb", "extrapolation.ipynb")
@@ -42,7 +45,7 @@ def _tree(path: Path) -> set[Path]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs(name: str, demo_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    from nbclient import NotebookClient
+    NotebookClient = pytest.importorskip("nbclient").NotebookClient
 
     monkeypatch.setenv("OPDLENS_DEMO_DIR", str(demo_dir))
     tmp = tmp_path / "tmp"  # the kernel's temporary directory
