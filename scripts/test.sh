@@ -1,10 +1,66 @@
 #!/usr/bin/env bash
 # Install opdlens with its test extras (CPU torch 2.13.0 first, so pip never pulls a CUDA build),
-# type-check the package with mypy ([tool.mypy] in pyproject.toml), and run the whole test
-# suite, slow end-to-end tests included.
+# check lint and types (ruff, mypy), and run the whole test suite, slow end-to-end tests included.
+# Then run the quick tests again at both ends of what opdlens supports, each in its own venv
+# under .venvs/: the oldest torch on the oldest Python (torch 2.6.0, Python 3.10) and the newest
+# release on the newest Python here (torch 2.15.0, Python 3.13). Those venvs hold what a user's
+# training environment may be no more than: torch, opdlens and the tools the tests write
+# checkpoints with (transformers, peft); tests of optional extras (Ray, TRL, notebooks) skip
+# there. Their torch builds come from the registry as CUDA builds (~3 GB each with their
+# nvidia-* packages), so they download in the background while the main suite runs.
+#
+#   bash scripts/test.sh                  # everything (what CI runs)
+#   bash scripts/test.sh --no-versions    # the main suite only
+#   bash scripts/test.sh [--no-versions] -- PYTEST_ARGS...   # e.g. -- -m "not slow" -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+versions=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --no-versions) versions=0; shift ;;
+        --) shift; break ;;
+        *) break ;;
+    esac
+done
+
+# (venv, python, torch) at each end of the supported range; README's "Versions" says the same.
+FLOOR=(".venvs/floor" "3.10" "2.6.0")
+NEWEST=(".venvs/newest" "3.13" "2.15.0")
+
+find_python() {  # find_python 3.10: a python3.10 on PATH or under pyenv, else nothing
+    command -v "python$1" 2>/dev/null && return
+    local root
+    root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
+    ls -d "$root"/versions/"$1".*/bin/python"$1" 2>/dev/null | sort -V | tail -n 1
+}
+
+make_venv() {  # make_venv DIR PY TORCH: that torch and the test tools (opdlens comes later)
+    local dir=$1 py torch=$3
+    py=$(find_python "$2")
+    if [ -z "$py" ]; then
+        echo "scripts/test.sh: no Python $2 here (PATH or pyenv); install it, or pass --no-versions" >&2
+        return 1
+    fi
+    rm -rf "$dir"
+    "$py" -m venv "$dir"
+    # A machine-wide pip constraint may cap torch below the newest release: this venv names its own.
+    PIP_CONSTRAINT=$PWD/scripts/no-constraints.txt "$dir/bin/python" -m pip install --quiet \
+        --disable-pip-version-check "torch==$torch" pytest hypothesis transformers peft
+}
+
+if [ "$versions" = 1 ]; then
+    trap 'kill $(jobs -p) 2>/dev/null || true' EXIT  # a failed main suite stops the downloads
+    mkdir -p .venvs
+    make_venv "${FLOOR[@]}" >.venvs/floor.log 2>&1 &
+    floor_pid=$!
+    make_venv "${NEWEST[@]}" >.venvs/newest.log 2>&1 &
+    newest_pid=$!
+fi
+
 python -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[test]"
+ruff check .
+ruff format --check .
 python -m mypy
 # The report test renders the HTML page in a real browser (Debian's chromium).
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
@@ -16,3 +72,35 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null;
     fi
 fi
 python -m pytest -q "$@"
+
+if [ "$versions" = 1 ]; then
+    for spec in floor newest; do
+        pid_var=${spec}_pid
+        if ! wait "${!pid_var}"; then
+            echo "scripts/test.sh: setting up the $spec venv failed; its log:" >&2
+            grep -v "^WARNING: Location" ".venvs/$spec.log" >&2 || true
+            exit 1
+        fi
+        # One editable build at a time: they write into this checkout.
+        PIP_CONSTRAINT=$PWD/scripts/no-constraints.txt ".venvs/$spec/bin/python" -m pip install \
+            --quiet --disable-pip-version-check -e . >>".venvs/$spec.log" 2>&1 || {
+            echo "scripts/test.sh: installing opdlens into the $spec venv failed; its log:" >&2
+            grep -v "^WARNING: Location" ".venvs/$spec.log" >&2
+            exit 1
+        }
+    done
+    # Both passes at once (two cores), each with its own temporary directory.
+    for spec in floor newest; do
+        ".venvs/$spec/bin/python" -m pytest -q -m "not slow" -p no:cacheprovider \
+            --basetemp="${TMPDIR:-/tmp}/opdlens-tests-$spec-$$" >".venvs/$spec-tests.log" 2>&1 &
+        eval "${spec}_pid=$!"
+    done
+    failed=0
+    for spec in floor newest; do
+        pid_var=${spec}_pid
+        wait "${!pid_var}" || failed=1
+        echo "== quick tests on $(".venvs/$spec/bin/python" -c 'import sys, torch; print(f"Python {sys.version.split()[0]}, torch {torch.__version__}")')"
+        cat ".venvs/$spec-tests.log"
+    done
+    exit $failed
+fi
