@@ -82,6 +82,7 @@ class PythonScorer(Scorer):
     def score(self, path: Path, label: str) -> float:
         result: list[object] = []
         error: list[BaseException] = []
+        cwd = _getcwd()
 
         def call() -> None:
             try:
@@ -93,6 +94,7 @@ class PythonScorer(Scorer):
         worker = threading.Thread(target=call, name=f"opdlens-scorer-{label}", daemon=True)
         worker.start()
         worker.join(self.timeout)
+        _restore_cwd(cwd, self.name, label)
         if worker.is_alive():
             raise ScorerError(
                 f"Scorer {self.name} timed out after {self.timeout} s on {label} ({path}). "
@@ -104,6 +106,29 @@ class PythonScorer(Scorer):
                 f"Scorer {self.name} raised {type(e).__name__} on {label} ({path}): {e}"
             ) from e
         return _finite(result[0], f"Scorer {self.name} on {label}")
+
+
+def _getcwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # the working directory was removed
+        return None
+
+
+def _restore_cwd(cwd: str | None, name: str, label: str) -> None:
+    """Undo a scorer's os.chdir: the working directory is the whole process's, not the scorer's."""
+    if cwd is None or _getcwd() == cwd:
+        return
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        logger.warning("scorer %s changed the working directory on %s and it could not be "
+                       "restored (%s)", name, label, e)  # fmt: skip
+        return
+    logger.warning(
+        "scorer %s changed the working directory on %s; opdlens restored it to %s (inputs were "
+        "opened by absolute path, so they are unaffected).", name, label, cwd,
+    )  # fmt: skip
 
 
 @dataclass
