@@ -33,7 +33,7 @@ from ..io.paths import (
     write_text_atomic,
 )
 from ..progress import Progress
-from ..provenance import fingerprint, record
+from ..provenance import content_hash, record
 from ..run import Run
 from .ablate_parts import (
     Candidate,
@@ -215,7 +215,9 @@ class _Job:
         remove_stale(work, _TEMP_STEM)
         identity = {
             "step": self.step, "scorer": self.judge.label,
-            "base": fingerprint(self.run.base), "checkpoint": fingerprint(self.run.checkpoint(self.step)),
+            # Every byte, as the factor cache keys W_0 and W_t: size and mtime can lie.
+            "base": content_hash(self.run.base),
+            "checkpoint": content_hash(self.run.checkpoint(self.step)),
         }  # fmt: skip
         book = ScoreBook(None if out_dir is None else out_dir / SCORES_FILE, identity)
         keep_dir = None if out_dir is None or not self.keep else out_dir / CANDIDATES_DIR

@@ -1,0 +1,53 @@
+"""ablate against hostile surroundings: edited inputs, symlinked candidates/, other namespaces."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+
+from opdlens import open_run
+from opdlens.extrapolation.ablate import SCORES_FILE, ablate
+
+from .test_ablate import Counting, distance_score
+
+
+def _edit_in_place_keeping_size_and_mtime(file: Path, tensor: str) -> None:
+    """Overwrite the first value of `tensor` inside a safetensors file: same size, same mtime."""
+    st = os.stat(file)
+    with safe_open(file, "np") as f:
+        value = f.get_tensor(tensor).reshape(-1)[0]
+    header_len = int.from_bytes(file.read_bytes()[:8], "little")
+    header = json.loads(file.read_bytes()[8 : 8 + header_len])
+    begin = 8 + header_len + header[tensor]["data_offsets"][0]
+    with open(file, "r+b") as fh:
+        fh.seek(begin)
+        fh.write(np.float32(value + 3.0).tobytes())
+    os.utime(file, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(file).st_size == st.st_size and os.stat(file).st_mtime_ns == st.st_mtime_ns
+
+
+def test_an_in_place_edit_with_the_same_size_and_mtime_starts_afresh(
+    linear_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    first = ablate(open_run(linear_run), 4, distance_score, by="block", out=out)
+    _edit_in_place_keeping_size_and_mtime(
+        linear_run / "checkpoint-4" / "model.safetensors", "model.layers.1.mlp.up_proj.weight"
+    )
+    again = Counting()
+    res = ablate(open_run(linear_run), 4, again, by="block", out=out)
+    fresh = ablate(open_run(linear_run), 4, distance_score, by="block", out=tmp_path / "fresh")
+    assert res.ablation.attrs["reused"] == 0 and again.calls == 2 + 2 * 5
+    assert any("another run, step or scorer" in w for w in res.ablation.attrs["warnings"])
+    assert res.ablation.equals(fresh.ablation)
+    assert res.ablation["score_full"].iloc[0] != first.ablation["score_full"].iloc[0]
+    saved = json.loads((out / SCORES_FILE).read_text())["scores"]
+    assert saved["full"] == fresh.ablation["score_full"].iloc[0]
+    # Unchanged bytes are still recognised: the same command again reuses every score.
+    same = Counting()
+    assert ablate(open_run(linear_run), 4, same, by="block", out=out).ablation.attrs["reused"] == 12
+    assert same.calls == 0
