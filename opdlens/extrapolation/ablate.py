@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ABLATION_COLUMNS",
     "CANDIDATES_DIR",
+    "MAX_RANK",
+    "MAX_RANKS",
     "MODES",
     "RANK_COLUMNS",
     "SCORES_FILE",
@@ -71,6 +73,8 @@ ABLATION_COLUMNS = ["group", "update_share", "rel_update_norm", "score_full", "s
                     "tensors"]  # fmt: skip
 RANK_COLUMNS = ["k", "score", "energy_k", "step"]
 _TEMP_STEM = r"candidate-[A-Za-z0-9_.-]+"
+MAX_RANK = 2**24  # above any matrix's min(rows, cols); larger k change nothing
+MAX_RANKS = 1024  # each rank is one candidate checkpoint, written and scored
 
 
 class Ablation(NamedTuple):
@@ -163,6 +167,14 @@ def _check_ranks(ranks: Iterable[int] | None) -> list[int]:
         raise OptionError(
             f"The 'ranks' parameter of ablate (--ranks) must be whole numbers ≥ 1, e.g. 1,2,4,8. "
             f"Got {values!r} instead."
+        )
+    big = [k for k in values if k > MAX_RANK]
+    if big or len(set(values)) > MAX_RANKS:
+        got = f"{big[0]}" if big else f"{len(set(values))} ranks"
+        raise OptionError(
+            f"The 'ranks' parameter of ablate (--ranks) takes at most {MAX_RANKS} ranks, each "
+            f"from 1 to {MAX_RANK} (a k at or above a matrix's min(rows, cols) keeps it whole); "
+            f"got {got}. Each rank is one more candidate written and scored."
         )
     return sorted(set(values))
 

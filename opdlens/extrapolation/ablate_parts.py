@@ -163,21 +163,22 @@ class Factors:
             delta = current.tensor(name, torch.float64) - run.base.tensor(name, torch.float64)
             slices = list(delta) if stacked else [delta]
             tops = []
-            sq = [0.0] * kmax
+            # Σ_{i≤k} σ² for k = 1 … (the largest rank a slice can have); beyond it, ‖Δ‖².
+            sq = [0.0] * min(kmax, max(min(d.shape) for d in slices))
             for d in slices:
                 k = min(kmax, *d.shape)
                 top = top_k_svd(d, k, method="exact")
                 s = top.S[:k]
                 tops.append((top.U, s, top.V))
                 cum = torch.cumsum(s.square(), 0).tolist()
-                for i in range(kmax):
+                for i in range(len(sq)):
                     sq[i] += cum[i] if i + 1 < min(d.shape) else float(d.square().sum())
             self.matrices[name] = tops
             self.energy[name] = (sq, float(delta.square().sum()))
 
     def energy_k(self, k: int) -> float:
         """Σ over the 2-D updates of Σ_{i≤k} σ_i², over Σ ‖Δ‖² (the ‖Δ‖²-weighted energy)."""
-        top = sum(v[0][k - 1] for v in self.energy.values())
+        top = sum(v[0][min(k, len(v[0])) - 1] if v[0] else v[1] for v in self.energy.values())
         total = sum(v[1] for v in self.energy.values())
         return top / total if total > 0 else math.nan
 

@@ -20,7 +20,7 @@ from ..io.paths import check_output, output_dir, remove_stale, temp_name, write_
 from ..run import Checkpoint, Run
 from .evaluate import ErrorTracker
 from .extrapolate import check_alpha, extrapolation_producer
-from .schedule import alpha_schedule, replay_schedule
+from .schedule import alpha_schedule, check_max_candidates, replay_schedule
 from .scorers import Scorer, make_scorer, remove_copy, score_input
 from .selection import DEFAULT_MODULES, select_tensors
 
@@ -86,12 +86,7 @@ def replay(
             f"The 'alpha0' parameter (--alpha0) must be > 0: each accepted candidate moves a "
             f"further α₀·(θ_t − θ_a) from the anchor (2 by default). Got {alpha0!r} instead."
         )
-    if (
-        isinstance(max_candidates, bool)
-        or not isinstance(max_candidates, int)
-        or max_candidates < 1
-    ):
-        raise OptionError(f"--max-candidates must be a whole number ≥ 1; got {max_candidates!r}.")
+    check_max_candidates(max_candidates, "replay")
     if out is None and not dry_run:
         raise OptionError(
             "replay keeps accepted candidates under --out DIR; give one, or --dry-run."

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors import safe_open
 
 from opdlens import open_run
@@ -51,3 +52,43 @@ def test_an_in_place_edit_with_the_same_size_and_mtime_starts_afresh(
     same = Counting()
     assert ablate(open_run(linear_run), 4, same, by="block", out=out).ablation.attrs["reused"] == 12
     assert same.calls == 0
+
+
+def _cli_fails(argv: list[str], *needles: str) -> None:
+    from typer.testing import CliRunner
+
+    from opdlens.cli import app
+
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert all(n in lines[0] for n in needles), lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["ablate", "--step", "4", "--scorer", "hindsight", "--ranks", "2000000000"],
+         ["--ranks", "from 1 to 16777216", "got 2000000000"]),
+        (["ablate", "--step", "4", "--scorer", "hindsight", "--ranks",
+          ",".join(map(str, range(1, 2000)))], ["at most 1024 ranks", "got 1999 ranks"]),
+        (["foresee", "--max-candidates", "100000000"],
+         ["--max-candidates", "from 0 to 100", "Got 100000000"]),
+        (["replay", "--scorer", "hindsight", "--max-candidates", "100000000"],
+         ["--max-candidates", "from 1 to 100", "Got 100000000"]),
+    ],
+    ids=["ablate-rank", "ablate-many-ranks", "foresee", "replay"],
+)  # fmt: skip
+def test_sizes_asked_for_are_bounded(linear_run: Path, tmp_path: Path, argv, needles) -> None:
+    out = tmp_path / "out"
+    _cli_fails([argv[0], str(linear_run), *argv[1:], "--out", str(out)], *needles)
+    assert not out.exists()  # refused before anything was created
+
+
+def test_a_rank_above_every_matrix_keeps_each_update_whole(linear_run: Path, tmp_path) -> None:
+    """k far beyond min(rows, cols) is θ_T itself, with no list of k entries built."""
+    res = ablate(open_run(linear_run), 4, distance_score, ranks=[1, 2**24], out=tmp_path / "o")
+    curve = res.rank_curve.set_index("k")
+    assert curve.loc[2**24, "energy_k"] == 1.0
+    assert curve.loc[2**24, "score"] == res.ablation["score_full"].iloc[0]
