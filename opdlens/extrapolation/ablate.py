@@ -45,7 +45,7 @@ from .ablate_parts import (
     group_tensors,
     update_norms,
 )
-from .scorers import Scorer, make_scorer, remove_copy
+from .scorers import Scorer, allow_scorers, make_scorer, remove_copy, stop_scorers
 from .selection import select_tensors
 
 if TYPE_CHECKING:
@@ -276,6 +276,7 @@ class _Job:
             finally:
                 remove_copy(tmp)  # a scorer may have made it read-only
 
+        allow_scorers()
         bar = Progress(len(todo), f"ablate step {self.step}", enabled=self.progress)
         ticks = threading.Lock()
 
@@ -295,6 +296,9 @@ class _Job:
                 for f in futures:
                     f.add_done_callback(tick)
                 wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException:  # Ctrl-C, SIGTERM: end the running scorers, not wait for them
+                stop_scorers()
+                raise
             finally:  # after a failure or an interrupt, start no other candidate
                 pool.shutdown(wait=True, cancel_futures=True)
         finally:

@@ -21,7 +21,7 @@ from ..run import Checkpoint, Run
 from .evaluate import ErrorTracker
 from .extrapolate import check_alpha, extrapolation_producer
 from .schedule import alpha_schedule, check_max_candidates, replay_schedule
-from .scorers import Scorer, make_scorer, remove_copy, score_input
+from .scorers import Scorer, allow_scorers, make_scorer, remove_copy, score_input
 from .selection import DEFAULT_MODULES, select_tensors
 
 if TYPE_CHECKING:
@@ -115,6 +115,7 @@ def _replay_steps(
     """The replay loop; candidates are worked on in `out_dir` (or the system's temp directory)."""
     work = out_dir if out_dir is not None else Path(tempfile.gettempdir())
     remove_stale(work, _TEMP_STEM)
+    allow_scorers()  # scorers run one at a time here: an interrupt kills the running one
     rows: list[dict[str, object]] = []
     accepted: list[Path] = []
     schedule = replay_schedule(run.steps)

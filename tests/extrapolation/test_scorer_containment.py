@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -97,3 +100,80 @@ def test_a_run_opened_by_relative_path_keeps_reading_its_files(two_runs: Path) -
     assert run.delta(name, 4).equal(expected - linear_state(0)[name])
     assert all(p.is_absolute() for p in run.input_paths)
     assert Path(str(run.open_args["path"])) == two_runs / "run1"
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie waiting for a reaper does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _gone(pid: int, within: float = 5.0) -> bool:
+    """Whether a process ends within `within` seconds (SIGKILL is delivered asynchronously)."""
+    deadline = time.monotonic() + within
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def _pids(path: Path) -> list[int]:
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def test_a_backgrounded_child_neither_delays_the_score_nor_survives_it(tmp_path: Path) -> None:
+    from opdlens.extrapolation.scorers import CommandScorer
+
+    pids = tmp_path / "pids"
+    cmd = f"test -d {{checkpoint}} && (sleep 30 & echo $! > {pids}; wait) & sleep 0.5; echo 1.5"
+    start = time.monotonic()
+    assert CommandScorer(cmd, timeout=20).score(tmp_path, "step 1") == 1.5
+    assert time.monotonic() - start < 5  # the background child holds no pipe opdlens reads
+    assert _pids(pids) and _gone(_pids(pids)[0])  # killed with its group, not left running
+
+
+def test_a_timed_out_command_takes_its_children_with_it(tmp_path: Path) -> None:
+    from opdlens import ScorerError
+    from opdlens.extrapolation.scorers import CommandScorer
+
+    pids = tmp_path / "pids"
+    cmd = f"sleep 60 & echo $! > {pids}; sleep 60 # {{checkpoint}}"
+    start = time.monotonic()
+    with pytest.raises(ScorerError, match="timed out after 1.0 s"):
+        CommandScorer(cmd, timeout=1.0).score(tmp_path, "step 1")
+    assert time.monotonic() - start < 5
+    assert _pids(pids) and _gone(_pids(pids)[0])
+
+
+@pytest.mark.parametrize(("sig", "rc", "word"), [(signal.SIGINT, 130, "interrupted"),
+                                                 (signal.SIGTERM, 143, "terminated")])  # fmt: skip
+def test_interrupting_ablate_ends_its_running_scorers_at_once(
+    tmp_path: Path, sig: signal.Signals, rc: int, word: str
+) -> None:
+    run = write_run(tmp_path / "run", steps=(0, 2, 4))
+    pids, out = tmp_path / "pids", tmp_path / "out"
+    cmd = f"echo $$ >> {pids}; sleep 60 & echo $! >> {pids}; wait # {{checkpoint}}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "opdlens", "ablate", str(run), "--step", "4", "--scorer-cmd", cmd,
+         "--jobs", "2", "--out", str(out), "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(_pids(pids)) < 4 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert len(_pids(pids)) == 4, proc.communicate()
+        time.sleep(0.3)
+        start = time.monotonic()
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert time.monotonic() - start < 10
+    assert proc.returncode == rc, stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and word in lines[0], stderr
+    assert all(_gone(p) for p in _pids(pids))
+    assert not [p.name for p in out.iterdir() if p.name.startswith("candidate-")]
