@@ -58,10 +58,15 @@ class Run:
 
     @property
     def input_paths(self) -> list[Path]:
-        """The base, every checkpoint and the run directory: paths an output must stay outside."""
-        paths = [self.base.path, *(ck.path for ck in self.checkpoints.values())]
+        """Paths an output must stay outside: the base, every checkpoint, the run directory, and
+        every file they read or copy (weights, index, config and tokenizer files), which may be
+        symlinks to anywhere — into an output too."""
+        cks = [self.base, *self.checkpoints.values()]
+        paths = [ck.path for ck in cks]
         if self.open_args.get("path"):
             paths.append(Path(str(self.open_args["path"])))
+        for ck in cks:
+            paths += ck.input_files
         return paths
 
     @property

@@ -317,9 +317,11 @@ class CheckpointWriter:
                 "weight_map": dict(sorted(weight_map.items())),
             }
             (self._tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-        (self._tmp / PROVENANCE_FILE).write_text(json.dumps(self.metadata, indent=2) + "\n")
+        warnings: list[str] = []
         if self.copy_from is not None:
-            copy_support_files(self.copy_from, self._tmp)
+            copy_support_files(self.copy_from, self._tmp, warnings)
+        record = {**self.metadata, **({"warnings": warnings} if warnings else {})}
+        (self._tmp / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         for file, header in self._headers.items():  # every tensor is in place: now loadable
             with open(self._tmp / file, "r+b") as f:
                 f.write(header)
