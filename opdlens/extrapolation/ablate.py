@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import tempfile
 import threading
@@ -36,13 +35,17 @@ from ..progress import Progress
 from ..provenance import content_hash, record
 from ..run import Run
 from .ablate_parts import (
+    CANDIDATES_DIR,
     Candidate,
     Factors,
     Group,
     ScoreBook,
     candidate_producer,
+    candidates_dir,
     check_by,
     group_tensors,
+    keep_candidate,
+    kept,
     update_norms,
 )
 from .scorers import Scorer, allow_scorers, make_scorer, remove_copy, stop_scorers
@@ -67,7 +70,6 @@ __all__ = [
 
 MODES = ("drop", "only", "both")
 SCORES_FILE = "scores.json"
-CANDIDATES_DIR = "candidates"
 ABLATION_COLUMNS = ["group", "update_share", "rel_update_norm", "score_full", "score_base",
                     "score_drop", "score_only", "utility", "step", "by", "layer", "block",
                     "tensors"]  # fmt: skip
@@ -232,12 +234,10 @@ class _Job:
             "checkpoint": content_hash(self.run.checkpoint(self.step)),
         }  # fmt: skip
         book = ScoreBook(None if out_dir is None else out_dir / SCORES_FILE, identity)
-        keep_dir = None if out_dir is None or not self.keep else out_dir / CANDIDATES_DIR
-        if keep_dir is not None:
-            keep_dir.mkdir(exist_ok=True)
+        keep_dir = None if out_dir is None or not self.keep else candidates_dir(out_dir)
         warnings = list(book.warnings) + self.judge.schedule_warnings([self.step])
         todo = [c for c in self.candidates()
-                if book.get(c.key) is None or (keep_dir and not (keep_dir / c.dirname).is_dir())]  # fmt: skip
+                if book.get(c.key) is None or (keep_dir and not kept(keep_dir / c.dirname))]  # fmt: skip
         self._score(todo, book, work, keep_dir)
         if self.ks and self._factors().whole:
             warnings.append(
@@ -270,9 +270,7 @@ class _Job:
                     book.put(c.key, score)
                     logger.info("%s: score %.6g", c.label, score)
                 if keep_dir is not None:
-                    dest = keep_dir / c.dirname
-                    remove_copy(dest)
-                    os.rename(tmp, dest)
+                    keep_candidate(tmp, keep_dir / c.dirname)
             finally:
                 remove_copy(tmp)  # a scorer may have made it read-only
 

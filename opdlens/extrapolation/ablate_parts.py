@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import OpdlensError, OptionError
 from ..io.like import Produced, as_stored
-from ..io.paths import write_text_atomic
+from ..io.paths import MARKER, is_opdlens_dir, move_into_place, output_error, write_text_atomic
 from ..names import BLOCKS
 from ..run import Run
 
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BY_CHOICES",
+    "CANDIDATES_DIR",
     "Candidate",
     "Factors",
     "Group",
@@ -28,10 +31,14 @@ __all__ = [
     "candidate_producer",
     "check_by",
     "group_tensors",
+    "keep_candidate",
+    "candidates_dir",
+    "kept",
     "update_norms",
 ]
 
 BY_CHOICES = ("block", "layer", "layer,block", "kind")
+CANDIDATES_DIR = "candidates"
 
 
 @dataclass(frozen=True)
@@ -274,3 +281,43 @@ class ScoreBook:
             if self.path is not None:
                 payload = {"identity": self.identity, "scores": self.scores}
                 write_text_atomic(self.path, json.dumps(payload, indent=2) + "\n")
+
+
+def candidates_dir(out_dir: Path) -> Path:
+    """`out_dir/candidates`, created if absent; refused unless a real directory (no symlink)."""
+    path = out_dir / CANDIDATES_DIR
+    try:
+        path.mkdir()
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise output_error(path, e) from None
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):  # a symlink (to a directory or not), a file, …
+        raise OpdlensError(
+            f"{path} is not a real directory (a symbolic link or a file); opdlens keeps "
+            "candidates only in a directory of its own, never through a link. Remove it, or "
+            "choose another --out."
+        )
+    return path
+
+
+def kept(dest: Path) -> bool:
+    """Whether `dest` is a candidate opdlens kept; a user's file or directory there is refused."""
+    if not os.path.lexists(dest):
+        return False
+    if is_opdlens_dir(dest):
+        return True
+    raise OpdlensError(
+        f"{dest} exists and opdlens did not write it (no {MARKER} marker, or a symbolic link); "
+        "ablate --keep replaces only candidates it kept. Move it away, or choose another --out."
+    )
+
+
+def keep_candidate(tmp: Path, dest: Path) -> None:
+    """Move a scored candidate to `dest`, replacing only a candidate opdlens kept there."""
+    kept(dest)  # checked again: the directory may have changed while the scorer ran
+    try:
+        move_into_place(tmp, dest)
+    except OSError as e:  # e.g. EXDEV: candidates/ is on another file system
+        raise output_error(dest, e) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +93,81 @@ def test_a_rank_above_every_matrix_keeps_each_update_whole(linear_run: Path, tmp
     curve = res.rank_curve.set_index("k")
     assert curve.loc[2**24, "energy_k"] == 1.0
     assert curve.loc[2**24, "score"] == res.ablation["score_full"].iloc[0]
+
+
+def _user_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _kept_once(run: Path, out: Path) -> None:
+    ablate(open_run(run), 4, distance_score, by="block", mode="drop", keep=True, out=out)
+    assert (out / "candidates" / "full" / ".opdlens").is_file()
+
+
+def test_keep_never_writes_through_a_symlinked_candidates_dir(
+    linear_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "abk2"
+    _kept_once(linear_run, out)
+    user = tmp_path / "user_dir"
+    for name in ("full", "drop-block-mlp"):
+        (user / name).mkdir(parents=True)
+        (user / name / "notes.txt").write_text(f"my {name} notes")
+    shutil.rmtree(out / "candidates")
+    (out / "candidates").symlink_to(user)
+    (out / SCORES_FILE).unlink()  # every candidate must be written again
+    before = _user_files(user)
+    from opdlens import OpdlensError
+
+    with pytest.raises(OpdlensError, match="candidates is not a real directory"):
+        ablate(open_run(linear_run), 4, distance_score, mode="drop", keep=True, out=out)
+    _cli_fails(["ablate", str(linear_run), "--step", "4", "--scorer", "hindsight", "--keep",
+                "--out", str(out)], "not a real directory", "never through a link")  # fmt: skip
+    assert _user_files(user) == before and (out / "candidates").is_symlink()
+
+
+def test_keep_does_not_take_a_users_full_for_a_kept_candidate(
+    linear_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "abk"
+    _kept_once(linear_run, out)
+    full = out / "candidates" / "full"
+    shutil.rmtree(full)
+    full.mkdir()
+    (full / "mine.txt").write_text("a user's directory named full")
+    again = Counting()
+    from opdlens import OpdlensError
+
+    with pytest.raises(OpdlensError, match=r"candidates/full exists and opdlens did not write it"):
+        ablate(open_run(linear_run), 4, again, by="block", mode="drop", keep=True, out=out)
+    assert again.calls == 0  # refused before anything was scored
+    assert (full / "mine.txt").read_text() == "a user's directory named full"
+    # A symlink there is no kept candidate either, and is neither followed nor removed.
+    shutil.rmtree(full)
+    full.symlink_to(tmp_path)
+    with pytest.raises(OpdlensError, match="opdlens did not write it"):
+        ablate(open_run(linear_run), 4, again, by="block", mode="drop", keep=True, out=out)
+    assert full.is_symlink()
+
+
+def test_keep_across_file_systems_is_one_line(
+    linear_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    real_rename = os.rename
+
+    def rename(src, dst):  # candidates/ on another file system, as a mount point would put it
+        if Path(dst).parent.name == "candidates":
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(src), None, str(dst))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    out = tmp_path / "out"
+    from opdlens import OutputError
+
+    with pytest.raises(OutputError, match=r"Cannot write the output .*: Invalid cross-device link"):
+        ablate(open_run(linear_run), 4, distance_score, mode="drop", keep=True, out=out)
+    assert not [p for p in out.iterdir() if ".opdlens-tmp-" in p.name]  # nothing half-moved
+    _cli_fails(["ablate", str(linear_run), "--step", "4", "--scorer", "hindsight", "--keep",
+                "--mode", "drop", "--out", str(tmp_path / "out2")], "cross-device")  # fmt: skip
