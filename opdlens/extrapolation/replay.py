@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +14,14 @@ from typing import TYPE_CHECKING
 from .._version import __version__
 from ..errors import OptionError
 from ..io.like import Produced, write_like
-from ..io.paths import check_output, output_dir, remove_stale, temp_name, write_text_atomic
+from ..io.paths import (
+    check_output,
+    move_into_place,
+    output_dir,
+    remove_stale,
+    temp_name,
+    write_text_atomic,
+)
 from ..run import Checkpoint, Run
 from .evaluate import ErrorTracker
 from .extrapolate import check_alpha, extrapolation_producer
@@ -137,9 +142,7 @@ def _replay_steps(
                 rows.append(_row(step, anchor, k, alpha, multiple, score, better, tracker))
                 if better and not dry_run and out_dir is not None:
                     keep = out_dir / f"step-{step}-candidate-{k}"
-                    if keep.exists():
-                        shutil.rmtree(keep)
-                    os.rename(tmp, keep)
+                    move_into_place(tmp, keep)  # replaces one an earlier replay kept
                     accepted.append(keep)
             finally:
                 remove_copy(tmp)  # a scorer may have made it read-only

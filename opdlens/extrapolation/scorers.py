@@ -23,7 +23,7 @@ from typing import IO
 from ..errors import OptionError, ScorerError
 from ..io.fileops import copy_file
 from ..io.layouts import NON_WEIGHT_FILES, detect, open_source, read_config
-from ..io.paths import output_error
+from ..io.paths import TEMP_MARKER, lock_temp_dir, output_error, release_temp_dir
 from ..run import Run
 from .evaluate import sq_distance
 
@@ -326,6 +326,8 @@ def private_copy(source: Path, dest: Path) -> Path:
     """
     try:
         dest.mkdir()
+        if TEMP_MARKER in dest.name:  # a name remove_stale matches: tell it the copy is in use
+            lock_temp_dir(dest)
     except OSError as e:
         raise output_error(dest, e) from None  # an existing `dest` is never reused or removed
     try:
@@ -340,6 +342,13 @@ def private_copy(source: Path, dest: Path) -> Path:
 
 def remove_copy(path: Path) -> None:
     """Delete a scorer's copy, whatever modes the scorer set; a symlink is unlinked, not followed."""
+    try:
+        _remove(path)
+    finally:
+        release_temp_dir(path)  # after the removal: until then it is still in use
+
+
+def _remove(path: Path) -> None:
     try:
         if path.is_symlink() or path.is_file():
             path.unlink()

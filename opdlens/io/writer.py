@@ -25,10 +25,12 @@ from .paths import (
     MARKER,
     TEMP_MARKER,
     check_output,
+    lock_temp_dir,
     marker_text,
     move_into_place,
     output_error,
     output_path,
+    release_temp_dir,
     remove_stale,
     temp_name,
 )
@@ -150,6 +152,7 @@ class CheckpointWriter:
             remove_stale(parent, re.escape(self.out_dir.name))
             self._tmp = parent / temp_name(self.out_dir.name)
             self._tmp.mkdir()
+            lock_temp_dir(self._tmp)  # so no other process's remove_stale takes it
             for file, size in self._sizes.items():
                 with open(self._tmp / file, "wb") as f:
                     f.truncate(size)  # zeros: the header length stays 0 until _commit
@@ -354,6 +357,8 @@ class CheckpointWriter:
                 logger.debug("removed unfinished checkpoint %s", self._tmp)
             except OSError as e:  # its files are unloadable; the next run on this --out removes it
                 logger.warning("could not remove the unfinished %s: %s", self._tmp, e)
+        if self._tmp is not None:
+            release_temp_dir(self._tmp)
         self._tmp = None
 
 

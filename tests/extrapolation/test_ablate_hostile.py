@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +173,59 @@ def test_keep_across_file_systems_is_one_line(
     assert not [p for p in out.iterdir() if ".opdlens-tmp-" in p.name]  # nothing half-moved
     _cli_fails(["ablate", str(linear_run), "--step", "4", "--scorer", "hindsight", "--keep",
                 "--mode", "drop", "--out", str(tmp_path / "out2")], "cross-device")  # fmt: skip
+
+
+_HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def _dead_pid() -> int:
+    """A PID no process of this namespace has: what a live process of another one looks like."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_cleanup_leaves_a_live_run_of_another_pid_namespace_alone(
+    linear_run: Path, tmp_path: Path
+) -> None:
+    from opdlens.io.paths import LOCK_FILE, TEMP_MARKER
+
+    out = tmp_path / "out"
+    ablate(open_run(linear_run), 4, distance_score, by="block", out=out)
+    # A candidate folder another container is scoring right now: its PID means nothing here.
+    live = out / f"candidate-full{TEMP_MARKER}{_dead_pid()}-0123abcd"
+    live.mkdir()
+    (live / "model.safetensors").write_bytes(b"being scored")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(live / LOCK_FILE)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        # A stale folder of an older opdlens (no lock file) whose process is gone.
+        stale = out / f"candidate-base{TEMP_MARKER}{_dead_pid()}-89abcdef"
+        stale.mkdir()
+        (out / SCORES_FILE).unlink()  # score everything again: the cleanup runs first
+        ablate(open_run(linear_run), 4, distance_score, by="block", out=out)
+        assert (live / "model.safetensors").read_bytes() == b"being scored"
+        assert not stale.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # Its process gone, the lock went with it: the folder is stale now, and removed.
+    (out / SCORES_FILE).unlink()
+    ablate(open_run(linear_run), 4, distance_score, by="block", out=out)
+    assert not live.exists()
+    assert not [p.name for p in out.iterdir() if TEMP_MARKER in p.name]
+
+
+def test_kept_candidates_and_outputs_carry_no_lock_file(linear_run: Path, tmp_path: Path) -> None:
+    from opdlens.io.paths import LOCK_FILE
+
+    out = tmp_path / "out"
+    ablate(open_run(linear_run), 4, distance_score, mode="drop", keep=True, out=out)
+    assert not list(out.rglob(LOCK_FILE))
