@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from .errors import UnknownTensorError
 from .io import dtypes
 from .io.layouts import detect, open_source, read_config
 from .io.sources import Spec, TensorSource
+from .io.support_files import is_support_file
 from .io.weightfiles import read_weight_map
 from .names import canonical_name
 
@@ -76,6 +78,15 @@ class Checkpoint:
     def files(self) -> list[Path]:
         """The weight files this checkpoint reads."""
         return list(self.source.files)
+
+    @property
+    def input_files(self) -> list[Path]:
+        """Every file this checkpoint reads or an output copies from it, as found (not resolved)."""
+        files = [*self.files, *([self.index_file] if self.index_file is not None else [])]
+        if self.config_dir is not None:
+            with contextlib.suppress(OSError):
+                files += [p for p in self.config_dir.iterdir() if is_support_file(p.name)]
+        return files
 
     @property
     def bytes_on_disk(self) -> int:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .run import Checkpoint, Run
 
 _SAMPLE = 1 << 20  # bytes hashed from each end of a weight file
+_PIECE = 8 << 20  # bytes read and hashed at a time by content_hash
 
 
 def versions() -> dict[str, str]:
@@ -57,6 +58,43 @@ def _fingerprint(stats: tuple[tuple[str, int, int], ...]) -> str:
                 fh.seek(-_SAMPLE, os.SEEK_END)
                 h.update(fh.read(_SAMPLE))
     return h.hexdigest()
+
+
+def content_hash(ck: Checkpoint) -> str:
+    """A hash of every stored byte of every tensor of a checkpoint, and of its config.
+
+    Each tensor is hashed as the factor cache keys it (`analysis.update.read_weight`: xxh3-128
+    of its stored dtype, shape and bytes), so an edit that keeps a file's size and mtime
+    changes the hash; re-sharding a checkpoint does not.
+    """
+    import json
+
+    import xxhash
+
+    total = xxhash.xxh3_128(b"xxh3-128;")
+    total.update(json.dumps(ck.config, sort_keys=True, default=str).encode())
+    for name in sorted(ck.names()):
+        spec = ck.spec(name)
+        h = xxhash.xxh3_128(f"{spec.stored}{list(spec.shape)};".encode())
+        where = ck.byte_range(name)
+        if where is None:
+            from .analysis.update import read_stored
+
+            digest = read_stored(ck, name)[1]
+        else:
+            path, begin, end = where
+            with open(path, "rb") as fh:
+                fh.seek(begin)
+                left = end - begin
+                while left > 0:
+                    piece = fh.read(min(left, _PIECE))
+                    if not piece:
+                        break  # a truncated file: the hash differs from the complete one's
+                    h.update(piece)
+                    left -= len(piece)
+            digest = h.digest()
+        total.update(f"{len(name)}:{name}".encode() + digest)
+    return total.hexdigest()
 
 
 def input_fingerprints(run: Run) -> list[dict[str, Any]]:

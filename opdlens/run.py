@@ -58,10 +58,15 @@ class Run:
 
     @property
     def input_paths(self) -> list[Path]:
-        """The base, every checkpoint and the run directory: paths an output must stay outside."""
-        paths = [self.base.path, *(ck.path for ck in self.checkpoints.values())]
+        """Paths an output must stay outside: the base, every checkpoint, the run directory, and
+        every file they read or copy (weights, index, config and tokenizer files), which may be
+        symlinks to anywhere — into an output too."""
+        cks = [self.base, *self.checkpoints.values()]
+        paths = [ck.path for ck in cks]
         if self.open_args.get("path"):
             paths.append(Path(str(self.open_args["path"])))
+        for ck in cks:
+            paths += ck.input_files
         return paths
 
     @property
@@ -284,23 +289,27 @@ def open_run(
     """
     warnings: list[str] = []
     dirs: dict[int, Path] = {}
+    # Every input is made absolute and resolved once, here: a scorer (or anything else in this
+    # process) that changes the working directory must not change which files are read.
+    path = None if path is None else _absolute(path)
+    base = None if base is None else _absolute(base)
     if path is not None:
-        found, w = discover(Path(path))
+        found, w = discover(path)
         dirs.update(found)
         warnings += w
     for step, p in (checkpoints or {}).items():
         step = int(step)
         if step < 0:
             raise OpdlensError(f"Checkpoint steps must be ≥ 0; got {step} for {p}.")
-        if step in dirs and Path(p).resolve() != dirs[step].resolve():
+        if step in dirs and _absolute(p) != dirs[step].resolve():
             raise CheckpointError(f"step {step} appears twice ({dirs[step]} and {p}).")
-        dirs[step] = Path(p)
+        dirs[step] = _absolute(p)
     if path is None and not dirs:
         raise OpdlensError("Give a run directory or at least one --checkpoint STEP=PATH.")
     opened: dict[int, Checkpoint] = {}
     for step, d in sorted(dirs.items()):
         try:
-            opened[step] = open_checkpoint(d, step, trust_pickle)
+            opened[step] = open_checkpoint(_absolute(d), step, trust_pickle)
         except IncompleteCheckpointError as e:
             if not skip_incomplete:
                 raise IncompleteCheckpointError(
@@ -330,10 +339,15 @@ def open_run(
     # How to open this run again, e.g. in a worker process.
     run.open_args = {
         "path": None if path is None else str(path), "base": None if base is None else str(base),
-        "checkpoints": {int(k): str(v) for k, v in (checkpoints or {}).items()},
+        "checkpoints": {int(k): str(_absolute(v)) for k, v in (checkpoints or {}).items()},
         "trust_pickle": trust_pickle, "skip_incomplete": skip_incomplete,
     }  # fmt: skip
     return run
+
+
+def _absolute(path: str | Path) -> Path:
+    """`path` made absolute against today's working directory, symlinks resolved."""
+    return Path(path).expanduser().resolve()
 
 
 def _resolve_base(
@@ -356,7 +370,7 @@ def _resolve_base(
         guess = lora.adapter_config.get("base_model_name_or_path")
         if guess and Path(str(guess)).is_dir():
             warnings.append(f"base taken from adapter_config.json: {guess}")
-            return open_checkpoint(Path(str(guess)), None, trust_pickle)
+            return open_checkpoint(_absolute(str(guess)), None, trust_pickle)
     steps = sorted(opened)
     raise PartialRunError(
         f"{path}: the run has no base — no step-0 checkpoint among steps {steps}. Pass --base PATH "

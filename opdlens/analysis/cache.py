@@ -27,10 +27,10 @@ from . import metrics as M
 if TYPE_CHECKING:
     from ..run import Run
 
-_FORMAT = "opdlens-factor-cache/2"
+_FORMAT = "opdlens-factor-cache/3"  # /3: every entry carries a checksum of its arrays
 _KEY_SCHEME = b"xxh3-128;"  # part of every content key: a new hash gives new keys
 _SUFFIX = ".safetensors"
-_FIELDS = {"id": str, "step": int, "method": str, "iterations": int, "kcap": int}
+_FIELDS = {"id": str, "step": int, "method": str, "iterations": int, "kcap": int, "sum": str}
 
 
 def step_keys(run: Run) -> dict[int, str]:
@@ -133,7 +133,7 @@ class TensorCache:
         e = self.entries.get(entry_id)
         if e is None:
             return None
-        problem = _check_entry(e, shape)
+        problem = _check_entry(e, shape, entry_id)
         if problem is not None:
             self.notes.append(
                 f"{self.path}: cached factors of '{self.name}' [{key}] at step {step} are "
@@ -190,6 +190,7 @@ class TensorCache:
             for part in ("u", "s", "v", "spectrum"):
                 if e[part] is not None:
                     tensors[f"{i}.{part}"] = e[part]
+            e["sum"] = _checksum(entry_id, e)
             fields.append({"id": entry_id, **{f: e[f] for f in _FIELDS if f != "id"}})
         data = st_save(tensors, {"format": _FORMAT, "entries": json.dumps(fields)})
         write_atomic(self.path, data)
@@ -243,11 +244,27 @@ def _load(path: Path) -> dict[str, dict]:
     return entries
 
 
+def _checksum(entry_id: str, e: dict) -> str:
+    """xxh3-128 of an entry's id, fields, and each array's dtype, shape and bytes."""
+    h = xxhash.xxh3_128(
+        json.dumps([entry_id, *(e.get(f) for f in _FIELDS if f not in ("id", "sum"))]).encode()
+    )
+    for part in ("u", "s", "v", "spectrum"):
+        x = e.get(part)
+        if not isinstance(x, torch.Tensor):
+            h.update(f"{part}:none;".encode())
+            continue
+        flat = x.detach().contiguous().reshape(-1).cpu()
+        h.update(f"{part}:{x.dtype}{list(x.shape)};".encode())
+        h.update(flat.view(torch.uint8).numpy().data if flat.numel() else b"")
+    return h.hexdigest()
+
+
 def _float_array(x: object, dim: int) -> TypeGuard[torch.Tensor]:
     return isinstance(x, torch.Tensor) and x.dim() == dim and x.is_floating_point()
 
 
-def _check_entry(e: dict, shape: tuple[int, int] | None) -> str | None:
+def _check_entry(e: dict, shape: tuple[int, int] | None, entry_id: str) -> str | None:
     """Why a cached entry cannot be used for an update of this shape, or None."""
     u, s, v, spec = e.get("u"), e.get("s"), e.get("v"), e.get("spectrum")
     if not _float_array(u, 2):
@@ -277,6 +294,8 @@ def _check_entry(e: dict, shape: tuple[int, int] | None) -> str | None:
         return "singular values out of order"
     if not isinstance(e.get("method"), str) or not isinstance(e.get("iterations"), int):
         return "no method or iteration count"
+    if "sum" in e and _checksum(entry_id, e) != e["sum"]:
+        return "its arrays or fields do not match their checksum (bits changed on disk)"
     return None
 
 

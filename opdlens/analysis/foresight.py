@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import OpdlensError, OptionError
 from ..extrapolation.extrapolate import check_alpha
-from ..extrapolation.schedule import alpha_schedule, replay_schedule
+from ..extrapolation.schedule import alpha_schedule, check_max_candidates, replay_schedule
 from ..extrapolation.selection import DEFAULT_MODULES, select_tensors
 from ..names import BLOCKS
 from ..progress import Progress
@@ -267,15 +267,7 @@ def foresee(
     """
     grid = check_alphas(alphas)
     alpha0 = check_alpha(alpha0, "alpha0")
-    if (
-        isinstance(max_candidates, bool)
-        or not isinstance(max_candidates, int)
-        or max_candidates < 0
-    ):
-        raise OptionError(
-            f"The 'max_candidates' parameter of foresee must be a whole number ≥ 0. Got "
-            f"{max_candidates!r} instead."
-        )
+    check_max_candidates(max_candidates, "foresee", minimum=0)
     if len(run.steps) < 2:
         raise OpdlensError(
             f"foresee needs at least two saved steps after the base (a step and a later one to "

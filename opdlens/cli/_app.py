@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -240,6 +243,27 @@ def debug_enabled() -> bool:
     return os.environ.get("OPDLENS_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a command cleans up as after Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM unwinds it like Ctrl-C (outputs removed, scorers killed)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def handle_errors(fn: F) -> F:
     """Turn opdlens' own (user) errors into one line on stderr and exit 2; bugs keep a traceback."""
 
@@ -247,15 +271,20 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: object, **kwargs: object) -> object:
         logging.basicConfig(level=logging.WARNING, format="opdlens: %(levelname)s: %(message)s")
         try:
-            return fn(*args, **kwargs)
+            with _terminate_as_interrupt():
+                return fn(*args, **kwargs)
         except OpdlensError as e:
             if debug_enabled():
                 traceback.print_exc(file=sys.stderr)
             typer.echo(f"opdlens: error: {e}", err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("opdlens: interrupted; nothing partial was left behind.", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as e:
+            scorers = sys.modules.get("opdlens.extrapolation.scorers")
+            if scorers is not None:
+                scorers.stop_scorers()  # a scorer command in its own session got no signal
+            what = "terminated" if isinstance(e, Terminated) else "interrupted"
+            typer.echo(f"opdlens: {what}; nothing partial was left behind.", err=True)
+            raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import tempfile
 import threading
@@ -34,19 +33,23 @@ from ..io.paths import (
     write_text_atomic,
 )
 from ..progress import Progress
-from ..provenance import fingerprint, record
+from ..provenance import content_hash, record
 from ..run import Run
 from .ablate_parts import (
+    CANDIDATES_DIR,
     Candidate,
     Factors,
     Group,
     ScoreBook,
     candidate_producer,
+    candidates_dir,
     check_by,
     group_tensors,
+    keep_candidate,
+    kept,
     update_norms,
 )
-from .scorers import Scorer, make_scorer, remove_copy
+from .scorers import Scorer, allow_scorers, make_scorer, remove_copy, stop_scorers
 from .selection import select_tensors
 
 if TYPE_CHECKING:
@@ -57,6 +60,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ABLATION_COLUMNS",
     "CANDIDATES_DIR",
+    "MAX_RANK",
+    "MAX_RANKS",
     "MODES",
     "RANK_COLUMNS",
     "SCORES_FILE",
@@ -66,12 +71,13 @@ __all__ = [
 
 MODES = ("drop", "only", "both")
 SCORES_FILE = "scores.json"
-CANDIDATES_DIR = "candidates"
 ABLATION_COLUMNS = ["group", "update_share", "rel_update_norm", "score_full", "score_base",
                     "score_drop", "score_only", "utility", "step", "by", "layer", "block",
                     "tensors"]  # fmt: skip
 RANK_COLUMNS = ["k", "score", "energy_k", "step"]
 _TEMP_STEM = r"candidate-[A-Za-z0-9_.-]+"
+MAX_RANK = 2**24  # above any matrix's min(rows, cols); larger k change nothing
+MAX_RANKS = 1024  # each rank is one candidate checkpoint, written and scored
 
 
 class Ablation(NamedTuple):
@@ -169,6 +175,14 @@ def _check_ranks(ranks: Iterable[int] | None) -> list[int]:
             f"The 'ranks' parameter of ablate (--ranks) must be whole numbers ≥ 1, e.g. 1,2,4,8. "
             f"Got {values!r} instead."
         )
+    big = [k for k in values if k > MAX_RANK]
+    if big or len(set(values)) > MAX_RANKS:
+        got = f"{big[0]}" if big else f"{len(set(values))} ranks"
+        raise OptionError(
+            f"The 'ranks' parameter of ablate (--ranks) takes at most {MAX_RANKS} ranks, each "
+            f"from 1 to {MAX_RANK} (a k at or above a matrix's min(rows, cols) keeps it whole); "
+            f"got {got}. Each rank is one more candidate written and scored."
+        )
     return sorted(set(values))
 
 
@@ -222,15 +236,15 @@ class _Job:
         remove_stale(work, _TEMP_STEM)
         identity = {
             "step": self.step, "scorer": self.judge.label,
-            "base": fingerprint(self.run.base), "checkpoint": fingerprint(self.run.checkpoint(self.step)),
+            # Every byte, as the factor cache keys W_0 and W_t: size and mtime can lie.
+            "base": content_hash(self.run.base),
+            "checkpoint": content_hash(self.run.checkpoint(self.step)),
         }  # fmt: skip
         book = ScoreBook(None if out_dir is None else out_dir / SCORES_FILE, identity)
-        keep_dir = None if out_dir is None or not self.keep else out_dir / CANDIDATES_DIR
-        if keep_dir is not None:
-            keep_dir.mkdir(exist_ok=True)
+        keep_dir = None if out_dir is None or not self.keep else candidates_dir(out_dir)
         warnings = list(book.warnings) + self.judge.schedule_warnings([self.step])
         todo = [c for c in self.candidates()
-                if book.get(c.key) is None or (keep_dir and not (keep_dir / c.dirname).is_dir())]  # fmt: skip
+                if book.get(c.key) is None or (keep_dir and not kept(keep_dir / c.dirname))]  # fmt: skip
         self._score(todo, book, work, keep_dir)
         if self.ks and self._factors().whole:
             warnings.append(
@@ -263,12 +277,11 @@ class _Job:
                     book.put(c.key, score)
                     logger.info("%s: score %.6g", c.label, score)
                 if keep_dir is not None:
-                    dest = keep_dir / c.dirname
-                    remove_copy(dest)
-                    os.rename(tmp, dest)
+                    keep_candidate(tmp, keep_dir / c.dirname)
             finally:
                 remove_copy(tmp)  # a scorer may have made it read-only
 
+        allow_scorers()
         bar = Progress(len(todo), f"ablate step {self.step}", enabled=self.progress)
         ticks = threading.Lock()
 
@@ -288,6 +301,9 @@ class _Job:
                 for f in futures:
                     f.add_done_callback(tick)
                 wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException:  # Ctrl-C, SIGTERM: end the running scorers, not wait for them
+                stop_scorers()
+                raise
             finally:  # after a failure or an interrupt, start no other candidate
                 pool.shutdown(wait=True, cancel_futures=True)
         finally:

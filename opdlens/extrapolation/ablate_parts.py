@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING
 from ..devices import out_of_memory_as_error
 from ..errors import OpdlensError, OptionError
 from ..io.like import Produced, as_stored
-from ..io.paths import write_text_atomic
+from ..io.paths import MARKER, is_opdlens_dir, move_into_place, output_error, write_text_atomic
 from ..names import BLOCKS
 from ..run import Run
 
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BY_CHOICES",
+    "CANDIDATES_DIR",
     "Candidate",
     "Factors",
     "Group",
@@ -29,10 +32,14 @@ __all__ = [
     "candidate_producer",
     "check_by",
     "group_tensors",
+    "keep_candidate",
+    "candidates_dir",
+    "kept",
     "update_norms",
 ]
 
 BY_CHOICES = ("block", "layer", "layer,block", "kind")
+CANDIDATES_DIR = "candidates"
 
 
 @dataclass(frozen=True)
@@ -167,7 +174,8 @@ class Factors:
             delta = current.tensor(name, torch.float64) - run.base.tensor(name, torch.float64)
             slices = list(delta) if stacked else [delta]
             tops = []
-            sq = [0.0] * kmax
+            # Σ_{i≤k} σ² for k = 1 … (the largest rank a slice can have); beyond it, ‖Δ‖².
+            sq = [0.0] * min(kmax, max(min(d.shape) for d in slices))
             for d in slices:
                 k = min(kmax, *d.shape)
                 with out_of_memory_as_error(f"tensor '{name}'"):
@@ -175,14 +183,14 @@ class Factors:
                 s = top.S[:k].cpu()
                 tops.append((top.U.cpu(), s, top.V.cpu()))
                 cum = torch.cumsum(s.square(), 0).tolist()
-                for i in range(kmax):
+                for i in range(len(sq)):
                     sq[i] += cum[i] if i + 1 < min(d.shape) else float(d.square().sum())
             self.matrices[name] = tops
             self.energy[name] = (sq, float(delta.square().sum()))
 
     def energy_k(self, k: int) -> float:
         """Σ over the 2-D updates of Σ_{i≤k} σ_i², over Σ ‖Δ‖² (the ‖Δ‖²-weighted energy)."""
-        top = sum(v[0][k - 1] for v in self.energy.values())
+        top = sum(v[0][min(k, len(v[0])) - 1] if v[0] else v[1] for v in self.energy.values())
         total = sum(v[1] for v in self.energy.values())
         return top / total if total > 0 else math.nan
 
@@ -278,3 +286,43 @@ class ScoreBook:
             if self.path is not None:
                 payload = {"identity": self.identity, "scores": self.scores}
                 write_text_atomic(self.path, json.dumps(payload, indent=2) + "\n")
+
+
+def candidates_dir(out_dir: Path) -> Path:
+    """`out_dir/candidates`, created if absent; refused unless a real directory (no symlink)."""
+    path = out_dir / CANDIDATES_DIR
+    try:
+        path.mkdir()
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise output_error(path, e) from None
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):  # a symlink (to a directory or not), a file, …
+        raise OpdlensError(
+            f"{path} is not a real directory (a symbolic link or a file); opdlens keeps "
+            "candidates only in a directory of its own, never through a link. Remove it, or "
+            "choose another --out."
+        )
+    return path
+
+
+def kept(dest: Path) -> bool:
+    """Whether `dest` is a candidate opdlens kept; a user's file or directory there is refused."""
+    if not os.path.lexists(dest):
+        return False
+    if is_opdlens_dir(dest):
+        return True
+    raise OpdlensError(
+        f"{dest} exists and opdlens did not write it (no {MARKER} marker, or a symbolic link); "
+        "ablate --keep replaces only candidates it kept. Move it away, or choose another --out."
+    )
+
+
+def keep_candidate(tmp: Path, dest: Path) -> None:
+    """Move a scored candidate to `dest`, replacing only a candidate opdlens kept there."""
+    kept(dest)  # checked again: the directory may have changed while the scorer ran
+    try:
+        move_into_place(tmp, dest)
+    except OSError as e:  # e.g. EXDEV: candidates/ is on another file system
+        raise output_error(dest, e) from None

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -16,12 +14,19 @@ from typing import TYPE_CHECKING
 from .._version import __version__
 from ..errors import OptionError
 from ..io.like import Produced, write_like
-from ..io.paths import check_output, output_dir, remove_stale, temp_name, write_text_atomic
+from ..io.paths import (
+    check_output,
+    move_into_place,
+    output_dir,
+    remove_stale,
+    temp_name,
+    write_text_atomic,
+)
 from ..run import Checkpoint, Run
 from .evaluate import ErrorTracker
 from .extrapolate import check_alpha, extrapolation_producer
-from .schedule import alpha_schedule, replay_schedule
-from .scorers import Scorer, make_scorer, remove_copy, score_input
+from .schedule import alpha_schedule, check_max_candidates, replay_schedule
+from .scorers import Scorer, allow_scorers, make_scorer, remove_copy, score_input
 from .selection import DEFAULT_MODULES, select_tensors
 
 if TYPE_CHECKING:
@@ -86,12 +91,7 @@ def replay(
             f"The 'alpha0' parameter (--alpha0) must be > 0: each accepted candidate moves a "
             f"further α₀·(θ_t − θ_a) from the anchor (2 by default). Got {alpha0!r} instead."
         )
-    if (
-        isinstance(max_candidates, bool)
-        or not isinstance(max_candidates, int)
-        or max_candidates < 1
-    ):
-        raise OptionError(f"--max-candidates must be a whole number ≥ 1; got {max_candidates!r}.")
+    check_max_candidates(max_candidates, "replay")
     if out is None and not dry_run:
         raise OptionError(
             "replay keeps accepted candidates under --out DIR; give one, or --dry-run."
@@ -120,6 +120,7 @@ def _replay_steps(
     """The replay loop; candidates are worked on in `out_dir` (or the system's temp directory)."""
     work = out_dir if out_dir is not None else Path(tempfile.gettempdir())
     remove_stale(work, _TEMP_STEM)
+    allow_scorers()  # scorers run one at a time here: an interrupt kills the running one
     rows: list[dict[str, object]] = []
     accepted: list[Path] = []
     schedule = replay_schedule(run.steps)
@@ -141,9 +142,7 @@ def _replay_steps(
                 rows.append(_row(step, anchor, k, alpha, multiple, score, better, tracker))
                 if better and not dry_run and out_dir is not None:
                     keep = out_dir / f"step-{step}-candidate-{k}"
-                    if keep.exists():
-                        shutil.rmtree(keep)
-                    os.rename(tmp, keep)
+                    move_into_place(tmp, keep)  # replaces one an earlier replay kept
                     accepted.append(keep)
             finally:
                 remove_copy(tmp)  # a scorer may have made it read-only

@@ -4,7 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["alpha_schedule", "is_power_of_two", "replay_schedule"]
+from ..errors import OptionError
+
+__all__ = [
+    "MAX_CANDIDATES",
+    "alpha_schedule",
+    "check_max_candidates",
+    "is_power_of_two",
+    "replay_schedule",
+]
+
+# EffOPD tries 5; past ~50 the α of a candidate (α₀ / (1 + kα₀)) is below 2 % of α₀, and each
+# candidate costs a written checkpoint (replay) or a row per step, anchor, scope and target.
+MAX_CANDIDATES = 100
+
+
+def check_max_candidates(value: object, command: str, minimum: int = 1) -> int:
+    """`--max-candidates` as a whole number in [minimum, MAX_CANDIDATES]; OptionError otherwise."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not minimum <= value <= MAX_CANDIDATES
+    ):
+        raise OptionError(
+            f"The 'max_candidates' parameter of {command} (--max-candidates) must be a whole "
+            f"number from {minimum} to {MAX_CANDIDATES} (EffOPD tries 5). Got {value!r} instead."
+        )
+    return value
 
 
 def is_power_of_two(step: int) -> bool:

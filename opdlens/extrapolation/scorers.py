@@ -10,16 +10,20 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from ..errors import OptionError, ScorerError
 from ..io.fileops import copy_file
 from ..io.layouts import NON_WEIGHT_FILES, detect, open_source, read_config
-from ..io.paths import output_error
+from ..io.paths import TEMP_MARKER, lock_temp_dir, output_error, release_temp_dir
 from ..run import Run
 from .evaluate import sq_distance
 
@@ -33,6 +37,7 @@ __all__ = [
     "make_scorer",
     "private_copy",
     "score_input",
+    "stop_scorers",
 ]
 
 _NUMBER_HELP = "A scorer must return (or print, as the last line of its output) one finite number."
@@ -82,6 +87,7 @@ class PythonScorer(Scorer):
     def score(self, path: Path, label: str) -> float:
         result: list[object] = []
         error: list[BaseException] = []
+        cwd = _getcwd()
 
         def call() -> None:
             try:
@@ -92,7 +98,15 @@ class PythonScorer(Scorer):
         # A thread, so that a hung scorer can be timed out (it is abandoned, as a daemon).
         worker = threading.Thread(target=call, name=f"opdlens-scorer-{label}", daemon=True)
         worker.start()
-        worker.join(self.timeout)
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while worker.is_alive() and not _STOPPING.is_set():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            worker.join(_POLL if left is None else min(_POLL, left))
+        _restore_cwd(cwd, self.name, label)
+        if worker.is_alive() and _STOPPING.is_set():
+            raise ScorerError(f"Scoring was interrupted while scorer {self.name} ran on {label}.")
         if worker.is_alive():
             raise ScorerError(
                 f"Scorer {self.name} timed out after {self.timeout} s on {label} ({path}). "
@@ -104,6 +118,29 @@ class PythonScorer(Scorer):
                 f"Scorer {self.name} raised {type(e).__name__} on {label} ({path}): {e}"
             ) from e
         return _finite(result[0], f"Scorer {self.name} on {label}")
+
+
+def _getcwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # the working directory was removed
+        return None
+
+
+def _restore_cwd(cwd: str | None, name: str, label: str) -> None:
+    """Undo a scorer's os.chdir: the working directory is the whole process's, not the scorer's."""
+    if cwd is None or _getcwd() == cwd:
+        return
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        logger.warning("scorer %s changed the working directory on %s and it could not be "
+                       "restored (%s)", name, label, e)  # fmt: skip
+        return
+    logger.warning(
+        "scorer %s changed the working directory on %s; opdlens restored it to %s (inputs were "
+        "opened by absolute path, so they are unaffected).", name, label, cwd,
+    )  # fmt: skip
 
 
 @dataclass
@@ -124,24 +161,20 @@ class CommandScorer(Scorer):
 
     def score(self, path: Path, label: str) -> float:
         cmd = self.template.replace("{checkpoint}", shlex.quote(str(path)))
-        # Its own process group, so a timeout ends the command and everything it started.
-        proc = subprocess.Popen(
-            cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True,
-        )  # fmt: skip
-        try:
-            stdout, stderr = proc.communicate(timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise ScorerError(
-                f"Scorer {self.name} timed out after {self.timeout} s on {label} ({path}). "
-                "Raise --scorer-timeout or make the command faster."
-            ) from None
-        if proc.returncode != 0:
+        # Output goes to files, not pipes: a child the command leaves running in the background
+        # (`sleep 8 &`) would hold a pipe open, and reading it to its end would wait for that.
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            returncode = _run_in_own_group(cmd, out, err, self.timeout)
+            if returncode is None:
+                raise ScorerError(
+                    f"Scorer {self.name} timed out after {self.timeout} s on {label} ({path}). "
+                    "Raise --scorer-timeout or make the command faster."
+                )
+            stdout, stderr = _tail(out), _tail(err)
+        if returncode != 0:
             tail = (stderr or stdout).strip().splitlines()[-1:] or ["no output"]
             raise ScorerError(
-                f"Scorer {self.name} exited with status {proc.returncode} on {label} ({path}): "
+                f"Scorer {self.name} exited with status {returncode} on {label} ({path}): "
                 f"{tail[0][:200]}"
             )
         lines = [ln for ln in stdout.strip().splitlines() if ln.strip()]
@@ -155,6 +188,74 @@ class CommandScorer(Scorer):
                 f"not a number. {_NUMBER_HELP}"
             ) from None
         return _finite(value, f"Scorer {self.name} on {label}")
+
+
+# Process groups of the scorer commands running now, so that an interrupt can end them all.
+_GROUPS: set[int] = set()
+_GROUPS_LOCK = threading.Lock()
+_STOPPING = threading.Event()  # set by stop_scorers: waiting scorers give up at once
+_POLL = 0.05  # seconds between checks of _STOPPING while a scorer runs
+
+
+def _run_in_own_group(
+    cmd: str, out: IO[bytes], err: IO[bytes], timeout: float | None
+) -> int | None:
+    """Run a shell command in a new session; its exit status, or None when it timed out.
+
+    Whatever way this returns or raises (a timeout, an error, KeyboardInterrupt, SIGTERM made an
+    exception, stop_scorers from another thread), the command's whole process group is killed:
+    nothing it started outlives the scoring of its candidate.
+    """
+    proc = subprocess.Popen(
+        cmd, shell=True, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+    )
+    with _GROUPS_LOCK:
+        _GROUPS.add(proc.pid)
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if _STOPPING.is_set():
+                raise ScorerError("scoring was interrupted; the scorer command was stopped.")
+            wait = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
+            try:
+                return proc.wait(timeout=max(wait, 0.0))
+            except subprocess.TimeoutExpired:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+    finally:
+        _kill_group(proc.pid)
+        with _GROUPS_LOCK:
+            _GROUPS.discard(proc.pid)
+        with suppress(OSError):
+            proc.kill()
+        proc.wait()
+
+
+def _kill_group(pgid: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _tail(f: IO[bytes], limit: int = 1 << 20) -> str:
+    """The last `limit` bytes a scorer wrote, as text."""
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(0, size - limit))
+    return f.read().decode("utf-8", errors="replace")
+
+
+def stop_scorers() -> None:
+    """End every scorer command running now (their process groups) and make waiting scorers
+    give up: what an interrupt of opdlens does, so that none outlives it."""
+    _STOPPING.set()
+    with _GROUPS_LOCK:
+        groups = list(_GROUPS)
+    for pgid in groups:
+        _kill_group(pgid)
+
+
+def allow_scorers() -> None:
+    """Let scorers run again after stop_scorers (a new ablation or replay starts)."""
+    _STOPPING.clear()
 
 
 @dataclass
@@ -225,6 +326,8 @@ def private_copy(source: Path, dest: Path) -> Path:
     """
     try:
         dest.mkdir()
+        if TEMP_MARKER in dest.name:  # a name remove_stale matches: tell it the copy is in use
+            lock_temp_dir(dest)
     except OSError as e:
         raise output_error(dest, e) from None  # an existing `dest` is never reused or removed
     try:
@@ -239,6 +342,13 @@ def private_copy(source: Path, dest: Path) -> Path:
 
 def remove_copy(path: Path) -> None:
     """Delete a scorer's copy, whatever modes the scorer set; a symlink is unlinked, not followed."""
+    try:
+        _remove(path)
+    finally:
+        release_temp_dir(path)  # after the removal: until then it is still in use
+
+
+def _remove(path: Path) -> None:
     try:
         if path.is_symlink() or path.is_file():
             path.unlink()

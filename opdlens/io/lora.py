@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,6 +20,11 @@ _LORA_KEY = re.compile(
     r"^(?P<module>.+)\.lora_(?P<emb>embedding_)?(?P<ab>[AB])(?:\.[A-Za-z_]\w*)?(?:\.weight)?$"
 )
 _PEFT_DEFAULT = 8  # LoraConfig's r and lora_alpha when adapter_config.json omits them
+# Bounds on the pattern keys of an adapter_config.json: regular expressions from a file.
+_MAX_PATTERNS = 10_000
+_MAX_PATTERN_CHARS = 1_000
+_PATTERN_SECONDS = 10
+_LITERAL = re.compile(r"[A-Za-z0-9_.\-]*")  # '.' (any character) is the only operator here
 
 
 def _number(value: object) -> bool:
@@ -58,10 +65,19 @@ def _read_adapter_config(path: Path) -> dict[str, object]:
         patterns = cfg.get(field) or {}
         if not isinstance(patterns, dict) or not all(ok(v) for v in patterns.values()):
             raise bad(field, expected)
+        if len(patterns) > _MAX_PATTERNS:
+            raise CheckpointError(
+                f"{path}: {field} has {len(patterns)} keys; opdlens reads at most {_MAX_PATTERNS}."
+            )
         for pat in patterns:
+            if len(pat) > _MAX_PATTERN_CHARS:
+                raise CheckpointError(
+                    f"{path}: {field} key {pat[:40]!r}… is {len(pat)} characters long; opdlens "
+                    f"matches keys of at most {_MAX_PATTERN_CHARS} (module names are far shorter)."
+                )
             try:
                 re.compile(rf"(.*\.)?(?:{pat})")
-            except re.error as e:
+            except (re.error, RecursionError, OverflowError) as e:
                 raise CheckpointError(
                     f"{path}: {field} key {pat[:80]!r} is not a valid regular expression ({e}); "
                     "peft matches these keys as regular expressions against module names."
@@ -69,12 +85,59 @@ def _read_adapter_config(path: Path) -> dict[str, object]:
     return cfg
 
 
-def _pattern_value(patterns: Mapping[str, object], module: str, default: float) -> float:
-    # peft's get_pattern_key: re.match(rf"(.*\.)?({key})$", module), first key that matches
-    for pat, value in patterns.items():
-        if re.fullmatch(rf"(.*\.)?(?:{pat})", module):
-            return float(value)  # type: ignore[arg-type]
-    return default
+def _pattern_values(
+    patterns: Mapping[str, object], modules: list[str], default: float, where: Path
+) -> dict[str, float]:
+    r"""Per module, the value of the first key that matches it, as peft's get_pattern_key does
+    (re.match(rf"(.*\.)?({key})$", module)); `default` where none does.
+
+    Keys of literal characters and '.' cannot backtrack badly and are matched here. Any other
+    key is a regular expression from a file: all keys are then matched in a child process that
+    is killed after `_PATTERN_SECONDS`, so a catastrophically backtracking key costs seconds,
+    not hours, and Ctrl-C still works.
+    """
+    keys = list(patterns)
+    if all(_LITERAL.fullmatch(k) for k in keys):
+        first = {m: next((i for i, k in enumerate(keys) if _matches(k, m)), -1) for m in modules}
+    else:
+        first = _match_in_child(keys, modules, where)
+    return {m: default if i < 0 else float(patterns[keys[i]]) for m, i in first.items()}  # type: ignore[arg-type]
+
+
+def _matches(key: str, module: str) -> bool:
+    return re.fullmatch(rf"(.*\.)?(?:{key})", module) is not None
+
+
+_CHILD = """
+import json, re, sys
+job = json.load(sys.stdin)
+out = []
+for m in job["modules"]:
+    out.append(next((i for i, k in enumerate(job["keys"])
+                     if re.fullmatch(r"(.*\\.)?(?:" + k + ")", m)), -1))
+json.dump(out, sys.stdout)
+"""
+
+
+def _match_in_child(keys: list[str], modules: list[str], where: Path) -> dict[str, int]:
+    job = json.dumps({"keys": keys, "modules": modules})
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _CHILD], input=job, capture_output=True,
+            text=True, timeout=_PATTERN_SECONDS, check=True,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise CheckpointError(
+            f"{where}: matching its alpha_pattern keys against {len(modules)} module names took "
+            f"more than {_PATTERN_SECONDS} s (a regular expression that backtracks "
+            "catastrophically, e.g. '(a+)+$'); write the keys as plain module names."
+        ) from None
+    except (subprocess.CalledProcessError, OSError) as e:
+        raise CheckpointError(
+            f"{where}: its alpha_pattern keys could not be matched against the module names "
+            f"({type(e).__name__}); write the keys as plain module names."
+        ) from None
+    return dict(zip(modules, json.loads(done.stdout), strict=True))
 
 
 class LoraSource(TensorSource):
@@ -124,6 +187,7 @@ class LoraSource(TensorSource):
         self.tied = []
         self.specs = {}
         self._base: TensorSource | None = None
+        self._alphas: dict[str, float] | None = None  # module → lora_alpha, once matched
 
     @property
     def targets(self) -> list[str]:
@@ -165,7 +229,11 @@ class LoraSource(TensorSource):
         cfg = self.adapter_config
         default = float(cfg.get("lora_alpha", _PEFT_DEFAULT))  # type: ignore[arg-type]
         patterns: Mapping[str, object] = cfg.get("alpha_pattern") or {}  # type: ignore[assignment]
-        alpha = _pattern_value(patterns, module, default)
+        if self._alphas is None:
+            modules = sorted(n[: -len(".weight")] for n in self._a)
+            where = self.directory / "adapter_config.json"
+            self._alphas = _pattern_values(patterns, modules, default, where) if patterns else {}
+        alpha = self._alphas.get(module, default)
         return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
 
     def _stored_transposed(self, name: str) -> bool:

@@ -27,10 +27,12 @@ from pathlib import Path
 
 from ..errors import OpdlensError, OutputError
 from .fileops import fsync_dir
+from .templock import LOCK_FILE, lock_state, lock_temp_dir, moved_temp_dir, release_temp_dir
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "LOCK_FILE",
     "MARKER",
     "OLD_MARKER",
     "TEMP_MARKER",
@@ -38,11 +40,13 @@ __all__ = [
     "check_output",
     "ensure_outside",
     "is_opdlens_dir",
+    "lock_temp_dir",
     "move_into_place",
     "output_dir",
     "output_error",
     "output_path",
     "read_marker",
+    "release_temp_dir",
     "remove_stale",
     "temp_name",
     "writable_dir",
@@ -55,6 +59,7 @@ MARKER = ".opdlens"
 TEMP_MARKER = ".opdlens-tmp-"
 OLD_MARKER = ".opdlens-old-"
 _MARKER_MAX_BYTES = 64 * 1024
+
 _KINDS = (
     (stat.S_ISLNK, "a symbolic link"),
     (stat.S_ISREG, "a regular file"),
@@ -317,6 +322,7 @@ def move_into_place(tmp: Path, target: Path) -> None:
         if old is not None:
             os.rename(old, target)
         raise
+    moved_temp_dir(tmp, target, still_temporary=TEMP_MARKER in target.name)
     fsync_dir(target.parent)
     if old is not None:
         shutil.rmtree(old)
@@ -353,7 +359,12 @@ def remove_stale(parent: Path, stem: str, *, files: bool = False) -> list[Path]:
         if match is None or not (is_dir or (files and entry.is_file(follow_symlinks=False))):
             continue
         pid = int(match.group(1))
-        if pid == os.getpid() or _alive(pid):
+        if pid == os.getpid():
+            continue
+        # A directory's lock says whether its owner lives, in any PID namespace or host; a
+        # directory without one (or a file) falls back to asking this namespace for the PID.
+        state = lock_state(Path(entry.path)) if is_dir else "none"
+        if state == "held" or (state == "none" and _alive(pid)):
             continue
         if is_dir:
             shutil.rmtree(entry.path, ignore_errors=True)

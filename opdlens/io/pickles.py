@@ -30,6 +30,7 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
 _LEGACY_PICKLES = 5  # magic, protocol version, sys info, the object, storage keys
 _MAX_PICKLE = 256 * 1024 * 1024  # bytes of opcodes; a state dict needs about 120 per tensor
 _MAX_DEPTH = 256  # container nesting; verl's DTensor rank files reach 16
+_MAX_EXPANSION = 64 << 20  # bytes a stored view may span beyond its storage (zero strides)
 _WORK_PER_BYTE = 64  # expanded nodes per pickle byte; measured 0.65 (tensors), 2.7 (DTensors)
 # Callables that hash their arguments; they may only be called empty (dicts fill via SETITEMS).
 _HASHING = {b"collections\nOrderedDict", b"collections\nCounter", b"builtins\nset"}
@@ -345,8 +346,32 @@ def _state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
                 "reads state dicts of tensors. Re-save only the tensors (torch.save({k: v for k, v "
                 "in sd.items() if isinstance(v, torch.Tensor)}, path))."
             )
+        _check_expansion(k, v, path)
         out[k] = v
     return out
+
+
+def _check_expansion(name: str, t: torch.Tensor, path: Path) -> None:
+    """Refuse a view whose zero or overlapping strides make it far larger than its storage.
+
+    A pickled tensor is (storage, size, stride): `expand(20000, 20000)` of one float is a few
+    bytes in the file and 1.6 GB once read. Views up to `_MAX_EXPANSION` bytes beyond their
+    storage (e.g. a position_ids buffer expanded to (1, n)) are kept.
+    """
+    import torch
+
+    local = t.to_local() if hasattr(t, "to_local") else t  # a DTensor: its shard on this rank
+    if local.layout is not torch.strided:
+        return  # sparse layouts hold their own index arrays, not strided views
+    held = local.untyped_storage().nbytes()
+    wanted = local.numel() * local.element_size()
+    if wanted > held + _MAX_EXPANSION:
+        raise CheckpointError(
+            f"{path}: tensor '{name[:200]}' of shape {list(local.shape)} is a view with zero or "
+            f"overlapping strides {list(local.stride())} of {held} stored bytes; reading it "
+            f"would materialise {wanted} bytes (opdlens allows {_MAX_EXPANSION >> 20} MiB beyond "
+            "the storage). The file is corrupt or hostile; re-save it with .contiguous() tensors."
+        )
 
 
 def load_pickle(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:

@@ -25,10 +25,12 @@ from .paths import (
     MARKER,
     TEMP_MARKER,
     check_output,
+    lock_temp_dir,
     marker_text,
     move_into_place,
     output_error,
     output_path,
+    release_temp_dir,
     remove_stale,
     temp_name,
 )
@@ -150,6 +152,7 @@ class CheckpointWriter:
             remove_stale(parent, re.escape(self.out_dir.name))
             self._tmp = parent / temp_name(self.out_dir.name)
             self._tmp.mkdir()
+            lock_temp_dir(self._tmp)  # so no other process's remove_stale takes it
             for file, size in self._sizes.items():
                 with open(self._tmp / file, "wb") as f:
                     f.truncate(size)  # zeros: the header length stays 0 until _commit
@@ -317,9 +320,11 @@ class CheckpointWriter:
                 "weight_map": dict(sorted(weight_map.items())),
             }
             (self._tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-        (self._tmp / PROVENANCE_FILE).write_text(json.dumps(self.metadata, indent=2) + "\n")
+        warnings: list[str] = []
         if self.copy_from is not None:
-            copy_support_files(self.copy_from, self._tmp)
+            copy_support_files(self.copy_from, self._tmp, warnings)
+        record = {**self.metadata, **({"warnings": warnings} if warnings else {})}
+        (self._tmp / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         for file, header in self._headers.items():  # every tensor is in place: now loadable
             with open(self._tmp / file, "r+b") as f:
                 f.write(header)
@@ -352,6 +357,8 @@ class CheckpointWriter:
                 logger.debug("removed unfinished checkpoint %s", self._tmp)
             except OSError as e:  # its files are unloadable; the next run on this --out removes it
                 logger.warning("could not remove the unfinished %s: %s", self._tmp, e)
+        if self._tmp is not None:
+            release_temp_dir(self._tmp)
         self._tmp = None
 
 

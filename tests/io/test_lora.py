@@ -196,3 +196,34 @@ def test_scale_read_as_peft_reads_it(adapter_run, base_dir, tmp_path, edit):
     for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.v_proj.weight",
                  "model.layers.1.mlp.down_proj.weight"):  # fmt: skip
         torch.testing.assert_close(run.delta(name, 1), merged[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("patterns", "needle"),
+    [
+        ({"([a-z_.0-9]+)+X": 32}, "backtracks catastrophically"),  # 2^31 paths per module name
+        ({"v_proj" * 200: 32}, "is 1200 characters long"),
+        ({f"layer{i}": 1 for i in range(10_001)}, "has 10001 keys"),
+    ],
+    ids=["backtracking", "long-key", "many-keys"],
+)
+def test_hostile_alpha_patterns_are_refused_in_bounded_time(
+    adapter_run, base_dir, tmp_path, monkeypatch, patterns, needle
+):
+    import time
+
+    from opdlens.io import lora
+
+    monkeypatch.setattr(lora, "_PATTERN_SECONDS", 2)
+    root = _edited(adapter_run, tmp_path, lambda c: {**c, "alpha_pattern": patterns})
+    cfg = root / "checkpoint-1" / "adapter_config.json"
+    start = time.monotonic()
+    with pytest.raises(opdlens.CheckpointError, match=re.escape(str(cfg))) as err:
+        run = opdlens.open_run(root, base=base_dir)
+        run.delta("model.layers.0.self_attn.v_proj.weight", 1)
+    assert needle in str(err.value) and time.monotonic() - start < 30
+    result = CliRunner().invoke(app, ["analyze", str(root), "--base", str(base_dir),
+                                      "--out", str(tmp_path / "out"), "-q"])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], result.stderr

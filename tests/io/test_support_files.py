@@ -36,8 +36,10 @@ def test_copies_files_not_directories_and_returns_their_names(tmp_path: Path) ->
     src, dest = tmp_path / "src", tmp_path / "dest"
     src.mkdir()
     dest.mkdir()
-    for name in ["config.json", "modeling_x.py", "model.safetensors", "rng_state.pth"]:
+    for name in ["modeling_x.py", "modeling_y.py", "model.safetensors", "rng_state.pth"]:
         (src / name).write_text(name)
+    # Code is copied only where auto_map names it (modeling_y.py is nobody's).
+    (src / "config.json").write_text('{"auto_map": {"AutoModel": "modeling_x.X"}}')
     (src / "tokenizer.json").mkdir()  # a directory with a support file's name is no file to copy
     assert copy_support_files(src, dest) == ["config.json", "modeling_x.py"]
     assert sorted(p.name for p in dest.iterdir()) == ["config.json", "modeling_x.py"]
