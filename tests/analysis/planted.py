@@ -237,8 +237,9 @@ def compare(
     slice_keys = ["tensor", "expert", "part"]
     at_final = m.loc[(m["span"] == "cumulative") & (m["step"] == final)]
     for k in ranks:
-        gaps = at_final.set_index(slice_keys)[f"gap_k{k}"].rename(f"final_gap_k{k}")
-        m = m.merge(gaps, left_on=slice_keys, right_index=True, how="left")
+        # Merged on columns: an index level that is all NaN (no experts) breaks pandas < 3.
+        gaps = at_final[[*slice_keys, f"gap_k{k}"]].rename(columns={f"gap_k{k}": f"final_gap_k{k}"})
+        m = m.merge(gaps, on=slice_keys, how="left")
 
     def close(col: str, rel: float = 0.0, abs_: float = 0.0) -> None:
         if col + "_ref" not in m.columns:
