@@ -6,7 +6,6 @@ import importlib
 import logging
 import math
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 from ..errors import OptionError, ScorerError
 from ..io.fileops import copy_file
 from ..io.layouts import NON_WEIGHT_FILES, detect, open_source, read_config
-from ..io.paths import output_error
+from ..io.paths import TEMP_MARKER, output_error
 from ..run import Run
 from .evaluate import sq_distance
 
@@ -35,6 +34,8 @@ __all__ = [
     "score_input",
 ]
 
+# The longest wait poll() takes (2³¹ − 1 ms, ~24 days); longer ones raise OverflowError.
+_MAX_WAIT = min(threading.TIMEOUT_MAX, (2**31 - 1) / 1000)
 _NUMBER_HELP = "A scorer must return (or print, as the last line of its output) one finite number."
 
 
@@ -61,14 +62,24 @@ class Scorer(ABC):
 
 
 def _finite(value: object, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            value = float(value)  # type: ignore[arg-type]  # numpy / torch scalars, numeric strings
-        except (TypeError, ValueError):
-            raise ScorerError(f"{where} returned {value!r}, not a number. {_NUMBER_HELP}") from None
-    if not math.isfinite(float(value)):
-        raise ScorerError(f"{where} returned {value!r}. {_NUMBER_HELP}")
-    return float(value)
+    try:
+        number = float(value)  # type: ignore[arg-type]  # numpy / torch scalars, numeric strings
+    except Exception as e:  # noqa: BLE001  (user code: __float__ may raise anything)
+        shown = _shown(value)
+        why = "too large for a float" if isinstance(e, OverflowError) else "not a number"
+        raise ScorerError(f"{where} returned {shown}, {why}. {_NUMBER_HELP}") from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise ScorerError(f"{where} returned {_shown(value)}. {_NUMBER_HELP}")
+    return number
+
+
+def _shown(value: object) -> str:
+    """A short repr of what a scorer returned; its own __repr__ may raise or be huge."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= 80 else f"{text[:60]}… ({len(text)} characters)"
 
 
 @dataclass
@@ -82,18 +93,25 @@ class PythonScorer(Scorer):
     def score(self, path: Path, label: str) -> float:
         result: list[object] = []
         error: list[BaseException] = []
+        abandoned = threading.Event()
 
         def call() -> None:
             try:
                 result.append(self.fn(path))
             except BaseException as e:  # noqa: BLE001  (reported below, with the candidate)
                 error.append(e)
+            finally:
+                # Timed out and given up on: what it wrote after our cleanup goes too (only
+                # opdlens' own temporary candidate folders, never a path a caller named).
+                if abandoned.is_set() and TEMP_MARKER in Path(path).name:
+                    remove_copy(Path(path))
 
         # A thread, so that a hung scorer can be timed out (it is abandoned, as a daemon).
         worker = threading.Thread(target=call, name=f"opdlens-scorer-{label}", daemon=True)
         worker.start()
         worker.join(self.timeout)
         if worker.is_alive():
+            abandoned.set()
             raise ScorerError(
                 f"Scorer {self.name} timed out after {self.timeout} s on {label} ({path}). "
                 "Raise --scorer-timeout or make the scorer faster."
@@ -106,9 +124,46 @@ class PythonScorer(Scorer):
         return _finite(result[0], f"Scorer {self.name} on {label}")
 
 
+def sh_script(template: str) -> str:
+    """`template` as an `sh -c` script in which each {checkpoint} reads the path from "$1".
+
+    The path never becomes shell text, so spaces, quotes or `$(…)` in it are one argument and
+    never run: unquoted it becomes "$1", inside double quotes $1. Inside single quotes the shell
+    would not expand it, so that is refused.
+    """
+    out: list[str] = []
+    quote = ""  # "", "'" or '"': the quoting context at position i
+    i = 0
+    while i < len(template):
+        if template.startswith("{checkpoint}", i):
+            if quote == "'":
+                raise OptionError(
+                    f"--scorer-cmd puts {{checkpoint}} inside single quotes, where the shell does "
+                    f"not expand it; got '{template}'. Put it outside the quotes (it reaches the "
+                    "command as one argument, spaces and all)."
+                )
+            out.append("$1" if quote == '"' else '"$1"')
+            i += len("{checkpoint}")
+            continue
+        c = template[i]
+        if c == "\\" and quote != "'":
+            out.append(template[i : i + 2])
+            i += 2
+            continue
+        if c in "'\"" and quote in ("", c):
+            quote = "" if quote == c else c
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
 @dataclass
 class CommandScorer(Scorer):
-    """A shell command with `{checkpoint}` in it that prints a number as its last output line."""
+    """A shell command with `{checkpoint}` in it that prints a number as its last output line.
+
+    It runs as `sh -c SCRIPT opdlens-scorer PATH` (see sh_script): the checkpoint's path is one
+    argument, never spliced into the shell text.
+    """
 
     template: str
     timeout: float | None = None
@@ -120,13 +175,14 @@ class CommandScorer(Scorer):
                 f"--scorer-cmd must contain the placeholder {{checkpoint}}; got '{self.template}'. "
                 "Example: --scorer-cmd 'python eval.py {checkpoint}'."
             )
+        self.script = sh_script(self.template)
         self.name = f"command '{self.template}'"
 
     def score(self, path: Path, label: str) -> float:
-        cmd = self.template.replace("{checkpoint}", shlex.quote(str(path)))
+        cmd = ["/bin/sh", "-c", self.script, "opdlens-scorer", str(path)]
         # Its own process group, so a timeout ends the command and everything it started.
         proc = subprocess.Popen(
-            cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             start_new_session=True,
         )  # fmt: skip
         try:
@@ -299,8 +355,11 @@ def make_scorer(
     target: int | None = None,
 ) -> Scorer:
     """A Scorer from a callable, 'module:function', 'hindsight' or a shell command template."""
-    if timeout is not None and not timeout > 0:
-        raise OptionError(f"--scorer-timeout must be a positive number of seconds; got {timeout}.")
+    if timeout is not None and not (isinstance(timeout, int | float) and 0 < timeout <= _MAX_WAIT):
+        raise OptionError(
+            f"--scorer-timeout must be a positive, finite number of seconds (at most "
+            f"{_MAX_WAIT:.0f}); got {timeout}. Leave it out for no limit."
+        )
     if (scorer is None) == (command is None):
         raise OptionError(
             "Give exactly one scorer: --scorer module:function, --scorer hindsight, or "
