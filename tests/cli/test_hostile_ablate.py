@@ -70,7 +70,9 @@ def test_an_edited_scores_file_is_ignored_with_a_warning(run: Path, tmp_path: Pa
     (out / SCORES_FILE).write_text(json.dumps(saved))  # json writes NaN and Infinity as such
     again = ablate(r, 4, distance_score, ranks=[1], out=out)
     assert again.ablation.attrs["reused"] == 0
-    assert any("is not a file of scores opdlens wrote" in w for w in again.ablation.attrs["warnings"])
+    assert any(
+        "is not a file of scores opdlens wrote" in w for w in again.ablation.attrs["warnings"]
+    )
     assert again.ablation.equals(clean.ablation) and again.rank_curve.equals(clean.rank_curve)
     rewritten = json.loads((out / SCORES_FILE).read_text())["scores"]
     assert all(isinstance(v, float) and math.isfinite(v) for v in rewritten.values())
