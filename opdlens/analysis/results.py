@@ -134,7 +134,9 @@ def load_metrics(metrics_dir: str | Path, label: str | None = None) -> pd.DataFr
         )
     check_finished(Path(metrics_dir), "analyze", "`opdlens analyze RUN --out DIR`")
     df = _read_table(path, "metrics.parquet of `opdlens analyze`")
-    check_table(df, path, "metrics table of `opdlens analyze`", ["step", "tensor", "block", "update_share"])
+    check_table(
+        df, path, "metrics table of `opdlens analyze`", ["step", "tensor", "block", "update_share"]
+    )
     if "update" in df.columns and "span" not in df.columns:
         df = df.rename(columns={"update": "span"})  # written before the column was renamed
     if "span" in df.columns:
