@@ -116,23 +116,14 @@ class AnalyzeOptions:
         """Check the options that depend on the run: `final` and `tensors`.
 
         Raises:
-            OpdlensError: `final` is not a saved step, no tensor matches `tensors`, or every
-                selected tensor would be skipped (integer buffers, no elements).
+            OpdlensError: `final` is not a saved step, or no tensor matches `tensors`.
         """
         if self.final is not None and self.final not in run.steps:
             raise OpdlensError(
                 f"--final {self.final} is not a saved step; saved steps are {run.steps}."
             )
-        names = run.select(self.tensors)
-        from .sweep import skip_reason  # reads headers only; sweep's imports are needed anyway
-
-        reasons = [skip_reason(run, n) for n in names]
-        if all(reasons):
-            raise OpdlensError(
-                f"Nothing to analyse in {run.base.path.parent}: each of its {len(names)} "
-                f"selected tensor(s) is skipped, e.g. {reasons[0]} Analyse a run with "
-                "floating-point weights, or choose other --tensors."
-            )
+        if self.tensors:
+            run.select(self.tensors)
 
     def record(self) -> dict[str, Any]:
         """The options as JSON-ready values, for provenance."""
