@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import OpdlensError
 from ..progress import Progress
 from .cache import FactorCache, step_keys
 from .executors import Job, make_iterator
 from .frame import build_frame
 from .options import AnalyzeOptions
-from .sweep import rank_notes, sweep_names
+from .sweep import rank_notes, skip_reason, sweep_names
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,6 +67,24 @@ def analyze(
     return result.frame
 
 
+def check_analysable(run: Run, options: AnalyzeOptions) -> None:
+    """`options.check_run`, and refuse a run whose selected tensors would all be skipped.
+
+    Raises:
+        OpdlensError: as check_run, or every selected tensor is an integer or boolean buffer or
+            has no elements ("Nothing to analyse"), before any output exists.
+    """
+    options.check_run(run)
+    names = run.select(options.tensors)
+    reasons = [skip_reason(run, n) for n in names]  # headers only
+    if all(reasons):
+        raise OpdlensError(
+            f"Nothing to analyse in {run.base.path.parent}: each of its {len(names)} selected "
+            f"tensor(s) is skipped, e.g. {reasons[0]} Analyse a run with floating-point "
+            "weights, or choose other --tensors."
+        )
+
+
 def compute_analysis(
     run: Run,
     options: AnalyzeOptions,
@@ -75,7 +94,7 @@ def compute_analysis(
 ) -> Analysis:
     """The metrics of every (step, tensor) of a run, with the warnings, timings and SVD counts."""
     t0 = time.perf_counter()
-    options.check_run(run)
+    check_analysable(run, options)
     names = sweep_names(run, run.select(options.tensors))
     keys = step_keys(run) if cache_dir is not None else {}
     if cache_dir is not None:

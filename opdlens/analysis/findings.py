@@ -99,6 +99,30 @@ def check_groups(groups: Mapping[str, Sequence[str]], runs: Sequence[str]) -> di
     return out
 
 
+def mixed_architectures(df: pd.DataFrame, groups: Mapping[str, Sequence[str]]) -> list[str]:
+    """A warning for each group whose runs differ in their tensors (names or shapes).
+
+    A group mean and band over runs of different architectures average unlike things.
+    `df` holds every run's rows, with a `run` column naming each run's label.
+    """
+    out = []
+    for name, members in groups.items():
+        shapes = {}
+        for run in members:
+            rows = df[df["run"] == run]
+            shapes[run] = frozenset(zip(rows["tensor"], rows["rows"], rows["cols"], strict=True))
+        kinds = list(dict.fromkeys(shapes.values()))
+        if len(kinds) > 1:
+            a = next(r for r in members if shapes[r] == kinds[0])
+            b = next(r for r in members if shapes[r] == kinds[1])
+            only = sorted(map(str, kinds[0] ^ kinds[1]))[:1]
+            out.append(
+                f"group {name} mixes architectures: {a} and {b} differ in their tensors or "
+                f"shapes (e.g. {only[0]}), so its mean and band average unlike runs."
+            )
+    return out
+
+
 @dataclass
 class GroupFindings:
     """Per-run numbers, their mean ± sd per group, and first group − each other group."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import OpdlensError, OptionError
 from ..extrapolation.extrapolate import check_alpha
-from ..extrapolation.schedule import alpha_schedule, check_max_candidates, replay_schedule
+from ..extrapolation.schedule import MAX_MULTIPLE, EffOPDSchedule, replay_schedule
 from ..extrapolation.selection import DEFAULT_MODULES, select_tensors
 from ..names import BLOCKS
 from ..progress import Progress
@@ -52,7 +52,14 @@ def check_alphas(alphas: Iterable[float]) -> tuple[float, ...]:
             f"The 'alphas' parameter of foresee must be a sequence of real numbers, e.g. "
             f"(0.5, 1, 2, 4). Got {alphas!r} instead."
         )
-    return tuple(dict.fromkeys(check_alpha(a, "alphas") for a in alphas))
+    grid = tuple(dict.fromkeys(check_alpha(a, "alphas") for a in alphas))
+    big = [a for a in grid if abs(a) > MAX_MULTIPLE]
+    if big:
+        raise OptionError(
+            f"The 'alphas' parameter of foresee takes |α| ≤ {MAX_MULTIPLE:g} (α²·‖θ_t − θ_a‖² "
+            f"must stay finite in float64). Got {big[0]!r} instead."
+        )
+    return grid
 
 
 def check_scopes(scopes: Iterable[str]) -> list[str]:
@@ -86,7 +93,7 @@ def anchor_pairs(steps: Sequence[int], anchor: Anchor = None) -> list[tuple[int,
     a: int | None = None
     if isinstance(anchor, int) and not isinstance(anchor, bool):
         a = anchor
-    elif isinstance(anchor, str) and anchor.strip().isdigit():
+    elif isinstance(anchor, str) and anchor.strip().isascii() and anchor.strip().isdigit():
         a = int(anchor)
     if a is None:
         raise OptionError(
@@ -160,8 +167,7 @@ def foresight_frame(
     pairs: Sequence[tuple[int, int]],
     alphas: Sequence[float],
     *,
-    alpha0: float = 2.0,
-    max_candidates: int = 5,
+    effopd: EffOPDSchedule | None = None,
 ) -> pd.DataFrame:
     """Every (t, a, α, s) row of design.md's foresight for the scopes in `meta`.
 
@@ -189,8 +195,8 @@ def foresight_frame(
     parts.append(_rows(meta, (t_, a_, s_), ee, dd, ed, star[..., None], "optimal", None))
     scheduled = set(replay_schedule([s for s in steps if s > 0]))
     mask = np.array([(int(t), int(a)) in scheduled for t, a in zip(t_, a_, strict=True)])
-    if mask.any() and max_candidates > 0:
-        multiples = np.array([m for _, m in alpha_schedule(alpha0, max_candidates)])
+    if mask.any():
+        multiples = np.array([m for _, m in (effopd or EffOPDSchedule()).alphas()])
         sub = (t_[mask], a_[mask], s_[mask])
         cand = np.broadcast_to(multiples, (ee.shape[0], int(mask.sum()), len(multiples)))
         parts.append(_rows(meta, sub, ee[:, mask], dd[:, mask], ed[:, mask], cand, "effopd",
@@ -266,8 +272,7 @@ def foresee(
         OpdlensError: fewer than two saved steps after the base, or no tensor selected.
     """
     grid = check_alphas(alphas)
-    alpha0 = check_alpha(alpha0, "alpha0")
-    check_max_candidates(max_candidates, "foresee", minimum=0)
+    effopd = EffOPDSchedule(alpha0, max_candidates)
     if len(run.steps) < 2:
         raise OpdlensError(
             f"foresee needs at least two saved steps after the base (a step and a later one to "
@@ -281,8 +286,7 @@ def foresee(
     meta, stacked = _scopes(run, tensor_grams)
     keep = meta["scope"].isin(wanted).to_numpy()
     meta, stacked = meta[keep].reset_index(drop=True), stacked[keep]
-    df = foresight_frame(meta, stacked, [0, *run.steps], pairs, grid, alpha0=alpha0,
-                         max_candidates=max_candidates)  # fmt: skip
+    df = foresight_frame(meta, stacked, [0, *run.steps], pairs, grid, effopd=effopd)
     df.attrs["warnings"] = list(run.warnings) + warnings
     return df
 

@@ -19,6 +19,7 @@ from ..io.training_log import TrainingLogError, read_training_log, run_training_
 from ..run import Run, open_run
 from ..survey import describe
 from .options import AnalyzeOptions
+from .readback import check_finished, check_table
 from .spectra import SPECTRA_COLUMNS, cached_spectra, run_spectra
 from .write import final_summary, write_analysis
 
@@ -131,7 +132,11 @@ def load_metrics(metrics_dir: str | Path, label: str | None = None) -> pd.DataFr
             f"{path} does not exist: expected the output directory of `opdlens analyze RUN --out "
             "DIR` (it holds metrics.parquet). Run that first, or pass the run directory itself."
         )
+    check_finished(Path(metrics_dir), "analyze", "`opdlens analyze RUN --out DIR`")
     df = _read_table(path, "metrics.parquet of `opdlens analyze`")
+    check_table(
+        df, path, "metrics table of `opdlens analyze`", ["step", "tensor", "block", "update_share"]
+    )
     if "update" in df.columns and "span" not in df.columns:
         df = df.rename(columns={"update": "span"})  # written before the column was renamed
     if "span" in df.columns:

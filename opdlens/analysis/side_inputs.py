@@ -12,6 +12,7 @@ import pandas as pd
 from ..errors import InputFileError, InputNotFoundError
 from ..extrapolation.ablate import Ablation
 from ..io.paths import read_marker
+from .readback import check_finished, check_table
 from .results import _read_table
 
 if TYPE_CHECKING:
@@ -44,10 +45,14 @@ def load_ablation(path: str | Path) -> Ablation:
             "(ablation.parquet); run `opdlens ablate RUN --step T --scorer … --out DIR` (again, "
             "to finish it) and pass that DIR."
         )
-    table = _read_table(d / "ablation.parquet", "ablation table of `opdlens ablate`")
+    check_finished(d, "ablate", "`opdlens ablate RUN --step T --scorer … --out DIR`")
+    what = "ablation table of `opdlens ablate`"
+    table = check_table(_read_table(d / "ablation.parquet", what), d / "ablation.parquet", what,
+                        ["group", "update_share", "score_drop", "score_only", "utility", "step"])  # fmt: skip
     curve_file = d / "rank_curve.parquet"
+    what = "rank curve of `opdlens ablate`"
     curve = (
-        _read_table(curve_file, "rank curve of `opdlens ablate`")
+        check_table(_read_table(curve_file, what), curve_file, what, ["k", "score", "energy_k"])
         if curve_file.is_file()
         else pd.DataFrame(columns=["k", "score", "energy_k", "step"])
     )

@@ -111,6 +111,18 @@ def _exponent(total_sq: float | None) -> int:
     return e if abs(e) > _SAFE_EXPONENT else 0
 
 
+def scaled(x: torch.Tensor, e: int) -> torch.Tensor:
+    """A copy of x·2^e, exact: in steps of at most 2^±100, since 2^e itself (e.g. 2^134, for an
+    update of norm 2^-134) need not be a float32."""
+    out = x * 2.0 ** max(-100, min(100, e))
+    e -= max(-100, min(100, e))
+    while e:
+        step = max(-100, min(100, e))
+        out.mul_(2.0**step)
+        e -= step
+    return out
+
+
 @dataclass
 class Update:
     """Δ as a dense tensor, or as factors Δ = b @ a (never formed).
@@ -179,8 +191,8 @@ class Update:
         e = _exponent(total_sq)
         if e == 0:
             return top_k_svd(self.dense, k, init=init, total_sq=total_sq)
-        top = top_k_svd(self.dense * 2.0**-e, k, init=init)  # a copy, only for extreme norms
-        return replace(top, S=top.S * 2.0**e)
+        top = top_k_svd(scaled(self.dense, -e), k, init=init)  # a copy, only for extreme norms
+        return replace(top, S=scaled(top.S.double(), e).to(top.S.dtype))
 
     def spectrum(self, total_sq: float | None = None) -> torch.Tensor:
         """All min(rows, cols) singular values in float32, scaled as `top_k` scales."""
@@ -188,7 +200,7 @@ class Update:
         dense = self.to_dense()
         if e == 0:
             return singular_values(dense)
-        return (singular_values(dense * 2.0**-e, dtype=torch.float64) * 2.0**e).float()
+        return scaled(singular_values(scaled(dense, -e), dtype=torch.float64), e).float()
 
     def rows(self, index: torch.Tensor) -> Update:
         """The update of the given rows — one logical part of a fused block."""

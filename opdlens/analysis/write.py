@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..io.paths import atomic_file, output_dir, write_text_atomic
 from ..provenance import record
-from .analyze import Analysis, compute_analysis
+from .analyze import Analysis, check_analysable, compute_analysis
 from .frame import summarize
 from .options import AnalyzeOptions
 
@@ -44,7 +44,7 @@ def write_analysis(
     (see `opdlens.io.paths.output_dir`). Returns the analysis and `final_summary` of it.
     """
     opts = AnalyzeOptions.build(options, overrides)
-    opts.check_run(run)
+    check_analysable(run, opts)
     with output_dir(out, "analyze", inputs=run.input_paths) as path:
         return _write(run, path, opts, progress)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import importlib
 import logging
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from ..errors import OpdlensError, OptionError
+from ..errors import OpdlensError, OptionError, OutputError
 
 if TYPE_CHECKING:  # the click that typer runs on (the installed typer vendors it)
     from typer._click.core import Context, Parameter
@@ -82,6 +83,19 @@ class _Group(_TidyHelp, TyperGroup):
         except typer.Abort:
             typer.echo("Aborted!", err=True)
             sys.exit(1)
+        except (StdoutClosed, BrokenPipeError):  # --version or --help, outside handle_errors
+            _detach_stdout()
+            sys.exit(EXIT_BROKEN_PIPE)
+        except OpdlensError as e:
+            typer.echo(f"opdlens: error: {one_line(str(e))}", err=True)
+            sys.exit(2)
+        except OSError as e:
+            # click/rich writing help to a full or closed stdout; file errors carry a filename
+            if e.filename is not None or e.errno not in (errno.ENOSPC, errno.EIO, errno.EBADF):
+                raise
+            _detach_stdout()
+            typer.echo(f"opdlens: error: {stdout_error(e)}", err=True)
+            sys.exit(2)
         sys.exit(code if isinstance(code, int) else 0)  # an int is typer.Exit's code
 
 
@@ -276,8 +290,11 @@ def handle_errors(fn: F) -> F:
         except OpdlensError as e:
             if debug_enabled():
                 traceback.print_exc(file=sys.stderr)
-            typer.echo(f"opdlens: error: {e}", err=True)
+            typer.echo(f"opdlens: error: {one_line(str(e))}", err=True)
             raise typer.Exit(2) from None
+        except StdoutClosed:
+            _detach_stdout()
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
         except KeyboardInterrupt as e:
             scorers = sys.modules.get("opdlens.extrapolation.scorers")
             if scorers is not None:
@@ -289,9 +306,50 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _detach_stdout() -> None:
+    """Point stdout at /dev/null, so that the final flush of a broken pipe raises nothing."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno() if sys.stdout is not None else 1)
+        os.close(devnull)
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: a message quoting a scorer's or a file's line breaks stays one line."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+class StdoutClosed(Exception):
+    """Standard output is a pipe whose reader went away: stop quietly, as `yes | head` does."""
+
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a program a closed pipe ended
+
+
 def echo(text: str = "") -> None:
-    """Print to stdout."""
-    sys.stdout.write(text + "\n")
+    """Print to stdout; a closed pipe stops the command quietly, a full or closed stdout is one line.
+
+    Raises:
+        StdoutClosed: the reader of a pipe went away (EPIPE).
+        OutputError: stdout is closed, or its device is full or failing.
+    """
+    try:
+        if sys.stdout is None:
+            raise OSError(errno.EBADF, "standard output is closed")
+        sys.stdout.write(text + "\n")
+    except BrokenPipeError:
+        raise StdoutClosed from None
+    except (OSError, ValueError) as e:  # ValueError: "I/O operation on closed file"
+        raise stdout_error(e) from None
+
+
+def stdout_error(e: BaseException) -> OutputError:
+    """The one-line error for a standard output that cannot be written."""
+    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    return OutputError(
+        f"cannot write to standard output ({why}); the command's files, if any, are complete — "
+        "redirect its output elsewhere to see the summary."
+    )
 
 
 def _print_version(value: bool) -> None:

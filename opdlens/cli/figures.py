@@ -155,6 +155,22 @@ def parse_groups(specs: list[str]) -> tuple[list[Path], dict[str, list[str]]]:
     return paths, groups
 
 
+def distinct(paths: list[Path], option: str) -> None:
+    """Refuse a run given twice: 'g/a0', 'g/a0/' and 'g/./a0' are one directory, counted once."""
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        try:
+            key = p.resolve()
+        except (RuntimeError, OSError):  # a symlink loop: the path itself fails later, in one line
+            key = p.absolute()
+        if key in seen:
+            raise OptionError(
+                f"{option} gives the run {key} twice ({seen[key]} and {p}); each run may be "
+                "given once, or a group's n and spread would count it again."
+            )
+        seen[key] = p
+
+
 def inputs(
     source: Path | None, compare: list[Path] | None, labels: str | None,
     group: list[str] | None, band: str | None, checkpoint: list[str] | None,
@@ -170,6 +186,7 @@ def inputs(
         if band is not None:
             raise OptionError("--band draws a band around group means; it needs --group.")
         names = None if labels is None else labels.split(",")
+        distinct([source, *(compare or [])], "SOURCE and --compare")
         return Inputs([source, *(compare or [])], names, None, "sd")
     clash = [opt for opt, given in (("SOURCE", source is not None), ("--compare", compare),
                                     ("--labels", labels is not None),
@@ -181,6 +198,7 @@ def inputs(
             "compare single runs."
         )
     paths, groups = parse_groups(group)
+    distinct(paths, "--group")
     return Inputs(paths, [lab for labs in groups.values() for lab in labs], groups, band or "sd")
 
 
@@ -260,6 +278,12 @@ def _foresight(
     return compute_foresight(runs, workers=workers, progress=not quiet)
 
 
+def _mixed(src: Sources, given: Inputs) -> list[str]:
+    from ..analysis.findings import mixed_architectures
+
+    return mixed_architectures(src.frame, given.groups) if given.groups else []
+
+
 def _notes(src: Sources, notes: list[str]) -> None:
     for rm in src.runs:
         for w in rm.provenance.get("warnings", [])[:20]:
@@ -299,6 +323,7 @@ def figures(
     with _output("figures", out, given.paths):
         src = _load(given, out, base, checkpoint, trust_pickle, replay, errors, metrics, options,
                     spectra, quiet)  # fmt: skip
+        src.notes.extend(_mixed(src, given))
         fore, fore_notes = _foresight(src, given, foresight, workers, quiet)
         from ..viz.figures import write_figures
 
@@ -347,6 +372,7 @@ def report(
     with _output("report", out, given.paths):
         src = _load(given, out, base, checkpoint, trust_pickle, replay, errors, metrics,
                     analyze_options, spectra, quiet)  # fmt: skip
+        src.notes.extend(_mixed(src, given))
         fore, fore_notes = _foresight(src, given, foresight, workers, quiet)
         src.notes.extend(fore_notes)
         options = {

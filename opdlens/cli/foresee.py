@@ -83,11 +83,11 @@ def foresee(
     if address is not None and executor is not Executor.ray:
         raise OptionError("--address is for a Ray cluster; add --executor ray or drop --address.")
     chosen: str | int | None = anchor
-    if anchor is not None and anchor.strip().isdigit():
+    if anchor is not None and anchor.strip().isascii() and anchor.strip().isdigit():
         chosen = int(anchor)
     elif anchor is not None and anchor not in ("previous", "base"):
         raise OptionError(
-            f"--anchor takes 'previous', 'base' or a saved step in digits; got '{anchor}'."
+            f"--anchor takes 'previous', 'base' or a saved step in digits 0-9; got '{anchor}'."
         )
     mods = [m.strip() for m in modules.split(",") if m.strip()]
     r = open_run(run, base, checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle)

@@ -8,12 +8,15 @@ scored and removed; each score is saved as it arrives, so a killed ablation resu
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import math
 import re
 import tempfile
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -169,11 +172,12 @@ def _check_ranks(ranks: Iterable[int] | None) -> list[int]:
     if ranks is None:
         return []
     values = list(ranks)
-    bad = [k for k in values if isinstance(k, bool) or not isinstance(k, int) or k < 1]
+    bad = [k for k in values if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < 2**63]
     if bad or not values:
         raise OptionError(
-            f"The 'ranks' parameter of ablate (--ranks) must be whole numbers ≥ 1, e.g. 1,2,4,8. "
-            f"Got {values!r} instead."
+            f"The 'ranks' parameter of ablate (--ranks) must be whole numbers ≥ 1 and < 2⁶³, "
+            f"e.g. 1,2,4,8 (a rank past a matrix's size keeps its update whole). Got {values!r} "
+            "instead."
         )
     big = [k for k in values if k > MAX_RANK]
     if big or len(set(values)) > MAX_RANKS:
@@ -188,6 +192,22 @@ def _check_ranks(ranks: Iterable[int] | None) -> list[int]:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "-", text).strip("-")
+
+
+def _unique_dirnames(candidates: list[Candidate]) -> list[Candidate]:
+    """Candidates whose directory names are distinct and short.
+
+    Two groups can slug alike ('foo bar', 'foo-bar'), and a long name would pass the file
+    system's limit: those get a hash of their key appended, the same on every run.
+    """
+    counts = Counter(c.dirname for c in candidates)
+    out = []
+    for c in candidates:
+        if counts[c.dirname] > 1 or len(c.dirname) > 80:
+            digest = hashlib.sha256(c.key.encode()).hexdigest()[:10]
+            c = dataclasses.replace(c, dirname=f"{c.dirname[:60]}-{digest}")
+        out.append(c)
+    return out
 
 
 class _Job:
@@ -223,7 +243,7 @@ class _Job:
         out += [
             Candidate(f"rank:{k}", f"rank-{k}", f"step {t} at rank {k}", rank=k) for k in self.ks
         ]
-        return out
+        return _unique_dirnames(out)
 
     def _factors(self) -> Factors:
         with self._factors_lock:

@@ -159,7 +159,10 @@ class Factors:
 
         from ..analysis.linalg import top_k_svd
 
-        self.kmax = kmax
+        # A rank past every matrix's full rank keeps each update whole: no longer lists than that.
+        names = list(names)
+        full = [min(run.base.spec(n).shape[-2:]) for n in names if len(run.base.spec(n).shape) > 1]
+        self.kmax = kmax = max(1, min(kmax, max(full, default=1)))
         self.matrices: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
         self.energy: dict[str, tuple[list[float], float]] = {}  # name → (Σ_{i≤k} σ² per k, ‖Δ‖²)
         self.whole: list[str] = []  # tensors of more than two dimensions kept whole
@@ -241,6 +244,19 @@ def candidate_producer(
     return produce
 
 
+def _bad_score(scores: object) -> str | None:
+    """What is wrong with a saved "scores" object (a map of names to finite numbers), or None."""
+    if not isinstance(scores, dict):
+        return (
+            f'"scores" is {type(scores).__name__} {str(scores)[:40]}, not a map of names to numbers'
+        )
+    for key, value in scores.items():
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not math.isfinite(value):
+            return f"the score of {key!r} is {str(value)[:40]}, not a finite number"
+    return None
+
+
 class ScoreBook:
     """Scores of one (run, step, scorer), rewritten atomically after each new one."""
 
@@ -263,8 +279,15 @@ class ScoreBook:
                 "the file is replaced."
             )
             return
-        scores = saved.get("scores")
-        self.scores = {str(k): float(v) for k, v in (scores or {}).items()}
+        scores = saved.get("scores", {})
+        bad = _bad_score(scores)
+        if bad is not None:
+            self.warnings.append(
+                f"{path} is not a file of scores opdlens wrote ({bad}); none is reused, every "
+                "candidate is scored anew and the file is replaced."
+            )
+            return
+        self.scores = {k: float(v) for k, v in scores.items()}
 
     def get(self, key: str) -> float | None:
         """The saved score of candidate `key` (counted as reused), or None."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from torch import nn
 from ..errors import OptionError
 from ..io.paths import write_text_atomic
 from ..names import BLOCKS, canonical_name, classify
-from .schedule import is_power_of_two
+from .schedule import EffOPDSchedule, is_power_of_two
 from .selection import DEFAULT_MODULES
 
 logger = logging.getLogger(__name__)
@@ -93,26 +92,15 @@ class EffOPD:
         modules: Sequence[str] = DEFAULT_MODULES,
         select: Callable[[str, nn.Parameter], bool] | None = None,
     ) -> None:
-        if not isinstance(alpha0, (int, float)) or not math.isfinite(alpha0) or alpha0 <= 0:
-            raise OptionError(
-                f"The 'alpha0' parameter of EffOPD must be a finite number > 0. Got {alpha0!r}."
-            )
-        if isinstance(max_candidates, bool) or not isinstance(max_candidates, int):
-            raise OptionError(
-                f"The 'max_candidates' parameter of EffOPD must be an int >= 1. Got {max_candidates!r}."
-            )
-        if max_candidates < 1:
-            raise OptionError(
-                f"The 'max_candidates' parameter of EffOPD must be an int >= 1. Got {max_candidates}."
-            )
+        schedule = EffOPDSchedule(alpha0, max_candidates)
         unknown = sorted(set(modules) - set(BLOCKS) - {"all"})
         if unknown or not modules:
             raise OptionError(
                 f"The 'modules' parameter of EffOPD takes blocks from {', '.join(BLOCKS)} or "
                 f"'all'. Got {tuple(modules)!r}; e.g. modules=('attn', 'mlp'), or pass select=."
             )
-        self.alpha0 = float(alpha0)
-        self.max_candidates = max_candidates
+        self.alpha0 = schedule.alpha0
+        self.max_candidates = schedule.max_candidates
         self.modules = tuple(modules)
         self._select = select
         self._anchor: dict[str, torch.Tensor] = {}

@@ -101,9 +101,10 @@ def extrapolation_producer(
 
     def _predict(name: str, theta: np.ndarray, anchor: np.ndarray) -> np.ndarray:
         """θ_t + α(θ_t − θ_a), computed in the anchor's buffer."""
-        np.subtract(theta, anchor, out=anchor)
-        anchor *= alpha
-        anchor += theta
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below
+            np.subtract(theta, anchor, out=anchor)
+            anchor *= alpha
+            anchor += theta
         if not np.isfinite(anchor).all():  # NaN and ±inf in either input always end up here
             raise _non_finite(name, current, base, setting)
         return anchor

@@ -24,8 +24,8 @@ from ..io.paths import (
 )
 from ..run import Checkpoint, Run
 from .evaluate import ErrorTracker
-from .extrapolate import check_alpha, extrapolation_producer
-from .schedule import alpha_schedule, check_max_candidates, replay_schedule
+from .extrapolate import extrapolation_producer
+from .schedule import EffOPDSchedule, replay_schedule
 from .scorers import Scorer, allow_scorers, make_scorer, remove_copy, score_input
 from .selection import DEFAULT_MODULES, select_tensors
 
@@ -85,13 +85,7 @@ def replay(
     Raises:
         ScorerError: the scorer raised, timed out or gave no number (no temporary dir is left).
     """
-    alpha0 = check_alpha(alpha0, "alpha0")
-    if alpha0 <= 0:
-        raise OptionError(
-            f"The 'alpha0' parameter (--alpha0) must be > 0: each accepted candidate moves a "
-            f"further α₀·(θ_t − θ_a) from the anchor (2 by default). Got {alpha0!r} instead."
-        )
-    check_max_candidates(max_candidates, "replay")
+    schedule = EffOPDSchedule(alpha0, max_candidates)
     if out is None and not dry_run:
         raise OptionError(
             "replay keeps accepted candidates under --out DIR; give one, or --dry-run."
@@ -104,7 +98,7 @@ def replay(
     judge = make_scorer(
         scorer, command=scorer_cmd, timeout=scorer_timeout, run=run, tensors=selected
     )
-    steps = (run, judge, selected, alpha0, max_candidates, dry_run, progress)
+    steps = (run, judge, selected, schedule, dry_run, progress)
     if out is None:
         return _replay_steps(*steps, None)
     with output_dir(
@@ -114,7 +108,7 @@ def replay(
 
 
 def _replay_steps(
-    run: Run, judge: Scorer, selected: Sequence[str], alpha0: float, max_candidates: int,
+    run: Run, judge: Scorer, selected: Sequence[str], effopd: EffOPDSchedule,
     dry_run: bool, progress: bool, out_dir: Path | None,
 ) -> ReplayResult:  # fmt: skip
     """The replay loop; candidates are worked on in `out_dir` (or the system's temp directory)."""
@@ -129,7 +123,7 @@ def _replay_steps(
         logger.warning(w)
     for step, anchor in schedule:
         best = _score_saved(run, step, anchor, judge, work, selected, rows)
-        for k, (alpha, multiple) in enumerate(alpha_schedule(alpha0, max_candidates), start=1):
+        for k, (alpha, multiple) in enumerate(effopd.alphas(), start=1):
             label = f"step {step} candidate {k} (alpha {alpha:.4g}, multiple {multiple:.4g})"
             tracker = ErrorTracker(run, step)
             tmp = work / temp_name(f"step-{step}-candidate-{k}")

@@ -2,35 +2,68 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ..errors import OptionError
 
 __all__ = [
     "MAX_CANDIDATES",
+    "MAX_MULTIPLE",
+    "EffOPDSchedule",
     "alpha_schedule",
-    "check_max_candidates",
     "is_power_of_two",
     "replay_schedule",
 ]
 
+MAX_MULTIPLE = 1e150  # largest |α| foresee squares in float64, and largest k·α₀ of a schedule
 # EffOPD tries 5; past ~50 the α of a candidate (α₀ / (1 + kα₀)) is below 2 % of α₀, and each
 # candidate costs a written checkpoint (replay) or a row per step, anchor, scope and target.
 MAX_CANDIDATES = 100
 
 
-def check_max_candidates(value: object, command: str, minimum: int = 1) -> int:
-    """`--max-candidates` as a whole number in [minimum, MAX_CANDIDATES]; OptionError otherwise."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or not minimum <= value <= MAX_CANDIDATES
-    ):
-        raise OptionError(
-            f"The 'max_candidates' parameter of {command} (--max-candidates) must be a whole "
-            f"number from {minimum} to {MAX_CANDIDATES} (EffOPD tries 5). Got {value!r} instead."
-        )
-    return value
+@dataclass(frozen=True)
+class EffOPDSchedule:
+    """EffOPD's candidate schedule (α₀, max_candidates), validated once for every user of it.
+
+    replay, foresee, the EffOPD callback and the Trainer integration all build one, so a bad
+    value is refused in the same words everywhere. Candidate k sits k·α₀·(θ_t − θ_a) beyond θ_t
+    (the α of design.md telescope), so k·α₀ must stay finite.
+    """
+
+    alpha0: float = 2.0  # α of the first candidate; > 0
+    max_candidates: int = 5  # candidates per scheduled step; ≥ 1
+
+    def __post_init__(self) -> None:
+        a, n = self.alpha0, self.max_candidates
+        try:
+            value = float(a) if not isinstance(a, bool | str | bytes) else math.nan
+        except (TypeError, ValueError, OverflowError):
+            value = math.nan
+        if not math.isfinite(value) or value <= 0:
+            raise OptionError(
+                f"The 'alpha0' parameter (--alpha0) of EffOPD's schedule must be a finite number "
+                f"> 0: each accepted candidate moves a further α₀·(θ_t − θ_a) from the anchor "
+                f"(2 by default). Got {a!r} instead."
+            )
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CANDIDATES:
+            raise OptionError(
+                f"The 'max_candidates' parameter (--max-candidates) of EffOPD's schedule must be "
+                f"a whole number from 1 to {MAX_CANDIDATES} (EffOPD tries 5). Got {n!r} instead."
+            )
+        if not value * n <= MAX_MULTIPLE:
+            raise OptionError(
+                f"--alpha0 {a!r} with --max-candidates {n}: the last candidate would lie "
+                f"{n}·α₀ = {value * n:g} times θ_t − θ_a beyond θ_t (at most {MAX_MULTIPLE:g}); "
+                "use a smaller α₀."
+            )
+        object.__setattr__(self, "alpha0", value)
+        object.__setattr__(self, "max_candidates", int(n))
+
+    def alphas(self) -> list[tuple[float, float]]:
+        """alpha_schedule(alpha0, max_candidates): (α of each candidate, cumulative multiple)."""
+        return alpha_schedule(self.alpha0, self.max_candidates)
 
 
 def is_power_of_two(step: int) -> bool:

@@ -6,7 +6,6 @@ import importlib
 import logging
 import math
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -40,6 +39,8 @@ __all__ = [
     "stop_scorers",
 ]
 
+# The longest wait poll() takes (2³¹ − 1 ms, ~24 days); longer ones raise OverflowError.
+_MAX_WAIT = min(threading.TIMEOUT_MAX, (2**31 - 1) / 1000)
 _NUMBER_HELP = "A scorer must return (or print, as the last line of its output) one finite number."
 
 
@@ -66,14 +67,24 @@ class Scorer(ABC):
 
 
 def _finite(value: object, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            value = float(value)  # type: ignore[arg-type]  # numpy / torch scalars, numeric strings
-        except (TypeError, ValueError):
-            raise ScorerError(f"{where} returned {value!r}, not a number. {_NUMBER_HELP}") from None
-    if not math.isfinite(float(value)):
-        raise ScorerError(f"{where} returned {value!r}. {_NUMBER_HELP}")
-    return float(value)
+    try:
+        number = float(value)  # type: ignore[arg-type]  # numpy / torch scalars, numeric strings
+    except Exception as e:  # noqa: BLE001  (user code: __float__ may raise anything)
+        shown = _shown(value)
+        why = "too large for a float" if isinstance(e, OverflowError) else "not a number"
+        raise ScorerError(f"{where} returned {shown}, {why}. {_NUMBER_HELP}") from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise ScorerError(f"{where} returned {_shown(value)}. {_NUMBER_HELP}")
+    return number
+
+
+def _shown(value: object) -> str:
+    """A short repr of what a scorer returned; its own __repr__ may raise or be huge."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= 80 else f"{text[:60]}… ({len(text)} characters)"
 
 
 @dataclass
@@ -88,12 +99,18 @@ class PythonScorer(Scorer):
         result: list[object] = []
         error: list[BaseException] = []
         cwd = _getcwd()
+        abandoned = threading.Event()
 
         def call() -> None:
             try:
                 result.append(self.fn(path))
             except BaseException as e:  # noqa: BLE001  (reported below, with the candidate)
                 error.append(e)
+            finally:
+                # Timed out and given up on: what it wrote after our cleanup goes too (only
+                # opdlens' own temporary candidate folders, never a path a caller named).
+                if abandoned.is_set() and TEMP_MARKER in Path(path).name:
+                    remove_copy(Path(path))
 
         # A thread, so that a hung scorer can be timed out (it is abandoned, as a daemon).
         worker = threading.Thread(target=call, name=f"opdlens-scorer-{label}", daemon=True)
@@ -108,6 +125,7 @@ class PythonScorer(Scorer):
         if worker.is_alive() and _STOPPING.is_set():
             raise ScorerError(f"Scoring was interrupted while scorer {self.name} ran on {label}.")
         if worker.is_alive():
+            abandoned.set()
             raise ScorerError(
                 f"Scorer {self.name} timed out after {self.timeout} s on {label} ({path}). "
                 "Raise --scorer-timeout or make the scorer faster."
@@ -143,9 +161,46 @@ def _restore_cwd(cwd: str | None, name: str, label: str) -> None:
     )  # fmt: skip
 
 
+def sh_script(template: str) -> str:
+    """`template` as an `sh -c` script in which each {checkpoint} reads the path from "$1".
+
+    The path never becomes shell text, so spaces, quotes or `$(…)` in it are one argument and
+    never run: unquoted it becomes "$1", inside double quotes $1. Inside single quotes the shell
+    would not expand it, so that is refused.
+    """
+    out: list[str] = []
+    quote = ""  # "", "'" or '"': the quoting context at position i
+    i = 0
+    while i < len(template):
+        if template.startswith("{checkpoint}", i):
+            if quote == "'":
+                raise OptionError(
+                    f"--scorer-cmd puts {{checkpoint}} inside single quotes, where the shell does "
+                    f"not expand it; got '{template}'. Put it outside the quotes (it reaches the "
+                    "command as one argument, spaces and all)."
+                )
+            out.append("$1" if quote == '"' else '"$1"')
+            i += len("{checkpoint}")
+            continue
+        c = template[i]
+        if c == "\\" and quote != "'":
+            out.append(template[i : i + 2])
+            i += 2
+            continue
+        if c in "'\"" and quote in ("", c):
+            quote = "" if quote == c else c
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
 @dataclass
 class CommandScorer(Scorer):
-    """A shell command with `{checkpoint}` in it that prints a number as its last output line."""
+    """A shell command with `{checkpoint}` in it that prints a number as its last output line.
+
+    It runs as `sh -c SCRIPT opdlens-scorer PATH` (see sh_script): the checkpoint's path is one
+    argument, never spliced into the shell text.
+    """
 
     template: str
     timeout: float | None = None
@@ -157,10 +212,11 @@ class CommandScorer(Scorer):
                 f"--scorer-cmd must contain the placeholder {{checkpoint}}; got '{self.template}'. "
                 "Example: --scorer-cmd 'python eval.py {checkpoint}'."
             )
+        self.script = sh_script(self.template)
         self.name = f"command '{self.template}'"
 
     def score(self, path: Path, label: str) -> float:
-        cmd = self.template.replace("{checkpoint}", shlex.quote(str(path)))
+        cmd = ["/bin/sh", "-c", self.script, "opdlens-scorer", str(path)]  # path: "$1"
         # Output goes to files, not pipes: a child the command leaves running in the background
         # (`sleep 8 &`) would hold a pipe open, and reading it to its end would wait for that.
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -198,16 +254,16 @@ _POLL = 0.05  # seconds between checks of _STOPPING while a scorer runs
 
 
 def _run_in_own_group(
-    cmd: str, out: IO[bytes], err: IO[bytes], timeout: float | None
+    cmd: list[str], out: IO[bytes], err: IO[bytes], timeout: float | None
 ) -> int | None:
-    """Run a shell command in a new session; its exit status, or None when it timed out.
+    """Run a command in a new session; its exit status, or None when it timed out.
 
     Whatever way this returns or raises (a timeout, an error, KeyboardInterrupt, SIGTERM made an
     exception, stop_scorers from another thread), the command's whole process group is killed:
     nothing it started outlives the scoring of its candidate.
     """
     proc = subprocess.Popen(
-        cmd, shell=True, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+        cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
     )
     with _GROUPS_LOCK:
         _GROUPS.add(proc.pid)
@@ -409,8 +465,11 @@ def make_scorer(
     target: int | None = None,
 ) -> Scorer:
     """A Scorer from a callable, 'module:function', 'hindsight' or a shell command template."""
-    if timeout is not None and not timeout > 0:
-        raise OptionError(f"--scorer-timeout must be a positive number of seconds; got {timeout}.")
+    if timeout is not None and not (isinstance(timeout, int | float) and 0 < timeout <= _MAX_WAIT):
+        raise OptionError(
+            f"--scorer-timeout must be a positive, finite number of seconds (at most "
+            f"{_MAX_WAIT:.0f}); got {timeout}. Leave it out for no limit."
+        )
     if (scorer is None) == (command is None):
         raise OptionError(
             "Give exactly one scorer: --scorer module:function, --scorer hindsight, or "

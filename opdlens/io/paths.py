@@ -13,6 +13,7 @@ holding that marker; anything else a command did not create is refused and left 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -48,6 +49,8 @@ __all__ = [
     "read_marker",
     "release_temp_dir",
     "remove_stale",
+    "restore_set_aside",
+    "short_name",
     "temp_name",
     "writable_dir",
     "write_marker",
@@ -75,11 +78,32 @@ def output_path(out: str | Path) -> Path:
     """Absolute `out` with its parent resolved and its last component kept as given.
 
     A symlink at `out` stays a symlink, so the checks below see it instead of its target.
+
+    Raises:
+        OpdlensError: `out` is not valid UTF-8, passes through a symlink loop, or through a
+            symlink to nothing (where creating it would make directories at the link's target).
     """
     path = Path(out).expanduser()
-    if path.name in ("", ".", ".."):  # no last component of its own: "." or "x/.."
-        return path.resolve()
-    return path.absolute().parent.resolve() / path.name
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise OpdlensError(
+            f"--out {str(path)!r} is not valid UTF-8; the tables opdlens writes (parquet, "
+            "JSON) record their path as text. Choose a UTF-8 name."
+        ) from None
+    whole = path.name in ("", ".", "..")  # no last component of its own: "." or "x/.."
+    parent = path.absolute() if whole else path.absolute().parent
+    for p in (parent, *parent.parents):
+        if os.path.islink(p) and not os.path.exists(p):
+            raise OpdlensError(
+                f"--out {path} passes through {p}, a symbolic link to {os.readlink(p)}, which "
+                "does not exist (or loops); opdlens never creates directories through a "
+                "symlink. Create the target, or choose another --out."
+            )
+    try:
+        return parent.resolve() if whole else parent.resolve() / path.name
+    except (RuntimeError, OSError) as e:  # RuntimeError: Python < 3.13's "Symlink loop"
+        raise OpdlensError(f"--out {path} cannot be resolved: {e}. Choose another --out.") from None
 
 
 def output_error(path: str | Path, error: OSError) -> OutputError:
@@ -105,7 +129,10 @@ def output_error(path: str | Path, error: OSError) -> OutputError:
 def ensure_outside(out: str | Path, inputs: Iterable[Path], what: str = "output") -> Path:
     """Refuse `out` when it equals, contains or lies inside an input; return `output_path(out)`."""
     path = output_path(out)
-    real = path.resolve()  # where writes would land, symlinks followed
+    try:
+        real = path.resolve()  # where writes would land, symlinks followed
+    except (RuntimeError, OSError) as e:  # `out` itself is a link in a loop
+        raise OpdlensError(f"--out {path} cannot be resolved: {e}. Choose another --out.") from None
     for p in inputs:
         p = Path(p).expanduser().resolve()
         for o in {path, real}:
@@ -178,6 +205,8 @@ def check_output(
     """
     path = ensure_outside(out, inputs, "--out")
     try:
+        if restore_set_aside(path):
+            path = ensure_outside(out, inputs, "--out")
         st = os.lstat(path)
     except FileNotFoundError:
         return path
@@ -261,6 +290,7 @@ def output_dir(
     path = check_output(out, inputs=inputs, overwrite=overwrite, reuse=reuse, allow_empty=True)
     created = False
     old_marker = None
+    top = first_missing(path)  # what mkdir creates, removed again if nothing gets written
     try:
         try:
             path.mkdir(parents=True)
@@ -269,25 +299,67 @@ def output_dir(
             path = check_output(path, overwrite=overwrite, reuse=reuse, allow_empty=True)
         if (path / MARKER).is_file():
             old_marker = (path / MARKER).read_text(encoding="utf-8")
+            _check_same_command(path, command, overwrite and not reuse)
         if overwrite and not reuse and old_marker is not None:
             _clear(path)
         elif old_marker is not None:
             remove_stale(path, r"\..+", files=True)  # files a killed run of ours left half-written
         write_marker(path, command, complete=False)
     except OSError as e:
+        if created:
+            with suppress(OSError):
+                (path / MARKER).unlink()
+            remove_empty(path, top)
         raise output_error(path, e) from None
     try:
         yield path
     except BaseException:
+        for sub in path.iterdir():  # e.g. a cache/ nothing was written into
+            if sub.is_dir() and not sub.is_symlink():
+                with suppress(OSError):
+                    sub.rmdir()
         if not keep_if_failed and {p.name for p in path.iterdir()} == {MARKER}:
             if old_marker is not None:
                 write_text_atomic(path / MARKER, old_marker)
             else:
                 (path / MARKER).unlink()
                 if created:
-                    path.rmdir()
+                    remove_empty(path, top)
         raise
     write_marker(path, command, complete=True)
+
+
+def first_missing(path: Path) -> Path | None:
+    """The outermost of `path` and its parents that does not exist (None if `path` exists)."""
+    missing = None
+    for p in (path, *path.parents):
+        if os.path.lexists(p):
+            return missing
+        missing = p
+    return missing
+
+
+def remove_empty(path: Path, top: Path | None) -> None:
+    """Remove `path` and its parents up to `top` while they are empty directories."""
+    if top is None:
+        return
+    for p in (path, *path.parents):
+        try:
+            p.rmdir()
+        except OSError:
+            return
+        if p == top:
+            return
+
+
+def _check_same_command(path: Path, command: str, replacing: bool) -> None:
+    """Refuse to add to (or re-mark) the output of another opdlens command; replacing is fine."""
+    other = (read_marker(path) or {}).get("command")
+    if other is not None and other != command and not replacing:
+        raise OpdlensError(
+            f"--out {path} holds the output of `opdlens {other}`; `opdlens {command}` does not "
+            "add files to another command's output. Choose a new directory."
+        )
 
 
 def _clear(directory: Path) -> None:
@@ -301,9 +373,57 @@ def _clear(directory: Path) -> None:
             entry.unlink()
 
 
+def short_name(name: str) -> str:
+    """`name`, or for a long one its start and a hash: what temporary names are built from.
+
+    A name near the file system's 255-byte limit would pass it once a temporary suffix is added.
+    """
+    if len(os.fsencode(name)) <= 120:
+        return name
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
+    return f"{name[:40]}~{digest}"
+
+
 def temp_name(name: str) -> str:
     """A unique temporary sibling name for `name`, recognisable by `remove_stale`."""
-    return f"{name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+    return f"{short_name(name)}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def restore_set_aside(target: Path) -> bool:
+    """Rename back the old output an interrupted `move_into_place` set aside; True if it did.
+
+    Only when `target` is gone and the set-aside directory is a real, marked opdlens output of
+    a process that no longer runs (killed between move_into_place's two renames).
+    """
+    if os.path.lexists(target):
+        return False
+    stem = re.escape(short_name(target.name)) + re.escape(OLD_MARKER)
+    pattern = re.compile(rf"^{stem}(\d+)-[0-9a-f]{{8}}$")
+    try:
+        entries = sorted(
+            os.scandir(target.parent), key=lambda e: e.stat(follow_symlinks=False).st_mtime
+        )
+    except OSError:
+        return False
+    for entry in reversed(entries):  # the newest first
+        match = pattern.match(entry.name)
+        if (
+            match is None
+            or not entry.is_dir(follow_symlinks=False)
+            or not is_opdlens_dir(entry.path)
+        ):
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or _alive(pid):
+            continue
+        os.rename(entry.path, target)
+        logger.warning(
+            "restored %s from %s, where an interrupted --overwrite had set it aside",
+            target,
+            entry.name,
+        )
+        return True
+    return False
 
 
 def move_into_place(tmp: Path, target: Path) -> None:

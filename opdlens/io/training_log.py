@@ -8,8 +8,8 @@ Sources, first found wins:
    `{"step": N, "data": {...}}` lines; OpenRLHF and the demo keep flat rows, e.g. `metrics.csv`).
 
 Files are treated as hostile: a file that is not what its name says is a one-line
-TrainingLogError naming it; rows without a usable step and values that are not finite numbers
-are left out, with a warning in `attrs["warnings"]`.
+TrainingLogError naming it; rows without a usable step and values that are not finite numbers (or beyond ±1e100,
+which no axis can span) are left out, with a warning in `attrs["warnings"]`.
 """
 
 from __future__ import annotations
@@ -79,6 +79,10 @@ def _number(value: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+# Larger logged values are left out: a figure's axis arithmetic (span, ticks) overflows float64.
+MAX_DRAWN = 1e100
+
+
 def _step(value: Any) -> int | None:
     x = _number(value)
     return int(x) if x is not None and 0 <= x < 2**62 and x == int(x) else None
@@ -87,8 +91,8 @@ def _step(value: Any) -> int | None:
 def _frame(records: Iterable[Mapping[str, Any]], path: Path, kind: str) -> pd.DataFrame:
     """Wide table (step, one float column per metric), several records of one step merged."""
     rows: list[dict[str, float]] = []
-    no_step = dropped = stepped = 0
-    example = ""
+    no_step = dropped = stepped = huge = 0
+    example = huge_example = ""
     for record in records:
         flat = dict(_flatten(record))
         key = next((k for k in STEP_KEYS if k in flat), None)
@@ -104,6 +108,9 @@ def _frame(records: Iterable[Mapping[str, Any]], path: Path, kind: str) -> pd.Da
             if x is None:
                 dropped += 1
                 example = example or f"{name!r} = {str(value)[:40]!r} at step {step}"
+            elif abs(x) > MAX_DRAWN:
+                huge += 1
+                huge_example = huge_example or f"{name!r} = {x:g} at step {step}"
             else:
                 row[name] = x
         stepped += 1
@@ -118,6 +125,11 @@ def _frame(records: Iterable[Mapping[str, Any]], path: Path, kind: str) -> pd.Da
     if dropped:
         warnings.append(
             f"{path}: {dropped} value(s) that are not finite numbers left out, e.g. {example}."
+        )
+    if huge:
+        warnings.append(
+            f"{path}: {huge} value(s) beyond ±{MAX_DRAWN:g}, too large for a figure's axis, left "
+            f"out, e.g. {huge_example}."
         )
     if stepped and not rows:
         raise TrainingLogError(

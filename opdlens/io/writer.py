@@ -25,13 +25,17 @@ from .paths import (
     MARKER,
     TEMP_MARKER,
     check_output,
+    ensure_outside,
+    first_missing,
     lock_temp_dir,
     marker_text,
     move_into_place,
     output_error,
     output_path,
     release_temp_dir,
+    remove_empty,
     remove_stale,
+    short_name,
     temp_name,
 )
 from .plan import (
@@ -121,6 +125,7 @@ class CheckpointWriter:
         self._unflushed = 0
         self._flushing: threading.Thread | None = None
         self._flush_error: OSError | None = None
+        self._made: Path | None = None
 
     @staticmethod
     def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -135,6 +140,7 @@ class CheckpointWriter:
         return merged
 
     def _check_destination(self) -> None:
+        ensure_outside(self.out_dir, ())  # a symlink loop or dangling link is one line first
         for path in self._protected:
             for out in {self.out_dir, self.out_dir.resolve()}:
                 if _inside(out, path) or _inside(path, out):
@@ -147,9 +153,10 @@ class CheckpointWriter:
 
     def __enter__(self) -> CheckpointWriter:
         parent = self.out_dir.parent
+        self._made = first_missing(parent)  # parents created here, removed again by _abort
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            remove_stale(parent, re.escape(self.out_dir.name))
+            remove_stale(parent, re.escape(short_name(self.out_dir.name)))
             self._tmp = parent / temp_name(self.out_dir.name)
             self._tmp.mkdir()
             lock_temp_dir(self._tmp)  # so no other process's remove_stale takes it
@@ -360,6 +367,7 @@ class CheckpointWriter:
         if self._tmp is not None:
             release_temp_dir(self._tmp)
         self._tmp = None
+        remove_empty(self.out_dir.parent, self._made)
 
 
 def is_temp_dir(path: Path) -> bool:

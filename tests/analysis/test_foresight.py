@@ -227,7 +227,7 @@ def test_user_errors(planted_runs, tmp_path: Path) -> None:
         foresee(run, alphas=[1.0, float("nan")])
     with pytest.raises(OptionError, match=r"'alphas' parameter of foresee must be a sequence"):
         foresee(run, alphas="1,2")
-    with pytest.raises(OptionError, match=r"'max_candidates' parameter of foresee"):
+    with pytest.raises(OptionError, match=r"'max_candidates' parameter"):
         foresee(run, max_candidates=-1)
     with pytest.raises(OptionError, match=r"takes blocks from"):
         foresee(run, modules=["mlps"])

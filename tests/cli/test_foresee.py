@@ -100,13 +100,20 @@ def test_foreign_out_is_refused_and_untouched(run_root: Path, tmp_path: Path, ki
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--anchor", "last"], "--anchor takes 'previous', 'base' or a saved step in digits; got 'last'"),
+        (["--anchor", "last"], "--anchor takes 'previous', 'base' or a saved step in digits 0-9; got 'last'"),
         (["--anchor", "8"], "must be a saved step before the last one ([0, 1, 2, 4]). Got 8"),
         (["--alphas", "1,x"], "--alphas takes comma-separated numbers, e.g. 0.5,1,2,4; got '1,x'"),
         (["--alphas", "1,inf"], "The 'alphas' parameter must be finite. Got inf"),
         (["--modules", "mlps"], "The 'modules' parameter takes blocks from"),
         (["--address", "auto"], "--address is for a Ray cluster"),
         (["--scopes", "tensors"], "The 'scopes' parameter of foresee takes some of tensor, block"),
+        # issue 22: the same α₀/max-candidates rules as replay (EffOPDSchedule), no ZeroDivision
+        (["--alpha0", "-1"], "The 'alpha0' parameter (--alpha0) of EffOPD's schedule must be a finite number > 0"),
+        (["--alpha0", "0"], "Got 0.0 instead"),
+        (["--max-candidates", "0"], "The 'max_candidates' parameter (--max-candidates) of EffOPD's"),
+        (["--alpha0", "1e308"], "--alpha0 1e+308 with --max-candidates 5"),
+        (["--alphas", "1e308"], "The 'alphas' parameter of foresee takes |α| ≤ 1e+150"),
+        (["--anchor", "\u0663"], "in digits 0-9; got '\u0663'"),
     ],
 )  # fmt: skip
 def test_bad_options_fail_in_one_line(run_root: Path, tmp_path: Path, args, needle) -> None:

@@ -170,8 +170,8 @@ def test_results_go_into_empty_or_own_directories(run: Path, tmp_path: Path) -> 
         (["figures", "--workers", "0"], "'workers' parameter must be ≥ 1"),
         (["report", "--ranks", ""], "'ranks' parameter of analyze must be positive"),
         (["report", "--top", "0"], "--top takes a count ≥ 1"),
-        (["replay", "--scorer", "hindsight", "--alpha0", "-1"], "'alpha0' parameter (--alpha0) must be > 0"),
-        (["replay", "--scorer", "hindsight", "--alpha0", "0"], "'alpha0' parameter (--alpha0) must be > 0"),
+        (["replay", "--scorer", "hindsight", "--alpha0", "-1"], "'alpha0' parameter (--alpha0) of EffOPD's schedule must be a finite number > 0"),
+        (["replay", "--scorer", "hindsight", "--alpha0", "0"], "'alpha0' parameter (--alpha0) of EffOPD's schedule must be a finite number > 0"),
         (["demo", "--workers", "0"], "--workers takes a count ≥ 1"),
     ],
 )  # fmt: skip

@@ -77,7 +77,7 @@ def _cli_fails(argv: list[str], *needles: str) -> None:
         (["ablate", "--step", "4", "--scorer", "hindsight", "--ranks",
           ",".join(map(str, range(1, 2000)))], ["at most 1024 ranks", "got 1999 ranks"]),
         (["foresee", "--max-candidates", "100000000"],
-         ["--max-candidates", "from 0 to 100", "Got 100000000"]),
+         ["--max-candidates", "from 1 to 100", "Got 100000000"]),
         (["replay", "--scorer", "hindsight", "--max-candidates", "100000000"],
          ["--max-candidates", "from 1 to 100", "Got 100000000"]),
     ],

@@ -195,7 +195,7 @@ def test_select_overrides_default() -> None:
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_non_finite_alpha0_is_rejected(bad: float) -> None:
-    with pytest.raises(ValueError, match="'alpha0' parameter of EffOPD"):
+    with pytest.raises(ValueError, match="'alpha0' parameter"):
         EffOPD(alpha0=bad)
 
 

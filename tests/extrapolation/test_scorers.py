@@ -61,7 +61,7 @@ def test_command_scorer(tmp_path: Path) -> None:
     path.mkdir()
     (path / "v").write_text("7\n")
     assert CommandScorer("cat {checkpoint}/v").score(path, "c") == 7.0
-    with pytest.raises(ValueError, match="positive number of seconds"):
+    with pytest.raises(ValueError, match="positive, finite number of seconds"):
         make_scorer(command="echo {checkpoint}", timeout=0)
 
 

@@ -76,7 +76,7 @@ def test_non_finite_weights_are_refused_naming_file_and_tensor(tmp_path: Path) -
         OpdlensError, match=rf"checkpoint-4/model.safetensors: tensor '{Q0}' holds NaN"
     ):
         extrapolate(open_run(root), 4, anchor=2, alpha=1.0, out=out)
-    assert not out.exists() and list(out.parent.iterdir()) == []
+    assert not out.parent.exists()  # the folder it created for --out is removed too
     result = CliRunner().invoke(app, ["extrapolate", str(root), "--step", "8", "--anchor", "4",
                                       "--alpha", "1", "--out", str(out), "--quiet"])  # fmt: skip
     assert result.exit_code == 2 and "Traceback" not in result.output
