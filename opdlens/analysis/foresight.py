@@ -14,6 +14,7 @@ from ..extrapolation.schedule import alpha_schedule, replay_schedule
 from ..extrapolation.selection import DEFAULT_MODULES, select_tensors
 from ..names import BLOCKS
 from ..progress import Progress
+from .cluster import ray_session
 from .executors import Job, make_iterator
 from .options import AnalyzeOptions
 
@@ -283,7 +284,8 @@ def foresee(
     wanted = check_scopes(scopes)
     opts = AnalyzeOptions(workers=workers, executor=executor, address=address)
     names = select_tensors(run, modules, tensors)
-    tensor_grams, warnings = grams(run, names, opts, progress=progress)
+    with ray_session(opts):
+        tensor_grams, warnings = grams(run, names, opts, progress=progress)
     meta, stacked = _scopes(run, tensor_grams)
     keep = meta["scope"].isin(wanted).to_numpy()
     meta, stacked = meta[keep].reset_index(drop=True), stacked[keep]
