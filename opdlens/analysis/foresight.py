@@ -16,6 +16,7 @@ from ..names import BLOCKS
 from ..progress import Progress
 from .cluster import ray_session
 from .executors import Job, make_iterator
+from .findings import closer_word
 from .options import AnalyzeOptions
 
 if TYPE_CHECKING:
@@ -369,6 +370,7 @@ def _sentence(df: pd.DataFrame, target: int | None) -> str:
     row = rows.iloc[first]
     when = f"from step {int(steps[first])} on," if first < len(rows) - 1 else (
         f"only at step {int(steps[first])}, the last before it,")  # fmt: skip
+    along = along.replace("closer", closer_word(float(row["rel_error"])))
     return f"{when} {along} (rel_error {_below_one(row['rel_error'])} at α* = {_fmt(row['alpha'])})"
 
 

@@ -11,6 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from opdlens.analysis.findings import NEGLIGIBLE_SCORE, score_change, score_tolerance, update_effect
 from opdlens.errors import NothingToDrawError, OptionError
 from opdlens.names import BLOCKS
 from opdlens.viz._validate import check_frame, ordered, values_of
@@ -153,7 +154,11 @@ def ablation_figure(ablation: Frames, rank_curve: Frames | None = None) -> Figur
 
 
 def ablation_sentence(df: pd.DataFrame) -> str:
-    """One line on which group's update is worth most, for a report or the demo."""
+    """One line on what the update did to the score and which group's update is worth most.
+
+    Says so when the whole update lowered the score, when dropping a group raises it (negative
+    utility), and when no group's update helps; negligible is decided by `score_tolerance`.
+    """
     cols = [
         "group",
         "update_share",
@@ -167,31 +172,9 @@ def ablation_sentence(df: pd.DataFrame) -> str:
     step = f"step {int(df['step'].iloc[0])}" if "step" in df else "step T"
     full, base = float(df["score_full"].iloc[0]), float(df["score_base"].iloc[0])
     utility = values_of(df["utility"])
-    if np.isfinite(utility).any() and np.nanmax(utility) <= 0:
-        low = df.iloc[int(np.nanargmin(utility))]
-        return (
-            f"At {step}, no group's update helps: dropping any one leaves the score as high or "
-            f"higher, and dropping "
-            f"{low['group']}'s ({low['update_share']:.0%} of ‖Δ_T‖²) raises the score most, from "
-            f"{full:.4g} to {low['score_drop']:.4g} (the base scores {base:.4g})."
-        )
+    head = f"At {step}, {update_effect(full, base)}"
     if np.isfinite(utility).any():
-        top = df.iloc[int(np.nanargmax(utility))]
-        text = (
-            f"At {step}, dropping the update of {top['group']} ({top['update_share']:.0%} of "
-            f"‖Δ_T‖²) costs the most: the score falls from {full:.4g} to {top['score_drop']:.4g} "
-            f"(utility {top['utility']:.4g}; the base scores {base:.4g})"
-        )
-        share = values_of(df["update_share"])
-        per_share = np.where(share > 0, utility / np.where(share > 0, share, 1.0), np.nan)
-        if np.isfinite(per_share).any():
-            best = df.iloc[int(np.nanargmax(per_share))]
-            if best["group"] != top["group"]:
-                text += (
-                    f"; per unit of update share, {best['group']} is worth most "
-                    f"({best['utility'] / best['update_share']:.3g})"
-                )
-        return text + "."
+        return f"{head}; {_utility_clause(df, utility, full, base)}."
     only = values_of(df["score_only"])
     if not np.isfinite(only).any():
         raise NothingToDrawError(
@@ -200,7 +183,58 @@ def ablation_sentence(df: pd.DataFrame) -> str:
     top = df.iloc[int(np.nanargmax(only))]
     gain = top["score_only"] - base
     return (
-        f"At {step}, the update of {top['group']} alone ({top['update_share']:.0%} of ‖Δ_T‖²) "
-        f"scores highest: {top['score_only']:.4g}, {gain:+.4g} over the base ({base:.4g}; the full "
-        f"update scores {full:.4g})."
+        f"{head}; the update of {top['group']} alone ({top['update_share']:.0%} of ‖Δ_T‖²) "
+        f"scores highest: {top['score_only']:.4g}, {gain:+.4g} over the base."
     )
+
+
+def _share(row: pd.Series) -> str:
+    return f"{row['update_share']:.0%} of ‖Δ_T‖²"
+
+
+def _utility_clause(df: pd.DataFrame, utility: np.ndarray, full: float, base: float) -> str:
+    """Which group's update helps most, which hurts (negative utility), or that none helps."""
+    tol = score_tolerance(full, base, *values_of(df["score_drop"]))
+    finite = np.where(np.isfinite(utility), utility, 0.0)
+    parts = []
+    if (finite > tol).any():
+        top = df.iloc[int(np.argmax(finite))]
+        if score_change(base, full) == "raised":
+            text = (
+                f"dropping the update of {top['group']} ({_share(top)}) costs the most: the score "
+                f"falls to {top['score_drop']:.4g} (utility {top['utility']:+.4g})"
+            )
+        else:
+            text = (
+                f"{top['group']}'s update helps most: dropping it ({_share(top)}) lowers the "
+                f"score to {top['score_drop']:.4g} (utility {top['utility']:+.4g})"
+            )
+        share = values_of(df["update_share"])
+        per_share = np.where(
+            (share > 0) & (finite > tol), finite / np.where(share > 0, share, 1), np.nan
+        )
+        best = df.iloc[int(np.nanargmax(per_share))]
+        if best["group"] != top["group"]:
+            text += (
+                f"; per unit of update share, {best['group']} is worth most "
+                f"({best['utility'] / best['update_share']:.3g})"
+            )
+        parts.append(text)
+    elif (finite < -tol).any():
+        parts.append("no group's update helps: dropping any one leaves the score as high or higher")
+    else:
+        return (
+            "no group's update matters on its own: dropping any one changes the score by less "
+            f"than {NEGLIGIBLE_SCORE:.0%}".replace("%", " %")
+        )
+    if (finite < -tol).any():
+        low = df.iloc[int(np.argmin(finite))]
+        hurt = int((finite < -tol).sum())
+        most, others = (
+            (" most,", f"; {hurt} groups have negative utility") if hurt > 1 else ("", "")
+        )
+        parts.append(
+            f"dropping {low['group']}'s ({_share(low)}) raises the score{most} to "
+            f"{low['score_drop']:.4g} (negative utility {low['utility']:+.4g}{others})"
+        )
+    return "; ".join(parts)
