@@ -10,6 +10,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Annotation
+from matplotlib.transforms import Bbox
 
 from opdlens.analysis.findings import NEGLIGIBLE_SCORE, score_change, score_tolerance, update_effect
 from opdlens.errors import NothingToDrawError, OptionError
@@ -25,6 +27,7 @@ ABLATION_HINT = "Pass the ablation table opdlens.ablate returns (or ablation.csv
 RANK_HINT = "Pass the rank_curve table opdlens.ablate returns with ranks (or rank_curve.csv)."
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 _OTHER = "#7F7F7F"
+_LABEL_GAP = 1.5  # points between group labels moved apart
 
 
 def _by_run(
@@ -87,7 +90,26 @@ def utility_by_share(ablation: Frames, *, ax: Axes | None = None) -> Axes:
             handles += [Line2D([], [], linestyle="", marker=_MARKERS[i % len(_MARKERS)],
                                color="#333333", label=label) for i, label in enumerate(runs)]  # fmt: skip
         ax.legend(handles=handles, loc="best")
+        _spread_labels(ax)
     return ax
+
+
+def _spread_labels(ax: Axes) -> None:
+    """Move each group label that overlaps another up, clear of it (after a layout pass)."""
+    fig, _ = figure_and_axes(ax)
+    fig.canvas.draw()  # constrained layout settles the axes before the labels are measured
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    labels = sorted((t for t in ax.texts if isinstance(t, Annotation)), key=lambda t: t.xy[1])
+    placed: list[Bbox] = []
+    for label in labels:
+        for _ in range(len(labels)):
+            box = label.get_window_extent(renderer)
+            hit = next((b for b in placed if b.overlaps(box)), None)
+            if hit is None:
+                break
+            x, y = label.xyann
+            label.xyann = (x, y + (hit.y1 - box.y0) * 72 / fig.dpi + _LABEL_GAP)
+        placed.append(label.get_window_extent(renderer))
 
 
 def score_by_rank(
@@ -105,6 +127,9 @@ def score_by_rank(
                 f"The 'ablation' argument of {func} must hold the runs of rank_curve; "
                 f"{missing} are missing (it holds {list(refs)})."
             )
+    bases = {label: float(refs[label]["score_base"].iloc[0]) for label in runs if label in refs}
+    # Runs from one start score their base alike: one line, said to be shared.
+    shared = len(bases) > 1 and len(set(bases.values())) == 1
     with paper_style():
         _, ax = figure_and_axes(ax)
         ks: set[int] = set()
@@ -123,8 +148,13 @@ def score_by_rank(
                 ref = refs[label].iloc[0]
                 ax.axhline(float(ref["score_full"]), color=color_at(i), linestyle="--", linewidth=0.9,
                            label=rf"{label + ' · ' if label else ''}$\theta_T$ (full update)")  # fmt: skip
-                ax.axhline(float(ref["score_base"]), color=color_at(i), linestyle=":", linewidth=0.9,
-                           label=rf"{label + ' · ' if label else ''}$\theta_0$ (base)")  # fmt: skip
+                if not shared:
+                    ax.axhline(float(ref["score_base"]), color=color_at(i), linestyle=":",
+                               linewidth=0.9,
+                               label=rf"{label + ' · ' if label else ''}$\theta_0$ (base)")  # fmt: skip
+        if shared:
+            ax.axhline(next(iter(bases.values())), color="#555555", linestyle=":", linewidth=1.1,
+                       label=rf"$\theta_0$ (base, the same for {', '.join(bases)})")  # fmt: skip
         ax.set_xscale("log", base=2)
         ticks = sorted(ks)
         ax.set_xticks(ticks, [str(k) for k in ticks])
@@ -150,6 +180,8 @@ def ablation_figure(ablation: Frames, rank_curve: Frames | None = None) -> Figur
         if rank_curve is not None:
             score_by_rank(rank_curve, ablation=runs, ax=axes[-1])
             axes[-1].set_title("rank curve")
+        for ax in axes[: len(runs)]:  # the final layout may have moved them closer
+            _spread_labels(ax)
     return fig
 
 

@@ -91,6 +91,47 @@ def test_figure_has_a_panel_per_run_and_the_rank_curve(tables) -> None:
     assert [ax.get_title() for ax in fig.axes] == ["OPD", "RL", "rank curve"]
 
 
+def test_runs_from_one_start_share_one_base_line(tables, tmp_path: Path) -> None:
+    """Two runs from the same θ_0 (bytes equal): one θ_0 line, labelled as shared."""
+    base = tables["OPD"][0]["score_base"].iloc[0]
+    root = write_run(tmp_path / "rl", steps=(0, 4),
+                     state=lambda s: linear_state(s, seed=0 if s == 0 else 1))  # fmt: skip
+    rl = tuple(ablate(open_run(root), 4, _score, ranks=[1, 4]))
+    assert rl[0]["score_base"].iloc[0] == base  # the same start, scored alike
+    ablations, curves = (
+        {"OPD": tables["OPD"][0], "RL": rl[0]},
+        {"OPD": tables["OPD"][1], "RL": rl[1]},
+    )
+    ax = score_by_rank(curves, ablation=ablations)
+    at_base = [ln for ln in ax.get_lines() if list(ln.get_ydata()) == [base, base]]
+    assert (
+        len(at_base) == 1 and at_base[0].get_label() == r"$\theta_0$ (base, the same for OPD, RL)"
+    )
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels.count(r"$\theta_0$ (base, the same for OPD, RL)") == 1
+    assert not any("· $\\theta_0$" in t for t in labels)
+    # Different starts keep a base line each (test_score_by_rank_draws_the_curve_and_the_references).
+
+
+def test_group_labels_do_not_overlap(tables) -> None:
+    """Groups at nearly the same (share, utility): their labels are moved apart."""
+    df = tables["OPD"][0].copy()
+    df["update_share"] = [0.30, 0.30, 0.001, 0.002, 0.6][: len(df)]
+    df["utility"] = [0.10, 0.1001, 0.0300, 0.0301, 0.05][: len(df)]
+    fig = ablation_figure({"OPD": df, "RL": tables["RL"][0]})
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.texts]
+        assert len(boxes) == 5
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1 :]:
+                assert not a.overlaps(b), (a, b)
+        # Each label still starts at its own marker's x.
+        for t in ax.texts:
+            assert t.xyann[0] == 3
+
+
 def test_plots_refuse_what_they_cannot_draw(tables) -> None:
     only = tables["OPD"][0].assign(utility=np.nan)
     with pytest.raises(NothingToDrawError, match="mode='only'.*--mode drop or both"):
