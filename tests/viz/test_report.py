@@ -181,9 +181,18 @@ def _headless(browser: str, profile: Path, *args: str) -> subprocess.CompletedPr
     return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=180)
 
 
-# Measures, once laid out at the test's window width, how far the page and the widest table reach.
+# Measures, once laid out at the test's window width, how far the page and the widest table reach,
+# and where the findings, the key figure and the inventories start on the page.
 _MEASURE = """<script>
 window.addEventListener("load", function () {
+  var top = function (q) { var e = document.querySelector(q);
+    return e ? Math.round(e.getBoundingClientRect().top + window.scrollY) : -1; };
+  document.body.setAttribute("data-findings-top", top("#findings"));
+  document.body.setAttribute("data-key-figure-top", top("#findings figure"));
+  document.body.setAttribute("data-inventories-top", top("#inventories"));
+  var open = document.querySelectorAll("#inventories details[open]").length;
+  document.body.setAttribute("data-inventories-open", open);
+  document.body.setAttribute("data-page-height", document.documentElement.scrollHeight);
   var style = getComputedStyle(document.body), widest = 0;
   var right = document.body.getBoundingClientRect().right - parseFloat(style.paddingRight);
   document.querySelectorAll("table").forEach(function (t) {
@@ -233,6 +242,15 @@ def _check_in_browser(report: Path, tmp_path: Path, images: str) -> None:
     reach = dict(re.findall(r'data-(page|table)-overflow="(-?\d+)"', dom.stdout))
     assert sorted(reach) == ["page", "table"], dom.stdout[-2000:]
     assert int(reach["page"]) <= 0 and int(reach["table"]) <= 0, reach
+    # As laid out: the findings, with their figure, come first; the inventories last, folded.
+    at = dict(re.findall(r'data-((?:findings|key-figure|inventories)-(?:top|open))="(-?\d+)"',
+                         dom.stdout))  # fmt: skip
+    at = {k: int(v) for k, v in at.items()}
+    # On the first screen (900 px): the findings and the top of their figure.
+    assert 0 <= at["findings-top"] < at["key-figure-top"] < 900, at
+    assert at["inventories-top"] > at["key-figure-top"] + 900 and at["inventories-open"] == 0, at
+    height = re.search(r'data-page-height="(\d+)"', dom.stdout)
+    assert height and at["inventories-top"] > int(height.group(1)) / 2, at  # in the last half
     shot = tmp_path / "shot.png"
     render = _headless(browser, tmp_path / "profile", f"--screenshot={shot}",
                        "--window-size=1200,3000", url)  # fmt: skip
