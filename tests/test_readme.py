@@ -13,7 +13,9 @@ import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 # The CLI tour lines no test can run here, each with the reason.
-UNTESTED = {"--address auto": "needs a running Ray cluster (without one: tests/analysis/test_cluster.py)"}
+UNTESTED = {
+    "--address auto": "needs a running Ray cluster (without one: tests/analysis/test_cluster.py)"
+}
 # README says eval.py stands for the user's own evaluation script. This one is cheap (no torch
 # import per candidate): it prints the checkpoint's file count, after a line that is no number.
 EVAL_PY = """import os, sys

@@ -105,9 +105,12 @@ def _findings(
     ])  # fmt: skip
 
 
+_NOTES = (" skipped", ": no training log (", "cached top-K singular values only")
+
+
 def _is_note(message: str) -> bool:
-    """A skipped figure or side analysis for want of an input: a note, not a problem."""
-    return " skipped" in message or "cached top-K singular values only" in message
+    """A figure or side analysis skipped for want of an input: a note, not a problem."""
+    return any(marker in message for marker in _NOTES)
 
 
 def _messages(sources: Sources, figures: FigureSet) -> tuple[list[str], list[str]]:

@@ -129,6 +129,7 @@ def test_report_leads_with_findings_and_folds_the_inventories(small_report: Path
     assert not any("skipped" in w for w in listed)
     notes = re.findall(r'<p class="meta notes">Notes: ([^<]*)</p>', warnings)
     assert len(notes) == 1 and "figure replay_scores skipped" in notes[0]
+    assert "OPD: no training curve: " in notes[0] and ": no training log (" in notes[0]
     assert f"<h2>Warnings ({len(listed)})</h2>" in page
 
 
