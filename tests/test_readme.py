@@ -14,7 +14,9 @@ import torch
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 # The CLI tour lines no test can run here, each with the reason.
-UNTESTED = {"--address auto": "needs a running Ray cluster to connect to"}
+UNTESTED = {
+    "--address auto": "needs a running Ray cluster (without one: tests/analysis/test_cluster.py)"
+}
 if not torch.cuda.is_available():
     UNTESTED["--device cuda"] = "needs a CUDA GPU"
 # README says eval.py stands for the user's own evaluation script. This one is cheap (no torch

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import OpdlensError
 from ..progress import Progress
 from .cache import FactorCache, step_keys
+from .cluster import ray_session
 from .executors import Job, make_iterator
 from .frame import build_frame
 from .options import AnalyzeOptions
@@ -108,14 +109,15 @@ def compute_analysis(
     svd_methods: dict[str, int] = {}
     bar = Progress(len(names), "analyze", enabled=progress)
     try:
-        for _, result in make_iterator(job, names):
-            rows += result.rows
-            warnings += result.warnings
-            svd_calls += result.svd_calls
-            for label, n in result.svd_methods.items():
-                svd_methods[label] = svd_methods.get(label, 0) + n
-            cache_hits += result.cache_hits
-            bar.update()
+        with ray_session(options):
+            for _, result in make_iterator(job, names):
+                rows += result.rows
+                warnings += result.warnings
+                svd_calls += result.svd_calls
+                for label, n in result.svd_methods.items():
+                    svd_methods[label] = svd_methods.get(label, 0) + n
+                cache_hits += result.cache_hits
+                bar.update()
     finally:
         bar.close()
     timings["sweep"] = time.perf_counter() - t1

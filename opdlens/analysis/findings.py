@@ -1,10 +1,16 @@
-"""The paper's claims as one number per run, and their comparison across groups of runs."""
+"""The paper's claims as one number per run, their comparison across groups, and the wording.
+
+The wording thresholds (docs/design.md, "Wording thresholds") live here and nowhere else: every
+sentence the report, the demo and the CLI print that calls an effect negligible, or says which
+way a score moved, decides it with these.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,14 +21,26 @@ from .stats import Difference, MeanSD, bootstrap_difference, mean_sd
 
 __all__ = [
     "CLAIMS",
+    "NEGLIGIBLE_GAIN",
+    "NEGLIGIBLE_SCORE",
     "Claim",
     "GroupFindings",
     "check_groups",
     "claim_lines",
+    "closer_word",
     "group_findings",
+    "online_sentence",
     "run_quantities",
+    "score_change",
+    "score_tolerance",
+    "update_effect",
     "verdict",
 ]
+
+# rel_error(α*) above 1 − NEGLIGIBLE_GAIN: the best extrapolation is "barely (< 1 %) closer".
+NEGLIGIBLE_GAIN = 0.01
+# A score change below NEGLIGIBLE_SCORE × the larger |score| compared is negligible.
+NEGLIGIBLE_SCORE = 0.01
 
 
 @dataclass(frozen=True)
@@ -211,3 +229,71 @@ def claim_lines(findings: GroupFindings) -> list[str]:
             f"{claim.label}: {a} {ms[a].format()}, {b} {ms[b].format()}; {diff}."
         )
     return lines
+
+
+def closer_word(rel_error: float) -> str:
+    """'closer', or 'barely (< 1 %) closer' when rel_error is within NEGLIGIBLE_GAIN of 1."""
+    if rel_error > 1 - NEGLIGIBLE_GAIN:
+        return f"barely (< {NEGLIGIBLE_GAIN:.0%}) closer".replace("%", " %")
+    return "closer"
+
+
+def score_tolerance(*scores: float) -> float:
+    """The largest score change still negligible: NEGLIGIBLE_SCORE × the largest |score|."""
+    finite = [abs(float(x)) for x in scores if np.isfinite(x)]
+    return NEGLIGIBLE_SCORE * max(finite, default=0.0)
+
+
+def score_change(before: float, after: float) -> str:
+    """'raised', 'lowered' or 'left about unchanged' (within score_tolerance) from before to after."""
+    tol = score_tolerance(before, after)
+    if after - before > tol:
+        return "raised"
+    if before - after > tol:
+        return "lowered"
+    return "left about unchanged"
+
+
+def update_effect(full: float, base: float) -> str:
+    """What the whole update did to the score: 'the final update as a whole lowered the score …'."""
+    verb = score_change(base, full)
+    if verb.startswith("left"):
+        return (
+            f"the final update as a whole left the score about unchanged ({base:.4g} → "
+            f"{full:.4g}, within {NEGLIGIBLE_SCORE:.0%})"
+        ).replace("%)", " %)")
+    return f"the final update as a whole {verb} the score from {base:.4g} to {full:.4g}"
+
+
+def online_sentence(online: Mapping[str, Any]) -> str:
+    """Online EffOPD against plain OPD: steps each took to reach the target score, the speed-up.
+
+    `online` holds target_accuracy, plain_steps_to_target, effopd_steps_to_target,
+    plain_final_accuracy, effopd_final_accuracy (the demo's online_effopd.json), and
+    optionally start_accuracy (the score at step 0).
+    """
+    target = float(online["target_accuracy"])
+    plain, eff = online.get("plain_steps_to_target"), online.get("effopd_steps_to_target")
+    finals = (
+        f"final accuracy: plain {float(online['plain_final_accuracy']):.4g}, "
+        f"with EffOPD {float(online['effopd_final_accuracy']):.4g}"
+    )
+    start = online.get("start_accuracy")
+    head = f"steps to reach {target:.4g} accuracy"
+    if start is not None and float(start) >= target:
+        return (
+            f"{head}: the start already scores {float(start):.4g} (≥ the target), so there is no "
+            f"speed-up to measure; {finals}."
+        )
+    if plain is None or eff is None:
+        missing = " and ".join(n for n, v in (("plain", plain), ("with EffOPD", eff)) if v is None)
+        return f"{head}: {missing} never reached it, so there is no speed-up to measure; {finals}."
+    p, e = int(plain), int(eff)
+    if p == 0 or e == 0:
+        return (
+            f"{head}: reached at step 0 (plain {p}, with EffOPD {e}), so there is no speed-up to "
+            f"measure; {finals}."
+        )
+    ratio = p / e
+    how = "no faster" if abs(ratio - 1) <= NEGLIGIBLE_SCORE else "faster" if ratio > 1 else "slower"
+    return f"{head}: plain OPD {p}, with online EffOPD {e} — {ratio:.2f}× ({how}); {finals}."

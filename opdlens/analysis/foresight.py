@@ -14,7 +14,9 @@ from ..extrapolation.schedule import MAX_MULTIPLE, EffOPDSchedule, replay_schedu
 from ..extrapolation.selection import DEFAULT_MODULES, select_tensors
 from ..names import BLOCKS
 from ..progress import Progress
+from .cluster import ray_session
 from .executors import Job, make_iterator
+from .findings import closer_word
 from .options import AnalyzeOptions
 
 if TYPE_CHECKING:
@@ -282,7 +284,8 @@ def foresee(
     wanted = check_scopes(scopes)
     opts = AnalyzeOptions(workers=workers, executor=executor, address=address, device=device)
     names = select_tensors(run, modules, tensors)
-    tensor_grams, warnings = grams(run, names, opts, progress=progress)
+    with ray_session(opts):
+        tensor_grams, warnings = grams(run, names, opts, progress=progress)
     meta, stacked = _scopes(run, tensor_grams)
     keep = meta["scope"].isin(wanted).to_numpy()
     meta, stacked = meta[keep].reset_index(drop=True), stacked[keep]
@@ -365,6 +368,7 @@ def _sentence(df: pd.DataFrame, target: int | None) -> str:
     row = rows.iloc[first]
     when = f"from step {int(steps[first])} on," if first < len(rows) - 1 else (
         f"only at step {int(steps[first])}, the last before it,")  # fmt: skip
+    along = along.replace("closer", closer_word(float(row["rel_error"])))
     return f"{when} {along} (rel_error {_below_one(row['rel_error'])} at α* = {_fmt(row['alpha'])})"
 
 

@@ -3,24 +3,94 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from ..errors import InputFileError, InputNotFoundError
 from ..extrapolation.ablate import Ablation
+from ..extrapolation.callback import CANDIDATE_COLUMNS, candidate_rows
 from ..io.paths import read_marker
 from .readback import check_finished, check_table
-from .results import _read_table
+from .results import _read_json, _read_table
 
 if TYPE_CHECKING:
     from ..run import Run
 
-__all__ = ["FORESIGHT_MIN_STEPS", "compute_foresight", "load_ablation"]
+__all__ = [
+    "CANDIDATES_FILE",
+    "FORESIGHT_MIN_STEPS",
+    "OnlineEffOPD",
+    "compute_foresight",
+    "find_online_effopd",
+    "load_ablation",
+    "load_online_effopd",
+]
 
 FORESIGHT_MIN_STEPS = 2  # saved steps after the base: a step t and a later s to predict
+CANDIDATES_FILE = "effopd_candidates.csv"  # EffOPDCallback's default, in the Trainer's output_dir
+_COMPARISON = ("target_accuracy", "plain_steps_to_target", "effopd_steps_to_target",
+               "plain_final_accuracy", "effopd_final_accuracy")  # fmt: skip
+
+
+@dataclass
+class OnlineEffOPD:
+    """What online EffOPD did in one training run: every candidate it tried, and (the demo's
+    online_effopd.json) the steps plain OPD and OPD + EffOPD took to reach a target score."""
+
+    label: str
+    source: Path
+    candidates: pd.DataFrame  # CANDIDATE_COLUMNS, one row per candidate
+    comparison: dict[str, Any] = field(default_factory=dict)  # online_sentence's keys, or {}
+
+
+def load_online_effopd(path: str | Path, label: str) -> OnlineEffOPD:
+    """An EffOPDCallback's effopd_candidates.csv, or the demo's online_effopd.json.
+
+    Raises:
+        InputNotFoundError: no such file. InputFileError: not one of those two files.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputNotFoundError(
+            f"{p} is not a file: expected an {CANDIDATES_FILE} (EffOPDCallback) or the demo's "
+            "online_effopd.json."
+        )
+    if p.suffix == ".json":
+        data = _read_json(p, "online EffOPD comparison of `opdlens demo`")
+        missing = [k for k in (*_COMPARISON, "history") if k not in data]
+        if missing:
+            raise InputFileError(
+                f"{p} is not the demo's online_effopd.json: it lacks {missing}. Pass the file "
+                "`opdlens demo` wrote (runs/online_effopd.json)."
+            )
+        rows = [r for rec in data["history"] if rec.get("extrapolated")
+                for r in candidate_rows(rec)]  # fmt: skip
+        comparison = {k: data[k] for k in _COMPARISON}
+        plain = data.get("curves", {}).get("plain") or []
+        if plain and int(plain[0][0]) == 0:
+            comparison["start_accuracy"] = float(plain[0][1])
+        table = pd.DataFrame(rows, columns=list(CANDIDATE_COLUMNS))
+        return OnlineEffOPD(label, p, table, comparison)
+    table = _read_table(p, "EffOPDCallback's candidates CSV")
+    if list(table.columns) != list(CANDIDATE_COLUMNS):
+        raise InputFileError(
+            f"{p} is not a candidates CSV of EffOPDCallback: its columns are "
+            f"{list(table.columns)}, expected {list(CANDIDATE_COLUMNS)}."
+        )
+    return OnlineEffOPD(label, p, table)
+
+
+def find_online_effopd(runs: Sequence[tuple[str, Path]]) -> list[OnlineEffOPD]:
+    """The effopd_candidates.csv EffOPDCallback left in each run directory (label, directory)."""
+    return [
+        load_online_effopd(d / CANDIDATES_FILE, label)
+        for label, d in runs
+        if (d / CANDIDATES_FILE).is_file()
+    ]
 
 
 def load_ablation(path: str | Path) -> Ablation:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..io.paths import atomic_file, output_dir, write_text_atomic
 from ..provenance import record
 from .analyze import Analysis, check_analysable, compute_analysis
+from .cluster import ray_session
 from .frame import summarize
 from .options import AnalyzeOptions
 
@@ -45,7 +46,7 @@ def write_analysis(
     """
     opts = AnalyzeOptions.build(options, overrides)
     check_analysable(run, opts)
-    with output_dir(out, "analyze", inputs=run.input_paths) as path:
+    with ray_session(opts), output_dir(out, "analyze", inputs=run.input_paths) as path:
         return _write(run, path, opts, progress)
 
 

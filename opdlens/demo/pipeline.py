@@ -18,6 +18,7 @@ from ..analysis.foresight_write import write_foresight
 from ..analysis.frame import summarize
 from ..analysis.options import AnalyzeOptions
 from ..analysis.results import Sources, load_sources
+from ..analysis.side_inputs import load_online_effopd
 from ..analysis.stats import mean_sd
 from ..extrapolation.ablate import Ablation, ablate
 from ..extrapolation.extrapolate import ERRORS_FILE, extrapolate
@@ -173,15 +174,16 @@ def _analyse(
 
 def _report(
     sources: Sources, out: Path, groups: dict[str, list[str]], quick: bool, seed: int,
-    foresight: pd.DataFrame, ablation: dict[str, Ablation],
+    foresight: pd.DataFrame, ablation: dict[str, Ablation], online: Path,
 ) -> Path:  # fmt: skip
-    """The HTML report, with the groups section and grouped figures."""
+    """The HTML report, with the groups section, grouped figures and the online EffOPD result."""
     n = len(next(iter(groups.values())))
     seeds = "1 seed per method (--quick)" if n == 1 else f"{n} seeds per method"
     return write_report(
         sources, out / "report", title=f"opdlens demo: OPD vs RL on a tiny addition model, {seeds}",
         options={"quick": quick, "seed": seed, "replicates": n}, groups=groups,
         foresight=foresight, ablation=ablation,
+        online=[load_online_effopd(online, "OPD, first seed, plain vs online EffOPD")],
     )  # fmt: skip
 
 
@@ -217,7 +219,9 @@ def run_demo(
     foresight = timed("foresee", _foresee, labelled, out)
     ablation = timed("ablate", _ablate, labelled, out, workers or 1, progress)
     groups = {method: [lab for lab, _ in pairs] for method, pairs in labelled.items()}
-    report = timed("report", _report, sources, out, groups, quick, seed, foresight, ablation)
+    report = timed(
+        "report", _report, sources, out, groups, quick, seed, foresight, ablation, runs.online_path
+    )
     frames = {rm.label: rm.frame for rm in sources.runs}
     findings = group_findings(frames, groups)
     saved, accepted = steps_saved(history)

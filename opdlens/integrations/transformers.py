@@ -203,7 +203,8 @@ class SaveAtPowersOfTwo(TrainerCallback):
     """Make the Trainer also save at global steps 1, 2, 4, 8, … (its own interval still applies).
 
     With `save_base` (the default) it also saves the starting weights as `checkpoint-0` in the
-    output directory, so `opdlens.open_run(output_dir)` finds the run's base; skip it and pass
+    output directory, with the tokenizer (the Trainer's `processing_class`) beside them as in the
+    Trainer's own checkpoints, so `opdlens.open_run(output_dir)` finds the run's base; skip it and pass
     `open_run(output_dir, base=...)` instead when the base is a model directory you have.
     `save_total_limit` must be None: the Trainer would delete the older power-of-two checkpoints.
     """
@@ -228,7 +229,9 @@ class SaveAtPowersOfTwo(TrainerCallback):
             )
         if self.save_base and state.global_step == 0 and state.is_world_process_zero:
             assert model is not None, "the Trainer passes its model to every callback event"
-            save_base(model, Path(args.output_dir or "."))
+            # transformers < 4.46 passed the tokenizer as `tokenizer`.
+            processor = kwargs.get("processing_class", kwargs.get("tokenizer"))
+            save_base(model, Path(args.output_dir or "."), processor)
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -238,10 +241,12 @@ class SaveAtPowersOfTwo(TrainerCallback):
             control.should_save = True
 
 
-def save_base(model: nn.Module, output_dir: Path) -> Path:
+def save_base(model: nn.Module, output_dir: Path, processing_class: Any = None) -> Path:
     """Save `model` (`save_pretrained`) as `<output_dir>/checkpoint-0`, atomically; return it.
 
-    An existing checkpoint-0 is replaced only if opdlens wrote it (its `.opdlens` marker).
+    `processing_class` (a tokenizer or processor), when given, is saved beside the weights with
+    its own `save_pretrained`, as the Trainer does in its checkpoints. An existing checkpoint-0 is
+    replaced only if opdlens wrote it (its `.opdlens` marker).
     """
     target = output_dir / BASE_CHECKPOINT
     if os.path.lexists(target) and not is_opdlens_dir(target):
@@ -262,6 +267,8 @@ def save_base(model: nn.Module, output_dir: Path) -> Path:
     try:
         with torch.no_grad():
             save_pretrained(tmp)
+        if processing_class is not None:
+            processing_class.save_pretrained(tmp)
         write_marker(tmp, "SaveAtPowersOfTwo")
         move_into_place(tmp, target)  # an existing target was checked above: opdlens wrote it
     except BaseException:

@@ -10,7 +10,10 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Annotation
+from matplotlib.transforms import Bbox
 
+from opdlens.analysis.findings import NEGLIGIBLE_SCORE, score_change, score_tolerance, update_effect
 from opdlens.errors import NothingToDrawError, OptionError
 from opdlens.names import BLOCKS
 from opdlens.viz._validate import check_frame, ordered, values_of
@@ -24,6 +27,7 @@ ABLATION_HINT = "Pass the ablation table opdlens.ablate returns (or ablation.csv
 RANK_HINT = "Pass the rank_curve table opdlens.ablate returns with ranks (or rank_curve.csv)."
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 _OTHER = "#7F7F7F"
+_LABEL_GAP = 1.5  # points between group labels moved apart
 
 
 def _by_run(
@@ -86,7 +90,26 @@ def utility_by_share(ablation: Frames, *, ax: Axes | None = None) -> Axes:
             handles += [Line2D([], [], linestyle="", marker=_MARKERS[i % len(_MARKERS)],
                                color="#333333", label=label) for i, label in enumerate(runs)]  # fmt: skip
         ax.legend(handles=handles, loc="best")
+        _spread_labels(ax)
     return ax
+
+
+def _spread_labels(ax: Axes) -> None:
+    """Move each group label that overlaps another up, clear of it (after a layout pass)."""
+    fig, _ = figure_and_axes(ax)
+    fig.canvas.draw()  # constrained layout settles the axes before the labels are measured
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    labels = sorted((t for t in ax.texts if isinstance(t, Annotation)), key=lambda t: t.xy[1])
+    placed: list[Bbox] = []
+    for label in labels:
+        for _ in range(len(labels)):
+            box = label.get_window_extent(renderer)
+            hit = next((b for b in placed if b.overlaps(box)), None)
+            if hit is None:
+                break
+            x, y = label.xyann
+            label.xyann = (x, y + (hit.y1 - box.y0) * 72 / fig.dpi + _LABEL_GAP)
+        placed.append(label.get_window_extent(renderer))
 
 
 def score_by_rank(
@@ -104,6 +127,9 @@ def score_by_rank(
                 f"The 'ablation' argument of {func} must hold the runs of rank_curve; "
                 f"{missing} are missing (it holds {list(refs)})."
             )
+    bases = {label: float(refs[label]["score_base"].iloc[0]) for label in runs if label in refs}
+    # Runs from one start score their base alike: one line, said to be shared.
+    shared = len(bases) > 1 and len(set(bases.values())) == 1
     with paper_style():
         _, ax = figure_and_axes(ax)
         ks: set[int] = set()
@@ -122,8 +148,13 @@ def score_by_rank(
                 ref = refs[label].iloc[0]
                 ax.axhline(float(ref["score_full"]), color=color_at(i), linestyle="--", linewidth=0.9,
                            label=rf"{label + ' · ' if label else ''}$\theta_T$ (full update)")  # fmt: skip
-                ax.axhline(float(ref["score_base"]), color=color_at(i), linestyle=":", linewidth=0.9,
-                           label=rf"{label + ' · ' if label else ''}$\theta_0$ (base)")  # fmt: skip
+                if not shared:
+                    ax.axhline(float(ref["score_base"]), color=color_at(i), linestyle=":",
+                               linewidth=0.9,
+                               label=rf"{label + ' · ' if label else ''}$\theta_0$ (base)")  # fmt: skip
+        if shared:
+            ax.axhline(next(iter(bases.values())), color="#555555", linestyle=":", linewidth=1.1,
+                       label=rf"$\theta_0$ (base, the same for {', '.join(bases)})")  # fmt: skip
         ax.set_xscale("log", base=2)
         ticks = sorted(ks)
         ax.set_xticks(ticks, [str(k) for k in ticks])
@@ -149,11 +180,17 @@ def ablation_figure(ablation: Frames, rank_curve: Frames | None = None) -> Figur
         if rank_curve is not None:
             score_by_rank(rank_curve, ablation=runs, ax=axes[-1])
             axes[-1].set_title("rank curve")
+        for ax in axes[: len(runs)]:  # the final layout may have moved them closer
+            _spread_labels(ax)
     return fig
 
 
 def ablation_sentence(df: pd.DataFrame) -> str:
-    """One line on which group's update is worth most, for a report or the demo."""
+    """One line on what the update did to the score and which group's update is worth most.
+
+    Says so when the whole update lowered the score, when dropping a group raises it (negative
+    utility), and when no group's update helps; negligible is decided by `score_tolerance`.
+    """
     cols = [
         "group",
         "update_share",
@@ -167,31 +204,9 @@ def ablation_sentence(df: pd.DataFrame) -> str:
     step = f"step {int(df['step'].iloc[0])}" if "step" in df else "step T"
     full, base = float(df["score_full"].iloc[0]), float(df["score_base"].iloc[0])
     utility = values_of(df["utility"])
-    if np.isfinite(utility).any() and np.nanmax(utility) <= 0:
-        low = df.iloc[int(np.nanargmin(utility))]
-        return (
-            f"At {step}, no group's update helps: dropping any one leaves the score as high or "
-            f"higher, and dropping "
-            f"{low['group']}'s ({low['update_share']:.0%} of ‖Δ_T‖²) raises the score most, from "
-            f"{full:.4g} to {low['score_drop']:.4g} (the base scores {base:.4g})."
-        )
+    head = f"At {step}, {update_effect(full, base)}"
     if np.isfinite(utility).any():
-        top = df.iloc[int(np.nanargmax(utility))]
-        text = (
-            f"At {step}, dropping the update of {top['group']} ({top['update_share']:.0%} of "
-            f"‖Δ_T‖²) costs the most: the score falls from {full:.4g} to {top['score_drop']:.4g} "
-            f"(utility {top['utility']:.4g}; the base scores {base:.4g})"
-        )
-        share = values_of(df["update_share"])
-        per_share = np.where(share > 0, utility / np.where(share > 0, share, 1.0), np.nan)
-        if np.isfinite(per_share).any():
-            best = df.iloc[int(np.nanargmax(per_share))]
-            if best["group"] != top["group"]:
-                text += (
-                    f"; per unit of update share, {best['group']} is worth most "
-                    f"({best['utility'] / best['update_share']:.3g})"
-                )
-        return text + "."
+        return f"{head}; {_utility_clause(df, utility, full, base)}."
     only = values_of(df["score_only"])
     if not np.isfinite(only).any():
         raise NothingToDrawError(
@@ -200,7 +215,58 @@ def ablation_sentence(df: pd.DataFrame) -> str:
     top = df.iloc[int(np.nanargmax(only))]
     gain = top["score_only"] - base
     return (
-        f"At {step}, the update of {top['group']} alone ({top['update_share']:.0%} of ‖Δ_T‖²) "
-        f"scores highest: {top['score_only']:.4g}, {gain:+.4g} over the base ({base:.4g}; the full "
-        f"update scores {full:.4g})."
+        f"{head}; the update of {top['group']} alone ({top['update_share']:.0%} of ‖Δ_T‖²) "
+        f"scores highest: {top['score_only']:.4g}, {gain:+.4g} over the base."
     )
+
+
+def _share(row: pd.Series) -> str:
+    return f"{row['update_share']:.0%} of ‖Δ_T‖²"
+
+
+def _utility_clause(df: pd.DataFrame, utility: np.ndarray, full: float, base: float) -> str:
+    """Which group's update helps most, which hurts (negative utility), or that none helps."""
+    tol = score_tolerance(full, base, *values_of(df["score_drop"]))
+    finite = np.where(np.isfinite(utility), utility, 0.0)
+    parts = []
+    if (finite > tol).any():
+        top = df.iloc[int(np.argmax(finite))]
+        if score_change(base, full) == "raised":
+            text = (
+                f"dropping the update of {top['group']} ({_share(top)}) costs the most: the score "
+                f"falls to {top['score_drop']:.4g} (utility {top['utility']:+.4g})"
+            )
+        else:
+            text = (
+                f"{top['group']}'s update helps most: dropping it ({_share(top)}) lowers the "
+                f"score to {top['score_drop']:.4g} (utility {top['utility']:+.4g})"
+            )
+        share = values_of(df["update_share"])
+        per_share = np.where(
+            (share > 0) & (finite > tol), finite / np.where(share > 0, share, 1), np.nan
+        )
+        best = df.iloc[int(np.nanargmax(per_share))]
+        if best["group"] != top["group"]:
+            text += (
+                f"; per unit of update share, {best['group']} is worth most "
+                f"({best['utility'] / best['update_share']:.3g})"
+            )
+        parts.append(text)
+    elif (finite < -tol).any():
+        parts.append("no group's update helps: dropping any one leaves the score as high or higher")
+    else:
+        return (
+            "no group's update matters on its own: dropping any one changes the score by less "
+            f"than {NEGLIGIBLE_SCORE:.0%}".replace("%", " %")
+        )
+    if (finite < -tol).any():
+        low = df.iloc[int(np.argmin(finite))]
+        hurt = int((finite < -tol).sum())
+        most, others = (
+            (" most,", f"; {hurt} groups have negative utility") if hurt > 1 else ("", "")
+        )
+        parts.append(
+            f"dropping {low['group']}'s ({_share(low)}) raises the score{most} to "
+            f"{low['score_drop']:.4g} (negative utility {low['utility']:+.4g}{others})"
+        )
+    return "; ".join(parts)

@@ -64,10 +64,11 @@ def _block_lines(
                     label=f"{run} · {block}",
                 )  # fmt: skip
     handles = [Line2D([], [], color=block_color(b), label=b) for b in blocks]
-    handles += [
-        Line2D([], [], color="#333333", linestyle=linestyle_at(i), label=str(run))
-        for i, run in enumerate(runs)
-    ]
+    if len(runs) > 1:  # one run: its name is the panel's title, not a legend entry
+        handles += [
+            Line2D([], [], color="#333333", linestyle=linestyle_at(i), label=str(run))
+            for i, run in enumerate(runs)
+        ]
     ax.legend(handles=handles, ncols=2 if len(handles) > 5 else 1, loc="best")
 
 
@@ -227,10 +228,11 @@ def alignment_by_step(df: pd.DataFrame, *, side: str = "both", ax: Axes | None =
         ax.set_ylabel(f"alignment with the final update\n{formula}\n{weighted}")
         baseline = {"left": "K/rows", "right": "K/cols", "both": "mean of K/rows, K/cols"}[side]
         handles = [Line2D([], [], color=color_at(j), label=f"K = {k}") for j, k in enumerate(ks)]
-        handles += [
-            Line2D([], [], color="#333333", linestyle=linestyle_at(i), label=run)
-            for i, run in enumerate(runs)
-        ]
+        if len(runs) > 1:  # one run: its name is the panel's title, not a legend entry
+            handles += [
+                Line2D([], [], color="#333333", linestyle=linestyle_at(i), label=run)
+                for i, run in enumerate(runs)
+            ]
         handles += [
             Line2D([], [], color="#777777", linestyle="--", linewidth=0.8,
                    label=f"random subspace, {baseline}"),

@@ -32,6 +32,7 @@ __all__ = [
 HINT = "Pass the DataFrame of opdlens.foresee with a 'run' column, e.g. df.assign(run='OPD')."
 _BASE = ["run", "step", "anchor", "alpha", "alpha_kind", "scope", "target_step", "rel_error"]
 _ANNOTATE_MAX = 10  # cells per side up to which the map prints each value
+_TICK_RATIO = 1.8  # the last step is ticked beside the power of two before it if this far apart
 _STAR_LABEL = r"$\alpha^* = -\langle \theta_t - \theta_s, \theta_t - \theta_a \rangle / \|\theta_t - \theta_a\|^2$"
 
 
@@ -74,22 +75,23 @@ def foresight_map(
     *,
     run: str | None = None,
     anchor: str | int = "previous",
+    limits: tuple[float, float] | None = None,
     ax: Axes | None = None,
 ) -> Axes:
-    """Best rel_error of the whole model (over the α in df, α* included) for step t against step s."""
+    """Best rel_error of the whole model (over the α in df, α* included) for step t against step s.
+
+    The colour scale spans `limits` (default: this map's own range of values), so that maps
+    whose values all lie in, say, 0.9–1 still show their structure; the colorbar says so.
+    """
     rows = _rows(df, "foresight_map", anchor)
     runs = run_names(rows, None if run is None else [run], "foresight_map")
-    rows = rows[(rows["run"] == runs[0]) & (rows["scope"] == "overall")]
-    best = rows.groupby(["step", "target_step"])["rel_error"].min()
-    steps = sorted(int(s) for s in best.index.get_level_values("step").unique())
-    targets = sorted(int(s) for s in best.index.get_level_values("target_step").unique())
-    grid = best.unstack().reindex(index=steps, columns=targets)
-    values = grid.to_numpy(dtype="float64", na_value=np.nan)
+    values, steps, targets = _map_values(rows, runs[0])
+    low, high = limits if limits is not None else _range(values)
     with paper_style():
         fig, ax = figure_and_axes(ax)
         image = ax.imshow(
             np.ma.masked_invalid(values), origin="lower", aspect="auto", cmap="viridis",
-            vmin=0.0, vmax=1.0, interpolation="nearest",
+            vmin=low, vmax=high, interpolation="nearest",
         )  # fmt: skip
         ax.grid(False)
         ax.set_xticks(range(len(targets)), [str(s) for s in targets],
@@ -98,14 +100,40 @@ def foresight_map(
         if len(steps) <= _ANNOTATE_MAX and len(targets) <= _ANNOTATE_MAX:
             for (i, j), v in np.ndenumerate(values):
                 if np.isfinite(v):
+                    dark = (v - low) / ((high - low) or 1.0) < 0.6  # viridis' dark end
                     ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6.5,
-                            color="white" if v < 0.6 else "black")  # fmt: skip
+                            color="white" if dark else "black")  # fmt: skip
         ax.set_xlabel("later saved step $s$ (target)")
         ax.set_ylabel(f"step $t$ extrapolated from\n(anchor: {anchor})")
         ax.set_title(runs[0])
         bar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
-        bar.set_label("best rel_error, whole model\n(< 1: closer to θ_s than θ_t is)")
+        bar.set_label(
+            f"best rel_error, whole model\n(< 1: closer to θ_s than θ_t is)\ncolour scale: "
+            f"data's range, {low:.3g} to {high:.3g}"
+        )
     return ax
+
+
+def _map_values(rows: pd.DataFrame, run: str) -> tuple[np.ndarray, list[int], list[int]]:
+    """(steps × targets best rel_error, steps, targets) of one run's whole model."""
+    rows = rows[(rows["run"] == run) & (rows["scope"] == "overall")]
+    best = rows.groupby(["step", "target_step"])["rel_error"].min()
+    steps = sorted(int(s) for s in best.index.get_level_values("step").unique())
+    targets = sorted(int(s) for s in best.index.get_level_values("target_step").unique())
+    grid = best.unstack().reindex(index=steps, columns=targets)
+    return grid.to_numpy(dtype="float64", na_value=np.nan), steps, targets
+
+
+def _range(values: np.ndarray) -> tuple[float, float]:
+    """The finite range of values, widened to 0.01 when flat (a colour scale needs a width)."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    low, high = float(finite.min()), float(finite.max())
+    if high - low < 1e-3:
+        mid = (low + high) / 2
+        return mid - 0.005, mid + 0.005
+    return low, high
 
 
 def alpha_star_by_step(
@@ -128,9 +156,10 @@ def alpha_star_by_step(
                 part = part.sort_values("step")
                 if part.empty:
                     continue
-                color = "#333333" if block is None else block_color(block)
-                ax.plot(values_of(part["step"]), values_of(part["alpha"]), color=color,
-                        linestyle=linestyle_at(i), marker="o", label=f"{run} · {block or 'all'}")  # fmt: skip
+                whole = {"color": "#000000", "marker": "s", "linewidth": 2.0}
+                style = whole if block is None else {"color": block_color(block), "marker": "o"}
+                ax.plot(values_of(part["step"]), values_of(part["alpha"]),
+                        linestyle=linestyle_at(i), label=f"{run} · {block or 'all'}", **style)  # fmt: skip
         ax.axhline(0.0, color="#777777", linewidth=0.8)
         _step_axis(ax, sorted(int(s) for s in rows["step"].unique()))
         ax.set_xlabel(STEP_LABEL)
@@ -138,10 +167,13 @@ def alpha_star_by_step(
             str(target), f"step {target}"
         )
         ax.set_ylabel(f"optimal α against {where}\n{_STAR_LABEL}")
-        handles = [Line2D([], [], color=block_color(b), label=b) for b in blocks]
-        handles.append(Line2D([], [], color="#333333", label="whole model"))
-        handles += [Line2D([], [], color="#333333", linestyle=linestyle_at(i), label=run)
-                    for i, run in enumerate(runs)]  # fmt: skip
+        handles = [Line2D([], [], color=block_color(b), marker="o", label=b) for b in blocks]
+        handles.append(
+            Line2D([], [], color="#000000", marker="s", linewidth=2.0, label="whole model")
+        )
+        if len(runs) > 1:  # runs differ by line style alone: grey, no marker
+            handles += [Line2D([], [], color="#8C8C8C", linestyle=linestyle_at(i), label=run)
+                        for i, run in enumerate(runs)]  # fmt: skip
         ax.legend(handles=handles, ncols=2 if len(handles) > 5 else 1, loc="best")
     return ax
 
@@ -197,7 +229,7 @@ def _step_axis(ax: Axes, steps: list[int]) -> None:
     ax.minorticks_off()
     ticks = [s for s in steps if s & (s - 1) == 0]
     if steps[-1] not in ticks:
-        if ticks and steps[-1] < 1.4 * ticks[-1]:
+        if ticks and steps[-1] < _TICK_RATIO * ticks[-1]:
             ticks.pop()  # too close to the last power of two to share the axis legibly
         ticks.append(steps[-1])
     ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -214,8 +246,11 @@ def foresight_figure(
         fig = new_figure(3.4 * cols, 5.6) if fig is None else fig
         grid = fig.add_gridspec(2, cols * 2)
         width = (cols * 2) // len(runs)
-        for i, run in enumerate(runs):
-            foresight_map(rows, run=run, ax=fig.add_subplot(grid[0, i * width : (i + 1) * width]))
+        maps = select_anchor(rows, "previous")
+        limits = _range(np.concatenate([_map_values(maps, r)[0].ravel() for r in runs]))
+        for i, run in enumerate(runs):  # one colour scale for every run's map
+            foresight_map(rows, run=run, limits=limits,
+                          ax=fig.add_subplot(grid[0, i * width : (i + 1) * width]))  # fmt: skip
         alpha_star_by_step(rows, target=target, ax=fig.add_subplot(grid[1, :cols]))
         if (rows["alpha_kind"] == "effopd").any():
             effopd_vs_optimal(rows, target=target, ax=fig.add_subplot(grid[1, cols:]))

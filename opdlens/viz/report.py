@@ -1,29 +1,35 @@
-"""One self-contained HTML page per analysis: run summary, figures, top tensors, warnings, provenance."""
+"""One self-contained HTML page per analysis: what it found first, then each analysis, inventories last."""
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import logging
-import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 from ..analysis.findings import GroupFindings, check_groups, claim_lines, group_findings
+from ..analysis.side_inputs import OnlineEffOPD, find_online_effopd
 from ..errors import OptionError
 from ..io.paths import writable_dir, write_text_atomic
-from ..io.training_log import choose_metric, log_at_steps
 from ..provenance import versions
 from .analyses import check_ablation
 from .figures import FigureSet, write_figures
-from .plots import GAP_THRESHOLD
-from .save import PNG_DPI
+from .sections import (
+    ablation_section,
+    esc,
+    figure_html,
+    foresight_section,
+    groups_section,
+    online_lines,
+    online_section,
+    score_line,
+    table_html,
+    top_table,
+)
 
 if TYPE_CHECKING:
     from ..analysis.results import RunMetrics, Sources
@@ -46,8 +52,10 @@ th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: ta
 figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.9em; color: #444; max-width: 900px; }
 .meta { color: #666; font-size: 0.9em; } .flag { color: #9a9a9a; }
+ul.findings li { margin: 0.25em 0; } section#findings h2 { margin-top: 0.8em; }
 ul.warnings li { color: #8a4b00; } pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto;
-font-size: 0.8em; } code { font-size: 0.9em; }
+font-size: 0.8em; } code { font-size: 0.9em; } details { margin: 0.4em 0; }
+summary { cursor: pointer; color: #333; }
 """
 
 # Records in the page whether every embedded image decoded (read back by the browser test).
@@ -61,226 +69,103 @@ window.addEventListener("load", function () {
 });
 """
 
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _fmt(value: object) -> str:
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
-        return "—"
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.4g}"
-    return str(value)
+_OWN_SECTION = ("foresight", "ablation")  # figures shown in their own sections
+_KEY_FIGURES = ("findings", "training_and_weights", "block_norms")  # the first present leads
 
 
-def _table(df: pd.DataFrame, flags: pd.DataFrame | None = None, css: str = "") -> str:
-    """An HTML table that scrolls inside the page column; cells where `flags` is True get a *."""
-    head = "".join(f"<th>{_e(c)}</th>" for c in df.columns)
-    body = []
-    for i, (_, row) in enumerate(df.iterrows()):
-        cells = []
-        for c in df.columns:
-            v = row[c]
-            num = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-            mark = flags is not None and c in flags.columns and bool(flags.iloc[i][c])
-            text = _e(_fmt(v)) + ('<span class="flag">*</span>' if mark else "")
-            cells.append(f'<td class="num">{text}</td>' if num else f"<td>{text}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    classes = " ".join(c for c in ("wide", css) if c)
-    return f'<div class="{classes}"><table><tr>{head}</tr>{"".join(body)}</table></div>'
+def _steps(rm: RunMetrics) -> list[int]:
+    return sorted(int(s) for s in rm.frame["step"].unique())
 
 
-def _ks(df: pd.DataFrame, prefix: str) -> list[int]:
-    return sorted(int(m.group(1)) for c in df.columns if (m := re.match(rf"^{prefix}_k(\d+)$", c)))
+def key_figure(figures: FigureSet) -> str | None:
+    """The figure shown on the first screen: the claims, else what the run learned, else norms."""
+    stems = [s for s in figures.paths if s not in _OWN_SECTION]
+    return next((s for s in _KEY_FIGURES if s in figures.paths), stems[0] if stems else None)
 
 
-def _top_table(top: pd.DataFrame, finals: dict[str, int]) -> str:
-    """The top tensors' rows; alignment columns only where they are not 1 by construction."""
-    top = top.copy()
-    ks = _ks(top, "energy")
-    k = ks[(len(ks) - 1) // 2] if ks else None
-    if "rows" in top and "cols" in top:
-        top["shape"] = [f"{r}×{c}" for r, c in zip(top["rows"], top["cols"], strict=True)]
-    cols = ["run", "step", "tensor", "expert", "part", "block", "shape", "update_share",
-            "rel_update_norm", "stable_rank", "cos_to_final"]  # fmt: skip
-    aligned = ["cos_to_final"]
-    if k is not None:
-        aligned += [f"align_left_k{k}", f"align_right_k{k}"]
-        cols[-2:-2] = [f"energy_k{k}", *aligned[1:]]
-    # Δ_T compared with itself: alignment and cosine are 1 at each run's final step.
-    at_final = (top["step"] == top["run"].map(finals)).to_numpy(dtype=bool)
-    top.loc[at_final, [c for c in aligned if c in top]] = np.nan
-    cols = [c for c in cols if c in top.columns and not top[c].isna().all()]
-    flags = None
-    if k is not None and f"gap_k{k}" in top and f"align_left_k{k}" in cols:
-        gap = top[f"gap_k{k}"].to_numpy(dtype="float64", na_value=np.nan)
-        ill = ~(gap >= GAP_THRESHOLD) & top[f"align_left_k{k}"].notna().to_numpy()
-        flags = pd.DataFrame({f"align_left_k{k}": ill, f"align_right_k{k}": ill})
-    notes = []
-    if at_final.any():
-        notes.append(
-            "align_* and cos_to_final are left out at the final step: they compare Δ_T with "
-            "itself and are 1 by construction (see the alignment figure for earlier steps)."
+def _findings(
+    sources: Sources, findings: GroupFindings | None, online: Sequence[OnlineEffOPD],
+    figures: FigureSet, key: str | None,
+) -> str:  # fmt: skip
+    """The first screen: the verdicts with intervals, each run's score from step 0, the key figure."""
+    items = [esc(t) for t in claim_lines(findings)] if findings is not None else []
+    for rm in sources.runs:
+        line = score_line(sources.training.get(rm.label), _steps(rm))
+        if line is not None:
+            items.append(f"{esc(rm.label)}: {line}.")
+    items += [esc(t) for t in online_lines(online)]
+    if not items:
+        items.append(
+            "No verdicts (pass groups of runs) and no training log with a score: see the figures."
         )
-    if flags is not None and flags.to_numpy().any():
-        notes.append(
-            f'<span class="flag">*</span> gap_k{k} &lt; {GAP_THRESHOLD:g} at this step: the '
-            "top-K subspace is not well defined and its alignment means little."
-        )
-    table = _table(top[cols].reset_index(drop=True), flags, css="top")
-    return table + "".join(f'<p class="meta">{t}</p>' for t in notes)
+    lis = "".join(f"<li>{t}</li>" for t in items)
+    return "\n".join([
+        '<section id="findings"><h2>Findings</h2>', f'<ul class="findings">{lis}</ul>',
+        figure_html(figures, key) if key is not None else "", "</section>",
+    ])  # fmt: skip
 
 
-def _training_line(log: pd.DataFrame | None, steps: list[int]) -> str:
-    """Where the run's training curve comes from, and its value at the first and last saved step."""
-    if log is None:
-        return '<p class="meta">Training log: none found (see the warnings).</p>'
-    choice = choose_metric(log)
-    text = (
-        f"Training log: <code>{_e(log.attrs.get('source', 'given'))}</code> "
-        f"({_e(log.attrs.get('format', ''))}, {len(log)} logged steps)"
-    )
-    if choice is not None and steps:
-        column, kind = choice
-        at = log_at_steps(log[["step", column]], [steps[0], steps[-1]])[column].to_numpy()
-        text += (
-            f"; {_e(kind)} <code>{_e(column)}</code> at the first and last saved step "
-            f"({steps[0]}, {steps[-1]}): {_e(_fmt(at[0]))} → {_e(_fmt(at[-1]))}"
-        )
-    return f'<p class="meta">{text}.</p>'
+_NOTES = (" skipped", ": no training log (", "cached top-K singular values only")
 
 
-def _summary(rm: RunMetrics, log: pd.DataFrame | None = None) -> str:
-    df = rm.frame
-    final = int(df["step"].max())
-    checkpoints = rm.checkpoints
-    source = "run directory" if rm.run is not None else "metrics directory (opdlens analyze)"
-    parts = [
-        f"<h3>{_e(rm.label)}</h3>",
-        f'<p class="meta">{_e(source)}: <code>{_e(rm.source)}</code>; metrics: '
-        f"<code>{_e(rm.metrics_dir)}</code>. Steps analysed: "
-        f"{_e(', '.join(str(s) for s in sorted(df['step'].unique())))}; final step {final}; "
-        f"{df['tensor'].nunique()} tensors, {len(df)} rows.</p>",
-    ]
-    if not checkpoints.empty:
-        parts.append(_table(checkpoints))
-    parts.append(_training_line(log, sorted(int(s) for s in df["step"].unique())))
-    parts.append(f"<p>Update share and low-rank energy by block at step {final}:</p>")
-    parts.append(_table(rm.summary))
-    return "\n".join(parts)
+def _is_note(message: str) -> bool:
+    """A figure or side analysis skipped for want of an input: a note, not a problem."""
+    return any(marker in message for marker in _NOTES)
 
 
-def _figure(figures: FigureSet, stem: str) -> str:
-    png = figures.png(stem).read_bytes()
-    data = base64.b64encode(png).decode("ascii")
-    title = figures.titles[stem]
-    # Shown at the figure's print size (the PNG is 200 dpi; CSS pixels are 1/96 in).
-    width = int.from_bytes(png[16:20], "big") * 96 // PNG_DPI
-    return (
-        f'<figure id="fig-{_e(stem)}"><h3>{_e(title)}</h3>'
-        f'<img src="data:image/png;base64,{data}" alt="{_e(title)}" width="{width}">'
-        f"<figcaption>{_e(figures.captions[stem])} Files: {_e(stem)}.pdf, .svg, .png.</figcaption>"
-        "</figure>"
-    )
-
-
-def _warnings(sources: Sources, figures: FigureSet) -> list[str]:
+def _messages(sources: Sources, figures: FigureSet) -> tuple[list[str], list[str]]:
+    """(warnings: real problems, notes: figures and analyses skipped, caveats), deduplicated."""
     out: list[str] = []
     for rm in sources.runs:
         out += [
             f"{rm.label}: {w}" for w in [*rm.reader_warnings, *rm.provenance.get("warnings", [])]
         ]
+    out += [*sources.notes, *figures.notes]
+    notes = []
     if sources.history is not None:
-        out.append(str(sources.history.attrs.get("note", "Offline replay (see replay_scores).")))
+        notes.append(str(sources.history.attrs.get("note", "Offline replay (see replay_scores).")))
         if sources.history.attrs.get("oracle"):
             out.append("The replay scorer is the hindsight oracle: it looks at later checkpoints.")
-    out += [*sources.notes, *figures.notes]
-    return list(dict.fromkeys(out))
+    unique = list(dict.fromkeys(out))
+    return [m for m in unique if not _is_note(m)], [*notes, *(m for m in unique if _is_note(m))]
 
 
-def _groups_section(findings: GroupFindings, band: str) -> str:
-    """Mean ± sd per group of the claims' numbers, each difference with its interval, verdicts."""
-    from ..analysis.stats import BOOTSTRAP_SAMPLES
-    from .groups import BANDS
-
-    sizes = "; ".join(f"{g}: {', '.join(runs)}" for g, runs in findings.groups.items())
-    lines = "".join(f"<li>{_e(t)}</li>" for t in claim_lines(findings))
-    return "\n".join([
-        "<h2>Groups of runs</h2>",
-        f'<p class="meta">Groups: {_e(sizes)}. Mean ± sample sd (ddof = 1) per group; the '
-        f"difference of group means with its 95 % percentile bootstrap interval "
-        f"({BOOTSTRAP_SAMPLES:,} resamples of each group's runs, seed 0). A claim is stated to "
-        "hold or not hold only when that interval excludes 0; with as few as 3 runs per group "
-        "the percentile interval is narrower than a t interval, so read such a decision as "
-        "tentative. Grouped figures draw group means "
-        f"with a band of {_e(BANDS[band])}.</p>",
-        _table(findings.table()),
-        f'<ul class="claims">{lines}</ul>' if lines else "",
-        _table(findings.per_run.reset_index(names="run")),
-    ])  # fmt: skip
+def _problems(warnings: list[str], notes: list[str]) -> str:
+    lis = "".join(f"<li>{esc(w)}</li>" for w in warnings)
+    body = f'<ul class="warnings">{lis}</ul>' if lis else "<p>None.</p>"
+    if notes:
+        body += f'<p class="meta notes">Notes: {esc(" ".join(_sentence(n) for n in notes))}</p>'
+    return f'<section id="warnings"><h2>Warnings ({len(warnings)})</h2>\n{body}</section>'
 
 
-_OWN_SECTION = ("foresight", "ablation")  # figures shown in their own sections
+def _sentence(text: str) -> str:
+    return text if text.rstrip().endswith((".", ")")) else text.rstrip() + "."
 
 
-def _foresight_section(figures: FigureSet, foresight: pd.DataFrame | None) -> str:
-    """The foresight figure, its sentence per run, and EffOPD's α against α* (opdlens foresee)."""
-    from ..analysis.foresight import effopd_comparison, foresight_sentence
-
-    if foresight is None or "foresight" not in figures.paths:
-        return ""
-    runs = ", ".join(str(r) for r in pd.unique(foresight["run"]))
-    lines = "".join(
-        f"<li>{_e(run)}: {_e(foresight_sentence(df.drop(columns='run')))}</li>"
-        for run, df in foresight.groupby("run", sort=False)
+def _inventory(rm: RunMetrics, log: pd.DataFrame | None) -> str:
+    """One run's inputs, folded: where its metrics come from, its checkpoints, its block table."""
+    df = rm.frame
+    source = "run directory" if rm.run is not None else "metrics directory (opdlens analyze)"
+    training = (
+        f"Training log: <code>{esc(log.attrs.get('source', 'given'))}</code> "
+        f"({esc(log.attrs.get('format', ''))}, {len(log)} logged steps)."
+        if log is not None
+        else "Training log: none found."
     )
-    table = effopd_comparison(foresight)
-    if not table.empty:
-        nxt = table.groupby(["run", "step", "anchor"])["target_step"].transform("min")
-        table = table[table["target_step"] == nxt].reset_index(drop=True)
-    return "\n".join([
-        "<h2>Foresight</h2>",
-        f'<p class="meta">Computed from the checkpoints of {_e(runs)} (opdlens foresee: one pass '
-        "of reads and dot products, exact; whole model = attention and MLP matrices). Against "
-        "the last saved step, with the previous saved step as anchor and α = α*:</p>",
-        f'<ul class="foresight">{lines}</ul>',
-        _figure(figures, "foresight"),
-        *(["<p>What EffOPD's schedule would try at each scheduled step (cumulative α of each "
-           "candidate, and its rel_error against the next saved step) against α*:</p>",
-           _table(table)] if not table.empty else []),
-    ])  # fmt: skip
-
-
-def _ablation_section(figures: FigureSet, ablation: Mapping[str, Ablation] | None) -> str:
-    """The ablation figure, its sentence per run, and the table of each (opdlens ablate)."""
-    from .ablation import ablation_sentence
-
-    if not ablation or "ablation" not in figures.paths:
-        return ""
-    lines = "".join(
-        f"<li>{_e(label)}: {_e(ablation_sentence(a.ablation))}</li>"
-        for label, a in ablation.items()
-    )
-    cols = ["group", "update_share", "score_drop", "score_only", "utility"]
-    tables = [
-        f"<p>{_e(label)} (scorer {_e(a.ablation.attrs.get('scorer', 'given'))}):</p>"
-        + _table(a.ablation[[c for c in cols if c in a.ablation]])
-        for label, a in ablation.items()
+    parts = [
+        f"<details><summary>{esc(rm.label)}: checkpoints and block table</summary>",
+        f'<p class="meta">{esc(source)}: <code>{esc(rm.source)}</code>; metrics: '
+        f"<code>{esc(rm.metrics_dir)}</code>. Steps analysed: "
+        f"{esc(', '.join(str(s) for s in _steps(rm)))}; final step {int(df['step'].max())}; "
+        f"{df['tensor'].nunique()} tensors, {len(df)} rows. {training}</p>",
     ]
-    return "\n".join([
-        "<h2>Marginal utility (ablation)</h2>",
-        '<p class="meta">From <code>opdlens ablate</code>: each group\'s update removed (drop) or '
-        "kept alone (only) at step T, scored by the user's scorer; utility = S(θ_T) − drop.</p>",
-        f'<ul class="ablation">{lines}</ul>',
-        _figure(figures, "ablation"),
-        *tables,
-    ])  # fmt: skip
-
-
-def _list(items: Iterable[str]) -> str:
-    lis = "".join(f"<li>{_e(w)}</li>" for w in items)
-    return f'<ul class="warnings">{lis}</ul>' if lis else "<p>None.</p>"
+    if not rm.checkpoints.empty:
+        parts.append(table_html(rm.checkpoints))
+    parts.append(
+        f"<p>Update share and low-rank energy by block at step {int(df['step'].max())}:</p>"
+    )
+    parts += [table_html(rm.summary), "</details>"]
+    return "\n".join(parts)
 
 
 def _provenance(sources: Sources, options: dict[str, Any]) -> str:
@@ -290,46 +175,64 @@ def _provenance(sources: Sources, options: dict[str, Any]) -> str:
         "runs": {rm.label: str(rm.source) for rm in sources.runs},
         "options": options,
     }
-    parts = [f"<details open><summary>this report</summary><pre>{_e(json.dumps(own, indent=2))}"
-             "</pre></details>"]  # fmt: skip
+    parts = [f"<details><summary>provenance of this report</summary><pre>"
+             f"{esc(json.dumps(own, indent=2))}</pre></details>"]  # fmt: skip
     for rm in sources.runs:
         text = json.dumps(rm.provenance, indent=2, default=str) if rm.provenance else "(none)"
         parts.append(
-            f"<details><summary>analysis of {_e(rm.label)} "
-            f"({_e(rm.metrics_dir / 'provenance.json')})</summary><pre>{_e(text)}</pre></details>"
+            f"<details><summary>provenance of the analysis of {esc(rm.label)} "
+            f"({esc(rm.metrics_dir / 'provenance.json')})</summary><pre>{esc(text)}</pre></details>"
         )
     return "\n".join(parts)
+
+
+def _figures(figures: FigureSet, skip: Iterable[str]) -> str:
+    stems = [s for s in figures.paths if s not in (*_OWN_SECTION, *skip)]
+    if not stems:
+        return ""
+    return "\n".join(
+        ['<section id="figures"><h2>Figures</h2>', *(figure_html(figures, s) for s in stems),
+         "</section>"]
+    )  # fmt: skip
 
 
 def render_report(
     sources: Sources, figures: FigureSet, *, title: str | None = None, top: int = 20,
     options: dict[str, Any] | None = None, findings: GroupFindings | None = None,
     band: str = "sd", foresight: pd.DataFrame | None = None,
-    ablation: Mapping[str, Ablation] | None = None,
+    ablation: Mapping[str, Ablation] | None = None, online: Sequence[OnlineEffOPD] = (),
 ) -> str:  # fmt: skip
-    """The report page as one HTML string; images are data: URIs, nothing loads from a network."""
+    """The report page as one HTML string; images are data: URIs, nothing loads from a network.
+
+    Order: findings (verdicts, scores, online EffOPD, key figure), one section per analysis
+    (groups, figures, foresight, ablation, online EffOPD, top tensors), warnings with a line of
+    notes, then the inventories (checkpoints, block tables, provenance) folded.
+    """
     labels = [rm.label for rm in sources.runs]
     title = title or f"opdlens report: {' vs '.join(labels)}"
-    warnings = _warnings(sources, figures)
+    warnings, notes = _messages(sources, figures)
+    key = key_figure(figures)
     body = [
-        f"<h1>{_e(title)}</h1>",
+        f"<h1>{esc(title)}</h1>",
         f'<p class="meta">How post-training moved the weights, from the saved checkpoints '
-        f"(opdlens {_e(versions()['opdlens'])}). Δ_t = W_t − W_0 per tensor; definitions in "
+        f"(opdlens {esc(versions()['opdlens'])}). Δ_t = W_t − W_0 per tensor; definitions in "
         "each caption.</p>",
-        "<h2>Run summary</h2>", *(_summary(rm, sources.training.get(rm.label)) for rm in sources.runs),
-        _groups_section(findings, band) if findings is not None else "",
-        "<h2>Figures</h2>",
-        *(_figure(figures, stem) for stem in figures.paths if stem not in _OWN_SECTION),
-        _foresight_section(figures, foresight), _ablation_section(figures, ablation),
-        f"<h2>Top {top} tensors by update share at the final step</h2>",
-        _top_table(sources.top_tensors(top), sources.final_steps),
-        f"<h2>Warnings ({len(warnings)})</h2>", _list(warnings),
-        "<h2>Provenance</h2>", _provenance(sources, options or {}),
+        _findings(sources, findings, online, figures, key),
+        groups_section(findings, band) if findings is not None else "",
+        _figures(figures, [key] if key else []),
+        foresight_section(figures, foresight), ablation_section(figures, ablation),
+        online_section(online),
+        f'<section id="top"><h2>Top {top} tensors by update share at the final step</h2>',
+        top_table(sources.top_tensors(top), sources.final_steps), "</section>",
+        _problems(warnings, notes),
+        '<section id="inventories"><h2>Inventories</h2>',
+        *(_inventory(rm, sources.training.get(rm.label)) for rm in sources.runs),
+        _provenance(sources, options or {}), "</section>",
     ]  # fmt: skip
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style><script>{_SCRIPT}</script></head>"
-        f"<body>\n{chr(10).join(body)}\n</body></html>\n"
+        f"<title>{esc(title)}</title><style>{_CSS}</style><script>{_SCRIPT}</script></head>"
+        f"<body>\n{chr(10).join(b for b in body if b)}\n</body></html>\n"
     )
 
 
@@ -346,6 +249,7 @@ def write_report(
     band: str = "sd",
     foresight: pd.DataFrame | None = None,
     ablation: Mapping[str, Ablation] | None = None,
+    online: Sequence[OnlineEffOPD] | None = None,
 ) -> Path:
     """Write out_dir/report.html (figures saved under out_dir/figures/ and embedded); return it.
 
@@ -354,6 +258,8 @@ def write_report(
     (group means with a band: band="sd" ±1 sd, "range" min–max). foresight (opdlens.foresee's
     rows with a `run` column, e.g. from analysis.side_inputs.compute_foresight) and ablation (label →
     opdlens.ablate's result (side_inputs.load_ablation reads its --out)) add a section each.
+    online (side_inputs.load_online_effopd of each run; default: the effopd_candidates.csv
+    EffOPDCallback left in each run directory) adds the online EffOPD section.
 
     Raises:
         OpdlensError: out_dir overlaps one of the runs (or `inputs`), or is not a directory;
@@ -369,6 +275,8 @@ def write_report(
     abl = check_ablation(ablation)
     if groups is not None and foresight is not None:
         foresight = foresight[foresight["run"].isin([m[0] for m in groups.values() if m])]
+    if online is None:
+        online = find_online_effopd([(rm.label, rm.source) for rm in sources.runs if rm.run])
     out = writable_dir(out_dir, [*runs, *inputs], "report")
     if figures is None:
         figures = write_figures(
@@ -377,7 +285,8 @@ def write_report(
             foresight=foresight, ablation=abl,
         )  # fmt: skip
     page = render_report(sources, figures, title=title, top=top, options=options,
-                         findings=findings, band=band, foresight=foresight, ablation=abl)  # fmt: skip
+                         findings=findings, band=band, foresight=foresight, ablation=abl,
+                         online=online)  # fmt: skip
     path = out / REPORT_FILE
     write_text_atomic(path, page)
     logger.info("wrote %s (%d bytes)", path, len(page))

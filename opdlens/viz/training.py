@@ -32,7 +32,9 @@ def metric_label(log: pd.DataFrame, metric: str | None = None) -> tuple[str, str
         if choice is None:
             raise NothingToDrawError(
                 f"The training log {log.attrs.get('source', '')} has no accuracy or loss column "
-                f"to draw (columns: {[str(c) for c in log.columns][:12]}); pass metric=NAME."
+                f"to draw (columns: {[str(c) for c in log.columns][:12]}). On the command line, "
+                "pass --metrics FILE with a log that has one (a column named like accuracy, "
+                "eval_loss or loss); from Python, name the column: metric=NAME."
             )
         return choice
     if metric not in log.columns or metric == "step":
@@ -106,7 +108,7 @@ def training_figure(
     """Per run (column): the logged metric above alignment and energy, on one step axis."""
     metric = _common_metric(logs)
     with paper_style():
-        fig = new_figure(0.9 + 3.4 * len(runs), 7.6) if fig is None else fig
+        fig = new_figure(2.9 + 3.4 * len(runs), 7.6) if fig is None else fig
         axes = fig.subplots(3, len(runs), sharex="col", squeeze=False)
         for col, run in enumerate(runs):
             rows = df[df["run"] == run]
@@ -131,8 +133,39 @@ def training_figure(
                     top.sharey(axes[0, 0])
                     top.set_ylabel("")
         if runs[0] in logs:
-            axes[0, 0].legend(loc="best")
+            axes[0, 0].legend()
+        _fit_scores(axes[0], [run in logs for run in runs], metric)
+        _legends_outside(axes)
     return fig
+
+
+def _fit_scores(top: Sequence[Axes], drawn: Sequence[bool], metric: str | None) -> None:
+    """Limits of the score panels that hold every curve (one scale when they share a metric)."""
+    axes = [ax for ax, d in zip(top, drawn, strict=True) if d]
+    for group in [axes] if metric is not None else [[ax] for ax in axes]:
+        ys = [np.asarray(ln.get_ydata(), dtype="float64") for ax in group for ln in ax.get_lines()]
+        ys += [np.asarray(c.get_offsets(), dtype="float64")[:, 1]
+               for ax in group for c in ax.collections]  # fmt: skip
+        values = np.concatenate([y[np.isfinite(y)] for y in ys]) if ys else np.array([])
+        if values.size == 0:
+            continue
+        from_zero = group[0].get_ylim()[0] == 0.0 and values.min() >= 0.0  # accuracy ≤ 1
+        lo, hi = (0.0 if from_zero else float(values.min())), float(values.max())
+        pad = 0.05 * ((hi - lo) or abs(hi) or 1.0)
+        for ax in group:  # shared axes move together; each gets the same limits
+            ax.set_ylim(lo if from_zero else lo - pad, hi + pad)
+
+
+def _legends_outside(axes: np.ndarray) -> None:
+    """Each row's legend moved from its first panel to the right of its last, off the curves."""
+    for row in axes:
+        legend = row[0].get_legend()
+        if legend is None:
+            continue
+        handles, labels = legend.legend_handles, [t.get_text() for t in legend.get_texts()]
+        legend.remove()
+        row[-1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.03, 1.0),
+                       borderaxespad=0.0, ncols=1)  # fmt: skip
 
 
 def training_caption(logs: Mapping[str, pd.DataFrame]) -> str:

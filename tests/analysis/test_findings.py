@@ -8,9 +8,16 @@ import pytest
 
 from opdlens.analysis.findings import (
     CLAIMS,
+    NEGLIGIBLE_GAIN,
+    NEGLIGIBLE_SCORE,
     claim_lines,
+    closer_word,
     group_findings,
+    online_sentence,
     run_quantities,
+    score_change,
+    score_tolerance,
+    update_effect,
     verdict,
 )
 from opdlens.errors import OptionError
@@ -98,3 +105,44 @@ def test_groups_without_spread_decide_nothing() -> None:
     d = found.differences["energy_k1"]["RL"]
     assert d is not None and d.low == d.high == pytest.approx(0.1)  # a zero-width interval
     assert all(verdict(found, c) == "inconclusive at n = 2" for c in CLAIMS)
+
+
+def test_wording_thresholds_decide_negligible_and_direction() -> None:
+    assert (NEGLIGIBLE_GAIN, NEGLIGIBLE_SCORE) == (
+        0.01,
+        0.01,
+    )  # docs/design.md, "Wording thresholds"
+    assert closer_word(0.995) == "barely (< 1 %) closer" and closer_word(0.98) == "closer"
+    assert score_tolerance(0.5, -0.8, float("nan")) == pytest.approx(0.008)
+    assert score_change(0.5, 0.51) == "raised" and score_change(0.5, 0.49) == "lowered"
+    assert score_change(0.5, 0.504) == "left about unchanged"
+    assert update_effect(0.156, 0.158) == (
+        "the final update as a whole lowered the score from 0.158 to 0.156"
+    )
+    assert (
+        update_effect(0.38, 0.17)
+        == "the final update as a whole raised the score from 0.17 to 0.38"
+    )
+
+
+def _online(plain: int | None, eff: int | None, **extra: float) -> dict:
+    return {"target_accuracy": 0.3, "plain_steps_to_target": plain,
+            "effopd_steps_to_target": eff, "plain_final_accuracy": 1 / 3,
+            "effopd_final_accuracy": 0.35, **extra}  # fmt: skip
+
+
+def test_online_sentence_states_the_speed_up_only_when_there_is_one() -> None:
+    finals = "final accuracy: plain 0.3333, with EffOPD 0.35."
+    assert online_sentence(_online(60, 40)) == (
+        f"steps to reach 0.3 accuracy: plain OPD 60, with online EffOPD 40 — 1.50× (faster); {finals}"
+    )
+    assert "0.80× (slower)" in online_sentence(_online(40, 50))
+    # Step 0 counts as reaching the target (it is not "never"), but is no speed-up.
+    assert online_sentence(_online(0, 0)) == (
+        "steps to reach 0.3 accuracy: reached at step 0 (plain 0, with EffOPD 0), so there is no "
+        f"speed-up to measure; {finals}"
+    )
+    assert "with EffOPD never reached it" in online_sentence(_online(60, None))
+    assert "the start already scores 0.31 (≥ the target)" in online_sentence(
+        _online(5, 5, start_accuracy=0.31)
+    )

@@ -252,3 +252,10 @@ def test_sentence_never_rounds_a_win_to_one() -> None:
     )  # fmt: skip
     text = foresight_sentence(rows)
     assert text.endswith("(rel_error 0.996 at α* = 13)"), text
+    # rel_error(α*) > 0.99 (NEGLIGIBLE_GAIN): a gain under 1 % is called what it is.
+    assert text.startswith(
+        "from step 1 on, one extrapolation along the current update lands barely (< 1 %) closer "
+        "to step 4 than standing still"
+    ), text
+    clear = rows.assign(rel_error=[0.5, 0.98])
+    assert "lands closer to step 4" in foresight_sentence(clear)

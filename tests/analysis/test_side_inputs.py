@@ -8,14 +8,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from viz.inputs import write_ablation
+from viz.online import write_candidates, write_online_json
 from viz.runs import write_run
 
 from opdlens import open_run
 from opdlens.analysis.foresight import foresee
 from opdlens.analysis.foresight_write import write_foresight
-from opdlens.analysis.side_inputs import compute_foresight, load_ablation
+from opdlens.analysis.side_inputs import (
+    CANDIDATES_FILE,
+    compute_foresight,
+    find_online_effopd,
+    load_ablation,
+    load_online_effopd,
+)
 from opdlens.errors import InputFileError, InputNotFoundError
 from opdlens.extrapolation.ablate import Ablation
+from opdlens.extrapolation.callback import CANDIDATE_COLUMNS, candidate_rows
 from opdlens.io.paths import write_marker
 
 
@@ -76,3 +84,33 @@ def test_compute_foresight_is_foresee_per_run_and_says_what_it_skipped(
         "foresight of S skipped: it has 1 saved step(s) after the base, foresee needs 2" in notes[1]
     )
     assert compute_foresight({"M": None}) == (None, notes[:1])
+
+
+def test_load_online_effopd_reads_the_callbacks_csv_and_the_demos_json(tmp_path: Path) -> None:
+    rows = write_candidates(tmp_path / CANDIDATES_FILE)
+    got = load_online_effopd(tmp_path / CANDIDATES_FILE, "OPD")
+    assert got.label == "OPD" and got.comparison == {}
+    assert list(got.candidates.columns) == list(CANDIDATE_COLUMNS)
+    assert got.candidates["step"].tolist() == [r["step"] for r in rows]
+    assert got.candidates["accepted"].tolist() == [r["accepted"] for r in rows]
+    assert got.candidates["score"].to_numpy() == pytest.approx([r["score"] for r in rows])
+    record = write_online_json(tmp_path / "online_effopd.json")
+    demo = load_online_effopd(tmp_path / "online_effopd.json", "demo")
+    tried = [r for rec in record["history"] for r in candidate_rows(rec)]
+    assert len(demo.candidates) == len(tried) > 0
+    assert demo.candidates["alpha"].to_numpy() == pytest.approx([r["alpha"] for r in tried])
+    assert demo.comparison["plain_steps_to_target"] == 10
+    assert demo.comparison["start_accuracy"] == 0.1  # the plain curve's step 0
+    # Discovered where EffOPDCallback leaves it: in the run directory.
+    assert [o.label for o in find_online_effopd([("A", tmp_path), ("B", tmp_path / "x")])] == ["A"]
+
+
+def test_load_online_effopd_refuses_other_files(tmp_path: Path) -> None:
+    with pytest.raises(InputNotFoundError, match=r"missing.csv is not a file: expected an"):
+        load_online_effopd(tmp_path / "missing.csv", "A")
+    (tmp_path / "other.csv").write_text("step,loss\n1,2\n")
+    with pytest.raises(InputFileError, match=r"not a candidates CSV of EffOPDCallback"):
+        load_online_effopd(tmp_path / "other.csv", "A")
+    (tmp_path / "other.json").write_text('{"history": []}')
+    with pytest.raises(InputFileError, match=r"not the demo's online_effopd.json: it lacks"):
+        load_online_effopd(tmp_path / "other.json", "A")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import html
+
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from opdlens.analysis.findings import online_sentence
 from opdlens.analysis.foresight import foresight_sentence
+from opdlens.analysis.side_inputs import load_online_effopd
 from opdlens.cli import app
 from opdlens.viz.ablation import ablation_sentence
 
@@ -42,6 +46,15 @@ def test_demo_quick_end_to_end(tmp_path) -> None:
     assert report.is_file() and "data:image/png;base64" in page
     assert "<h2>Groups of runs</h2>" in page and "1 seed per method (--quick)" in page
     assert (out / "replay-opd" / "history.csv").is_file()
+    # The first screen: each run's accuracy from step 0 (saved and logged) to the end.
+    findings = page[page.index("<h2>Findings</h2>") : page.index("</section>")]
+    assert "OPD: accuracy <code>accuracy</code> from step 0 to step 40: " in findings
+    # The online EffOPD result, from the file the demo wrote, on the first screen and in its own
+    # section with every candidate EffOPD tried.
+    online = load_online_effopd(out / "runs" / "online_effopd.json", "x")
+    assert html.escape(online_sentence(online.comparison)) in findings
+    section = page[page.index("<h2>Online EffOPD</h2>") : page.index("<h2>Top ")]
+    assert section.count("<tr><td") == len(online.candidates) > 0
     # Foresight and ablation of each method's first run: one printed line each, from their files.
     assert "<h2>Foresight</h2>" in page and "<h2>Marginal utility (ablation)</h2>" in page
     for label in ("OPD", "RL"):

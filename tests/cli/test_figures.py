@@ -70,6 +70,14 @@ def test_report_from_metrics_dir(runs: tuple[Path, Path], tmp_path: Path) -> Non
     assert "foresight of OPD skipped: it was given as a metrics directory" in page
     assert "<h2>Foresight</h2>" not in page
     assert (tmp_path / "r" / "figures" / "block_norms.svg").is_file()
+    # A log with no accuracy or loss: the note names the CLI's option, not a Python argument.
+    (tmp_path / "lr.csv").write_text("step,learning_rate\n1,0.1\n2,0.05\n")
+    result = _invoke("figures", tmp_path / "m", "--out", tmp_path / "f2", "--labels", "OPD",
+                     "--spectra", "0", "--metrics", tmp_path / "lr.csv")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    note = next(ln for ln in result.stderr.splitlines() if "training_and_weights skipped" in ln)
+    assert "has no accuracy or loss column" in note
+    assert "On the command line, pass --metrics FILE with a log that has one" in note
 
 
 @pytest.mark.parametrize(

@@ -320,13 +320,42 @@ def _lm_args(out: Path, max_steps: int) -> TrainingArguments:
     )
 
 
-def _lm_trainer(out: Path, callbacks: list[TrainerCallback], max_steps: int) -> Trainer:
+def _lm_trainer(
+    out: Path, callbacks: list[TrainerCallback], max_steps: int, processing_class: Any = None
+) -> Trainer:
     """A plain Trainer on a tiny Llama, causal LM loss on fixed random tokens."""
     data = torch.randint(4, VOCAB, (32, 8), generator=torch.Generator().manual_seed(0))
     args = _lm_args(out, max_steps)
     rows = [{"input_ids": x, "labels": x} for x in data]
     model = tiny_model("llama", seed=0, vocab_size=VOCAB).train()
-    return Trainer(model=model, args=args, train_dataset=rows, callbacks=callbacks)
+    return Trainer(model=model, args=args, train_dataset=rows, callbacks=callbacks,
+                   processing_class=processing_class)  # fmt: skip
+
+
+_WEIGHTS_AND_STATE = {"model.safetensors", "config.json", "generation_config.json", ".opdlens",
+                      "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
+                      "training_args.bin", "scaler.pt"}  # fmt: skip
+
+
+def _support_files(checkpoint: Path) -> dict[str, bytes]:
+    """A checkpoint's files other than weights, config and training state (the tokenizer's)."""
+    return {p.name: p.read_bytes() for p in checkpoint.iterdir()
+            if p.is_file() and p.name not in _WEIGHTS_AND_STATE}  # fmt: skip
+
+
+def test_checkpoint_0_has_the_tokenizer_files_of_the_trainers_checkpoints(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _lm_trainer(out, [SaveAtPowersOfTwo()], 1, processing_class=tiny_tokenizer()).train()
+    base, first = _support_files(out / "checkpoint-0"), _support_files(out / "checkpoint-1")
+    assert "tokenizer.json" in first and "tokenizer_config.json" in first
+    assert base == first  # the same files, byte for byte
+    loaded = PreTrainedTokenizerFast.from_pretrained(out / "checkpoint-0")
+    assert loaded("a b .")["input_ids"] == [4, 5, 30]
+    assert (out / "checkpoint-0" / "model.safetensors").is_file()
+    # No tokenizer given to the Trainer: neither has tokenizer files.
+    bare = tmp_path / "bare"
+    _lm_trainer(bare, [SaveAtPowersOfTwo()], 1).train()
+    assert _support_files(bare / "checkpoint-0") == _support_files(bare / "checkpoint-1") == {}
 
 
 @pytest.mark.slow

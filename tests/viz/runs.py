@@ -28,7 +28,7 @@ def shapes() -> dict[str, tuple[int, ...]]:
     return out | {"model.norm.weight": (HIDDEN,), "lm_head.weight": (VOCAB, HIDDEN)}
 
 
-def write_run(root: Path, seed: int) -> Path:
+def write_run(root: Path, seed: int, steps: tuple[int, ...] = STEPS) -> Path:
     """W_t = W_0 + t·(rank-1 direction, stronger in the MLPs) + √t·(small dense noise)."""
     g = torch.Generator().manual_seed(seed)
     base, direction, noise = {}, {}, {}
@@ -41,7 +41,7 @@ def write_run(root: Path, seed: int) -> Path:
         else:
             direction[name] = scale * torch.randn(shape, generator=g)
         noise[name] = 0.002 * torch.randn(shape, generator=g)
-    for step in STEPS:
+    for step in steps:
         d = root / f"checkpoint-{step}"
         d.mkdir(parents=True)
         state = {n: base[n] + step * direction[n] + step**0.5 * noise[n] for n in base}

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 import opdlens
 from opdlens.errors import NothingToDrawError, OptionError
@@ -17,6 +18,7 @@ from opdlens.viz.foresight import (
     foresight_map,
     foresight_sentence,
 )
+from viz.runs import write_run
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +76,63 @@ def test_figure_puts_runs_side_by_side(frame: pd.DataFrame) -> None:
     mine = Figure()
     assert foresight_figure(frame[frame["run"] == "OPD"], fig=mine) is mine
     assert "OPD: " in foresight_sentence(frame) and "; RL: " in foresight_sentence(frame)
+
+
+@pytest.fixture(scope="module")
+def long_frame(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    """foresee on a run saved where the demo saves: powers of two and every 20 steps to 120."""
+    steps = (0, 1, 2, 4, 8, 16, 20, 32, 40, 60, 64, 80, 100, 120)
+    run = write_run(tmp_path_factory.mktemp("long") / "opd", 0, steps)
+    return opdlens.foresee(opdlens.open_run(run), workers=1).assign(run="OPD")
+
+
+def _style(handle: Line2D) -> tuple:
+    return (handle.get_color(), handle.get_linestyle(), handle.get_marker(), handle.get_linewidth())
+
+
+def test_alpha_star_legend_gives_each_entry_its_own_style(frame: pd.DataFrame) -> None:
+    ax = alpha_star_by_step(frame)
+    legend = ax.get_legend()
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels == ["attn", "mlp", "whole model", "OPD", "RL"]
+    styles = [_style(h) for h in legend.legend_handles]
+    assert len(set(styles)) == len(styles)  # "whole model" is not drawn like a run
+    whole = next(ln for ln in ax.get_lines() if ln.get_label() == "OPD · all")
+    assert _style(whole)[2:] == styles[2][2:] and whole.get_color() == styles[2][0]
+    one = alpha_star_by_step(frame[frame["run"] == "OPD"])
+    assert [t.get_text() for t in one.get_legend().get_texts()] == ["attn", "mlp", "whole model"]
+
+
+def test_step_ticks_do_not_collide(long_frame: pd.DataFrame) -> None:
+    fig = foresight_figure(long_frame)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    stepped = [ax for ax in fig.axes if ax.get_xscale() == "log"]
+    assert len(stepped) == 2  # α* by step, EffOPD against α*
+    for ax in stepped:
+        labels = [t for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+        boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0)
+        assert len(boxes) >= 4
+        # Apart by at least most of a character's width: not overlapping, not touching either.
+        gap = 0.8 * labels[0].get_fontsize() * fig.dpi / 72
+        for left, right in zip(boxes, boxes[1:], strict=False):
+            assert right.x0 - left.x1 >= gap, [t.get_text() for t in labels]
+    # α* is drawn at t = 1 … 100: 100 is ticked, and 64, too close to it, is not.
+    texts = [t.get_text() for t in stepped[0].get_xticklabels()]
+    assert texts == ["1", "2", "4", "8", "16", "32", "100"]
+
+
+def test_map_colour_scale_spans_the_data(frame: pd.DataFrame) -> None:
+    fig = foresight_figure(frame)
+    images = [im for ax in fig.axes for im in ax.get_images()]
+    data = np.concatenate([im.get_array().compressed() for im in images])
+    for im in images:  # one scale for both runs: their data's range, not 0 to 1
+        assert im.get_clim() == pytest.approx((data.min(), data.max()))
+    bars = [ax for ax in fig.axes if "colour scale: data's range" in ax.get_ylabel()]
+    assert len(bars) == 2 and f"{data.min():.3g} to {data.max():.3g}" in bars[0].get_ylabel()
+    own = foresight_map(frame, run="RL")
+    rl = own.get_images()[0].get_array().compressed()
+    assert own.get_images()[0].get_clim() == pytest.approx((rl.min(), rl.max()))
 
 
 def test_frames_it_cannot_draw(frame: pd.DataFrame) -> None:

@@ -19,8 +19,9 @@ from opdlens.analysis.results import checkpoint_table, load_metrics, load_source
 from opdlens.analysis.side_inputs import compute_foresight, load_ablation
 from opdlens.errors import OpdlensError
 from opdlens.viz.figures import FigureSet, draw_figures
-from opdlens.viz.report import REPORT_FILE, _top_table, write_report
+from opdlens.viz.report import REPORT_FILE, write_report
 from opdlens.viz.save import save_figure
+from opdlens.viz.sections import top_table
 from viz.inputs import write_ablation
 
 
@@ -87,8 +88,8 @@ def test_report_is_self_contained(report: Path) -> None:
 
 def test_report_contents(small_report: Path, viz_metrics: dict[str, Path]) -> None:
     page = small_report.read_text()
-    for heading in ("Run summary", "Figures", "Top 7 tensors by update share", "Warnings",
-                    "Provenance"):  # fmt: skip
+    for heading in ("Findings", "Figures", "Top 7 tensors by update share", "Warnings",
+                    "Inventories"):  # fmt: skip
         assert f"<h2>{heading}" in page
     assert "reader says: checkpoint-3 holds only trainer state" in page
     assert "cached top-K singular values only" in page  # RL spectra come from its cache
@@ -103,6 +104,35 @@ def test_report_contents(small_report: Path, viz_metrics: dict[str, Path]) -> No
     assert f"{final['update_share'].iloc[0]:.4g}" in section
 
 
+def _h2(page: str) -> list[str]:
+    return [re.sub(r" \(\d+\)$", "", h) for h in re.findall(r"<h2>([^<]*)</h2>", page)]
+
+
+def test_report_leads_with_findings_and_folds_the_inventories(small_report: Path) -> None:
+    page = small_report.read_text()
+    heads = _h2(page)
+    assert heads[0] == "Findings" and heads[-2:] == ["Warnings", "Inventories"]
+    findings = page[page.index("<h2>Findings") : page.index("<h2>Figures")]
+    assert 'id="fig-block_norms"' in findings  # the key figure, on the first screen
+    assert page.count('id="fig-block_norms"') == 1
+    inventories = page[page.index("<h2>Inventories") :]
+    # Checkpoint paths, block tables and provenance are there, each folded, and nowhere before.
+    assert "hf-safetensors" in inventories and "hf-safetensors" not in page[: page.index(
+        "<h2>Inventories")]  # fmt: skip
+    assert "Update share and low-rank energy by block" in inventories
+    assert "&quot;versions&quot;" in inventories and "<details open" not in page
+    assert inventories.count("<details>") == 2 + 3  # 2 runs, this report and 2 analyses
+    # Skipped figures are notes (one line), not warnings; a real problem stays a warning.
+    warnings = page[page.index("<h2>Warnings") : page.index("<h2>Inventories")]
+    listed = re.findall(r"<li>([^<]*)</li>", warnings)
+    assert any("reader says: checkpoint-3" in w for w in listed)
+    assert not any("skipped" in w for w in listed)
+    notes = re.findall(r'<p class="meta notes">Notes: ([^<]*)</p>', warnings)
+    assert len(notes) == 1 and "figure replay_scores skipped" in notes[0]
+    assert "OPD: no training curve: " in notes[0] and ": no training log (" in notes[0]
+    assert f"<h2>Warnings ({len(listed)})</h2>" in page
+
+
 def test_top_table_leaves_out_what_is_1_by_construction(
     small_report: Path, viz_metrics: dict[str, Path]
 ) -> None:
@@ -115,7 +145,7 @@ def test_top_table_leaves_out_what_is_1_by_construction(
     # Shown at a step before the run's final one, alignment is a finding: the columns stay.
     df = load_metrics(viz_metrics["opd"], "OPD")
     last = int(df["step"].max())
-    table = _top_table(top_tensors(df, 3), {"OPD": last + 1})
+    table = top_table(top_tensors(df, 3), {"OPD": last + 1})
     heads = re.findall(r"<th>([^<]+)</th>", table)
     assert heads[-5:] == ["energy_k1", "align_left_k1", "align_right_k1", "stable_rank",
                           "cos_to_final"]  # fmt: skip
@@ -152,9 +182,18 @@ def _headless(browser: str, profile: Path, *args: str) -> subprocess.CompletedPr
     return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=180)
 
 
-# Measures, once laid out at the test's window width, how far the page and the widest table reach.
+# Measures, once laid out at the test's window width, how far the page and the widest table reach,
+# and where the findings, the key figure and the inventories start on the page.
 _MEASURE = """<script>
 window.addEventListener("load", function () {
+  var top = function (q) { var e = document.querySelector(q);
+    return e ? Math.round(e.getBoundingClientRect().top + window.scrollY) : -1; };
+  document.body.setAttribute("data-findings-top", top("#findings"));
+  document.body.setAttribute("data-key-figure-top", top("#findings figure"));
+  document.body.setAttribute("data-inventories-top", top("#inventories"));
+  var open = document.querySelectorAll("#inventories details[open]").length;
+  document.body.setAttribute("data-inventories-open", open);
+  document.body.setAttribute("data-page-height", document.documentElement.scrollHeight);
   var style = getComputedStyle(document.body), widest = 0;
   var right = document.body.getBoundingClientRect().right - parseFloat(style.paddingRight);
   document.querySelectorAll("table").forEach(function (t) {
@@ -204,6 +243,15 @@ def _check_in_browser(report: Path, tmp_path: Path, images: str) -> None:
     reach = dict(re.findall(r'data-(page|table)-overflow="(-?\d+)"', dom.stdout))
     assert sorted(reach) == ["page", "table"], dom.stdout[-2000:]
     assert int(reach["page"]) <= 0 and int(reach["table"]) <= 0, reach
+    # As laid out: the findings, with their figure, come first; the inventories last, folded.
+    at = dict(re.findall(r'data-((?:findings|key-figure|inventories)-(?:top|open))="(-?\d+)"',
+                         dom.stdout))  # fmt: skip
+    at = {k: int(v) for k, v in at.items()}
+    # On the first screen (900 px): the findings and the top of their figure.
+    assert 0 <= at["findings-top"] < at["key-figure-top"] < 900, at
+    assert at["inventories-top"] > at["key-figure-top"] + 900 and at["inventories-open"] == 0, at
+    height = re.search(r'data-page-height="(\d+)"', dom.stdout)
+    assert height and at["inventories-top"] > int(height.group(1)) / 2, at  # in the last half
     shot = tmp_path / "shot.png"
     render = _headless(browser, tmp_path / "profile", f"--screenshot={shot}",
                        "--window-size=1200,3000", url)  # fmt: skip
@@ -217,19 +265,24 @@ def _check_in_browser(report: Path, tmp_path: Path, images: str) -> None:
 
 def test_report_foresight_and_ablation_sections(report: Path) -> None:
     page = report.read_text()
-    heads = re.findall(r"<h2>([^<]*)</h2>", page)
-    assert (
-        heads.index("Figures")
-        < heads.index("Foresight")
-        < heads.index("Marginal utility (ablation)")
-        < heads.index("Top 7 tensors by update share at the final step")
-    )
+    heads = _h2(page)
+    assert heads == ["Findings", "Figures", "Foresight", "Marginal utility (ablation)",
+                     "Top 7 tensors by update share at the final step", "Warnings",
+                     "Inventories"]  # fmt: skip
     fore = page[page.index("<h2>Foresight</h2>") : page.index("<h2>Marginal utility")]
     assert 'id="fig-foresight"' in fore and "Computed from the checkpoints of OPD" in fore
-    assert re.search(r"<li>OPD: (from step \d+ on|at no step|only at step|one extrapolation)", fore)
+    # The section opens with its sentence.
+    assert re.match(
+        r'<section id="foresight"><h2>Foresight</h2>\n<ul class="foresight"><li>OPD: '
+        r"(from step \d+ on|at no step|only at step|one extrapolation)",
+        page[page.index('<section id="foresight">') :],
+    )
     assert "What EffOPD's schedule would try" in fore and "alpha_star" in fore
     abl = page[page.index("<h2>Marginal utility") : page.index("<h2>Top 7")]
-    assert 'id="fig-ablation"' in abl and "<li>OPD: At step 4, " in abl
+    assert 'id="fig-ablation"' in abl
+    assert abl.startswith(
+        '<h2>Marginal utility (ablation)</h2>\n<ul class="ablation"><li>OPD: At step 4, '
+    )
     assert "OPD (scorer mlp_energy):" in abl  # the scorer ablate recorded
     # Each of the two figures is shown once, in its own section.
     assert page.count('id="fig-foresight"') == 1 and page.count('id="fig-ablation"') == 1

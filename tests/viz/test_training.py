@@ -70,6 +70,48 @@ def test_figure_puts_the_curve_above_alignment_and_energy(
     assert any(n.startswith("figure training_and_weights skipped") for n in without)
 
 
+def _data_extent(ax) -> list:
+    """The display-space bounding boxes of every data point drawn on ax (lines and markers)."""
+    points = [np.column_stack([ln.get_xdata(), ln.get_ydata()]) for ln in ax.get_lines()
+              if len(ln.get_xdata())]  # fmt: skip
+    points += [c.get_offsets() for c in ax.collections if len(c.get_offsets())]
+    return [ax.transData.transform(np.asarray(p, dtype="float64")) for p in points]
+
+
+def test_figure_keeps_every_curve_in_view_and_legends_off_the_data(
+    viz_metrics: dict[str, Path], tmp_path: Path
+) -> None:
+    """RL learns more than OPD: its curve stays inside the shared scale; legends sit outside."""
+    df = pd.concat([load_metrics(viz_metrics[x], x.upper()) for x in ("opd", "rl")])
+    logs = {
+        "OPD": read_training_log(_csv(tmp_path / "opd.csv", [0, 1, 2, 3, 4], 0.05)),
+        "RL": read_training_log(_csv(tmp_path / "rl.csv", [0, 2, 4], 0.2)),  # up to 0.9
+    }
+    panel = next(p for p in draw_figures(df, training=logs)[0] if p.stem == "training_and_weights")
+    fig = panel.figure
+    fig.canvas.draw()
+    axes = np.array(fig.axes).reshape(3, 2)
+    for ax in axes[0]:
+        lo, hi = ax.get_ylim()
+        assert lo == 0.0 and hi >= 0.9  # accuracy from 0, and RL's 0.9 inside
+    renderer = fig.canvas.get_renderer()
+    for row in axes:
+        assert row[0].get_legend() is None  # moved off the first panel's curves
+        legend = row[-1].get_legend()
+        box = legend.get_window_extent(renderer)
+        for ax in row:  # outside every panel of the row: no data point under it
+            assert box.x0 >= ax.get_window_extent(renderer).x1
+            for pts in _data_extent(ax):
+                assert not ((pts[:, 0] >= box.x0) & (pts[:, 0] <= box.x1)
+                            & (pts[:, 1] >= box.y0) & (pts[:, 1] <= box.y1)).any()  # fmt: skip
+        labels = [t.get_text() for t in legend.get_texts()]
+        assert "OPD" not in labels and "RL" not in labels  # one run per panel: no run entry
+    mid = [t.get_text() for t in axes[1, 1].get_legend().get_texts()]
+    assert mid[0] == "K = 1" and any("random subspace" in t for t in mid)
+    energy = [t.get_text() for t in axes[2, 1].get_legend().get_texts()]
+    assert energy and set(energy) <= {"attn", "mlp", "embed", "norm", "head", "other"}
+
+
 def test_sources_read_given_logs_and_count_them(
     viz_metrics: dict[str, Path], logs: dict[str, pd.DataFrame], tmp_path: Path
 ) -> None:
@@ -98,9 +140,10 @@ def test_sources_find_trainer_state_and_report_shows_it(tmp_path: Path) -> None:
     assert log["eval_accuracy"].dropna().tolist() == [0.4, 0.8]
     page = write_report(src, tmp_path / "report").read_text()
     assert str(run / "checkpoint-4" / "trainer_state.json") in page
+    # Step 0 was not logged and step 1 has no accuracy yet: the line starts where it does.
     assert (
-        "accuracy <code>eval_accuracy</code> at the first and last saved step (1, 4): — → 0.8"
-        in page
+        "OPD: accuracy <code>eval_accuracy</code> from step 2 to step 4 (step 0 was not logged): "
+        "0.4 → 0.8 (up)." in page
     )
     assert 'id="fig-training_and_weights"' in page
 
