@@ -416,3 +416,16 @@ def copy_run(src: Path, tmp_path: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(src, tmp_path / "run", symlinks=True))
+
+
+def line_run(root: Path, seed: int, name: str = "model.layers.0.self_attn.q_proj.weight") -> Path:
+    """θ_s = θ_0 + s·D for one 8×8 attention matrix (plus a norm), saved at steps 0, 1, 2, 4."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    w0, d = torch.randn(8, 8, generator=g), torch.randn(8, 8, generator=g) / 8
+    for s in (0, 1, 2, 4):
+        ck = root / f"checkpoint-{s}"
+        ck.mkdir(parents=True)
+        save_file({name: w0 + s * d, "model.norm.weight": torch.ones(8)}, ck / "model.safetensors")
+    return root

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from ..errors import OpdlensError
 from .options import AnalyzeOptions
 
 __all__ = ["ray_session"]
+
+
+def import_ray() -> Any:
+    """The ray module; OpdlensError with the install command when it is not installed."""
+    try:
+        import ray
+    except ImportError:
+        raise OpdlensError(
+            "--executor ray needs Ray, which is not installed; install it with "
+            "`pip install 'opdlens[ray]'` (or `pip install ray`)."
+        ) from None
+    return ray
 
 
 @contextmanager
@@ -24,13 +37,7 @@ def ray_session(options: AnalyzeOptions) -> Iterator[None]:
     if options.executor != "ray":
         yield
         return
-    try:
-        import ray
-    except ImportError:
-        raise OpdlensError(
-            "--executor ray needs Ray, which is not installed; install it with "
-            "`pip install 'opdlens[ray]'` (or `pip install ray`)."
-        ) from None
+    ray = import_ray()
     if ray.is_initialized():
         yield
         return

@@ -15,9 +15,9 @@ import torch
 from .._malloc import release_freed_buffers
 from .._workers import Stopped, stop_when
 from ..devices import out_of_memory_as_error, prepare
-from ..errors import OpdlensError
 from ..io import buffers
 from .cache import FactorCache
+from .cluster import import_ray
 from .options import AnalyzeOptions
 from .sweep import TensorResult, gram_tensor, sweep_tensor
 
@@ -139,13 +139,7 @@ def iter_ray(
     job: Job, names: Sequence[str], address: str | None
 ) -> Iterator[tuple[str, TensorResult]]:
     """Yield (name, result) from one Ray task per tensor."""
-    try:
-        import ray
-    except ImportError:
-        raise OpdlensError(
-            "--executor ray needs Ray, which is not installed; install it with "
-            "`pip install 'opdlens[ray]'` (or `pip install ray`)."
-        ) from None
+    ray = import_ray()
     started = False
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)

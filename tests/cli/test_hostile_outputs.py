@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+from checkpoints import line_run  # noqa: E402
 from cli_errors import cli_fails  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
@@ -27,13 +28,7 @@ Q0 = "model.layers.0.self_attn.q_proj.weight"
 @pytest.fixture
 def run(tmp_path: Path) -> Path:
     """θ_s = θ_0 + s·D for one attention matrix and a norm, saved at 0, 1, 2, 4."""
-    g = torch.Generator().manual_seed(5)
-    w0, d = torch.randn(8, 8, generator=g), torch.randn(8, 8, generator=g) / 8
-    for s in (0, 1, 2, 4):
-        ck = tmp_path / "run" / f"checkpoint-{s}"
-        ck.mkdir(parents=True)
-        save_file({Q0: w0 + s * d, "model.norm.weight": torch.ones(8)}, ck / "model.safetensors")
-    return tmp_path / "run"
+    return line_run(tmp_path / "run", seed=5, name=Q0)
 
 
 def _extrapolate(run: Path, out: Path, alpha: str = "1", *extra: str) -> list[str]:

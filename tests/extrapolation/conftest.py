@@ -80,3 +80,11 @@ def write_run(
 def linear_run(tmp_path: Path) -> Path:
     """A float32 run moving exactly linearly: θ_s = θ_0 + s·D, saved at 0, 1, 2, 4, 8."""
     return write_run(tmp_path / "run")
+
+
+@pytest.fixture
+def random_run(tmp_path: Path) -> Path:
+    """Full-rank random float32 weights at steps 0 and 5 (test_ablate has its own, float64)."""
+    g = torch.Generator().manual_seed(3)
+    states = {s: {n: torch.randn(sh, generator=g) for n, sh in shapes().items()} for s in (0, 5)}
+    return write_run(tmp_path / "run", steps=(0, 5), state=lambda s: states[s])

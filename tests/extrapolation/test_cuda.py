@@ -10,42 +10,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from opdlens import open_run
 from opdlens.extrapolation.ablate import ablate
 from opdlens.extrapolation.callback import EffOPD
 from opdlens.extrapolation.surgery import surgery_lowrank
 
-from .conftest import shapes, write_run
 from .test_ablate import distance_score, weights
 from .test_callback import Toy
+from .test_surgery import check_lowrank
 
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture
-def random_run(tmp_path: Path) -> Path:
-    g = torch.Generator().manual_seed(3)
-    states = {s: {n: torch.randn(sh, generator=g) for n, sh in shapes().items()} for s in (0, 5)}
-    return write_run(tmp_path / "run", steps=(0, 5), state=lambda s: states[s])
-
-
 @pytest.mark.parametrize("keep_norm", [False, True])
 def test_lowrank_on_cuda_matches_numpy_svd(random_run: Path, tmp_path: Path, keep_norm) -> None:
-    run = open_run(random_run)
-    path = surgery_lowrank(run, 5, 2, tmp_path / "l", keep_norm=keep_norm, device="cuda")
-    got = load_file(path / "model.safetensors")
-    w0 = load_file(random_run / "checkpoint-0/model.safetensors")
-    wt = load_file(random_run / "checkpoint-5/model.safetensors")
-    for name in ("model.layers.1.mlp.down_proj.weight", "model.layers.2.self_attn.k_proj.weight"):
-        delta = (wt[name].double() - w0[name].double()).numpy()
-        u, s, vt = np.linalg.svd(delta, full_matrices=False)
-        trunc = (u[:, :2] * s[:2]) @ vt[:2]
-        if keep_norm:
-            trunc *= np.linalg.norm(delta) / np.linalg.norm(trunc)
-        assert np.allclose((got[name].double() - w0[name].double()).numpy(), trunc, atol=2e-5), name
-    assert torch.equal(got["model.norm.weight"], wt["model.norm.weight"])
+    path = surgery_lowrank(open_run(random_run), 5, 2, tmp_path / "l", keep_norm=keep_norm,
+                           device="cuda")  # fmt: skip
+    check_lowrank(path, random_run, keep_norm)
 
 
 def test_rank_curve_on_cuda_equals_the_cpu(random_run: Path, tmp_path: Path) -> None:

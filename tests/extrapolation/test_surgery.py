@@ -18,15 +18,6 @@ from opdlens.extrapolation.surgery import (
     surgery_window,
 )
 
-from .conftest import shapes, write_run
-
-
-@pytest.fixture
-def random_run(tmp_path: Path) -> Path:
-    g = torch.Generator().manual_seed(3)
-    states = {s: {n: torch.randn(sh, generator=g) for n, sh in shapes().items()} for s in (0, 5)}
-    return write_run(tmp_path / "run", steps=(0, 5), state=lambda s: states[s])
-
 
 def _load(run: Path, step: int) -> dict[str, torch.Tensor]:
     return load_file(run / f"checkpoint-{step}/model.safetensors")
@@ -47,10 +38,9 @@ def test_scale(random_run: Path, tmp_path: Path) -> None:
         surgery_scale(open_run(random_run), 5, -1.0, tmp_path / "s2")
 
 
-@pytest.mark.parametrize("keep_norm", [False, True])
-def test_lowrank_matches_numpy_svd(random_run: Path, tmp_path: Path, keep_norm: bool) -> None:
-    path = surgery_lowrank(open_run(random_run), 5, 2, tmp_path / "l", keep_norm=keep_norm)
-    got, w0, wt = load_file(path / "model.safetensors"), _load(random_run, 0), _load(random_run, 5)
+def check_lowrank(path: Path, run: Path, keep_norm: bool) -> None:
+    """The rank-2 truncation `path` holds equals numpy's float64 SVD of Δ_5 (rescaled if asked)."""
+    got, w0, wt = load_file(path / "model.safetensors"), _load(run, 0), _load(run, 5)
     for name in ("model.layers.1.mlp.down_proj.weight", "model.layers.2.self_attn.k_proj.weight"):
         delta = (wt[name].double() - w0[name].double()).numpy()
         u, s, vt = np.linalg.svd(delta, full_matrices=False)
@@ -59,6 +49,12 @@ def test_lowrank_matches_numpy_svd(random_run: Path, tmp_path: Path, keep_norm: 
             trunc *= np.linalg.norm(delta) / np.linalg.norm(trunc)
         assert np.allclose((got[name].double() - w0[name].double()).numpy(), trunc, atol=2e-5), name
     assert torch.equal(got["model.norm.weight"], wt["model.norm.weight"])
+
+
+@pytest.mark.parametrize("keep_norm", [False, True])
+def test_lowrank_matches_numpy_svd(random_run: Path, tmp_path: Path, keep_norm: bool) -> None:
+    path = surgery_lowrank(open_run(random_run), 5, 2, tmp_path / "l", keep_norm=keep_norm)
+    check_lowrank(path, random_run, keep_norm)
     with pytest.raises(ValueError, match="--rank must be a whole number"):
         surgery_lowrank(open_run(random_run), 5, 0, tmp_path / "l2")
 
