@@ -25,6 +25,7 @@ from ..io.layouts import NON_WEIGHT_FILES, detect, open_source, read_config
 from ..io.paths import TEMP_MARKER, lock_temp_dir, output_error, release_temp_dir
 from ..run import Run
 from .evaluate import sq_distance
+from .supervisor import supervised
 
 logger = logging.getLogger(__name__)
 
@@ -260,10 +261,11 @@ def _run_in_own_group(
 
     Whatever way this returns or raises (a timeout, an error, KeyboardInterrupt, SIGTERM made an
     exception, stop_scorers from another thread), the command's whole process group is killed:
-    nothing it started outlives the scoring of its candidate.
+    nothing it started outlives the scoring of its candidate. If opdlens itself is killed
+    (SIGKILL), the supervisor leading the group kills it within ~0.2 s.
     """
     proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+        supervised(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
     )
     with _GROUPS_LOCK:
         _GROUPS.add(proc.pid)

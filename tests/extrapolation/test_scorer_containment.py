@@ -177,3 +177,38 @@ def test_interrupting_ablate_ends_its_running_scorers_at_once(
     assert len(lines) == 1 and word in lines[0], stderr
     assert all(_gone(p) for p in _pids(pids))
     assert not [p.name for p in out.iterdir() if p.name.startswith("candidate-")]
+
+
+def test_killing_opdlens_with_sigkill_still_ends_its_scorers(tmp_path: Path) -> None:
+    """SIGKILL gives opdlens no chance to clean up: each command's supervisor ends its group."""
+    run = write_run(tmp_path / "run", steps=(0, 2, 4))
+    pids, out = tmp_path / "pids", tmp_path / "out"
+    cmd = f"echo $$ >> {pids}; sleep 60 & echo $! >> {pids}; wait; echo 1 # {{checkpoint}}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "opdlens", "ablate", str(run), "--step", "4", "--scorer-cmd", cmd,
+         "--jobs", "2", "--out", str(out), "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(_pids(pids)) < 4 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert len(_pids(pids)) == 4
+        assert all(_alive(p) for p in _pids(pids))  # the shells and their sleeps are running
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert all(_gone(p) for p in _pids(pids)), [p for p in _pids(pids) if _alive(p)]
+
+
+def test_a_scorer_command_keeps_its_exit_status_under_the_supervisor(tmp_path: Path) -> None:
+    from opdlens import ScorerError
+    from opdlens.extrapolation.scorers import CommandScorer
+
+    with pytest.raises(ScorerError, match="exited with status 3 on step 1.*: bad"):
+        CommandScorer("echo bad >&2; exit 3 # {checkpoint}").score(tmp_path, "step 1")
+    with pytest.raises(ScorerError, match="exited with status -9 on step 1"):
+        CommandScorer("kill -9 $$ # {checkpoint}").score(tmp_path, "step 1")
+    assert CommandScorer("printf '%s\\n' 2.5 # {checkpoint}").score(tmp_path, "step 1") == 2.5
