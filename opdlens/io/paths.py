@@ -28,7 +28,15 @@ from pathlib import Path
 
 from ..errors import OpdlensError, OutputError
 from .fileops import fsync_dir
-from .templock import LOCK_FILE, lock_state, lock_temp_dir, moved_temp_dir, release_temp_dir
+from .templock import (
+    LOCK_FILE,
+    lock_state,
+    lock_temp_dir,
+    lock_temp_file,
+    moved_temp_dir,
+    release_temp_dir,
+    remove_unlocked_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -463,7 +471,8 @@ def remove_stale(parent: Path, stem: str, *, files: bool = False) -> list[Path]:
 
     `stem` is a regular expression for the output's own name. Only real directories named
     `<stem>.opdlens-tmp-<pid>-<8 hex>` (or `.opdlens-old-`) whose process is gone are removed;
-    with `files`, regular files so named too (what `atomic_file` leaves when killed).
+    with `files`, regular files so named too (what `atomic_file` leaves when killed). Whether
+    the process is gone is told by its lock (see io.templock), or by its PID where none is held.
     """
     pattern = re.compile(
         rf"^(?:{stem})(?:{re.escape(TEMP_MARKER)}|{re.escape(OLD_MARKER)})(\d+)-[0-9a-f]{{8}}"
@@ -481,14 +490,17 @@ def remove_stale(parent: Path, stem: str, *, files: bool = False) -> list[Path]:
         pid = int(match.group(1))
         if pid == os.getpid():
             continue
-        # A directory's lock says whether its owner lives, in any PID namespace or host; a
-        # directory without one (or a file) falls back to asking this namespace for the PID.
-        state = lock_state(Path(entry.path)) if is_dir else "none"
+        # A lock says whether the owner lives, in any PID namespace or host (a directory's on its
+        # lock file, a file's on itself); only where there is none is this namespace's PID asked.
+        if is_dir:
+            state = lock_state(Path(entry.path))
+        else:  # removed at once when unlocked, so no writer can lock it in between
+            state = remove_unlocked_file(Path(entry.path)).replace("unknown", "none")
         if state == "held" or (state == "none" and _alive(pid)):
             continue
         if is_dir:
             shutil.rmtree(entry.path, ignore_errors=True)
-        else:
+        elif state == "none":
             _unlink_quietly(Path(entry.path))
         logger.info("removed %s, left by process %d which no longer runs", entry.path, pid)
         removed.append(Path(entry.path))
@@ -503,6 +515,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     tmp = path.with_name(f".{temp_name(path.name)}")
+    lock = lock_temp_file(tmp)  # held until the rename: remove_stale leaves a locked file alone
     try:
         yield tmp
         os.replace(tmp, path)
@@ -512,6 +525,9 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     except BaseException:
         _unlink_quietly(tmp)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
 
 
 def _unlink_quietly(path: Path) -> None:

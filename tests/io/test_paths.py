@@ -197,13 +197,22 @@ def test_output_dir_claims_marks_and_reuses(tmp_path: Path) -> None:
         assert read_marker(path) is not None and read_marker(path)["complete"] is False
         (path / "metrics.csv").write_text("x")
     assert read_marker(out)["complete"] is True
-    half = out / f".metrics.csv{TEMP_MARKER}{_dead_pid()}-0123abcd"  # left by a killed run
-    busy = out / f".metrics.csv{TEMP_MARKER}{os.getppid()}-0123abcd"
+    half = out / f".metrics.csv{TEMP_MARKER}{os.getppid()}-0123abcd"  # left unlocked: abandoned
+    busy = out / f".metrics.csv{TEMP_MARKER}{_dead_pid()}-0123abcd"  # locked by a live writer
     half.write_text("half")
     busy.write_text("half")
-    with output_dir(out, "analyze") as path:  # its own directory: re-used, contents kept
-        assert (path / "metrics.csv").read_text() == "x"
-        assert not half.exists() and busy.exists()
+    hold = ("import fcntl, sys; f = open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print(1, flush=True); input()")  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(busy)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "1"
+        with output_dir(out, "analyze") as path:  # its own directory: re-used, contents kept
+            assert (path / "metrics.csv").read_text() == "x"
+            assert not half.exists() and busy.exists()
+    finally:
+        holder.kill()
+        holder.wait()
     empty = tmp_path / "empty"
     empty.mkdir()
     with output_dir(empty, "figures"):

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from opdlens.io.paths import TEMP_MARKER, atomic_file, remove_stale
 from opdlens.io.templock import (
     LOCK_FILE,
     lock_state,
     lock_temp_dir,
     moved_temp_dir,
     release_temp_dir,
+    remove_unlocked_file,
 )
 
 _HOLD = """
@@ -68,3 +74,73 @@ def test_a_symlinked_lock_file_is_never_followed(tmp_path: Path) -> None:
     (tmp_path / "elsewhere").write_text("x")
     (folder / LOCK_FILE).symlink_to(tmp_path / "elsewhere")
     assert lock_state(folder) == "held"  # not ours to judge, so never removed
+
+
+# Opens and locks a file as a writer in another PID namespace would: opdlens' PID check is blind.
+_HOLD_FILE = """
+import fcntl, sys
+f = open(sys.argv[1], "ab")
+fcntl.flock(f, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return int(proc.stdout)
+
+
+@pytest.mark.parametrize("pid", ["dead", "foreign"])
+def test_a_temp_file_locked_by_a_live_writer_survives_stale_cleanup(
+    tmp_path: Path, pid: str
+) -> None:
+    # "foreign": a PID above any Linux pid_max (2^22), as a writer in a container might carry.
+    number = _dead_pid() if pid == "dead" else 2**22 + 17
+    half = tmp_path / f".metrics.parquet{TEMP_MARKER}{number}-0123abcd"
+    half.write_bytes(b"PAR1 half-written")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_FILE, str(half)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert remove_stale(tmp_path, r"\..+", files=True) == []
+        assert half.read_bytes() == b"PAR1 half-written"  # kept whole, not truncated
+    finally:
+        holder.kill()
+        holder.wait()
+    assert remove_stale(tmp_path, r"\..+", files=True) == [half]  # abandoned: the lock died
+    assert not half.exists()
+
+
+def test_atomic_file_holds_its_temp_file_locked_until_the_rename(tmp_path: Path) -> None:
+    target = tmp_path / "metrics.csv"
+    with atomic_file(target) as tmp:
+        tmp.write_text("a,b\n1,2\n")
+        assert remove_unlocked_file(tmp) == "held" and tmp.exists()
+        probe = subprocess.run(
+            [sys.executable, "-c", "import sys; from pathlib import Path; from opdlens.io.paths "
+             "import remove_stale; print(remove_stale(Path(sys.argv[1]), r'\\..+', files=True))",
+             str(tmp_path)], capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert probe.stdout.strip() == "[]" and tmp.exists()  # another process leaves it too
+    assert target.read_text() == "a,b\n1,2\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
+    with target.open("rb") as f:  # the lock went with the rename: nothing holds the output
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_an_unlocked_temp_file_of_a_live_pid_is_kept_only_where_flock_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    half = tmp_path / f".m.csv{TEMP_MARKER}{os.getppid()}-0123abcd"  # a live PID, no lock
+    half.write_text("x")
+
+    def no_flock(fd: int, op: int) -> None:
+        raise OSError(37, "No locks available")  # ENOLCK: an NFS mount without a lock daemon
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    assert remove_unlocked_file(half) == "unknown"
+    assert remove_stale(tmp_path, r"\..+", files=True) == [] and half.exists()  # PID fallback
+    monkeypatch.undo()
+    assert remove_stale(tmp_path, r"\..+", files=True) == [half]  # the lock decides: abandoned
