@@ -265,3 +265,31 @@ def test_bfloat16_overflow_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "outs").exists() or list((tmp_path / "outs").iterdir()) == []
     _ok(["extrapolate", root, "--step", "2", "--anchor", "1", "--alpha", "0.3", "--out", out])
     assert bool(load_file(out / "model.safetensors")[Q0].float().isfinite().all())
+
+
+def test_rerunning_analyze_keeps_a_temp_file_a_live_writer_elsewhere_holds(
+    run: Path, tmp_path: Path
+) -> None:
+    """A writer in another PID namespace (its PID means nothing here) keeps its temporary file."""
+    out = tmp_path / "analyze"
+    cmd = _results(run, tmp_path)["analyze"]
+    _ok([*cmd, "--out", out])
+    first = (out / "metrics.csv").read_text()
+    foreign = 2**22 + 17  # above any Linux pid_max: no process here has it
+    busy = out / f".metrics.parquet{TEMP_MARKER}{foreign}-0123abcd"
+    left = out / f".metrics.csv{TEMP_MARKER}{foreign}-89abcdef"
+    busy.write_bytes(b"PAR1 being written")
+    left.write_bytes(b"a,b\n")
+    hold = ("import fcntl, sys; f = open(sys.argv[1], 'ab'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print(1, flush=True); input()")  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(busy)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "1"
+        _ok([*cmd, "--out", out])  # re-used: it clears what killed runs left, and only that
+        assert busy.read_bytes() == b"PAR1 being written"
+        assert not left.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / "metrics.csv").read_text() == first
