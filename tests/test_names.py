@@ -192,17 +192,30 @@ def test_split_fused_falcon_every_variant(tmp_path, variant):
     for step in (0, 1):
         model.save_pretrained(tmp_path / "run" / f"checkpoint-{step}")
     run = opdlens.open_run(tmp_path / "run")
-    attn = model.transformer.h[1].self_attention
-    with torch.no_grad():  # FalconAttention's own split, on the identity input
-        q, k, v = attn._split_heads(attn.query_key_value(torch.eye(32).unsqueeze(0)))
+    # The reference, from Falcon's documented row layout of query_key_value (out, in), read off
+    # the module's public weight rather than any private method of transformers:
+    # new_decoder_architecture: (kv groups, that group's queries then its key and its value, head
+    # dim); multi_query: (every query head, then one key, then one value, head dim); otherwise
+    # (heads, query/key/value, head dim).
+    w = model.transformer.h[1].self_attention.query_key_value.weight.detach()  # (out, 32)
     heads, hd = 4, 8
-    kv = variant.get("num_kv_heads", 1) if variant.get("new_decoder_architecture") else None
-    if kv is not None:  # keys and values come broadcast to every query head of their group
-        k, v = (t.reshape(1, 32, kv, heads // kv, hd)[:, :, :, 0] for t in (k, v))
+    if variant.get("new_decoder_architecture"):
+        kv = variant["num_kv_heads"]
+        grouped = w.view(kv, heads // kv + 2, hd, 32)
+        want = {"q": grouped[:, :-2], "k": grouped[:, -2], "v": grouped[:, -1]}
+    elif variant.get("multi_query"):
+        rows = w.view(heads + 2, hd, 32)
+        want = {"q": rows[:heads], "k": rows[heads], "v": rows[heads + 1]}
+    else:
+        rows = w.view(heads, 3, hd, 32)
+        want = {"q": rows[:, 0], "k": rows[:, 1], "v": rows[:, 2]}
     name = "transformer.h.1.self_attention.query_key_value.weight"
     parts = split_fused(run.weight(name, 0), run.module(name), run.config)
-    for p, want in zip("qkv", (q, k, v), strict=True):
-        torch.testing.assert_close(parts[p], want[0].reshape(32, -1).t(), msg=p)
+    assert sorted(parts) == ["k", "q", "v"]
+    for p, ref in want.items():
+        torch.testing.assert_close(parts[p], ref.reshape(-1, 32), rtol=0, atol=0, msg=p)
+    if not variant.get("multi_query"):  # interleaved rows: contiguous blocks would be wrong
+        assert not torch.equal(parts["q"], w[: parts["q"].shape[0]])
 
 
 _PHI3 = {"model_type": "phi3", "hidden_size": 32, "num_attention_heads": 4,

@@ -153,7 +153,7 @@ def test_pickle_needs_trust(tmp_path):
         save_model(model, tmp_path / f"checkpoint-{step}", "bin")
     state = dict(model.state_dict())
     name = "model.layers.1.mlp.up_proj.weight"
-    state[name] = torch.Tensor._make_subclass(TaggedTensor, state[name])  # a custom trainer's
+    state[name] = state[name].as_subclass(TaggedTensor)  # a custom trainer's
     write_bin(tmp_path / "checkpoint-1", state)
     f = tmp_path / "checkpoint-1" / "pytorch_model.bin"
     with pytest.raises(opdlens.UnsafePickleError, match=r"pytorch_model\.bin.*--trust-pickle"):
