@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shlex
@@ -66,20 +67,49 @@ def test_readme_has_the_tours() -> None:
 
 @pytest.mark.slow
 def test_python_tour_runs_through_stdin(demo: Path, tmp_path: Path) -> None:
-    code = "\n".join(_blocks(_section("A tour of the Python API"), "python"))
+    code = _blocks(_section("A tour of the Python API"), "python")[0]  # alone, as typed
     proc = subprocess.run(
         [sys.executable, "-"], input=code, capture_output=True, text=True,
         cwd=_workdir(demo, tmp_path), timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    # Both snippets ran to their last line: the evaluation verdict, then the EffOPD history.
+    # The snippet ran to its last line: the evaluation verdict.
     lines = proc.stdout.strip().splitlines()
-    assert re.search(r"(no saved step|beats standing still).*best rel_error", lines[-2]), lines
-    assert lines[-1].startswith("[(1, "), lines[-1]
+    assert re.search(r"(no saved step|beats standing still).*best rel_error", lines[-1]), lines
     assert "utility" in proc.stdout and "score_drop" in proc.stdout  # the ablation table
     assert re.search(r"extrapolation along the current update", proc.stdout), proc.stdout[-2000:]
     assert (tmp_path / "cwd/pred-api/extrapolation_errors.csv").is_file()
+
+
+def test_online_effopd_snippet_runs_alone(tmp_path: Path) -> None:
+    code = _blocks(_section("A tour of the Python API"), "python")[1]
+    proc = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = ast.literal_eval(proc.stdout.strip().splitlines()[-1])  # [(step, accepted), …]
+    assert [step for step, _ in history] == [1, 2, 4, 8, 16, 32]
+    assert all(isinstance(accepted, int) for _, accepted in history)
+    assert not list(tmp_path.iterdir())  # it writes nothing
+
+
+@pytest.mark.slow
+def test_trl_sentence_says_what_a_cpu_needs(tmp_path: Path) -> None:
+    """README: DistillationConfig needs bf16=False on a CPU; its default stops there."""
+    import torch
+    from trl import DistillationConfig
+
+    sentence = _section("EffOPD inside the Trainer / TRL")
+    assert "DistillationConfig(..., bf16=False)" in sentence
+    assert "Your setup doesn't support bf16/gpu" in sentence
+    if torch.cuda.is_available():
+        pytest.skip("README's statement is about a machine without a GPU")
+    with pytest.raises(ValueError, match="Your setup doesn't support bf16/gpu"):
+        DistillationConfig(output_dir=str(tmp_path / "a"), report_to=[])
+    assert (
+        DistillationConfig(output_dir=str(tmp_path / "b"), report_to=[], bf16=False).bf16 is False
+    )
+    assert DistillationConfig(output_dir=str(tmp_path / "c"), report_to=[], use_cpu=True).bf16
 
 
 def _cli_tour() -> tuple[str, list[str]]:
