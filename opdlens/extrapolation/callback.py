@@ -77,7 +77,8 @@ class EffOPD:
 
     Memory: the anchor and one backup of the selected tensors, in their own dtype, and
     nothing more (one float32 temporary of a single tensor while a candidate is built).
-    Arithmetic is float32; low-precision parameters are cast back after each candidate.
+    Arithmetic is float32 (float64 for float64 parameters); low-precision parameters are cast
+    back after each candidate.
     score_fn(model) -> float, higher is better; it should put the model in eval mode itself
     if the model has dropout. EffOPD changes weights only, in place: the optimiser's state
     (Adam's moments and step counts) and the learning-rate schedule carry on unchanged.
@@ -228,8 +229,9 @@ class EffOPD:
         alpha = self.alpha0
         for _ in range(self.max_candidates):
             for name, p in params.items():
-                cur = p.float()
-                p.copy_(cur + alpha * (cur - self._anchor[name].float()))
+                wide = torch.promote_types(p.dtype, torch.float32)
+                cur = p.to(wide)
+                p.copy_(cur + alpha * (cur - self._anchor[name].to(wide)))
             try:
                 score = float(score_fn(model))
             except BaseException:

@@ -146,6 +146,26 @@ def test_bf16_candidate_is_computed_in_float32() -> None:
     assert torch.equal(dict(model.named_parameters())[name], expected)
 
 
+def test_float64_candidate_keeps_float64_precision() -> None:
+    torch.manual_seed(2)
+    model = Toy(torch.float64)
+    cb = EffOPD(max_candidates=1)
+    anchor = _state(model)
+    cb.start(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1e-9 * torch.randn_like(p))  # a step float32 arithmetic would round away
+    current = _state(model)
+    scores = iter([0.0, 1.0])  # the base, then a better candidate: accepted
+    assert cb.after_step(model, 1, lambda m: next(scores))["accepted"] == 1
+    name = "model.layers.0.mlp.down_proj.weight"
+    got = dict(model.named_parameters())[name]
+    assert got.dtype == torch.float64
+    expected = current[name] + 2.0 * (current[name] - anchor[name])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-15)
+    assert not torch.equal(got, current[name])
+
+
 def test_non_power_of_two_steps_do_nothing() -> None:
     model = Toy()
     cb = EffOPD()
