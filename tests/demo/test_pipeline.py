@@ -11,6 +11,7 @@ from opdlens.analysis.foresight import foresight_sentence
 from opdlens.demo.pipeline import (
     _ablate,
     _foresee,
+    online_sentence,
     run_labels,
     share_table,
     steps_saved,
@@ -28,6 +29,35 @@ def test_steps_saved_counts_last_accepted_candidate_per_step() -> None:
         }
     )
     assert steps_saved(history) == (3, 2)  # step 1 jumped to 4; step 2 rejected
+
+
+def _online(plain_curve, eff_curve) -> dict:
+    """online_effopd.json's record, computed the way runs._compare does."""
+    target = 0.9 * plain_curve[-1][1]
+
+    def steps(curve):
+        return next((s for s, a in curve if a >= target), None)
+
+    return {"target_accuracy": target, "plain_steps_to_target": steps(plain_curve),
+            "effopd_steps_to_target": steps(eff_curve), "plain_final_accuracy": plain_curve[-1][1],
+            "curves": {"plain": plain_curve, "effopd": eff_curve}}  # fmt: skip
+
+
+def test_online_sentence_gives_speed_up_only_for_a_target_above_the_start() -> None:
+    # The issue's run: plain OPD fell from 0.158 to 0.156, so the target 0.141 is met at step 0.
+    flat = _online([[0, 0.158], [60, 0.15], [120, 0.156]], [[0, 0.158], [120, 0.16]])
+    assert flat["plain_steps_to_target"] == 0 == flat["effopd_steps_to_target"]
+    line = online_sentence(flat)
+    assert "0.140 accuracy" in line and "not above the starting accuracy 0.158" in line
+    assert "speed-up" not in line.replace("no speed-up", "") and "n/a" not in line
+    # A real comparison: plain OPD reaches 0.9 × 0.5 = 0.45 at step 70, EffOPD at step 35.
+    learned = _online([[0, 0.2], [35, 0.3], [70, 0.46], [120, 0.5]],
+                      [[0, 0.2], [35, 0.45], [120, 0.48]])  # fmt: skip
+    assert online_sentence(learned).endswith(
+        "reached at step 70 by plain OPD and at step 35 with EffOPD — speed-up 2.00×."
+    )
+    slower = _online([[0, 0.2], [70, 0.46], [120, 0.5]], [[0, 0.2], [120, 0.44]])
+    assert online_sentence(slower).endswith("EffOPD never reached it — no speed-up is stated.")
 
 
 def test_share_table_gives_mean_and_sd_over_seeds() -> None:
