@@ -28,11 +28,17 @@ done
 FLOOR=(".venvs/floor" "3.10" "2.6.0")
 NEWEST=(".venvs/newest" "3.13" "2.15.0")
 
-find_python() {  # find_python 3.10: a python3.10 on PATH or under pyenv, else nothing
-    command -v "python$1" 2>/dev/null && return
-    local root
+find_python() {  # find_python 3.10: a python3.10 under pyenv or on PATH that runs, else nothing
+    local root cand
     root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
-    ls -d "$root"/versions/"$1".*/bin/python"$1" 2>/dev/null | sort -V | tail -n 1
+    # pyenv's shim for a version that is not the active one is on PATH but does not run.
+    for cand in $(ls -d "$root"/versions/"$1".*/bin/python"$1" 2>/dev/null | sort -rV) \
+        "$(command -v "python$1" 2>/dev/null)"; do
+        if [ -n "$cand" ] && "$cand" -c "import sys" >/dev/null 2>&1; then
+            echo "$cand"
+            return
+        fi
+    done
 }
 
 make_venv() {  # make_venv DIR PY TORCH: that torch and the test tools (opdlens comes later)
