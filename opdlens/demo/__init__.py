@@ -1,6 +1,19 @@
 """The built-in demo: a toy addition task, a tiny Llama-style model, and OPD vs RL runs."""
 
-from opdlens.demo.runs import DemoRuns, DemoSettings, OnlineComparison, generate_runs
+from opdlens.demo.runs import (
+    DemoRuns,
+    DemoSettings,
+    OnlineComparison,
+    finished_runs,
+    generate_runs,
+)
 from opdlens.demo.train import accuracy
 
-__all__ = ["DemoRuns", "DemoSettings", "OnlineComparison", "accuracy", "generate_runs"]
+__all__ = [
+    "DemoRuns",
+    "DemoSettings",
+    "OnlineComparison",
+    "accuracy",
+    "finished_runs",
+    "generate_runs",
+]

@@ -74,7 +74,8 @@ def run_job(start: Start, job: Job, bar: Progress | None = None) -> dict[str, An
 
 
 def _init_worker() -> None:
-    torch.set_num_threads(1)  # the numbers do not depend on the core count, as inline
+    torch.set_num_threads(1)  # as inline (train.single_thread): no number depends on the core count
+    torch.use_deterministic_algorithms(True)
 
 
 def run_jobs(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import asdict, dataclass, fields
@@ -20,6 +21,12 @@ from opdlens.io.weightfiles import read_weight_map
 from opdlens.io.writer import CheckpointWriter, TensorSpec
 
 DEMO_SECTION = "opdlens_demo"
+# The demo trains and evaluates in float64: at this size it costs little, and rounding then
+# differs between CPU kernels by ~1e-16 instead of ~1e-7, too little to flip a sampled token or a
+# greedy answer, so the runs and their verdicts do not depend on the machine. Checkpoints store
+# float32, as a mixed-precision trainer saves its master weights.
+COMPUTE_DTYPE = torch.float64
+STORE_DTYPE = torch.float32
 _SINGLE = "model.safetensors"
 _INDEX = "model.safetensors.index.json"
 
@@ -127,22 +134,26 @@ class Decoder(nn.Module):
 
 
 class TinyLlama(nn.Module):
-    """Decoder-only language model with an untied lm_head."""
+    """Decoder-only language model with an untied lm_head, in `dtype` (float64 by default)."""
 
     rope_cos: torch.Tensor  # (P, D) buffers, not saved
     rope_sin: torch.Tensor
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype = COMPUTE_DTYPE) -> None:
         super().__init__()
         self.config = cfg
         self.model = Decoder(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2) / cfg.head_dim)
-        angles = torch.outer(torch.arange(cfg.max_position_embeddings).float(), inv_freq)
+        self._init_weights()  # drawn in float32, so a seed gives the same start in any dtype
+        self.to(dtype)
+        half = torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim
+        angles = torch.outer(
+            torch.arange(cfg.max_position_embeddings, dtype=torch.float64),
+            1.0 / cfg.rope_theta**half,
+        )
         angles = torch.cat((angles, angles), dim=-1)  # (P, D)
-        self.register_buffer("rope_cos", angles.cos(), persistent=False)
-        self.register_buffer("rope_sin", angles.sin(), persistent=False)
-        self._init_weights()
+        self.register_buffer("rope_cos", angles.cos().to(dtype), persistent=False)
+        self.register_buffer("rope_sin", angles.sin().to(dtype), persistent=False)
 
     def _init_weights(self) -> None:
         std = 0.02
@@ -179,8 +190,18 @@ def hf_config(cfg: ModelConfig, demo: dict[str, Any], dtype: torch.dtype) -> dic
     return out
 
 
+def as_stored(model: TinyLlama, dtype: torch.dtype = STORE_DTYPE) -> TinyLlama:
+    """A copy of model in eval mode whose weights are rounded to `dtype` (kept in the model's
+    dtype): what load_model rebuilds from the checkpoint save_checkpoint writes."""
+    rounded = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for p in rounded.parameters():
+            p.copy_(p.to(dtype))
+    return rounded
+
+
 def save_checkpoint(
-    model: TinyLlama, out_dir: Path, demo: dict[str, Any], dtype: torch.dtype = torch.float32
+    model: TinyLlama, out_dir: Path, demo: dict[str, Any], dtype: torch.dtype = STORE_DTYPE
 ) -> Path:
     """Write model.safetensors + config.json into out_dir, atomically (io.writer.CheckpointWriter)."""
     out_dir = Path(out_dir)
@@ -245,7 +266,7 @@ def read_state_dict(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def load_model(checkpoint_dir: Path) -> tuple[TinyLlama, dict[str, Any]]:
-    """Rebuild a demo model (float32, eval mode) and its demo section from a checkpoint dir."""
+    """Rebuild a demo model (float64, eval mode) and its demo section from a checkpoint dir."""
     cfg, demo = read_config(checkpoint_dir)
     model = TinyLlama(cfg)
     state = read_state_dict(checkpoint_dir)
@@ -257,7 +278,7 @@ def load_model(checkpoint_dir: Path) -> tuple[TinyLlama, dict[str, Any]]:
             f"unexpected tensors {extra[:5]}."
         )
     try:
-        model.load_state_dict({k: v.float() for k, v in state.items()})
+        model.load_state_dict({k: v.to(COMPUTE_DTYPE) for k, v in state.items()})
     except RuntimeError as err:  # a tensor whose shape disagrees with config.json
         raise CheckpointError(f"{checkpoint_dir} does not match its config.json: {err}") from err
     return model.eval(), demo
