@@ -21,10 +21,10 @@ from opdlens.io.weightfiles import read_weight_map
 from opdlens.io.writer import CheckpointWriter, TensorSpec
 
 DEMO_SECTION = "opdlens_demo"
-# The demo trains and evaluates in float64: at this size it costs little, and rounding then
-# differs between CPU kernels by ~1e-16 instead of ~1e-7, too little to flip a sampled token or a
-# greedy answer, so the runs and their verdicts do not depend on the machine. Checkpoints store
-# float32, as a mixed-precision trainer saves its master weights.
+# The demo trains and evaluates in float64: at this size it costs little, and with one thread
+# and deterministic algorithms the runs repeat exactly on one set of CPU kernels. (Another kernel
+# path still rounds differently and the toy's training amplifies it: README says what changed.)
+# Checkpoints store float32, as a mixed-precision trainer saves its master weights.
 COMPUTE_DTYPE = torch.float64
 STORE_DTYPE = torch.float32
 _SINGLE = "model.safetensors"
