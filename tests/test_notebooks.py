@@ -76,7 +76,7 @@ def test_notebook_runs(name: str, demo_dir: Path, tmp_path: Path, monkeypatch) -
     else:  # `opdlens demo --out opdlens-demo` run where the notebook runs
         monkeypatch.delenv("OPDLENS_DEMO_DIR", raising=False)
         (cwd / "opdlens-demo").symlink_to(demo_dir.parent, target_is_directory=True)
-        expected = cwd / "opdlens-demo" / "runs"
+        expected = Path("opdlens-demo", "runs")  # found relative to the working directory
     before = {"notebooks": _tree(NOTEBOOKS), "demo": _tree(demo_dir)}
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = NotebookClient(nb, timeout=900, kernel_name="python3",
