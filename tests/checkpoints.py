@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -429,3 +430,9 @@ def line_run(root: Path, seed: int, name: str = "model.layers.0.self_attn.q_proj
         ck.mkdir(parents=True)
         save_file({name: w0 + s * d, "model.norm.weight": torch.ones(8)}, ck / "model.safetensors")
     return root
+
+
+def copy_demo(runs: Path, dest: Path) -> Path:
+    """A copy of the quick demo's runs at dest (as `opdlens demo --out X` leaves them in X/runs)."""
+    shutil.copytree(runs, dest, symlinks=True)
+    return dest

@@ -35,6 +35,19 @@ def _quiet_libraries() -> None:
 
 
 @pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quick demo's runs (`generate_runs(quick=True)`), trained once per session.
+
+    Read them in place; copy them (`checkpoints.copy_demo`) where a test writes beside them.
+    """
+    from opdlens.demo import generate_runs
+
+    out = tmp_path_factory.mktemp("quick-demo") / "runs"
+    generate_runs(out, quick=True, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def hf_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """hf_run(arch, layout, **kw) → root of a Trainer-style run (cached per arguments)."""
     cache: dict[tuple, Path] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from checkpoints import copy_demo
 
 # Test extras: installed by scripts/test.sh; a leaner environment (a GPU node's, the version
 # passes) skips these tests instead of failing to collect them.
@@ -42,14 +43,9 @@ def test_notebooks_cover_foresee_ablate_and_groups() -> None:
 
 
 @pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo's quick runs where `opdlens demo --quick --out opdlens-demo` puts them, trained
-    once for both notebooks."""
-    from opdlens.demo import generate_runs
-
-    out = tmp_path_factory.mktemp("demo") / "opdlens-demo" / "runs"
-    generate_runs(out, quick=True, progress=False)
-    return out
+def demo_dir(tmp_path_factory: pytest.TempPathFactory, quick_demo: Path) -> Path:
+    """The demo's quick runs where `opdlens demo --quick --out opdlens-demo` puts them."""
+    return copy_demo(quick_demo, tmp_path_factory.mktemp("demo") / "opdlens-demo" / "runs")
 
 
 def _tree(path: Path) -> set[Path]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoints import copy_demo
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 # The CLI tour lines no test can run here, each with the reason.
@@ -40,12 +41,10 @@ def _blocks(text: str, lang: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def demo(tmp_path_factory: pytest.TempPathFactory, quick_demo: Path) -> Path:
     """`opdlens-demo/` as `opdlens demo --quick --out opdlens-demo` leaves its runs."""
-    from opdlens.demo import generate_runs
-
     out = tmp_path_factory.mktemp("readme") / "opdlens-demo"
-    generate_runs(out / "runs", quick=True, progress=False)
+    copy_demo(quick_demo, out / "runs")
     return out
 
 

@@ -10,7 +10,8 @@ import pandas as pd
 from ..analysis.findings import CLAIMS, GroupFindings
 from ..analysis.stats import mean_sd
 from .pipeline import DemoResult, online_sentence
-from .runs import MANIFEST, replicate_dir
+from .runs import MANIFEST
+from .settings import replicate_dir
 from .train import accuracy
 
 # README calls a verdict decided only with room to spare: the end of the 95 % interval nearest
@@ -38,13 +39,27 @@ def accuracies(result: DemoResult) -> dict[str, pd.DataFrame]:
 
 
 def with_margin(findings: GroupFindings, quantity: str) -> bool:
-    """True when the quantity's difference is decided with room to spare (MARGIN_ABS/REL)."""
+    """True when the quantity's verdict has room to spare: its 95 % interval's end nearest 0 lies
+    at least MARGIN_ABS from 0 and, when the interval excludes 0, at least MARGIN_REL of
+    |difference| from it. False without an interval (n = 1)."""
     names = list(findings.groups)
     d = findings.differences[quantity][names[1]]
-    if d is None or not d.excludes_zero:
+    if d is None:
         return False
     nearest = min(abs(d.low), abs(d.high))
+    if not d.excludes_zero:
+        return nearest >= MARGIN_ABS
     return nearest >= MARGIN_ABS and nearest >= MARGIN_REL * abs(d.diff)
+
+
+def close_calls(findings: GroupFindings) -> list[str]:
+    """One line for each claim whose verdict has no room to spare (with_margin is False)."""
+    return [
+        f"Too close to call: {claim.quantity} (its interval's end nearest 0 is within "
+        f"{MARGIN_ABS} or {MARGIN_REL:.0%} of the difference of 0): read its verdict as undecided."
+        for claim in CLAIMS
+        if not with_margin(findings, claim.quantity)
+    ]
 
 
 def figures_markdown(result: DemoResult) -> str:
@@ -57,8 +72,12 @@ def figures_markdown(result: DemoResult) -> str:
     final = {g: mean_sd(acc[g]["final"].to_numpy(float)).format() for g in (a, b)}
     lowest = {g: acc[g]["final"].min() for g in (a, b)}
     runs = Path(result.out_dir) / "runs"
-    sft_steps = json.loads((runs / MANIFEST).read_text())["sft_steps"]
+    manifest = json.loads((runs / MANIFEST).read_text())
+    sft_steps, path = manifest["sft_steps"], manifest["code_path"]
     lines = [
+        f"Trained with torch {path['torch']} on the portable code path (ATen "
+        f"{path['cpu_capability']} kernels, MKL_CBWR={path['mkl_cbwr']}, {path['threads']} thread).",
+        "",
         f"Teacher: held-out accuracy {accuracy(runs / 'teacher'):.3f} after {sft_steps} SFT steps.",
         "",
         f"| | {a} (n = {n[a]}) | {b} (n = {n[b]}) | {a} − {b} [95 % CI] |",
@@ -76,6 +95,7 @@ def figures_markdown(result: DemoResult) -> str:
         if q == "mlp_share" and "attn" in share.index:
             lines.append(f"| update share of `attn` at the final step | {share.loc['attn', a]} "
                          f"| {share.loc['attn', b]} | |")  # fmt: skip
-    lines += ["", "```text", *result.verdict, "```", "", "```text", online_sentence(result.online)]
+    lines += ["", "```text", *result.verdict, *close_calls(f), "```"]
+    lines += ["", "```text", online_sentence(result.online)]
     lines += ["```"]
     return "\n".join(lines)

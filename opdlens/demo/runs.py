@@ -2,101 +2,24 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from opdlens.demo.jobs import Job, Start, run_jobs
-from opdlens.demo.model import ModelConfig, TinyLlama, save_checkpoint
-from opdlens.demo.task import VOCAB_SIZE, AdditionTask
-from opdlens.demo.train import (
-    PostTrainSettings,
-    greedy_accuracy,
-    sft,
-    single_thread,
-)
+from opdlens.demo.jobs import Job, Start, run_jobs, train_start
+from opdlens.demo.model import save_checkpoint
+from opdlens.demo.portable import run_portable
+from opdlens.demo.settings import demo_settings, replicate_dir, replicate_seed
+from opdlens.demo.train import single_thread
 from opdlens.errors import OpdlensError
 from opdlens.io.paths import write_text_atomic
-from opdlens.progress import Progress
 
 MANIFEST = "demo_manifest.json"
 ONLINE = "online_effopd.json"
-_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    """Everything that determines the demo's runs besides the seed."""
-
-    task: AdditionTask
-    arch: ModelConfig  # teacher and student share it; the student is less trained
-    sft_steps: int  # cap; SFT stops once validation accuracy reaches teacher_target
-    student_target: float  # the student is the first SFT snapshot at this validation accuracy
-    teacher_target: float
-    sft_lr: float
-    sft_batch: int
-    # A soft teacher: wrong tokens cost a few nats of reverse KL, as with an LLM teacher,
-    # rather than the ~30 nats of a one-hot-trained toy model.
-    label_smoothing: float
-    post: PostTrainSettings
-    eval_every: int  # test-accuracy resolution of the online comparison, in steps
-    replicates: int = 1  # OPD and RL runs per method, each with its own post-training seed
-
-
-def demo_settings(quick: bool, seed: int = 0) -> DemoSettings:
-    """The full or quick preset. Both train the same teacher and student start; quick post-trains
-    one seed per method for 40 steps, which are the first 40 steps of the full preset's first
-    seed (a constant learning rate after the warm-up, the same seeds)."""
-    task = AdditionTask(n_digits=2, reverse=True, n_val=256, n_test=512, split_seed=seed)
-    width = 64
-    arch = ModelConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=width,
-        intermediate_size=2 * width,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=task.prompt_len + task.answer_len,
-    )
-    post = PostTrainSettings(
-        steps=40 if quick else 120,
-        save_every=10 if quick else 20,
-        lr=5e-4,
-        samples_per_step=128,
-        group_size=8,
-    )
-    return DemoSettings(
-        task=task,
-        arch=arch,
-        sft_steps=2000,
-        # A student that solves a quarter of the problems: sampled groups then hold correct
-        # answers often enough for RL to learn on every seed, as OPD does.
-        student_target=0.25,
-        teacher_target=0.97,
-        sft_lr=3e-3,
-        sft_batch=128,
-        label_smoothing=0.1,
-        post=post,
-        eval_every=5,
-        replicates=1 if quick else 3,
-    )
-
-
-def replicate_dir(kind: str, r: int) -> str:
-    """Directory name of replicate r (0-based) of a method: opd, opd-2, opd-3, …"""
-    return kind if r == 0 else f"{kind}-{r + 1}"
-
-
-def replicate_seed(seed: int, r: int) -> int:
-    """The post-training seed of replicate r; replicate 0 keeps the demo's seed."""
-    return seed + 1000 * r
+_FORMAT = 2  # 2: trained on the portable code path
 
 
 @dataclass(frozen=True)
@@ -222,45 +145,10 @@ def _generate(out_dir: Path, quick: bool, seed: int, progress: bool, workers: in
     if _prepare(out_dir, manifest):
         return _layout(out_dir, _read_online(out_dir / ONLINE), settings.replicates)
     write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    timings: dict[str, float] = {}
     task = settings.task
-    val_prompts, val_answers = task.split("val")
-
-    def val_accuracy(model: torch.nn.Module) -> float:
-        return greedy_accuracy(model, val_prompts, val_answers)
-
-    # One SFT run: the student is its first snapshot at student_target, the teacher its end.
-    start = time.perf_counter()
-    torch.manual_seed(seed)
-    model = TinyLlama(settings.arch)
-    snapshots: list[TinyLlama] = []
-
-    def checkpoint(m: TinyLlama) -> bool:
-        acc = val_accuracy(m)
-        if not snapshots and acc >= settings.student_target:
-            snapshots.append(copy.deepcopy(m).eval())
-        return acc >= settings.teacher_target
-
-    bar = Progress(settings.sft_steps, "demo sft", enabled=progress)
-    sft_steps = sft(
-        model,
-        task.sampler(seed + 100),
-        steps=settings.sft_steps,
-        lr=settings.sft_lr,
-        batch=settings.sft_batch,
-        stop=checkpoint,
-        check_every=5,
-        label_smoothing=settings.label_smoothing,
-        bar=bar,
-    )
-    bar.close()
-    if not snapshots:
-        raise OpdlensError(
-            f"The demo SFT never reached the student target {settings.student_target} "
-            "validation accuracy; this preset does not work with this seed."
-        )
-    teacher, student = model.eval(), snapshots[0]
-    timings["sft"] = time.perf_counter() - start
+    trained = run_portable(train_start, settings, seed, progress)
+    teacher, student = trained.teacher, trained.student
+    timings: dict[str, float] = {"sft": trained.seconds}
     demo = {"task": task.to_dict(), "seed": seed, "quick": quick}
     save_checkpoint(teacher, out_dir / "teacher", {**demo, "role": "teacher"})
     start_point = Start(student, teacher, task, settings.post, settings.eval_every, demo)
@@ -286,7 +174,8 @@ def _generate(out_dir: Path, quick: bool, seed: int, progress: bool, workers: in
     write_text_atomic(out_dir / ONLINE, json.dumps(record, indent=2) + "\n")
     manifest.update(
         complete=True,
-        sft_steps=sft_steps,
+        sft_steps=trained.sft_steps,
+        code_path=trained.code_path,
         seconds={k: round(v, 2) for k, v in timings.items()},
     )
     write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")

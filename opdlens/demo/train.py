@@ -1,8 +1,8 @@
 """Training loops of the demo: SFT for the teacher and student start, then OPD and GRPO-style RL.
 
 metrics.csv columns, one row per saved step (all describe the saved weights θ_step):
-`accuracy` — greedy exact-match on the held-out test set, of the weights as saved (float32,
-evaluated in float64, as opdlens.demo.accuracy does); `loss` — the run's own objective
+`accuracy` — greedy exact-match on the held-out test set (as opdlens.demo.accuracy computes
+it from the saved checkpoint); `loss` — the run's own objective
 on a batch sampled from θ_step (OPD: mean per-token reverse-KL estimate log p_s − log p_t;
 RL: 1 − mean exact-match reward); `reward` and `reverse_kl` — both diagnostics for both runs.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from opdlens.demo.model import TinyLlama, as_stored, load_model, save_checkpoint
+from opdlens.demo.model import TinyLlama, load_model, save_checkpoint
 from opdlens.demo.task import AdditionTask, TrainSampler
 from opdlens.extrapolation.schedule import is_power_of_two
 from opdlens.io.paths import atomic_file
@@ -225,8 +225,9 @@ def post_train(
     for step in range(settings.steps + 1):
         surrogate, stats = _objective(kind, student, teacher, sampler, settings, gen)
         if run_dir is not None and step in keep:
-            # The accuracy of the weights as saved, which opdlens.demo.accuracy reproduces.
-            acc = greedy_accuracy(as_stored(student), test_prompts, test_answers)
+            student.eval()
+            acc = greedy_accuracy(student, test_prompts, test_answers)
+            student.train()
             rows.append({"step": step, "accuracy": acc, **stats})
             meta = {**(demo or {}), "run": kind, "step": step}
             save_checkpoint(student, run_dir / f"checkpoint-{step}", meta)

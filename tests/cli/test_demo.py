@@ -6,6 +6,7 @@ import html
 
 import pandas as pd
 import pytest
+from checkpoints import copy_demo
 from typer.testing import CliRunner
 
 from opdlens.analysis.findings import online_sentence
@@ -25,8 +26,9 @@ def test_demo_refuses_zero_workers(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_quick_end_to_end(tmp_path) -> None:
+def test_demo_quick_end_to_end(tmp_path, quick_demo) -> None:
     out = tmp_path / "demo"
+    copy_demo(quick_demo, out / "runs")  # trained once per session (tests/conftest.py)
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     text = result.stdout

@@ -1,9 +1,10 @@
-"""The quick demo runs, trained once per session for the demo tests."""
+"""The quick demo runs (trained once per session) and the full demo, for the demo tests."""
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -11,10 +12,11 @@ from opdlens.demo import generate_runs
 
 
 @pytest.fixture(scope="session")
-def runs(tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("demo")
+def runs(quick_demo: Path):
+    """The session's quick demo (tests/conftest.py) as generate_runs returns it, and the seconds
+    that call took (it reuses the trained runs)."""
     start = time.perf_counter()
-    result = generate_runs(out, quick=True, progress=False)
+    result = generate_runs(quick_demo, quick=True, progress=False)
     return result, time.perf_counter() - start
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from safetensors.torch import load_file
 
 from opdlens.demo.jobs import Job, Start, run_jobs
 from opdlens.demo.model import ModelConfig, TinyLlama
-from opdlens.demo.runs import MANIFEST, _prepare, replicate_dir, replicate_seed
+from opdlens.demo.runs import MANIFEST, _prepare
+from opdlens.demo.settings import replicate_dir, replicate_seed
 from opdlens.demo.task import VOCAB_SIZE, AdditionTask
 from opdlens.demo.train import PostTrainSettings
 
@@ -31,7 +33,9 @@ def _weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 @pytest.mark.slow
-def test_jobs_give_the_same_runs_inline_and_in_processes(tmp_path: Path) -> None:
+def test_jobs_give_the_same_runs_on_one_worker_or_two_whatever_the_callers_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     start = _start()
 
     def jobs(root: Path) -> list[Job]:
@@ -40,7 +44,18 @@ def test_jobs_give_the_same_runs_inline_and_in_processes(tmp_path: Path) -> None
         return [*out, Job("effopd", "opd", 0, None, record=True, effopd=True)]
 
     inline = run_jobs(start, jobs(tmp_path / "inline"), workers=1, progress=False)
+    # Another caller's settings: the workers still compute on the portable path.
+    caller = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AUTO", "OMP_NUM_THREADS": "2"}
+    for key, value in caller.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     pooled = run_jobs(start, jobs(tmp_path / "pool"), workers=2, progress=False)
+    assert {k: os.environ.get(k) for k in (*caller, "MKL_NUM_THREADS")} == {
+        **caller, "MKL_NUM_THREADS": None}  # restored for the caller  # fmt: skip
+    for result in (*inline.values(), *pooled.values()):
+        assert result["code_path"]["cpu_capability"] == "DEFAULT"
+        assert result["code_path"]["mkl_cbwr"] == "COMPATIBLE"
+        assert result["code_path"]["threads"] == "1"
     assert set(inline) == {"opd", "rl", "opd-2", "rl-2", "effopd"} == set(pooled)
     assert inline["effopd"]["curve"] == pooled["effopd"]["curve"]
     assert [h["step"] for h in inline["effopd"]["history"]] == [1, 2]

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from demo.names import llama_names
 from opdlens.demo import accuracy, finished_runs, generate_runs
-from opdlens.demo.runs import MANIFEST, replicate_dir
+from opdlens.demo.runs import MANIFEST
+from opdlens.demo.settings import replicate_dir
 from opdlens.demo.train import saved_steps
 from opdlens.errors import OpdlensError
 
@@ -45,6 +47,13 @@ def test_quick_runs_both_learn(runs) -> None:
         assert acc.iloc[-1] >= acc.iloc[0] + 0.05, (run_dir.name, acc.tolist())
 
 
+def test_training_ran_on_the_portable_code_path(runs) -> None:
+    result, _ = runs
+    manifest = json.loads((result.out_dir / MANIFEST).read_text())
+    assert manifest["code_path"] == {"torch": torch.__version__, "cpu_capability": "DEFAULT",
+                                     "threads": "1", "mkl_cbwr": "COMPATIBLE"}  # fmt: skip
+
+
 def test_online_comparison_is_recorded(runs) -> None:
     result, _ = runs
     data = json.loads(result.online_path.read_text())
@@ -61,8 +70,8 @@ def test_second_call_reuses_runs(runs, monkeypatch: pytest.MonkeyPatch) -> None:
     def no_training(*args, **kwargs):
         raise AssertionError("generate_runs retrained complete runs")
 
-    monkeypatch.setattr("opdlens.demo.runs.sft", no_training)
-    monkeypatch.setattr("opdlens.demo.jobs.post_train", no_training)
+    monkeypatch.setattr("opdlens.demo.runs.run_portable", no_training)
+    monkeypatch.setattr("opdlens.demo.runs.run_jobs", no_training)
     again = generate_runs(result.out_dir, quick=True, progress=False)
     assert again == result
     assert (result.opd / "metrics.csv").stat().st_mtime_ns == stamp
@@ -115,3 +124,15 @@ def test_full_demo_meets_its_accuracy_targets(full_demo) -> None:
         assert curve.iloc[-1] >= start + LEARNED_BY, (name, start, curve.tolist())
     finals = [curves[p.name].iloc[-1] for p in dirs["opd"]]
     assert len(set(finals)) > 1  # three seeds, three runs
+
+
+@pytest.mark.slow
+def test_quick_runs_are_the_full_runs_first_40_steps(runs, full_demo) -> None:
+    """Two demos trained in separate processes at different times agree bit for bit."""
+    quick, _ = runs
+    full = full_demo.out_dir / "runs"
+    for path in ("teacher", "opd/checkpoint-40", "rl/checkpoint-40"):
+        a = load_file(str(quick.out_dir / path / "model.safetensors"))
+        b = load_file(str(full / path / "model.safetensors"))
+        assert sorted(a) == sorted(b)
+        assert all(torch.equal(a[k], b[k]) for k in a), path
