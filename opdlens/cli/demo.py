@@ -22,9 +22,9 @@ def demo(
         typer.Option(
             "--quick",
             help="One seed per method, 40 post-training steps instead of 120; no claim is "
-            "decided. Measured on a 2-core AMD EPYC under heavy load (load average 9-10): its "
-            "training took 4.5 min of CPU (29 min wall); the full preset, 3 seeds per method, "
-            "9 min of CPU (49 min wall). README says more.",
+            "decided. The full preset, 3 seeds per method, took 6 min 45 s of CPU (12 min wall, "
+            "load average 5-6) on a 2-core AMD EPYC with torch 2.13.0; quick, about half of that "
+            "(3 min 11 s of CPU). README says more.",
         ),
     ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed for data, models and sampling.")] = 0,

@@ -160,7 +160,8 @@ def score_by_rank(
         ax.set_xticks(ticks, [str(k) for k in ticks])
         ax.set_xlabel("rank $k$ of every matrix update")
         ax.set_ylabel(r"score $S(\theta_0 + \mathrm{rank}_k(\Delta_T))$")
-        ax.legend(loc="best")
+        # Beside the panel: inside, the reference lines and curves leave no free corner.
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return ax
 
 

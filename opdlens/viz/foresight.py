@@ -174,7 +174,9 @@ def alpha_star_by_step(
         if len(runs) > 1:  # runs differ by line style alone: grey, no marker
             handles += [Line2D([], [], color="#8C8C8C", linestyle=linestyle_at(i), label=run)
                         for i, run in enumerate(runs)]  # fmt: skip
-        ax.legend(handles=handles, ncols=2 if len(handles) > 5 else 1, loc="best")
+        # Below the panel: α* swings from step to step and leaves no free corner inside.
+        ax.legend(handles=handles, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.22),
+                  borderaxespad=0.0)  # fmt: skip
     return ax
 
 
@@ -208,15 +210,15 @@ def effopd_vs_optimal(
                     linestyle=linestyle_at(i), marker="o", zorder=3)  # fmt: skip
         _step_axis(ax, sorted(int(s) for s in star["step"].unique()))
         ax.axhline(0.0, color="#777777", linewidth=0.8)
-        low, high = ax.get_ylim()
-        ax.set_ylim(low, high + 0.45 * (high - low))  # headroom for the legend above the marks
         ax.set_xlabel("EffOPD's scheduled step $t$")
         ax.set_ylabel("α in $\\theta_t + \\alpha(\\theta_t - \\theta_a)$")
         handles = [Line2D([], [], color="#9A9A9A", marker="_", linestyle="", markersize=10,
                           label="EffOPD's candidates (cumulative α)")]  # fmt: skip
         handles += [Line2D([], [], color=color_at(i), linestyle=linestyle_at(i), marker="o",
                            label=f"{run}: α*") for i, run in enumerate(runs)]  # fmt: skip
-        ax.legend(handles=handles, loc="upper center")
+        # Below the panel: the candidates' marks reach the top of it.
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.22),
+                  borderaxespad=0.0)  # fmt: skip
     return ax
 
 

@@ -110,6 +110,8 @@ def test_runs_from_one_start_share_one_base_line(tables, tmp_path: Path) -> None
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels.count(r"$\theta_0$ (base, the same for OPD, RL)") == 1
     assert not any("· $\\theta_0$" in t for t in labels)
+    ax.figure.canvas.draw()  # the legend sits beside the panel, on no curve or reference line
+    assert not ax.get_legend().get_window_extent().overlaps(ax.get_window_extent())
     # Different starts keep a base line each (test_score_by_rank_draws_the_curve_and_the_references).
 
 

@@ -103,6 +103,13 @@ def test_alpha_star_legend_gives_each_entry_its_own_style(frame: pd.DataFrame) -
     assert [t.get_text() for t in one.get_legend().get_texts()] == ["attn", "mlp", "whole model"]
 
 
+def test_alpha_star_legends_cover_no_data(frame: pd.DataFrame) -> None:
+    for ax in (alpha_star_by_step(frame), effopd_vs_optimal(frame)):
+        ax.figure.canvas.draw()
+        legend = ax.get_legend().get_window_extent()
+        assert not legend.overlaps(ax.get_window_extent())  # below the panel, not on the marks
+
+
 def test_step_ticks_do_not_collide(long_frame: pd.DataFrame) -> None:
     fig = foresight_figure(long_frame)
     fig.canvas.draw()
