@@ -111,7 +111,8 @@ def ablate(
 
     Groups partition the floating-point tensors by `by` (block, layer, "layer,block", kind;
     tensors outside any layer group by block). `ranks` adds θ_0 + rank-k(Δ_T) per k, truncating
-    every 2-D update (stacked experts per slice) and keeping the others whole. With `out`,
+    every matrix of every update (`analysis.matrices`: stacked experts per expert, conv kernels
+    as (out, rest)) and keeping vectors whole. With `out`,
     ablation.csv/.parquet, rank_curve.csv/.parquet (with ranks), provenance.json and the scores
     file go there; re-running into the same `out` reuses the scores of the same run, step and
     scorer. `keep` keeps each candidate under out/candidates/. `jobs` scores that many
@@ -266,12 +267,6 @@ class _Job:
         todo = [c for c in self.candidates()
                 if book.get(c.key) is None or (keep_dir and not kept(keep_dir / c.dirname))]  # fmt: skip
         self._score(todo, book, work, keep_dir)
-        if self.ks and self._factors().whole:
-            warnings.append(
-                f"{len(self._factors().whole)} tensor(s) of more than two dimensions that are not "
-                f"stacked experts keep their whole update in the rank curve, e.g. "
-                f"{self._factors().whole[0]}."
-            )
         for w in warnings:
             logger.warning(w)
         result = self._frames(book.scores, warnings, len(book.reused))
