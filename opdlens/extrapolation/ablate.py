@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import re
@@ -22,21 +21,18 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .._version import __version__
 from ..devices import check_device, prepare
 from ..errors import OpdlensError, OptionError
 from ..io.like import write_like
 from ..io.paths import (
-    atomic_file,
     check_output,
     output_dir,
     read_marker,
     remove_stale,
     temp_name,
-    write_text_atomic,
 )
 from ..progress import Progress
-from ..provenance import content_hash, record
+from ..provenance import checkpoint_record, content_hash, record, write_results
 from ..run import Run
 from .ablate_parts import (
     CANDIDATES_DIR,
@@ -333,11 +329,10 @@ class _Job:
             f"theta_0 + rank_{c.rank}(theta_T - theta_0) per matrix" if c.rank is not None
             else "theta_0 + (theta_T - theta_0) on the kept tensors, theta_0 on the other grouped tensors"
         )  # fmt: skip
-        return {
-            "opdlens_operation": "ablate", "opdlens_version": __version__, "step": str(self.step),
-            "candidate": c.key, "by": self.by, "scorer": self.judge.label, "formula": formula,
-            "kept_tensors": str(len(c.kept)) if c.rank is None else "all",
-        }  # fmt: skip
+        return checkpoint_record(
+            "ablate", step=self.step, candidate=c.key, by=self.by, scorer=self.judge.label,
+            formula=formula, kept_tensors=len(c.kept) if c.rank is None else "all",
+        )  # fmt: skip
 
     def _frames(self, scores: dict[str, float], warnings: list[str], reused: int) -> Ablation:
         import pandas as pd
@@ -376,14 +371,9 @@ class _Job:
         return Ablation(table, curve)
 
     def _write(self, out: Path, result: Ablation, warnings: list[str], reused: int) -> None:
-        tables = [("ablation", result.ablation)] + (
-            [("rank_curve", result.rank_curve)] if self.ks else []
+        tables = {"ablation": result.ablation} | (
+            {"rank_curve": result.rank_curve} if self.ks else {}
         )
-        for stem, df in tables:
-            for name, writer in ((f"{stem}.parquet", lambda p, d=df: d.to_parquet(p, index=False)),
-                                 (f"{stem}.csv", lambda p, d=df: d.to_csv(p, index=False))):  # fmt: skip
-                with atomic_file(out / name) as tmp:
-                    writer(tmp)
         options = {"step": self.step, "by": self.by, "mode": self.mode, "ranks": self.ks,
                    "jobs": self.jobs, "keep": self.keep}  # fmt: skip
         grouping = {g.name: list(g.tensors) for g in self.groups}
@@ -392,9 +382,10 @@ class _Job:
             self.run, options, scorer=self.judge.label, oracle=self.judge.oracle,
             reused_scores=reused, warnings=warnings, groups=grouping,
             untouched_tensors=untouched,
-            rank_svd=("top-k of each 2-D update (stacked experts per slice) by "
-                      "analysis.linalg.top_k_svd(method='exact'), float64") if self.ks else None,
+            rank_svd=("top-k of each matrix of each update (analysis.matrices: per expert, "
+                      "else (out, rest)) by analysis.linalg.top_k_svd(method='exact'), float64")
+                     if self.ks else None,
             note=("Tensors without an update (integer buffers, tensors the base lacks) are "
                   "written as at step T in every candidate."),
         )  # fmt: skip
-        write_text_atomic(out / "provenance.json", json.dumps(prov, indent=2, default=str))
+        write_results(out, tables, prov)

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._version import __version__
 from ..errors import OptionError
 from ..io.like import Produced, write_like
 from ..io.paths import (
@@ -22,6 +21,7 @@ from ..io.paths import (
     temp_name,
     write_text_atomic,
 )
+from ..provenance import checkpoint_record
 from ..run import Checkpoint, Run
 from .evaluate import ErrorTracker
 from .extrapolate import extrapolation_producer
@@ -193,12 +193,11 @@ def _write(
 def _metadata(
     step: int, anchor: int, k: int, alpha: float, multiple: float, judge: Scorer
 ) -> dict[str, str]:
-    return {
-        "opdlens_operation": "replay", "opdlens_version": __version__, "step": str(step),
-        "anchor": str(anchor), "candidate": str(k), "alpha": repr(alpha),
-        "multiple": repr(multiple), "scorer": judge.label, "note": OFFLINE_NOTE,
-        "formula": "theta_t + multiple * (theta_t - theta_anchor)",
-    }  # fmt: skip
+    return checkpoint_record(
+        "replay", step=step, anchor=anchor, candidate=k, alpha=repr(alpha),
+        multiple=repr(multiple), scorer=judge.label, note=OFFLINE_NOTE,
+        formula="theta_t + multiple * (theta_t - theta_anchor)",
+    )  # fmt: skip
 
 
 def _row(

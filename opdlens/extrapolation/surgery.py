@@ -7,11 +7,11 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from .._version import __version__
 from ..devices import check_device, out_of_memory_as_error, prepare
 from ..errors import OpdlensError, OptionError
 from ..io.like import Produced, as_stored, write_like
 from ..names import BLOCKS
+from ..provenance import checkpoint_record
 from ..run import Checkpoint, Run
 from .extrapolate import extrapolation_producer
 from .selection import DEFAULT_MODULES, select_tensors
@@ -29,11 +29,10 @@ def _check_step(run: Run, step: int) -> None:
 
 
 def _metadata(operation: str, run: Run, step: int, **options: object) -> dict[str, str]:
-    return {
-        "opdlens_operation": f"surgery-{operation}", "opdlens_version": __version__,
-        "step": str(step), "anchor": "0", "source": str(run.checkpoint(step).path),
-        "base_source": str(run.base.path), **{k: str(v) for k, v in options.items()},
-    }  # fmt: skip
+    return checkpoint_record(
+        f"surgery-{operation}", step=step, anchor=0, source=run.checkpoint(step).path,
+        base_source=run.base.path, **options,
+    )  # fmt: skip
 
 
 def _write(
