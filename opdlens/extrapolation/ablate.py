@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..devices import check_device, prepare
 from ..errors import OpdlensError, OptionError
+from ..io.keep import keep_candidate, kept
 from ..io.like import write_like
 from ..io.paths import (
     check_output,
@@ -44,8 +45,6 @@ from .ablate_parts import (
     candidates_dir,
     check_by,
     group_tensors,
-    keep_candidate,
-    kept,
     update_norms,
 )
 from .scorers import Scorer, allow_scorers, make_scorer, remove_copy, stop_scorers
@@ -69,6 +68,7 @@ __all__ = [
 ]
 
 MODES = ("drop", "only", "both")
+_KEEP = "ablate --keep"  # how errors about kept candidates name the command
 SCORES_FILE = "scores.json"
 ABLATION_COLUMNS = ["group", "update_share", "rel_update_norm", "score_full", "score_base",
                     "score_drop", "score_only", "utility", "step", "by", "layer", "block",
@@ -260,8 +260,10 @@ class _Job:
         book = ScoreBook(None if out_dir is None else out_dir / SCORES_FILE, identity)
         keep_dir = None if out_dir is None or not self.keep else candidates_dir(out_dir)
         warnings = list(book.warnings) + self.judge.schedule_warnings([self.step])
-        todo = [c for c in self.candidates()
-                if book.get(c.key) is None or (keep_dir and not kept(keep_dir / c.dirname))]  # fmt: skip
+        todo = [
+            c for c in self.candidates()
+            if book.get(c.key) is None or (keep_dir and not kept(keep_dir / c.dirname, _KEEP))
+        ]  # fmt: skip
         self._score(todo, book, work, keep_dir)
         for w in warnings:
             logger.warning(w)
@@ -288,7 +290,7 @@ class _Job:
                     book.put(c.key, score)
                     logger.info("%s: score %.6g", c.label, score)
                 if keep_dir is not None:
-                    keep_candidate(tmp, keep_dir / c.dirname)
+                    keep_candidate(tmp, keep_dir / c.dirname, _KEEP)
             finally:
                 remove_copy(tmp)  # a scorer may have made it read-only
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ..devices import out_of_memory_as_error
 from ..errors import OpdlensError, OptionError
 from ..io.like import Produced, as_stored
-from ..io.paths import MARKER, is_opdlens_dir, move_into_place, output_error, write_text_atomic
+from ..io.paths import output_error, write_text_atomic
 from ..names import BLOCKS
 from ..run import Run
 
@@ -32,9 +32,7 @@ __all__ = [
     "candidate_producer",
     "check_by",
     "group_tensors",
-    "keep_candidate",
     "candidates_dir",
-    "kept",
     "update_norms",
 ]
 
@@ -322,24 +320,3 @@ def candidates_dir(out_dir: Path) -> Path:
             "choose another --out."
         )
     return path
-
-
-def kept(dest: Path) -> bool:
-    """Whether `dest` is a candidate opdlens kept; a user's file or directory there is refused."""
-    if not os.path.lexists(dest):
-        return False
-    if is_opdlens_dir(dest):
-        return True
-    raise OpdlensError(
-        f"{dest} exists and opdlens did not write it (no {MARKER} marker, or a symbolic link); "
-        "ablate --keep replaces only candidates it kept. Move it away, or choose another --out."
-    )
-
-
-def keep_candidate(tmp: Path, dest: Path) -> None:
-    """Move a scored candidate to `dest`, replacing only a candidate opdlens kept there."""
-    kept(dest)  # checked again: the directory may have changed while the scorer ran
-    try:
-        move_into_place(tmp, dest)
-    except OSError as e:  # e.g. EXDEV: candidates/ is on another file system
-        raise output_error(dest, e) from None

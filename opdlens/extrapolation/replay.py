@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import OptionError
+from ..io.keep import keep_candidate
 from ..io.like import Produced, write_like
 from ..io.paths import (
     check_output,
-    move_into_place,
     output_dir,
     remove_stale,
     temp_name,
@@ -136,7 +136,7 @@ def _replay_steps(
                 rows.append(_row(step, anchor, k, alpha, multiple, score, better, tracker))
                 if better and not dry_run and out_dir is not None:
                     keep = out_dir / f"step-{step}-candidate-{k}"
-                    move_into_place(tmp, keep)  # replaces one an earlier replay kept
+                    keep_candidate(tmp, keep, "replay")
                     accepted.append(keep)
             finally:
                 remove_copy(tmp)  # a scorer may have made it read-only
