@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 PROVENANCE_JSON = "provenance.json"  # beside the result tables of analyze, ablate, foresee
 
 _SAMPLE = 1 << 20  # bytes hashed from each end of a weight file
-_PIECE = 8 << 20  # bytes read and hashed at a time by content_hash
 
 
 def versions() -> dict[str, str]:
@@ -71,6 +70,9 @@ def content_hash(ck: Checkpoint) -> str:
     Each tensor is hashed as the factor cache keys it (`analysis.update.read_weight`: xxh3-128
     of its stored dtype, shape and bytes), so an edit that keeps a file's size and mtime
     changes the hash; re-sharding a checkpoint does not.
+
+    Raises:
+        CheckpointError: a weight file ends before one of its tensors does.
     """
     import json
 
@@ -87,16 +89,13 @@ def content_hash(ck: Checkpoint) -> str:
 
             digest = read_stored(ck, name)[1]
         else:
+            import numpy as np
+
+            from .io.stfile import read_pieces
+
             path, begin, end = where
-            with open(path, "rb") as fh:
-                fh.seek(begin)
-                left = end - begin
-                while left > 0:
-                    piece = fh.read(min(left, _PIECE))
-                    if not piece:
-                        break  # a truncated file: the hash differs from the complete one's
-                    h.update(piece)
-                    left -= len(piece)
+            for _ in read_pieces(path, begin, end - begin, np.uint8, key=name, hash_piece=h.update):
+                pass
             digest = h.digest()
         total.update(f"{len(name)}:{name}".encode() + digest)
     return total.hexdigest()

@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
 from checkpoints import small_state, write_state_dir
 
 import opdlens
@@ -97,3 +98,15 @@ def test_checkpoint_record_is_flat_text_for_safetensors_metadata() -> None:
         "opdlens_operation": "surgery-scale", "opdlens_version": opdlens.__version__,
         "step": "5", "factor": "0.1", "source": "/a",
     }  # fmt: skip
+
+
+def test_content_hash_of_a_cut_weight_file_is_refused(tmp_path: Path) -> None:
+    run = _run(tmp_path / "run")
+    ck = run.checkpoint(2)
+    before = provenance.content_hash(ck)
+    assert provenance.content_hash(ck) == before
+    shard = ck.files[-1]
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size - 4)
+    with pytest.raises(opdlens.CheckpointError, match="is cut short"):  # cut after opening
+        provenance.content_hash(ck)
