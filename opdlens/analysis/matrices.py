@@ -70,11 +70,14 @@ def from_factors(delta: torch.Tensor, top: TopK, k: int) -> torch.Tensor:
     return ((u * s) @ v.T).to(delta.dtype)  # (m, n)
 
 
-def low_rank(delta: torch.Tensor, rank: int, *, keep_norm: bool = False) -> torch.Tensor:
+def low_rank(
+    delta: torch.Tensor, rank: int, *, keep_norm: bool = False, method: str = "exact"
+) -> torch.Tensor:
     """Best rank-k approximation of one matrix in float64, optionally rescaled to ‖Δ‖_F.
 
-    The exact method of `linalg.top_k_svd` (eigh of the float64 Gram matrix): accurate to
-    float64 round-off and deterministic. Shape: delta (m, n) float64; returns (m, n) float64.
+    The factors come from `linalg.top_k_svd(method=...)`: "exact" (eigh of the float64 Gram
+    matrix) is accurate to float64 round-off; "auto" meets linalg's accuracy contract and is
+    far cheaper on large matrices at small k. Shape: delta (m, n) float64; returns (m, n) float64.
     """
     import torch
 
@@ -86,7 +89,7 @@ def low_rank(delta: torch.Tensor, rank: int, *, keep_norm: bool = False) -> torc
     if rank >= min(delta.shape):
         out = delta.clone()
     else:
-        out = from_factors(delta, top_k_svd(delta, rank, method="exact"), rank)
+        out = from_factors(delta, top_k_svd(delta, rank, method=method), rank)
     if keep_norm:
         got = float(torch.linalg.vector_norm(out))
         if got > 0:
@@ -95,7 +98,7 @@ def low_rank(delta: torch.Tensor, rank: int, *, keep_norm: bool = False) -> torc
 
 
 def truncate(
-    delta: torch.Tensor, rank: int, stacked: bool, *, keep_norm: bool = False
+    delta: torch.Tensor, rank: int, stacked: bool, *, keep_norm: bool = False, method: str = "exact"
 ) -> torch.Tensor:
     """rank-k truncation of every matrix a tensor is analysed as, in float64, in its shape.
 
@@ -104,5 +107,5 @@ def truncate(
     import torch
 
     mats = as_matrices(delta, stacked)
-    parts = [low_rank(m, rank, keep_norm=keep_norm) for m in mats]
+    parts = [low_rank(m, rank, keep_norm=keep_norm, method=method) for m in mats]
     return torch.stack(parts).reshape(delta.shape)

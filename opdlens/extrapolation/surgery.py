@@ -113,7 +113,9 @@ def surgery_lowrank(
         delta = stored.double().sub_(base)
         with out_of_memory_as_error(f"tensor '{name}'"):
             stacked = run.module(name).stacked_experts
-            trunc = truncate(delta.to(device), rank, stacked, keep_norm=keep_norm).cpu()
+            # "auto", as before: exact took 8.5x as long on a 2048 x 5504 update at K = 4 here.
+            trunc = truncate(delta.to(device), rank, stacked, keep_norm=keep_norm, method="auto")
+            trunc = trunc.cpu()
         out = base.add_(trunc).to(stored.dtype)
         if not bool(out.isfinite().all()):  # NaN/Inf in the run, or rounded past the dtype's max
             raise OpdlensError(
