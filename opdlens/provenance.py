@@ -8,16 +8,20 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from .run import Checkpoint, Run
 
+PROVENANCE_JSON = "provenance.json"  # beside the result tables of analyze, ablate, foresee
+
 _SAMPLE = 1 << 20  # bytes hashed from each end of a weight file
-_PIECE = 8 << 20  # bytes read and hashed at a time by content_hash
 
 
 def versions() -> dict[str, str]:
@@ -66,6 +70,9 @@ def content_hash(ck: Checkpoint) -> str:
     Each tensor is hashed as the factor cache keys it (`analysis.update.read_weight`: xxh3-128
     of its stored dtype, shape and bytes), so an edit that keeps a file's size and mtime
     changes the hash; re-sharding a checkpoint does not.
+
+    Raises:
+        CheckpointError: a weight file ends before one of its tensors does.
     """
     import json
 
@@ -82,16 +89,13 @@ def content_hash(ck: Checkpoint) -> str:
 
             digest = read_stored(ck, name)[1]
         else:
+            import numpy as np
+
+            from .io.stfile import read_pieces
+
             path, begin, end = where
-            with open(path, "rb") as fh:
-                fh.seek(begin)
-                left = end - begin
-                while left > 0:
-                    piece = fh.read(min(left, _PIECE))
-                    if not piece:
-                        break  # a truncated file: the hash differs from the complete one's
-                    h.update(piece)
-                    left -= len(piece)
+            for _ in read_pieces(path, begin, end - begin, np.uint8, key=name, hash_piece=h.update):
+                pass
             digest = h.digest()
         total.update(f"{len(name)}:{name}".encode() + digest)
     return total.hexdigest()
@@ -123,3 +127,42 @@ def record(run: Run | None, options: dict[str, Any], **extra: Any) -> dict[str, 
         "options": {k: (str(v) if hasattr(v, "__fspath__") else v) for k, v in options.items()},
         **extra,
     }
+
+
+def checkpoint_record(operation: str, **fields: object) -> dict[str, str]:
+    """The safetensors metadata of a checkpoint opdlens writes: operation, version, `fields`.
+
+    Values are written as `str(value)`; pass `repr(x)` for a float that must round-trip.
+    """
+    return {
+        "opdlens_operation": operation, "opdlens_version": __version__,
+        **{k: str(v) for k, v in fields.items()},
+    }  # fmt: skip
+
+
+def write_results(
+    out: Path,
+    tables: Mapping[str, pd.DataFrame],
+    provenance: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+    *,
+    csv_only: Collection[str] = (),
+) -> None:
+    """Write `<stem>.parquet` and `<stem>.csv` per table, then provenance.json, each atomically.
+
+    Stems in `csv_only` get the CSV alone. `provenance` may be a function, called once the
+    tables are written (so it can record how long that took).
+    """
+    import json
+
+    from .io.paths import atomic_file, write_text_atomic
+
+    for stem, df in tables.items():
+        kinds = ("csv",) if stem in csv_only else ("parquet", "csv")
+        for kind in kinds:
+            with atomic_file(out / f"{stem}.{kind}") as tmp:
+                if kind == "parquet":
+                    df.to_parquet(tmp, index=False)
+                else:
+                    df.to_csv(tmp, index=False)
+    prov = provenance() if callable(provenance) else provenance
+    write_text_atomic(out / PROVENANCE_JSON, json.dumps(prov, indent=2, default=str))

@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
 from checkpoints import small_state, write_state_dir
 
 import opdlens
@@ -63,3 +64,49 @@ def test_record_is_json_with_inputs_versions_and_options(tmp_path: Path, monkeyp
     ]  # fmt: skip
     assert all(f["bytes"] == Path(f["path"]).stat().st_size for f in files)
     assert provenance.record(None, {})["inputs"] == []
+
+
+def test_write_results_writes_each_table_and_then_the_provenance(tmp_path: Path) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame({"step": pd.array([1, 2], dtype="Int64"), "x": [0.5, float("nan")]})
+    schedule = pd.DataFrame({"k": [1], "alpha": [0.25]})
+    seen: list[bool] = []
+
+    def prov() -> dict[str, object]:
+        seen.append((tmp_path / "main.parquet").is_file() and (tmp_path / "sched.csv").is_file())
+        return {"rows": len(df), "path": tmp_path}
+
+    provenance.write_results(tmp_path, {"main": df, "sched": schedule}, prov, csv_only={"sched"})
+    assert seen == [True]  # the function runs once, after every table is in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "main.csv", "main.parquet", "provenance.json", "sched.csv"
+    ]  # fmt: skip
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "main.parquet"), df)
+    assert (tmp_path / "main.csv").read_text() == "step,x\n1,0.5\n2,\n"
+    assert pd.read_csv(tmp_path / "sched.csv").to_dict("list") == {"k": [1], "alpha": [0.25]}
+    assert json.loads((tmp_path / "provenance.json").read_text()) == {
+        "rows": 2, "path": str(tmp_path)
+    }  # fmt: skip
+
+
+def test_checkpoint_record_is_flat_text_for_safetensors_metadata() -> None:
+    meta = provenance.checkpoint_record(
+        "surgery-scale", step=5, factor=repr(0.1), source=Path("/a")
+    )
+    assert meta == {
+        "opdlens_operation": "surgery-scale", "opdlens_version": opdlens.__version__,
+        "step": "5", "factor": "0.1", "source": "/a",
+    }  # fmt: skip
+
+
+def test_content_hash_of_a_cut_weight_file_is_refused(tmp_path: Path) -> None:
+    run = _run(tmp_path / "run")
+    ck = run.checkpoint(2)
+    before = provenance.content_hash(ck)
+    assert provenance.content_hash(ck) == before
+    shard = ck.files[-1]
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size - 4)
+    with pytest.raises(opdlens.CheckpointError, match="is cut short"):  # cut after opening
+        provenance.content_hash(ck)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..io.paths import atomic_file, check_output, output_dir, write_text_atomic
-from ..provenance import record
+from ..io.paths import check_output, output_dir
+from ..provenance import record, write_results
 from .foresight import effopd_comparison, foresee, foresight_sentence
 
 if TYPE_CHECKING:
@@ -37,14 +36,6 @@ def write_foresight(
     with output_dir(
         out, "foresee", inputs=run.input_paths, overwrite=overwrite, reuse=False
     ) as path:
-        tables = (
-            ("foresight.parquet", lambda p: df.to_parquet(p, index=False)),
-            ("foresight.csv", lambda p: df.to_csv(p, index=False)),
-            ("effopd_schedule.csv", lambda p: schedule.to_csv(p, index=False)),
-        )
-        for name, writer in tables:
-            with atomic_file(path / name) as tmp:
-                writer(tmp)
         shown = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
         prov = record(
             run, shown, steps=run.steps, rows=len(df), warnings=df.attrs.get("warnings", []),
@@ -53,5 +44,6 @@ def write_foresight(
                         "form)", "effopd": "candidate k of EffOPD's schedule; alpha holds its "
                         "cumulative multiple of theta_t - theta_a"},
         )  # fmt: skip
-        write_text_atomic(path / "provenance.json", json.dumps(prov, indent=2, default=str))
+        tables = {"foresight": df, "effopd_schedule": schedule}
+        write_results(path, tables, prov, csv_only={"effopd_schedule"})
     return df, path

@@ -16,6 +16,7 @@ import pandas as pd
 from ..errors import OpdlensError
 from .cache import FactorCache
 from .linalg import singular_values
+from .matrices import matrix_of
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -74,11 +75,7 @@ def run_spectra(
     step = int(df["step"].max())
     values = {}
     for tensor, expert, _ in top_matrices(df, n, parts=False):
-        delta = run.delta(tensor, step)
-        if expert is not None and delta.dim() >= 3:
-            delta = delta[expert]
-        if delta.dim() > 2:
-            delta = delta.reshape(delta.shape[0], -1)  # conv kernels: (out, rest)
+        delta = matrix_of(run.delta(tensor, step), run.module(tensor).stacked_experts, expert)
         values[_label(tensor, expert, None)] = singular_values(delta).double().cpu().numpy()
     return spectra_frame(values, step, run=_run_label(df, label), top_k_only=False)
 

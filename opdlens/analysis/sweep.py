@@ -17,6 +17,7 @@ from ..names import ModuleInfo, as_matrix, split_fused
 from . import metrics as M
 from .cache import CachedFactors, TensorCache, content_key, slice_key
 from .linalg import svd_label
+from .matrices import matrix_of, matrix_shape
 from .options import AnalyzeOptions
 from .update import Update, digest, read_stored, read_weight
 
@@ -61,14 +62,14 @@ def slices_of(shape: tuple[int, ...], info: ModuleInfo, config: dict, split: boo
     Raises:
         FusedSplitError: `split` asks for the parts of a fused tensor whose rows fit no split.
     """
-    experts: list[int | None] = [None]
-    if len(shape) >= 3 and info.stacked_experts:
-        experts = list(range(shape[0]))
+    dims = matrix_shape(shape, info.stacked_experts)
+    stacked = info.stacked_experts and len(shape) >= 3
+    experts: list[int | None] = list(range(shape[0])) if stacked else [None]
     base_kind = info.proj if info.kind == "experts" and info.proj else info.kind
-    if info.stacked_experts and len(shape) >= 3:
-        rows = shape[-2]
-    elif len(shape) == 2 and info.transposed:
+    if len(shape) == 2 and info.transposed:
         rows = shape[1]  # Conv1D stores (in, out): the fused parts are its columns
+    elif dims is not None:
+        rows = dims[1]
     else:
         rows = shape[0] if shape else 0
     parts: dict[str | None, torch.Tensor | None] = {None: None}
@@ -131,22 +132,13 @@ def rank_notes(run: Run, names: Sequence[str], ranks: Sequence[int]) -> list[str
 
 def _rank_cap(shape: tuple[int, ...], info: ModuleInfo) -> int | None:
     """min(rows, cols) of the matrices a tensor is analysed as, or None for vectors."""
-    if len(shape) < 2:
-        return None
-    if info.stacked_experts and len(shape) >= 3:
-        return min(shape[-2], shape[-1])
-    rest = 1
-    for d in shape[1:]:
-        rest *= d
-    return min(shape[0], rest)
+    dims = matrix_shape(shape, info.stacked_experts)
+    return None if dims is None else min(dims[1:])
 
 
 def _piece(x: torch.Tensor, sl: Slice, info: ModuleInfo) -> torch.Tensor:
     """The slice's matrix (or vector) from the whole oriented tensor."""
-    if info.stacked_experts and x.dim() >= 3 and sl.expert is not None:
-        x = x[sl.expert]
-    if x.dim() > 2:
-        x = x.reshape(x.shape[0], -1)  # conv kernels: (out, rest)
+    x = matrix_of(x, info.stacked_experts, sl.expert)
     if sl.rows_index is not None:
         x = x.index_select(0, sl.rows_index.to(x.device))
     return x

@@ -11,15 +11,14 @@ import torch
 import xxhash
 
 from .._workers import stop_point
-from ..errors import CheckpointError
 from ..io import buffers, dtypes
+from ..io.stfile import read_pieces
 from .linalg import TopK, factored_top_k_svd, singular_values, top_k_svd
 from .metrics import frobenius_sq, inner
 
 if TYPE_CHECKING:
     from ..run import Checkpoint
 
-_PIECE = 8 << 20  # bytes read, hashed and decoded at a time
 _TORCH_DECODE = {"BF16": torch.bfloat16, "F16": torch.float16}  # 16-bit patterns torch decodes
 # ‖Δ‖_F outside [2^-20, 2^20]: the SVD sees Δ scaled by a power of two (exact), so that float32
 # Gram matrices and residual norms neither overflow (1e30 weights) nor underflow (1e-30).
@@ -43,35 +42,26 @@ def read_weight(ck: Checkpoint, name: str) -> tuple[torch.Tensor, bytes]:
         raw = ck.tensor(name)
         h.update(_raw_bytes(raw))
         return raw.to(torch.float32), h.digest()
-    path, begin, end = where
+    path, begin, _ = where
     flat = buffers.empty(spec.numel, np.float32)  # reused within a worker's sweeps
     out = torch.from_numpy(flat)
-    item = dtypes.itemsize(spec.stored)
-    step = max(1, _PIECE // item)
     # float32 is read straight into the result; bf16 and f16 are decoded by torch (vectorised
     # copy_, ~2x numpy's shift), float64 rounded by numpy.
     direct = spec.stored == "F32"
     via_torch = _TORCH_DECODE.get(spec.stored)
-    buf = None if direct else buffers.empty(min(step, flat.size), dtypes.storage(spec.stored))
-    with open(path, "rb") as f:
-        f.seek(begin)
-        for start in range(0, flat.size, step):
-            stop_point()
-            stop = min(start + step, flat.size)
-            piece = flat[start:stop] if buf is None else buf[: stop - start]
-            got = f.readinto(piece.view(np.uint8).data)
-            if got != piece.nbytes:
-                raise CheckpointError(
-                    f"{path}: tensor '{name}' is cut short ({begin + start * item + (got or 0)} "
-                    f"of {end} bytes); the file is truncated or still being written."
-                )
-            h.update(piece.view(np.uint8).data)
-            if direct:
-                continue
-            if via_torch is not None:
-                out[start:stop].copy_(torch.from_numpy(piece.view(np.int16)).view(via_torch))
-            else:
-                dtypes.decode_float32(piece, spec.stored, flat[start:stop])
+    pieces = read_pieces(
+        path, begin, flat.size, dtypes.storage(spec.stored), key=name,
+        into=flat if direct else None, hash_piece=h.update,
+    )  # fmt: skip
+    for start, piece in pieces:
+        stop_point()
+        if direct:
+            continue
+        stop = start + piece.size
+        if via_torch is not None:
+            out[start:stop].copy_(torch.from_numpy(piece.view(np.int16)).view(via_torch))
+        else:
+            dtypes.decode_float32(piece, spec.stored, flat[start:stop])
     return out.view(spec.shape), h.digest()
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..io.paths import atomic_file, output_dir, write_text_atomic
-from ..provenance import record
+from ..io.paths import output_dir
+from ..provenance import record, write_results
 from .analyze import Analysis, check_analysable, compute_analysis
 from .cluster import ray_session
 from .frame import summarize
@@ -56,16 +55,15 @@ def _write(
     result = compute_analysis(run, options, cache_dir=out / "cache", progress=progress)
     t = time.perf_counter()
     df = result.frame
-    for name, writer in (("metrics.parquet", lambda p: df.to_parquet(p, index=False)),
-                         ("metrics.csv", lambda p: df.to_csv(p, index=False))):  # fmt: skip
-        with atomic_file(out / name) as tmp:
-            writer(tmp)
-    result.timings["write"] = time.perf_counter() - t
     final = options.final if options.final is not None else run.final_step
-    prov = record(
-        run, options.record(), final_step=final, steps=run.steps, rows=len(df),
-        warnings=result.warnings, wall_time_s=result.timings, svd_calls=result.svd_calls,
-        cache_hits=result.cache_hits, svd_methods=result.svd_methods,
-    )  # fmt: skip
-    write_text_atomic(out / "provenance.json", json.dumps(prov, indent=2, default=str))
+
+    def provenance() -> dict[str, Any]:
+        result.timings["write"] = time.perf_counter() - t
+        return record(
+            run, options.record(), final_step=final, steps=run.steps, rows=len(df),
+            warnings=result.warnings, wall_time_s=result.timings, svd_calls=result.svd_calls,
+            cache_hits=result.cache_hits, svd_methods=result.svd_methods,
+        )  # fmt: skip
+
+    write_results(out, {"metrics": df}, provenance)
     return result, final_summary(df, final)

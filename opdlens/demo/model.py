@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from opdlens._version import __version__
 from opdlens.errors import CheckpointError
 from opdlens.io.paths import output_error
 from opdlens.io.weightfiles import read_weight_map
 from opdlens.io.writer import CheckpointWriter, TensorSpec
+from opdlens.provenance import checkpoint_record
 
 DEMO_SECTION = "opdlens_demo"
 # The demo trains, evaluates and saves in float32. float64 cost 4.5x the CPU time and still did
@@ -195,7 +195,7 @@ def save_checkpoint(
         raise CheckpointError(f"Refusing to overwrite {out_dir}: the directory already exists.")
     state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
     specs = [TensorSpec(k, tuple(v.shape), v.dtype) for k, v in state.items()]
-    meta = {"opdlens_operation": "demo-checkpoint", "opdlens_version": __version__}
+    meta = checkpoint_record("demo-checkpoint")
     with CheckpointWriter(out_dir, specs, metadata=meta) as writer:
         for name, tensor in state.items():
             writer.write(name, tensor)

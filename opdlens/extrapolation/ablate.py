@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import re
@@ -22,21 +21,19 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .._version import __version__
 from ..devices import check_device, prepare
 from ..errors import OpdlensError, OptionError
+from ..io.keep import keep_candidate, kept
 from ..io.like import write_like
 from ..io.paths import (
-    atomic_file,
     check_output,
     output_dir,
     read_marker,
     remove_stale,
     temp_name,
-    write_text_atomic,
 )
 from ..progress import Progress
-from ..provenance import content_hash, record
+from ..provenance import checkpoint_record, content_hash, record, write_results
 from ..run import Run
 from .ablate_parts import (
     CANDIDATES_DIR,
@@ -48,8 +45,6 @@ from .ablate_parts import (
     candidates_dir,
     check_by,
     group_tensors,
-    keep_candidate,
-    kept,
     update_norms,
 )
 from .scorers import Scorer, allow_scorers, make_scorer, remove_copy, stop_scorers
@@ -73,6 +68,7 @@ __all__ = [
 ]
 
 MODES = ("drop", "only", "both")
+_KEEP = "ablate --keep"  # how errors about kept candidates name the command
 SCORES_FILE = "scores.json"
 ABLATION_COLUMNS = ["group", "update_share", "rel_update_norm", "score_full", "score_base",
                     "score_drop", "score_only", "utility", "step", "by", "layer", "block",
@@ -111,7 +107,8 @@ def ablate(
 
     Groups partition the floating-point tensors by `by` (block, layer, "layer,block", kind;
     tensors outside any layer group by block). `ranks` adds θ_0 + rank-k(Δ_T) per k, truncating
-    every 2-D update (stacked experts per slice) and keeping the others whole. With `out`,
+    every matrix of every update (`analysis.matrices`: stacked experts per expert, conv kernels
+    as (out, rest)) and keeping vectors whole. With `out`,
     ablation.csv/.parquet, rank_curve.csv/.parquet (with ranks), provenance.json and the scores
     file go there; re-running into the same `out` reuses the scores of the same run, step and
     scorer. `keep` keeps each candidate under out/candidates/. `jobs` scores that many
@@ -263,15 +260,11 @@ class _Job:
         book = ScoreBook(None if out_dir is None else out_dir / SCORES_FILE, identity)
         keep_dir = None if out_dir is None or not self.keep else candidates_dir(out_dir)
         warnings = list(book.warnings) + self.judge.schedule_warnings([self.step])
-        todo = [c for c in self.candidates()
-                if book.get(c.key) is None or (keep_dir and not kept(keep_dir / c.dirname))]  # fmt: skip
+        todo = [
+            c for c in self.candidates()
+            if book.get(c.key) is None or (keep_dir and not kept(keep_dir / c.dirname, _KEEP))
+        ]  # fmt: skip
         self._score(todo, book, work, keep_dir)
-        if self.ks and self._factors().whole:
-            warnings.append(
-                f"{len(self._factors().whole)} tensor(s) of more than two dimensions that are not "
-                f"stacked experts keep their whole update in the rank curve, e.g. "
-                f"{self._factors().whole[0]}."
-            )
         for w in warnings:
             logger.warning(w)
         result = self._frames(book.scores, warnings, len(book.reused))
@@ -297,7 +290,7 @@ class _Job:
                     book.put(c.key, score)
                     logger.info("%s: score %.6g", c.label, score)
                 if keep_dir is not None:
-                    keep_candidate(tmp, keep_dir / c.dirname)
+                    keep_candidate(tmp, keep_dir / c.dirname, _KEEP)
             finally:
                 remove_copy(tmp)  # a scorer may have made it read-only
 
@@ -338,11 +331,10 @@ class _Job:
             f"theta_0 + rank_{c.rank}(theta_T - theta_0) per matrix" if c.rank is not None
             else "theta_0 + (theta_T - theta_0) on the kept tensors, theta_0 on the other grouped tensors"
         )  # fmt: skip
-        return {
-            "opdlens_operation": "ablate", "opdlens_version": __version__, "step": str(self.step),
-            "candidate": c.key, "by": self.by, "scorer": self.judge.label, "formula": formula,
-            "kept_tensors": str(len(c.kept)) if c.rank is None else "all",
-        }  # fmt: skip
+        return checkpoint_record(
+            "ablate", step=self.step, candidate=c.key, by=self.by, scorer=self.judge.label,
+            formula=formula, kept_tensors=len(c.kept) if c.rank is None else "all",
+        )  # fmt: skip
 
     def _frames(self, scores: dict[str, float], warnings: list[str], reused: int) -> Ablation:
         import pandas as pd
@@ -381,14 +373,9 @@ class _Job:
         return Ablation(table, curve)
 
     def _write(self, out: Path, result: Ablation, warnings: list[str], reused: int) -> None:
-        tables = [("ablation", result.ablation)] + (
-            [("rank_curve", result.rank_curve)] if self.ks else []
+        tables = {"ablation": result.ablation} | (
+            {"rank_curve": result.rank_curve} if self.ks else {}
         )
-        for stem, df in tables:
-            for name, writer in ((f"{stem}.parquet", lambda p, d=df: d.to_parquet(p, index=False)),
-                                 (f"{stem}.csv", lambda p, d=df: d.to_csv(p, index=False))):  # fmt: skip
-                with atomic_file(out / name) as tmp:
-                    writer(tmp)
         options = {"step": self.step, "by": self.by, "mode": self.mode, "ranks": self.ks,
                    "jobs": self.jobs, "keep": self.keep}  # fmt: skip
         grouping = {g.name: list(g.tensors) for g in self.groups}
@@ -397,9 +384,10 @@ class _Job:
             self.run, options, scorer=self.judge.label, oracle=self.judge.oracle,
             reused_scores=reused, warnings=warnings, groups=grouping,
             untouched_tensors=untouched,
-            rank_svd=("top-k of each 2-D update (stacked experts per slice) by "
-                      "analysis.linalg.top_k_svd(method='exact'), float64") if self.ks else None,
+            rank_svd=("top-k of each matrix of each update (analysis.matrices: per expert, "
+                      "else (out, rest)) by analysis.linalg.top_k_svd(method='exact'), float64")
+                     if self.ks else None,
             note=("Tensors without an update (integer buffers, tensors the base lacks) are "
                   "written as at step T in every candidate."),
         )  # fmt: skip
-        write_text_atomic(out / "provenance.json", json.dumps(prov, indent=2, default=str))
+        write_results(out, tables, prov)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ..devices import out_of_memory_as_error
 from ..errors import OpdlensError, OptionError
 from ..io.like import Produced, as_stored
-from ..io.paths import MARKER, is_opdlens_dir, move_into_place, output_error, write_text_atomic
+from ..io.paths import output_error, write_text_atomic
 from ..names import BLOCKS
 from ..run import Run
 
@@ -32,9 +32,7 @@ __all__ = [
     "candidate_producer",
     "check_by",
     "group_tensors",
-    "keep_candidate",
     "candidates_dir",
-    "kept",
     "update_norms",
 ]
 
@@ -145,11 +143,11 @@ def update_norms(run: Run, step: int, names: Iterable[str]) -> dict[str, tuple[f
 
 
 class Factors:
-    """Top-k singular factors of every 2-D update Δ_T (stacked experts per slice), float64.
+    """Top-k singular factors of every matrix of every update Δ_T (`analysis.matrices`), float64.
 
     Computed once with the largest k asked for, by the exact method of analysis.linalg
     (eigh of the float64 Gram matrix): rank-k(Δ) is then accurate to float64 round-off. The
-    SVDs run on `device`; the factors are kept on the CPU.
+    SVDs run on `device`; the factors are kept on the CPU. Vectors have no factors.
     """
 
     def __init__(
@@ -157,58 +155,52 @@ class Factors:
     ) -> None:
         import torch
 
-        from ..analysis.linalg import top_k_svd
+        from ..analysis.linalg import TopK, top_k_svd
+        from ..analysis.matrices import as_matrices, matrix_shape
 
+        dims = {
+            n: matrix_shape(run.base.spec(n).shape, run.module(n).stacked_experts) for n in names
+        }
+        self.shapes = {n: d for n, d in dims.items() if d is not None}
         # A rank past every matrix's full rank keeps each update whole: no longer lists than that.
-        names = list(names)
-        full = [min(run.base.spec(n).shape[-2:]) for n in names if len(run.base.spec(n).shape) > 1]
-        self.kmax = kmax = max(1, min(kmax, max(full, default=1)))
-        self.matrices: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        self.kmax = kmax = max(
+            1, min(kmax, max((min(d[1:]) for d in self.shapes.values()), default=1))
+        )
+        self.matrices: dict[str, list[TopK]] = {}
         self.energy: dict[str, tuple[list[float], float]] = {}  # name → (Σ_{i≤k} σ² per k, ‖Δ‖²)
-        self.whole: list[str] = []  # tensors of more than two dimensions kept whole
         current = run.checkpoint(step)
-        for name in names:
-            shape = run.base.spec(name).shape
-            stacked = run.module(name).stacked_experts and len(shape) == 3
-            if len(shape) != 2 and not stacked:
-                if len(shape) > 2:
-                    self.whole.append(name)
-                continue
+        for name, (_, rows, cols) in self.shapes.items():
             delta = current.tensor(name, torch.float64) - run.base.tensor(name, torch.float64)
-            slices = list(delta) if stacked else [delta]
             tops = []
-            # Σ_{i≤k} σ² for k = 1 … (the largest rank a slice can have); beyond it, ‖Δ‖².
-            sq = [0.0] * min(kmax, max(min(d.shape) for d in slices))
-            for d in slices:
-                k = min(kmax, *d.shape)
+            # Σ_{i≤k} σ² for k = 1 … (the largest rank a matrix can have); beyond it, ‖Δ‖².
+            sq = [0.0] * min(kmax, rows, cols)
+            for d in as_matrices(delta, run.module(name).stacked_experts):
+                k = min(kmax, rows, cols)
                 with out_of_memory_as_error(f"tensor '{name}'"):
                     top = top_k_svd(d.to(device), k, method="exact")
-                s = top.S[:k].cpu()
-                tops.append((top.U.cpu(), s, top.V.cpu()))
-                cum = torch.cumsum(s.square(), 0).tolist()
+                top = TopK(top.U.cpu(), top.S[:k].cpu(), top.V.cpu(), top.method, top.iterations)
+                tops.append(top)
+                cum = torch.cumsum(top.S.square(), 0).tolist()
                 for i in range(len(sq)):
-                    sq[i] += cum[i] if i + 1 < min(d.shape) else float(d.square().sum())
+                    sq[i] += cum[i] if i + 1 < min(rows, cols) else float(d.square().sum())
             self.matrices[name] = tops
             self.energy[name] = (sq, float(delta.square().sum()))
 
     def energy_k(self, k: int) -> float:
-        """Σ over the 2-D updates of Σ_{i≤k} σ_i², over Σ ‖Δ‖² (the ‖Δ‖²-weighted energy)."""
+        """Σ over the matrix updates of Σ_{i≤k} σ_i², over Σ ‖Δ‖² (the ‖Δ‖²-weighted energy)."""
         top = sum(v[0][min(k, len(v[0])) - 1] if v[0] else v[1] for v in self.energy.values())
         total = sum(v[1] for v in self.energy.values())
         return top / total if total > 0 else math.nan
 
     def truncated(self, name: str, k: int, delta: torch.Tensor) -> torch.Tensor:
-        """rank-k(Δ) of one tensor (per slice when stacked); `delta` is its float64 Δ_T."""
+        """rank-k(Δ) of one tensor, per matrix (`analysis.matrices`); `delta` is its float64 Δ_T."""
         import torch
 
-        parts = []
-        slices = list(delta) if delta.dim() == 3 else [delta]
-        for d, (u, s, v) in zip(slices, self.matrices[name], strict=True):
-            if k >= min(d.shape):
-                parts.append(d)  # every update has rank ≤ min(rows, cols): kept exactly
-            else:
-                parts.append((u[:, :k] * s[:k]) @ v[:, :k].T)  # (m, n)
-        return torch.stack(parts) if delta.dim() == 3 else parts[0]
+        from ..analysis.matrices import from_factors
+
+        mats = delta.reshape(self.shapes[name])  # (count, rows, cols), as matrix_shape says
+        parts = [from_factors(d, top, k) for d, top in zip(mats, self.matrices[name], strict=True)]
+        return torch.stack(parts).reshape(delta.shape)
 
 
 def candidate_producer(
@@ -224,7 +216,7 @@ def candidate_producer(
             return as_stored(current, name)
         if candidate.rank is not None:
             if factors is None or name not in factors.matrices:
-                return as_stored(current, name)  # 1-D (and >2-D) updates are kept whole
+                return as_stored(current, name)  # vectors keep their whole update
             w0 = base.tensor(name, torch.float64)
             delta = current.tensor(name, torch.float64) - w0
             out = (w0 + factors.truncated(name, candidate.rank, delta)).to(current.spec(name).dtype)
@@ -328,24 +320,3 @@ def candidates_dir(out_dir: Path) -> Path:
             "choose another --out."
         )
     return path
-
-
-def kept(dest: Path) -> bool:
-    """Whether `dest` is a candidate opdlens kept; a user's file or directory there is refused."""
-    if not os.path.lexists(dest):
-        return False
-    if is_opdlens_dir(dest):
-        return True
-    raise OpdlensError(
-        f"{dest} exists and opdlens did not write it (no {MARKER} marker, or a symbolic link); "
-        "ablate --keep replaces only candidates it kept. Move it away, or choose another --out."
-    )
-
-
-def keep_candidate(tmp: Path, dest: Path) -> None:
-    """Move a scored candidate to `dest`, replacing only a candidate opdlens kept there."""
-    kept(dest)  # checked again: the directory may have changed while the scorer ran
-    try:
-        move_into_place(tmp, dest)
-    except OSError as e:  # e.g. EXDEV: candidates/ is on another file system
-        raise output_error(dest, e) from None

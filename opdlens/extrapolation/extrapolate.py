@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._version import __version__
 from ..errors import OpdlensError, OptionError
 from ..io import dtypes
 from ..io.like import FileBytes, as_stored, write_like
 from ..io.paths import output_error
 from ..io.writer import CheckpointWriter
+from ..provenance import checkpoint_record
 from ..run import Checkpoint, Run, open_run
 from .evaluate import ERRORS_FILE, ErrorTracker
 from .selection import DEFAULT_MODULES, select_tensors
@@ -186,12 +186,11 @@ def extrapolate(
         )
     selected = select_tensors(run, modules, tensors)
     tracker = ErrorTracker(run, step) if evaluate else None
-    metadata = {
-        "opdlens_operation": "extrapolate", "opdlens_version": __version__, "alpha": repr(alpha),
-        "step": str(step), "anchor": str(a), "source": str(run.checkpoint(step).path),
-        "anchor_source": str(run.checkpoint(a).path), "extrapolated_tensors": str(len(selected)),
-        "formula": "theta_t + alpha * (theta_t - theta_anchor)",
-    }  # fmt: skip
+    metadata = checkpoint_record(
+        "extrapolate", alpha=repr(alpha), step=step, anchor=a, source=run.checkpoint(step).path,
+        anchor_source=run.checkpoint(a).path, extrapolated_tensors=len(selected),
+        formula="theta_t + alpha * (theta_t - theta_anchor)",
+    )  # fmt: skip
     produce = extrapolation_producer(run, step, a, alpha, selected, tracker)
     frames: list[pd.DataFrame] = []
 

@@ -11,17 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._version import __version__
 from ..errors import OptionError
+from ..io.keep import keep_candidate
 from ..io.like import Produced, write_like
 from ..io.paths import (
     check_output,
-    move_into_place,
     output_dir,
     remove_stale,
     temp_name,
     write_text_atomic,
 )
+from ..provenance import checkpoint_record
 from ..run import Checkpoint, Run
 from .evaluate import ErrorTracker
 from .extrapolate import extrapolation_producer
@@ -136,7 +136,7 @@ def _replay_steps(
                 rows.append(_row(step, anchor, k, alpha, multiple, score, better, tracker))
                 if better and not dry_run and out_dir is not None:
                     keep = out_dir / f"step-{step}-candidate-{k}"
-                    move_into_place(tmp, keep)  # replaces one an earlier replay kept
+                    keep_candidate(tmp, keep, "replay")
                     accepted.append(keep)
             finally:
                 remove_copy(tmp)  # a scorer may have made it read-only
@@ -193,12 +193,11 @@ def _write(
 def _metadata(
     step: int, anchor: int, k: int, alpha: float, multiple: float, judge: Scorer
 ) -> dict[str, str]:
-    return {
-        "opdlens_operation": "replay", "opdlens_version": __version__, "step": str(step),
-        "anchor": str(anchor), "candidate": str(k), "alpha": repr(alpha),
-        "multiple": repr(multiple), "scorer": judge.label, "note": OFFLINE_NOTE,
-        "formula": "theta_t + multiple * (theta_t - theta_anchor)",
-    }  # fmt: skip
+    return checkpoint_record(
+        "replay", step=step, anchor=anchor, candidate=k, alpha=repr(alpha),
+        multiple=repr(multiple), scorer=judge.label, note=OFFLINE_NOTE,
+        formula="theta_t + multiple * (theta_t - theta_anchor)",
+    )  # fmt: skip
 
 
 def _row(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -36,7 +37,46 @@ _ITEMSIZE = {name: dtypes.itemsize(name) for name in _DTYPES}
 _LIBRARY_ONLY = frozenset(
     {"F4", "F6_E2M3", "F6_E3M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "C64"}
 )
-_PIECE = 8 * 1024 * 1024  # bytes read at a time when converting while reading
+PIECE = 8 << 20  # bytes read (and hashed, decoded) at a time by read_pieces
+
+
+def read_pieces(
+    path: Path,
+    begin: int,
+    count: int,
+    storage: np.dtype | type,
+    *,
+    key: str,
+    into: np.ndarray | None = None,
+    hash_piece: Callable[[memoryview], object] | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Read `count` elements of `storage` from `path` at byte `begin`, about PIECE bytes at a time.
+
+    Yields (start, piece) with elements start … start + len(piece) - 1: read straight into
+    `into[start:]` (1-D, `storage`) when given, else into one reused buffer. `hash_piece` gets
+    each piece's bytes as they arrive, so every byte is read once.
+
+    Raises:
+        CheckpointError: the file ends before the tensor `key` does.
+    """
+    item = np.dtype(storage).itemsize
+    step = max(1, PIECE // item)
+    buf = None if into is not None else buffers.empty(min(step, count), storage)
+    with open(path, "rb") as f:
+        f.seek(begin)
+        for start in range(0, count, step):
+            stop = min(start + step, count)
+            piece = into[start:stop] if into is not None else buf[: stop - start]  # type: ignore[index]
+            got = f.readinto(piece.view(np.uint8).data)
+            if got != piece.nbytes:
+                raise CheckpointError(
+                    f"{path}: tensor '{key}' is cut short ({begin + start * item + (got or 0)} "
+                    f"of {begin + count * item} bytes); the file is truncated or still being "
+                    "written."
+                )
+            if hash_piece is not None:
+                hash_piece(piece.view(np.uint8).data)
+            yield start, piece
 
 
 class TensorEntry(NamedTuple):
@@ -101,19 +141,10 @@ class SafetensorsFile:
             return whole if span is None else whole.reshape(-1)[start:stop]
         out = buffers.empty(shape, np.float32)
         flat = out.reshape(-1)
-        item = dtypes.itemsize(entry.stored)
-        step = max(1, _PIECE // item)
-        buf = buffers.empty(min(step, flat.size), dtypes.storage(entry.stored))
-        with open(self.path, "rb") as f:
-            f.seek(entry.begin + start * item)
-            for at in range(0, flat.size, step):
-                piece = buf[: min(step, flat.size - at)]
-                if f.readinto(piece.view(np.uint8).data) != piece.nbytes:
-                    raise CheckpointError(
-                        f"{self.path}: tensor '{key}' is cut short; the file is truncated or "
-                        "still being written."
-                    )
-                dtypes.decode_float32(piece, entry.stored, flat[at : at + piece.size])
+        at = entry.begin + start * dtypes.itemsize(entry.stored)
+        storage = dtypes.storage(entry.stored)
+        for i, piece in read_pieces(self.path, at, flat.size, storage, key=key):
+            dtypes.decode_float32(piece, entry.stored, flat[i : i + piece.size])
         return out
 
     def read_as(self, key: str, dtype: torch.dtype) -> torch.Tensor:
@@ -124,22 +155,11 @@ class SafetensorsFile:
         stored = entry.dtype
         if stored == dtype or stored == torch.bool:
             return self.read(key).to(dtype)
-        item = dtypes.itemsize(entry.stored)
         out = torch.empty(entry.shape, dtype=dtype, device="cpu")
         flat = out.view(-1)
-        step = max(1, _PIECE // item)
-        buf = torch.empty(step * item, dtype=torch.uint8, device="cpu")
-        with open(self.path, "rb") as f:
-            f.seek(entry.begin)
-            for start in range(0, flat.numel(), step):
-                count = min(step, flat.numel() - start)
-                view = buf.numpy().data[: count * item]
-                if f.readinto(view) != count * item:
-                    raise CheckpointError(
-                        f"{self.path}: tensor '{key}' is cut short; the file is truncated or "
-                        "still being written."
-                    )
-                flat[start : start + count] = buf[: count * item].view(stored)
+        storage = dtypes.storage(entry.stored)
+        for i, piece in read_pieces(self.path, entry.begin, flat.numel(), storage, key=key):
+            flat[i : i + piece.size] = torch.from_numpy(piece.view(np.uint8)).view(stored)
         return out
 
     def read(self, key: str) -> torch.Tensor:

@@ -12,7 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 from opdlens import open_run
-from opdlens.errors import ScorerError
+from opdlens.errors import OutputError, ScorerError
 from opdlens.extrapolation.replay import OFFLINE_NOTE, replay, replay_summary
 from opdlens.io.writer import is_temp_dir
 
@@ -169,3 +169,20 @@ def test_hindsight_says_which_replayed_steps_reach_its_target(linear_run: Path) 
         "scores closeness to itself or to an earlier checkpoint, so no candidate can be "
         "accepted and those rows say nothing about where training went."
     ]
+
+
+def test_a_users_directory_where_a_candidate_goes_is_refused_not_replaced(
+    linear_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    user = out / "step-1-candidate-1"
+
+    def score(path: Path) -> float:  # a user (or another program) puts a directory there
+        user.mkdir(exist_ok=True)
+        (user / "notes.txt").write_text("mine")
+        return _effective_step(Path(path))
+
+    with pytest.raises(OutputError, match=r"step-1-candidate-1 exists and opdlens did not write"):
+        replay(open_run(linear_run), score, out=out)
+    assert sorted(p.name for p in user.iterdir()) == ["notes.txt"]
+    assert (user / "notes.txt").read_text() == "mine"
