@@ -38,6 +38,7 @@ from ..io.paths import (
 from ..progress import Progress
 from ..provenance import content_hash, record
 from ..run import Run
+from ..selection import select_tensors
 from .ablate_parts import (
     CANDIDATES_DIR,
     Candidate,
@@ -53,7 +54,6 @@ from .ablate_parts import (
     update_norms,
 )
 from .scorers import Scorer, allow_scorers, make_scorer, remove_copy, stop_scorers
-from .selection import select_tensors
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,8 +15,9 @@ from ..io.like import FileBytes, as_stored, write_like
 from ..io.paths import output_error
 from ..io.writer import CheckpointWriter
 from ..run import Checkpoint, Run, open_run
+from ..schedule import check_alpha
+from ..selection import DEFAULT_MODULES, select_tensors
 from .evaluate import ERRORS_FILE, ErrorTracker
-from .selection import DEFAULT_MODULES, select_tensors
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,27 +25,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ERRORS_FILE",
-    "check_alpha",
     "extrapolate",
     "extrapolate_paths",
     "extrapolation_producer",
 ]
 
 SPAN = 1 << 18  # elements computed at a time: 1 MiB of float32 stays in cache
-
-
-def check_alpha(alpha: float, name: str = "alpha") -> float:
-    """Return alpha as a float, refusing NaN and ±inf (negative values are legal)."""
-    try:
-        value = float(alpha)
-    except (TypeError, ValueError):
-        raise OptionError(f"The '{name}' parameter must be a real number. Got {alpha!r}.") from None
-    if not math.isfinite(value):
-        raise OptionError(
-            f"The '{name}' parameter must be finite. Got {alpha!r}; pass a real number "
-            "(a negative one interpolates back toward the anchor)."
-        )
-    return value
 
 
 def extrapolation_producer(

@@ -14,8 +14,8 @@ from ..errors import OpdlensError, OptionError
 from ..io.like import Produced, as_stored, write_like
 from ..names import BLOCKS
 from ..run import Checkpoint, Run
+from ..selection import DEFAULT_MODULES, select_tensors
 from .extrapolate import extrapolation_producer
-from .selection import DEFAULT_MODULES, select_tensors
 
 if TYPE_CHECKING:
     import torch

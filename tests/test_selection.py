@@ -1,15 +1,20 @@
-"""Which tensors an extrapolation changes: globs, or the weight matrices of blocks."""
+"""Which tensors an extrapolation, surgery or foresight covers: globs, or the matrices of blocks."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from extrapolation.conftest import MATRICES, shapes, write_run
 
-from opdlens import OpdlensError, OptionError, open_run
-from opdlens.extrapolation.selection import select_tensors
+from opdlens import OptionError, open_run
+from opdlens.selection import select_tensors
 
-from .conftest import MATRICES, shapes
+
+@pytest.fixture
+def linear_run(tmp_path: Path) -> Path:
+    """A qwen3-named float32 run (tests/extrapolation/conftest) saved at 0, 1, 2, 4, 8."""
+    return write_run(tmp_path / "run")
 
 
 def test_default_selection_is_attention_and_mlp_matrices(linear_run: Path) -> None:
@@ -26,7 +31,7 @@ def test_blocks_all_and_globs_choose_floating_point_tensors_only(linear_run: Pat
     assert select_tensors(run, ["embed", "head"]) == ["lm_head.weight", "model.embed_tokens.weight"]
     assert sorted(select_tensors(run, ["all"])) == sorted(shapes())  # not the int64 step counter
     assert select_tensors(run, None) == select_tensors(run)  # None is the default: attn, mlp
-    with pytest.raises(OpdlensError, match=r"No weight matrix of blocks \['norm'\] in the run"):
+    with pytest.raises(OptionError, match=r"No weight matrix of blocks \['norm'\] in the run"):
         select_tensors(run, ["norm"])  # norms are vectors
     with pytest.raises(
         OptionError, match=r"selects non-floating-point tensors \['model\.step_counter'\]"

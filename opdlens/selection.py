@@ -1,12 +1,12 @@
-"""Which tensors an extrapolation or surgery changes: globs, or the weight matrices of blocks."""
+"""Which tensors an extrapolation, surgery or foresight covers: globs, or the matrices of blocks."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ..errors import OpdlensError, OptionError
-from ..names import BLOCKS
-from ..run import Run
+from .errors import OptionError
+from .names import BLOCKS
+from .run import Run
 
 __all__ = ["DEFAULT_MODULES", "select_tensors"]
 
@@ -51,7 +51,7 @@ def select_tensors(
         if info.block in wanted and matrix:
             chosen.append(name)
     if not chosen:
-        raise OpdlensError(
+        raise OptionError(
             f"No weight matrix of blocks {sorted(wanted)} in the run; names look like "
             f"'{run.tensor_names[0]}'. Pick other --modules or give --tensors GLOB."
         )
