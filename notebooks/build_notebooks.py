@@ -60,8 +60,8 @@ EXPLORE = [
     ),
     new_code_cell(
         "df = pd.concat([\n"
-        '    opd.analyze(ranks=(1, 4, 16)).assign(run="OPD"),\n'
-        '    rl.analyze(ranks=(1, 4, 16)).assign(run="RL"),\n'
+        '    opdlens.analyze(opd, ranks=(1, 4, 16)).assign(run="OPD"),\n'
+        '    opdlens.analyze(rl, ranks=(1, 4, 16)).assign(run="RL"),\n'
         "], ignore_index=True)\n"
         "df.head()"
     ),

@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from .analysis.options import AnalyzeOptions
-
 log = logging.getLogger(__name__)
 
 
@@ -153,20 +151,7 @@ class Run:
             return a.t(), b.t()
         return b, a
 
-    # -- analysis --------------------------------------------------------------------------
-    def analyze(
-        self,
-        options: AnalyzeOptions | None = None,
-        *,
-        cache_dir: str | Path | None = None,
-        progress: bool = False,
-        **overrides: Any,
-    ) -> pd.DataFrame:
-        """`opdlens.analyze(run, ...)`: the metrics DataFrame of this run (see there)."""
-        from .analysis.analyze import analyze
-
-        return analyze(self, options, cache_dir=cache_dir, progress=progress, **overrides)
-
+    # -- side inputs ---------------------------------------------------------------------
     def training_log(self, metrics: str | Path | None = None) -> pd.DataFrame:
         """Loss, accuracy, … per logged step, from the trainer's log or `metrics` (io.training_log)."""
         from .io.training_log import run_training_log
