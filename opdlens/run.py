@@ -15,6 +15,7 @@ from .errors import (
     CheckpointError,
     IncompleteCheckpointError,
     OpdlensError,
+    PartialRunError,
     UnknownTensorError,
 )
 from .io.discover import discover
@@ -228,16 +229,6 @@ def _reopen(open_args: dict[str, Any]) -> Run:
         _REOPENED.clear()  # one run at a time: a worker sweeps the tensors of one run
         _REOPENED[key] = open_run(**open_args)
     return _REOPENED[key]
-
-
-class PartialRunError(CheckpointError):
-    """A run without a base, or without any checkpoint after it; `found` holds what was opened."""
-
-    def __init__(
-        self, message: str, *, found: Mapping[int, Checkpoint], missing: str, warnings: list[str]
-    ) -> None:
-        super().__init__(message)
-        self.found, self.missing, self.warnings = dict(found), missing, list(warnings)
 
 
 def _unknown_tensor_message(name: str, known: Sequence[str], where: object) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from ..errors import OpdlensError, OptionError, OutputError
+from ..errors import OpdlensError, OptionError, OutputError, StdoutClosed, Terminated
 
 if TYPE_CHECKING:  # the click that typer runs on (the installed typer vendors it)
     from typer._click.core import Context, Parameter
@@ -257,10 +257,6 @@ def debug_enabled() -> bool:
     return os.environ.get("OPDLENS_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that a command cleans up as after Ctrl-C."""
-
-
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
     """While a command runs, SIGTERM unwinds it like Ctrl-C (outputs removed, scorers killed)."""
@@ -317,10 +313,6 @@ def _detach_stdout() -> None:
 def one_line(text: str) -> str:
     """`text` on one line: a message quoting a scorer's or a file's line breaks stays one line."""
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
-
-
-class StdoutClosed(Exception):
-    """Standard output is a pipe whose reader went away: stop quietly, as `yes | head` does."""
 
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a program a closed pipe ended
