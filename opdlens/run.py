@@ -15,6 +15,7 @@ from .errors import (
     CheckpointError,
     IncompleteCheckpointError,
     OpdlensError,
+    OptionError,
     PartialRunError,
     UnknownTensorError,
 )
@@ -79,7 +80,7 @@ class Run:
         if step == 0:
             return self.base
         if step not in self.checkpoints:
-            raise OpdlensError(
+            raise OptionError(
                 f"Step {step} is not in the run; saved steps are {self.steps or 'none'}."
             )
         return self.checkpoints[step]
@@ -109,7 +110,7 @@ class Run:
         pats = list(patterns)
         chosen = [n for n in self.tensor_names if any(fnmatch.fnmatchcase(n, p) for p in pats)]
         if not chosen:
-            raise OpdlensError(
+            raise OptionError(
                 f"No tensor matches {pats}; names look like '{self.tensor_names[0]}'."
             )
         return chosen
@@ -276,12 +277,12 @@ def open_run(
     for step, p in (checkpoints or {}).items():
         step = int(step)
         if step < 0:
-            raise OpdlensError(f"Checkpoint steps must be ≥ 0; got {step} for {p}.")
+            raise OptionError(f"Checkpoint steps must be ≥ 0; got {step} for {p}.")
         if step in dirs and _absolute(p) != dirs[step].resolve():
             raise CheckpointError(f"step {step} appears twice ({dirs[step]} and {p}).")
         dirs[step] = _absolute(p)
     if path is None and not dirs:
-        raise OpdlensError("Give a run directory or at least one --checkpoint STEP=PATH.")
+        raise OptionError("Give a run directory or at least one --checkpoint STEP=PATH.")
     opened: dict[int, Checkpoint] = {}
     for step, d in sorted(dirs.items()):
         try:

@@ -235,16 +235,16 @@ def parse_checkpoints(items: list[str] | None) -> dict[int, Path]:
         step, sep, path = item.partition("=")
         digits = step.strip()
         if not sep or not path or not (digits.isascii() and digits.isdigit()):
-            raise OpdlensError(
+            raise OptionError(
                 f"--checkpoint takes STEP=PATH with a whole-number step in digits 0-9; got {item!r}."
             )
         if len(digits.lstrip("0")) > len(str(MAX_STEP)) or int(digits) > MAX_STEP:
-            raise OpdlensError(
+            raise OptionError(
                 f"--checkpoint {item!r}: the step is larger than {MAX_STEP}, the largest step "
                 "opdlens can store; give the training step the checkpoint was saved at."
             )
         if int(digits) in out:
-            raise OpdlensError(
+            raise OptionError(
                 f"--checkpoint gives step {int(digits)} twice ({out[int(digits)]} and {path}); "
                 "give each step once."
             )

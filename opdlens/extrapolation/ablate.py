@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._version import __version__
 from ..devices import check_device, prepare
-from ..errors import OpdlensError, OptionError
+from ..errors import OptionError
 from ..io.like import write_like
 from ..io.paths import (
     atomic_file,
@@ -137,7 +137,7 @@ def ablate(
     if keep and out is None:
         raise OptionError("keep=True (--keep) keeps candidates under out; give out=DIR (--out).")
     if step == 0 or step not in run.steps:
-        raise OpdlensError(
+        raise OptionError(
             f"Step {step} is not a saved step of the run; saved steps are {run.steps}. Give "
             "--step T of a checkpoint after the base."
         )
@@ -147,7 +147,7 @@ def ablate(
         path = check_output(out, inputs=inputs, overwrite=overwrite, reuse=True, allow_empty=True)
         marker = read_marker(path)
         if marker is not None and marker.get("command") != "ablate" and not overwrite:
-            raise OpdlensError(
+            raise OptionError(
                 f"--out {path} holds the output of `opdlens {marker.get('command')}`, not of "
                 "ablate, so it cannot be resumed. Choose a new directory, or pass --overwrite."
             )

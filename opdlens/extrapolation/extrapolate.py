@@ -149,8 +149,8 @@ def extrapolate(
         table is saved as `extrapolation_errors.csv` in the written directory.
 
     Raises:
-        OpdlensError: unknown step or anchor, anchor not before step, output overlapping an input.
-        OptionError: a non-finite alpha, an unknown module (also a ValueError).
+        OptionError: a non-finite alpha, an unknown step, module or anchor, an anchor not before
+            the step, an output overlapping an input (also a ValueError).
     """
     alpha = check_alpha(alpha)
     if (anchor is None) == (not from_base):
@@ -160,12 +160,12 @@ def extrapolate(
         )
     a = 0 if from_base else int(anchor)  # type: ignore[arg-type]
     if step == 0 or step not in run.steps:
-        raise OpdlensError(
+        raise OptionError(
             f"Step {step} is not a saved step of the run; saved steps are {run.steps}."
         )
     run.checkpoint(a)
     if a >= step:
-        raise OpdlensError(
+        raise OptionError(
             f"The anchor must be saved before the step: got anchor {a} and step {step}. "
             "Pick an earlier --anchor, or --from-base."
         )

@@ -27,7 +27,7 @@ __all__ = ["low_rank", "parse_layers", "surgery_lowrank", "surgery_scale", "surg
 
 def _check_step(run: Run, step: int) -> None:
     if step == 0 or step not in run.steps:
-        raise OpdlensError(
+        raise OptionError(
             f"Step {step} is not a saved step of the run; saved steps are {run.steps}."
         )
 
@@ -213,7 +213,7 @@ def surgery_window(
         if in_layers and (block_set is None or info.block in block_set):
             chosen.add(name)
     if not chosen:
-        raise OpdlensError(
+        raise OptionError(
             f"No tensor lies in layers {window} and blocks {sorted(block_set or BLOCKS)}; "
             f"the run's layers are numbered from 0. Widen --layers or --blocks."
         )
