@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from .errors import OptionError
-from .names import BLOCKS
+from .names import BLOCKS, ModuleInfo
 from .run import Run
 
-__all__ = ["DEFAULT_MODULES", "select_tensors"]
+__all__ = ["DEFAULT_MODULES", "in_blocks", "select_tensors"]
 
 DEFAULT_MODULES = ("attn", "mlp")
 
@@ -41,14 +41,7 @@ def select_tensors(
     chosen = []
     for name in run.tensor_names:
         spec = run.base.spec(name)
-        if not spec.is_float:
-            continue
-        if "all" in wanted:
-            chosen.append(name)
-            continue
-        info = run.module(name)
-        matrix = (name.endswith("weight") and len(spec.shape) >= 2) or info.stacked_experts
-        if info.block in wanted and matrix:
+        if spec.is_float and in_blocks(name, run.module(name), len(spec.shape), wanted):
             chosen.append(name)
     if not chosen:
         raise OptionError(
@@ -56,3 +49,12 @@ def select_tensors(
             f"'{run.tensor_names[0]}'. Pick other --modules or give --tensors GLOB."
         )
     return chosen
+
+
+def in_blocks(name: str, info: ModuleInfo, ndim: int, blocks: Collection[str]) -> bool:
+    """Whether the block rule picks floating-point tensor `name`: any tensor with "all" in
+    `blocks`, else a weight matrix (≥2-D *weight, or stacked experts) of one of `blocks`."""
+    if "all" in blocks:
+        return True
+    matrix = (name.endswith("weight") and ndim >= 2) or info.stacked_experts
+    return info.block in blocks and matrix

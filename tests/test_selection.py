@@ -38,3 +38,28 @@ def test_blocks_all_and_globs_choose_floating_point_tensors_only(linear_run: Pat
     ):
         select_tensors(run, tensors=["model.*"])
     assert select_tensors(run, ["norm"], tensors=["*.norm.weight"]) == ["model.norm.weight"]
+
+
+def test_the_online_callback_selects_what_select_tensors_selects(linear_run: Path) -> None:
+    """One block rule (`in_blocks`) for a run's files and a live model's parameters."""
+    import torch
+    from torch import nn
+
+    from opdlens import EffOPD
+
+    run = open_run(linear_run)
+    model = nn.Module()
+    for name in run.base.names():
+        *path, leaf = name.split(".")
+        owner = model
+        for part in path:
+            if not hasattr(owner, part):
+                owner.add_module(part, nn.Module())
+            owner = getattr(owner, part)
+        value = run.base.tensor(name)
+        owner.register_parameter(leaf, nn.Parameter(value, requires_grad=value.is_floating_point()))
+    assert any(p.dtype == torch.int64 for p in model.parameters())  # the step counter
+    for modules in [("attn", "mlp"), ("embed", "head"), ("mlp",), ("all",)]:
+        online = EffOPD(modules=modules)
+        chosen = {n for n, p in model.named_parameters() if online.selects(n, p)}
+        assert chosen == set(select_tensors(run, modules)), modules

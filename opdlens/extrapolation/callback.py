@@ -16,7 +16,7 @@ from ..errors import OptionError
 from ..io.paths import write_text_atomic
 from ..names import BLOCKS, canonical_name, classify
 from ..schedule import EffOPDSchedule, is_power_of_two
-from ..selection import DEFAULT_MODULES
+from ..selection import DEFAULT_MODULES, in_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +125,7 @@ class EffOPD:
             return bool(self._select(name, param))
         if not param.dtype.is_floating_point or not param.requires_grad:
             return False
-        if "all" in self.modules:
-            return True
-        info = classify(canonical_name(name))
-        matrix = (name.endswith("weight") and param.dim() >= 2) or info.stacked_experts
-        return info.block in self.modules and matrix
+        return in_blocks(name, classify(canonical_name(name)), param.dim(), self.modules)
 
     def _selected(self, model: nn.Module) -> dict[str, nn.Parameter]:
         chosen = {n: p for n, p in model.named_parameters() if self.selects(n, p)}
