@@ -66,8 +66,8 @@ EXPLORE = [
     ),
     new_code_cell(
         "df = pd.concat([\n"
-        '    opd.analyze(ranks=(1, 4, 16)).assign(run="OPD"),\n'
-        '    rl.analyze(ranks=(1, 4, 16)).assign(run="RL"),\n'
+        '    opdlens.analyze(opd, ranks=(1, 4, 16)).assign(run="OPD"),\n'
+        '    opdlens.analyze(rl, ranks=(1, 4, 16)).assign(run="RL"),\n'
         "], ignore_index=True)\n"
         "df.head()"
     ),
@@ -127,7 +127,7 @@ EXPLORE = [
         "         for i, path in enumerate(demo.replicates[key])}\n"
         'groups = {m: [label for label in paths if label.startswith(f"{m}-")] '
         'for m in ("OPD", "RL")}\n'
-        "frames = {label: opdlens.open_run(path).analyze(ranks=(1, 4)) "
+        "frames = {label: opdlens.analyze(opdlens.open_run(path), ranks=(1, 4)) "
         "for label, path in paths.items()}\n"
         "findings = group_findings(frames, groups)\n"
         'print("\\n".join(claim_lines(findings)))\n'

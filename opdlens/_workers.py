@@ -20,6 +20,8 @@ from multiprocessing.context import BaseContext, SpawnProcess
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
 
+from .errors import Stopped
+
 if TYPE_CHECKING:
     from multiprocessing.popen_spawn_posix import Popen
 
@@ -58,13 +60,6 @@ def _arrive(parent: int) -> WorkerProcess:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _die_with_parent(parent)
     return WorkerProcess.__new__(WorkerProcess)
-
-
-class Stopped(BaseException):  # noqa: N818  (not an error: the pool asked its thread to stop)
-    """Raised at a stop point of a worker thread whose pool was told to stop.
-
-    A BaseException, so that no `except Exception` on the way swallows it.
-    """
 
 
 _THREAD = threading.local()

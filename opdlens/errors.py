@@ -1,6 +1,10 @@
-"""The exceptions opdlens raises for user errors; the CLI turns each into one line."""
+"""Every exception class of opdlens: the user errors the CLI turns into one line, then the
+signals one part of opdlens raises for another to catch, which never reach a user."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 class OpdlensError(Exception):
@@ -9,6 +13,24 @@ class OpdlensError(Exception):
 
 class CheckpointError(OpdlensError):
     """A checkpoint file or directory that is missing, incomplete, corrupt or inconsistent."""
+
+
+class PartialRunError(CheckpointError):
+    """A run without a base, or without any checkpoint after it; `found` holds what was opened.
+
+    `found` maps each opened step to its Checkpoint; `missing` says which part is absent.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        found: Mapping[int, Any] | None = None,
+        missing: str = "",
+        warnings: Sequence[str] = (),
+    ) -> None:
+        super().__init__(message)
+        self.found, self.missing, self.warnings = dict(found or {}), missing, list(warnings)
 
 
 class IncompleteCheckpointError(CheckpointError):
@@ -46,6 +68,14 @@ class InputFileError(OpdlensError, ValueError):
     """A side input (metrics, history or errors file) that is not what opdlens expected."""
 
 
+class TrainingLogError(OpdlensError, ValueError):
+    """A training log that cannot be read: not JSON, not CSV, no step column, too large."""
+
+
+class NoTrainingLogError(TrainingLogError):
+    """No training log beside the checkpoints."""
+
+
 class NothingToDrawError(OpdlensError, ValueError):
     """Data with nothing for a figure to show: no rows, no layered tensors, no finite values."""
 
@@ -56,3 +86,38 @@ class FusedSplitError(OpdlensError, ValueError):
 
 class ResourceError(OpdlensError):
     """A machine resource that ran out for this input: GPU memory, say (the message says what)."""
+
+
+# -- signals: raised and caught inside opdlens, never shown to a user ---------------------------
+
+
+class Stopped(BaseException):  # noqa: N818  (not an error: the pool asked its thread to stop)
+    """Raised at a stop point of a worker thread whose pool was told to stop.
+
+    A BaseException, so that no `except Exception` on the way swallows it.
+    """
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a command cleans up as after Ctrl-C."""
+
+
+class StdoutClosed(Exception):  # noqa: N818  (not an error: `yes | head` ends the same way)
+    """Standard output is a pipe whose reader went away: stop quietly, as `yes | head` does."""
+
+
+class PickleRefused(Exception):  # noqa: N818  (io.pickles turns it into a CheckpointError)
+    """The pickle prescan refused a file; the message says why."""
+
+    def __init__(self, message: str, unsafe: bool = False, cut: bool = False) -> None:
+        super().__init__(message)
+        self.unsafe = unsafe  # weights_only would refuse it too: --trust-pickle may load it
+        self.cut = cut  # it ends early: truncated or still being written
+
+
+class DuplicateJSONKey(Exception):  # noqa: N818  (io.stfile turns it into a CheckpointError)
+    """A key that appears twice in one JSON object of a safetensors header; args[0] is the key."""
+
+
+class CacheFileError(Exception):
+    """A factor-cache file that is not one analysis.cache wrote; the cache rebuilds it."""

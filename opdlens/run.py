@@ -15,6 +15,8 @@ from .errors import (
     CheckpointError,
     IncompleteCheckpointError,
     OpdlensError,
+    OptionError,
+    PartialRunError,
     UnknownTensorError,
 )
 from .io.discover import discover
@@ -23,8 +25,6 @@ from .names import ModuleInfo, as_matrix, classify
 if TYPE_CHECKING:
     import pandas as pd
     import torch
-
-    from .analysis.options import AnalyzeOptions
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class Run:
         if step == 0:
             return self.base
         if step not in self.checkpoints:
-            raise OpdlensError(
+            raise OptionError(
                 f"Step {step} is not in the run; saved steps are {self.steps or 'none'}."
             )
         return self.checkpoints[step]
@@ -110,7 +110,7 @@ class Run:
         pats = list(patterns)
         chosen = [n for n in self.tensor_names if any(fnmatch.fnmatchcase(n, p) for p in pats)]
         if not chosen:
-            raise OpdlensError(
+            raise OptionError(
                 f"No tensor matches {pats}; names look like '{self.tensor_names[0]}'."
             )
         return chosen
@@ -153,20 +153,7 @@ class Run:
             return a.t(), b.t()
         return b, a
 
-    # -- analysis --------------------------------------------------------------------------
-    def analyze(
-        self,
-        options: AnalyzeOptions | None = None,
-        *,
-        cache_dir: str | Path | None = None,
-        progress: bool = False,
-        **overrides: Any,
-    ) -> pd.DataFrame:
-        """`opdlens.analyze(run, ...)`: the metrics DataFrame of this run (see there)."""
-        from .analysis.analyze import analyze
-
-        return analyze(self, options, cache_dir=cache_dir, progress=progress, **overrides)
-
+    # -- side inputs ---------------------------------------------------------------------
     def training_log(self, metrics: str | Path | None = None) -> pd.DataFrame:
         """Loss, accuracy, … per logged step, from the trainer's log or `metrics` (io.training_log)."""
         from .io.training_log import run_training_log
@@ -245,16 +232,6 @@ def _reopen(open_args: dict[str, Any]) -> Run:
     return _REOPENED[key]
 
 
-class PartialRunError(CheckpointError):
-    """A run without a base, or without any checkpoint after it; `found` holds what was opened."""
-
-    def __init__(
-        self, message: str, *, found: Mapping[int, Checkpoint], missing: str, warnings: list[str]
-    ) -> None:
-        super().__init__(message)
-        self.found, self.missing, self.warnings = dict(found), missing, list(warnings)
-
-
 def _unknown_tensor_message(name: str, known: Sequence[str], where: object) -> str:
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     if close:
@@ -300,12 +277,12 @@ def open_run(
     for step, p in (checkpoints or {}).items():
         step = int(step)
         if step < 0:
-            raise OpdlensError(f"Checkpoint steps must be ≥ 0; got {step} for {p}.")
+            raise OptionError(f"Checkpoint steps must be ≥ 0; got {step} for {p}.")
         if step in dirs and _absolute(p) != dirs[step].resolve():
             raise CheckpointError(f"step {step} appears twice ({dirs[step]} and {p}).")
         dirs[step] = _absolute(p)
     if path is None and not dirs:
-        raise OpdlensError("Give a run directory or at least one --checkpoint STEP=PATH.")
+        raise OptionError("Give a run directory or at least one --checkpoint STEP=PATH.")
     opened: dict[int, Checkpoint] = {}
     for step, d in sorted(dirs.items()):
         try:

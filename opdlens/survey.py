@@ -8,7 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from .run import Checkpoint, PartialRunError, Run, open_run
+from .errors import PartialRunError
+from .run import Checkpoint, Run, open_run
 
 _HINTS = {
     "base (step 0)": "pass --base PATH pointing at the model the run started from",

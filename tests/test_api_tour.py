@@ -20,9 +20,9 @@ import opdlens
 with open(sys.argv[-1], "a") as f:  # one line per run of this top-level code
     f.write("ran\\n")
 run = opdlens.open_run({run!r})
-pooled = run.analyze(ranks=(1, 4), workers=2)
-default = run.analyze(ranks=(1, 4))
-inline = run.analyze(ranks=(1, 4), workers=1)
+pooled = opdlens.analyze(run, ranks=(1, 4), workers=2)
+default = opdlens.analyze(run, ranks=(1, 4))
+inline = opdlens.analyze(run, ranks=(1, 4), workers=1)
 assert pooled.equals(inline) and default.equals(inline), "pool and inline rows differ"
 print("rows", len(pooled))
 """

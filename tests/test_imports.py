@@ -46,3 +46,23 @@ def test_opdlens_never_imports_transformers_or_trl() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_foresight_and_surgery_load_no_other_part_of_extrapolation() -> None:
+    """extrapolation/__init__ is lazy: one of its modules does not load replay and the scorers."""
+    probe = "sorted(m for m in sys.modules if m.startswith('opdlens.extrapolation'))"
+    for code, want in [
+        ("import opdlens.analysis.foresight", []),
+        ("import opdlens.extrapolation", ["opdlens.extrapolation"]),
+        (
+            "import opdlens.extrapolation.surgery",
+            ["opdlens.extrapolation", "opdlens.extrapolation.evaluate",
+             "opdlens.extrapolation.extrapolate", "opdlens.extrapolation.surgery"],
+        ),
+    ]:  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", f"{code}\nimport json, sys\nprint(json.dumps({probe}))"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout.strip().splitlines()[-1]) == want, code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import types
 
@@ -42,3 +43,21 @@ def test_opdlens_heavy_attributes_load_lazily() -> None:
     assert opdlens.analyze is analyze
     with pytest.raises(AttributeError, match="module 'opdlens' has no attribute 'analyse'"):
         opdlens.analyse  # noqa: B018
+
+
+def test_a_lazy_name_keeps_its_value_when_its_submodule_of_the_same_name_loads() -> None:
+    """`import pkg.extrapolate` binds the module on pkg; the lazy name keeps the function."""
+    code = (
+        "import opdlens.extrapolation.extrapolate, opdlens.analysis.analyze\n"
+        "from opdlens.extrapolation import extrapolate, replay\n"
+        "from opdlens.analysis import analyze\n"
+        "import opdlens.extrapolation.replay as r\n"
+        "assert callable(extrapolate) and extrapolate.__name__ == 'extrapolate', extrapolate\n"
+        "assert callable(analyze) and analyze.__module__ == 'opdlens.analysis.analyze', analyze\n"
+        "assert replay is r and replay.__name__ == 'replay', replay\n"
+        "import opdlens, sys\n"
+        "assert opdlens.extrapolate is extrapolate\n"
+        "assert sys.modules['opdlens.extrapolation.extrapolate'].extrapolate is extrapolate\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr

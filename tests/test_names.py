@@ -253,7 +253,7 @@ def test_a_fused_tensor_that_cannot_be_split_is_analysed_whole_with_a_warning(tm
     for step in (0, 1):
         moved = {k: v + 0.01 * step * torch.randn(v.shape) for k, v in state.items()}
         write_state_dir(tmp_path / "run" / f"checkpoint-{step}", moved, config=_PHI3)
-    df = opdlens.open_run(tmp_path / "run").analyze(ranks=(1,), workers=1)
+    df = opdlens.analyze(opdlens.open_run(tmp_path / "run"), ranks=(1,), workers=1)
     rows = df[df["tensor"] == _QKV]
     assert len(rows) == 1 and rows["part"].isna().all() and (rows["kind"] == "qkv").all()
     warnings = [w for w in df.attrs["warnings"] if _QKV in w]

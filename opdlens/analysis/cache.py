@@ -20,7 +20,7 @@ import xxhash
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
-from ..errors import OpdlensError, OptionError
+from ..errors import CacheFileError, OpdlensError, OptionError
 from ..io.paths import atomic_file
 from . import metrics as M
 
@@ -105,7 +105,7 @@ class TensorCache:
         if path.is_file():
             try:
                 self.entries = _load(path)
-            except (OSError, SafetensorError, ValueError, RecursionError) as e:
+            except (OSError, SafetensorError, CacheFileError) as e:  # not a bug's ValueError
                 self.dirty = True  # a damaged cache file is rebuilt, never trusted
                 self.warning = f"{path}: unreadable cache file ({e}); recomputed."
         for entry_id, entry in self.entries.items():
@@ -217,28 +217,36 @@ def _slice(entry_id: str) -> str:
 
 
 def _load(path: Path) -> dict[str, dict]:
-    """Entries of one cache file; ValueError for anything but a file this module wrote."""
+    """Entries of one cache file.
+
+    Raises:
+        CacheFileError: a file this module did not write (SafetensorError, OSError: not a
+            readable safetensors file). Anything else is a bug and propagates.
+    """
     with safe_open(path, "pt") as f:
         meta = f.metadata() or {}
         if meta.get("format") != _FORMAT:
-            raise ValueError(f"format {meta.get('format')!r}, expected {_FORMAT!r}")
-        fields = json.loads(meta.get("entries", "null"))
+            raise CacheFileError(f"format {meta.get('format')!r}, expected {_FORMAT!r}")
+        try:
+            fields = json.loads(meta.get("entries", "null"))
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise CacheFileError(f"its entry list is not JSON ({type(e).__name__})") from None
         names = set(f.keys())
         if not isinstance(fields, list):
-            raise ValueError("no entry list")
+            raise CacheFileError("no entry list")
         entries = {}
         for i, rec in enumerate(fields):
             if not isinstance(rec, dict) or any(
                 type(rec.get(k)) is not t for k, t in _FIELDS.items()
             ):
-                raise ValueError(f"entry {i} is not an object with fields {sorted(_FIELDS)}")
+                raise CacheFileError(f"entry {i} is not an object with fields {sorted(_FIELDS)}")
             if ":" not in rec["id"]:
-                raise ValueError(f"entry {i} has no slice in its id {rec['id']!r}")
+                raise CacheFileError(f"entry {i} has no slice in its id {rec['id']!r}")
             parts = {}
             for part in ("u", "s", "v", "spectrum"):
                 tname = f"{i}.{part}"
                 if tname not in names and part != "spectrum":
-                    raise ValueError(f"entry {i} has no '{part}' array")
+                    raise CacheFileError(f"entry {i} has no '{part}' array")
                 parts[part] = f.get_tensor(tname) if tname in names else None
             entries[rec["id"]] = {**{k: rec[k] for k in _FIELDS if k != "id"}, **parts}
     return entries

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from .._malloc import release_freed_buffers
-from .._workers import Stopped, stop_when
+from .._workers import stop_when
 from ..devices import out_of_memory_as_error, prepare
+from ..errors import Stopped
 from ..io import buffers
 from .cache import FactorCache
 from .cluster import import_ray

@@ -9,11 +9,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import OpdlensError, OptionError
-from ..extrapolation.extrapolate import check_alpha
-from ..extrapolation.schedule import MAX_MULTIPLE, EffOPDSchedule, replay_schedule
-from ..extrapolation.selection import DEFAULT_MODULES, select_tensors
 from ..names import BLOCKS
 from ..progress import Progress
+from ..schedule import MAX_MULTIPLE, EffOPDSchedule, check_alpha, replay_schedule
+from ..selection import DEFAULT_MODULES, select_tensors
 from .cluster import ray_session
 from .executors import Job, make_iterator
 from .findings import closer_word

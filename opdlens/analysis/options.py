@@ -109,10 +109,10 @@ class AnalyzeOptions:
         """Check the options that depend on the run: `final` and `tensors`.
 
         Raises:
-            OpdlensError: `final` is not a saved step, or no tensor matches `tensors`.
+            OptionError: `final` is not a saved step, or no tensor matches `tensors`.
         """
         if self.final is not None and self.final not in run.steps:
-            raise OpdlensError(
+            raise OptionError(
                 f"--final {self.final} is not a saved step; saved steps are {run.steps}."
             )
         if self.tensors:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from ..errors import OpdlensError, OptionError, OutputError
+from ..errors import OpdlensError, OptionError, OutputError, StdoutClosed, Terminated
 
 if TYPE_CHECKING:  # the click that typer runs on (the installed typer vendors it)
     from typer._click.core import Context, Parameter
@@ -235,16 +235,16 @@ def parse_checkpoints(items: list[str] | None) -> dict[int, Path]:
         step, sep, path = item.partition("=")
         digits = step.strip()
         if not sep or not path or not (digits.isascii() and digits.isdigit()):
-            raise OpdlensError(
+            raise OptionError(
                 f"--checkpoint takes STEP=PATH with a whole-number step in digits 0-9; got {item!r}."
             )
         if len(digits.lstrip("0")) > len(str(MAX_STEP)) or int(digits) > MAX_STEP:
-            raise OpdlensError(
+            raise OptionError(
                 f"--checkpoint {item!r}: the step is larger than {MAX_STEP}, the largest step "
                 "opdlens can store; give the training step the checkpoint was saved at."
             )
         if int(digits) in out:
-            raise OpdlensError(
+            raise OptionError(
                 f"--checkpoint gives step {int(digits)} twice ({out[int(digits)]} and {path}); "
                 "give each step once."
             )
@@ -255,10 +255,6 @@ def parse_checkpoints(items: list[str] | None) -> dict[int, Path]:
 def debug_enabled() -> bool:
     """Whether OPDLENS_DEBUG asks for a traceback on user errors too."""
     return os.environ.get("OPDLENS_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that a command cleans up as after Ctrl-C."""
 
 
 @contextlib.contextmanager
@@ -317,10 +313,6 @@ def _detach_stdout() -> None:
 def one_line(text: str) -> str:
     """`text` on one line: a message quoting a scorer's or a file's line breaks stays one line."""
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
-
-
-class StdoutClosed(Exception):
-    """Standard output is a pipe whose reader went away: stop quietly, as `yes | head` does."""
 
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a program a closed pipe ended

@@ -18,8 +18,8 @@ from opdlens.demo.task import AdditionTask
 from opdlens.demo.train import PostTrainSettings, greedy_accuracy, post_train, sft
 from opdlens.errors import OpdlensError
 from opdlens.extrapolation.callback import EffOPD
-from opdlens.extrapolation.schedule import is_power_of_two
 from opdlens.progress import Progress
+from opdlens.schedule import is_power_of_two
 
 
 @dataclass(frozen=True)

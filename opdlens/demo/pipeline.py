@@ -22,9 +22,10 @@ from ..analysis.side_inputs import load_online_effopd
 from ..analysis.stats import mean_sd
 from ..extrapolation.ablate import Ablation, ablate
 from ..extrapolation.extrapolate import ERRORS_FILE, extrapolate
-from ..extrapolation.replay import OFFLINE_NOTE, replay, replay_schedule
+from ..extrapolation.replay import OFFLINE_NOTE, replay
 from ..io.paths import write_text_atomic
 from ..run import Run, open_run
+from ..schedule import replay_schedule
 from ..viz.ablation import ablation_sentence
 from ..viz.report import write_report
 from .runs import DemoRuns, generate_runs

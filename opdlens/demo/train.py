@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 from opdlens.demo.model import TinyLlama, load_model, save_checkpoint
 from opdlens.demo.task import AdditionTask, TrainSampler
-from opdlens.extrapolation.schedule import is_power_of_two
 from opdlens.io.paths import atomic_file
 from opdlens.progress import Progress
+from opdlens.schedule import is_power_of_two
 
 METRIC_COLUMNS = ("step", "accuracy", "loss", "reward", "reverse_kl")
 

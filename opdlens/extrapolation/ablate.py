@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..devices import check_device, prepare
-from ..errors import OpdlensError, OptionError
+from ..errors import OptionError
 from ..io.keep import keep_candidate, kept
 from ..io.like import write_like
 from ..io.paths import (
@@ -35,6 +35,7 @@ from ..io.paths import (
 from ..progress import Progress
 from ..provenance import checkpoint_record, content_hash, record, write_results
 from ..run import Run
+from ..selection import select_tensors
 from .ablate_parts import (
     CANDIDATES_DIR,
     Candidate,
@@ -48,7 +49,6 @@ from .ablate_parts import (
     update_norms,
 )
 from .scorers import Scorer, allow_scorers, make_scorer, remove_copy, stop_scorers
-from .selection import select_tensors
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -134,7 +134,7 @@ def ablate(
     if keep and out is None:
         raise OptionError("keep=True (--keep) keeps candidates under out; give out=DIR (--out).")
     if step == 0 or step not in run.steps:
-        raise OpdlensError(
+        raise OptionError(
             f"Step {step} is not a saved step of the run; saved steps are {run.steps}. Give "
             "--step T of a checkpoint after the base."
         )
@@ -144,7 +144,7 @@ def ablate(
         path = check_output(out, inputs=inputs, overwrite=overwrite, reuse=True, allow_empty=True)
         marker = read_marker(path)
         if marker is not None and marker.get("command") != "ablate" and not overwrite:
-            raise OpdlensError(
+            raise OptionError(
                 f"--out {path} holds the output of `opdlens {marker.get('command')}`, not of "
                 "ablate, so it cannot be resumed. Choose a new directory, or pass --overwrite."
             )

@@ -15,8 +15,8 @@ from torch import nn
 from ..errors import OptionError
 from ..io.paths import write_text_atomic
 from ..names import BLOCKS, canonical_name, classify
-from .schedule import EffOPDSchedule, is_power_of_two
-from .selection import DEFAULT_MODULES
+from ..schedule import EffOPDSchedule, is_power_of_two
+from ..selection import DEFAULT_MODULES, in_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -100,14 +100,23 @@ class EffOPD:
                 f"The 'modules' parameter of EffOPD takes blocks from {', '.join(BLOCKS)} or "
                 f"'all'. Got {tuple(modules)!r}; e.g. modules=('attn', 'mlp'), or pass select=."
             )
-        self.alpha0 = schedule.alpha0
-        self.max_candidates = schedule.max_candidates
+        self.schedule = schedule
         self.modules = tuple(modules)
         self._select = select
         self._anchor: dict[str, torch.Tensor] = {}
         self._backup: dict[str, torch.Tensor] = {}
         self.anchor_step: int | None = None
         self.history: list[dict[str, Any]] = []
+
+    @property
+    def alpha0(self) -> float:
+        """α of the first candidate at each decision (`schedule.alpha0`)."""
+        return self.schedule.alpha0
+
+    @property
+    def max_candidates(self) -> int:
+        """Candidates tried at most per decision (`schedule.max_candidates`)."""
+        return self.schedule.max_candidates
 
     def selects(self, name: str, param: nn.Parameter) -> bool:
         """Whether `name` is extrapolated: select= if given, else select_tensors' offline rule
@@ -116,11 +125,7 @@ class EffOPD:
             return bool(self._select(name, param))
         if not param.dtype.is_floating_point or not param.requires_grad:
             return False
-        if "all" in self.modules:
-            return True
-        info = classify(canonical_name(name))
-        matrix = (name.endswith("weight") and param.dim() >= 2) or info.stacked_experts
-        return info.block in self.modules and matrix
+        return in_blocks(name, classify(canonical_name(name)), param.dim(), self.modules)
 
     def _selected(self, model: nn.Module) -> dict[str, nn.Parameter]:
         chosen = {n: p for n, p in model.named_parameters() if self.selects(n, p)}
@@ -226,8 +231,7 @@ class EffOPD:
         best = float(score_fn(model))
         record.update(extrapolated=True, base_score=best)
         self._copy(params, into=self._backup)
-        alpha = self.alpha0
-        for _ in range(self.max_candidates):
+        for alpha, _ in self.schedule.alphas():
             for name, p in params.items():
                 wide = torch.promote_types(p.dtype, torch.float32)
                 cur = p.to(wide)
@@ -245,7 +249,6 @@ class EffOPD:
             best = score
             record["accepted"] += 1
             self._copy(params, into=self._backup)
-            alpha = alpha / (1.0 + alpha)
         record["final_score"] = best
         self._copy(params, into=self._anchor)
         self.anchor_step = step

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,8 +15,9 @@ from ..io.paths import output_error
 from ..io.writer import CheckpointWriter
 from ..provenance import checkpoint_record
 from ..run import Checkpoint, Run, open_run
+from ..schedule import check_alpha
+from ..selection import DEFAULT_MODULES, select_tensors
 from .evaluate import ERRORS_FILE, ErrorTracker
-from .selection import DEFAULT_MODULES, select_tensors
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,27 +25,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ERRORS_FILE",
-    "check_alpha",
     "extrapolate",
     "extrapolate_paths",
     "extrapolation_producer",
 ]
 
 SPAN = 1 << 18  # elements computed at a time: 1 MiB of float32 stays in cache
-
-
-def check_alpha(alpha: float, name: str = "alpha") -> float:
-    """Return alpha as a float, refusing NaN and ±inf (negative values are legal)."""
-    try:
-        value = float(alpha)
-    except (TypeError, ValueError):
-        raise OptionError(f"The '{name}' parameter must be a real number. Got {alpha!r}.") from None
-    if not math.isfinite(value):
-        raise OptionError(
-            f"The '{name}' parameter must be finite. Got {alpha!r}; pass a real number "
-            "(a negative one interpolates back toward the anchor)."
-        )
-    return value
 
 
 def extrapolation_producer(
@@ -164,8 +149,8 @@ def extrapolate(
         table is saved as `extrapolation_errors.csv` in the written directory.
 
     Raises:
-        OpdlensError: unknown step or anchor, anchor not before step, output overlapping an input.
-        OptionError: a non-finite alpha, an unknown module (also a ValueError).
+        OptionError: a non-finite alpha, an unknown step, module or anchor, an anchor not before
+            the step, an output overlapping an input (also a ValueError).
     """
     alpha = check_alpha(alpha)
     if (anchor is None) == (not from_base):
@@ -175,12 +160,12 @@ def extrapolate(
         )
     a = 0 if from_base else int(anchor)  # type: ignore[arg-type]
     if step == 0 or step not in run.steps:
-        raise OpdlensError(
+        raise OptionError(
             f"Step {step} is not a saved step of the run; saved steps are {run.steps}."
         )
     run.checkpoint(a)
     if a >= step:
-        raise OpdlensError(
+        raise OptionError(
             f"The anchor must be saved before the step: got anchor {a} and step {step}. "
             "Pick an earlier --anchor, or --from-base."
         )

@@ -23,11 +23,11 @@ from ..io.paths import (
 )
 from ..provenance import checkpoint_record
 from ..run import Checkpoint, Run
+from ..schedule import EffOPDSchedule, replay_schedule
+from ..selection import DEFAULT_MODULES, select_tensors
 from .evaluate import ErrorTracker
 from .extrapolate import extrapolation_producer
-from .schedule import EffOPDSchedule, replay_schedule
 from .scorers import Scorer, allow_scorers, make_scorer, remove_copy, score_input
-from .selection import DEFAULT_MODULES, select_tensors
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -13,8 +13,8 @@ from ..io.like import Produced, as_stored, write_like
 from ..names import BLOCKS
 from ..provenance import checkpoint_record
 from ..run import Checkpoint, Run
+from ..selection import DEFAULT_MODULES, select_tensors
 from .extrapolate import extrapolation_producer
-from .selection import DEFAULT_MODULES, select_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ __all__ = ["parse_layers", "surgery_lowrank", "surgery_scale", "surgery_window"]
 
 def _check_step(run: Run, step: int) -> None:
     if step == 0 or step not in run.steps:
-        raise OpdlensError(
+        raise OptionError(
             f"Step {step} is not a saved step of the run; saved steps are {run.steps}."
         )
 
@@ -176,7 +176,7 @@ def surgery_window(
         if in_layers and (block_set is None or info.block in block_set):
             chosen.add(name)
     if not chosen:
-        raise OpdlensError(
+        raise OptionError(
             f"No tensor lies in layers {window} and blocks {sorted(block_set or BLOCKS)}; "
             f"the run's layers are numbered from 0. Widen --layers or --blocks."
         )

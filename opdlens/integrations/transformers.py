@@ -25,10 +25,10 @@ from torch import nn
 from ..checkpoint import open_checkpoint
 from ..errors import OpdlensError, OptionError
 from ..extrapolation.callback import CANDIDATE_COLUMNS, EffOPD, candidate_rows, write_candidates_csv
-from ..extrapolation.schedule import is_power_of_two
-from ..extrapolation.selection import DEFAULT_MODULES
 from ..io.paths import MARKER, is_opdlens_dir, move_into_place, temp_name, write_marker
 from ..names import canonical_name
+from ..schedule import EffOPDSchedule, is_power_of_two
+from ..selection import DEFAULT_MODULES
 
 try:
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -121,7 +121,7 @@ class EffOPDCallback(TrainerCallback):
         if step == 0 or is_power_of_two(step):  # the weights now are the anchor
             self.effopd.start(model, step)
             return
-        prior = 1 << (step.bit_length() - 1)  # the power-of-two step before `step`
+        prior = EffOPDSchedule.previous_power_of_two(step)
         saved = Path(args.output_dir or ".") / f"checkpoint-{prior}"
         if saved.is_dir():
             checkpoint = open_checkpoint(saved, prior, trust_pickle=False)

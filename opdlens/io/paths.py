@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from ..errors import OpdlensError, OutputError
+from ..errors import OptionError, OutputError
 from .fileops import fsync_dir
 from .templock import (
     LOCK_FILE,
@@ -88,14 +88,14 @@ def output_path(out: str | Path) -> Path:
     A symlink at `out` stays a symlink, so the checks below see it instead of its target.
 
     Raises:
-        OpdlensError: `out` is not valid UTF-8, passes through a symlink loop, or through a
+        OptionError: `out` is not valid UTF-8, passes through a symlink loop, or through a
             symlink to nothing (where creating it would make directories at the link's target).
     """
     path = Path(out).expanduser()
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
-        raise OpdlensError(
+        raise OptionError(
             f"--out {str(path)!r} is not valid UTF-8; the tables opdlens writes (parquet, "
             "JSON) record their path as text. Choose a UTF-8 name."
         ) from None
@@ -103,7 +103,7 @@ def output_path(out: str | Path) -> Path:
     parent = path.absolute() if whole else path.absolute().parent
     for p in (parent, *parent.parents):
         if os.path.islink(p) and not os.path.exists(p):
-            raise OpdlensError(
+            raise OptionError(
                 f"--out {path} passes through {p}, a symbolic link to {os.readlink(p)}, which "
                 "does not exist (or loops); opdlens never creates directories through a "
                 "symlink. Create the target, or choose another --out."
@@ -111,7 +111,7 @@ def output_path(out: str | Path) -> Path:
     try:
         return parent.resolve() if whole else parent.resolve() / path.name
     except (RuntimeError, OSError) as e:  # RuntimeError: Python < 3.13's "Symlink loop"
-        raise OpdlensError(f"--out {path} cannot be resolved: {e}. Choose another --out.") from None
+        raise OptionError(f"--out {path} cannot be resolved: {e}. Choose another --out.") from None
 
 
 def output_error(path: str | Path, error: OSError) -> OutputError:
@@ -140,12 +140,12 @@ def ensure_outside(out: str | Path, inputs: Iterable[Path], what: str = "output"
     try:
         real = path.resolve()  # where writes would land, symlinks followed
     except (RuntimeError, OSError) as e:  # `out` itself is a link in a loop
-        raise OpdlensError(f"--out {path} cannot be resolved: {e}. Choose another --out.") from None
+        raise OptionError(f"--out {path} cannot be resolved: {e}. Choose another --out.") from None
     for p in inputs:
         p = Path(p).expanduser().resolve()
         for o in {path, real}:
             if o == p or p in o.parents or o in p.parents:
-                raise OpdlensError(
+                raise OptionError(
                     f"Refusing {what} directory {path}: it overlaps the input {p}, which must "
                     "never be modified. Choose a directory outside the run."
                 )
@@ -219,23 +219,23 @@ def check_output(
     except FileNotFoundError:
         return path
     except OSError as e:
-        raise OpdlensError(
+        raise OptionError(
             f"--out {path} cannot be used: {e.strerror or e}. Choose a path in a directory."
         ) from None
     if stat.S_ISLNK(st.st_mode):
-        raise OpdlensError(
+        raise OptionError(
             f"--out {path} is a symbolic link; opdlens never writes or deletes through one. Pass "
             "the real path it points to, or a new directory."
         )
     if not stat.S_ISDIR(st.st_mode):
-        raise OpdlensError(
+        raise OptionError(
             f"--out {path} exists and is {_kind(st.st_mode)}, not a directory; opdlens replaces "
             "only directories it wrote. Choose a new directory."
         )
     if is_opdlens_dir(path):
         if overwrite or reuse:
             return path
-        raise OpdlensError(
+        raise OptionError(
             f"Output directory {path} already exists. Choose a new directory, or pass "
             "overwrite=True (--overwrite) to replace it."
         )
@@ -243,18 +243,18 @@ def check_output(
     if empty and allow_empty:
         return path
     if overwrite:
-        raise OpdlensError(
+        raise OptionError(
             f"Refusing to replace {path}: opdlens did not write it (no {MARKER} marker inside), "
             "and --overwrite replaces only directories opdlens wrote. Choose a new directory, "
             "or remove it yourself."
         )
     if allow_empty:
-        raise OpdlensError(
+        raise OptionError(
             f"Output directory {path} is not empty and opdlens did not write it (no {MARKER} "
             "marker inside); opdlens writes only into a new or empty directory, or one it "
             "wrote. Choose another --out."
         )
-    raise OpdlensError(
+    raise OptionError(
         f"Output directory {path} already exists and opdlens did not write it (no {MARKER} "
         "marker inside). Choose a new directory; --overwrite replaces only one opdlens wrote."
     )
@@ -268,7 +268,7 @@ def writable_dir(out: str | Path, inputs: Iterable[Path] = (), what: str = "outp
     """
     path = ensure_outside(out, inputs, what)
     if path.exists() and not path.is_dir():
-        raise OpdlensError(
+        raise OptionError(
             f"{path} exists and is {_kind(os.lstat(path).st_mode)}, not a directory. Choose a "
             "directory for the output."
         )
@@ -364,7 +364,7 @@ def _check_same_command(path: Path, command: str, replacing: bool) -> None:
     """Refuse to add to (or re-mark) the output of another opdlens command; replacing is fine."""
     other = (read_marker(path) or {}).get("command")
     if other is not None and other != command and not replacing:
-        raise OpdlensError(
+        raise OptionError(
             f"--out {path} holds the output of `opdlens {other}`; `opdlens {command}` does not "
             "add files to another command's output. Choose a new directory."
         )

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from ..errors import CheckpointError, UnsafePickleError
+from ..errors import CheckpointError, PickleRefused, UnsafePickleError
 from .weightfiles import regular_file
 
 if TYPE_CHECKING:
@@ -73,15 +73,6 @@ class _Node:
         self.items = items  # direct children, for tuples
 
 
-class _Refused(Exception):
-    """The prescan refused the pickle; the message says why."""
-
-    def __init__(self, message: str, unsafe: bool = False, cut: bool = False) -> None:
-        super().__init__(message)
-        self.unsafe = unsafe  # weights_only would refuse it too: --trust-pickle may load it
-        self.cut = cut  # it ends early: truncated or still being written
-
-
 def _words(kind: str | bytes) -> str:
     words: dict[str | bytes, str] = {"str": "a string", "tuple": "a tuple", "list": "a list",
                                      "dict": "a dict", "set": "a set"}  # fmt: skip
@@ -106,7 +97,7 @@ def _prescan(data: bytes | mmap.mmap, pos: int, limit: int) -> tuple[int, int]:
         pos += 1
         if code in _PUT:
             if len(stack) <= marks[-1]:
-                raise _Refused("its opcodes memoize from an empty stack")
+                raise PickleRefused("its opcodes memoize from an empty stack")
             n = _PUT[code]
             memo[int.from_bytes(data[pos : pos + n], "little")] = stack[-1]
             pos += n
@@ -115,7 +106,7 @@ def _prescan(data: bytes | mmap.mmap, pos: int, limit: int) -> tuple[int, int]:
             n = _GET[code]
             node = memo.get(int.from_bytes(data[pos : pos + n], "little"))
             if node is None:
-                raise _Refused("its opcodes read a memo entry that was never stored")
+                raise PickleRefused("its opcodes read a memo entry that was never stored")
             stack.append(node)
             pos += n
             continue
@@ -144,12 +135,12 @@ def _prescan(data: bytes | mmap.mmap, pos: int, limit: int) -> tuple[int, int]:
         if code in _FIXED:
             n = _FIXED[code]
             if len(stack) - marks[-1] < n:
-                raise _Refused("its opcodes pop an empty stack")
+                raise PickleRefused("its opcodes pop an empty stack")
             items = stack[-n:]
             del stack[-n:]
         elif code in _MARKED:
             if len(marks) == 1:
-                raise _Refused("its opcodes pop a MARK that was never pushed")
+                raise PickleRefused("its opcodes pop a MARK that was never pushed")
             start = marks.pop()
             items = stack[start:]
             del stack[start:]
@@ -159,29 +150,29 @@ def _prescan(data: bytes | mmap.mmap, pos: int, limit: int) -> tuple[int, int]:
         elif code == _GLOBAL:
             stop = data.find(b"\n", data.find(b"\n", pos) + 1)
             if stop < 0:
-                raise _Refused("it is cut short inside an opcode", cut=True)
+                raise PickleRefused("it is cut short inside an opcode", cut=True)
             stack.append(_Node(1, 1, bytes(data[pos:stop])))
             pos = stop + 1
             continue
         elif code == _STOP:
             if len(stack) <= marks[-1]:
-                raise _Refused("its opcodes pop an empty stack")
+                raise PickleRefused("its opcodes pop an empty stack")
             return work, pos
         else:
             name = _NAMES.get(code, f"byte {code:#04x}")
-            raise _Refused(
+            raise PickleRefused(
                 f"it uses the pickle opcode {name}, which weights_only loading refuses", True
             )
         if code in _GROWS:
             if len(stack) <= marks[-1]:
-                raise _Refused("its opcodes change an object on an empty stack")
+                raise PickleRefused("its opcodes change an object on an empty stack")
             target = stack[-1]
             if code in _DICT_OPS:
                 if len(items) % 2:
-                    raise _Refused("its SETITEMS has a key without a value")
+                    raise PickleRefused("its SETITEMS has a key without a value")
                 keys = items[0::2]
             elif code == _BUILD and not _state_ok(items[0]):
-                raise _Refused(f"it sets an object's state from {_words(items[0].kind)}")
+                raise PickleRefused(f"it sets an object's state from {_words(items[0].kind)}")
         size, depth = 0, 0
         for it in items:
             size += it.size
@@ -189,25 +180,27 @@ def _prescan(data: bytes | mmap.mmap, pos: int, limit: int) -> tuple[int, int]:
                 depth = it.depth
         for k in keys:
             if k.kind != "str":
-                raise _Refused(f"it has a dictionary key that is {_words(k.kind)}, not a string")
+                raise PickleRefused(
+                    f"it has a dictionary key that is {_words(k.kind)}, not a string"
+                )
         work += size
         if work > limit:
-            raise _Refused(
+            raise PickleRefused(
                 f"expanding its memo-shared objects would walk more than {limit} nodes, "
                 f"{_WORK_PER_BYTE} per byte of pickle (torch.save of a state dict needs under 3)"
             )
         if depth >= _MAX_DEPTH:
-            raise _Refused(f"it nests containers more than {_MAX_DEPTH} deep")
+            raise PickleRefused(f"it nests containers more than {_MAX_DEPTH} deep")
         if target is not None:
             target.size += size
             target.depth = max(target.depth, depth + 1)
             continue
         hashes = code in _CALLS and items[0].kind in _HASHING
         if hashes and items[1].size > 1:
-            raise _Refused("it builds a dict or set from arguments, which hashes them")
+            raise PickleRefused("it builds a dict or set from arguments, which hashes them")
         kind = "tuple" if code in _TUPLES else ("dict" if hashes else "obj")
         stack.append(_Node(1 + size, depth + 1, kind, len(items)))
-    raise _Refused("it ends before its STOP opcode", cut=True)
+    raise PickleRefused("it ends before its STOP opcode", cut=True)
 
 
 def _scan_zip(path: Path) -> None:
@@ -223,7 +216,7 @@ def _scan_zip(path: Path) -> None:
             )
         size = _record_size(path)
         if size > _MAX_PICKLE:
-            raise _Refused(f"its data.pkl is {size} bytes (limit {_MAX_PICKLE})")
+            raise PickleRefused(f"its data.pkl is {size} bytes (limit {_MAX_PICKLE})")
         data = reader.get_record("data.pkl")
     except RuntimeError as e:
         raise CheckpointError(
@@ -231,7 +224,9 @@ def _scan_zip(path: Path) -> None:
             "corrupt or still being written."
         ) from None
     if len(data) != size:
-        raise _Refused(f"its data.pkl is {len(data)} bytes where its zip directory says {size}")
+        raise PickleRefused(
+            f"its data.pkl is {len(data)} bytes where its zip directory says {size}"
+        )
     _prescan(data, 0, _WORK_PER_BYTE * len(data) + 10**6)
 
 
@@ -247,13 +242,15 @@ def _record_size(path: Path) -> int:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
-        raise _Refused(f"its zip directory is unreadable ({_first_line(e)})", cut=True) from None
+        raise PickleRefused(
+            f"its zip directory is unreadable ({_first_line(e)})", cut=True
+        ) from None
     if not infos:
-        raise _Refused("its zip archive is empty", cut=True)
+        raise PickleRefused("its zip archive is empty", cut=True)
     want = infos[0].filename.split("/", 1)[0].lower() + "/data.pkl"
     found = [i.file_size for i in infos if i.filename.lower() == want]
     if len(found) != 1:
-        raise _Refused(f"its zip directory names data.pkl {len(found)} times")
+        raise PickleRefused(f"its zip directory names data.pkl {len(found)} times")
     return found[0]
 
 
@@ -266,7 +263,7 @@ def _scan_legacy(f: IO[bytes]) -> None:
             work, pos = _prescan(m, pos, budget)
             budget -= work
             if pos > _MAX_PICKLE:
-                raise _Refused(f"its pickles pass {_MAX_PICKLE} bytes")
+                raise PickleRefused(f"its pickles pass {_MAX_PICKLE} bytes")
 
 
 def _is_legacy(head: bytes) -> bool:
@@ -306,7 +303,7 @@ def _check(path: Path, trust_pickle: bool) -> bool:
             return is_zip
         try:
             _scan_zip(path) if is_zip else _scan_legacy(f)
-        except _Refused as e:
+        except PickleRefused as e:
             if e.unsafe:
                 raise UnsafePickleError(
                     f"{path}: this pickle cannot be loaded safely ({e}). Only if you trust where "

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from ..errors import CheckpointError, OptionError
+from ..errors import CheckpointError, DuplicateJSONKey, OptionError
 from . import buffers, dtypes
 
 if TYPE_CHECKING:
@@ -227,17 +227,13 @@ def _corrupt(path: Path, what: str) -> CheckpointError:
     )
 
 
-class _DuplicateKey(Exception):
-    pass
-
-
 def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
     d = dict(pairs)
     if len(d) != len(pairs):
         seen: set[str] = set()
         for k, _ in pairs:
             if k in seen:
-                raise _DuplicateKey(k)
+                raise DuplicateJSONKey(k)
             seen.add(k)
     return d
 
@@ -259,7 +255,7 @@ def _validate(path: Path, raw: bytes, size: int) -> tuple[dict[str, TensorEntry]
     except (ValueError, RecursionError) as e:
         what = e.msg if isinstance(e, json.JSONDecodeError) else str(e) or type(e).__name__
         raise _corrupt(path, f"not valid JSON ({what})") from None
-    except _DuplicateKey as e:
+    except DuplicateJSONKey as e:
         raise _corrupt(path, f"the key {e.args[0]!r} appears twice in one JSON object") from None
     if type(header) is not dict:
         raise _corrupt(path, f"expected a JSON object, found {type(header).__name__}")

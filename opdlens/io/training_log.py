@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import OpdlensError
+from ..errors import NoTrainingLogError, TrainingLogError
 
 __all__ = [
     "NoTrainingLogError",
@@ -41,14 +41,6 @@ TRAINER_STATE = "trainer_state.json"
 STEP_KEYS = ("step", "global_step", "train/global_step", "_step", "iteration")
 _MAX_BYTES = 512 * 2**20  # a metric log is far smaller; refuse before reading a wrong file
 _MAX_DEPTH = 4
-
-
-class TrainingLogError(OpdlensError, ValueError):
-    """A training log that cannot be read: not JSON, not CSV, no step column, too large."""
-
-
-class NoTrainingLogError(TrainingLogError):
-    """No training log beside the checkpoints."""
 
 
 def _flatten(record: Mapping[str, Any], prefix: str = "", depth: int = 0) -> Iterator[tuple]:

@@ -309,3 +309,41 @@ def test_spectrum_from_cache_only(tmp_path):
     FactorCache.open(top).tensor(name).path.write_bytes(b"garbage")
     with pytest.raises(OpdlensError, match="unreadable cache file.*run `opdlens analyze` again"):
         FactorCache.open(top).spectrum(name, 2)
+
+
+@pytest.mark.parametrize("bug", [ValueError, TypeError, KeyError])
+def test_a_bug_while_loading_an_entry_propagates_and_keeps_the_cache(tmp_path, monkeypatch, bug):
+    """Only file-format errors rebuild a cache file; a bug's exception keeps its traceback."""
+    import opdlens.analysis.cache as cache
+
+    root = write_state_run(tmp_path / "run", small_states((0, 1)), SMALL_CONFIG)
+    out = tmp_path / "out"
+    write_analysis(open_run(root), out, ranks=(1,), workers=1)
+    files = {p: p.read_bytes() for p in (out / "cache").glob("*.safetensors")}
+    real_open = cache.safe_open
+
+    class BuggyReader:  # the library's reader, with a bug in reading one entry's arrays
+        def __init__(self, *args, **kwargs):
+            self.inner = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.f = self.inner.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.inner.__exit__(*exc)
+
+        def metadata(self):
+            return self.f.metadata()
+
+        def keys(self):
+            return self.f.keys()
+
+        def get_tensor(self, name):
+            raise bug(f"a bug while loading {name}")
+
+    monkeypatch.setattr(cache, "safe_open", BuggyReader)
+    with pytest.raises(bug, match="a bug while loading 0.u") as info:
+        write_analysis(open_run(root), out, ranks=(1,), workers=1)
+    assert any(entry.name == "_load" for entry in info.traceback)  # raised where it happened
+    assert {p: p.read_bytes() for p in files} == files  # not rebuilt over the bug

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import opdlens
 from opdlens.analysis.cluster import ray_session
 from opdlens.analysis.options import AnalyzeOptions
 from opdlens.errors import OpdlensError
@@ -50,7 +51,7 @@ def test_the_api_raises_an_opdlens_error(
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     with pytest.raises(OpdlensError, match="could not connect to --address auto"):
-        open_run(hf_run()).analyze(ranks=(1,), executor="ray", address="auto")
+        opdlens.analyze(open_run(hf_run()), ranks=(1,), executor="ray", address="auto")
     assert not ray.is_initialized()
 
 

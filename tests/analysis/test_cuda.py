@@ -58,26 +58,28 @@ def _agree(cuda: pd.DataFrame, cpu: pd.DataFrame) -> None:
 @pytest.mark.parametrize("kind", ["llama-bf16", "llama-f32", "phi3", "moe"])
 def test_cuda_matches_float64_and_the_cpu(planted_runs, kind: str, workers: int) -> None:
     root = planted_runs(kind)
-    cuda = open_run(root).analyze(ranks=RANKS, consecutive=True, workers=workers, device="cuda")
+    cuda = opdlens.analyze(
+        open_run(root), ranks=RANKS, consecutive=True, workers=workers, device="cuda"
+    )
     compare(cuda, reference(load_states(root), _config(root), consecutive=True))
-    cpu = open_run(root).analyze(ranks=RANKS, consecutive=True, workers=1)
+    cpu = opdlens.analyze(open_run(root), ranks=RANKS, consecutive=True, workers=1)
     _agree(cuda, cpu)
 
 
 @pytest.mark.parametrize("workers", [1, 3])
 def test_lora_factors_on_cuda(planted_runs, workers: int) -> None:
     root, base = planted_runs("lora"), planted_runs("llama-f32") / "checkpoint-0"
-    cuda = open_run(root, base=base).analyze(ranks=RANKS, workers=workers, device="cuda:0")
+    cuda = opdlens.analyze(open_run(root, base=base), ranks=RANKS, workers=workers, device="cuda:0")
     compare(cuda, reference(load_states(root, base), _config(base.parent)))
-    _agree(cuda, open_run(root, base=base).analyze(ranks=RANKS, workers=1))
+    _agree(cuda, opdlens.analyze(open_run(root, base=base), ranks=RANKS, workers=1))
 
 
 def test_fp16_run_on_cuda(tmp_path) -> None:
     root = write_hf_run(tmp_path / "f16", "llama", STEPS, dtype=torch.float16, update=planted,
                         trainer_files=False)  # fmt: skip
-    cuda = open_run(root).analyze(ranks=RANKS, workers=2, device="cuda")
+    cuda = opdlens.analyze(open_run(root), ranks=RANKS, workers=2, device="cuda")
     compare(cuda, reference(load_states(root), _config(root)))
-    _agree(cuda, open_run(root).analyze(ranks=RANKS, workers=1))
+    _agree(cuda, opdlens.analyze(open_run(root), ranks=RANKS, workers=1))
 
 
 def test_warm_starts_and_cache_cross_devices(planted_runs, tmp_path) -> None:
@@ -105,7 +107,7 @@ def test_the_cli_takes_cuda_n(planted_runs, tmp_path) -> None:
     got = pd.read_parquet(tmp_path / "m" / "metrics.parquet")
     prov = json.loads((tmp_path / "m" / "provenance.json").read_text())
     assert "cuda:0" in json.dumps(prov)
-    want = open_run(root).analyze(ranks=(1, 3), workers=1)
+    want = opdlens.analyze(open_run(root), ranks=(1, 3), workers=1)
     assert len(got) == len(want)
     n = torch.cuda.device_count()
     res = runner.invoke(app, ["analyze", str(root), "--out", str(tmp_path / "m2"), "--device",
@@ -130,7 +132,7 @@ def test_out_of_gpu_memory_is_one_line_naming_the_tensor(tmp_path) -> None:
         with pytest.raises(
             ResourceError, match=r"down_proj.weight'.*fewer --workers.*--device cpu"
         ):
-            open_run(tmp_path / "run").analyze(ranks=(1,), workers=1, device="cuda:0")
+            opdlens.analyze(open_run(tmp_path / "run"), ranks=(1,), workers=1, device="cuda:0")
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, 0)
         torch.cuda.empty_cache()
@@ -153,7 +155,7 @@ def test_peak_gpu_memory_is_a_few_copies_of_the_largest_tensor(tmp_path) -> None
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(0)
     before = torch.cuda.memory_allocated(0)
-    open_run(tmp_path / "run").analyze(ranks=(1, 4, 16), workers=1, device="cuda")
+    opdlens.analyze(open_run(tmp_path / "run"), ranks=(1, 4, 16), workers=1, device="cuda")
     peak = torch.cuda.max_memory_allocated(0) - before
     copy = math.prod(shape) * 4
     assert peak <= 3 * copy + 64 * 2**20, (peak / copy, "float32 copies")

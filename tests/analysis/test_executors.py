@@ -15,6 +15,7 @@ import torch
 from checkpoints import write_state_dir
 from planted import RANKS, SMALL_CONFIG, small_states, write_state_run
 
+import opdlens
 from opdlens import OpdlensError, open_run
 from opdlens.io.paths import read_marker
 
@@ -26,14 +27,14 @@ def run_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def inline(run_root) -> pd.DataFrame:
-    return open_run(run_root).analyze(ranks=RANKS, consecutive=True, workers=1)
+    return opdlens.analyze(open_run(run_root), ranks=RANKS, consecutive=True, workers=1)
 
 
 def test_worker_threads_equal_inline_and_leave_torch_threads_alone(run_root, inline):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        pooled = open_run(run_root).analyze(ranks=RANKS, consecutive=True, workers=3)
+        pooled = opdlens.analyze(open_run(run_root), ranks=RANKS, consecutive=True, workers=3)
         assert torch.get_num_threads() == 2  # pinned to 1 per worker during the sweep only
     finally:
         torch.set_num_threads(before)
@@ -46,7 +47,7 @@ def test_a_worker_error_reaches_the_caller(tmp_path):
     path = root / "checkpoint-1" / "model.safetensors"
     path.write_bytes(path.read_bytes()[:-64])
     with pytest.raises(OpdlensError, match="cut short|truncated"):
-        open_run(root).analyze(ranks=RANKS, workers=2)
+        opdlens.analyze(open_run(root), ranks=RANKS, workers=2)
 
 
 @pytest.mark.slow
@@ -55,7 +56,7 @@ def test_ray_equals_local(run_root, inline):
     t = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        got = open_run(run_root).analyze(ranks=RANKS, consecutive=True, executor="ray")
+        got = opdlens.analyze(open_run(run_root), ranks=RANKS, consecutive=True, executor="ray")
     finally:
         ray.shutdown()
     pd.testing.assert_frame_equal(got, inline)
@@ -65,17 +66,17 @@ def test_ray_equals_local(run_root, inline):
 def test_missing_ray_is_a_clear_error(run_root, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(OpdlensError, match=r"pip install 'opdlens\[ray\]'"):
-        open_run(run_root).analyze(ranks=RANKS, executor="ray")
+        opdlens.analyze(open_run(run_root), ranks=RANKS, executor="ray")
 
 
 def test_bad_executor_options(run_root):
     run = open_run(run_root)
     with pytest.raises(ValueError, match="'executor' parameter must be 'local' or 'ray'"):
-        run.analyze(ranks=RANKS, executor="dask", workers=1)
+        opdlens.analyze(run, ranks=RANKS, executor="dask", workers=1)
     with pytest.raises(ValueError, match="'address' parameter is for a Ray cluster"):
-        run.analyze(ranks=RANKS, address="ray://head:10001")
+        opdlens.analyze(run, ranks=RANKS, address="ray://head:10001")
     with pytest.raises(ValueError, match="'workers' parameter must be ≥ 1"):
-        run.analyze(ranks=RANKS, workers=0)
+        opdlens.analyze(run, ranks=RANKS, workers=0)
 
 
 # -- the CLI with two workers: no worker process, and Ctrl-C stops everything at once ----------

@@ -14,7 +14,7 @@ from opdlens import open_run
 @pytest.fixture(scope="module")
 def frame(tmp_path_factory) -> pd.DataFrame:
     root = write_state_run(tmp_path_factory.mktemp("frame"), small_states(), SMALL_CONFIG)
-    return open_run(root).analyze(ranks=RANKS, workers=1)
+    return opdlens.analyze(open_run(root), ranks=RANKS, workers=1)
 
 
 def test_columns_and_dtypes(frame):

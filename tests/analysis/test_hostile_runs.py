@@ -36,7 +36,7 @@ def test_only_integer_buffers_and_an_empty_tensor_is_one_line(tmp_path: Path) ->
     cli_fails(["report", run, "--out", tmp_path / "r", "-q"], "Nothing to analyse")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     with pytest.raises(OpdlensError, match="Nothing to analyse"):
-        opdlens.open_run(run).analyze()
+        opdlens.analyze(opdlens.open_run(run))
 
 
 @pytest.mark.parametrize("exponent", [-134, -131, 110])
@@ -49,7 +49,7 @@ def test_updates_of_extreme_norm_match_float64(tmp_path: Path, exponent: int) ->
     states = {s: {Q0: ((w0 + s * d).double() * scale).float(), UP: torch.randn(16, 8, generator=g)}
               for s in (0, 1, 2)}  # fmt: skip
     run = _save(tmp_path / "run", states)
-    df = opdlens.open_run(run).analyze(ranks=(1, 4), workers=1)
+    df = opdlens.analyze(opdlens.open_run(run), ranks=(1, 4), workers=1)
     row = df[(df["tensor"] == Q0) & (df["step"] == 2) & (df["span"] == "cumulative")].iloc[0]
     delta = states[2][Q0].double() - states[0][Q0].double()  # exact: the stored float32 values
     norm = float(torch.linalg.norm(delta / scale)) * scale

@@ -8,10 +8,11 @@ import pytest
 import torch
 from planted import planted_spectrum
 
-from opdlens._workers import Stopped, stop_when
+from opdlens._workers import stop_when
 from opdlens.analysis import krylov
 from opdlens.analysis.krylov import MIN_PASSES, block_krylov
 from opdlens.analysis.metrics import frobenius_sq
+from opdlens.errors import Stopped
 
 
 def _run(delta: torch.Tensor, budget: int = 30):

@@ -10,6 +10,7 @@ import torch
 from planted import SMALL_CONFIG, small_states, write_state_run
 from safetensors.numpy import load_file
 
+import opdlens
 from opdlens import open_run
 from opdlens.analysis.matrices import as_matrices, low_rank, matrix_of, matrix_shape, truncate
 from opdlens.extrapolation.ablate import ablate
@@ -47,7 +48,7 @@ def test_analyze_surgery_and_ablate_agree_on_stacked_expert_matrices(planted_run
     assert delta.ndim == 3 and delta.shape[0] == 4  # a real stacked 3-D expert tensor
     ref = [_rank_k(delta[e], 2) for e in range(delta.shape[0])]  # one matrix per expert
 
-    df = run.analyze(ranks=(2,), split_fused=False, workers=1)
+    df = opdlens.analyze(run, ranks=(2,), split_fused=False, workers=1)
     rows = df[(df["tensor"] == EXPERTS) & (df["step"] == step) & (df["span"] == "cumulative")]
     rows = rows.set_index("expert").sort_index()
     assert list(rows.index) == [0, 1, 2, 3]

@@ -22,6 +22,7 @@ from planted import (
     write_state_run,
 )
 
+import opdlens
 from opdlens import open_run
 from opdlens.analysis.analyze import compute_analysis
 from opdlens.analysis.options import AnalyzeOptions
@@ -34,7 +35,9 @@ def _config(root):
 @pytest.mark.parametrize("kind", ["llama-bf16", "llama-f32", "phi3", "moe"])
 def test_every_metric_matches_float64_svd(planted_runs, kind):
     root = planted_runs(kind)
-    df = open_run(root).analyze(ranks=RANKS, consecutive=True, full_spectrum=True, workers=1)
+    df = opdlens.analyze(
+        open_run(root), ranks=RANKS, consecutive=True, full_spectrum=True, workers=1
+    )
     ref = reference(load_states(root), _config(root), consecutive=True)
     counts = compare(df, ref)
     assert counts["aligned"] > counts["rows"]  # most alignments are sharp and checked exactly
@@ -46,13 +49,13 @@ def test_every_metric_matches_float64_svd(planted_runs, kind):
 
 
 def test_slices_of_fused_and_stacked_tensors(planted_runs):
-    moe = open_run(planted_runs("moe")).analyze(ranks=(1,), workers=1)
+    moe = opdlens.analyze(open_run(planted_runs("moe")), ranks=(1,), workers=1)
     gu = moe[(moe["tensor"] == "model.layers.0.mlp.experts.gate_up_proj") & (moe["step"] == 4)]
     assert sorted(zip(gu["expert"], gu["part"], strict=True)) == [
         (e, p) for e in range(4) for p in ("gate", "up")
     ]
     assert set(gu["kind"]) == {"gate_proj", "up_proj"} and set(gu["rows"]) == {16}
-    phi = open_run(planted_runs("phi3")).analyze(ranks=(1,), workers=1)
+    phi = opdlens.analyze(open_run(planted_runs("phi3")), ranks=(1,), workers=1)
     qkv = phi[(phi["tensor"] == "model.layers.1.self_attn.qkv_proj.weight") & (phi["step"] == 1)]
     assert list(zip(qkv["part"], qkv["kind"], qkv["rows"], strict=True)) == [
         ("k", "k_proj", 16), ("q", "q_proj", 32), ("v", "v_proj", 16)
@@ -64,7 +67,7 @@ def test_slices_of_fused_and_stacked_tensors(planted_runs):
 def test_lora_updates_from_factors_match_float64(planted_runs):
     root, base = planted_runs("lora"), planted_runs("llama-f32") / "checkpoint-0"
     run = open_run(root, base=base)
-    df = run.analyze(ranks=RANKS, workers=1)
+    df = opdlens.analyze(run, ranks=RANKS, workers=1)
     ref = reference(load_states(root, base), _config(base.parent))
     compare(df, ref)
     q = df[df["tensor"] == "model.layers.0.self_attn.q_proj.weight"]
@@ -77,7 +80,7 @@ def test_lora_updates_from_factors_match_float64(planted_runs):
 
 def test_chosen_final_keeps_every_step(planted_runs):
     root = planted_runs("llama-f32")
-    df = open_run(root).analyze(ranks=RANKS, final=2, workers=1)
+    df = opdlens.analyze(open_run(root), ranks=RANKS, final=2, workers=1)
     assert sorted(df["step"].unique()) == [1, 2, 4]
     compare(df, reference(load_states(root), _config(root), final=2), final=2)
     at2 = df[df["step"] == 2]
@@ -91,7 +94,9 @@ def test_vectors_get_norms_only_and_zero_base_gives_inf(tmp_path):
         st["model.layers.1.mlp.down_proj.weight"] = torch.zeros(16, 24) if s == 0 else st[
             "model.layers.1.mlp.down_proj.weight"
         ]  # fmt: skip
-    df = open_run(write_state_run(tmp_path, states, SMALL_CONFIG)).analyze(ranks=RANKS, workers=1)
+    df = opdlens.analyze(
+        open_run(write_state_run(tmp_path, states, SMALL_CONFIG)), ranks=RANKS, workers=1
+    )
     vec = df[df["tensor"] == "model.layers.0.input_layernorm.weight"]
     assert (vec["update_norm"] > 0).all() and (vec["base_norm"] > 0).all()
     assert (vec["rows"] == 16).all() and (vec["cols"] == 1).all()

@@ -164,3 +164,58 @@ def test_surgery_cli(run: Path, tmp_path: Path) -> None:
     )
     _fails(["surgery", "window", str(run), "--step", "4", "--layers", "a-b", "--out", str(tmp_path / "x")],
            "FIRST-LAST")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--alpha0", "0"], "The 'alpha0' parameter (--alpha0) of EffOPD's schedule must be a finite number > 0"),
+        (["--alpha0", "-0.5"], "Got -0.5 instead"),
+        (["--max-candidates", "0"], "The 'max_candidates' parameter (--max-candidates) of EffOPD's schedule"),
+    ],
+)  # fmt: skip
+def test_replay_refuses_alpha0_at_most_zero_and_no_candidates(
+    run: Path, tmp_path: Path, args: list[str], needle: str
+) -> None:
+    out = tmp_path / "o"
+    _fails(["replay", str(run), "--scorer", "hindsight", "--out", str(out), "-q", *args], needle)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("item", "needle"),
+    [
+        ("two=x", "--checkpoint takes STEP=PATH with a whole-number step in digits 0-9; got 'two=x'"),
+        ("99999999999999999999=x", "the step is larger than"),
+        ("2", "--checkpoint takes STEP=PATH"),
+    ],
+)  # fmt: skip
+def test_bad_checkpoint_flags_are_option_errors(
+    run: Path, tmp_path: Path, item: str, needle: str
+) -> None:
+    from opdlens import OptionError
+    from opdlens.cli._app import parse_checkpoints
+
+    base = ["extrapolate", "--step", "2", "--anchor", "1", "--alpha", "1", "-q"]
+    _fails([*base, "--checkpoint", item, "--out", str(tmp_path / "o")], needle)
+    with pytest.raises(OptionError, match=needle.replace("(", r"\(").split(" got")[0]):
+        parse_checkpoints([item])
+    twice = [f"0={run}/checkpoint-0", f"0={run}/checkpoint-1"]
+    _fails([*base, *(f"--checkpoint={c}" for c in twice), "--out", str(tmp_path / "o")],
+           "--checkpoint gives step 0 twice")  # fmt: skip
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_step_and_anchor_values_are_option_errors(run: Path, tmp_path: Path) -> None:
+    """A step or anchor the run does not hold is a bad option value (also a ValueError)."""
+    from opdlens import OptionError, open_run
+    from opdlens.extrapolation import extrapolate
+
+    r = open_run(run)
+    with pytest.raises(OptionError, match="Step 3 is not a saved step"):
+        extrapolate(r, 3, anchor=1, alpha=1.0, out=tmp_path / "o")
+    with pytest.raises(OptionError, match="The anchor must be saved before the step"):
+        extrapolate(r, 2, anchor=4, alpha=1.0, out=tmp_path / "o")
+    with pytest.raises(ValueError, match="Step 3 is not in the run"):
+        r.checkpoint(3)
+    assert not (tmp_path / "o").exists()

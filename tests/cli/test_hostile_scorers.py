@@ -18,9 +18,9 @@ from opdlens import open_run  # noqa: E402
 from opdlens.errors import OptionError, ScorerError  # noqa: E402
 from opdlens.extrapolation.callback import EffOPD  # noqa: E402
 from opdlens.extrapolation.replay import replay  # noqa: E402
-from opdlens.extrapolation.schedule import EffOPDSchedule  # noqa: E402
 from opdlens.extrapolation.scorers import CommandScorer, make_scorer  # noqa: E402
 from opdlens.io.paths import TEMP_MARKER  # noqa: E402
+from opdlens.schedule import EffOPDSchedule  # noqa: E402
 
 Q0 = "model.layers.0.self_attn.q_proj.weight"
 

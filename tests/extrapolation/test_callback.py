@@ -110,6 +110,8 @@ def test_alpha_sequence_when_every_candidate_improves() -> None:
     record = cb.after_step(model, 1, lambda m: float(next(counter)))
     assert record["accepted"] == 5
     assert record["alphas"] == pytest.approx([2 / (1 + 2 * k) for k in range(5)])
+    assert record["alphas"] == [a for a, _ in cb.schedule.alphas()]  # replay's, bit for bit
+    assert (cb.alpha0, cb.max_candidates) == (2.0, 5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -294,6 +294,23 @@ def test_effopd_callback_refuses_several_processes_and_bad_score_fn() -> None:
         EffOPDCallback(0.5)
 
 
+@pytest.mark.parametrize(
+    ("alpha0", "n", "needle"),
+    [
+        (0.0, 5, "The 'alpha0' parameter (--alpha0) of EffOPD's schedule must be a finite number > 0"),
+        (-1.0, 5, "Got -1.0 instead"),
+        (2.0, 0, "The 'max_candidates' parameter (--max-candidates) of EffOPD's schedule"),
+    ],
+)  # fmt: skip
+def test_effopd_callback_refuses_alpha0_at_most_zero_and_no_candidates(alpha0, n, needle) -> None:
+    """The same EffOPDSchedule rule as replay and foresee, before any training starts."""
+    with pytest.raises(OptionError) as e:
+        EffOPDCallback(lambda m: 0.0, alpha0=alpha0, max_candidates=n)
+    assert needle in str(e.value)
+    cb = EffOPDCallback(lambda m: 0.0, alpha0=0.5, max_candidates=3)
+    assert (cb.effopd.schedule.alpha0, cb.effopd.schedule.max_candidates) == (0.5, 3)
+
+
 def test_resuming_without_the_prior_power_of_two_checkpoint_warns(tmp_path: Path) -> None:
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[])
     cb = EffOPDCallback(lambda m: 0.0)

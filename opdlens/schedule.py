@@ -1,4 +1,7 @@
-"""EffOPD's schedule (design.md): power-of-two steps, their anchors, and the α of each candidate."""
+"""EffOPD's schedule (design.md): power-of-two steps, their anchors, and the α of each candidate.
+
+Below both analysis (foresee) and extrapolation (replay, the callback), which share it.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import OptionError
+from .errors import OptionError
 
 __all__ = [
     "MAX_CANDIDATES",
     "MAX_MULTIPLE",
     "EffOPDSchedule",
     "alpha_schedule",
+    "check_alpha",
     "is_power_of_two",
     "replay_schedule",
 ]
@@ -65,6 +69,20 @@ class EffOPDSchedule:
         """alpha_schedule(alpha0, max_candidates): (α of each candidate, cumulative multiple)."""
         return alpha_schedule(self.alpha0, self.max_candidates)
 
+    @staticmethod
+    def shrink(alpha: float) -> float:
+        """The α of the next candidate after one with `alpha`: α / (1 + α).
+
+        Applied to the accepted candidate's distance from the anchor, it moves a further α₀
+        times θ_t − θ_a, whatever candidate came before.
+        """
+        return alpha / (1 + alpha)
+
+    @staticmethod
+    def previous_power_of_two(step: int) -> int:
+        """The last step before `step` at which EffOPD decided: a power of two, or 0 (the base)."""
+        return 1 << ((step - 1).bit_length() - 1) if step > 1 else 0
+
 
 def is_power_of_two(step: int) -> bool:
     """Whether `step` is 1, 2, 4, 8, …: a step at which EffOPD tries an extrapolation."""
@@ -91,5 +109,19 @@ def alpha_schedule(alpha0: float, n: int) -> list[tuple[float, float]]:
     for _ in range(n):
         multiple = (1 + multiple) * (1 + alpha) - 1
         out.append((alpha, multiple))
-        alpha = alpha / (1 + alpha)
+        alpha = EffOPDSchedule.shrink(alpha)
     return out
+
+
+def check_alpha(alpha: float, name: str = "alpha") -> float:
+    """Return alpha as a float, refusing NaN and ±inf (negative values are legal)."""
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise OptionError(f"The '{name}' parameter must be a real number. Got {alpha!r}.") from None
+    if not math.isfinite(value):
+        raise OptionError(
+            f"The '{name}' parameter must be finite. Got {alpha!r}; pass a real number "
+            "(a negative one interpolates back toward the anchor)."
+        )
+    return value

@@ -1,14 +1,14 @@
-"""Which tensors an extrapolation or surgery changes: globs, or the weight matrices of blocks."""
+"""Which tensors an extrapolation, surgery or foresight covers: globs, or the matrices of blocks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
-from ..errors import OpdlensError, OptionError
-from ..names import BLOCKS
-from ..run import Run
+from .errors import OptionError
+from .names import BLOCKS, ModuleInfo
+from .run import Run
 
-__all__ = ["DEFAULT_MODULES", "select_tensors"]
+__all__ = ["DEFAULT_MODULES", "in_blocks", "select_tensors"]
 
 DEFAULT_MODULES = ("attn", "mlp")
 
@@ -41,18 +41,20 @@ def select_tensors(
     chosen = []
     for name in run.tensor_names:
         spec = run.base.spec(name)
-        if not spec.is_float:
-            continue
-        if "all" in wanted:
-            chosen.append(name)
-            continue
-        info = run.module(name)
-        matrix = (name.endswith("weight") and len(spec.shape) >= 2) or info.stacked_experts
-        if info.block in wanted and matrix:
+        if spec.is_float and in_blocks(name, run.module(name), len(spec.shape), wanted):
             chosen.append(name)
     if not chosen:
-        raise OpdlensError(
+        raise OptionError(
             f"No weight matrix of blocks {sorted(wanted)} in the run; names look like "
             f"'{run.tensor_names[0]}'. Pick other --modules or give --tensors GLOB."
         )
     return chosen
+
+
+def in_blocks(name: str, info: ModuleInfo, ndim: int, blocks: Collection[str]) -> bool:
+    """Whether the block rule picks floating-point tensor `name`: any tensor with "all" in
+    `blocks`, else a weight matrix (≥2-D *weight, or stacked experts) of one of `blocks`."""
+    if "all" in blocks:
+        return True
+    matrix = (name.endswith("weight") and ndim >= 2) or info.stacked_experts
+    return info.block in blocks and matrix
