@@ -13,6 +13,7 @@ from opdlens.analysis.findings import online_sentence
 from opdlens.analysis.foresight import foresight_sentence
 from opdlens.analysis.side_inputs import load_online_effopd
 from opdlens.cli import app
+from opdlens.io.paths import MARKER, marker_text
 from opdlens.viz.ablation import ablation_sentence
 
 
@@ -28,7 +29,10 @@ def test_demo_refuses_zero_workers(tmp_path) -> None:
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path, quick_demo) -> None:
     out = tmp_path / "demo"
-    copy_demo(quick_demo, out / "runs")  # trained once per session (tests/conftest.py)
+    # An earlier quick demo's directory holding only its runs (trained once per session,
+    # tests/conftest.py): the command reuses them and does everything else.
+    copy_demo(quick_demo, out / "runs")
+    (out / MARKER).write_text(marker_text("demo"))
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     text = result.stdout
