@@ -8,32 +8,12 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..errors import OptionError
-
 if TYPE_CHECKING:
     from ..extrapolation.ablate import Ablation
 
-__all__ = ["analysis_specs", "check_ablation"]
+__all__ = ["analysis_specs"]
 
 _Spec = tuple[str, str, str, Callable[[], Figure]]  # stem, title, caption, draw
-
-
-def check_ablation(ablation: Mapping[str, Ablation] | None) -> dict[str, Ablation] | None:
-    """label → opdlens.ablate's result (ablation, rank_curve), checked."""
-    if ablation is None:
-        return None
-    bad = not isinstance(ablation, Mapping) or not ablation or not all(
-        isinstance(getattr(v, "ablation", None), pd.DataFrame)
-        and isinstance(getattr(v, "rank_curve", None), pd.DataFrame)
-        for v in ablation.values()
-    )  # fmt: skip
-    if bad:
-        raise OptionError(
-            "The 'ablation' parameter must map a label to what opdlens.ablate returns (or "
-            "opdlens.analysis.side_inputs.load_ablation reads from its --out), e.g. "
-            f"{{'OPD': ablate(run, step, scorer)}}. Got {ablation!r:.80} instead."
-        )
-    return {str(k): v for k, v in ablation.items()}
 
 
 def analysis_specs(
