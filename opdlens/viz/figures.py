@@ -130,6 +130,8 @@ def draw_figures(
     (no rows to draw, e.g. no per-layer tensors; a training log without accuracy or loss) is
     skipped with a note; any other error propagates.
     """
+    from ..report.sources import ReportOptions  # the type of the value drawn, nothing more
+
     options = options or ReportOptions()
     df, runs = sources.frame, list(sources.shown)
     extra, notes = analysis_specs(sources.foresight, sources.ablation)

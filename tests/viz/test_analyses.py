@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from opdlens.analysis.side_inputs import load_ablation
-from opdlens.errors import OptionError
-from opdlens.viz.analyses import analysis_specs, check_ablation
+from opdlens.viz.analyses import analysis_specs
 from viz.inputs import write_ablation
 
 
@@ -17,12 +14,6 @@ def test_analysis_specs_note_what_is_missing(viz_runs: dict[str, Path], tmp_path
     assert specs == [] and len(notes) == 2
     assert notes[0].startswith("figure foresight skipped") and "--ablation LABEL=DIR" in notes[1]
     abl = load_ablation(write_ablation(viz_runs["opd"], tmp_path / "abl"))
-    specs, notes = analysis_specs(None, check_ablation({"OPD": abl}))
+    specs, notes = analysis_specs(None, {"OPD": abl})
     assert [s[0] for s in specs] == ["ablation"] and len(notes) == 1
     assert [ax.get_title() for ax in specs[0][3]().axes] == ["OPD", "rank curve"]
-
-
-@pytest.mark.parametrize("bad", [{}, {"OPD": "ablation-dir/"}, ["OPD"]])
-def test_check_ablation_wants_ablate_results(bad: object) -> None:
-    with pytest.raises(OptionError, match="The 'ablation' parameter must map a label to what"):
-        check_ablation(bad)  # type: ignore[arg-type]
