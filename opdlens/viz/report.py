@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["REPORT_FILE", "TEMPLATE", "key_figure", "macro", "render_report", "write_report"]
 
 REPORT_FILE = "report.html"
-TEMPLATE = "report.html.j2"  # package data: opdlens/viz/templates/
+TEMPLATE = "report.html.j2"  # package data: opdlens/viz/templates/, with its macros
+MACROS = "macros.html.j2"
 
 # Analyses whose figure is shown in their own section (a new lens adds its stem here, its
 # section macro to the template and its context in _sections).
@@ -50,7 +51,7 @@ def _environment() -> jinja2.Environment:
 
 def macro(name: str) -> Any:
     """One of the template's macros (table, figure, score, *_section) as a callable."""
-    return getattr(_environment().get_template(TEMPLATE).module, name)
+    return getattr(_environment().get_template(MACROS).module, name)
 
 
 def key_figure(figures: FigureSet) -> str | None:

@@ -174,7 +174,7 @@ def test_only_missing_data_skips_a_figure(viz_metrics, monkeypatch) -> None:
 
     monkeypatch.setattr(plots, "block_norms", broken)
     with pytest.raises(ValueError, match="a bug inside matplotlib"):  # not "figure skipped"
-        draw_figures(load_metrics(viz_metrics["opd"], "OPD"))
+        draw_figures(from_frame(load_metrics(viz_metrics["opd"], "OPD")))
 
 
 def test_bad_inputs(viz_metrics: dict[str, Path], tmp_path: Path) -> None:

@@ -293,3 +293,24 @@ def test_report_foresight_and_ablation_sections(report: Path) -> None:
     assert "OPD (scorer mlp_energy):" in abl  # the scorer ablate recorded
     # Each of the two figures is shown once, in its own section.
     assert page.count('id="fig-foresight"') == 1 and page.count('id="fig-ablation"') == 1
+
+
+def test_the_template_ships_as_package_data() -> None:
+    """Found through importlib.resources (as from a wheel), and declared for setuptools."""
+    import importlib.resources
+
+    from opdlens.viz.report import TEMPLATE
+
+    template = importlib.resources.files("opdlens.viz") / "templates" / TEMPLATE
+    assert template.is_file() and "<!DOCTYPE html>" in template.read_text(encoding="utf-8")
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parents[2]
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["opdlens.viz"]
+    assert any(Path("templates", TEMPLATE).match(p) for p in patterns)
+    assert any(d.startswith("jinja2") for d in config["project"]["dependencies"])
+
+
+def test_the_template_escapes_every_value() -> None:
+    cell = macro("table")(top_table(pd.DataFrame({"run": ["<b>&'\""], "step": [1]}), {}).table)
+    assert "<b>" not in str(cell) and "&lt;b&gt;&amp;&#39;&#34;" in str(cell)
