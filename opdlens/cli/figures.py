@@ -264,13 +264,13 @@ class FigureArgs:
 
     def resolve(self) -> tuple[SourceOptions, Inputs]:
         """What to load, checked (and each --ablation read) before --out is touched."""
-        from ..analysis.side_inputs import load_ablation
+        from ..report.load import read_ablation
         from ..report.sources import SourceOptions
 
         given = inputs(self.source, self.compare, self.labels, self.group, self.band,
                        self.checkpoint)  # fmt: skip
         analyze = _options(self.ranks, self.workers, self.spectra)
-        ablation = {k: load_ablation(d) for k, d in parse_ablation(self.ablation or []).items()}
+        ablation = read_ablation(parse_ablation(self.ablation or [])) or {}
         return SourceOptions(
             tuple(given.paths), None if given.labels is None else tuple(given.labels),
             given.groups, self.base, parse_checkpoints(self.checkpoint) or None,

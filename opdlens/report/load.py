@@ -53,7 +53,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["complete", "from_frame", "load_sources", "score"]
+__all__ = [
+    "complete",
+    "from_frame",
+    "labels",
+    "load_sources",
+    "read_ablation",
+    "score",
+    "shown_runs",
+]
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -93,7 +101,7 @@ def load_sources(options: SourceOptions, out_dir: str | Path, *, progress: bool 
             "given (RUN plus each --compare); give one per run, in the same order."
         )
     logs = [read_training_log(m) for m in options.metrics] or [None] * len(dirs)
-    ablation = _ablation(options.ablation)
+    ablation = read_ablation(options.ablation)
     runs: list[RunMetrics] = []
     notes: list[str] = []
     training: dict[str, pd.DataFrame] = {}
@@ -211,7 +219,7 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame | None:
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
-def _ablation(given: Mapping[str, Path | Ablation]) -> dict[str, Ablation] | None:
+def read_ablation(given: Mapping[str, Path | Ablation]) -> dict[str, Ablation] | None:
     """label → opdlens.ablate's result: each directory read (refused in one line if not one)."""
     if not isinstance(given, Mapping) or not all(
         isinstance(a, (str, Path)) or _is_ablation(a) for a in given.values()
