@@ -134,7 +134,7 @@ def draw_figures(
 
     options = options or ReportOptions()
     df, runs = sources.frame, list(sources.shown)
-    extra, notes = analysis_specs(sources.foresight, sources.ablation)
+    extra, notes = analysis_specs(sources)
     if sources.groups is not None:
         grouped = _group_specs(df, sources, options.band)
         df = df[df["run"].isin(runs)]

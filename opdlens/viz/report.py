@@ -3,10 +3,10 @@ analysis, inventories last. Everything stated is computed before (opdlens.report
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,7 @@ import pandas as pd
 from ..errors import OptionError
 from ..io.paths import writable_dir, write_text_atomic
 from ..provenance import versions
+from .analyses import LENSES
 from .figures import FigureSet, write_figures
 from .sections import figure, table, top_table
 
@@ -31,21 +32,18 @@ REPORT_FILE = "report.html"
 TEMPLATE = "report.html.j2"  # package data: opdlens/viz/templates/, with its macros
 MACROS = "macros.html.j2"
 
-# Analyses whose figure is shown in their own section (a new lens adds its stem here, its
-# section macro to the template and its context in _sections).
-_OWN_SECTION = ("foresight", "ablation")
+_OWN_SECTION = tuple(lens.stem for lens in LENSES)  # figures shown in their lens' section
 _KEY_FIGURES = ("findings", "training_and_weights", "block_norms")  # the first present leads
 _NOTES = (" skipped", ": no training log (", "cached top-K singular values only")
 
 
-@cache
+@functools.cache
 def _environment() -> jinja2.Environment:
     """The template environment: autoescaped, templates read from the package's data."""
     return jinja2.Environment(
         loader=jinja2.PackageLoader("opdlens.viz", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
     )
 
 
@@ -104,12 +102,11 @@ def _inventory(rm: RunMetrics, log: pd.DataFrame | None) -> dict[str, Any]:
 
 
 def _sections(sources: Sources, figures: FigureSet, options: ReportOptions) -> dict[str, Any]:
-    """The context of each analysis' section (None where it has nothing to show)."""
+    """The context of the groups, lens and online EffOPD sections (None where nothing to show)."""
     from ..analysis.stats import BOOTSTRAP_SAMPLES  # a constant: stated in the groups' text
-    from .ablation import ablation_sentence
     from .groups import BANDS
 
-    out: dict[str, Any] = {"groups": None, "foresight": None, "ablation": None, "online": None}
+    out: dict[str, Any] = {"groups": None, "online": None}
     f = sources.findings
     if f is not None:
         out["groups"] = {
@@ -118,24 +115,10 @@ def _sections(sources: Sources, figures: FigureSet, options: ReportOptions) -> d
             "sizes": "; ".join(f"{g}: {', '.join(runs)}" for g, runs in f.groups.items()),
             "resamples": f"{BOOTSTRAP_SAMPLES:,}", "band": BANDS[options.band],
         }  # fmt: skip
-    fore = sources.foresight
-    if fore is not None and "foresight" in figures.paths:
-        effopd = sources.effopd
-        out["foresight"] = {
-            "lines": sources.foresight_lines, "figure": figure(figures, "foresight"),
-            "runs": ", ".join(str(r) for r in pd.unique(fore["run"])),
-            "effopd": table(effopd) if effopd is not None and not effopd.empty else None,
-        }  # fmt: skip
-    abl = sources.ablation
-    if abl and "ablation" in figures.paths:
-        cols = ["group", "update_share", "score_drop", "score_only", "utility"]
-        out["ablation"] = {
-            "lines": [(label, ablation_sentence(a.ablation)) for label, a in abl.items()],
-            "figure": figure(figures, "ablation"),
-            "tables": [(label, a.ablation.attrs.get("scorer", "given"),
-                        table(a.ablation[[c for c in cols if c in a.ablation]]))
-                       for label, a in abl.items()],
-        }  # fmt: skip
+    embed = functools.partial(figure, figures)
+    drawn = [(lens.stem, lens.section(sources, embed)) for lens in LENSES
+             if lens.stem in figures.paths]  # fmt: skip
+    out["lenses"] = [(stem, section) for stem, section in drawn if section is not None]
     if sources.online:
         out["online"] = [(o, table(o.candidates)) for o in sources.online if not o.candidates.empty]
     return out
@@ -179,7 +162,8 @@ def render_report(sources: Sources, figures: FigureSet, options: ReportOptions) 
         "inventories": [_inventory(rm, sources.training.get(rm.label)) for rm in sources.runs],
         **_sections(sources, figures, options), **_provenance(sources, options),
     }  # fmt: skip
-    return _environment().get_template(TEMPLATE).render(context)
+    # jinja2 drops each template's final newline (sections are included mid-page); the page ends with one.
+    return _environment().get_template(TEMPLATE).render(context) + "\n"
 
 
 def write_report(
