@@ -24,7 +24,7 @@ from ..extrapolation.ablate import Ablation, ablate
 from ..extrapolation.extrapolate import ERRORS_FILE, extrapolate
 from ..extrapolation.replay import OFFLINE_NOTE, replay, replay_schedule
 from ..io.paths import write_text_atomic
-from ..report.load import load_sources
+from ..report.load import load_sources, shown_runs
 from ..report.sources import ReportOptions, SourceOptions, Sources
 from ..run import Run, open_run
 from ..viz.ablation import ablation_sentence
@@ -134,11 +134,18 @@ def _replay(opd: Run, out: Path, progress: bool) -> pd.DataFrame:
     return rep.history
 
 
+def _shown(labelled: dict[str, list[tuple[str, Path]]]) -> dict[str, tuple[str, Path]]:
+    """method → (label, path) of the run that stands for it (the report's shown_runs)."""
+    groups = {method: [lab for lab, _ in pairs] for method, pairs in labelled.items()}
+    paths = {lab: path for pairs in labelled.values() for lab, path in pairs}
+    shown = shown_runs(list(paths), groups)
+    return {method: (lab, paths[lab]) for method, lab in zip(groups, shown, strict=True)}
+
+
 def _foresee(labelled: dict[str, list[tuple[str, Path]]], out: Path) -> pd.DataFrame:
     """opdlens foresee on the first run of each method, written to out/foresight/<method>/."""
     frames = []
-    for method, pairs in labelled.items():
-        label, path = pairs[0]
+    for method, (label, path) in _shown(labelled).items():
         df, _ = write_foresight(open_run(path), out / "foresight" / method.lower(),
                                 overwrite=True, workers=1)  # fmt: skip
         frames.append(df.assign(run=label))
@@ -150,8 +157,7 @@ def _ablate(
 ) -> dict[str, Ablation]:
     """opdlens ablate by block with ranks on each method's first run at its final step."""
     result = {}
-    for method, pairs in labelled.items():
-        label, path = pairs[0]
+    for method, (label, path) in _shown(labelled).items():
         run = open_run(path)
         # Re-running the demo resumes: the scores of the same run, step and scorer are reused.
         result[label] = ablate(
