@@ -187,6 +187,49 @@ def test_viz_only_draws() -> None:
     assert not {m: deps for m, deps in reached.items() if deps}
 
 
+def runtime_imports_from(
+    package: str, prefixes: tuple[str, ...], root: Path = PACKAGE
+) -> dict[str, list[str]]:
+    """module of `package` → the names it imports at run time from modules under `prefixes`."""
+    files = {_module_name(p, root): p for p in sorted(root.rglob("*.py"))}
+    out: dict[str, list[str]] = {}
+    for module, path in files.items():
+        if module != package and not module.startswith(package + "."):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        skip = _type_checking_nodes(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in skip:
+                names = _imported(module, path.name == "__init__.py", node)
+                if names[0].startswith(prefixes):
+                    out.setdefault(module, []).extend(names[1:] or names)
+    return out
+
+
+# What viz's plot modules still compute through analysis at run time (group means, sentences,
+# the foresight anchor): a list that may only shrink. The report path (report, sections,
+# figures, analyses) is not on it: it draws the Sources value opdlens.report.load built.
+VIZ_STILL_CALLS = {
+    "opdlens.viz.ablation": {"score_change", "score_tolerance", "update_effect"},
+    "opdlens.viz.dynamics": {"weighted_mean"},
+    "opdlens.viz.foresight": {"foresight_sentence", "select_anchor"},
+    "opdlens.viz.groups": {"GroupFindings", "check_groups", "group_curves"},
+}
+
+
+def test_viz_takes_only_declarations_from_analysis_and_extrapolation() -> None:
+    """The report path is cli → opdlens.report.load → (analysis, io) → viz: viz computes nothing
+    that analysis or extrapolation own; at run time it takes constants (UPPER_CASE) from them,
+    and types only under TYPE_CHECKING."""
+    found = runtime_imports_from("opdlens.viz", ("opdlens.analysis", "opdlens.extrapolation"))
+    computed = {m: {n.rsplit(".", 1)[-1] for n in names} for m, names in found.items()}
+    computed = {m: {n for n in names if not n.isupper()} for m, names in computed.items()}
+    assert {m: names for m, names in computed.items() if names} == VIZ_STILL_CALLS
+    # Only the command line and the demo build the report's Sources; analysis and viz never do.
+    loaders = [m for m, deps in import_graph().items() if "opdlens.report.load" in deps]
+    assert sorted(loaders) == ["opdlens.cli.figures", "opdlens.demo.pipeline"]
+
+
 TESTS = Path(__file__).parent
 # Modules with no mirror test file of their own, and why.
 NO_MIRROR = {

@@ -15,7 +15,7 @@ from ..extrapolation.ablate import Ablation
 from ..extrapolation.callback import CANDIDATE_COLUMNS, candidate_rows
 from ..io.paths import read_marker
 from .readback import check_finished, check_table
-from .results import _read_json, _read_table
+from .results import read_json, read_table
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -60,7 +60,7 @@ def load_online_effopd(path: str | Path, label: str) -> OnlineEffOPD:
             "online_effopd.json."
         )
     if p.suffix == ".json":
-        data = _read_json(p, "online EffOPD comparison of `opdlens demo`")
+        data = read_json(p, "online EffOPD comparison of `opdlens demo`")
         missing = [k for k in (*_COMPARISON, "history") if k not in data]
         if missing:
             raise InputFileError(
@@ -75,7 +75,7 @@ def load_online_effopd(path: str | Path, label: str) -> OnlineEffOPD:
             comparison["start_accuracy"] = float(plain[0][1])
         table = pd.DataFrame(rows, columns=list(CANDIDATE_COLUMNS))
         return OnlineEffOPD(label, p, table, comparison)
-    table = _read_table(p, "EffOPDCallback's candidates CSV")
+    table = read_table(p, "EffOPDCallback's candidates CSV")
     if list(table.columns) != list(CANDIDATE_COLUMNS):
         raise InputFileError(
             f"{p} is not a candidates CSV of EffOPDCallback: its columns are "
@@ -117,12 +117,12 @@ def load_ablation(path: str | Path) -> Ablation:
         )
     check_finished(d, "ablate", "`opdlens ablate RUN --step T --scorer … --out DIR`")
     what = "ablation table of `opdlens ablate`"
-    table = check_table(_read_table(d / "ablation.parquet", what), d / "ablation.parquet", what,
+    table = check_table(read_table(d / "ablation.parquet", what), d / "ablation.parquet", what,
                         ["group", "update_share", "score_drop", "score_only", "utility", "step"])  # fmt: skip
     curve_file = d / "rank_curve.parquet"
     what = "rank curve of `opdlens ablate`"
     curve = (
-        check_table(_read_table(curve_file, what), curve_file, what, ["k", "score", "energy_k"])
+        check_table(read_table(curve_file, what), curve_file, what, ["k", "score", "energy_k"])
         if curve_file.is_file()
         else pd.DataFrame(columns=["k", "score", "energy_k", "step"])
     )

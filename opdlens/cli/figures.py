@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NamedTuple
+from typing import TYPE_CHECKING, Annotated, NamedTuple, TypeVar
 
 import typer
 
@@ -23,11 +26,8 @@ from ._app import (
 from .analyze import parse_ints
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from ..analysis.options import AnalyzeOptions
-    from ..analysis.results import Sources
-    from ..extrapolation.ablate import Ablation
+    from ..report.sources import SourceOptions, Sources
 
 SourceArg = Annotated[
     Path | None,
@@ -202,23 +202,6 @@ def inputs(
     return Inputs(paths, [lab for labs in groups.values() for lab in labs], groups, band or "sd")
 
 
-def _load(
-    given: Inputs, out: Path, base: Path | None,
-    checkpoint: list[str] | None, trust_pickle: bool,
-    replay: Path | None, errors: list[Path] | None, metrics: list[Path] | None,
-    options: AnalyzeOptions, spectra: int, quiet: bool,
-) -> Sources:  # fmt: skip
-    # matplotlib and pandas load only for these commands
-    from ..analysis.results import load_sources
-
-    return load_sources(
-        given.paths, out, labels=given.labels, base=base,
-        checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle, replay=replay,
-        errors=errors or (), metrics=metrics or (), spectra_top=spectra, progress=not quiet,
-        analyze_options=options,
-    )  # fmt: skip
-
-
 def _options(ranks: str, workers: int | None, spectra: int) -> AnalyzeOptions:
     """The options a run is analysed with, checked (with --spectra) before --out is touched."""
     from ..analysis.options import AnalyzeOptions
@@ -256,32 +239,100 @@ def parse_ablation(specs: list[str]) -> dict[str, Path]:
     return out
 
 
-def _ablation(specs: list[str] | None) -> dict[str, Ablation] | None:
-    """--ablation LABEL=DIR options, each read (and refused in one line if not an ablate output)."""
-    if not specs:
-        return None
-    from ..analysis.side_inputs import load_ablation
+@dataclass(frozen=True)
+class FigureArgs:
+    """The options `figures` and `report` share, as given on the command line."""
 
-    return {label: load_ablation(d) for label, d in parse_ablation(specs).items()}
+    source: Path | None
+    out: Path
+    compare: list[Path] | None
+    labels: str | None
+    group: list[str] | None
+    band: str | None
+    base: Path | None
+    checkpoint: list[str] | None
+    trust_pickle: bool
+    replay: Path | None
+    errors: list[Path] | None
+    metrics: list[Path] | None
+    ablation: list[str] | None
+    foresight: bool
+    ranks: str
+    spectra: int
+    workers: int | None
+    quiet: bool
+
+    def resolve(self) -> tuple[SourceOptions, Inputs]:
+        """What to load, checked (and each --ablation read) before --out is touched."""
+        from ..report.load import read_ablation
+        from ..report.sources import SourceOptions
+
+        given = inputs(self.source, self.compare, self.labels, self.group, self.band,
+                       self.checkpoint)  # fmt: skip
+        analyze = _options(self.ranks, self.workers, self.spectra)
+        ablation = read_ablation(parse_ablation(self.ablation or [])) or {}
+        return SourceOptions(
+            tuple(given.paths), None if given.labels is None else tuple(given.labels),
+            given.groups, self.base, parse_checkpoints(self.checkpoint) or None,
+            self.trust_pickle, self.replay, tuple(self.errors or ()), tuple(self.metrics or ()),
+            ablation, self.foresight, analyze=analyze, spectra=self.spectra,
+        ), given  # fmt: skip
+
+    def record(self, given: Inputs) -> dict[str, object]:
+        """The options a report records in its provenance."""
+        return {
+            "groups": given.groups,
+            "band": given.band if given.groups else None,
+            "replay": None if self.replay is None else str(self.replay),
+            "errors": [str(e) for e in self.errors or []],
+            "metrics": [str(m) for m in self.metrics or []],
+            "ablation": list(self.ablation or []),
+            "foresight": self.foresight, "ranks": self.ranks, "spectra": self.spectra,
+        }  # fmt: skip
 
 
-def _foresight(
-    src: Sources, given: Inputs, wanted: bool, workers: int | None, quiet: bool
-) -> tuple[pd.DataFrame | None, list[str]]:
-    """opdlens foresee on the runs shown (each group's first run with --group)."""
-    if not wanted:
-        return None, []
-    from ..analysis.side_inputs import compute_foresight
+def _declaration(
+    source: SourceArg = None,
+    *,
+    out: OutOpt,
+    compare: CompareOpt = None,
+    labels: LabelsOpt = None,
+    group: GroupOpt = None,
+    band: BandOpt = None,
+    base: BaseOpt = None,
+    checkpoint: CheckpointOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    replay: ReplayOpt = None,
+    errors: ErrorsOpt = None,
+    metrics: MetricsOpt = None,
+    ablation: AblationOpt = None,
+    foresight: ForesightOpt = True,
+    ranks: RanksOpt = "1,4,16",
+    spectra: TopOpt = 6,
+    workers: WorkersOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """The one declaration of FigureArgs' command-line options (typer reads its signature)."""
 
-    shown = [m[0] for m in given.groups.values()] if given.groups else None
-    runs = {rm.label: rm.run for rm in src.runs if shown is None or rm.label in shown}
-    return compute_foresight(runs, workers=workers, progress=not quiet)
+
+F = TypeVar("F", bound=Callable[..., None])
 
 
-def _mixed(src: Sources, given: Inputs) -> list[str]:
-    from ..analysis.findings import mixed_architectures
+def figure_args(command: F) -> F:
+    """Give `command(args: FigureArgs, *, own options…)` the shared options of figures/report."""
+    shared = inspect.signature(_declaration, eval_str=True).parameters
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values()
+           if p.name != "args"]  # fmt: skip
 
-    return mixed_architectures(src.frame, given.groups) if given.groups else []
+    @functools.wraps(command)
+    def wrapper(**kwargs: object) -> None:
+        args = FigureArgs(**{name: kwargs.pop(name) for name in shared})  # type: ignore[arg-type]
+        command(args, **kwargs)
+
+    params = [*shared.values(), *own]
+    wrapper.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper  # type: ignore[return-value]
 
 
 def _notes(src: Sources, notes: list[str]) -> None:
@@ -294,104 +345,48 @@ def _notes(src: Sources, notes: list[str]) -> None:
 
 @app.command()
 @handle_errors
-def figures(
-    source: SourceArg = None,
-    *,
-    out: OutOpt,
-    compare: CompareOpt = None,
-    labels: LabelsOpt = None,
-    group: GroupOpt = None,
-    band: BandOpt = None,
-    base: BaseOpt = None,
-    checkpoint: CheckpointOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    replay: ReplayOpt = None,
-    errors: ErrorsOpt = None,
-    metrics: MetricsOpt = None,
-    ablation: AblationOpt = None,
-    foresight: ForesightOpt = True,
-    ranks: RanksOpt = "1,4,16",
-    spectra: TopOpt = 6,
-    workers: WorkersOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
+@figure_args
+def figures(args: FigureArgs) -> None:
     """Draw the paper's figures (PDF, SVG and 200-dpi PNG) for one run, several side by side, or
     groups of runs (group means with a band)."""
-    given = inputs(source, compare, labels, group, band, checkpoint)
-    options = _options(ranks, workers, spectra)
-    ablated = _ablation(ablation)
-    with _output("figures", out, given.paths):
-        src = _load(given, out, base, checkpoint, trust_pickle, replay, errors, metrics, options,
-                    spectra, quiet)  # fmt: skip
-        src.notes.extend(_mixed(src, given))
-        fore, fore_notes = _foresight(src, given, foresight, workers, quiet)
+    from ..report.sources import ReportOptions
+
+    options, given = args.resolve()
+    with _output("figures", args.out, given.paths):
+        from ..report.load import load_sources
+
+        src = load_sources(options, args.out, progress=not args.quiet)
         from ..viz.figures import write_figures
 
-        result = write_figures(
-            src.frame, out, spectra=src.spectra, history=src.history, errors=src.errors,
-            training=src.training, groups=given.groups, band=given.band, foresight=fore,
-            ablation=ablated,
-        )  # fmt: skip
-    _notes(src, [*src.notes, *fore_notes, *result.notes])
+        result = write_figures(src, args.out, ReportOptions(band=given.band))
+    _notes(src, [*src.notes, *result.notes])
     for stem in result.paths:
-        echo(f"{out / stem}.{{pdf,svg,png}}  {result.titles[stem]}")
-    echo(f"wrote {len(result.paths)} figures to {out}")
+        echo(f"{args.out / stem}.{{pdf,svg,png}}  {result.titles[stem]}")
+    echo(f"wrote {len(result.paths)} figures to {args.out}")
 
 
 @app.command()
 @handle_errors
+@figure_args
 def report(
-    source: SourceArg = None,
+    args: FigureArgs,
     *,
-    out: OutOpt,
-    compare: CompareOpt = None,
-    labels: LabelsOpt = None,
-    group: GroupOpt = None,
-    band: BandOpt = None,
-    base: BaseOpt = None,
-    checkpoint: CheckpointOpt = None,
-    trust_pickle: TrustPickleOpt = False,
-    replay: ReplayOpt = None,
-    errors: ErrorsOpt = None,
-    metrics: MetricsOpt = None,
-    ablation: AblationOpt = None,
-    foresight: ForesightOpt = True,
-    ranks: RanksOpt = "1,4,16",
-    spectra: TopOpt = 6,
     top: Annotated[int, typer.Option(help="Rows in the top-tensors table.")] = 20,
     title: Annotated[str | None, typer.Option(help="Page title.")] = None,
-    workers: WorkersOpt = None,
-    quiet: QuietOpt = False,
 ) -> None:
     """Write one self-contained HTML page: run summary, figures, top tensors, warnings, provenance."""
+    from ..report.sources import ReportOptions
+
     if top < 1:
         raise OptionError(f"--top takes a count ≥ 1; got {top}.")
-    given = inputs(source, compare, labels, group, band, checkpoint)
-    analyze_options = _options(ranks, workers, spectra)
-    ablated = _ablation(ablation)
-    with _output("report", out, given.paths):
-        src = _load(given, out, base, checkpoint, trust_pickle, replay, errors, metrics,
-                    analyze_options, spectra, quiet)  # fmt: skip
-        src.notes.extend(_mixed(src, given))
-        fore, fore_notes = _foresight(src, given, foresight, workers, quiet)
-        src.notes.extend(fore_notes)
-        options = {
-            "labels": [r.label for r in src.runs],
-            "groups": given.groups,
-            "band": given.band if given.groups else None,
-            "replay": None if replay is None else str(replay),
-            "errors": [str(e) for e in errors or []],
-            "metrics": [str(m) for m in metrics or []],
-            "ablation": list(ablation or []),
-            "foresight": foresight,
-            "ranks": ranks,
-            "spectra": spectra,
-            "top": top,
-        }
+    options, given = args.resolve()
+    with _output("report", args.out, given.paths):
+        from ..report.load import load_sources
+
+        src = load_sources(options, args.out, progress=not args.quiet)
+        record = {"labels": src.labels, **args.record(given), "top": top}
         from ..viz.report import write_report
 
-        path = write_report(src, out, title=title, top=top, options=options,
-                            groups=given.groups, band=given.band, foresight=fore,
-                            ablation=ablated)  # fmt: skip
-    _notes(src, src.notes)
-    echo(f"wrote {path} (figures in {out / 'figures'})")
+        path = write_report(src, args.out, ReportOptions(given.band, title, top, record))
+    _notes(src, list(src.notes))
+    echo(f"wrote {path} (figures in {args.out / 'figures'})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -12,18 +13,19 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from ..analysis.findings import GroupFindings, claim_lines, group_findings
+from ..analysis.findings import GroupFindings
 from ..analysis.foresight import foresight_sentence
 from ..analysis.foresight_write import write_foresight
 from ..analysis.frame import summarize
 from ..analysis.options import AnalyzeOptions
-from ..analysis.results import Sources, load_sources
 from ..analysis.side_inputs import load_online_effopd
 from ..analysis.stats import mean_sd
 from ..extrapolation.ablate import Ablation, ablate
 from ..extrapolation.extrapolate import ERRORS_FILE, extrapolate
 from ..extrapolation.replay import OFFLINE_NOTE, replay
 from ..io.paths import write_text_atomic
+from ..report.load import load_sources, shown_runs
+from ..report.sources import ReportOptions, SourceOptions, Sources
 from ..run import Run, open_run
 from ..schedule import replay_schedule
 from ..viz.ablation import ablation_sentence
@@ -133,11 +135,18 @@ def _replay(opd: Run, out: Path, progress: bool) -> pd.DataFrame:
     return rep.history
 
 
+def _shown(labelled: dict[str, list[tuple[str, Path]]]) -> dict[str, tuple[str, Path]]:
+    """method → (label, path) of the run that stands for it (the report's shown_runs)."""
+    groups = {method: [lab for lab, _ in pairs] for method, pairs in labelled.items()}
+    paths = {lab: path for pairs in labelled.values() for lab, path in pairs}
+    shown = shown_runs(list(paths), groups)
+    return {method: (lab, paths[lab]) for method, lab in zip(groups, shown, strict=True)}
+
+
 def _foresee(labelled: dict[str, list[tuple[str, Path]]], out: Path) -> pd.DataFrame:
     """opdlens foresee on the first run of each method, written to out/foresight/<method>/."""
     frames = []
-    for method, pairs in labelled.items():
-        label, path = pairs[0]
+    for method, (label, path) in _shown(labelled).items():
         df, _ = write_foresight(open_run(path), out / "foresight" / method.lower(),
                                 overwrite=True, workers=1)  # fmt: skip
         frames.append(df.assign(run=label))
@@ -149,8 +158,7 @@ def _ablate(
 ) -> dict[str, Ablation]:
     """opdlens ablate by block with ranks on each method's first run at its final step."""
     result = {}
-    for method, pairs in labelled.items():
-        label, path = pairs[0]
+    for method, (label, path) in _shown(labelled).items():
         run = open_run(path)
         # Re-running the demo resumes: the scores of the same run, step and scorer are reused.
         result[label] = ablate(
@@ -161,31 +169,27 @@ def _ablate(
 
 
 def _analyse(
-    labelled: dict[str, list[tuple[str, Path]]], out: Path, errors: list[Path], workers: int | None,
-    progress: bool,
-) -> Sources:  # fmt: skip
-    """Analyse every run (metrics, spectra) with the replay and extrapolation side inputs."""
+    labelled: dict[str, list[tuple[str, Path]]], out: Path, side: SourceOptions, progress: bool
+) -> Sources:
+    """Analyse every run (metrics, spectra) with the side inputs: replay, extrapolation errors,
+    foresight, ablation and the online EffOPD comparison; groups are the methods."""
     pairs = [pair for method in labelled.values() for pair in method]
-    return load_sources(
-        [d for _, d in pairs], out / "analysis", labels=[lab for lab, _ in pairs],
-        replay=out / "replay-opd", errors=errors,
-        analyze_options=AnalyzeOptions(workers=workers), progress=progress,
+    groups = {method: [lab for lab, _ in pairs] for method, pairs in labelled.items()}
+    options = dataclasses.replace(
+        side, paths=tuple(d for _, d in pairs), labels=tuple(lab for lab, _ in pairs),
+        groups=groups, replay=out / "replay-opd",
     )  # fmt: skip
+    return load_sources(options, out / "analysis", progress=progress)
 
 
-def _report(
-    sources: Sources, out: Path, groups: dict[str, list[str]], quick: bool, seed: int,
-    foresight: pd.DataFrame, ablation: dict[str, Ablation], online: Path,
-) -> Path:  # fmt: skip
+def _report(sources: Sources, out: Path, quick: bool, seed: int) -> Path:
     """The HTML report, with the groups section, grouped figures and the online EffOPD result."""
-    n = len(next(iter(groups.values())))
+    assert sources.groups is not None
+    n = len(next(iter(sources.groups.values())))
     seeds = "1 seed per method (--quick)" if n == 1 else f"{n} seeds per method"
-    return write_report(
-        sources, out / "report", title=f"opdlens demo: OPD vs RL on a tiny addition model, {seeds}",
-        options={"quick": quick, "seed": seed, "replicates": n}, groups=groups,
-        foresight=foresight, ablation=ablation,
-        online=[load_online_effopd(online, "OPD, first seed, plain vs online EffOPD")],
-    )  # fmt: skip
+    title = f"opdlens demo: OPD vs RL on a tiny addition model, {seeds}"
+    record = {"quick": quick, "seed": seed, "replicates": n}
+    return write_report(sources, out / "report", ReportOptions(title=title, record=record))
 
 
 def run_demo(
@@ -216,20 +220,23 @@ def run_demo(
     errors = timed("extrapolate", _extrapolate, opd, out)
     history = timed("replay", _replay, opd, out, progress)
     labelled = run_labels(runs)
-    sources = timed("analyze", _analyse, labelled, out, errors, workers, progress)
     foresight = timed("foresee", _foresee, labelled, out)
     ablation = timed("ablate", _ablate, labelled, out, workers or 1, progress)
-    groups = {method: [lab for lab, _ in pairs] for method, pairs in labelled.items()}
-    report = timed(
-        "report", _report, sources, out, groups, quick, seed, foresight, ablation, runs.online_path
-    )
+    online_run = load_online_effopd(runs.online_path, "OPD, first seed, plain vs online EffOPD")
+    side = SourceOptions(
+        (), errors=tuple(errors), ablation=ablation, foresight=foresight, online=(online_run,),
+        analyze=AnalyzeOptions(workers=workers),
+    )  # fmt: skip
+    sources = timed("analyze", _analyse, labelled, out, side, progress)
+    report = timed("report", _report, sources, out, quick, seed)
+    assert sources.groups is not None and sources.findings is not None  # the methods are groups
+    groups, findings = dict(sources.groups), sources.findings
     frames = {rm.label: rm.frame for rm in sources.runs}
-    findings = group_findings(frames, groups)
     saved, accepted = steps_saved(history)
     online = json.loads(runs.online_path.read_text())
     result = DemoResult(
         out, report, groups, findings, share_table(frames, groups), saved, accepted, online,
-        claim_lines(findings), t, foresight, ablation,
+        list(sources.claims), t, foresight, ablation,
     )  # fmt: skip
     write_text_atomic(out / "demo_summary.txt", format_summary(result))
     return result

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TypeAlias
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -17,9 +17,21 @@ from opdlens.analysis.findings import NEGLIGIBLE_SCORE, score_change, score_tole
 from opdlens.errors import NothingToDrawError, OptionError
 from opdlens.names import BLOCKS
 from opdlens.viz._validate import check_frame, ordered, values_of
+from opdlens.viz.sections import Figure as Embedded
+from opdlens.viz.sections import table
 from opdlens.viz.style import block_color, color_at, figure_and_axes, new_figure, paper_style
 
-__all__ = ["ablation_figure", "ablation_sentence", "score_by_rank", "utility_by_share"]
+if TYPE_CHECKING:
+    from opdlens.report.sources import Sources
+
+__all__ = [
+    "ablation_figure",
+    "ablation_sentence",
+    "report_figure",
+    "report_section",
+    "score_by_rank",
+    "utility_by_share",
+]
 
 Frames: TypeAlias = "pd.DataFrame | Mapping[str, pd.DataFrame]"
 
@@ -271,3 +283,37 @@ def _utility_clause(df: pd.DataFrame, utility: np.ndarray, full: float, base: fl
             f"{low['score_drop']:.4g} (negative utility {low['utility']:+.4g}{others})"
         )
     return "; ".join(parts)
+
+
+_CAPTION = (
+    "Utility of each group's update, S(θ_T) − S(θ_T without the group's update), against "
+    "its share of ‖Δ_T‖_F², one panel per run (the `opdlens ablate` outputs given); "
+    "colour is the block. Last panel (when ablated with ranks): the score of "
+    "θ_0 + rank-k(Δ_T) against k, with θ_T dashed and θ_0 dotted."
+)
+_COLUMNS = ["group", "update_share", "score_drop", "score_only", "utility"]
+
+
+def report_figure(sources: Sources) -> tuple[str, str, str, Callable[[], Figure]] | str:
+    """The ablation figure (stem, title, caption, draw), or why it is skipped."""
+    ablation = sources.ablation
+    if not ablation:
+        return "figure ablation skipped: no ablation results (--ablation LABEL=DIR)."
+    curves = {k: a.rank_curve for k, a in ablation.items() if not a.rank_curve.empty}
+    frames = {k: a.ablation for k, a in ablation.items()}
+    title = "Marginal utility of each group's update"
+    return "ablation", title, _CAPTION, lambda: ablation_figure(frames, curves or None)
+
+
+def report_section(sources: Sources, embed: Callable[[str], Embedded]) -> dict[str, Any] | None:
+    """The report's ablation section: its sentence per run, the figure, each run's table."""
+    if not sources.ablation:
+        return None
+    items = sources.ablation.items()
+    return {
+        "lines": [(label, ablation_sentence(a.ablation)) for label, a in items],
+        "figure": embed("ablation"),
+        "tables": [(label, a.ablation.attrs.get("scorer", "given"),
+                    table(a.ablation[[c for c in _COLUMNS if c in a.ablation]]))
+                   for label, a in items],
+    }  # fmt: skip

@@ -1,77 +1,51 @@
-"""Foresight and ablation in the figure set: the figures their tables allow, or a note."""
+"""The analyses beyond the core figures ("lenses": foresight, ablation, …): each draws one figure
+from the Sources value and fills one section of the report. A new lens is its step in
+opdlens.report.load, its viz module (report_figure, report_section), its section template
+(templates/sections/<stem>.html.j2) and its row in LENSES."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from matplotlib.figure import Figure
 
-from ..errors import OptionError
+from . import ablation, foresight
+from .sections import Figure as Embedded
 
 if TYPE_CHECKING:
-    from ..extrapolation.ablate import Ablation
+    from ..report.sources import Sources
 
-__all__ = ["analysis_specs", "check_ablation"]
+__all__ = ["LENSES", "Lens", "analysis_specs"]
 
 _Spec = tuple[str, str, str, Callable[[], Figure]]  # stem, title, caption, draw
 
 
-def check_ablation(ablation: Mapping[str, Ablation] | None) -> dict[str, Ablation] | None:
-    """label → opdlens.ablate's result (ablation, rank_curve), checked."""
-    if ablation is None:
-        return None
-    bad = not isinstance(ablation, Mapping) or not ablation or not all(
-        isinstance(getattr(v, "ablation", None), pd.DataFrame)
-        and isinstance(getattr(v, "rank_curve", None), pd.DataFrame)
-        for v in ablation.values()
-    )  # fmt: skip
-    if bad:
-        raise OptionError(
-            "The 'ablation' parameter must map a label to what opdlens.ablate returns (or "
-            "opdlens.analysis.side_inputs.load_ablation reads from its --out), e.g. "
-            f"{{'OPD': ablate(run, step, scorer)}}. Got {ablation!r:.80} instead."
-        )
-    return {str(k): v for k, v in ablation.items()}
+@dataclass(frozen=True)
+class Lens:
+    """One analysis in the figure set and the report: its figure stem (and section id), the
+    figure it draws from the sources (or the note saying why not), and its section's context."""
+
+    stem: str
+    figure: Callable[[Sources], _Spec | str]
+    section: Callable[[Sources, Callable[[str], Embedded]], dict[str, Any] | None]
 
 
-def analysis_specs(
-    foresight: pd.DataFrame | None, ablation: Mapping[str, Ablation] | None
-) -> tuple[list[_Spec], list[str]]:
-    """The foresight and ablation figures the inputs allow, and a note for each one missing."""
-    from .ablation import ablation_figure
-    from .foresight import foresight_figure
+LENSES = (
+    Lens("foresight", foresight.report_figure, foresight.report_section),
+    Lens("ablation", ablation.report_figure, ablation.report_section),
+)
 
+
+def analysis_specs(sources: Sources) -> tuple[list[_Spec], list[str]]:
+    """The lenses' figures the sources allow, and a note for each one missing."""
     specs: list[_Spec] = []
     notes: list[str] = []
-    if foresight is not None and not foresight.empty:
-        specs.append((
-            "foresight", "Foresight: how close one extrapolation lands",
-            "Top: for each run, the best relative error ‖θ_t + α(θ_t − θ_a) − θ_s‖ / ‖θ_t − θ_s‖ "
-            "of the whole model (attention and MLP matrices; anchor a = the previous saved step; "
-            "the best over α = 0.5, 1, 2, 4 and the closed-form α*) for step t against each "
-            "later saved step s; below 1 the jump lands closer to θ_s than θ_t is. Bottom left: "
-            "α* against the next saved step, per block (whole model in black), one line style "
-            "per run. Bottom right: at EffOPD's scheduled steps, the cumulative α its candidates "
-            "try (α₀ = 2, then α/(1+α)) against α*.",
-            lambda: foresight_figure(foresight),
-        ))  # fmt: skip
-    else:
-        notes.append(
-            "figure foresight skipped: no foresight rows (--no-foresight, or no run directory "
-            "with two saved steps after the base)."
-        )
-    if ablation:
-        curves = {k: a.rank_curve for k, a in ablation.items() if not a.rank_curve.empty}
-        specs.append((
-            "ablation", "Marginal utility of each group's update",
-            "Utility of each group's update, S(θ_T) − S(θ_T without the group's update), against "
-            "its share of ‖Δ_T‖_F², one panel per run (the `opdlens ablate` outputs given); "
-            "colour is the block. Last panel (when ablated with ranks): the score of "
-            "θ_0 + rank-k(Δ_T) against k, with θ_T dashed and θ_0 dotted.",
-            lambda: ablation_figure({k: a.ablation for k, a in ablation.items()}, curves or None),
-        ))  # fmt: skip
-    else:
-        notes.append("figure ablation skipped: no ablation results (--ablation LABEL=DIR).")
+    for lens in LENSES:
+        spec = lens.figure(sources)
+        if isinstance(spec, str):
+            notes.append(spec)
+        else:
+            specs.append(spec)
     return specs, notes

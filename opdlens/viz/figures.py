@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,13 +16,13 @@ from matplotlib.figure import Figure
 from ..errors import NothingToDrawError, OptionError
 from ..io.paths import writable_dir
 from . import plots
-from .analyses import analysis_specs, check_ablation
+from .analyses import analysis_specs
 from .save import save_figure
 from .style import new_figure, paper_style
 from .training import training_caption, training_figure
 
 if TYPE_CHECKING:
-    from ..extrapolation.ablate import Ablation
+    from ..report.sources import ReportOptions, Sources
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,6 @@ __all__ = [
     "Panel",
     "alignment_figure",
     "draw_figures",
-    "make_figures",
     "single_figure",
     "training_figure",
     "write_figures",
@@ -121,53 +120,28 @@ def _spectra_panel(label: str, sp: pd.DataFrame, several: bool) -> Panel:
 
 
 def draw_figures(
-    df: pd.DataFrame,
-    *,
-    spectra: pd.DataFrame | None = None,
-    history: pd.DataFrame | None = None,
-    errors: pd.DataFrame | None = None,
-    training: Mapping[str, pd.DataFrame] | None = None,
-    groups: Mapping[str, Sequence[str]] | None = None,
-    band: str = "sd",
-    foresight: pd.DataFrame | None = None,
-    ablation: Mapping[str, Ablation] | None = None,
+    sources: Sources, options: ReportOptions | None = None
 ) -> tuple[list[Panel], list[str]]:
-    """Draw every figure the inputs allow; return them and a note for each one skipped.
+    """Draw every figure the sources allow; return them and a note for each one skipped.
 
-    df holds the metrics of one or more runs with a `run` column (Run.analyze plus a label);
-    spectra the tidy singular values (run, tensor, step, index, sigma, top_k_only) that
-    opdlens.analysis.spectra gathers; training maps a run label to its training log (Run.training_log).
-    groups ({"OPD": ["OPD-1", "OPD-2"], …}; runs of df in no group are left out) draws group means
-    with a band (band="sd": ±1 sd, "range": min–max) and the claims' numbers per group;
-    spectra, foresight and the training figure then show each group's first run.
-    foresight: opdlens.foresee's rows with a `run` column; ablation: label → opdlens.ablate's
-    result or its --out directory.
-    A figure whose data is missing (no rows to draw, e.g. no per-layer tensors; a training log
-    without accuracy or loss) is skipped with a note; any other error propagates.
+    With groups (sources.groups) lines are group means with a band (options.band "sd": ±1 sd,
+    "range": min–max) and the claims' numbers are drawn per group; spectra, foresight and the
+    training figure show each group's first run (sources.shown). A figure whose data is missing
+    (no rows to draw, e.g. no per-layer tensors; a training log without accuracy or loss) is
+    skipped with a note; any other error propagates.
     """
-    if not isinstance(df, pd.DataFrame) or "run" not in df.columns:
-        raise OptionError(
-            "The 'df' argument of draw_figures must be a metrics DataFrame with a 'run' column; "
-            "add one with df.assign(run='OPD') (opdlens.analysis.results.load_metrics does this)."
-        )
-    if "span" in df.columns:
-        df = df[df["span"] == "cumulative"]
-    runs = [str(r) for r in pd.unique(df["run"])]
-    notes: list[str] = []
-    if groups is not None and foresight is not None:
-        firsts = [str(m[0]) for m in groups.values() if m]
-        foresight = foresight[foresight["run"].isin(firsts)] if "run" in foresight else foresight
-    extra, notes = analysis_specs(foresight, check_ablation(ablation))
-    if groups is not None:
-        grouped, checked = _group_specs(df, groups, band)
-        firsts = [members[0] for members in checked.values()]
-        df, runs = df[df["run"].isin(firsts)], firsts
-        if spectra is not None and not spectra.empty:
-            spectra = spectra[spectra["run"].isin(firsts)]
+    from ..report.sources import ReportOptions  # the type of the value drawn, nothing more
+
+    options = options or ReportOptions()
+    df, runs = sources.frame, list(sources.shown)
+    extra, notes = analysis_specs(sources)
+    if sources.groups is not None:
+        grouped = _group_specs(df, sources, options.band)
+        df = df[df["run"].isin(runs)]
         notes.append(
-            f"groups: spectra and the training figure show each group's first run ({', '.join(firsts)})."
+            f"groups: spectra and the training figure show each group's first run ({', '.join(runs)})."
         )
-        return _draw_all(grouped + extra, df, runs, notes, spectra, history, errors, training)
+        return _draw_all(grouped + extra, sources, df, runs, notes)
     several = len(runs) > 1
     specs: list[_Spec] = [
         ("allocation_heatmap", "Module allocation at the final step",
@@ -199,17 +173,15 @@ def draw_figures(
          "points: the top-K subspace is ill-defined there (gap_K < 1e-2).",
          lambda: alignment_figure(df)),
     ]  # fmt: skip
-    return _draw_all(specs + extra, df, runs, notes, spectra, history, errors, training)
+    return _draw_all(specs + extra, sources, df, runs, notes)
 
 
-def _group_specs(
-    df: pd.DataFrame, groups: Mapping[str, Sequence[str]], band: str
-) -> tuple[list[_Spec], dict[str, list[str]]]:
+def _group_specs(df: pd.DataFrame, sources: Sources, band: str) -> list[_Spec]:
     """The grouped figures: group-mean allocation, curves with a band, the claims per run."""
-    from ..analysis.findings import check_groups, group_findings
     from . import groups as g
 
-    checked = check_groups(groups, [str(r) for r in pd.unique(df["run"])])
+    checked, findings = sources.groups, sources.findings
+    assert checked is not None and findings is not None  # complete() computes both with groups
     if band not in g.BANDS:
         raise OptionError(
             f"The 'band' parameter must be one of {list(g.BANDS)}. Got {band!r} instead."
@@ -217,7 +189,6 @@ def _group_specs(
     tail = g.band_caption(band, checked)
     shown = {name: f"{name} (mean of {len(runs)})" for name, runs in checked.items()}
     means = g.group_mean_frame(df, checked).replace({"run": shown})
-    frames = {run: df[df["run"] == run] for members in checked.values() for run in members}
     specs: list[_Spec] = [
         ("findings", "The paper's claims, run by run",
          "Each dot is one run's number, the bar its group's mean ± 1 sd; the text gives the "
@@ -225,7 +196,7 @@ def _group_specs(
          "resamples, seed 0). energy_k1: energy in the top direction of Δ_T (smallest K "
          "analysed); MLP share: Σ update share of the mlp block at the final step; alignment: "
          "top-K alignment with Δ_T at the first saved step.",
-         lambda: g.findings_figure(group_findings(frames, checked))),
+         lambda: g.findings_figure(findings)),
         ("allocation_heatmap", "Module allocation at the final step (group means)",
          "Share of the total squared update norm per layer and module kind at the final step, "
          "averaged over each group's runs, on one colour scale.",
@@ -245,17 +216,18 @@ def _group_specs(
          f"‖U_{{t,K}}ᵀ U_{{T,K}}‖_F² / K and the same for V, against step, per K. {tail}",
          lambda: single_figure(g.group_alignment_by_step, df, checked, band=band)),
     ]  # fmt: skip
-    return specs, checked
+    return specs
 
 
 def _draw_all(
-    specs: list[_Spec], df: pd.DataFrame, runs: list[str], notes: list[str],
-    spectra: pd.DataFrame | None, history: pd.DataFrame | None, errors: pd.DataFrame | None,
-    training: Mapping[str, pd.DataFrame] | None,
-) -> tuple[list[Panel], list[str]]:  # fmt: skip
-    """Draw the specs, then the training, spectra, replay and error figures the inputs allow."""
+    specs: list[_Spec], sources: Sources, df: pd.DataFrame, runs: list[str], notes: list[str]
+) -> tuple[list[Panel], list[str]]:
+    """Draw the specs, then the training, spectra, replay and error figures the sources allow."""
     several = len(runs) > 1
-    logs = {run: log for run, log in (training or {}).items() if run in runs}
+    spectra, history, errors = sources.spectra, sources.history, sources.errors
+    if spectra is not None and not spectra.empty:
+        spectra = spectra[spectra["run"].isin(runs)]
+    logs = {run: log for run, log in sources.training.items() if run in runs}
     if logs:
         specs.append(("training_and_weights", "What the run learned, and how its weights moved",
                       training_caption(logs), lambda: training_figure(df, runs, logs)))  # fmt: skip
@@ -301,23 +273,10 @@ def _draw_all(
 
 
 def write_figures(
-    df: pd.DataFrame,
-    out_dir: str | Path,
-    *,
-    spectra: pd.DataFrame | None = None,
-    history: pd.DataFrame | None = None,
-    errors: pd.DataFrame | None = None,
-    training: Mapping[str, pd.DataFrame] | None = None,
-    groups: Mapping[str, Sequence[str]] | None = None,
-    band: str = "sd",
-    foresight: pd.DataFrame | None = None,
-    ablation: Mapping[str, Ablation] | None = None,
+    sources: Sources, out_dir: str | Path, options: ReportOptions | None = None
 ) -> FigureSet:
     """Draw every figure (draw_figures) and save each as PDF, SVG and 200-dpi PNG in out_dir."""
-    panels, notes = draw_figures(
-        df, spectra=spectra, history=history, errors=errors, training=training, groups=groups,
-        band=band, foresight=foresight, ablation=ablation,
-    )  # fmt: skip
+    panels, notes = draw_figures(sources, options)
     out = FigureSet(notes=notes)
     writable_dir(out_dir)
     for p in panels:
@@ -326,24 +285,3 @@ def write_figures(
     for note in notes:
         logger.info(note)
     return out
-
-
-def make_figures(
-    df: pd.DataFrame,
-    out_dir: str | Path,
-    *,
-    spectra: pd.DataFrame | None = None,
-    history: pd.DataFrame | None = None,
-    errors: pd.DataFrame | None = None,
-    training: Mapping[str, pd.DataFrame] | None = None,
-    groups: Mapping[str, Sequence[str]] | None = None,
-    band: str = "sd",
-    foresight: pd.DataFrame | None = None,
-    ablation: Mapping[str, Ablation] | None = None,
-) -> list[Path]:
-    """Save every figure the inputs allow in out_dir (draw_figures); return the written files."""
-    result = write_figures(
-        df, out_dir, spectra=spectra, history=history, errors=errors, training=training,
-        groups=groups, band=band, foresight=foresight, ablation=ablation,
-    )  # fmt: skip
-    return [p for paths in result.paths.values() for p in paths]

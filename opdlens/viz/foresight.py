@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
@@ -12,6 +15,8 @@ from opdlens.analysis.foresight import foresight_sentence, select_anchor
 from opdlens.errors import NothingToDrawError, OptionError
 from opdlens.names import BLOCKS
 from opdlens.viz._validate import STEP_LABEL, check_frame, ordered, run_names, values_of
+from opdlens.viz.sections import Figure as Embedded
+from opdlens.viz.sections import table
 from opdlens.viz.style import (
     block_color,
     color_at,
@@ -21,12 +26,17 @@ from opdlens.viz.style import (
     paper_style,
 )
 
+if TYPE_CHECKING:
+    from opdlens.report.sources import Sources
+
 __all__ = [
     "alpha_star_by_step",
     "effopd_vs_optimal",
     "foresight_figure",
     "foresight_map",
     "foresight_sentence",
+    "report_figure",
+    "report_section",
 ]
 
 HINT = "Pass the DataFrame of opdlens.foresee with a 'run' column, e.g. df.assign(run='OPD')."
@@ -257,3 +267,38 @@ def foresight_figure(
         if (rows["alpha_kind"] == "effopd").any():
             effopd_vs_optimal(rows, target=target, ax=fig.add_subplot(grid[1, cols:]))
     return fig
+
+
+_CAPTION = (
+    "Top: for each run, the best relative error ‖θ_t + α(θ_t − θ_a) − θ_s‖ / ‖θ_t − θ_s‖ "
+    "of the whole model (attention and MLP matrices; anchor a = the previous saved step; "
+    "the best over α = 0.5, 1, 2, 4 and the closed-form α*) for step t against each "
+    "later saved step s; below 1 the jump lands closer to θ_s than θ_t is. Bottom left: "
+    "α* against the next saved step, per block (whole model in black), one line style "
+    "per run. Bottom right: at EffOPD's scheduled steps, the cumulative α its candidates "
+    "try (α₀ = 2, then α/(1+α)) against α*."
+)
+
+
+def report_figure(sources: Sources) -> tuple[str, str, str, Callable[[], Figure]] | str:
+    """The foresight figure of the shown runs (stem, title, caption, draw), or why it is skipped."""
+    fore = sources.foresight
+    if fore is None or fore.empty:
+        return (
+            "figure foresight skipped: no foresight rows (--no-foresight, or no run directory "
+            "with two saved steps after the base)."
+        )
+    title = "Foresight: how close one extrapolation lands"
+    return "foresight", title, _CAPTION, lambda: foresight_figure(fore)
+
+
+def report_section(sources: Sources, embed: Callable[[str], Embedded]) -> dict[str, Any] | None:
+    """The report's foresight section: its sentence per run, the figure, EffOPD's α against α*."""
+    fore, effopd = sources.foresight, sources.effopd
+    if fore is None:
+        return None
+    return {
+        "lines": sources.foresight_lines, "figure": embed("foresight"),
+        "runs": ", ".join(str(r) for r in pd.unique(fore["run"])),
+        "effopd": table(effopd) if effopd is not None and not effopd.empty else None,
+    }  # fmt: skip

@@ -16,9 +16,9 @@ from opdlens.analysis.results import (
     load_errors,
     load_history,
     load_metrics,
-    load_sources,
 )
 from opdlens.analysis.write import write_analysis
+from opdlens.report import SourceOptions, load_sources
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_a_metrics_directory_loads_with_its_checkpoints_from_provenance(
     assert is_metrics_dir(metrics) and not is_metrics_dir(small_run)
     df = load_metrics(metrics)
     assert set(df["run"]) == {"OPD"} and set(df["span"]) == {"cumulative"}  # consecutive dropped
-    src = load_sources([metrics], tmp_path / "out", spectra_top=0)
+    src = load_sources(SourceOptions((metrics,), spectra=0), tmp_path / "out")
     (rm,) = src.runs
     assert rm.run is None and rm.final_step == open_run(small_run).final_step
     table, warnings = checkpoint_table(rm)
@@ -58,14 +58,15 @@ def test_a_metrics_directory_loads_with_its_checkpoints_from_provenance(
 def test_labels_must_name_each_run_once(metrics: Path, tmp_path: Path, labels, message) -> None:
     twin = Path(shutil.copytree(metrics, tmp_path / "elsewhere" / metrics.name))
     with pytest.raises(OptionError, match=message):
-        load_sources([metrics, twin], tmp_path / "out", labels=labels, spectra_top=0)
+        given = None if labels is None else tuple(labels)
+        load_sources(SourceOptions((metrics, twin), given, spectra=0), tmp_path / "out")
 
 
 def test_checkpoints_go_with_a_run_not_a_metrics_directory(metrics: Path, tmp_path: Path) -> None:
     with pytest.raises(OptionError, match=r"--checkpoint adds checkpoints to a run directory"):
-        load_sources([metrics], tmp_path, checkpoints={8: tmp_path}, spectra_top=0)
+        load_sources(SourceOptions((metrics,), checkpoints={8: tmp_path}, spectra=0), tmp_path)
     with pytest.raises(InputNotFoundError, match=r"nowhere does not exist: expected a run"):
-        load_sources([tmp_path / "nowhere"], tmp_path)
+        load_sources(SourceOptions((tmp_path / "nowhere",)), tmp_path)
 
 
 def test_an_unreadable_side_file_is_named(metrics: Path, tmp_path: Path) -> None:
@@ -78,7 +79,7 @@ def test_an_unreadable_side_file_is_named(metrics: Path, tmp_path: Path) -> None
     shutil.copy(metrics / "metrics.parquet", broken)
     (broken / "provenance.json").write_text("[1, 2]")
     with pytest.raises(InputFileError, match=r"provenance\.json holds a JSON list, expected"):
-        load_sources([broken], tmp_path / "out", spectra_top=0)
+        load_sources(SourceOptions((broken,), spectra=0), tmp_path / "out")
 
 
 def test_replay_history_carries_its_scorer_and_note(tmp_path: Path) -> None:

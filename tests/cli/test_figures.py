@@ -168,7 +168,7 @@ def test_report_with_groups_states_means_and_intervals(
     assert result.exit_code == 0, result.output
     page = (out / "report.html").read_text()
     assert "<h2>Groups of runs</h2>" in page and "Groups: A: A-1, A-2; B: B-1, B-2." in page
-    assert "min–max across the group&#x27;s runs" in page
+    assert "min–max across the group&#39;s runs" in page
     # The MLPs' share of each run's final update, from its metrics file.
     share = {}
     for label in ("A-1", "A-2", "B-1", "B-2"):

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
+import pandas as pd
 
 from opdlens.analysis.side_inputs import load_ablation
-from opdlens.errors import OptionError
-from opdlens.viz.analyses import analysis_specs, check_ablation
+from opdlens.report import from_frame
+from opdlens.viz.analyses import LENSES, analysis_specs
 from viz.inputs import write_ablation
 
 
 def test_analysis_specs_note_what_is_missing(viz_runs: dict[str, Path], tmp_path: Path) -> None:
-    specs, notes = analysis_specs(None, None)
+    frame = pd.DataFrame({"run": ["OPD"], "step": [4], "tensor": ["w"], "update_share": [1.0]})
+    specs, notes = analysis_specs(from_frame(frame))
     assert specs == [] and len(notes) == 2
     assert notes[0].startswith("figure foresight skipped") and "--ablation LABEL=DIR" in notes[1]
     abl = load_ablation(write_ablation(viz_runs["opd"], tmp_path / "abl"))
-    specs, notes = analysis_specs(None, check_ablation({"OPD": abl}))
+    specs, notes = analysis_specs(from_frame(frame, ablation={"OPD": abl}))
     assert [s[0] for s in specs] == ["ablation"] and len(notes) == 1
     assert [ax.get_title() for ax in specs[0][3]().axes] == ["OPD", "rank curve"]
 
 
-@pytest.mark.parametrize("bad", [{}, {"OPD": "ablation-dir/"}, ["OPD"]])
-def test_check_ablation_wants_ablate_results(bad: object) -> None:
-    with pytest.raises(OptionError, match="The 'ablation' parameter must map a label to what"):
-        check_ablation(bad)  # type: ignore[arg-type]
+def test_each_lens_has_its_section_template() -> None:
+    import importlib.resources
+
+    sections = importlib.resources.files("opdlens.viz") / "templates" / "sections"
+    assert [lens.stem for lens in LENSES] == ["foresight", "ablation"]
+    for lens in LENSES:
+        assert (sections / f"{lens.stem}.html.j2").is_file()

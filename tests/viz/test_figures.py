@@ -16,12 +16,12 @@ from opdlens.analysis.results import (
     load_errors,
     load_history,
     load_metrics,
-    load_sources,
     top_tensors,
 )
 from opdlens.analysis.spectra import run_spectra, spectra_frame
 from opdlens.errors import OpdlensError
-from opdlens.viz.figures import draw_figures, make_figures
+from opdlens.report import SourceOptions, from_frame, load_sources
+from opdlens.viz.figures import draw_figures, write_figures
 
 CORE = ["allocation_heatmap", "block_norms", "energy_by_step", "energy_by_rank",
         "alignment_by_step"]  # fmt: skip
@@ -85,7 +85,7 @@ def test_spectra_from_run_match_numpy(
 def test_spectra_from_cache_are_top_k_and_labelled(
     viz_runs: dict[str, Path], viz_metrics: dict[str, Path], tmp_path: Path
 ) -> None:
-    src = load_sources([viz_metrics["opd"]], tmp_path, labels=["OPD"])
+    src = load_sources(SourceOptions((viz_metrics["opd"],), ("OPD",)), tmp_path)
     sp = src.spectra[src.spectra["run"] == "OPD"]
     assert sp["top_k_only"].all() and src.runs[0].run is None
     assert any("cached top-K" in n for n in src.notes)
@@ -97,9 +97,9 @@ def test_spectra_from_cache_are_top_k_and_labelled(
 
 
 @pytest.mark.slow
-def test_make_figures_writes_every_format(viz_metrics: dict[str, Path], tmp_path: Path) -> None:
-    src = load_sources([viz_metrics["opd"]], tmp_path, labels=["OPD"], spectra_top=3)
-    paths = make_figures(src.frame, tmp_path / "figs", spectra=src.spectra)
+def test_write_figures_writes_every_format(viz_metrics: dict[str, Path], tmp_path: Path) -> None:
+    src = load_sources(SourceOptions((viz_metrics["opd"],), ("OPD",), spectra=3), tmp_path)
+    paths = [p for ps in write_figures(src, tmp_path / "figs").paths.values() for p in ps]
     stems = {p.stem for p in paths}
     assert stems == {*CORE, "allocation_strip", "spectra"} and len(paths) == 3 * len(stems)
     for stem in stems:
@@ -112,9 +112,9 @@ def test_make_figures_writes_every_format(viz_metrics: dict[str, Path], tmp_path
 
 
 def test_compare_draws_runs_side_by_side(viz_metrics: dict[str, Path], tmp_path: Path) -> None:
-    src = load_sources([viz_metrics["opd"], viz_metrics["rl"]], tmp_path, labels=["OPD", "RL"],
-                       spectra_top=2)  # fmt: skip
-    panels, notes = draw_figures(src.frame, spectra=src.spectra)
+    both = (viz_metrics["opd"], viz_metrics["rl"])
+    src = load_sources(SourceOptions(both, ("OPD", "RL"), spectra=2), tmp_path)
+    panels, notes = draw_figures(src)
     stems = [p.stem for p in panels]
     assert stems == ["allocation_heatmap", "allocation_strip-OPD", "allocation_strip-RL",
                      *CORE[1:], "spectra-OPD", "spectra-RL"]  # fmt: skip
@@ -148,7 +148,7 @@ def test_replay_and_errors_files(viz_metrics: dict[str, Path], tmp_path: Path) -
     history, errors = load_history(tmp_path / "replay"), load_errors(files)
     assert history.attrs["oracle"] is True and len(errors) == 3  # per-tensor rows dropped
     df = load_metrics(viz_metrics["opd"], "OPD")
-    panels, notes = draw_figures(df, history=history, errors=errors)
+    panels, notes = draw_figures(from_frame(df, history=history, errors=errors))
     captions = {p.stem: p.caption for p in panels}
     assert {"replay_scores", "error_vs_alpha"} <= set(captions)
     assert "Offline replay note." in captions["replay_scores"]
@@ -159,7 +159,7 @@ def test_replay_and_errors_files(viz_metrics: dict[str, Path], tmp_path: Path) -
 
 def test_missing_inputs_are_skipped_with_notes(viz_metrics: dict[str, Path]) -> None:
     df = load_metrics(viz_metrics["opd"], "OPD")
-    panels, notes = draw_figures(df[df["layer"].isna()])  # no per-layer tensors
+    panels, notes = draw_figures(from_frame(df[df["layer"].isna()]))  # no per-layer tensors
     assert "allocation_heatmap" not in {p.stem for p in panels}
     assert any(n.startswith("figure allocation_heatmap skipped") for n in notes)
     assert any("replay_scores skipped" in n for n in notes)
@@ -174,18 +174,19 @@ def test_only_missing_data_skips_a_figure(viz_metrics, monkeypatch) -> None:
 
     monkeypatch.setattr(plots, "block_norms", broken)
     with pytest.raises(ValueError, match="a bug inside matplotlib"):  # not "figure skipped"
-        draw_figures(load_metrics(viz_metrics["opd"], "OPD"))
+        draw_figures(from_frame(load_metrics(viz_metrics["opd"], "OPD")))
 
 
 def test_bad_inputs(viz_metrics: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'run' column"):
-        draw_figures(load_metrics(viz_metrics["opd"]).drop(columns=["run"]))
+        from_frame(load_metrics(viz_metrics["opd"]).drop(columns=["run"]))
+    both = (viz_metrics["opd"], viz_metrics["rl"])
     with pytest.raises(ValueError, match=r"--labels names 1 run\(s\) \(A\) but 2"):
-        load_sources([viz_metrics["opd"], viz_metrics["rl"]], tmp_path, labels=["A"])
+        load_sources(SourceOptions(both, ("A",)), tmp_path)
     with pytest.raises(ValueError, match="same directory names"):
-        load_sources([viz_metrics["opd"], viz_metrics["opd"]], tmp_path)
+        load_sources(SourceOptions((viz_metrics["opd"], viz_metrics["opd"])), tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_sources([tmp_path / "missing"], tmp_path / "out")
+        load_sources(SourceOptions((tmp_path / "missing",)), tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="history.csv"):
         load_history(tmp_path)
     bad = tmp_path / "e.csv"
@@ -197,13 +198,13 @@ def test_bad_inputs(viz_metrics: dict[str, Path], tmp_path: Path) -> None:
 
 def test_out_inside_run_is_refused(viz_runs: dict[str, Path]) -> None:
     with pytest.raises(OpdlensError, match="overlaps the input"):
-        load_sources([viz_runs["opd"]], viz_runs["opd"] / "figures")
+        load_sources(SourceOptions((viz_runs["opd"],)), viz_runs["opd"] / "figures")
 
 
 def test_spectra_title_says_top_k(viz_metrics: dict[str, Path], tmp_path: Path) -> None:
     df = load_metrics(viz_metrics["opd"], "OPD")
     sp = spectra_frame({"a": np.array([3.0, 1.0, 0.1])}, step=4, run="OPD", top_k_only=True)
-    panels, _ = draw_figures(df, spectra=sp)
+    panels, _ = draw_figures(from_frame(df, spectra=sp))
     panel = next(p for p in panels if p.stem == "spectra")
     assert panel.figure.axes[0].get_title() == "step 4, cached top-K singular values only"
     assert "cached top-K" in panel.caption
@@ -216,12 +217,12 @@ def test_foresight_and_ablation_figures(
     from opdlens.analysis.side_inputs import load_ablation
     from viz.inputs import write_ablation
 
-    src = load_sources([viz_metrics["opd"], viz_metrics["rl"]], tmp_path, labels=["OPD", "RL"],
-                       spectra_top=0)  # fmt: skip
+    both = (viz_metrics["opd"], viz_metrics["rl"])
+    src = load_sources(SourceOptions(both, ("OPD", "RL"), spectra=0), tmp_path)
     fore = pd.concat([foresee(open_run(viz_runs[k]), workers=1).assign(run=k.upper())
                       for k in ("opd", "rl")])  # fmt: skip
     abl = {"OPD": load_ablation(write_ablation(viz_runs["opd"], tmp_path / "abl"))}
-    panels, notes = draw_figures(src.frame, foresight=fore, ablation=abl)
+    panels, notes = draw_figures(from_frame(src.frame, foresight=fore, ablation=abl))
     drawn = {p.stem: p.figure for p in panels}
     titles = [ax.get_title() for ax in drawn["foresight"].axes if ax.get_title()]
     assert titles[:2] == ["OPD", "RL"]  # the two maps side by side

@@ -10,6 +10,7 @@ from matplotlib.collections import PolyCollection
 from opdlens.analysis.findings import group_findings
 from opdlens.analysis.stats import group_curves
 from opdlens.errors import OptionError
+from opdlens.report import ReportOptions, from_frame
 from opdlens.viz.figures import draw_figures
 from opdlens.viz.groups import (
     findings_figure,
@@ -112,7 +113,7 @@ def test_findings_figure_has_one_panel_per_claim() -> None:
 
 
 def test_draw_figures_with_groups() -> None:
-    panels, notes = draw_figures(DF, groups=GROUPS, band="range")
+    panels, notes = draw_figures(from_frame(DF, groups=GROUPS), ReportOptions(band="range"))
     stems = [p.stem for p in panels]
     assert stems[:7] == ["findings", "allocation_heatmap", "allocation_strip-OPD",
                          "allocation_strip-RL", "block_norms", "energy_by_step",
@@ -123,4 +124,4 @@ def test_draw_figures_with_groups() -> None:
     assert "min–max across the group's runs (OPD: n = 3, RL: n = 2)" in captions["block_norms"]
     assert any("each group's first run (OPD-1, RL-1)" in n for n in notes)
     with pytest.raises(OptionError, match="'band' parameter must be one of"):
-        draw_figures(DF, groups=GROUPS, band="iqr")
+        draw_figures(from_frame(DF, groups=GROUPS), ReportOptions(band="iqr"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import re
 import shutil
@@ -15,20 +16,23 @@ import pytest
 from PIL import Image
 
 from opdlens import open_run
-from opdlens.analysis.results import checkpoint_table, load_metrics, load_sources, top_tensors
+from opdlens.analysis.results import checkpoint_table, load_metrics, top_tensors
 from opdlens.analysis.side_inputs import compute_foresight, load_ablation
 from opdlens.errors import OpdlensError
+from opdlens.report import ReportOptions, SourceOptions, Sources, complete, load_sources
 from opdlens.viz.figures import FigureSet, draw_figures
-from opdlens.viz.report import REPORT_FILE, write_report
+from opdlens.viz.report import REPORT_FILE, macro, write_report
 from opdlens.viz.save import save_figure
 from opdlens.viz.sections import top_table
 from viz.inputs import write_ablation
 
 
-def _sources(viz_runs: dict[str, Path], viz_metrics: dict[str, Path], out: Path, spectra_top: int):
+def _sources(
+    viz_runs: dict[str, Path], viz_metrics: dict[str, Path], out: Path, spectra: int, **side
+) -> Sources:
     """OPD and RL metrics, the OPD run opened (so the report has the reader's summary)."""
-    src = load_sources([viz_metrics["opd"], viz_metrics["rl"]], out, labels=["OPD", "RL"],
-                       spectra_top=spectra_top)  # fmt: skip
+    both = (viz_metrics["opd"], viz_metrics["rl"])
+    src = load_sources(SourceOptions(both, ("OPD", "RL"), spectra=spectra, **side), out)
     rm = src.runs[0]
     rm.run = open_run(viz_runs["opd"])
     rm.run.warnings.append("reader says: checkpoint-3 holds only trainer state")
@@ -40,26 +44,26 @@ def _sources(viz_runs: dict[str, Path], viz_metrics: dict[str, Path], out: Path,
 def report(viz_runs: dict[str, Path], viz_metrics: dict[str, Path], tmp_path_factory) -> Path:
     """A report comparing the OPD run (opened, so with the reader's summary) and RL metrics."""
     out = tmp_path_factory.mktemp("report")
-    src = _sources(viz_runs, viz_metrics, out, spectra_top=2)
-    fore, _ = compute_foresight({"OPD": src.runs[0].run}, workers=1)
     abl = {
         "OPD": load_ablation(write_ablation(viz_runs["opd"], tmp_path_factory.mktemp("a") / "o"))
     }
-    return write_report(src, out, top=7, options={"labels": ["OPD", "RL"]}, foresight=fore,
-                        ablation=abl)  # fmt: skip
+    src = _sources(viz_runs, viz_metrics, out, spectra=2, ablation=abl)
+    fore, _ = compute_foresight({"OPD": src.runs[0].run}, workers=1)
+    src = complete(dataclasses.replace(src, foresight=fore))
+    return write_report(src, out, ReportOptions(top=7, record={"labels": ["OPD", "RL"]}))
 
 
 @pytest.fixture(scope="module")
 def small_report(viz_runs: dict[str, Path], viz_metrics: dict[str, Path], tmp_path_factory) -> Path:
     """A report with one figure (block_norms), to check the page itself quickly."""
     out = tmp_path_factory.mktemp("small-report")
-    src = _sources(viz_runs, viz_metrics, out, spectra_top=1)
-    panels, notes = draw_figures(src.frame, spectra=src.spectra)
+    src = _sources(viz_runs, viz_metrics, out, spectra=1)
+    panels, notes = draw_figures(src)
     figures = FigureSet(notes=notes)
     for panel in (p for p in panels if p.stem in ("block_norms", "spectra-RL")):
         figures.paths[panel.stem] = save_figure(panel.figure, out / "figures", panel.stem)
         figures.titles[panel.stem], figures.captions[panel.stem] = panel.title, panel.caption
-    return write_report(src, out, top=7, figures=figures)
+    return write_report(src, out, ReportOptions(top=7), figures=figures)
 
 
 def test_small_report_is_self_contained(small_report: Path) -> None:
@@ -120,7 +124,7 @@ def test_report_leads_with_findings_and_folds_the_inventories(small_report: Path
     assert "hf-safetensors" in inventories and "hf-safetensors" not in page[: page.index(
         "<h2>Inventories")]  # fmt: skip
     assert "Update share and low-rank energy by block" in inventories
-    assert "&quot;versions&quot;" in inventories and "<details open" not in page
+    assert "&#34;versions&#34;" in inventories and "<details open" not in page
     assert inventories.count("<details>") == 2 + 3  # 2 runs, this report and 2 analyses
     # Skipped figures are notes (one line), not warnings; a real problem stays a warning.
     warnings = page[page.index("<h2>Warnings") : page.index("<h2>Inventories")]
@@ -145,7 +149,7 @@ def test_top_table_leaves_out_what_is_1_by_construction(
     # Shown at a step before the run's final one, alignment is a finding: the columns stay.
     df = load_metrics(viz_metrics["opd"], "OPD")
     last = int(df["step"].max())
-    table = top_table(top_tensors(df, 3), {"OPD": last + 1})
+    table = str(macro("top_section")(3, top_table(top_tensors(df, 3), {"OPD": last + 1})))
     heads = re.findall(r"<th>([^<]+)</th>", table)
     assert heads[-5:] == ["energy_k1", "align_left_k1", "align_right_k1", "stable_rank",
                           "cos_to_final"]  # fmt: skip
@@ -155,12 +159,12 @@ def test_top_table_leaves_out_what_is_1_by_construction(
 def test_report_refuses_output_inside_run(
     viz_runs: dict[str, Path], viz_metrics: dict[str, Path], tmp_path: Path
 ) -> None:
-    src = load_sources([viz_metrics["opd"]], tmp_path, spectra_top=0)
+    src = load_sources(SourceOptions((viz_metrics["opd"],), spectra=0), tmp_path)
     src.runs[0].run, src.runs[0].source = open_run(viz_runs["opd"]), viz_runs["opd"]
     with pytest.raises(OpdlensError, match="overlaps the input"):
         write_report(src, viz_runs["opd"] / "report")
     with pytest.raises(ValueError, match="'top' parameter"):
-        write_report(src, tmp_path, top=0)
+        write_report(src, tmp_path, ReportOptions(top=0))
     assert not (viz_runs["opd"] / "report").exists()
 
 
@@ -216,8 +220,11 @@ def grouped_report(viz_metrics: dict[str, Path], tmp_path_factory) -> Path:
     """A report on two groups of two runs (each metrics directory loaded twice)."""
     out = tmp_path_factory.mktemp("grouped-report")
     m = [viz_metrics["opd"], viz_metrics["opd"], viz_metrics["rl"], viz_metrics["rl"]]
-    src = load_sources(m, out, labels=["A-1", "A-2", "B-1", "B-2"], spectra_top=1)
-    return write_report(src, out, groups={"A": ["A-1", "A-2"], "B": ["B-1", "B-2"]})
+    groups = {"A": ["A-1", "A-2"], "B": ["B-1", "B-2"]}
+    src = load_sources(
+        SourceOptions(tuple(m), ("A-1", "A-2", "B-1", "B-2"), groups, spectra=1), out
+    )
+    return write_report(src, out)
 
 
 @pytest.mark.slow
@@ -286,3 +293,24 @@ def test_report_foresight_and_ablation_sections(report: Path) -> None:
     assert "OPD (scorer mlp_energy):" in abl  # the scorer ablate recorded
     # Each of the two figures is shown once, in its own section.
     assert page.count('id="fig-foresight"') == 1 and page.count('id="fig-ablation"') == 1
+
+
+def test_the_template_ships_as_package_data() -> None:
+    """Found through importlib.resources (as from a wheel), and declared for setuptools."""
+    import importlib.resources
+
+    from opdlens.viz.report import TEMPLATE
+
+    template = importlib.resources.files("opdlens.viz") / "templates" / TEMPLATE
+    assert template.is_file() and "<!DOCTYPE html>" in template.read_text(encoding="utf-8")
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parents[2]
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["opdlens.viz"]
+    assert any(Path("templates", TEMPLATE).match(p) for p in patterns)
+    assert any(d.startswith("jinja2") for d in config["project"]["dependencies"])
+
+
+def test_the_template_escapes_every_value() -> None:
+    cell = macro("table")(top_table(pd.DataFrame({"run": ["<b>&'\""], "step": [1]}), {}).table)
+    assert "<b>" not in str(cell) and "&lt;b&gt;&amp;&#39;&#34;" in str(cell)

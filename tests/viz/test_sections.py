@@ -1,4 +1,5 @@
-"""The report's sections: the score from step 0, and the online EffOPD result with its candidates."""
+"""The report's sections: the score from step 0, the online EffOPD result with its candidates,
+and the template's tables."""
 
 from __future__ import annotations
 
@@ -10,15 +11,22 @@ import pandas as pd
 import pytest
 
 from opdlens.analysis.options import AnalyzeOptions
-from opdlens.analysis.results import load_sources
 from opdlens.analysis.side_inputs import CANDIDATES_FILE, load_online_effopd
-from opdlens.viz.report import write_report
-from opdlens.viz.sections import online_lines, online_section, score_line
+from opdlens.report import SourceOptions, from_frame, load_sources
+from opdlens.report.load import score
+from opdlens.viz.report import macro, write_report
+from opdlens.viz.sections import table
 from viz.online import write_candidates, write_online_json
 
 
 def _log(rows: dict[int, float], column: str = "accuracy") -> pd.DataFrame:
     return pd.DataFrame({"step": list(rows), column: list(rows.values())})
+
+
+def score_line(log: pd.DataFrame | None, steps: list[int]) -> str | None:
+    """The findings' score line as the report's template renders it."""
+    s = score(log, steps)
+    return None if s is None else str(macro("score")(s))
 
 
 def test_score_line_starts_at_step_0_when_it_was_logged() -> None:
@@ -42,15 +50,17 @@ def test_online_section_states_the_speed_up_and_lists_every_candidate(tmp_path: 
     write_online_json(tmp_path / "online_effopd.json")
     demo = load_online_effopd(tmp_path / "online_effopd.json", "OPD + EffOPD")
     n, accepted = len(demo.candidates), int(demo.candidates["accepted"].sum())
-    assert online_lines([demo]) == [
+    src = from_frame(pd.DataFrame({"run": ["OPD"], "step": [1], "tensor": ["w"]}), online=(demo,))
+    assert list(src.online_lines) == [
         "OPD + EffOPD: steps to reach 0.27 accuracy: plain OPD 10, with online EffOPD 5 — 2.00× "
         "(faster); final accuracy: plain 0.3, with EffOPD 0.32. EffOPD: "
         f"{n} candidate(s) tried at steps 1, 2, 4, {accepted} accepted."
     ]
-    page = online_section([demo])
+    online_section = macro("online_section")
+    page = str(online_section([(demo, table(demo.candidates))], src.online_lines))
     assert page.startswith('<section id="online"><h2>Online EffOPD</h2>\n<ul class="online">')
     assert len(re.findall(r"<tr><td", page)) == n
-    assert online_section([]) == ""
+    assert str(online_section([], [])) == ""
 
 
 @pytest.mark.slow
@@ -60,8 +70,8 @@ def test_report_finds_the_callbacks_csv_in_the_run(
     run = tmp_path / "opd"
     shutil.copytree(viz_runs["opd"], run)
     rows = write_candidates(run / CANDIDATES_FILE)
-    src = load_sources([run], tmp_path / "analysis", labels=["OPD"], spectra_top=0,
-                       analyze_options=AnalyzeOptions(ranks=(1,), workers=1))  # fmt: skip
+    options = AnalyzeOptions(ranks=(1,), workers=1)
+    src = load_sources(SourceOptions((run,), ("OPD",), analyze=options, spectra=0), tmp_path / "a")
     page = write_report(src, tmp_path / "report").read_text()
     findings = page[page.index("<h2>Findings") : page.index("</section>")]
     tried = sorted({r["step"] for r in rows})

@@ -11,8 +11,9 @@ import pytest
 from transformers import TrainerState
 
 from opdlens import AnalyzeOptions
-from opdlens.analysis.results import load_metrics, load_sources
+from opdlens.analysis.results import load_metrics
 from opdlens.io.training_log import read_training_log
+from opdlens.report import SourceOptions, from_frame, load_sources
 from opdlens.viz.figures import draw_figures
 from opdlens.viz.plots import training_curve
 from opdlens.viz.report import write_report
@@ -54,7 +55,7 @@ def test_figure_puts_the_curve_above_alignment_and_energy(
     viz_metrics: dict[str, Path], logs: dict[str, pd.DataFrame]
 ) -> None:
     df = pd.concat([load_metrics(viz_metrics[x], x.upper()) for x in ("opd", "rl")])
-    panels, notes = draw_figures(df, training=logs)
+    panels, notes = draw_figures(from_frame(df, training=logs))
     panel = next(p for p in panels if p.stem == "training_and_weights")
     assert not any("training_and_weights skipped" in n for n in notes)
     axes = np.array(panel.figure.axes).reshape(3, 2)
@@ -66,7 +67,7 @@ def test_figure_puts_the_curve_above_alignment_and_energy(
     assert "alignment with the final update" in axes[1, 0].get_ylabel()
     assert "energy in the top-" in axes[2, 0].get_ylabel()
     assert str(logs["RL"].attrs["source"]) in panel.caption
-    _, without = draw_figures(df)
+    _, without = draw_figures(from_frame(df))
     assert any(n.startswith("figure training_and_weights skipped") for n in without)
 
 
@@ -87,7 +88,11 @@ def test_figure_keeps_every_curve_in_view_and_legends_off_the_data(
         "OPD": read_training_log(_csv(tmp_path / "opd.csv", [0, 1, 2, 3, 4], 0.05)),
         "RL": read_training_log(_csv(tmp_path / "rl.csv", [0, 2, 4], 0.2)),  # up to 0.9
     }
-    panel = next(p for p in draw_figures(df, training=logs)[0] if p.stem == "training_and_weights")
+    panel = next(
+        p
+        for p in draw_figures(from_frame(df, training=logs))[0]
+        if p.stem == "training_and_weights"
+    )
     fig = panel.figure
     fig.canvas.draw()
     axes = np.array(fig.axes).reshape(3, 2)
@@ -116,12 +121,13 @@ def test_sources_read_given_logs_and_count_them(
     viz_metrics: dict[str, Path], logs: dict[str, pd.DataFrame], tmp_path: Path
 ) -> None:
     files = [Path(logs[x].attrs["source"]) for x in ("OPD", "RL")]
-    src = load_sources([viz_metrics["opd"], viz_metrics["rl"]], tmp_path / "o", labels=["OPD", "RL"],
-                       metrics=files, spectra_top=0)  # fmt: skip
+    both = (viz_metrics["opd"], viz_metrics["rl"])
+    given = SourceOptions(both, ("OPD", "RL"), metrics=tuple(files), spectra=0)
+    src = load_sources(given, tmp_path / "o")
     assert set(src.training) == {"OPD", "RL"}
     assert src.training["RL"]["accuracy"].tolist() == [0.1, 0.2, 0.3]
     with pytest.raises(ValueError, match=r"--metrics names 1 training log\(s\) but 2 run\(s\)"):
-        load_sources([viz_metrics["opd"], viz_metrics["rl"]], tmp_path / "p", metrics=files[:1])
+        load_sources(SourceOptions(both, metrics=tuple(files[:1])), tmp_path / "p")
 
 
 @pytest.mark.slow
@@ -133,8 +139,10 @@ def test_sources_find_trainer_state_and_report_shows_it(tmp_path: Path) -> None:
         str(run / "checkpoint-4" / "trainer_state.json")
     )
     (run / "checkpoint-2" / "trainer_state.json").write_text("{not json")  # older: never read
-    src = load_sources([run], tmp_path / "out", labels=["OPD"], spectra_top=0,
-                       analyze_options=AnalyzeOptions(ranks=(1,), workers=1))  # fmt: skip
+    given = SourceOptions(
+        (run,), ("OPD",), analyze=AnalyzeOptions(ranks=(1,), workers=1), spectra=0
+    )
+    src = load_sources(given, tmp_path / "out")
     log = src.training["OPD"]
     assert log.attrs["source"] == str(run / "checkpoint-4" / "trainer_state.json")
     assert log["eval_accuracy"].dropna().tolist() == [0.4, 0.8]
@@ -151,9 +159,9 @@ def test_sources_find_trainer_state_and_report_shows_it(tmp_path: Path) -> None:
 def test_a_broken_log_found_beside_the_run_is_a_note(tmp_path: Path) -> None:
     run = write_run(tmp_path / "rl", 1)
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1}\n{"step": 2, "loss": oops}\n')
-    src = load_sources([run], tmp_path / "out", labels=["RL"], spectra_top=0,
-                       analyze_options=AnalyzeOptions(ranks=(1,), workers=1))  # fmt: skip
-    assert src.training == {}
+    given = SourceOptions((run,), ("RL",), analyze=AnalyzeOptions(ranks=(1,), workers=1), spectra=0)
+    src = load_sources(given, tmp_path / "out")
+    assert dict(src.training) == {}
     assert any("RL: no training curve:" in n and "line 2 is not a JSON" in n for n in src.notes)
     meta = json.loads((tmp_path / "out" / "metrics-RL" / "provenance.json").read_text())
     assert meta["inputs"]  # the analysis itself went ahead

@@ -1,0 +1,110 @@
+"""The report's loader: runs analysed in memory (no parquet read back), groups and the claims
+computed before drawing, the shown runs chosen once, side inputs checked."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.numpy import load_file
+from viz.runs import write_run
+
+from opdlens import AnalyzeOptions, open_run
+from opdlens.analysis.findings import claim_lines
+from opdlens.analysis.foresight import foresee, foresight_sentence
+from opdlens.analysis.results import load_metrics
+from opdlens.analysis.write import write_analysis
+from opdlens.errors import InputNotFoundError, OptionError
+from opdlens.report import SourceOptions, from_frame, load_sources
+from opdlens.report.load import shown_runs
+
+OPTIONS = AnalyzeOptions(ranks=(1,), workers=1)
+
+
+def test_a_run_is_analysed_in_memory_and_its_output_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = write_run(tmp_path / "opd", 0)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the loader read a parquet file back")
+
+    with monkeypatch.context() as m:
+        m.setattr(pd, "read_parquet", refuse)
+        src = load_sources(
+            SourceOptions((run,), ("OPD",), analyze=OPTIONS, spectra=2), tmp_path / "o"
+        )
+    (rm,) = src.runs
+    assert rm.run is not None and rm.metrics_dir == tmp_path / "o" / "metrics-OPD"
+    # The nested output is still written (a metrics directory later runs can reuse), and equal.
+    written = load_metrics(rm.metrics_dir, "OPD")
+    pd.testing.assert_frame_equal(rm.frame, written, check_dtype=False)
+    # Update share at the final step against numpy on the checkpoint files.
+    w0 = load_file(str(run / "checkpoint-0" / "model.safetensors"))
+    w4 = load_file(str(run / "checkpoint-4" / "model.safetensors"))
+    sq = {k: float(np.sum((w4[k].astype("float64") - w0[k].astype("float64")) ** 2)) for k in w0}
+    final = rm.frame[rm.frame["step"] == 4].set_index("tensor")["update_share"]
+    for name, share in final.items():
+        assert share == pytest.approx(sq[name] / sum(sq.values()), rel=1e-5)
+    assert set(src.spectra["run"]) == {"OPD"} and src.spectra["tensor"].nunique() == 2
+    assert src.shown == ("OPD",) and src.findings is None and src.claims == ()
+
+
+@pytest.fixture(scope="module")
+def metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("load")
+    out = {}
+    for label, seed in (("a", 0), ("b", 1)):
+        out[f"run-{label}"] = run = write_run(root / label, seed)
+        out[label] = root / f"metrics-{label}"
+        write_analysis(open_run(run), out[label], ranks=(1,), workers=1)
+    return out
+
+
+def test_groups_are_checked_and_the_claims_computed_before_drawing(
+    metrics: dict[str, Path], tmp_path: Path
+) -> None:
+    paths = (metrics["a"], metrics["a"], metrics["b"], metrics["b"])
+    groups = {"A": ["A-1", "A-2"], "B": ["B-1", "B-2"]}
+    rows = foresee(open_run(metrics["run-a"]), workers=1, scopes=("block", "overall"))
+    fore = pd.concat([rows.assign(run=r) for r in ("A-1", "A-2", "B-1")], ignore_index=True)
+    given = SourceOptions(paths, ("A-1", "A-2", "B-1", "B-2"), groups, foresight=fore, spectra=0)
+    src = load_sources(given, tmp_path)
+    assert src.shown == ("A-1", "B-1") == tuple(shown_runs(src.labels, groups))
+    assert src.findings is not None and list(src.findings.per_run.index) == list(src.labels)
+    assert list(src.claims) == claim_lines(src.findings) and len(src.claims) == 3
+    assert all("inconclusive at n = 2" in line for line in src.claims)  # identical runs
+    assert src.foresight is not None and set(src.foresight["run"]) == {"A-1", "B-1"}
+    assert list(src.foresight_lines) == ["A-1", "B-1"]
+    assert src.foresight_lines["A-1"] == foresight_sentence(rows)
+    assert src.effopd is not None and set(src.effopd["run"]) <= {"A-1", "B-1"}
+    # A per-run number, checked against the metrics themselves: MLP share at the final step.
+    a = load_metrics(metrics["a"])
+    at = a[a["step"] == a["step"].max()]
+    mlp = at.loc[at["block"] == "mlp", "update_share"].sum()
+    assert src.findings.per_run.filter(like="mlp").iloc[0, 0] == pytest.approx(mlp)
+    with pytest.raises(OptionError, match="C"):
+        load_sources(dataclasses.replace(given, groups={"C": ["C-1"]}), tmp_path / "x")
+
+
+@pytest.mark.parametrize("bad", [["OPD"], {"OPD": 3}])
+def test_ablation_must_be_results_or_directories(
+    metrics: dict[str, Path], tmp_path: Path, bad: object
+) -> None:
+    given = SourceOptions((metrics["a"],), ablation=bad, spectra=0)  # type: ignore[arg-type]
+    with pytest.raises(OptionError, match="The 'ablation' option must map a label to what"):
+        load_sources(given, tmp_path)
+    missing = SourceOptions((metrics["a"],), ablation={"OPD": tmp_path / "nowhere"}, spectra=0)
+    with pytest.raises(InputNotFoundError, match="nowhere is not a directory"):
+        load_sources(missing, tmp_path)
+
+
+def test_from_frame_wants_a_run_column(metrics: dict[str, Path]) -> None:
+    df = load_metrics(metrics["a"], "A")
+    src = from_frame(df, groups={"G": ["A"]})
+    assert src.labels == ["A"] and src.shown == ("A",) and src.findings is not None
+    with pytest.raises(OptionError, match="'run' column"):
+        from_frame(df.drop(columns=["run"]))
