@@ -13,8 +13,6 @@ from ..names import BLOCKS
 from ..progress import Progress
 from ..schedule import MAX_MULTIPLE, EffOPDSchedule, check_alpha, replay_schedule
 from ..selection import DEFAULT_MODULES, select_tensors
-from .cluster import ray_session
-from .executors import Job, make_iterator
 from .findings import closer_word
 from .options import AnalyzeOptions
 
@@ -116,6 +114,8 @@ def grams(
 
     The tensors run on the executor of `options` (workers, executor, address) like analyze's.
     """
+    from .executors import Job, make_iterator  # torch: imported only to compute
+
     opts = options or AnalyzeOptions(workers=1)
     job = Job(run, opts, None, {}, gram=True)
     out: dict[str, np.ndarray] = {}
@@ -283,6 +283,8 @@ def foresee(
     wanted = check_scopes(scopes)
     opts = AnalyzeOptions(workers=workers, executor=executor, address=address, device=device)
     names = select_tensors(run, modules, tensors)
+    from .cluster import ray_session
+
     with ray_session(opts):
         tensor_grams, warnings = grams(run, names, opts, progress=progress)
     meta, stacked = _scopes(run, tensor_grams)

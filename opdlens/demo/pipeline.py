@@ -18,13 +18,13 @@ from ..analysis.foresight import foresight_sentence
 from ..analysis.foresight_write import write_foresight
 from ..analysis.frame import summarize
 from ..analysis.options import AnalyzeOptions
-from ..analysis.side_inputs import load_online_effopd
 from ..analysis.stats import mean_sd
 from ..extrapolation.ablate import Ablation, ablate
 from ..extrapolation.extrapolate import ERRORS_FILE, extrapolate
 from ..extrapolation.replay import OFFLINE_NOTE, replay
 from ..io.paths import write_text_atomic
 from ..report.load import load_sources, shown_runs
+from ..report.side_inputs import load_online_effopd
 from ..report.sources import ReportOptions, SourceOptions, Sources
 from ..run import Run, open_run
 from ..schedule import replay_schedule

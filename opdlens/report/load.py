@@ -32,7 +32,6 @@ from ..analysis.results import (
     read_json,
     run_summary,
 )
-from ..analysis.side_inputs import compute_foresight, find_online_effopd, load_ablation
 from ..analysis.spectra import cached_spectra, run_spectra
 from ..analysis.write import write_analysis
 from ..errors import InputNotFoundError, OpdlensError, OptionError
@@ -45,11 +44,12 @@ from ..io.training_log import (
     run_training_log,
 )
 from ..run import open_run
+from .side_inputs import compute_foresight, find_online_effopd, load_ablation
 from .sources import Score, SourceOptions, Sources
 
 if TYPE_CHECKING:
-    from ..analysis.side_inputs import OnlineEffOPD
     from ..extrapolation.ablate import Ablation
+    from .side_inputs import OnlineEffOPD
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     from ..analysis.findings import GroupFindings
     from ..analysis.options import AnalyzeOptions
     from ..analysis.results import RunMetrics
-    from ..analysis.side_inputs import OnlineEffOPD
     from ..extrapolation.ablate import Ablation
+    from .side_inputs import OnlineEffOPD
 
 __all__ = ["ReportOptions", "Score", "SourceOptions", "Sources"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +17,7 @@ from ..errors import NothingToDrawError, OptionError
 from ..io.paths import writable_dir
 from . import plots
 from .analyses import analysis_specs
-from .save import save_figure
+from .save import FigureSet, save_figure
 from .style import new_figure, paper_style
 from .training import training_caption, training_figure
 
@@ -48,20 +48,6 @@ class Panel:
     title: str
     caption: str
     figure: Figure
-
-
-@dataclass
-class FigureSet:
-    """Saved figures (stem → PDF, SVG, PNG paths), their titles and captions, and skip notes."""
-
-    paths: dict[str, list[Path]] = field(default_factory=dict)
-    titles: dict[str, str] = field(default_factory=dict)
-    captions: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def png(self, stem: str) -> Path:
-        """The PNG file of one figure."""
-        return next(p for p in self.paths[stem] if p.suffix == ".png")
 
 
 def single_figure(plot: Callable[..., Axes], *args: object, **kwargs: object) -> Figure:

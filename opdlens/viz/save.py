@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -12,7 +13,7 @@ from opdlens.viz.style import paper_style
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PNG_DPI", "save_figure"]
+__all__ = ["PNG_DPI", "FigureSet", "save_figure"]
 
 PNG_DPI = 200
 # No creation dates, so re-exporting an unchanged figure gives identical PDF and SVG files.
@@ -45,3 +46,17 @@ def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
             paths.append(path)
     logger.info("saved figure %s.{pdf,svg,png} in %s", stem, out_dir)
     return paths
+
+
+@dataclass
+class FigureSet:
+    """Saved figures (stem → PDF, SVG, PNG paths), their titles and captions, and skip notes."""
+
+    paths: dict[str, list[Path]] = field(default_factory=dict)
+    titles: dict[str, str] = field(default_factory=dict)
+    captions: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def png(self, stem: str) -> Path:
+        """The PNG file of one figure."""
+        return next(p for p in self.paths[stem] if p.suffix == ".png")

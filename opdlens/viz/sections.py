@@ -14,7 +14,7 @@ from .plots import GAP_THRESHOLD
 from .save import PNG_DPI
 
 if TYPE_CHECKING:
-    from .figures import FigureSet
+    from .save import FigureSet
 
 __all__ = ["Cell", "Figure", "Table", "TopTable", "figure", "fmt", "table", "top_table"]
 

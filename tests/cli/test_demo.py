@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from opdlens.analysis.findings import online_sentence
 from opdlens.analysis.foresight import foresight_sentence
-from opdlens.analysis.side_inputs import load_online_effopd
 from opdlens.cli import app
 from opdlens.io.paths import MARKER, marker_text
+from opdlens.report.side_inputs import load_online_effopd
 from opdlens.viz.ablation import ablation_sentence
 
 

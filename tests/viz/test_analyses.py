@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from opdlens.analysis.side_inputs import load_ablation
 from opdlens.report import from_frame
+from opdlens.report.side_inputs import load_ablation
 from opdlens.viz.analyses import LENSES, analysis_specs
 from viz.inputs import write_ablation
 

@@ -214,7 +214,7 @@ def test_foresight_and_ablation_figures(
     viz_runs: dict[str, Path], viz_metrics: dict[str, Path], tmp_path: Path
 ) -> None:
     from opdlens.analysis.foresight import foresee
-    from opdlens.analysis.side_inputs import load_ablation
+    from opdlens.report.side_inputs import load_ablation
     from viz.inputs import write_ablation
 
     both = (viz_metrics["opd"], viz_metrics["rl"])

@@ -17,9 +17,9 @@ from PIL import Image
 
 from opdlens import open_run
 from opdlens.analysis.results import checkpoint_table, load_metrics, top_tensors
-from opdlens.analysis.side_inputs import compute_foresight, load_ablation
 from opdlens.errors import OpdlensError
 from opdlens.report import ReportOptions, SourceOptions, Sources, complete, load_sources
+from opdlens.report.side_inputs import compute_foresight, load_ablation
 from opdlens.viz.figures import FigureSet, draw_figures
 from opdlens.viz.report import REPORT_FILE, macro, write_report
 from opdlens.viz.save import save_figure

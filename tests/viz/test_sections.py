@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from opdlens.analysis.options import AnalyzeOptions
-from opdlens.analysis.side_inputs import CANDIDATES_FILE, load_online_effopd
 from opdlens.report import SourceOptions, from_frame, load_sources
 from opdlens.report.load import score
+from opdlens.report.side_inputs import CANDIDATES_FILE, load_online_effopd
 from opdlens.viz.report import macro, write_report
 from opdlens.viz.sections import table
 from viz.online import write_candidates, write_online_json

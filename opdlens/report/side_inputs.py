@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from ..analysis.readback import check_finished, check_table
+from ..analysis.results import read_json, read_table
 from ..errors import InputFileError, InputNotFoundError
 from ..extrapolation.ablate import Ablation
 from ..extrapolation.callback import CANDIDATE_COLUMNS, candidate_rows
 from ..io.paths import read_marker
-from .readback import check_finished, check_table
-from .results import read_json, read_table
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -133,7 +133,7 @@ def compute_foresight(
     runs: Mapping[str, Run | None], *, workers: int | None = None, progress: bool = False
 ) -> tuple[pd.DataFrame | None, list[str]]:
     """opdlens.foresee on each open run (label → Run or None), with a `run` column; skip notes."""
-    from .foresight import foresee
+    from ..analysis.foresight import foresee
 
     frames, notes = [], []
     for label, run in runs.items():

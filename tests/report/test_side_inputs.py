@@ -14,17 +14,17 @@ from viz.runs import write_run
 from opdlens import open_run
 from opdlens.analysis.foresight import foresee
 from opdlens.analysis.foresight_write import write_foresight
-from opdlens.analysis.side_inputs import (
+from opdlens.errors import InputFileError, InputNotFoundError
+from opdlens.extrapolation.ablate import Ablation
+from opdlens.extrapolation.callback import CANDIDATE_COLUMNS, candidate_rows
+from opdlens.io.paths import write_marker
+from opdlens.report.side_inputs import (
     CANDIDATES_FILE,
     compute_foresight,
     find_online_effopd,
     load_ablation,
     load_online_effopd,
 )
-from opdlens.errors import InputFileError, InputNotFoundError
-from opdlens.extrapolation.ablate import Ablation
-from opdlens.extrapolation.callback import CANDIDATE_COLUMNS, candidate_rows
-from opdlens.io.paths import write_marker
 
 
 @pytest.fixture(scope="module")
