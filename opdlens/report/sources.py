@@ -3,6 +3,7 @@ how to draw it. Built by `opdlens.report.load`; viz takes it as a value and only
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,33 @@ class SourceOptions:
     online: tuple[OnlineEffOPD, ...] | None = None
     analyze: AnalyzeOptions | None = None
     spectra: int = 6
+
+    def __post_init__(self) -> None:
+        # Paths may come as str or os.PathLike, one or many, as users write them.
+        def many(value: Any) -> tuple[Path, ...]:
+            if isinstance(value, (str, os.PathLike)):
+                return (Path(value),)
+            return tuple(Path(v) for v in value)
+
+        def one(value: Any) -> Path | None:
+            return None if value is None else Path(value)
+
+        fixed: dict[str, Any] = {
+            "paths": many(self.paths),
+            "labels": None if self.labels is None else tuple(self.labels),
+            "base": one(self.base),
+            "replay": one(self.replay),
+            "errors": many(self.errors),
+            "metrics": many(self.metrics),
+            "ablation": {
+                k: Path(v) if isinstance(v, (str, os.PathLike)) else v
+                for k, v in dict(self.ablation).items()
+            },
+        }
+        if self.checkpoints is not None:
+            fixed["checkpoints"] = {int(k): Path(v) for k, v in dict(self.checkpoints).items()}
+        for name, value in fixed.items():
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from opdlens.report import ReportOptions, from_frame
+from opdlens.errors import InputNotFoundError
+from opdlens.report import ReportOptions, SourceOptions, from_frame, load_sources
 
 
 def _frame() -> pd.DataFrame:
@@ -32,3 +34,14 @@ def test_sources_hold_every_run_once_and_rank_their_tensors() -> None:
 
 def test_report_options_default_to_the_cli_defaults() -> None:
     assert ReportOptions() == ReportOptions(band="sd", title=None, top=20, record={})
+
+
+def test_source_options_take_paths_as_users_write_them(tmp_path: Path) -> None:
+    opts = SourceOptions(str(tmp_path / "a"), labels=["A"], base=str(tmp_path / "b"),
+                         checkpoints={"3": str(tmp_path / "c")}, metrics=[str(tmp_path / "m")],
+                         ablation={"A": str(tmp_path / "abl")})  # fmt: skip
+    assert opts.paths == (tmp_path / "a",) and opts.labels == ("A",)
+    assert opts.base == tmp_path / "b" and opts.checkpoints == {3: tmp_path / "c"}
+    assert opts.metrics == (tmp_path / "m",) and opts.ablation == {"A": tmp_path / "abl"}
+    with pytest.raises(InputNotFoundError, match="does not exist"):
+        load_sources(SourceOptions([str(tmp_path / "absent")]), tmp_path / "out")
