@@ -7,8 +7,9 @@ band) and `findings_figure`; foresight (opdlens.foresee) and ablation (opdlens.a
 
 from typing import Any
 
+from .analysis.findings import ablation_sentence
 from .viz import plots as _plots
-from .viz.ablation import ablation_figure, ablation_sentence, score_by_rank, utility_by_share
+from .viz.ablation import ablation_figure, score_by_rank, utility_by_share
 from .viz.figures import alignment_figure, single_figure, training_figure
 from .viz.groups import (
     findings_figure,

@@ -204,7 +204,6 @@ def runtime_imports_from(
 # the foresight anchor): a list that may only shrink. The report path (report, sections,
 # figures, analyses) is not on it: it draws the Sources value opdlens.report.load built.
 VIZ_STILL_CALLS = {
-    "opdlens.viz.ablation": {"score_change", "score_tolerance", "update_effect"},
     "opdlens.viz.dynamics": {"weighted_mean"},
     "opdlens.viz.foresight": {"foresight_sentence", "select_anchor"},
     "opdlens.viz.groups": {"GroupFindings", "check_groups", "group_curves"},

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import OptionError
+from ..errors import NothingToDrawError, OptionError
+from ..frames import check_frame, values_of
 from .frame import weighted_mean
 from .stats import Difference, MeanSD, bootstrap_difference, mean_sd
 
@@ -72,7 +73,7 @@ def _smallest_k(df: pd.DataFrame, prefix: str) -> int:
 
 
 def run_quantities(df: pd.DataFrame) -> dict[str, float]:
-    """One run's numbers behind CLAIMS, from its metrics (cumulative rows of Run.analyze).
+    """One run's numbers behind CLAIMS, from its metrics (cumulative rows of opdlens.analyze).
 
     energy_k1: energy in the top-K directions of Δ_T (smallest K analysed) over the matrices,
     ‖Δ_T‖_F²-weighted; mlp_share: Σ update_share of the mlp block at the final step;
@@ -297,3 +298,93 @@ def online_sentence(online: Mapping[str, Any]) -> str:
     ratio = p / e
     how = "no faster" if abs(ratio - 1) <= NEGLIGIBLE_SCORE else "faster" if ratio > 1 else "slower"
     return f"{head}: plain OPD {p}, with online EffOPD {e} — {ratio:.2f}× ({how}); {finals}."
+
+
+ABLATION_HINT = "Pass the ablation table opdlens.ablate returns (or ablation.csv it writes)."
+
+
+def ablation_sentence(df: pd.DataFrame) -> str:
+    """One line on what the update did to the score and which group's update is worth most.
+
+    Says so when the whole update lowered the score, when dropping a group raises it (negative
+    utility), and when no group's update helps; negligible is decided by `score_tolerance`.
+    """
+    cols = [
+        "group",
+        "update_share",
+        "score_full",
+        "score_base",
+        "score_drop",
+        "score_only",
+        "utility",
+    ]
+    df = check_frame(df, "ablation_sentence", cols, hint=ABLATION_HINT)
+    step = f"step {int(df['step'].iloc[0])}" if "step" in df else "step T"
+    full, base = float(df["score_full"].iloc[0]), float(df["score_base"].iloc[0])
+    utility = values_of(df["utility"])
+    head = f"At {step}, {update_effect(full, base)}"
+    if np.isfinite(utility).any():
+        return f"{head}; {_utility_clause(df, utility, full, base)}."
+    only = values_of(df["score_only"])
+    if not np.isfinite(only).any():
+        raise NothingToDrawError(
+            f"The 'df' argument of ablation_sentence has neither utility nor score_only. {ABLATION_HINT}"
+        )
+    top = df.iloc[int(np.nanargmax(only))]
+    gain = top["score_only"] - base
+    return (
+        f"{head}; the update of {top['group']} alone ({top['update_share']:.0%} of ‖Δ_T‖²) "
+        f"scores highest: {top['score_only']:.4g}, {gain:+.4g} over the base."
+    )
+
+
+def _share(row: pd.Series) -> str:
+    return f"{row['update_share']:.0%} of ‖Δ_T‖²"
+
+
+def _utility_clause(df: pd.DataFrame, utility: np.ndarray, full: float, base: float) -> str:
+    """Which group's update helps most, which hurts (negative utility), or that none helps."""
+    tol = score_tolerance(full, base, *values_of(df["score_drop"]))
+    finite = np.where(np.isfinite(utility), utility, 0.0)
+    parts = []
+    if (finite > tol).any():
+        top = df.iloc[int(np.argmax(finite))]
+        if score_change(base, full) == "raised":
+            text = (
+                f"dropping the update of {top['group']} ({_share(top)}) costs the most: the score "
+                f"falls to {top['score_drop']:.4g} (utility {top['utility']:+.4g})"
+            )
+        else:
+            text = (
+                f"{top['group']}'s update helps most: dropping it ({_share(top)}) lowers the "
+                f"score to {top['score_drop']:.4g} (utility {top['utility']:+.4g})"
+            )
+        share = values_of(df["update_share"])
+        per_share = np.where(
+            (share > 0) & (finite > tol), finite / np.where(share > 0, share, 1), np.nan
+        )
+        best = df.iloc[int(np.nanargmax(per_share))]
+        if best["group"] != top["group"]:
+            text += (
+                f"; per unit of update share, {best['group']} is worth most "
+                f"({best['utility'] / best['update_share']:.3g})"
+            )
+        parts.append(text)
+    elif (finite < -tol).any():
+        parts.append("no group's update helps: dropping any one leaves the score as high or higher")
+    else:
+        return (
+            "no group's update matters on its own: dropping any one changes the score by less "
+            f"than {NEGLIGIBLE_SCORE:.0%}".replace("%", " %")
+        )
+    if (finite < -tol).any():
+        low = df.iloc[int(np.argmin(finite))]
+        hurt = int((finite < -tol).sum())
+        most, others = (
+            (" most,", f"; {hurt} groups have negative utility") if hurt > 1 else ("", "")
+        )
+        parts.append(
+            f"dropping {low['group']}'s ({_share(low)}) raises the score{most} to "
+            f"{low['score_drop']:.4g} (negative utility {low['utility']:+.4g}{others})"
+        )
+    return "; ".join(parts)

@@ -99,7 +99,7 @@ def summarize(df: pd.DataFrame, by: Sequence[str] = ("layer", "block")) -> pd.Da
     if missing:
         raise OptionError(
             f"The 'df' argument of summarize needs the columns {missing}; got {list(df.columns)}. "
-            "Pass the DataFrame returned by Run.analyze."
+            "Pass the DataFrame returned by opdlens.analyze."
         )
     keys = [c for c in ("run", "span") if c in df.columns and c not in by] + ["step", *by]
     ratio_cols = [

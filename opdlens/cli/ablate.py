@@ -72,7 +72,7 @@ def ablate(
         ranks=None if ranks is None else parse_ints(ranks, "--ranks"), jobs=jobs, out=out, keep=keep, overwrite=overwrite,
         progress=not quiet, device=device,
     )  # fmt: skip
-    from ..viz.ablation import ablation_sentence
+    from ..analysis.findings import ablation_sentence
 
     table, curve = result
     attrs = table.attrs

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from ..analysis.findings import GroupFindings
+from ..analysis.findings import GroupFindings, ablation_sentence
 from ..analysis.foresight import foresight_sentence
 from ..analysis.foresight_write import write_foresight
 from ..analysis.frame import summarize
@@ -28,7 +28,6 @@ from ..report.side_inputs import load_online_effopd
 from ..report.sources import ReportOptions, SourceOptions, Sources
 from ..run import Run, open_run
 from ..schedule import replay_schedule
-from ..viz.ablation import ablation_sentence
 from ..viz.report import write_report
 from .runs import DemoRuns, generate_runs
 

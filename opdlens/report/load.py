@@ -293,6 +293,7 @@ def complete(sources: Sources) -> Sources:
     Raises:
         OpdlensError: groups naming runs that are not in sources.
     """
+    from ..analysis.findings import ablation_sentence
     from ..analysis.foresight import effopd_comparison, foresight_sentence
 
     names = sources.labels
@@ -319,6 +320,8 @@ def complete(sources: Sources) -> Sources:
         sources, groups=groups, foresight=fore, shown=tuple(shown), findings=findings,
         claims=tuple(claim_lines(findings)) if findings is not None else (), scores=scores,
         foresight_lines=lines, effopd=effopd, online_lines=tuple(_online_lines(sources.online)),
+        ablation_lines=tuple((label, ablation_sentence(a.ablation))
+                             for label, a in (sources.ablation or {}).items()),
         notes=tuple(dict.fromkeys([*sources.notes, *mixed])),
     )  # fmt: skip
 

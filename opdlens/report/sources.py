@@ -66,13 +66,17 @@ class SourceOptions:
             "replay": one(self.replay),
             "errors": many(self.errors),
             "metrics": many(self.metrics),
-            "ablation": {
-                k: Path(v) if isinstance(v, (str, os.PathLike)) else v
-                for k, v in dict(self.ablation).items()
-            },
         }
-        if self.checkpoints is not None:
-            fixed["checkpoints"] = {int(k): Path(v) for k, v in dict(self.checkpoints).items()}
+        if isinstance(self.ablation, Mapping):  # anything else is refused by the loader
+            fixed["ablation"] = {k: Path(v) if isinstance(v, (str, os.PathLike)) else v
+                                 for k, v in self.ablation.items()}  # fmt: skip
+        if isinstance(self.checkpoints, Mapping):
+            fixed["checkpoints"] = {
+                int(k) if isinstance(k, str) and k.isdecimal() else k: Path(v)
+                if isinstance(v, (str, os.PathLike))
+                else v
+                for k, v in self.checkpoints.items()
+            }  # anything else is refused by the loader
         for name, value in fixed.items():
             object.__setattr__(self, name, value)
 
@@ -108,7 +112,7 @@ class Sources:
 
     shown: the runs drawn one by one (each group's first run with groups, else every run);
     foresight holds the shown runs' rows only. findings, claims, scores, foresight_lines,
-    effopd and online_lines are what the report states, computed by the loader.
+    effopd, online_lines and ablation_lines are what the report states, computed by the loader.
     """
 
     runs: tuple[RunMetrics, ...]
@@ -128,6 +132,7 @@ class Sources:
     foresight_lines: Mapping[str, str] = field(default_factory=dict)
     effopd: pd.DataFrame | None = None
     online_lines: tuple[str, ...] = ()
+    ablation_lines: tuple[tuple[str, str], ...] = ()  # (label, ablation_sentence) per ablation
 
     @property
     def labels(self) -> list[str]:

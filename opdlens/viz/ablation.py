@@ -13,10 +13,10 @@ from matplotlib.lines import Line2D
 from matplotlib.text import Annotation
 from matplotlib.transforms import Bbox
 
-from opdlens.analysis.findings import NEGLIGIBLE_SCORE, score_change, score_tolerance, update_effect
+from opdlens.analysis.findings import ABLATION_HINT
 from opdlens.errors import NothingToDrawError, OptionError
+from opdlens.frames import check_frame, ordered, values_of
 from opdlens.names import BLOCKS
-from opdlens.viz._validate import check_frame, ordered, values_of
 from opdlens.viz.sections import Figure as Embedded
 from opdlens.viz.sections import table
 from opdlens.viz.style import block_color, color_at, figure_and_axes, new_figure, paper_style
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ablation_figure",
-    "ablation_sentence",
     "report_figure",
     "report_section",
     "score_by_rank",
@@ -35,7 +34,6 @@ __all__ = [
 
 Frames: TypeAlias = "pd.DataFrame | Mapping[str, pd.DataFrame]"
 
-ABLATION_HINT = "Pass the ablation table opdlens.ablate returns (or ablation.csv it writes)."
 RANK_HINT = "Pass the rank_curve table opdlens.ablate returns with ranks (or rank_curve.csv)."
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 _OTHER = "#7F7F7F"
@@ -198,93 +196,6 @@ def ablation_figure(ablation: Frames, rank_curve: Frames | None = None) -> Figur
     return fig
 
 
-def ablation_sentence(df: pd.DataFrame) -> str:
-    """One line on what the update did to the score and which group's update is worth most.
-
-    Says so when the whole update lowered the score, when dropping a group raises it (negative
-    utility), and when no group's update helps; negligible is decided by `score_tolerance`.
-    """
-    cols = [
-        "group",
-        "update_share",
-        "score_full",
-        "score_base",
-        "score_drop",
-        "score_only",
-        "utility",
-    ]
-    df = check_frame(df, "ablation_sentence", cols, hint=ABLATION_HINT)
-    step = f"step {int(df['step'].iloc[0])}" if "step" in df else "step T"
-    full, base = float(df["score_full"].iloc[0]), float(df["score_base"].iloc[0])
-    utility = values_of(df["utility"])
-    head = f"At {step}, {update_effect(full, base)}"
-    if np.isfinite(utility).any():
-        return f"{head}; {_utility_clause(df, utility, full, base)}."
-    only = values_of(df["score_only"])
-    if not np.isfinite(only).any():
-        raise NothingToDrawError(
-            f"The 'df' argument of ablation_sentence has neither utility nor score_only. {ABLATION_HINT}"
-        )
-    top = df.iloc[int(np.nanargmax(only))]
-    gain = top["score_only"] - base
-    return (
-        f"{head}; the update of {top['group']} alone ({top['update_share']:.0%} of ‖Δ_T‖²) "
-        f"scores highest: {top['score_only']:.4g}, {gain:+.4g} over the base."
-    )
-
-
-def _share(row: pd.Series) -> str:
-    return f"{row['update_share']:.0%} of ‖Δ_T‖²"
-
-
-def _utility_clause(df: pd.DataFrame, utility: np.ndarray, full: float, base: float) -> str:
-    """Which group's update helps most, which hurts (negative utility), or that none helps."""
-    tol = score_tolerance(full, base, *values_of(df["score_drop"]))
-    finite = np.where(np.isfinite(utility), utility, 0.0)
-    parts = []
-    if (finite > tol).any():
-        top = df.iloc[int(np.argmax(finite))]
-        if score_change(base, full) == "raised":
-            text = (
-                f"dropping the update of {top['group']} ({_share(top)}) costs the most: the score "
-                f"falls to {top['score_drop']:.4g} (utility {top['utility']:+.4g})"
-            )
-        else:
-            text = (
-                f"{top['group']}'s update helps most: dropping it ({_share(top)}) lowers the "
-                f"score to {top['score_drop']:.4g} (utility {top['utility']:+.4g})"
-            )
-        share = values_of(df["update_share"])
-        per_share = np.where(
-            (share > 0) & (finite > tol), finite / np.where(share > 0, share, 1), np.nan
-        )
-        best = df.iloc[int(np.nanargmax(per_share))]
-        if best["group"] != top["group"]:
-            text += (
-                f"; per unit of update share, {best['group']} is worth most "
-                f"({best['utility'] / best['update_share']:.3g})"
-            )
-        parts.append(text)
-    elif (finite < -tol).any():
-        parts.append("no group's update helps: dropping any one leaves the score as high or higher")
-    else:
-        return (
-            "no group's update matters on its own: dropping any one changes the score by less "
-            f"than {NEGLIGIBLE_SCORE:.0%}".replace("%", " %")
-        )
-    if (finite < -tol).any():
-        low = df.iloc[int(np.argmin(finite))]
-        hurt = int((finite < -tol).sum())
-        most, others = (
-            (" most,", f"; {hurt} groups have negative utility") if hurt > 1 else ("", "")
-        )
-        parts.append(
-            f"dropping {low['group']}'s ({_share(low)}) raises the score{most} to "
-            f"{low['score_drop']:.4g} (negative utility {low['utility']:+.4g}{others})"
-        )
-    return "; ".join(parts)
-
-
 _CAPTION = (
     "Utility of each group's update, S(θ_T) − S(θ_T without the group's update), against "
     "its share of ‖Δ_T‖_F², one panel per run (the `opdlens ablate` outputs given); "
@@ -311,7 +222,7 @@ def report_section(sources: Sources, embed: Callable[[str], Embedded]) -> dict[s
         return None
     items = sources.ablation.items()
     return {
-        "lines": [(label, ablation_sentence(a.ablation)) for label, a in items],
+        "lines": sources.ablation_lines,
         "figure": embed("ablation"),
         "tables": [(label, a.ablation.attrs.get("scorer", "given"),
                     table(a.ablation[[c for c in _COLUMNS if c in a.ablation]]))

@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from opdlens.errors import NothingToDrawError, OptionError
-from opdlens.viz._validate import (
+from opdlens.frames import (
     ANALYZE_HINT,
     check_frame,
     final_steps,

@@ -13,8 +13,7 @@ from numpy.typing import ArrayLike
 from opdlens.analysis import ILL_DEFINED_GAP
 from opdlens.analysis.frame import weighted_mean
 from opdlens.errors import OptionError
-from opdlens.names import BLOCKS
-from opdlens.viz._validate import (
+from opdlens.frames import (
     STEP_LABEL,
     check_frame,
     final_steps,
@@ -23,6 +22,7 @@ from opdlens.viz._validate import (
     run_names,
     values_of,
 )
+from opdlens.names import BLOCKS
 from opdlens.viz.style import (
     FLAG_COLOR,
     block_color,

@@ -13,8 +13,8 @@ from matplotlib.lines import Line2D
 
 from opdlens.analysis.foresight import foresight_sentence, select_anchor
 from opdlens.errors import NothingToDrawError, OptionError
+from opdlens.frames import STEP_LABEL, check_frame, ordered, run_names, values_of
 from opdlens.names import BLOCKS
-from opdlens.viz._validate import STEP_LABEL, check_frame, ordered, run_names, values_of
 from opdlens.viz.sections import Figure as Embedded
 from opdlens.viz.sections import table
 from opdlens.viz.style import (

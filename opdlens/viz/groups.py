@@ -13,8 +13,8 @@ from matplotlib.lines import Line2D
 from opdlens.analysis.findings import CLAIMS, GroupFindings, check_groups
 from opdlens.analysis.stats import group_curves
 from opdlens.errors import OptionError
+from opdlens.frames import STEP_LABEL, check_frame, ks_of, ordered, values_of
 from opdlens.names import BLOCKS
-from opdlens.viz._validate import STEP_LABEL, check_frame, ks_of, ordered, values_of
 from opdlens.viz.dynamics import _alignment_table, _energy_label, _energy_table
 from opdlens.viz.style import (
     block_color,

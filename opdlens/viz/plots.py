@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.ticker import FuncFormatter
 
 from opdlens.errors import OptionError
-from opdlens.viz._validate import STEP_LABEL, check_frame, values_of
+from opdlens.frames import STEP_LABEL, check_frame, values_of
 from opdlens.viz.allocation import allocation_heatmap_figure, allocation_strip_figure
 from opdlens.viz.dynamics import (
     GAP_THRESHOLD,

@@ -9,12 +9,11 @@ import pytest
 from checkpoints import copy_demo
 from typer.testing import CliRunner
 
-from opdlens.analysis.findings import online_sentence
+from opdlens.analysis.findings import ablation_sentence, online_sentence
 from opdlens.analysis.foresight import foresight_sentence
 from opdlens.cli import app
 from opdlens.io.paths import MARKER, marker_text
 from opdlens.report.side_inputs import load_online_effopd
-from opdlens.viz.ablation import ablation_sentence
 
 
 def test_demo_refuses_zero_workers(tmp_path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from opdlens.analysis.findings import ablation_sentence
 from opdlens.analysis.foresight import foresight_sentence
 from opdlens.demo.pipeline import (
     _ablate,
@@ -16,7 +17,6 @@ from opdlens.demo.pipeline import (
     share_table,
     steps_saved,
 )
-from opdlens.viz.ablation import ablation_sentence
 
 
 def test_steps_saved_counts_last_accepted_candidate_per_step() -> None:

@@ -12,10 +12,10 @@ from matplotlib.colors import to_hex
 from safetensors.numpy import load_file
 
 from opdlens import NothingToDrawError, OptionError, open_run
+from opdlens.analysis.findings import ablation_sentence
 from opdlens.extrapolation.ablate import ablate
 from opdlens.viz.ablation import (
     ablation_figure,
-    ablation_sentence,
     score_by_rank,
     utility_by_share,
 )

@@ -1,4 +1,4 @@
-"""Checks every plot runs on its input frame, and the small helpers they share."""
+"""Checks that a plot or a sentence runs on a usable DataFrame, and the small helpers they share."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 
 from opdlens.errors import NothingToDrawError, OptionError
 
-ANALYZE_HINT = "Pass the DataFrame returned by Run.analyze."
+ANALYZE_HINT = "Pass the DataFrame returned by opdlens.analyze."
 STEP_LABEL = "training step $t$"
 
 
