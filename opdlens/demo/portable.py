@@ -30,6 +30,11 @@ PORTABLE_ENV = {
 T = TypeVar("T")
 
 
+# What torch.backends.cpu.get_cpu_capability() calls the portable kernels: "NO AVX" up to
+# torch 2.6, "DEFAULT" later.
+PORTABLE_CAPABILITIES = ("DEFAULT", "NO AVX")
+
+
 def code_path() -> dict[str, str]:
     """What decides this process's rounding: torch's version, CPU kernels and threads."""
     return {

@@ -27,7 +27,9 @@ from opdlens.viz.plots import (
 def test_missing_columns(metrics: pd.DataFrame, func) -> None:
     bad = metrics.drop(columns=["update_norm", "update_share"])
     pattern = rf"The 'df' argument of {func.__name__} needs the columns \[.*\]; got \[.*\]"
-    with pytest.raises(ValueError, match=pattern + r".*Pass the DataFrame returned by opdlens.analyze"):
+    with pytest.raises(
+        ValueError, match=pattern + r".*Pass the DataFrame returned by opdlens.analyze"
+    ):
         func(bad)
     with pytest.raises(TypeError, match=f"'df' argument of {func.__name__} must be a pandas"):
         func(metrics.to_dict())
