@@ -95,7 +95,7 @@ def content_hash(ck: Checkpoint) -> str:
 
             path, begin, end = where
             for _ in read_pieces(path, begin, end - begin, np.uint8, key=name, hash_piece=h.update):
-                pass
+                pass  # the bytes are only hashed, by hash_piece, as they are read
             digest = h.digest()
         total.update(f"{len(name)}:{name}".encode() + digest)
     return total.hexdigest()

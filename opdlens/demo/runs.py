@@ -13,7 +13,6 @@ from opdlens.demo.jobs import Job, Start, run_jobs, train_start
 from opdlens.demo.model import save_checkpoint
 from opdlens.demo.portable import run_portable
 from opdlens.demo.settings import demo_settings, replicate_dir, replicate_seed
-from opdlens.demo.train import single_thread
 from opdlens.errors import OpdlensError
 from opdlens.io.paths import write_text_atomic
 
@@ -129,13 +128,12 @@ def generate_runs(
     """Train the demo's teacher, student start, OPD and RL runs and the online EffOPD comparison.
 
     The full preset trains 3 replicates per method (post-training seeds; one teacher and
-    student start), the quick preset 1. The post-training runs are independent seeded jobs,
-    `workers` at a time in processes (the same runs whatever `workers`). Reuses out_dir when
-    it already holds complete runs made with the same parameters.
+    student start), the quick preset 1. All training runs in portable worker processes
+    (demo.portable); the post-training runs are independent seeded jobs, `workers` at a time
+    (the same runs whatever `workers`). Reuses out_dir when it already holds complete runs made
+    with the same parameters.
     """
-    out_dir = Path(out_dir)
-    with single_thread():
-        return _generate(out_dir, quick, seed, progress, workers)
+    return _generate(Path(out_dir), quick, seed, progress, workers)
 
 
 def _generate(out_dir: Path, quick: bool, seed: int, progress: bool, workers: int) -> DemoRuns:
