@@ -21,7 +21,7 @@ from .viz.groups import (
 from .viz.plots import *  # noqa: F403  (the public plot functions, listed in their __all__)
 from .viz.save import save_figure
 
-# viz.foresight needs opdlens.analysis.foresight (and torch): loaded on first use only.
+# Loaded on first use only: foresight_sentence lives with opdlens.foresee (which imports torch).
 _FORESIGHT = ("alpha_star_by_step", "effopd_vs_optimal", "foresight_figure", "foresight_map",
               "foresight_sentence")  # fmt: skip
 
@@ -46,7 +46,9 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _FORESIGHT:
-        from .viz import foresight
-
-        return getattr(foresight, name)
+        if name == "foresight_sentence":
+            from .analysis import foresight as module
+        else:
+            from .viz import foresight as module  # type: ignore[no-redef]
+        return getattr(module, name)
     raise AttributeError(f"module 'opdlens.plots' has no attribute {name!r}")

@@ -200,16 +200,8 @@ def runtime_imports_from(
     return out
 
 
-# What viz's plot modules still compute through analysis at run time (group means, sentences,
-# the foresight anchor): a list that may only shrink. The report path (report, sections,
-# figures, analyses) is not on it: it draws the Sources value opdlens.report.load built.
-VIZ_STILL_CALLS = {
-    "opdlens.viz.dynamics": {"weighted_mean"},
-    "opdlens.viz.foresight": {"foresight_sentence", "select_anchor"},
-    "opdlens.viz.groups": {"GroupFindings", "check_groups", "group_curves"},
-}
-
-
+# The frame operations plots and analysis share (weighted and group means, group checks,
+# foresight's anchor) live in opdlens.frames, below both.
 def test_viz_takes_only_declarations_from_analysis_and_extrapolation() -> None:
     """The report path is cli → opdlens.report.load → (analysis, io) → viz: viz computes nothing
     that analysis or extrapolation own; at run time it takes constants (UPPER_CASE) from them,
@@ -217,11 +209,16 @@ def test_viz_takes_only_declarations_from_analysis_and_extrapolation() -> None:
     found = runtime_imports_from("opdlens.viz", ("opdlens.analysis", "opdlens.extrapolation"))
     computed = {m: {n.rsplit(".", 1)[-1] for n in names} for m, names in found.items()}
     computed = {m: {n for n in names if not n.isupper()} for m, names in computed.items()}
-    assert {m: names for m, names in computed.items() if names} == VIZ_STILL_CALLS
+    assert {m: names for m, names in computed.items() if names} == {}
     # Only the command line and the demo build the report's Sources; analysis and viz never do.
     loaders = [m for m, deps in import_graph().items() if "opdlens.report.load" in deps]
     # (opdlens.report itself re-exports load_sources lazily.)
-    assert sorted(loaders) == ["opdlens.cli.figures", "opdlens.demo.pipeline", "opdlens.report"]
+    assert sorted(loaders) == [
+        "opdlens.cli.figure_args",
+        "opdlens.cli.figures",
+        "opdlens.demo.pipeline",
+        "opdlens.report",
+    ]
 
 
 TESTS = Path(__file__).parent
@@ -271,3 +268,40 @@ def test_the_mirror_check_sees_packages_and_private_modules(tmp_path: Path) -> N
     assert missing_mirrors(root, tests) == ["io/reader.py -> tests/io/test_reader.py"]
     (tests / "io" / "test_reader.py").write_text("")
     assert missing_mirrors(root, tests) == []
+
+
+# The report path: the loader, the figure set and page, their CLI, and each lens' report hooks.
+REPORT_PATH = ("report/*.py", "viz/report.py", "viz/figures.py", "viz/save.py", "viz/analyses.py",
+               "viz/sections.py", "cli/figures.py", "cli/figure_args.py")  # fmt: skip
+LENS_HOOKS = ("report_figure", "report_section")
+
+
+def wide_signatures(root: Path = PACKAGE, most: int = 6) -> list[str]:
+    """Functions of the report path (and lens hooks anywhere in viz) with more than `most`
+    parameters, self and cls not counted."""
+    files = {p for pattern in REPORT_PATH for p in root.glob(pattern)}
+    files |= {p for p in root.glob("viz/*.py") if any(h in p.read_text() for h in LENS_HOOKS)}
+    out = []
+    for path in sorted(files):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            whole = path.parent.name != "viz" or f"viz/{path.name}" in REPORT_PATH
+            if not whole and node.name not in LENS_HOOKS:
+                continue
+            a = node.args
+            names = [x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs]
+                     if x.arg not in ("self", "cls")] + [x.arg for x in (a.vararg, a.kwarg) if x]  # fmt: skip
+            if len(names) > most:
+                out.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({len(names)})")
+    return out
+
+
+def test_every_signature_in_the_report_path_takes_at_most_six_parameters() -> None:
+    assert wide_signatures() == []
+
+
+def test_the_signature_check_sees_a_wide_function(tmp_path: Path) -> None:
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "load.py").write_text("def f(a, b, c, d, e, f, g): ...\n")
+    assert wide_signatures(tmp_path) == ["report/load.py:1 f (7)"]

@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import NothingToDrawError, OptionError
-from ..frames import check_frame, values_of
-from .frame import weighted_mean
+from ..frames import check_frame, check_groups, values_of, weighted_mean
 from .stats import Difference, MeanSD, bootstrap_difference, mean_sd
 
 __all__ = [
@@ -26,7 +25,6 @@ __all__ = [
     "NEGLIGIBLE_SCORE",
     "Claim",
     "GroupFindings",
-    "check_groups",
     "claim_lines",
     "closer_word",
     "group_findings",
@@ -97,25 +95,6 @@ def run_quantities(df: pd.DataFrame) -> dict[str, float]:
         "align_first": float(np.mean(align)),
         "first_step": float(first["step"].iloc[0]),
     }
-
-
-def check_groups(groups: Mapping[str, Sequence[str]], runs: Sequence[str]) -> dict[str, list[str]]:
-    """Groups as {name: [run labels]}, each run in `runs` and in one group only."""
-    if not isinstance(groups, Mapping) or not groups:
-        raise OptionError(
-            "The 'groups' parameter must map a group name to its runs' labels, e.g. "
-            f"{{'OPD': ['OPD-1', 'OPD-2']}}. Got {groups!r} instead."
-        )
-    out = {str(g): [str(r) for r in members] for g, members in groups.items()}
-    seen = [r for members in out.values() for r in members]
-    unknown = [r for r in seen if r not in runs]
-    empty = [g for g, members in out.items() if not members]
-    if unknown or empty or len(set(seen)) < len(seen):
-        raise OptionError(
-            f"The 'groups' parameter must name each run once, among the runs given {list(runs)}; "
-            f"got {out} (unknown: {unknown}, empty groups: {empty})."
-        )
-    return out
 
 
 def mixed_architectures(df: pd.DataFrame, groups: Mapping[str, Sequence[str]]) -> list[str]:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import OpdlensError, OptionError
+from ..frames import Anchor, select_anchor
 from ..names import BLOCKS
 from ..progress import Progress
 from ..schedule import MAX_MULTIPLE, EffOPDSchedule, check_alpha, replay_schedule
@@ -31,7 +32,6 @@ __all__ = [
     "foresight_frame",
     "foresight_sentence",
     "grams",
-    "select_anchor",
 ]
 
 ALPHAS = (0.5, 1.0, 2.0, 4.0)
@@ -41,7 +41,6 @@ COLUMNS = [
     "step", "anchor", "alpha", "alpha_kind", "candidate", "scope", "tensor", "layer", "block",
     "target_step", "pred_distance", "stay_distance", "rel_error",
 ]  # fmt: skip
-Anchor = str | int | None
 
 
 def check_alphas(alphas: Iterable[float]) -> tuple[float, ...]:
@@ -293,27 +292,6 @@ def foresee(
     df = foresight_frame(meta, stacked, [0, *run.steps], pairs, grid, effopd=effopd)
     df.attrs["warnings"] = list(run.warnings) + warnings
     return df
-
-
-def select_anchor(df: pd.DataFrame, anchor: Anchor = "previous") -> pd.DataFrame:
-    """The rows of one anchor choice: 'previous' saved step, 'base', or a step (per run, if any)."""
-    if anchor == "base":
-        return df[df["anchor"] == 0]
-    if anchor != "previous":
-        if isinstance(anchor, bool) or not isinstance(anchor, int):
-            raise OptionError(
-                f"The 'anchor' parameter must be 'previous', 'base' or a step. Got {anchor!r} instead."
-            )
-        return df[df["anchor"] == anchor]
-    keep = np.zeros(len(df), dtype=bool)
-    groups = df.groupby("run", sort=False).indices if "run" in df else {None: np.arange(len(df))}
-    for idx in groups.values():
-        sub = df.iloc[idx]
-        saved = np.unique(np.concatenate([[0], sub["step"], sub["anchor"], sub["target_step"]]))
-        steps = sub["step"].to_numpy()
-        prev = saved[np.searchsorted(saved, steps) - 1]
-        keep[idx] = sub["anchor"].to_numpy() == prev
-    return df[keep]
 
 
 def effopd_comparison(df: pd.DataFrame) -> pd.DataFrame:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import overload
 
 import numpy as np
 import pandas as pd
 
 from ..errors import OptionError
+from ..frames import weighted_mean
 
 ID_COLUMNS = [
     "step",
@@ -69,26 +69,6 @@ def build_frame(
             "nonfinite": "bool",
         }  # fmt: skip
     )
-
-
-@overload
-def weighted_mean(values: pd.Series, weights: pd.Series) -> float: ...
-@overload
-def weighted_mean(values: pd.Series, weights: pd.Series, by: Sequence[pd.Series]) -> pd.Series: ...
-def weighted_mean(
-    values: pd.Series, weights: pd.Series, by: Sequence[pd.Series] | None = None
-) -> float | pd.Series:
-    """Mean of `values` weighted by `weights` over rows where both are finite and the weight > 0.
-
-    With `by` (columns aligned with `values`), one mean per group that has such a row; without,
-    one number (NaN when no row counts).
-    """
-    ok = np.isfinite(values.astype(float)) & np.isfinite(weights.astype(float)) & (weights > 0)
-    v, w = values[ok], weights[ok]
-    if by is None:
-        return float((v * w).sum() / w.sum()) if ok.any() else np.nan
-    keys = [k[ok] for k in by]
-    return (v * w).groupby(keys).sum() / w.groupby(keys).sum()
 
 
 def summarize(df: pd.DataFrame, by: Sequence[str] = ("layer", "block")) -> pd.DataFrame:

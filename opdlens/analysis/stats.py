@@ -4,11 +4,10 @@ difference of group means."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from ..errors import OptionError
 
@@ -17,7 +16,6 @@ __all__ = [
     "Difference",
     "MeanSD",
     "bootstrap_difference",
-    "group_curves",
     "mean_sd",
 ]
 
@@ -120,21 +118,3 @@ def bootstrap_difference(
     return Difference(
         float(x.mean() - y.mean()), float(low), float(high), level, x.size, y.size, samples, seed
     )
-
-
-def group_curves(per_run: pd.Series, groups: Mapping[str, Sequence[str]]) -> pd.DataFrame:
-    """Across the runs of each group: mean, sd (ddof = 1), min, max and n of a per-run curve.
-
-    per_run is indexed by `run` and further levels (step, block, …); the result is indexed by
-    `group` and the same further levels. Runs in no group are left out.
-    """
-    others = [name for name in per_run.index.names if name != "run"]
-    assert "run" in per_run.index.names and others, per_run.index.names
-    member = {run: g for g, runs in groups.items() for run in runs}
-    frame = per_run.rename("value").reset_index()
-    frame["group"] = frame["run"].map(member)
-    frame = frame[frame["group"].notna() & np.isfinite(frame["value"].astype(float))]
-    stats = frame.groupby(["group", *others], sort=False)["value"].agg(
-        mean="mean", sd="std", min="min", max="max", n="count"
-    )
-    return stats

@@ -76,8 +76,9 @@ def foresee(
     quiet: QuietOpt = False,
 ) -> None:
     """Predictability of the run: rel_error of θ_t + α(θ_t − θ_a) against every later step."""
-    from ..analysis.foresight import effopd_comparison, foresight_sentence, select_anchor
+    from ..analysis.foresight import effopd_comparison, foresight_sentence
     from ..analysis.foresight_write import write_foresight  # pandas loads only for this command
+    from ..frames import select_anchor
     from ..run import open_run
 
     if address is not None and executor is not Executor.ray:

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from ..analysis.findings import (
-    check_groups,
     claim_lines,
     group_findings,
     mixed_architectures,
@@ -35,6 +34,7 @@ from ..analysis.results import (
 from ..analysis.spectra import cached_spectra, run_spectra
 from ..analysis.write import write_analysis
 from ..errors import InputNotFoundError, OpdlensError, OptionError
+from ..frames import check_groups
 from ..io.paths import ensure_outside
 from ..io.training_log import (
     TrainingLogError,

@@ -11,7 +11,6 @@ from matplotlib.lines import Line2D
 from numpy.typing import ArrayLike
 
 from opdlens.analysis import ILL_DEFINED_GAP
-from opdlens.analysis.frame import weighted_mean
 from opdlens.errors import OptionError
 from opdlens.frames import (
     STEP_LABEL,
@@ -21,6 +20,7 @@ from opdlens.frames import (
     ordered,
     run_names,
     values_of,
+    weighted_mean,
 )
 from opdlens.names import BLOCKS
 from opdlens.viz.style import (

@@ -11,9 +11,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from opdlens.analysis.foresight import foresight_sentence, select_anchor
 from opdlens.errors import NothingToDrawError, OptionError
-from opdlens.frames import STEP_LABEL, check_frame, ordered, run_names, values_of
+from opdlens.frames import STEP_LABEL, check_frame, ordered, run_names, select_anchor, values_of
 from opdlens.names import BLOCKS
 from opdlens.viz.sections import Figure as Embedded
 from opdlens.viz.sections import table
@@ -34,7 +33,6 @@ __all__ = [
     "effopd_vs_optimal",
     "foresight_figure",
     "foresight_map",
-    "foresight_sentence",
     "report_figure",
     "report_section",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -10,10 +11,17 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from opdlens.analysis.findings import CLAIMS, GroupFindings, check_groups
-from opdlens.analysis.stats import group_curves
+from opdlens.analysis.findings import CLAIMS
 from opdlens.errors import OptionError
-from opdlens.frames import STEP_LABEL, check_frame, ks_of, ordered, values_of
+from opdlens.frames import (
+    STEP_LABEL,
+    check_frame,
+    check_groups,
+    group_curves,
+    ks_of,
+    ordered,
+    values_of,
+)
 from opdlens.names import BLOCKS
 from opdlens.viz.dynamics import _alignment_table, _energy_label, _energy_table
 from opdlens.viz.style import (
@@ -24,6 +32,9 @@ from opdlens.viz.style import (
     new_figure,
     paper_style,
 )
+
+if TYPE_CHECKING:
+    from opdlens.analysis.findings import GroupFindings
 
 __all__ = [
     "BANDS",

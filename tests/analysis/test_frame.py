@@ -86,7 +86,7 @@ def test_summarize_rejects_other_frames():
 
 
 def test_weighted_mean_counts_finite_values_with_positive_weights() -> None:
-    from opdlens.analysis.frame import weighted_mean
+    from opdlens.frames import weighted_mean
 
     values = pd.Series([0.5, 1.0, np.nan, 2.0, np.inf, 3.0])
     weights = pd.Series([1.0, 4.0, 3.0, 0.0, 1.0, np.nan])

@@ -11,12 +11,12 @@ from matplotlib.lines import Line2D
 
 import opdlens
 from opdlens.errors import NothingToDrawError, OptionError
+from opdlens.plots import foresight_sentence
 from opdlens.viz.foresight import (
     alpha_star_by_step,
     effopd_vs_optimal,
     foresight_figure,
     foresight_map,
-    foresight_sentence,
 )
 from viz.runs import write_run
 

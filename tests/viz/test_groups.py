@@ -8,8 +8,8 @@ import pytest
 from matplotlib.collections import PolyCollection
 
 from opdlens.analysis.findings import group_findings
-from opdlens.analysis.stats import group_curves
 from opdlens.errors import OptionError
+from opdlens.frames import group_curves
 from opdlens.report import ReportOptions, from_frame
 from opdlens.viz.figures import draw_figures
 from opdlens.viz.groups import (
