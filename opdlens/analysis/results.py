@@ -47,7 +47,7 @@ class RunMetrics:
 
     label: str
     source: Path
-    metrics_dir: Path
+    metrics_dir: Path | None  # the `opdlens analyze` output read, None when analysed here
     frame: pd.DataFrame
     provenance: dict[str, Any]
     run: Run | None = None

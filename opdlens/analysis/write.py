@@ -54,16 +54,25 @@ def _write(
 ) -> tuple[Analysis, pd.DataFrame]:
     result = compute_analysis(run, options, cache_dir=out / "cache", progress=progress)
     t = time.perf_counter()
-    df = result.frame
-    final = options.final if options.final is not None else run.final_step
 
     def provenance() -> dict[str, Any]:
         result.timings["write"] = time.perf_counter() - t
-        return record(
-            run, options.record(), final_step=final, steps=run.steps, rows=len(df),
-            warnings=result.warnings, wall_time_s=result.timings, svd_calls=result.svd_calls,
-            cache_hits=result.cache_hits, svd_methods=result.svd_methods,
-        )  # fmt: skip
+        return analysis_record(run, result)
 
-    write_results(out, {"metrics": df}, provenance)
-    return result, final_summary(df, final)
+    write_results(out, {"metrics": result.frame}, provenance)
+    return result, final_summary(result.frame, final_step(run, result.options))
+
+
+def final_step(run: Run, options: AnalyzeOptions) -> int:
+    """The step of Δ_T: the chosen final, else the run's last saved step."""
+    return options.final if options.final is not None else run.final_step
+
+
+def analysis_record(run: Run, result: Analysis) -> dict[str, Any]:
+    """The provenance of an analysis: inputs, options, final step, warnings, timings, SVD use."""
+    return record(
+        run, result.options.record(), final_step=final_step(run, result.options),
+        steps=run.steps, rows=len(result.frame), warnings=result.warnings,
+        wall_time_s=result.timings, svd_calls=result.svd_calls, cache_hits=result.cache_hits,
+        svd_methods=result.svd_methods,
+    )  # fmt: skip

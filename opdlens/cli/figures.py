@@ -38,10 +38,13 @@ def figures(args: FigureArgs) -> None:
         from ..viz.figures import write_figures
 
         result = write_figures(src, args.out, ReportOptions(band=given.band))
+        from ..report.tables import write_tables
+
+        tables = write_tables(src, args.out, {"labels": src.labels, **args.record(given)})
     _notes(src, [*src.notes, *result.notes])
     for stem in result.paths:
         echo(f"{args.out / stem}.{{pdf,svg,png}}  {result.titles[stem]}")
-    echo(f"wrote {len(result.paths)} figures to {args.out}")
+    echo(f"wrote {len(result.paths)} figures to {args.out}; every run's metrics in {tables}")
 
 
 @app.command()
@@ -67,5 +70,8 @@ def report(
         from ..viz.report import write_report
 
         path = write_report(src, args.out, ReportOptions(given.band, title, top, record))
+        from ..report.tables import write_tables
+
+        tables = write_tables(src, args.out, record)
     _notes(src, list(src.notes))
-    echo(f"wrote {path} (figures in {args.out / 'figures'})")
+    echo(f"wrote {path} (figures in {args.out / 'figures'}, every run's metrics in {tables})")

@@ -24,6 +24,7 @@ from ..extrapolation.extrapolate import ERRORS_FILE, extrapolate
 from ..extrapolation.replay import OFFLINE_NOTE, replay
 from ..io.paths import write_text_atomic
 from ..report.load import load_sources, shown_runs
+from ..report.tables import write_tables
 from ..report.side_inputs import load_online_effopd
 from ..report.sources import ReportOptions, SourceOptions, Sources
 from ..run import Run, open_run
@@ -178,7 +179,9 @@ def _analyse(
         side, paths=tuple(d for _, d in pairs), labels=tuple(lab for lab, _ in pairs),
         groups=groups, replay=out / "replay-opd",
     )  # fmt: skip
-    return load_sources(options, out / "analysis", progress=progress)
+    sources = load_sources(options, out / "analysis", progress=progress)
+    write_tables(sources, out / "analysis", {"labels": sources.labels, "groups": groups})
+    return sources
 
 
 def _report(sources: Sources, out: Path, quick: bool, seed: int) -> Path:

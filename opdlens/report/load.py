@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from ..analysis.analyze import compute_analysis
 from ..analysis.findings import (
     claim_lines,
     group_findings,
@@ -19,6 +20,7 @@ from ..analysis.findings import (
     online_sentence,
     score_change,
 )
+from ..analysis.options import AnalyzeOptions
 from ..analysis.results import (
     RunMetrics,
     checkpoint_table,
@@ -32,10 +34,10 @@ from ..analysis.results import (
     run_summary,
 )
 from ..analysis.spectra import cached_spectra, run_spectra
-from ..analysis.write import write_analysis
+from ..analysis.write import analysis_record
 from ..errors import InputNotFoundError, OpdlensError, OptionError
 from ..frames import check_groups
-from ..io.paths import ensure_outside
+from ..io.paths import ensure_outside, output_dir
 from ..io.training_log import (
     TrainingLogError,
     choose_metric,
@@ -67,8 +69,9 @@ _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 def load_sources(options: SourceOptions, out_dir: str | Path, *, progress: bool = False) -> Sources:
-    """Load every run of `options` (a run directory is analysed into out_dir/metrics-<label>/,
-    re-using its factor cache) with its side inputs, then what the report states (`complete`).
+    """Load every run of `options` (a run directory is analysed in memory, its top-K factors
+    cached in out_dir/cache/<label>/ for the next call) with its side inputs, then what the
+    report states (`complete`). Nothing else is written.
 
     Raises:
         InputNotFoundError: a path, replay directory or errors file that does not exist.
@@ -149,22 +152,26 @@ def labels(paths: Sequence[Path], given: Sequence[str] | None) -> list[str]:
 def _load_run(
     path: Path, label: str, out: Path, options: SourceOptions, *, first: bool, progress: bool
 ) -> RunMetrics:
-    """One run's metrics: analysed from its checkpoints (kept in memory, written once into
-    out/metrics-<label>/ with its cache), or read from the `opdlens analyze` output given."""
+    """One run's metrics: analysed from its checkpoints in memory (through its factor cache in
+    out/cache/<label>/), or read from the `opdlens analyze` output given."""
     if is_metrics_dir(path):
-        frame, run, metrics_dir = load_metrics(path, label), None, path
+        frame = load_metrics(path, label)
+        prov_file = path / "provenance.json"
+        prov = (
+            read_json(prov_file, "provenance.json of `opdlens analyze`")
+            if prov_file.is_file()
+            else {}
+        )
+        rm = RunMetrics(label, path, path, frame, prov)
     else:
         extra = options.checkpoints if first else None
         run = open_run(path, options.base, checkpoints=extra, trust_pickle=options.trust_pickle)
-        metrics_dir = out / f"metrics-{label}"
-        logger.info("analysing %s into %s", path, metrics_dir)
-        analysis, _ = write_analysis(run, metrics_dir, options.analyze, progress=progress)
+        analyze = AnalyzeOptions.build(options.analyze, {})
+        logger.info("analysing %s (factor cache in %s)", path, out / "cache" / label)
+        with output_dir(out / "cache" / label, "cache", inputs=run.input_paths) as cache:
+            analysis = compute_analysis(run, analyze, cache_dir=cache, progress=progress)
         frame = metrics_frame(analysis.frame, label)
-    prov_file = metrics_dir / "provenance.json"
-    prov = (
-        read_json(prov_file, "provenance.json of `opdlens analyze`") if prov_file.is_file() else {}
-    )
-    rm = RunMetrics(label, path, metrics_dir, frame, prov, run)
+        rm = RunMetrics(label, path, None, frame, analysis_record(run, analysis), run)
     rm.checkpoints, rm.reader_warnings = checkpoint_table(rm)
     rm.summary = run_summary(rm.frame)
     return rm
@@ -202,6 +209,7 @@ def _spectra(rm: RunMetrics, n: int, notes: list[str]) -> list[pd.DataFrame]:
     if rm.run is not None:
         return [run_spectra(rm.run, rm.frame, n, label=rm.label)]
     try:
+        assert rm.metrics_dir is not None  # a run without an open Run was read from one
         sp = cached_spectra(rm.metrics_dir, rm.frame, n, label=rm.label)
     except OpdlensError as e:
         notes.append(f"{rm.label}: spectra skipped: {e}")

@@ -134,7 +134,8 @@ def _provenance(sources: Sources, options: ReportOptions) -> dict[str, Any]:
     return {
         "own_provenance": json.dumps(own, indent=2),
         "provenance": [
-            (rm.label, rm.metrics_dir / "provenance.json",
+            (rm.label, rm.metrics_dir / "provenance.json" if rm.metrics_dir is not None
+             else f"the analysis of {rm.source}",
              json.dumps(rm.provenance, indent=2, default=str) if rm.provenance else "(none)")
             for rm in sources.runs
         ],

@@ -73,7 +73,8 @@ def test_demo_quick_end_to_end(tmp_path, quick_demo) -> None:
         assert (out / "foresight" / label.lower() / "effopd_schedule.csv").is_file()
     # The printed shares are the metrics files' own numbers.
     for label in ("OPD", "RL"):
-        df = pd.read_parquet(out / "analysis" / f"metrics-{label}" / "metrics.parquet")
+        df = pd.read_parquet(out / "analysis" / "run_metrics.parquet")
+        df = df[df["run"] == label]
         final = df[(df["span"] == "cumulative") & (df["step"] == df["step"].max())]
         mlp = final.loc[final["block"] == "mlp", "update_share"].sum()
         assert f"{mlp:.3f}" in text

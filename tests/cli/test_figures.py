@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -14,7 +15,9 @@ from typer.testing import CliRunner
 from viz.inputs import write_ablation
 from viz.runs import write_run
 
+from opdlens.analysis.write import write_analysis
 from opdlens.cli import app
+from opdlens.run import open_run
 
 EXPECTED = {"allocation_heatmap", "allocation_strip-OPD", "allocation_strip-RL", "block_norms",
             "energy_by_step", "energy_by_rank", "alignment_by_step", "spectra-OPD",
@@ -43,8 +46,11 @@ def test_figures_compare_two_runs(runs: tuple[Path, Path], tmp_path: Path) -> No
     assert f"wrote {len(EXPECTED)} figures" in result.stdout
     assert "Foresight: how close one extrapolation lands" in result.stdout
     assert "replay_scores skipped" in result.stderr  # no --replay given: said, not silent
-    for label in ("OPD", "RL"):
-        assert (out / f"metrics-{label}" / "metrics.parquet").is_file()
+    # Every run's metrics as drawn, and where each came from; no nested analysis output.
+    tables = pd.read_parquet(out / "run_metrics.parquet")
+    assert list(pd.unique(tables["run"])) == ["OPD", "RL"] and not list(out.glob("metrics-*"))
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["runs"]["RL"]["source"] == str(rl) and prov["runs"]["RL"]["analysis"]["inputs"]
     stems = {p.stem for p in out.glob("*.png")}
     assert stems == EXPECTED
     for stem in stems:
@@ -52,9 +58,11 @@ def test_figures_compare_two_runs(runs: tuple[Path, Path], tmp_path: Path) -> No
         with Image.open(out / f"{stem}.png") as im:
             assert np.allclose(im.info["dpi"], (200, 200), atol=0.5)
     # A metrics directory is drawn without analysing again; its spectra come from the cache.
-    again = _invoke("figures", out / "metrics-OPD", "--out", tmp_path / "again", "--spectra", "2")
+    metrics = tmp_path / "metrics-OPD"
+    write_analysis(open_run(opd), metrics, ranks=(1, 4), workers=1)
+    again = _invoke("figures", metrics, "--out", tmp_path / "again", "--spectra", "2")
     assert again.exit_code == 0, again.output
-    assert "cached top-K" in again.stderr and not (tmp_path / "again" / "metrics-OPD").exists()
+    assert "cached top-K" in again.stderr and not (tmp_path / "again" / "cache").exists()
 
 
 @pytest.mark.slow
@@ -172,7 +180,8 @@ def test_report_with_groups_states_means_and_intervals(
     # The MLPs' share of each run's final update, from its metrics file.
     share = {}
     for label in ("A-1", "A-2", "B-1", "B-2"):
-        df = pd.read_parquet(out / f"metrics-{label}" / "metrics.parquet")
+        df = pd.read_parquet(out / "run_metrics.parquet")
+        df = df[df["run"] == label]
         final = df[(df["span"] == "cumulative") & (df["step"] == df["step"].max())]
         share[label] = float(final.loc[final["block"] == "mlp", "update_share"].sum())
     a, b = np.array([share["A-1"], share["A-2"]]), np.array([share["B-1"], share["B-2"]])
