@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install opdlens with its test extras (CPU torch 2.13.0 first, so pip never pulls a CUDA build),
 # check lint and types (ruff, mypy), and run the whole test suite, slow end-to-end tests included.
-# With --versions, then run the quick tests again at both ends of what opdlens supports, each in
+# Then it runs the quick tests again at both ends of what opdlens supports, each in
 # its own venv under .venvs/: the oldest torch on the oldest Python (torch 2.6.0, Python 3.10) and the newest
 # release on the newest Python here (torch 2.15.0, Python 3.13). Those venvs hold what a user's
 # training environment may be no more than: torch, opdlens and the tools the tests write
@@ -9,16 +9,13 @@
 # there. Their torch builds come from the registry as CUDA builds (~3 GB each with their
 # nvidia-* packages), so they download in the background while the main suite runs.
 #
-#   bash scripts/test.sh                  # lint, types, the whole suite (what CI runs)
-#   bash scripts/test.sh --versions       # and the two version passes (~6 GB of downloads)
-#   bash scripts/test.sh [--versions] -- PYTEST_ARGS...   # e.g. -- -m "not slow" -x
-# Not in CI: run from .ci/run (2026-12-06) they passed but for 4-5 tests that send SIGINT
-# (ctrl-c handling) or wait on worker exits, which passed when the same passes were started by
-# hand (likely cause: a pass started with & by a non-interactive script inherits SIGINT ignored).
+#   bash scripts/test.sh                  # lint, types, the whole suite, both version passes (CI)
+#   bash scripts/test.sh --no-versions    # without the version passes (~6 GB of downloads)
+#   bash scripts/test.sh [--no-versions] -- PYTEST_ARGS...   # e.g. -- -m "not slow" -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-versions=0
+versions=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --versions) versions=1; shift ;;
@@ -101,8 +98,13 @@ if [ "$versions" = 1 ]; then
         }
     done
     # Both passes at once (two cores), each with its own temporary directory.
+    # A job started with & by a non-interactive shell has SIGINT ignored, and Python then never
+    # raises KeyboardInterrupt: the ctrl-c tests need the default disposition back before exec.
+    sigint_default=(python -c 'import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+os.execv(sys.argv[1], sys.argv[1:])')
     for spec in floor newest; do
-        ".venvs/$spec/bin/python" -m pytest -q -m "not slow" -p no:cacheprovider \
+        "${sigint_default[@]}" ".venvs/$spec/bin/python" -m pytest -q -m "not slow" -p no:cacheprovider \
             --basetemp="${TMPDIR:-/tmp}/opdlens-tests-$spec-$$" >".venvs/$spec-tests.log" 2>&1 &
         eval "${spec}_pid=$!"
     done
