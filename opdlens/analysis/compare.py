@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -15,10 +16,11 @@ import torch
 from ..devices import check_device, out_of_memory_as_error, prepare
 from ..errors import CheckpointError, FusedSplitError, OptionError
 from ..progress import Progress
+from .cache import CachedFactors, FactorCache, TensorCache, content_key
 from .compare_frame import SCOPES, build_frame
-from .overlap import Side, TensorOverlap, slice_row, update_and_mask
-from .sweep import skip_reason, slices_of
-from .update import read_stored
+from .overlap import Cached, Side, TensorOverlap, slice_row, update_and_mask
+from .sweep import Slice, skip_reason, slices_of
+from .update import digest, read_stored
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,6 +41,8 @@ class CompareOptions:
     workers: int | None = None  # worker threads; None is one per core, 1 runs inline
     device: str = "cpu"  # where the SVDs and inner products run
     allow_different_base: bool = False  # compare runs whose bases differ (with a warning)
+    cache_a: str | Path | None = None  # an analyze output (or its cache/) of run A: factors reused
+    cache_b: str | Path | None = None  # the same for run B
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalised values are set once, here
@@ -59,6 +63,9 @@ class CompareOptions:
             )
         if self.workers is not None and not (isinstance(self.workers, int) and self.workers >= 1):
             raise OptionError(f"The 'workers' parameter must be ≥ 1. Got {self.workers} instead.")
+        for c in ("cache_a", "cache_b"):
+            if getattr(self, c) is not None:
+                set_(self, c, str(getattr(self, c)))
         for step in ("step_a", "step_b"):
             value = getattr(self, step)
             if value is not None and not (isinstance(value, int) and value >= 0):
@@ -101,6 +108,8 @@ class Comparison:
     steps: list[tuple[int, int]]  # (step_a, step_b) of each pair
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    svd_calls: int = 0
+    cache_hits: int = 0  # top-K factors reused from an analyze's factor cache
 
 
 def _check_ranks(ranks: Any) -> tuple[int, ...]:
@@ -180,7 +189,7 @@ def compare_tensor(pair: _Pair, name: str) -> TensorOverlap:
         return out
     info = a.run.module(name)
     w0, h0 = read_stored(a.run.base, name)
-    w0b = w0
+    w0b, h0b = w0, h0
     if not pair.same_base:
         w0b, h0b = read_stored(b.run.base, name)
         out.base_differs = h0b != h0
@@ -189,8 +198,9 @@ def compare_tensor(pair: _Pair, name: str) -> TensorOverlap:
         elif not opts.allow_different_base:
             return out
     with out_of_memory_as_error(f"tensor '{name}'"):
-        da, ma = update_and_mask(a, name, w0, info, opts.sparsity_tol)
-        db, mb = update_and_mask(b, name, w0b, info, opts.sparsity_tol)
+        da, ma, src_a = update_and_mask(a, name, w0, h0, info, opts.sparsity_tol)
+        db, mb, src_b = update_and_mask(b, name, w0b, h0b if w0b is not w0 else h0, info,
+                                        opts.sparsity_tol)  # fmt: skip
         del w0, w0b
         da, db = da.to(opts.device), db.to(opts.device)
         shape = tuple(a.run.base.spec(name).shape)
@@ -199,16 +209,46 @@ def compare_tensor(pair: _Pair, name: str) -> TensorOverlap:
         except FusedSplitError as e:
             out.warnings.append(f"tensor '{name}' is compared whole, not per fused part: {e}")
             slices = slices_of(shape, info, a.run.config, split=False)
+        caches = [s.cache.tensor(name) if s.cache is not None else None for s in (a, b)]
         for sl in slices:
-            row, notes = slice_row(sl, info, (da, db), (ma, mb), opts.ranks, opts.device)
+            found = _cached(out, caches, (a.step, b.step), (src_a, src_b), sl)
+            row, notes, svds = slice_row(sl, info, (da, db), (ma, mb), opts.ranks, opts.device,
+                                         found)  # fmt: skip
+            out.svd_calls += svds
             out.rows.append({"tensor": name, "layer": info.layer, "block": info.block, **row})
             out.warnings += [f"tensor '{name}': {n}" for n in notes]
+        for tc in caches:
+            if tc is not None:
+                out.warnings += ([tc.warning] if tc.warning else []) + tc.notes
     if ma is None or mb is None:
         out.warnings.append(
             f"tensor '{name}': a LoRA step stores no dense update, so its changed-weight "
             "columns are empty; cos and the subspaces come from B·A."
         )
     return out
+
+
+def _cached(
+    out: TensorOverlap,
+    caches: list[TensorCache | None],
+    steps: tuple[int, int],
+    sources: tuple[bytes, bytes],
+    sl: Slice,
+) -> Cached:
+    """Look up one slice's factors of Δ_A and Δ_B in the caches, keyed as analyze keys them."""
+    slice_digest = digest(sl.rows_index) if sl.rows_index is not None else b""
+
+    def lookup(shape: tuple[int, int], k: int) -> tuple[CachedFactors | None, CachedFactors | None]:
+        found: list[CachedFactors | None] = []
+        for tc, step, src in zip(caches, steps, sources, strict=True):
+            hit = None
+            if tc is not None:
+                hit = tc.get(step, sl.key, k, False, content_key(src, slice_digest), shape)
+            found.append(hit.truncated(k) if hit is not None else None)
+            out.cache_hits += hit is not None
+        return found[0], found[1]
+
+    return lookup
 
 
 def _thread_map(
@@ -258,7 +298,9 @@ def compute_pair(a: Run, b: Run, options: CompareOptions, *, progress: bool = Fa
     if what is not None and not options.allow_different_base:
         raise _refusal(a, b, what)
     names = _names(a, b, warnings)
-    pair = _Pair(Side(a, sa), Side(b, sb), same, options)
+    caches = [FactorCache.open(c) if c is not None else None
+              for c in (options.cache_a, options.cache_b)]  # fmt: skip
+    pair = _Pair(Side(a, sa, caches[0]), Side(b, sb, caches[1]), same, options)
     prepare(options.device)
     found: dict[str, TensorOverlap] = {}
     bar = Progress(len(names), "compare", enabled=progress)
@@ -282,7 +324,8 @@ def compute_pair(a: Run, b: Run, options: CompareOptions, *, progress: bool = Fa
     t1 = time.perf_counter()
     frame = build_frame(rows, options.ranks, options.scopes)
     timings = {"sweep": t1 - t0, "frame": time.perf_counter() - t1}
-    return Comparison(frame, options, [(sa, sb)], warnings, timings)
+    return Comparison(frame, options, [(sa, sb)], warnings, timings,
+                      sum(r.svd_calls for r in done), sum(r.cache_hits for r in done))  # fmt: skip
 
 
 def compute_group(
@@ -293,7 +336,10 @@ def compute_group(
 
     if len(runs) < 2:
         raise OptionError(f"A group to compare needs at least two runs. Got {len(runs)}.")
+    if options.cache_a is not None or options.cache_b is not None:
+        raise OptionError("cache_a / cache_b (--cache-a/--cache-b) are for two runs, not a group.")
     frames, steps, warnings, timings = [], [], [], {"sweep": 0.0, "frame": 0.0}
+    svd_calls = 0
     for i, j in itertools.combinations(range(len(runs)), 2):
         got = compute_pair(runs[i], runs[j], options, progress=progress)
         f = got.frame
@@ -302,10 +348,12 @@ def compute_group(
         f.insert(0, "pair", f"{i}-{j}")
         frames.append(f)
         steps += got.steps
+        svd_calls += got.svd_calls
         warnings += [f"pair {i}-{j}: {w}" for w in got.warnings]
         for k, v in got.timings.items():
             timings[k] += v
-    return Comparison(pd.concat(frames, ignore_index=True), options, steps, warnings, timings)
+    frame = pd.concat(frames, ignore_index=True)
+    return Comparison(frame, options, steps, warnings, timings, svd_calls)
 
 
 def compare(

@@ -90,7 +90,8 @@ def write_compare(
                 None, opts.record(), inputs=[input_fingerprints(r) for r in runs],
                 runs=[str(r.open_args.get("path") or r.base.path) for r in runs],
                 steps=result.steps, rows=len(result.frame), warnings=result.warnings,
-                wall_time_s=result.timings,
+                wall_time_s=result.timings, svd_calls=result.svd_calls,
+                cache_hits=result.cache_hits,
             )  # fmt: skip
 
         write_results(path, {"compare": result.frame}, provenance)

@@ -66,6 +66,14 @@ def compare(
             "--allow-different-base", help="Compare runs whose bases differ (with a warning)."
         ),
     ] = False,
+    cache_a: Annotated[
+        Path | None,
+        typer.Option("--cache-a", help="An analyze --out of RUN_A (or its cache/): reuse factors."),
+    ] = None,
+    cache_b: Annotated[
+        Path | None,
+        typer.Option("--cache-b", help="An analyze --out of RUN_B (or its cache/): reuse factors."),
+    ] = None,
     base: BaseOpt = None,
     checkpoint: CheckpointOpt = None,
     workers: WorkersOpt = None,
@@ -93,6 +101,7 @@ def compare(
         ranks=parse_ints(ranks, "--ranks"), step_a=step_a, step_b=step_b,
         sparsity_tol=sparsity_tol, scopes=[s.strip() for s in scopes.split(",") if s.strip()],
         workers=workers, device=device, allow_different_base=allow_different_base,
+        cache_a=cache_a, cache_b=cache_b,
     )  # fmt: skip
     steps = parse_checkpoints(checkpoint)
     runs = [open_run(p, base, checkpoints=steps, trust_pickle=trust_pickle) for p in paths]

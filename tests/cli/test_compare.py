@@ -142,3 +142,24 @@ def test_the_command_line_in_a_child_process(runs: list[Path], tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("the runs changed ")
     assert "compare [" in proc.stderr  # the progress bar, on stderr
+
+
+def test_factors_of_an_earlier_analyze_are_reused(runs: list[Path], tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics-a"
+    done = runner.invoke(app, ["analyze", str(runs[0]), "--out", str(metrics), "-q",
+                               "--ranks", "1,4", "--workers", "1"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    plain, cached = tmp_path / "plain", tmp_path / "cached"
+    for out, extra in ((plain, []), (cached, ["--cache-a", str(metrics)])):
+        res = runner.invoke(app, ["compare", str(runs[0]), str(runs[1]), "--out", str(out), "-q",
+                                  "--ranks", "1,4", "--workers", "1", *extra])  # fmt: skip
+        assert res.exit_code == 0, res.output
+    p0, p1 = (json.loads((d / "provenance.json").read_text()) for d in (plain, cached))
+    a, b = (pd.read_parquet(d / "compare.parquet") for d in (plain, cached))
+    matrices = int(a[(a["scope"] == "tensor")]["rows"].notna().sum())
+    assert p0["cache_hits"] == 0 and p1["cache_hits"] == matrices  # every matrix of run A
+    assert p1["svd_calls"] == p0["svd_calls"] - matrices
+    cols = [c for c in a.columns if c.startswith("subspace_")]
+    assert np.allclose(a[cols], b[cols], atol=1e-6, equal_nan=True)
+    cli_fails(["compare", runs[0], runs[1], "--out", tmp_path / "x", "--cache-a", runs[2]],
+              "no factor cache here")  # fmt: skip
