@@ -309,3 +309,25 @@ def test_group_gives_every_pair(pair: Callable, tmp_path: Path) -> None:
     assert list(df["run_b"]) == [str(b), str(c), str(c)]
     ab = opdlens.compare(runs[0], runs[1], ranks=(1,), scopes="overall").iloc[0]
     assert df.iloc[0]["jaccard"] == ab["jaccard"]
+
+
+def test_the_worked_example_of_design_md(tmp_path: Path) -> None:
+    name = "model.layers.0.mlp.down_proj.weight"
+    w0 = torch.ones(2, 4)
+    da = torch.tensor([[0.0, 1, 1, -1], [0, 2, 0, 0]])
+    db = torch.tensor([[0.0, 0, 2, 1], [0, 0, 1, 0]])
+    config = {"model_type": "llama"}
+    for run, d in (("a", da), ("b", db)):
+        for step, w in ((0, w0), (2, w0 + d)):
+            checkpoints.write_state_dir(
+                tmp_path / run / f"checkpoint-{step}", {name: w}, config=config
+            )
+    row = opdlens.compare(
+        opdlens.open_run(tmp_path / "a"), opdlens.open_run(tmp_path / "b"), ranks=(1,),
+        scopes="tensor",
+    ).iloc[0]  # fmt: skip
+    assert (row["changed_frac_a"], row["changed_frac_b"], row["jaccard"]) == (0.5, 0.375, 0.4)
+    assert row["jaccard_chance"] == pytest.approx(0.1875 / 0.6875)
+    assert round(row["overlap_ratio"], 2) == 1.47 and round(row["cos"], 3) == 0.154
+    assert round(row["subspace_left_k1"], 3) == 0.757 and row["subspace_left_random_k1"] == 0.5
+    assert round(row["subspace_right_k1"], 3) == 0.020 and row["subspace_right_random_k1"] == 0.25
