@@ -331,3 +331,35 @@ def test_the_worked_example_of_design_md(tmp_path: Path) -> None:
     assert round(row["overlap_ratio"], 2) == 1.47 and round(row["cos"], 3) == 0.154
     assert round(row["subspace_left_k1"], 3) == 0.757 and row["subspace_left_random_k1"] == 0.5
     assert round(row["subspace_right_k1"], 3) == 0.020 and row["subspace_right_random_k1"] == 0.25
+
+
+def test_a_lora_run_has_no_counts_but_its_cos_comes_from_b_times_a(planted_runs: Callable) -> None:
+    lora, dense = planted_runs("lora"), planted_runs("llama-f32")
+    df = opdlens.compare(opdlens.open_run(lora), opdlens.open_run(dense), ranks=(1,))
+    assert any("LoRA" in w for w in df.attrs["warnings"])
+    name = "model.layers.0.self_attn.q_proj.weight"
+    row = df[(df["scope"] == "tensor") & (df["tensor"] == name)].iloc[0]
+    assert pd.isna(row["changed_a"]) and math.isnan(row["jaccard"])
+    assert pd.isna(df[df["scope"] == "overall"].iloc[0]["changed_a"])  # not an undercount
+    untouched = df[(df["scope"] == "tensor") & (df["tensor"] == "model.embed_tokens.weight")]
+    assert untouched.iloc[0]["changed_a"] == 0  # not adapted: W = W_0 exactly
+    adapter = load_file(lora / "checkpoint-4" / "adapter_model.safetensors")
+    key = f"base_model.model.{name[: -len('.weight')]}"
+    da = 2.0 * (adapter[f"{key}.lora_B.weight"].double() @ adapter[f"{key}.lora_A.weight"].double())
+    db = (
+        load_state(dense / "checkpoint-4")[name].double()
+        - load_state(dense / "checkpoint-0")[name].double()
+    )
+    cos = float((da * db).sum() / (da.norm() * db.norm()))
+    assert row["cos"] == pytest.approx(cos, abs=1e-6)
+
+
+@pytest.mark.gpu
+def test_cuda_gives_the_numbers_of_the_cpu(pair: Callable) -> None:
+    a, b = pair(CASES[3], "lowrank")  # MoE, bf16
+    ra, rb = opdlens.open_run(a), opdlens.open_run(b)
+    cpu = opdlens.compare(ra, rb, ranks=(1, 2), workers=1)
+    gpu = opdlens.compare(ra, rb, ranks=(1, 2), workers=2, device="cuda")
+    assert cpu[["changed_a", "changed_both"]].equals(gpu[["changed_a", "changed_both"]])
+    cols = ["cos", "subspace_left_k1", "subspace_right_k2"]
+    assert np.allclose(cpu[cols], gpu[cols], atol=1e-5, equal_nan=True)
