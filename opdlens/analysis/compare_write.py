@@ -35,9 +35,9 @@ def summary_line(row: pd.Series, k: int) -> str:
     if not math.isfinite(ratio):
         text += "their changed sets' overlap with chance is undefined"
     elif ratio >= 1.005:
-        text += f"their changed sets overlap {ratio:.2g}× more than chance"
+        text += f"their changed sets overlap {ratio:.3g}× more than chance"
     elif ratio <= 0.995:
-        text += f"their changed sets overlap {ratio:.2g}× chance, less than independent masks"
+        text += f"their changed sets overlap {ratio:.3g}× chance, less than independent masks"
     else:
         text += "their changed sets overlap as much as chance (1.0×)"
     left = float(row.get(f"subspace_left_k{k}", math.nan))

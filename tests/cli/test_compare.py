@@ -70,7 +70,7 @@ def test_writes_the_table_provenance_and_one_summary_line(runs: list[Path], tmp_
     lines = res.stdout.splitlines()
     assert lines[0] == (
         f"the runs changed {100 * pa:.3g} % and {100 * pb:.3g} % of the weights; their changed "
-        f"sets overlap {ratio:.2g}× more than chance; top-4 subspaces overlap "
+        f"sets overlap {ratio:.3g}× more than chance; top-4 subspaces overlap "
         f"{overall['subspace_left_k4']:.2g} (random {overall['subspace_left_random_k4']:.2g}); "
         f"cos {overall['cos']:.2g}"
     )
