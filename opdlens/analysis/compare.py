@@ -199,8 +199,7 @@ def compare_tensor(pair: _Pair, name: str) -> TensorOverlap:
             return out
     with out_of_memory_as_error(f"tensor '{name}'"):
         da, ma, src_a = update_and_mask(a, name, w0, h0, info, opts.sparsity_tol)
-        db, mb, src_b = update_and_mask(b, name, w0b, h0b if w0b is not w0 else h0, info,
-                                        opts.sparsity_tol)  # fmt: skip
+        db, mb, src_b = update_and_mask(b, name, w0b, h0b, info, opts.sparsity_tol)
         del w0, w0b
         da, db = da.to(opts.device), db.to(opts.device)
         shape = tuple(a.run.base.spec(name).shape)
@@ -220,11 +219,7 @@ def compare_tensor(pair: _Pair, name: str) -> TensorOverlap:
         for tc in caches:
             if tc is not None:
                 out.warnings += ([tc.warning] if tc.warning else []) + tc.notes
-    if ma is None or mb is None:
-        out.warnings.append(
-            f"tensor '{name}': a LoRA step stores no dense update, so its changed-weight "
-            "columns are empty; cos and the subspaces come from B·A."
-        )
+    out.lora = ma is None or mb is None
     return out
 
 
@@ -316,6 +311,13 @@ def compute_pair(a: Run, b: Run, options: CompareOptions, *, progress: bool = Fa
     rows = [row for res in done for row in res.rows]
     warnings += [w for res in done for w in res.warnings]
     differing = [res.name for res in done if res.base_differs]
+    lora = [res.name for res in done if res.lora]
+    if lora:
+        warnings.append(
+            f"{len(lora)} tensor(s), e.g. '{lora[0]}', are LoRA updates: a LoRA step stores no "
+            "dense update, so their changed-weight columns (and their groups') are empty; cos "
+            "and the subspaces come from B·A."
+        )
     if what is not None or differing:
         first = what or f"{len(differing)} tensor(s) differ, first '{differing[0]}'"
         warnings.insert(0, f"--allow-different-base: the bases {a.base.path} and "

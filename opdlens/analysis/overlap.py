@@ -49,6 +49,7 @@ class TensorOverlap:
     base_differs: bool = False  # the two bases' stored bytes of this tensor differ
     svd_calls: int = 0
     cache_hits: int = 0  # top-K factors taken from an analyze's factor cache
+    lora: bool = False  # a LoRA step: no stored dense update, so no changed mask
 
 
 def _upcast_float8(x: torch.Tensor) -> torch.Tensor:
