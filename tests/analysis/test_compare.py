@@ -363,3 +363,52 @@ def test_cuda_gives_the_numbers_of_the_cpu(pair: Callable) -> None:
     assert cpu[["changed_a", "changed_both"]].equals(gpu[["changed_a", "changed_both"]])
     cols = ["cos", "subspace_left_k1", "subspace_right_k2"]
     assert np.allclose(cpu[cols], gpu[cols], atol=1e-5, equal_nan=True)
+
+
+_PEAK = """
+import sys, opdlens, pandas, opdlens.analysis.compare, opdlens.analysis.analyze
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+runs = [opdlens.open_run(p) for p in sys.argv[2:]]
+before = status("VmRSS:")
+if sys.argv[1] == "compare":
+    opdlens.compare(*runs, ranks=(1, 4), workers=1)
+else:
+    opdlens.analyze(runs[0], ranks=(1, 4), workers=1)
+print(status("VmHWM:") - before)
+"""
+
+
+@pytest.mark.slow
+def test_compare_streams_one_tensor_at_a_time(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    # 16 float32 matrices of 2 MiB: 32 MiB per checkpoint, 96 MiB for W_0, W_A and W_B whole.
+    names = [f"model.layers.{i}.mlp.down_proj.weight" for i in range(16)]
+    g = torch.Generator().manual_seed(0)
+    base = {n: torch.randn(512, 1024, generator=g) for n in names}
+    config = {"model_type": "llama"}
+    roots = []
+    for seed in (1, 2):
+        root = tmp_path / f"r{seed}"
+        for step in (0, 2):
+            noise = 0.01 * step * torch.randn(512, 1024, generator=g)
+            state = {n: w + noise for n, w in base.items()}
+            checkpoints.write_state_dir(root / f"checkpoint-{step}", state, config=config)
+        roots.append(str(root))
+
+    def peak(command: str) -> int:
+        """RSS growth of one call in a fresh process, first-call library workspace included."""
+        out = subprocess.run([sys.executable, "-c", _PEAK, command, *roots], capture_output=True,
+                             text=True, check=True, timeout=600)  # fmt: skip
+        return int(out.stdout.split()[-1])
+
+    grew, analyze = peak("compare"), peak("analyze")
+    whole = 3 * len(names) * 512 * 1024 * 4
+    # Measured here: analyze 44 MB, compare 53 MB (its two updates and masks), of which
+    # ~30 MB is the libraries' first-call workspace; three whole models would be 100 MB more.
+    assert grew <= 0.75 * whole, f"compare's RSS grew {grew / 2**20:.0f} MiB"
+    assert grew <= 1.5 * analyze, (grew / 2**20, analyze / 2**20)
