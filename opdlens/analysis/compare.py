@@ -1,0 +1,388 @@
+"""Compare two runs from the same base: overlap of their changed weights and of their updates."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..devices import check_device, out_of_memory_as_error, prepare
+from ..errors import CheckpointError, FusedSplitError, OptionError
+from ..progress import Progress
+from .cache import CachedFactors, FactorCache, TensorCache, content_key
+from .compare_frame import SCOPES, build_frame
+from .overlap import Cached, Side, TensorOverlap, slice_row, update_and_mask
+from .sweep import Slice, skip_reason, slices_of
+from .update import digest, read_stored
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..run import Run
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """Every option of `opdlens.compare`, checked once when built (a bad value names itself)."""
+
+    ranks: Sequence[int] = (1, 4, 16)  # K of subspace_{left,right}_k{K}; kept sorted
+    step_a: int | None = None  # run A's step (default: its last)
+    step_b: int | None = None  # run B's step (default: its last)
+    sparsity_tol: float | None = None  # None: changed as stored; τ: changed where |Δ| > τ
+    scopes: Sequence[str] = SCOPES  # which rows: per tensor, per block, per layer, overall
+    split_fused: bool = True  # fused qkv / gate_up tensors per logical part, as analyze
+    workers: int | None = None  # worker threads; None is one per core, 1 runs inline
+    device: str = "cpu"  # where the SVDs and inner products run
+    allow_different_base: bool = False  # compare runs whose bases differ (with a warning)
+    cache_a: str | Path | None = None  # an analyze output (or its cache/) of run A: factors reused
+    cache_b: str | Path | None = None  # the same for run B
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalised values are set once, here
+        set_(self, "ranks", _check_ranks(self.ranks))
+        set_(self, "device", check_device(getattr(self.device, "value", self.device)))
+        scopes = (self.scopes,) if isinstance(self.scopes, str) else tuple(self.scopes)
+        bad = [s for s in scopes if s not in SCOPES]
+        if bad or not scopes:
+            raise OptionError(
+                f"The 'scopes' parameter of compare takes some of {', '.join(SCOPES)}. "
+                f"Got {list(scopes)} instead."
+            )
+        set_(self, "scopes", tuple(s for s in SCOPES if s in scopes))
+        tol = self.sparsity_tol
+        if tol is not None and not (isinstance(tol, int | float) and tol >= 0):
+            raise OptionError(
+                f"The 'sparsity_tol' parameter of compare must be a number ≥ 0 or None. Got {tol!r}."
+            )
+        if self.workers is not None and not (isinstance(self.workers, int) and self.workers >= 1):
+            raise OptionError(f"The 'workers' parameter must be ≥ 1. Got {self.workers} instead.")
+        for c in ("cache_a", "cache_b"):
+            if getattr(self, c) is not None:
+                set_(self, c, str(getattr(self, c)))
+        for step in ("step_a", "step_b"):
+            value = getattr(self, step)
+            if value is not None and not (isinstance(value, int) and value >= 0):
+                raise OptionError(f"The '{step}' parameter must be a saved step. Got {value!r}.")
+
+    @classmethod
+    def build(
+        cls, options: CompareOptions | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> CompareOptions:
+        """`options` (default: all defaults) with `overrides` replacing fields by name."""
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in overrides or {} if k not in known]
+        if unknown:
+            raise OptionError(
+                f"compare has no option {unknown[0]!r}; its options are {', '.join(known)}."
+            )
+        if options is None:
+            return cls(**dict(overrides or {}))
+        return replace(options, **dict(overrides or {}))
+
+    @property
+    def worker_count(self) -> int:
+        """Worker threads to start: `workers`, or one per core."""
+        return (os.cpu_count() or 1) if self.workers is None else self.workers
+
+    def record(self) -> dict[str, Any]:
+        """The options as JSON-ready values, for provenance."""
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in fields(self)
+        }
+
+
+@dataclass
+class Comparison:
+    """The compare table with what produced it: options, steps, warnings, timings."""
+
+    frame: pd.DataFrame
+    options: CompareOptions
+    steps: list[tuple[int, int]]  # (step_a, step_b) of each pair
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    svd_calls: int = 0
+    cache_hits: int = 0  # top-K factors reused from an analyze's factor cache
+
+
+def _check_ranks(ranks: Any) -> tuple[int, ...]:
+    try:
+        items = list(ranks)
+        ok = bool(items) and all(isinstance(k, int) and not isinstance(k, bool) for k in items)
+    except TypeError:
+        ok = False
+    if not ok or any(k <= 0 for k in items):
+        raise OptionError(
+            f"The 'ranks' parameter of compare must be positive integers. Got {ranks!r} instead."
+        )
+    return tuple(sorted(set(items)))
+
+
+def _where(run: Run) -> str:
+    return str(run.open_args.get("path") or run.base.path.parent)
+
+
+def resolve_step(run: Run, step: int | None, option: str) -> int:
+    """`step`, or the run's last step when None.
+
+    Raises:
+        OptionError: the run saved no such step (named with `option` and the run).
+    """
+    if step is None:
+        return run.final_step
+    if step not in run.steps:
+        raise OptionError(
+            f"{option} {step}: the run {_where(run)} has no step {step}; its saved steps are "
+            f"{run.steps}."
+        )
+    return step
+
+
+def header_difference(a: Run, b: Run) -> str | None:
+    """How the two bases' headers differ (names, shapes, dtypes), or None if they agree."""
+    na, nb = a.base.names(), b.base.names()
+    only = [n for n in na if n not in set(nb)] + [n for n in nb if n not in set(na)]
+    if only:
+        which = "A" if only[0] in set(na) else "B"
+        return f"the first differing tensor is '{only[0]}', which only run {which}'s base holds"
+    for name in na:
+        sa, sb = a.base.spec(name), b.base.spec(name)
+        if sa.shape != sb.shape or sa.stored != sb.stored:
+            return (
+                f"the first differing tensor is '{name}': {sa.stored} {list(sa.shape)} in A's "
+                f"base, {sb.stored} {list(sb.shape)} in B's"
+            )
+    return None
+
+
+def _refusal(a: Run, b: Run, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"the runs start from different bases ({a.base.path} and {b.base.path}): {what}. "
+        "compare measures overlap from one shared base; compare runs of the same base model, "
+        "or pass --allow-different-base (Python: allow_different_base=True) to measure each "
+        "update from its own base anyway."
+    )
+
+
+@dataclass(frozen=True)
+class _Pair:
+    a: Side
+    b: Side
+    same_base: bool  # both bases are the same files: their bytes need no check
+    options: CompareOptions
+
+
+def compare_tensor(pair: _Pair, name: str) -> TensorOverlap:
+    """Rows of one tensor: both runs' copies read once, W_0 once per distinct base."""
+    out = TensorOverlap(name)
+    a, b, opts = pair.a, pair.b, pair.options
+    skip = skip_reason(a.run, name) or skip_reason(b.run, name)
+    if skip is not None:
+        out.warnings.append(skip)
+        return out
+    info = a.run.module(name)
+    w0, h0 = read_stored(a.run.base, name)
+    w0b, h0b = w0, h0
+    if not pair.same_base:
+        w0b, h0b = read_stored(b.run.base, name)
+        out.base_differs = h0b != h0
+        if not out.base_differs:
+            w0b = w0
+        elif not opts.allow_different_base:
+            return out
+    with out_of_memory_as_error(f"tensor '{name}'"):
+        da, ma, src_a = update_and_mask(a, name, w0, h0, info, opts.sparsity_tol)
+        db, mb, src_b = update_and_mask(b, name, w0b, h0b, info, opts.sparsity_tol)
+        del w0, w0b
+        da, db = da.to(opts.device), db.to(opts.device)
+        shape = tuple(a.run.base.spec(name).shape)
+        try:
+            slices = slices_of(shape, info, a.run.config, opts.split_fused)
+        except FusedSplitError as e:
+            out.warnings.append(f"tensor '{name}' is compared whole, not per fused part: {e}")
+            slices = slices_of(shape, info, a.run.config, split=False)
+        caches = [s.cache.tensor(name) if s.cache is not None else None for s in (a, b)]
+        for sl in slices:
+            found = _cached(out, caches, (a.step, b.step), (src_a, src_b), sl)
+            row, notes, svds = slice_row(sl, info, (da, db), (ma, mb), opts.ranks, opts.device,
+                                         found)  # fmt: skip
+            out.svd_calls += svds
+            out.rows.append({"tensor": name, "layer": info.layer, "block": info.block, **row})
+            out.warnings += [f"tensor '{name}': {n}" for n in notes]
+        for tc in caches:
+            if tc is not None:
+                out.warnings += ([tc.warning] if tc.warning else []) + tc.notes
+    out.lora = ma is None or mb is None
+    return out
+
+
+def _cached(
+    out: TensorOverlap,
+    caches: list[TensorCache | None],
+    steps: tuple[int, int],
+    sources: tuple[bytes, bytes],
+    sl: Slice,
+) -> Cached:
+    """Look up one slice's factors of Δ_A and Δ_B in the caches, keyed as analyze keys them."""
+    slice_digest = digest(sl.rows_index) if sl.rows_index is not None else b""
+
+    def lookup(shape: tuple[int, int], k: int) -> tuple[CachedFactors | None, CachedFactors | None]:
+        found: list[CachedFactors | None] = []
+        for tc, step, src in zip(caches, steps, sources, strict=True):
+            hit = None
+            if tc is not None:
+                hit = tc.get(step, sl.key, k, False, content_key(src, slice_digest), shape)
+            found.append(hit.truncated(k) if hit is not None else None)
+            out.cache_hits += hit is not None
+        return found[0], found[1]
+
+    return lookup
+
+
+def _thread_map(
+    fn: Callable[[str], TensorOverlap], names: Sequence[str], workers: int
+) -> Iterator[TensorOverlap]:
+    """fn over names, yielded as each finishes: inline for one worker, else threads of 1 BLAS
+    thread each (torch releases the GIL in its kernels and reads), restored afterwards."""
+    if workers <= 1 or len(names) <= 1:
+        yield from map(fn, names)
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pool = ThreadPoolExecutor(min(workers, len(names)), thread_name_prefix="opdlens-compare")
+    try:
+        for done in as_completed([pool.submit(fn, n) for n in names]):
+            yield done.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(before)
+
+
+def _names(a: Run, b: Run, warnings: list[str]) -> list[str]:
+    """Tensors both runs hold with the same shape, in run A's order."""
+    in_b = set(b.tensor_names)
+    names = [
+        n for n in a.tensor_names if n in in_b and a.base.spec(n).shape == b.base.spec(n).shape
+    ]
+    left = len(set(a.tensor_names) | in_b) - len(names)
+    if left:
+        warnings.append(f"{left} tensor(s) are not in both runs with one shape; left out.")
+    if not names:
+        raise CheckpointError(
+            f"the runs {_where(a)} and {_where(b)} share no tensor of the same shape; "
+            "nothing to compare."
+        )
+    return names
+
+
+def compute_pair(a: Run, b: Run, options: CompareOptions, *, progress: bool = False) -> Comparison:
+    """The compare table of two runs, with the warnings (run's, base override, notes)."""
+    t0 = time.perf_counter()
+    sa = resolve_step(a, options.step_a, "--step-a")
+    sb = resolve_step(b, options.step_b, "--step-b")
+    warnings = [f"run A: {w}" for w in a.warnings] + [f"run B: {w}" for w in b.warnings]
+    same = a.base.path == b.base.path
+    what = None if same else header_difference(a, b)
+    if what is not None and not options.allow_different_base:
+        raise _refusal(a, b, what)
+    names = _names(a, b, warnings)
+    caches = [FactorCache.open(c) if c is not None else None
+              for c in (options.cache_a, options.cache_b)]  # fmt: skip
+    pair = _Pair(Side(a, sa, caches[0]), Side(b, sb, caches[1]), same, options)
+    prepare(options.device)
+    found: dict[str, TensorOverlap] = {}
+    bar = Progress(len(names), "compare", enabled=progress)
+    try:
+        for res in _thread_map(lambda n: compare_tensor(pair, n), names, options.worker_count):
+            if res.base_differs and not options.allow_different_base:
+                raise _refusal(a, b, f"the first differing tensor found is '{res.name}'")
+            found[res.name] = res
+            bar.update()
+    finally:
+        bar.close()
+    done = [found[n] for n in names]  # rows and notes in the run's order, whatever finished first
+    rows = [row for res in done for row in res.rows]
+    warnings += [w for res in done for w in res.warnings]
+    differing = [res.name for res in done if res.base_differs]
+    lora = [res.name for res in done if res.lora]
+    if lora:
+        warnings.append(
+            f"{len(lora)} tensor(s), e.g. '{lora[0]}', are LoRA updates: a LoRA step stores no "
+            "dense update, so their changed-weight columns (and their groups') are empty; cos "
+            "and the subspaces come from B·A."
+        )
+    if what is not None or differing:
+        first = what or f"{len(differing)} tensor(s) differ, first '{differing[0]}'"
+        warnings.insert(0, f"--allow-different-base: the bases {a.base.path} and "
+                        f"{b.base.path} differ ({first}); each update is measured from its "
+                        "own base, so the overlap is not of one shared model's weights.")  # fmt: skip
+    t1 = time.perf_counter()
+    frame = build_frame(rows, options.ranks, options.scopes)
+    timings = {"sweep": t1 - t0, "frame": time.perf_counter() - t1}
+    return Comparison(frame, options, [(sa, sb)], warnings, timings,
+                      sum(r.svd_calls for r in done), sum(r.cache_hits for r in done))  # fmt: skip
+
+
+def compute_group(
+    runs: Sequence[Run], options: CompareOptions, *, progress: bool = False
+) -> Comparison:
+    """The compare tables of every pair of `runs`, stacked with `pair`, `run_a`, `run_b` first."""
+    import pandas as pd
+
+    if len(runs) < 2:
+        raise OptionError(f"A group to compare needs at least two runs. Got {len(runs)}.")
+    if options.cache_a is not None or options.cache_b is not None:
+        raise OptionError("cache_a / cache_b (--cache-a/--cache-b) are for two runs, not a group.")
+    frames, steps, warnings, timings = [], [], [], {"sweep": 0.0, "frame": 0.0}
+    svd_calls = 0
+    for i, j in itertools.combinations(range(len(runs)), 2):
+        got = compute_pair(runs[i], runs[j], options, progress=progress)
+        f = got.frame
+        f.insert(0, "run_b", _where(runs[j]))
+        f.insert(0, "run_a", _where(runs[i]))
+        f.insert(0, "pair", f"{i}-{j}")
+        frames.append(f)
+        steps += got.steps
+        svd_calls += got.svd_calls
+        warnings += [f"pair {i}-{j}: {w}" for w in got.warnings]
+        for k, v in got.timings.items():
+            timings[k] += v
+    frame = pd.concat(frames, ignore_index=True)
+    return Comparison(frame, options, steps, warnings, timings, svd_calls)
+
+
+def compare(
+    run_a: Run, run_b: Run, options: CompareOptions | None = None, *, progress: bool = False,
+    **overrides: Any,
+) -> pd.DataFrame:  # fmt: skip
+    """Overlap of two runs' updates from one base, one row per (scope, tensor or group).
+
+    Columns as design.md defines them: changed_frac_a/b, jaccard, jaccard_chance,
+    overlap_ratio, cos, subspace_{left,right}_k{K} beside subspace_{left,right}_random_k{K}.
+    Options as `CompareOptions` fields by keyword, e.g. ``compare(a, b, ranks=(1, 4))``;
+    warnings are in ``frame.attrs["warnings"]``.
+
+    Raises:
+        CheckpointError: the bases differ (and not `allow_different_base`).
+        OptionError: a bad option, or a step the run did not save.
+    """
+    result = compute_pair(run_a, run_b, CompareOptions.build(options, overrides), progress=progress)
+    result.frame.attrs["warnings"] = result.warnings
+    return result.frame
+
+
+def compare_group(
+    runs: Sequence[Run], options: CompareOptions | None = None, *, progress: bool = False,
+    **overrides: Any,
+) -> pd.DataFrame:  # fmt: skip
+    """`compare` for every pair of a group of runs (e.g. seeds), with pair, run_a, run_b columns."""
+    result = compute_group(runs, CompareOptions.build(options, overrides), progress=progress)
+    result.frame.attrs["warnings"] = result.warnings
+    return result.frame

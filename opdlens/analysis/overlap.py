@@ -1,0 +1,158 @@
+"""Overlap of two runs' updates of one tensor: changed masks, inner products, top-K subspaces."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..names import ModuleInfo, as_matrix
+from .matrices import matrix_of
+from .metrics import frobenius_sq, inner, subspace_alignment
+from .sparsity import changed_mask
+from .sweep import Slice
+from .update import Update, digest, read_stored
+
+if TYPE_CHECKING:
+    from ..run import Run
+    from .cache import CachedFactors, FactorCache
+
+# Top-K factors of Δ_A and Δ_B of one slice when a cache holds them: (rows, cols) → (A, B).
+Cached = Callable[[tuple[int, int], int], tuple["CachedFactors | None", "CachedFactors | None"]]
+
+_FLOAT8 = {torch.float8_e4m3fn, torch.float8_e5m2}
+
+# Summed over tensors for the aggregated scopes; every ratio is computed from these sums.
+COUNT_COLUMNS = ["changed_a", "changed_b", "changed_both", "changed_either"]
+SUM_COLUMNS = ["numel", *COUNT_COLUMNS, "dot", "sq_a", "sq_b"]
+
+
+@dataclass(frozen=True)
+class Side:
+    """One run's update at one step, and the factor cache of an earlier `analyze` of it."""
+
+    run: Run
+    step: int
+    cache: FactorCache | None = None
+
+
+@dataclass
+class TensorOverlap:
+    """Rows of one tensor (one per expert / fused part) and the notes it raised."""
+
+    name: str
+    rows: list[dict[str, object]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    base_differs: bool = False  # the two bases' stored bytes of this tensor differ
+    svd_calls: int = 0
+    cache_hits: int = 0  # top-K factors taken from an analyze's factor cache
+    lora: bool = False  # a LoRA step: no stored dense update, so no changed mask
+
+
+def _upcast_float8(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in _FLOAT8 else x  # exact; torch has no float8 arithmetic
+
+
+def update_and_mask(
+    side: Side, name: str, w0: torch.Tensor, h0: bytes, info: ModuleInfo, tol: float | None
+) -> tuple[torch.Tensor, torch.Tensor | None, bytes]:
+    """Δ = W_step − W_0 in float32, the changed mask, and the digest analyze's cache keys Δ by.
+
+    The mask is None for a LoRA step: its dense update is not stored, so no element is
+    "unchanged as stored". Shape: w0 as stored; Δ and mask in `as_matrix` orientation.
+    """
+    f = side.run.factored_delta(name, side.step)
+    if f is not None:
+        return (f[0].float() @ f[1].float()), None, digest(f[0], f[1])  # already (out, in)
+    w, h = read_stored(side.run.checkpoint(side.step), name)
+    w = _upcast_float8(w)
+    mask = changed_mask(w0, w, tol)
+    d = w.to(torch.float32, copy=True)
+    del w
+    d.sub_(w0)  # in float32; W_0 of bf16/f16 is exact in float32
+    return as_matrix(d, info), as_matrix(mask, info), h0 + h
+
+
+def piece(x: torch.Tensor, sl: Slice, info: ModuleInfo) -> torch.Tensor:
+    """The slice's matrix (or vector) of a whole oriented tensor (as `analyze` cuts it)."""
+    x = matrix_of(x, info.stacked_experts, sl.expert)
+    if sl.rows_index is not None:
+        x = x.index_select(0, sl.rows_index.to(x.device))
+    return x
+
+
+def subspace_columns(
+    da: torch.Tensor, db: torch.Tensor, sq_a: float, sq_b: float, ranks: Sequence[int],
+    device: str, cached: Cached | None = None,
+) -> tuple[dict[str, float], list[str], int]:  # fmt: skip
+    """subspace_{left,right}_k{K}, their random baselines K/rows, K/cols, and SVDs computed.
+
+    NaN where K exceeds min(rows, cols), for vectors, and where either update is zero or not
+    finite (then with a note). `cached` gives factors an earlier analyze stored, used instead
+    of an SVD. Shape: da and db (rows, cols) float32, or vectors.
+    """
+    out: dict[str, float] = {}
+    for k in ranks:
+        for side in ("left", "right"):
+            out[f"subspace_{side}_k{k}"] = math.nan
+            out[f"subspace_{side}_random_k{k}"] = math.nan
+    if da.dim() != 2:
+        return out, [], 0
+    rows, cols = da.shape
+    kk = min(max(ranks), rows, cols)
+    for k in ranks:
+        if k <= kk:
+            out[f"subspace_left_random_k{k}"] = k / rows
+            out[f"subspace_right_random_k{k}"] = k / cols
+    if not (sq_a > 0 and sq_b > 0):
+        return out, [], 0
+    if not (math.isfinite(sq_a) and math.isfinite(sq_b)):
+        return out, ["an update holds NaN or Inf: its subspaces are undefined (NaN)"], 0
+    hits = cached((rows, cols), kk) if cached is not None else (None, None)
+    bases = []
+    for d, sq, hit in ((da, sq_a, hits[0]), (db, sq_b, hits[1])):
+        if hit is not None:
+            bases.append((hit.u.cpu(), hit.v.cpu()))
+        else:
+            top = Update(dense=d.to(device)).top_k(kk, total_sq=sq)
+            bases.append((top.U.cpu(), top.V.cpu()))
+    (ua, va), (ub, vb) = bases
+    for k in ranks:
+        if k <= kk:
+            out[f"subspace_left_k{k}"] = subspace_alignment(ua, ub, k)
+            out[f"subspace_right_k{k}"] = subspace_alignment(va, vb, k)
+    return out, [], sum(h is None for h in hits)
+
+
+def slice_row(
+    sl: Slice,
+    info: ModuleInfo,
+    deltas: tuple[torch.Tensor, torch.Tensor],
+    masks: tuple[torch.Tensor | None, torch.Tensor | None],
+    ranks: Sequence[int],
+    device: str,
+    cached: Cached | None = None,
+) -> tuple[dict[str, object], list[str], int]:
+    """The counts, inner products and subspace overlaps of one slice; SVDs it computed."""
+    da, db = (piece(d, sl, info) for d in deltas)
+    row: dict[str, object] = {
+        "expert": sl.expert, "part": sl.part, "kind": sl.kind,
+        "rows": da.shape[0] if da.dim() == 2 else None,
+        "cols": da.shape[1] if da.dim() == 2 else None, "numel": da.numel(),
+    }  # fmt: skip
+    ma, mb = masks
+    if ma is None or mb is None:
+        row.update(dict.fromkeys(COUNT_COLUMNS, None))
+    else:
+        pa, pb = piece(ma, sl, info), piece(mb, sl, info)
+        na, nb = int(pa.sum()), int(pb.sum())
+        both = int(torch.logical_and(pa, pb).sum())
+        row.update(changed_a=na, changed_b=nb, changed_both=both, changed_either=na + nb - both)
+    sq_a, sq_b = frobenius_sq(da), frobenius_sq(db)
+    row.update(dot=inner(da, db), sq_a=sq_a, sq_b=sq_b)
+    cols, notes, svds = subspace_columns(da, db, sq_a, sq_b, ranks, device, cached)
+    row.update(cols)
+    return row, notes, svds
