@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 import opdlens
 from opdlens.cli import app
 
-COMMANDS = ["analyze", "demo", "extrapolate", "replay", "figures", "report", "scan", "surgery",
-            "surgery scale", "surgery lowrank", "surgery window"]  # fmt: skip
+COMMANDS = ["analyze", "compare", "demo", "extrapolate", "replay", "figures", "report", "scan",
+            "surgery", "surgery scale", "surgery lowrank", "surgery window", "foresee", "ablate"]  # fmt: skip
 READS_A_RUN = [c for c in COMMANDS if c not in ("demo", "surgery")]
 
 
@@ -30,7 +30,7 @@ def test_help_names_what_options_take(command: str) -> None:
     usage = next(line for line in text.splitlines() if "Usage:" in line)
     assert "{" not in usage and "}" not in usage, usage
     if command in READS_A_RUN and command not in ("extrapolate", "replay"):
-        assert re.search(r"Usage: .* \[OPTIONS\] \[?(RUN|SOURCE)\b", usage), (
+        assert re.search(r"Usage: .* \[OPTIONS\] \[?(RUN|SOURCE|RUN_A)\b", usage), (
             usage
         )  # [SOURCE]: --group
 
