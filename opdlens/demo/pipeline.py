@@ -24,9 +24,9 @@ from ..extrapolation.extrapolate import ERRORS_FILE, extrapolate
 from ..extrapolation.replay import OFFLINE_NOTE, replay
 from ..io.paths import write_text_atomic
 from ..report.load import load_sources, shown_runs
-from ..report.tables import write_tables
 from ..report.side_inputs import load_online_effopd
 from ..report.sources import ReportOptions, SourceOptions, Sources
+from ..report.tables import write_tables
 from ..run import Run, open_run
 from ..schedule import replay_schedule
 from ..viz.report import write_report
