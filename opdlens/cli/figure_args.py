@@ -109,6 +109,16 @@ ForesightOpt = Annotated[
         "with fewer than two saved steps after the base are skipped with a note.",
     ),
 ]
+OverlapOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overlap/--no-overlap",
+        help="Compare the runs' updates as `opdlens compare` does (with --group, each group's runs "
+        "pairwise: how consistent one method's changed weights are across seeds; else the first "
+        "run against each other run directory) and draw the overlap figure. Two SVDs per matrix "
+        "and pair.",
+    ),
+]
 RanksOpt = Annotated[str, typer.Option(help="K values when a run is analysed, e.g. 1,4,16.")]
 TopOpt = Annotated[int, typer.Option("--spectra", help="Tensors whose spectrum is drawn.")]
 WorkersOpt = Annotated[
@@ -256,13 +266,15 @@ class ReadArgs:
 
 @dataclass(frozen=True)
 class SideArgs:
-    """What is drawn beside the weight metrics: replay, errors, logs, ablation, foresight."""
+    """What is drawn beside the weight metrics: replay, errors, logs, ablation, foresight,
+    overlap."""
 
     replay: Path | None
     errors: list[Path] | None
     metrics: list[Path] | None
     ablation: list[str] | None
     foresight: bool
+    overlap: bool
 
 
 @dataclass(frozen=True)
@@ -309,7 +321,7 @@ class FigureArgs:
             given.groups, self.read.base, parse_checkpoints(self.read.checkpoint) or None,
             self.read.trust_pickle, side.replay, tuple(side.errors or ()),
             tuple(side.metrics or ()), ablation, side.foresight, analyze=analyze,
-            spectra=a.spectra,
+            spectra=a.spectra, overlap=side.overlap,
         ), given  # fmt: skip
 
     def record(self, given: Inputs) -> dict[str, object]:
@@ -322,7 +334,7 @@ class FigureArgs:
             "errors": [str(e) for e in side.errors or []],
             "metrics": [str(m) for m in side.metrics or []],
             "ablation": list(side.ablation or []),
-            "foresight": side.foresight, "ranks": self.analysis.ranks,
+            "foresight": side.foresight, "overlap": side.overlap, "ranks": self.analysis.ranks,
             "spectra": self.analysis.spectra,
         }  # fmt: skip
 
@@ -352,6 +364,7 @@ SHARED = (
     _option("metrics", MetricsOpt, None),
     _option("ablation", AblationOpt, None),
     _option("foresight", ForesightOpt, True),
+    _option("overlap", OverlapOpt, False),
     _option("ranks", RanksOpt, "1,4,16"),
     _option("spectra", TopOpt, 6),
     _option("workers", WorkersOpt, None),

@@ -46,7 +46,14 @@ from ..io.training_log import (
     run_training_log,
 )
 from ..run import open_run
-from .side_inputs import compute_foresight, find_online_effopd, load_ablation
+from .side_inputs import (
+    compute_foresight,
+    compute_overlap,
+    find_online_effopd,
+    load_ablation,
+    overlap_lines,
+    overlap_pairs,
+)
 from .sources import Score, SourceOptions, Sources
 
 if TYPE_CHECKING:
@@ -121,7 +128,7 @@ def load_sources(options: SourceOptions, out_dir: str | Path, *, progress: bool 
         tuple(runs), options.groups, _concat(spectra), history, errors, training,
         ablation=ablation, online=_online(options.online, runs), notes=tuple(notes),
     )  # fmt: skip
-    return complete(_foresight(loaded, options, progress))
+    return complete(_overlap(_foresight(loaded, options, progress), options, progress))
 
 
 def labels(paths: Sequence[Path], given: Sequence[str] | None) -> list[str]:
@@ -271,6 +278,17 @@ def _foresight(sources: Sources, options: SourceOptions, progress: bool) -> Sour
     return dataclasses.replace(sources, foresight=rows, notes=(*sources.notes, *notes))
 
 
+def _overlap(sources: Sources, options: SourceOptions, progress: bool) -> Sources:
+    """opdlens compare on the pairs `overlap_pairs` names (--overlap)."""
+    if not options.overlap:
+        return sources
+    groups = check_groups(sources.groups, sources.labels) if sources.groups is not None else None
+    runs = {rm.label: rm.run for rm in sources.runs}
+    pairs = overlap_pairs(sources.labels, groups)
+    frame, notes = compute_overlap(runs, pairs, options.analyze, progress=progress)
+    return dataclasses.replace(sources, overlap=frame, notes=(*sources.notes, *notes))
+
+
 def shown_runs(labels: Sequence[str], groups: Mapping[str, Sequence[str]] | None) -> list[str]:
     """The runs drawn one by one: each group's first run with groups, else every run."""
     if groups is None:
@@ -330,6 +348,7 @@ def complete(sources: Sources) -> Sources:
         foresight_lines=lines, effopd=effopd, online_lines=tuple(_online_lines(sources.online)),
         ablation_lines=tuple((label, ablation_sentence(a.ablation))
                              for label, a in (sources.ablation or {}).items()),
+        overlap_lines=tuple(overlap_lines(sources.overlap)),
         notes=tuple(dict.fromkeys([*sources.notes, *mixed])),
     )  # fmt: skip
 

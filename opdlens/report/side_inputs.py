@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,12 +13,13 @@ import pandas as pd
 
 from ..analysis.readback import check_finished, check_table
 from ..analysis.results import read_json, read_table
-from ..errors import InputFileError, InputNotFoundError
+from ..errors import CheckpointError, InputFileError, InputNotFoundError
 from ..extrapolation.ablate import Ablation
 from ..extrapolation.callback import CANDIDATE_COLUMNS, candidate_rows
 from ..io.paths import read_marker
 
 if TYPE_CHECKING:
+    from ..analysis.options import AnalyzeOptions
     from ..run import Run
 
 __all__ = [
@@ -161,3 +163,60 @@ def compute_foresight(
     if not frames:
         return None, notes
     return pd.concat(frames, ignore_index=True), notes
+
+
+def overlap_pairs(
+    labels: Sequence[str], groups: Mapping[str, Sequence[str]] | None
+) -> list[tuple[str, str, str]]:
+    """(group, run A, run B) to compare: each group's runs pairwise, else the first run against
+    each other run (group '')."""
+    if groups is None:
+        return [("", labels[0], other) for other in labels[1:]]
+    return [(str(g), str(a), str(b)) for g, members in groups.items()
+            for a, b in itertools.combinations(members, 2)]  # fmt: skip
+
+
+def compute_overlap(
+    runs: Mapping[str, Run | None],
+    pairs: Sequence[tuple[str, str, str]],
+    analyze: AnalyzeOptions | None,
+    *,
+    progress: bool = False,
+) -> tuple[pd.DataFrame | None, list[str]]:
+    """opdlens compare of each (group, A, B) pair whose runs are both run directories, stacked
+    with run_group, run_a and run_b columns; a note for each pair skipped (a metrics directory,
+    different bases) and each warning."""
+    from ..analysis.compare import CompareOptions, compute_pair
+    from ..analysis.options import AnalyzeOptions
+
+    a_opts = analyze or AnalyzeOptions()
+    options = CompareOptions(ranks=a_opts.ranks, workers=a_opts.workers, device=a_opts.device)
+    frames, notes = [], []
+    for group, a, b in pairs:
+        run_a, run_b = runs[a], runs[b]
+        if run_a is None or run_b is None:
+            notes.append(f"overlap {a} vs {b} skipped: it needs both run directories, not metrics.")
+            continue
+        try:
+            got = compute_pair(run_a, run_b, options, progress=progress)
+        except CheckpointError as e:
+            notes.append(f"overlap {a} vs {b} skipped: {e}")
+            continue
+        frames.append(got.frame.assign(run_group=group, run_a=a, run_b=b))
+        notes += [f"overlap {a} vs {b}: {w}" for w in got.warnings]
+    if not frames:
+        return None, [*notes, "figure overlap skipped: no pair of run directories to compare."]
+    return pd.concat(frames, ignore_index=True), notes
+
+
+def overlap_lines(overlap: pd.DataFrame | None) -> list[tuple[str, str]]:
+    """("A vs B", compare's summary line) for each pair compared."""
+    if overlap is None or overlap.empty:
+        return []
+    from ..analysis.compare_write import summary_line, summary_rank
+
+    ks = [int(c.rsplit("_k", 1)[1]) for c in overlap.columns
+          if c.startswith("subspace_left_k")]  # fmt: skip
+    overall = overlap[overlap["scope"] == "overall"]
+    return [(f"{r['run_a']} vs {r['run_b']}", summary_line(r, summary_rank(ks)))
+            for _, r in overall.iterrows()]  # fmt: skip

@@ -31,7 +31,9 @@ class SourceOptions:
     metrics: one training log per path (default: found beside the checkpoints). ablation: label
     → the --out of `opdlens ablate` or its result. foresight: True computes `opdlens foresee` on
     the shown runs; a DataFrame is taken as its rows (with a `run` column). online: the online
-    EffOPD results (default: the effopd_candidates.csv found in each run directory).
+    EffOPD results (default: the effopd_candidates.csv found in each run directory). overlap:
+    True compares the runs' updates (`opdlens compare`): each group's runs pairwise, else the
+    first run against each other run directory.
     """
 
     paths: tuple[Path, ...]
@@ -48,6 +50,7 @@ class SourceOptions:
     online: tuple[OnlineEffOPD, ...] | None = None
     analyze: AnalyzeOptions | None = None
     spectra: int = 6
+    overlap: bool = False
 
     def __post_init__(self) -> None:
         # Paths may come as str or os.PathLike, one or many, as users write them.
@@ -112,7 +115,8 @@ class Sources:
 
     shown: the runs drawn one by one (each group's first run with groups, else every run);
     foresight holds the shown runs' rows only. findings, claims, scores, foresight_lines,
-    effopd, online_lines and ablation_lines are what the report states, computed by the loader.
+    effopd, online_lines, ablation_lines and overlap_lines are what the report states, computed
+    by the loader.
     """
 
     runs: tuple[RunMetrics, ...]
@@ -133,6 +137,8 @@ class Sources:
     effopd: pd.DataFrame | None = None
     online_lines: tuple[str, ...] = ()
     ablation_lines: tuple[tuple[str, str], ...] = ()  # (label, ablation_sentence) per ablation
+    overlap: pd.DataFrame | None = None  # opdlens compare's rows, with run_group, run_a, run_b
+    overlap_lines: tuple[tuple[str, str], ...] = ()  # ("A vs B", summary line) per pair
 
     @property
     def labels(self) -> list[str]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from matplotlib.figure import Figure
 
-from . import ablation, foresight
+from . import ablation, foresight, overlap
 from .sections import Figure as Embedded
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ class Lens:
 LENSES = (
     Lens("foresight", foresight.report_figure, foresight.report_section),
     Lens("ablation", ablation.report_figure, ablation.report_section),
+    Lens("overlap", overlap.report_figure, overlap.report_section),
 )
 
 

@@ -194,3 +194,26 @@ def test_report_with_groups_states_means_and_intervals(
     # Foresight of each group's first run, one line each.
     assert "Computed from the checkpoints of A-1, B-1 (opdlens foresee" in page
     assert re.search(r"<li>A-1: .*</li><li>B-1: ", page)
+
+
+def test_report_overlap_of_a_groups_seeds(tmp_path: Path) -> None:
+    from viz.sparse_runs import write_sparse_run
+
+    a = [write_sparse_run(tmp_path / f"a{i}", i) for i in range(2)]
+    out = tmp_path / "rep"
+    result = _invoke("report", "--group", f"A={a[0]},{a[1]}", "--overlap", "--no-foresight",
+                     "--spectra", "0", "--ranks", "1,4", "--workers", "1", "--out", out, "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    page = (out / "report.html").read_text()
+    section = page[page.index('<section id="overlap">') :]
+    section = section[: section.index("</section>")]
+    assert "<h2>Overlap between runs</h2>" in section and 'id="fig-overlap"' in page
+    line = section[section.index("<li>") : section.index("</li>")]
+    assert line.startswith("<li>A-1 vs A-2: the runs changed ") and "more than chance" in line
+    assert (out / "figures" / "overlap.png").is_file()
+    assert json.loads((out / "provenance.json").read_text())["options"]["overlap"] is True
+    # Without --overlap: no section, and the figure's absence is said.
+    plain = _invoke("report", "--group", f"A={a[0]},{a[1]}", "--no-foresight", "--spectra", "0",
+                    "--ranks", "1", "--workers", "1", "--out", tmp_path / "plain", "-q")  # fmt: skip
+    assert plain.exit_code == 0, plain.output
+    assert '<section id="overlap">' not in (tmp_path / "plain" / "report.html").read_text()

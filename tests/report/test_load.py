@@ -24,7 +24,7 @@ from opdlens.report.load import shown_runs
 OPTIONS = AnalyzeOptions(ranks=(1,), workers=1)
 
 
-def test_a_run_is_analysed_in_memory_and_its_output_kept(
+def test_a_run_is_analysed_in_memory_and_only_its_factor_cache_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = write_run(tmp_path / "opd", 0)
@@ -115,3 +115,44 @@ def test_from_frame_wants_a_run_column(metrics: dict[str, Path]) -> None:
     assert src.labels == ["A"] and src.shown == ("A",) and src.findings is not None
     with pytest.raises(OptionError, match="'run' column"):
         from_frame(df.drop(columns=["run"]))
+
+
+def test_overlap_compares_each_groups_runs_pairwise(tmp_path: Path) -> None:
+    from safetensors.torch import load_file as load_torch
+    from viz.sparse_runs import STEPS, write_sparse_run
+
+    runs = [write_sparse_run(tmp_path / f"r{i}", i) for i in range(4)]
+    given = SourceOptions(tuple(runs), ("A-1", "A-2", "B-1", "B-2"),
+                          groups={"A": ["A-1", "A-2"], "B": ["B-1", "B-2"]},
+                          analyze=OPTIONS, spectra=0, overlap=True)  # fmt: skip
+    src = load_sources(given, tmp_path / "out")
+    assert src.overlap is not None
+    pairs = src.overlap[["run_group", "run_a", "run_b"]].drop_duplicates().values.tolist()
+    assert pairs == [["A", "A-1", "A-2"], ["B", "B-1", "B-2"]]  # within groups only
+
+    # Overall Jaccard of B's pair from the bf16 files' bits.
+    def masks(root: Path) -> np.ndarray:
+        w0 = load_torch(str(root / "checkpoint-0" / "model.safetensors"))
+        wt = load_torch(str(root / f"checkpoint-{STEPS[-1]}" / "model.safetensors"))
+        return np.concatenate([(w0[n].float().numpy() != wt[n].float().numpy()).ravel()
+                               for n in sorted(w0)])  # fmt: skip
+
+    a, b = masks(runs[2]), masks(runs[3])
+    row = src.overlap.query("scope == 'overall' and run_a == 'B-1'").iloc[0]
+    assert row["jaccard"] == pytest.approx(np.count_nonzero(a & b) / np.count_nonzero(a | b))
+    assert row["changed_frac_a"] == pytest.approx(a.mean())
+    assert [pair for pair, _ in src.overlap_lines] == ["A-1 vs A-2", "B-1 vs B-2"]
+    assert "more than chance" in src.overlap_lines[1][1]
+
+
+def test_overlap_without_groups_is_the_first_run_against_each_other(tmp_path: Path) -> None:
+    from viz.sparse_runs import write_sparse_run
+
+    runs = [write_sparse_run(tmp_path / f"r{i}", i) for i in range(2)]
+    metrics_dir = tmp_path / "m"
+    write_analysis(open_run(runs[1]), metrics_dir, ranks=(1,), workers=1)
+    given = SourceOptions((runs[0], runs[1], metrics_dir), ("X", "Y", "Z"), analyze=OPTIONS,
+                          spectra=0, overlap=True)  # fmt: skip
+    src = load_sources(given, tmp_path / "out")
+    assert src.overlap is not None and set(src.overlap["run_b"]) == {"Y"}
+    assert any("overlap X vs Z skipped: it needs both run directories" in n for n in src.notes)
