@@ -61,7 +61,7 @@ def analyze(
         str,
         typer.Option(
             "--sparsity-tol",
-            metavar="τ",
+            metavar="<tol>",
             help="changed_frac_tol counts elements with |Δ| > τ (absolute, default 1e-5).",
         ),
     ] = "1e-5",
