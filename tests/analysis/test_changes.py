@@ -253,3 +253,18 @@ def test_a_cached_analysis_still_counts_every_row(hf_runs, tmp_path):
     cum = expected(load_states(root), _config(root), tol=1e-3)
     check_rows(again.frame, cum[cum["span"] == "cumulative"])
     pd.testing.assert_series_equal(first.frame["changed_count"], again.frame["changed_count"])
+
+
+@pytest.mark.parametrize(
+    ("dtype", "changed", "above_tol"), [(torch.bfloat16, 3, 3), (torch.float32, 5, 4)]
+)
+def test_the_worked_example_of_the_design_notes(tmp_path, dtype, changed, above_tol):
+    name = "model.layers.0.self_attn.q_proj.weight"
+    w0 = torch.tensor([[0.5, -1.0, 0.0], [2.0, 0.25, 3.0]])
+    w1 = w0 + torch.tensor([[0.001, 3e-6, 0.0], [0.01, -0.002, 0.02]])
+    w1[0, 2] = -0.0
+    states = {0: {name: w0.to(dtype)}, 1: {name: w1.to(dtype)}}
+    root = write_state_run(tmp_path / "example", states, {"model_type": "llama"})
+    row = _analyze(root).iloc[0]
+    assert (row["changed_count"], row["changed_tol_count"], row["numel"]) == (changed, above_tol, 6)
+    assert row["changed_frac"] == changed / 6 and row["changed_frac_tol"] == above_tol / 6
