@@ -295,6 +295,7 @@ def complete(sources: Sources) -> Sources:
     """
     from ..analysis.findings import ablation_sentence
     from ..analysis.foresight import effopd_comparison, foresight_sentence
+    from ..analysis.subnetwork import changed_cells, changed_sentence, final_changed
 
     names = sources.labels
     groups = check_groups(sources.groups, names) if sources.groups is not None else None
@@ -314,6 +315,7 @@ def complete(sources: Sources) -> Sources:
             nxt = effopd.groupby(["run", "step", "anchor"])["target_step"].transform("min")
             effopd = effopd[effopd["target_step"] == nxt].reset_index(drop=True)
     mixed = mixed_architectures(sources.frame, groups) if groups is not None else []
+    shares = final_changed(frames, groups)
     scores = {rm.label: s for rm in sources.runs
               if (s := score(sources.training.get(rm.label), _steps(rm))) is not None}  # fmt: skip
     return dataclasses.replace(
@@ -322,8 +324,16 @@ def complete(sources: Sources) -> Sources:
         foresight_lines=lines, effopd=effopd, online_lines=tuple(_online_lines(sources.online)),
         ablation_lines=tuple((label, ablation_sentence(a.ablation))
                              for label, a in (sources.ablation or {}).items()),
+        sparsity_line=changed_sentence(shares, _tolerance(sources)), sparsity_shares=shares,
+        sparsity_cells=changed_cells(frames, groups),
         notes=tuple(dict.fromkeys([*sources.notes, *mixed])),
     )  # fmt: skip
+
+
+def _tolerance(sources: Sources) -> float | None:
+    """The runs' common --sparsity-tol from their provenance, or None (unknown or differing)."""
+    found = {rm.provenance.get("options", {}).get("sparsity_tol") for rm in sources.runs}
+    return float(found.pop()) if len(found) == 1 and None not in found else None
 
 
 def _steps(rm: RunMetrics) -> list[int]:

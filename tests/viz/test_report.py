@@ -84,8 +84,8 @@ def test_report_is_self_contained(report: Path) -> None:
     assert "http://" not in page and "https://" not in page
     assert not re.search(r"""(src|href)\s*=\s*["'](?!data:|#)""", page)
     images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
-    # 5 core + 2 strips + 2 spectra + foresight + ablation
-    assert len(images) == page.count("<img ") == 11
+    # 5 core + 2 strips + 2 spectra + foresight + ablation + sparsity
+    assert len(images) == page.count("<img ") == 12
     for data in images:
         assert base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n")
 
