@@ -212,7 +212,7 @@ window.addEventListener("load", function () {
 
 @pytest.mark.slow
 def test_report_in_a_real_browser(report: Path, tmp_path: Path) -> None:
-    _check_in_browser(report, tmp_path, "11/11")
+    _check_in_browser(report, tmp_path, "12/12")
 
 
 @pytest.fixture(scope="module")
