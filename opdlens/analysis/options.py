@@ -145,8 +145,8 @@ def _check_ranks(ranks: Iterable[int]) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
-def check_tol(tol: object, name: str = "sparsity_tol") -> float:
-    """τ as a float: a finite number ≥ 0 (an absolute tolerance on |Δ|).
+def check_tol(tol: object, name: str = "sparsity_tol", func: str = "analyze") -> float:
+    """τ as a float: a finite number ≥ 0 (an absolute tolerance on |Δ|); `func` names the caller.
 
     Raises:
         OptionError: naming the parameter and the value.
@@ -157,7 +157,7 @@ def check_tol(tol: object, name: str = "sparsity_tol") -> float:
         value = math.nan
     if isinstance(tol, bool) or not (math.isfinite(value) and value >= 0):
         raise OptionError(
-            f"The '{name}' parameter of analyze must be a finite number ≥ 0 (an absolute "
+            f"The '{name}' parameter of {func} must be a finite number ≥ 0 (an absolute "
             f"tolerance on |Δ|, e.g. 1e-5). Got {tol!r} instead."
         )
     return value
