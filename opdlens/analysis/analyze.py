@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import OpdlensError
 from ..progress import Progress
 from .cache import FactorCache, step_keys
+from .changes import lora_note
 from .cluster import ray_session
 from .executors import Job, make_iterator
 from .frame import build_frame
@@ -105,7 +106,7 @@ def compute_analysis(
     t1 = time.perf_counter()
     rows: list[dict[str, object]] = []
     warnings = list(run.warnings) + rank_notes(run, names, options.ranks)
-    svd_calls = cache_hits = 0
+    svd_calls = cache_hits = factored = 0
     svd_methods: dict[str, int] = {}
     bar = Progress(len(names), "analyze", enabled=progress)
     try:
@@ -117,9 +118,12 @@ def compute_analysis(
                 for label, n in result.svd_methods.items():
                     svd_methods[label] = svd_methods.get(label, 0) + n
                 cache_hits += result.cache_hits
+                factored += result.factored
                 bar.update()
     finally:
         bar.close()
+    if factored:
+        warnings.append(lora_note(factored))
     timings["sweep"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     frame = build_frame(rows, run.tensor_names, options.ranks, options.full_spectrum)

@@ -19,8 +19,9 @@ from ..errors import Stopped
 from ..io import buffers
 from .cache import FactorCache
 from .cluster import import_ray
+from .gram import gram_tensor
 from .options import AnalyzeOptions
-from .sweep import TensorResult, gram_tensor, sweep_tensor
+from .sweep import TensorResult, sweep_tensor
 
 if TYPE_CHECKING:
     from ..run import Run

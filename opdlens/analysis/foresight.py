@@ -109,7 +109,7 @@ def anchor_pairs(steps: Sequence[int], anchor: Anchor = None) -> list[tuple[int,
 def grams(
     run: Run, names: Sequence[str], options: AnalyzeOptions | None = None, *, progress: bool = False
 ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Each tensor's Gram matrix over [0, *run.steps] (see sweep.gram_tensor) and the warnings.
+    """Each tensor's Gram matrix over [0, *run.steps] (see gram.gram_tensor) and the warnings.
 
     The tensors run on the executor of `options` (workers, executor, address) like analyze's.
     """

@@ -33,6 +33,7 @@ def metric_columns(ranks: Sequence[int], full_spectrum: bool) -> list[str]:
     cols += [f"gap_k{k}" for k in ranks] + ["cos_to_final"]
     if full_spectrum:
         cols.append("effective_rank")
+    cols += ["changed_frac", "changed_frac_tol", "changed_count", "changed_tol_count"]
     return cols + ["nonfinite"]
 
 
@@ -66,13 +67,21 @@ def build_frame(
             "rows": "int64",
             "cols": "int64",
             "numel": "int64",
+            "changed_frac": "float64",
+            "changed_frac_tol": "float64",
+            "changed_count": "Int64",
+            "changed_tol_count": "Int64",
             "nonfinite": "bool",
         }  # fmt: skip
     )
 
 
 def summarize(df: pd.DataFrame, by: Sequence[str] = ("layer", "block")) -> pd.DataFrame:
-    """Aggregate rows per step and group: shares sum, norms root-sum-square, ratios energy-weighted."""
+    """Aggregate rows per step and group: shares sum, norms root-sum-square, ratios energy-weighted.
+
+    changed_frac and changed_frac_tol are element-weighted (summed counts over summed numel),
+    and NaN for a group where some row has no counts (LoRA factors).
+    """
     missing = [
         c for c in ("step", "update_norm", "base_norm", "update_share", *by) if c not in df.columns
     ]
@@ -100,5 +109,25 @@ def summarize(df: pd.DataFrame, by: Sequence[str] = ("layer", "block")) -> pd.Da
         rec["update_share"] = float(g["update_share"].sum(min_count=1))
         for c in ratio_cols:
             rec[c] = weighted_mean(g[c], w)
+        if "changed_count" in g:
+            rec.update(changed_share(g))
         out.append(rec)
     return pd.DataFrame(out)
+
+
+def changed_share(rows: pd.DataFrame) -> dict[str, object]:
+    """Summed changed counts of some rows and their element-weighted shares (design.md).
+
+    Counts are None and shares NaN when any row has no counts (a LoRA update).
+    """
+    numel = int(rows["numel"].sum())
+    out: dict[str, object] = {}
+    for count, frac in (
+        ("changed_count", "changed_frac"),
+        ("changed_tol_count", "changed_frac_tol"),
+    ):
+        c = rows[count]
+        known = bool(len(c)) and not c.isna().any()
+        out[count] = int(c.sum()) if known else None
+        out[frac] = int(c.sum()) / numel if known and numel else np.nan
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -35,6 +36,7 @@ class AnalyzeOptions:
     executor: str = "local"  # 'local' (process pool) or 'ray'
     address: str | None = None  # a Ray cluster address (with executor='ray')
     device: str = "cpu"  # where the SVDs run: 'cpu', 'cuda' or 'cuda:N' (kept as 'cuda:N')
+    sparsity_tol: float = 1e-5  # τ of changed_frac_tol: |Δ| > τ, absolute
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalised values are set once, here
@@ -47,6 +49,7 @@ class AnalyzeOptions:
             else:
                 set_(self, "tensors", tuple(self.tensors))
         set_(self, "device", check_device(self.device))
+        set_(self, "sparsity_tol", check_tol(self.sparsity_tol))
         if self.executor not in ("local", "ray"):
             raise OptionError(
                 f"The 'executor' parameter must be 'local' or 'ray'. Got {self.executor!r} instead."
@@ -140,3 +143,21 @@ def _check_ranks(ranks: Iterable[int]) -> tuple[int, ...]:
             f"The 'ranks' parameter of analyze must be positive integers. Got {shown} instead."
         )
     return tuple(sorted(set(out)))
+
+
+def check_tol(tol: object, name: str = "sparsity_tol", func: str = "analyze") -> float:
+    """τ as a float: a finite number ≥ 0 (an absolute tolerance on |Δ|); `func` names the caller.
+
+    Raises:
+        OptionError: naming the parameter and the value.
+    """
+    try:
+        value = float(tol)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(tol, bool) or not (math.isfinite(value) and value >= 0):
+        raise OptionError(
+            f"The '{name}' parameter of {func} must be a finite number ≥ 0 (an absolute "
+            f"tolerance on |Δ|, e.g. 1e-5). Got {tol!r} instead."
+        )
+    return value

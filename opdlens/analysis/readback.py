@@ -21,7 +21,8 @@ _TEXT = {"span", "tensor", "block", "kind", "part", "group", "by"}
 _WHOLE = {"step", "layer", "expert", "rows", "cols", "numel", "k", "tensors"}
 _NUMBER = re.compile(
     r"^(update_norm|base_norm|rel_update_norm|update_share|stable_rank|cos_to_final|"
-    r"effective_rank|energy_k\d+|align_(left|right)_k\d+|gap_k\d+|score(_\w+)?|utility|energy_k)$"
+    r"effective_rank|energy_k\d+|align_(left|right)_k\d+|gap_k\d+|score(_\w+)?|utility|energy_k|"
+    r"changed_frac(_tol)?|changed(_tol)?_count)$"
 )
 
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 # Elements compared at a time: bounds the float64 temporaries of the tolerance test.
 _CHUNK = 1 << 22
 _NO_NE = {torch.float8_e4m3fn, torch.float8_e5m2}  # torch has no `!=` for these; upcast exactly
+# Dtypes whose values float32 holds exactly: their Δ in float32 is within 2^-24 relative of the
+# exact Δ, so |Δ| > tol is decided in float32 outside a narrow band around tol (see _above).
+_IN_FLOAT32 = {torch.float32, torch.bfloat16, torch.float16, *_NO_NE}
+_BAND = 2.0**-22  # relative half-width of the band re-checked in float64 (> 2 · 2^-24)
 
 
 @dataclass(frozen=True)
@@ -52,12 +57,36 @@ def changed_mask(
         bi, ci = b[i : i + _CHUNK], c[i : i + _CHUNK]
         if tol is None:
             torch.ne(_comparable(ci), _comparable(bi), out=out[i : i + _CHUNK])
+        elif bi.dtype in _IN_FLOAT32 and ci.dtype in _IN_FLOAT32:
+            _above(bi, ci, tol, out[i : i + _CHUNK])
         else:
-            d = ci.to(torch.float64) - bi.to(torch.float64)
-            torch.gt(d.abs_(), tol, out=out[i : i + _CHUNK])
-            # NaN compares false with gt: an update to or from NaN is still a change
-            out[i : i + _CHUNK] |= torch.isnan(d)
+            _above64(bi, ci, tol, out[i : i + _CHUNK])
     return out.view(base.shape)
+
+
+def _above64(b: torch.Tensor, c: torch.Tensor, tol: float, out: torch.Tensor) -> None:
+    d = c.to(torch.float64) - b.to(torch.float64)
+    torch.gt(d.abs_(), tol, out=out)
+    out |= torch.isnan(d)  # NaN compares false with gt: an update to or from NaN is a change
+
+
+def _above(b: torch.Tensor, c: torch.Tensor, tol: float, out: torch.Tensor) -> None:
+    """|c − b| > tol exactly, for values float32 holds: decided on the float32 Δ, whose rounding
+    error is at most 2^-24 of it (a subnormal Δ is exact), except inside [lo, hi] around tol,
+    where the few elements are re-checked in float64.
+    """
+    a = (c.float() - b.float()).abs_()
+    if tol == 0.0:
+        hi = 0.0  # fl(x − y) = 0 exactly when x = y
+    else:
+        lo = float(np.nextafter(np.float32(tol * (1 - _BAND)), np.float32(0)))
+        hi = float(np.nextafter(np.float32(tol * (1 + _BAND)), np.float32(np.inf)))
+    torch.le(a, hi, out=out)
+    out.logical_not_()  # not (a ≤ hi): above, or NaN (an update to or from NaN is a change)
+    if tol != 0.0:
+        near = ((a >= lo) & (a <= hi)).nonzero().squeeze(1)
+        if near.numel():
+            out[near] = (c[near].double() - b[near].double()).abs() > tol
 
 
 def count_changed(base: torch.Tensor, current: torch.Tensor, tol: float) -> ChangedCount:
@@ -72,7 +101,9 @@ def count_changed(base: torch.Tensor, current: torch.Tensor, tol: float) -> Chan
     for i in range(0, b.numel(), _CHUNK):
         bi, ci = b[i : i + _CHUNK], c[i : i + _CHUNK]
         total += ChangedCount(
-            int(changed_mask(bi, ci).sum()), int(changed_mask(bi, ci, tol).sum()), bi.numel()
+            int(torch.count_nonzero(changed_mask(bi, ci))),
+            int(torch.count_nonzero(changed_mask(bi, ci, tol))),
+            bi.numel(),
         )
     return total
 

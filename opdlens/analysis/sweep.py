@@ -14,11 +14,13 @@ import torch
 from ..errors import FusedSplitError
 from ..io import buffers, dtypes
 from ..names import ModuleInfo, as_matrix, split_fused
+from . import changes
 from . import metrics as M
 from .cache import CachedFactors, TensorCache, content_key, slice_key
 from .linalg import svd_label
 from .matrices import matrix_of, matrix_shape
 from .options import AnalyzeOptions
+from .sparsity import ChangedCount
 from .update import Update, digest, read_stored, read_weight
 
 if TYPE_CHECKING:
@@ -27,8 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ROWS = 1024  # rows per in-place subtraction block
-# float64 elements of one Gram row block over every saved step: 32 MiB whatever the model.
-GRAM_BUDGET = 1 << 22
 _FLOAT8 = ("F8_E5M2", "F8_E4M3")
 _EXACT_IN_FLOAT32 = (torch.bfloat16, torch.float16)
 
@@ -43,6 +43,7 @@ class TensorResult:
     cache_hits: int = 0
     svd_methods: dict[str, int] = field(default_factory=dict)  # calls by linalg.svd_label
     gram: np.ndarray | None = None  # (steps + 1, steps + 1) float64, from gram_tensor
+    factored: bool = False  # the update came as LoRA factors: no sparsity counts
 
 
 @dataclass(frozen=True)
@@ -174,10 +175,22 @@ class TensorSweep:
         """Δ_step = W_step − W_0 (W_0 read once per sweep), and a digest of what it came from."""
         f = self.run.factored_delta(self.name, step)
         if f is not None:
+            self.result.factored = True
             return Update(b=f[0], a=f[1]).to(self.opt.device), digest(f[0], f[1])
         # A fresh float32 tensor, hashed as it is read: subtract in place.
-        d, h = read_weight(self.run.checkpoint(step), self.name)
+        ck = self.run.checkpoint(step)
+        d, h = read_weight(ck, self.name)
         d = as_matrix(d, self.info)
+        stored = ck.spec(self.name).stored
+        # Changed elements are counted on the stored values, before W_0 is subtracted: the
+        # float32 reading is exact except for float64, which is read again as stored.
+        wt = (
+            d
+            if changes.exact_reading(stored)
+            else as_matrix(read_stored(ck, self.name)[0], self.info)
+        )
+        self.changes.observe(step, wt, stored)
+        del wt
         if d.dim() == 0:
             d.sub_(w0)
         # By row blocks: W_0 is never upcast whole. bf16 and f16 blocks are upcast into a reused
@@ -193,6 +206,13 @@ class TensorSweep:
                 block = scratch[: block.numel()].view(block.shape).copy_(block)
             d[i : i + _ROWS].sub_(block)
         return Update(dense=d.to(self.opt.device)), self._h0 + h
+
+    def _slice_pieces(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {sl.key: _piece(x, sl, self.info) for sl in self.slices}
+
+    def _sparsity(self, counted: dict[str, ChangedCount] | None, key: str) -> None:
+        """Fill the sparsity columns of the row just added (empty without counts)."""
+        self.result.rows[-1].update(changes.columns(counted[key] if counted else None))
 
     def _pieces(self, u: Update) -> dict[str, Update]:
         out = {}
@@ -216,6 +236,9 @@ class TensorSweep:
         if self.run.base.spec(self.name).stored in _FLOAT8:
             w0 = w0.float()  # torch does not mix float8 with float32 in arithmetic
         w0 = as_matrix(w0, self.info)
+        self.changes = changes.ChangeTracker(
+            w0, self._slice_pieces, self.opt.sparsity_tol, self.opt.consecutive, self.final
+        )
         base_sq = {sl.key: M.frobenius_sq(_piece(w0, sl, self.info)) for sl in self.slices}
         final_whole, final_h = self._update(self.final, w0)
         final_u = self._pieces(final_whole)
@@ -228,6 +251,7 @@ class TensorSweep:
         # The first step warm-starts from the final step's top-K subspace (it is related).
         prev_v = {k: (top.v if top is not None else None) for k, top in final_top.items()}
         prev_u: dict[str, Update] | None = None
+        prev_step: int | None = None
         for step in self.steps:
             if step == self.final:
                 cur, h = final_u, final_h
@@ -235,6 +259,11 @@ class TensorSweep:
                 whole, h = self._update(step, w0)
                 cur = self._pieces(whole)
                 del whole
+            counted = self.changes.cumulative.get(step)
+            step_counted = (
+                self.changes.step_counts(step, prev_step) if self.opt.consecutive else None
+            )
+            prev_step = step
             for sl in self.slices:
                 key = sl.key
                 u = cur[key]
@@ -247,12 +276,14 @@ class TensorSweep:
                 prev_v[key] = top.v if top is not None else None
                 finals = (final_u[key], final_top[key], base_sq[key])
                 self._row(step, sl, "cumulative", u, sq, top, *finals)
+                self._sparsity(counted, key)
                 if self.opt.consecutive:
                     pu = prev_u[key] if prev_u is not None else None
                     cu = u if pu is None else u.minus(pu)
                     csq = cu.frobenius_sq()
                     ctop = self._factors(step, key, cu, None, "consecutive", csq, None)
                     self._row(step, sl, "consecutive", cu, csq, ctop, *finals)
+                    self._sparsity(step_counted, key)
             prev_u = cur if self.opt.consecutive else None
             del cur, u  # free Δ_t before Δ_{t+1} is read: two live updates, not three
         if self.cache is not None:
@@ -345,55 +376,3 @@ def sweep_tensor(
 def sweep_names(run: Run, names: Sequence[str]) -> list[str]:
     """Tensors the sweep covers, largest first so a pool finishes evenly."""
     return sorted(names, key=lambda n: -run.base.spec(n).numel)
-
-
-def gram_tensor(
-    run: Run, name: str, budget: int = GRAM_BUDGET, device: str = "cpu"
-) -> TensorResult:
-    """G[i, j] = ⟨Δ_i, Δ_j⟩ over [0, *run.steps] (Δ_0 = 0) of one tensor, in float64.
-
-    Reads every step's copy of the tensor once, one flat span (a block of rows) of every step
-    at a time, so memory is `budget` float64 values plus O(steps²), never steps × tensor (on
-    `device` too, where the products run).
-    """
-    result = TensorResult()
-    cks = [run.base, *(run.checkpoint(s) for s in run.steps)]
-    n = len(cks)
-    gram = np.zeros((n, n))
-    spec = run.base.spec(name)
-    numel = spec.numel
-    span = max(1024, budget // n)
-    ranged = all(ck.byte_range(name) is not None for ck in cks)
-    if not ranged and numel > span:
-        result.warnings.append(
-            f"tensor '{name}' is stored without byte ranges (.bin, FSDP rank files or LoRA): "
-            f"foresee read it {-(-numel // span)} times, once per row block, to keep memory "
-            "at O(steps²)."
-        )
-    wide = spec.stored == "F64"  # float64 stays float64; every other dtype upcasts exactly
-    for start in range(0, numel, span):
-        stop = min(numel, start + span)
-        block = np.empty((n, stop - start))  # (steps + 1, span), float64
-        for i, ck in enumerate(cks):
-            block[i] = ck.array(name, float32=not wide, span=(start, stop))
-        gram[1:, 1:] += _span_gram(block, device)
-    if not np.isfinite(gram).all():
-        result.warnings.append(
-            f"tensor '{name}' has NaN or Inf at some saved step; its foresight rows are NaN."
-        )
-    result.gram = gram
-    return result
-
-
-def _span_gram(block: np.ndarray, device: str) -> np.ndarray:
-    """ΔΔᵀ of one span, Δ = block[1:] − block[0], in float64 on `device`.
-
-    Shape: block (steps + 1, span); returns (steps, steps).
-    """
-    if device == "cpu":
-        delta = block[1:]
-        delta -= block[0]  # float64: exact for float32 inputs whose exponents differ by ≤ 29
-        return delta @ delta.T
-    b = torch.from_numpy(block).to(device)
-    d = b[1:] - b[0]
-    return (d @ d.T).cpu().numpy()

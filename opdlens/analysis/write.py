@@ -20,12 +20,13 @@ if TYPE_CHECKING:
 
 
 def final_summary(df: pd.DataFrame, final: int) -> pd.DataFrame:
-    """Update share and energy_k by block at the final step (cumulative update)."""
+    """Update share, energy_k and changed_frac by block at the final step (cumulative update)."""
     sub = df[(df["step"] == final) & (df["span"] == "cumulative")]
     s = summarize(sub, by=("block",))
     cols = ["block", "tensors", "update_share", "rel_update_norm"] + [
         c for c in s.columns if c.startswith("energy_k")
     ]
+    cols += [c for c in ("changed_frac", "changed_frac_tol") if c in s.columns]
     return s[cols].sort_values("update_share", ascending=False)
 
 

@@ -57,6 +57,14 @@ def analyze(
     split_fused: Annotated[
         bool, typer.Option(help="Report fused qkv / gate_up tensors per logical part.")
     ] = True,
+    sparsity_tol: Annotated[
+        str,
+        typer.Option(
+            "--sparsity-tol",
+            metavar="<tol>",
+            help="changed_frac_tol counts elements with |Δ| > τ (absolute, default 1e-5).",
+        ),
+    ] = "1e-5",
     workers: WorkersOpt = None,
     executor: ExecutorOpt = Executor.local,
     address: AddressOpt = None,
@@ -81,12 +89,27 @@ def analyze(
         ranks=parse_ints(ranks, "--ranks"), final=final, tensors=tensors, consecutive=consecutive,
         full_spectrum=full_spectrum, split_fused=split_fused, workers=workers,
         executor=executor.value, address=address, device=device,
+        sparsity_tol=_tolerance(sparsity_tol),
     )  # fmt: skip
     r = open_run(run, base, checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle,
                  skip_incomplete=skip_incomplete)  # fmt: skip
     result, summary = write_analysis(r, out, options, progress=not quiet)
-    echo(f"final step {options.final or r.final_step}: update share and low-rank energy by block")
+    echo(
+        f"final step {options.final or r.final_step}: update share, low-rank energy and share of "
+        "weights changed by block"
+    )
     echo(summary.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     echo(f"\nwrote {out}/metrics.parquet, metrics.csv, provenance.json ({len(result.frame)} rows)")
     for w in result.warnings[:20]:
         typer.echo(f"warning: {w}", err=True)
+
+
+def _tolerance(text: str) -> float:
+    """--sparsity-tol as a number; AnalyzeOptions checks that it is finite and ≥ 0."""
+    try:
+        return float(text)
+    except ValueError:
+        raise OptionError(
+            f"--sparsity-tol takes a number ≥ 0 (an absolute tolerance on |Δ|, e.g. 1e-5); "
+            f"got '{text}'."
+        ) from None

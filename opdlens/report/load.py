@@ -17,7 +17,6 @@ from ..analysis.findings import (
     claim_lines,
     group_findings,
     mixed_architectures,
-    online_sentence,
     score_change,
 )
 from ..analysis.options import AnalyzeOptions
@@ -51,6 +50,7 @@ from .side_inputs import (
     compute_overlap,
     find_online_effopd,
     load_ablation,
+    online_lines,
     overlap_lines,
     overlap_pairs,
 )
@@ -321,6 +321,7 @@ def complete(sources: Sources) -> Sources:
     """
     from ..analysis.findings import ablation_sentence
     from ..analysis.foresight import effopd_comparison, foresight_sentence
+    from ..analysis.subnetwork import changed_cells, changed_sentence, final_changed
 
     names = sources.labels
     groups = check_groups(sources.groups, names) if sources.groups is not None else None
@@ -340,40 +341,30 @@ def complete(sources: Sources) -> Sources:
             nxt = effopd.groupby(["run", "step", "anchor"])["target_step"].transform("min")
             effopd = effopd[effopd["target_step"] == nxt].reset_index(drop=True)
     mixed = mixed_architectures(sources.frame, groups) if groups is not None else []
+    shares = final_changed(frames, groups)
     scores = {rm.label: s for rm in sources.runs
               if (s := score(sources.training.get(rm.label), _steps(rm))) is not None}  # fmt: skip
     return dataclasses.replace(
         sources, groups=groups, foresight=fore, shown=tuple(shown), findings=findings,
         claims=tuple(claim_lines(findings)) if findings is not None else (), scores=scores,
-        foresight_lines=lines, effopd=effopd, online_lines=tuple(_online_lines(sources.online)),
+        foresight_lines=lines, effopd=effopd, online_lines=tuple(online_lines(sources.online)),
         ablation_lines=tuple((label, ablation_sentence(a.ablation))
                              for label, a in (sources.ablation or {}).items()),
         overlap_lines=tuple(overlap_lines(sources.overlap)),
+        sparsity_line=changed_sentence(shares, _tolerance(sources)), sparsity_shares=shares,
+        sparsity_cells=changed_cells(frames, groups),
         notes=tuple(dict.fromkeys([*sources.notes, *mixed])),
     )  # fmt: skip
 
 
+def _tolerance(sources: Sources) -> float | None:
+    """The runs' common --sparsity-tol from their provenance, or None (unknown or differing)."""
+    found = {rm.provenance.get("options", {}).get("sparsity_tol") for rm in sources.runs}
+    return float(found.pop()) if len(found) == 1 and None not in found else None
+
+
 def _steps(rm: RunMetrics) -> list[int]:
     return sorted(int(s) for s in rm.frame["step"].unique())
-
-
-def _online_lines(online: Sequence[OnlineEffOPD]) -> list[str]:
-    """One sentence per run trained with online EffOPD: the speed-up, or its candidates."""
-    out = []
-    for o in online:
-        c = o.candidates
-        accepted = int(c["accepted"].astype(bool).sum()) if not c.empty else 0
-        tried = (
-            f"{len(c)} candidate(s) tried at steps {', '.join(map(str, pd.unique(c['step'])))}, "
-            f"{accepted} accepted"
-            if not c.empty
-            else "no candidate tried"
-        )
-        if o.comparison:
-            out.append(f"{o.label}: {online_sentence(o.comparison)} EffOPD: {tried}.")
-        else:
-            out.append(f"{o.label}: online EffOPD (EffOPDCallback): {tried}.")
-    return out
 
 
 def from_frame(df: pd.DataFrame, **fields: Any) -> Sources:

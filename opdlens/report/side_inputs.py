@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from ..analysis.findings import online_sentence
 from ..analysis.readback import check_finished, check_table
 from ..analysis.results import read_json, read_table
 from ..errors import CheckpointError, InputFileError, InputNotFoundError
@@ -220,3 +221,22 @@ def overlap_lines(overlap: pd.DataFrame | None) -> list[tuple[str, str]]:
     overall = overlap[overlap["scope"] == "overall"]
     return [(f"{r['run_a']} vs {r['run_b']}", summary_line(r, summary_rank(ks)))
             for _, r in overall.iterrows()]  # fmt: skip
+
+
+def online_lines(online: Sequence[OnlineEffOPD]) -> list[str]:
+    """One sentence per run trained with online EffOPD: the speed-up, or its candidates."""
+    out = []
+    for o in online:
+        c = o.candidates
+        accepted = int(c["accepted"].astype(bool).sum()) if not c.empty else 0
+        tried = (
+            f"{len(c)} candidate(s) tried at steps {', '.join(map(str, pd.unique(c['step'])))}, "
+            f"{accepted} accepted"
+            if not c.empty
+            else "no candidate tried"
+        )
+        if o.comparison:
+            out.append(f"{o.label}: {online_sentence(o.comparison)} EffOPD: {tried}.")
+        else:
+            out.append(f"{o.label}: online EffOPD (EffOPDCallback): {tried}.")
+    return out

@@ -115,8 +115,8 @@ class Sources:
 
     shown: the runs drawn one by one (each group's first run with groups, else every run);
     foresight holds the shown runs' rows only. findings, claims, scores, foresight_lines,
-    effopd, online_lines, ablation_lines and overlap_lines are what the report states, computed
-    by the loader.
+    effopd, online_lines, ablation_lines, overlap_lines and the sparsity_* fields are what the
+    report states and draws, computed by the loader.
     """
 
     runs: tuple[RunMetrics, ...]
@@ -139,6 +139,9 @@ class Sources:
     ablation_lines: tuple[tuple[str, str], ...] = ()  # (label, ablation_sentence) per ablation
     overlap: pd.DataFrame | None = None  # opdlens compare's rows, with run_group, run_a, run_b
     overlap_lines: tuple[tuple[str, str], ...] = ()  # ("A vs B", summary line) per pair
+    sparsity_line: str = ""  # subnetwork.changed_sentence of the runs (or groups)
+    sparsity_shares: pd.DataFrame | None = None  # subnetwork.final_changed
+    sparsity_cells: pd.DataFrame | None = None  # subnetwork.changed_cells
 
     @property
     def labels(self) -> list[str]:

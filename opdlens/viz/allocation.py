@@ -44,10 +44,13 @@ def _heatmaps(
     kinds: list[str],
     ncols: int = 0,
     fig: Figure | None = None,
+    label: str = _SHARE_LABEL,
+    vmax: float | None = None,
 ) -> Figure:
     """One heatmap per panel on one colour scale, `ncols` per row (0: all in one row).
 
-    Drawn into `fig` when given, else into a new Figure sized for the panels.
+    Drawn into `fig` when given, else into a new Figure sized for the panels. The scale runs
+    from 0 to `vmax` (default: the largest value drawn), labelled `label`.
     """
     ncols = min(len(panels), ncols or len(panels))
     nrows = -(-len(panels) // ncols)
@@ -63,7 +66,8 @@ def _heatmaps(
     for ax in grid.flat[len(panels) :]:
         ax.remove()
     finite = [grid[np.isfinite(grid)] for _, grid in panels]
-    vmax = max((float(f.max()) for f in finite if f.size), default=0.0) or 1.0
+    if vmax is None:
+        vmax = max((float(f.max()) for f in finite if f.size), default=0.0) or 1.0
     cmap = mpl.colormaps["viridis"].with_extremes(bad="#EEEEEE")
     drawn = None
     every = max(1, len(layers) // 12)
@@ -84,7 +88,7 @@ def _heatmaps(
         ax.grid(False)
         ax.set_title(title)
     assert drawn is not None  # every figure has at least one panel
-    fig.colorbar(drawn, ax=axes, label=_SHARE_LABEL, fraction=0.05, pad=0.02)
+    fig.colorbar(drawn, ax=axes, label=label, fraction=0.05, pad=0.02)
     return fig
 
 

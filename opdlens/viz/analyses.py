@@ -1,4 +1,4 @@
-"""The analyses beyond the core figures ("lenses": foresight, ablation, …): each draws one figure
+"""The analyses beyond the core figures ("lenses": foresight, ablation, sparsity, …): each draws one figure
 from the Sources value and fills one section of the report. A new lens is its step in
 opdlens.report.load, its viz module (report_figure, report_section), its section template
 (templates/sections/<stem>.html.j2) and its row in LENSES."""
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from matplotlib.figure import Figure
 
-from . import ablation, foresight, overlap
+from . import ablation, foresight, overlap, sparsity
 from .sections import Figure as Embedded
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ class Lens:
 LENSES = (
     Lens("foresight", foresight.report_figure, foresight.report_section),
     Lens("ablation", ablation.report_figure, ablation.report_section),
+    Lens("sparsity", sparsity.report_figure, sparsity.report_section),
     Lens("overlap", overlap.report_figure, overlap.report_section),
 )
 

@@ -34,12 +34,14 @@ def test_columns_and_dtypes(frame):
     metrics = ["update_norm", "base_norm", "rel_update_norm", "update_share"]
     metrics += [f"energy_k{k}" for k in RANKS] + ["stable_rank"]
     metrics += [f"align_{s}_k{k}" for s in ("left", "right") for k in RANKS]
-    metrics += [f"gap_k{k}" for k in RANKS] + ["cos_to_final", "nonfinite"]
-    assert list(frame.columns) == ids + metrics
+    metrics += [f"gap_k{k}" for k in RANKS] + ["cos_to_final", "changed_frac", "changed_frac_tol"]
+    counts = ["changed_count", "changed_tol_count"]
+    assert list(frame.columns) == ids + metrics + counts + ["nonfinite"]
     dt = frame.dtypes
     assert dt["step"] == "int64" and dt["layer"] == "Int64" and dt["nonfinite"] == "bool"
     assert all(dt[c] == "int64" for c in ("rows", "cols", "numel"))
-    assert all(dt[c] == "float64" for c in metrics[:-1])
+    assert all(dt[c] == "Int64" for c in counts)
+    assert all(dt[c] == "float64" for c in metrics)
     top = frame[
         frame["tensor"].isin(["model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"])
     ]

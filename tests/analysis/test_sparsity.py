@@ -78,3 +78,19 @@ def test_jaccard_chance_matches_simulated_independent_masks() -> None:
     simulated = np.count_nonzero(a & b) / np.count_nonzero(a | b)
     assert jaccard_chance(0.2, 0.3) == pytest.approx(simulated, rel=0.02)
     assert np.isnan(jaccard_chance(0.0, 0.0))
+
+
+def test_tolerance_is_exact_where_the_float32_difference_rounds() -> None:
+    # |Δ| just above tol, but fl32(Δ) rounds down to float32(tol) < tol: decided in float64.
+    t32 = np.float32(1e-5)  # 9.99999974738e-06, below 1e-5
+    base = torch.tensor([-3.5e-13, 0.0, -3.5e-13], dtype=torch.float32)  # τ − t32 ≈ 2.5e-13
+    cur = torch.tensor([float(t32), float(t32), float(np.nextafter(t32, np.float32(1)))])
+    exact = np.abs(cur.numpy().astype(np.float64) - base.numpy().astype(np.float64)) > 1e-5
+    assert exact.tolist() == [True, False, True]
+    assert float(cur[0] - base[0]) == float(t32)  # the float32 Δ alone would say "not above"
+    assert changed_mask(base, cur, 1e-5).tolist() == exact.tolist()
+    assert count_changed(base.bfloat16().float(), cur, 1e-5).changed_tol == int(
+        np.count_nonzero(
+            np.abs(cur.numpy().astype(np.float64) - base.bfloat16().float().numpy()) > 1e-5
+        )
+    )

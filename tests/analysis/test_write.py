@@ -47,6 +47,8 @@ def test_metrics_files_hold_the_frame_and_the_summary_is_the_final_step(
         "update_share",
         "rel_update_norm",
         "energy_k1",
+        "changed_frac",
+        "changed_frac_tol",
     ]
     assert summary["update_share"].is_monotonic_decreasing
     for row in summary.itertuples():

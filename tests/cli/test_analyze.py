@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "analysis"))
+from checkpoints import st_state  # noqa: E402
 from planted import SMALL_CONFIG, small_states, write_state_run  # noqa: E402
 
 from opdlens.cli import app  # noqa: E402
@@ -66,6 +67,9 @@ def test_quiet_shows_no_progress_bar(run_root, tmp_path):
         (["--device", "cuda:٣"], "'device' parameter must be 'cpu', 'cuda' or 'cuda:N'"),
         (["--device", "gpu"], "'device' parameter must be 'cpu', 'cuda' or 'cuda:N'"),
         (["--address", "ray://x:1"], "--address is for a Ray cluster"),
+        (["--sparsity-tol", "tiny"], "--sparsity-tol takes a number ≥ 0"),
+        (["--sparsity-tol", "-1e-5"], "'sparsity_tol' parameter of analyze must be a finite"),
+        (["--sparsity-tol", "nan"], "'sparsity_tol' parameter of analyze must be a finite"),
     ],
 )
 def test_bad_options_exit_with_one_line(run_root, tmp_path, args, message):
@@ -105,5 +109,26 @@ def test_provenance_records_every_option(run_root, tmp_path):
     assert opts == {
         "ranks": [1, 4], "final": None, "tensors": None, "consecutive": True,
         "full_spectrum": False, "split_fused": True, "workers": 1, "executor": "local",
-        "address": None, "device": "cpu",
+        "address": None, "device": "cpu", "sparsity_tol": 1e-5,
     }  # fmt: skip
+
+
+def test_sparsity_columns_tolerance_and_summary(run_root, tmp_path):
+    out = tmp_path / "tol"
+    res = _invoke(run_root, "--out", out, "--workers", "1", "--sparsity-tol", "2e-3", "-q")
+    assert res.exit_code == 0, res.output
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["options"]["sparsity_tol"] == 2e-3
+    df = pd.read_parquet(out / "metrics.parquet")
+    states = {s: st_state(run_root / f"checkpoint-{s}") for s in (0, 4)}
+    name = "model.layers.1.mlp.down_proj.weight"
+    row = df[(df["tensor"] == name) & (df["step"] == 4)].iloc[0]
+    w0, w4 = states[0][name].double().numpy(), states[4][name].double().numpy()
+    assert row["changed_count"] == (w0 != w4).sum()
+    assert row["changed_tol_count"] == (abs(w4 - w0) > 2e-3).sum()
+    assert 0 < row["changed_tol_count"] < row["changed_count"]
+    # the printed block table carries the element-weighted share of each block
+    mlp = df[(df["step"] == 4) & (df["block"] == "mlp")]
+    share = mlp["changed_count"].sum() / mlp["numel"].sum()
+    line = next(ln for ln in res.stdout.splitlines() if ln.split()[:1] == ["mlp"])
+    assert "changed_frac" in res.stdout and f"{share:.4f}" in line.split()

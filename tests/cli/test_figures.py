@@ -21,7 +21,7 @@ from opdlens.run import open_run
 
 EXPECTED = {"allocation_heatmap", "allocation_strip-OPD", "allocation_strip-RL", "block_norms",
             "energy_by_step", "energy_by_rank", "alignment_by_step", "spectra-OPD",
-            "spectra-RL", "foresight", "ablation"}  # fmt: skip
+            "spectra-RL", "foresight", "ablation", "sparsity"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -101,7 +101,8 @@ def test_write_figures_writes_every_format(viz_metrics: dict[str, Path], tmp_pat
     src = load_sources(SourceOptions((viz_metrics["opd"],), ("OPD",), spectra=3), tmp_path)
     paths = [p for ps in write_figures(src, tmp_path / "figs").paths.values() for p in ps]
     stems = {p.stem for p in paths}
-    assert stems == {*CORE, "allocation_strip", "spectra"} and len(paths) == 3 * len(stems)
+    assert stems == {*CORE, "allocation_strip", "spectra", "sparsity"}
+    assert len(paths) == 3 * len(stems)
     for stem in stems:
         for suffix in (".pdf", ".svg", ".png"):
             assert (tmp_path / "figs" / f"{stem}{suffix}").stat().st_size > 1000
@@ -117,7 +118,7 @@ def test_compare_draws_runs_side_by_side(viz_metrics: dict[str, Path], tmp_path:
     panels, notes = draw_figures(src)
     stems = [p.stem for p in panels]
     assert stems == ["allocation_heatmap", "allocation_strip-OPD", "allocation_strip-RL",
-                     *CORE[1:], "spectra-OPD", "spectra-RL"]  # fmt: skip
+                     *CORE[1:], "sparsity", "spectra-OPD", "spectra-RL"]  # fmt: skip
     heatmap = panels[0].figure
     titles = [ax.get_title() for ax in heatmap.axes if ax.get_title()]
     assert titles[0].startswith("OPD · step 4") and titles[1].startswith("RL · step 4")

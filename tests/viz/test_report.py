@@ -84,8 +84,8 @@ def test_report_is_self_contained(report: Path) -> None:
     assert "http://" not in page and "https://" not in page
     assert not re.search(r"""(src|href)\s*=\s*["'](?!data:|#)""", page)
     images = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
-    # 5 core + 2 strips + 2 spectra + foresight + ablation
-    assert len(images) == page.count("<img ") == 11
+    # 5 core + 2 strips + 2 spectra + foresight + ablation + sparsity
+    assert len(images) == page.count("<img ") == 12
     for data in images:
         assert base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n")
 
@@ -212,7 +212,7 @@ window.addEventListener("load", function () {
 
 @pytest.mark.slow
 def test_report_in_a_real_browser(report: Path, tmp_path: Path) -> None:
-    _check_in_browser(report, tmp_path, "11/11")
+    _check_in_browser(report, tmp_path, "12/12")
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +232,7 @@ def test_grouped_report_in_a_real_browser(grouped_report: Path, tmp_path: Path) 
     page = grouped_report.read_text()
     assert "<h2>Groups of runs</h2>" in page and 'id="fig-findings"' in page
     assert "A − B, 95 % CI" in page and "inconclusive at n = 2" in page  # identical runs
-    _check_in_browser(grouped_report, tmp_path, "9/9")
+    _check_in_browser(grouped_report, tmp_path, "10/10")
 
 
 def _check_in_browser(report: Path, tmp_path: Path, images: str) -> None:
@@ -274,8 +274,8 @@ def test_report_foresight_and_ablation_sections(report: Path) -> None:
     page = report.read_text()
     heads = _h2(page)
     assert heads == ["Findings", "Figures", "Foresight", "Marginal utility (ablation)",
-                     "Top 7 tensors by update share at the final step", "Warnings",
-                     "Inventories"]  # fmt: skip
+                     "Update sparsity", "Top 7 tensors by update share at the final step",
+                     "Warnings", "Inventories"]  # fmt: skip
     fore = page[page.index("<h2>Foresight</h2>") : page.index("<h2>Marginal utility")]
     assert 'id="fig-foresight"' in fore and "Computed from the checkpoints of OPD" in fore
     # The section opens with its sentence.
@@ -291,8 +291,15 @@ def test_report_foresight_and_ablation_sections(report: Path) -> None:
         '<h2>Marginal utility (ablation)</h2>\n<ul class="ablation"><li>OPD: At step 4, '
     )
     assert "OPD (scorer mlp_energy):" in abl  # the scorer ablate recorded
-    # Each of the two figures is shown once, in its own section.
+    # float32 runs: nearly every weight changed, and the sparsity section says so first.
+    assert re.match(
+        r'<section id="sparsity"><h2>Update sparsity</h2>\n<p>OPD changed 100 % of the weights '
+        r"\(\d+ % by more than 1e-05\), RL 100 % \(\d+ %\)\.</p>",
+        page[page.index('<section id="sparsity">') :],
+    )
+    # Each of the three figures is shown once, in its own section.
     assert page.count('id="fig-foresight"') == 1 and page.count('id="fig-ablation"') == 1
+    assert page.count('id="fig-sparsity"') == 1
 
 
 def test_the_template_ships_as_package_data() -> None:
