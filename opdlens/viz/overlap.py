@@ -69,7 +69,7 @@ def overlap_by_block(df: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
         _bars(ax, rows, pairs, "overlap_ratio")
         ax.axhline(1.0, color="black", lw=0.8, ls="--", label="chance")
         ax.set_ylabel("Jaccard / chance")
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars
     return ax
 
 
@@ -87,14 +87,14 @@ def subspace_by_block(df: pd.DataFrame, k: int | None = None, *, ax: Axes | None
                    zorder=3, label="random K/rows")  # fmt: skip
         ax.set_ylim(0, 1)
         ax.set_ylabel(f"top-{k} subspace overlap")
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars
     return ax
 
 
 def overlap_figure(df: pd.DataFrame, k: int | None = None) -> Figure:
     """overlap_by_block and subspace_by_block side by side."""
     with paper_style():
-        fig = new_figure(8.4, 3.0)
+        fig = new_figure(9.6, 3.0)
         left, right = fig.subplots(1, 2)
         overlap_by_block(df, ax=left)
         subspace_by_block(df, k, ax=right)

@@ -63,6 +63,10 @@ def test_subspace_panel_and_figure(compared) -> None:
     np.testing.assert_allclose(np.nan_to_num(heights), np.nan_to_num(first))
     fig = overlap_figure(df)
     assert len(fig.axes) == 2
+    fig.canvas.draw()
+    for ax in fig.axes:  # each legend sits beside its panel, not over the bars
+        legend = ax.get_legend().get_window_extent()
+        assert not legend.overlaps(ax.get_window_extent())
 
 
 def test_bad_frames_are_refused(compared) -> None:
