@@ -103,16 +103,6 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tuple[Path, 
     return make
 
 
-def load_state(ck: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint directory, read with safetensors / torch.load directly."""
-    state: dict[str, torch.Tensor] = {}
-    for f in sorted(ck.glob("*.safetensors")):
-        state.update(load_file(f))
-    for f in sorted(ck.glob("*.bin")):
-        state.update(torch.load(f, weights_only=True))
-    return state
-
-
 def ref_piece(name: str, x: np.ndarray, expert: object, part: object) -> np.ndarray:
     """The matrix a row describes, cut by hand: expert e of a stacked tensor, a fused part's rows."""
     if not pd.isna(expert) and x.ndim == 3:
@@ -127,8 +117,8 @@ def ref_piece(name: str, x: np.ndarray, expert: object, part: object) -> np.ndar
 
 def reference(a: Path, b: Path, tol: float | None = None) -> dict[tuple, dict[str, object]]:
     """Per (tensor, expert, part): masks, Δ_A, Δ_B as numpy float64, from the files."""
-    w0 = load_state(a / "checkpoint-0")
-    wa, wb = load_state(a / "checkpoint-2"), load_state(b / "checkpoint-2")
+    w0 = checkpoints.st_state(a / "checkpoint-0")
+    wa, wb = checkpoints.st_state(a / "checkpoint-2"), checkpoints.st_state(b / "checkpoint-2")
     out = {}
     for name, base in w0.items():
         f0, fa, fb = (t[name].double().numpy() for t in (w0, wa, wb))  # exact upcasts
@@ -279,8 +269,8 @@ def test_a_different_base_is_refused_or_measured_from_each_base(
     ref = reference(a, other)  # B's masks are measured from B's own base here
     name = "model.layers.0.mlp.down_proj.weight"
     mb = (
-        load_state(other / "checkpoint-2")[name].double().numpy()
-        != load_state(other / "checkpoint-0")[name].double().numpy()
+        checkpoints.st_state(other / "checkpoint-2")[name].double().numpy()
+        != checkpoints.st_state(other / "checkpoint-0")[name].double().numpy()
     )
     row = df[(df["scope"] == "tensor") & (df["tensor"] == name)].iloc[0]
     assert row["changed_b"] == mb.sum() and row["changed_a"] == ref[name]["ma"].sum()
@@ -347,8 +337,8 @@ def test_a_lora_run_has_no_counts_but_its_cos_comes_from_b_times_a(planted_runs:
     key = f"base_model.model.{name[: -len('.weight')]}"
     da = 2.0 * (adapter[f"{key}.lora_B.weight"].double() @ adapter[f"{key}.lora_A.weight"].double())
     db = (
-        load_state(dense / "checkpoint-4")[name].double()
-        - load_state(dense / "checkpoint-0")[name].double()
+        checkpoints.st_state(dense / "checkpoint-4")[name].double()
+        - checkpoints.st_state(dense / "checkpoint-0")[name].double()
     )
     cos = float((da * db).sum() / (da.norm() * db.norm()))
     assert row["cos"] == pytest.approx(cos, abs=1e-6)
