@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..names import ModuleInfo, as_matrix
-from .matrices import matrix_of
 from .metrics import frobenius_sq, inner, subspace_alignment
 from .sparsity import changed_mask
-from .sweep import Slice
+from .sweep import Slice, piece
 from .update import Update, digest, read_stored
 
 if TYPE_CHECKING:
@@ -74,14 +73,6 @@ def update_and_mask(
     del w
     d.sub_(w0)  # in float32; W_0 of bf16/f16 is exact in float32
     return as_matrix(d, info), as_matrix(mask, info), h0 + h
-
-
-def piece(x: torch.Tensor, sl: Slice, info: ModuleInfo) -> torch.Tensor:
-    """The slice's matrix (or vector) of a whole oriented tensor (as `analyze` cuts it)."""
-    x = matrix_of(x, info.stacked_experts, sl.expert)
-    if sl.rows_index is not None:
-        x = x.index_select(0, sl.rows_index.to(x.device))
-    return x
 
 
 def subspace_columns(
@@ -148,8 +139,8 @@ def slice_row(
         row.update(dict.fromkeys(COUNT_COLUMNS, None))
     else:
         pa, pb = piece(ma, sl, info), piece(mb, sl, info)
-        na, nb = int(pa.sum()), int(pb.sum())
-        both = int(torch.logical_and(pa, pb).sum())
+        na, nb = int(torch.count_nonzero(pa)), int(torch.count_nonzero(pb))
+        both = int(torch.count_nonzero(torch.logical_and(pa, pb)))
         row.update(changed_a=na, changed_b=nb, changed_both=both, changed_either=na + nb - both)
     sq_a, sq_b = frobenius_sq(da), frobenius_sq(db)
     row.update(dot=inner(da, db), sq_a=sq_a, sq_b=sq_b)

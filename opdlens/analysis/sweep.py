@@ -137,7 +137,7 @@ def _rank_cap(shape: tuple[int, ...], info: ModuleInfo) -> int | None:
     return None if dims is None else min(dims[1:])
 
 
-def _piece(x: torch.Tensor, sl: Slice, info: ModuleInfo) -> torch.Tensor:
+def piece(x: torch.Tensor, sl: Slice, info: ModuleInfo) -> torch.Tensor:
     """The slice's matrix (or vector) from the whole oriented tensor."""
     x = matrix_of(x, info.stacked_experts, sl.expert)
     if sl.rows_index is not None:
@@ -208,7 +208,7 @@ class TensorSweep:
         return Update(dense=d.to(self.opt.device)), self._h0 + h
 
     def _slice_pieces(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {sl.key: _piece(x, sl, self.info) for sl in self.slices}
+        return {sl.key: piece(x, sl, self.info) for sl in self.slices}
 
     def _sparsity(self, counted: dict[str, ChangedCount] | None, key: str) -> None:
         """Fill the sparsity columns of the row just added (empty without counts)."""
@@ -218,7 +218,7 @@ class TensorSweep:
         out = {}
         for sl in self.slices:
             if u.dense is not None:
-                out[sl.key] = Update(dense=_piece(u.dense, sl, self.info))
+                out[sl.key] = Update(dense=piece(u.dense, sl, self.info))
             else:
                 out[sl.key] = u.rows(sl.rows_index) if sl.rows_index is not None else u
         return out
@@ -239,7 +239,7 @@ class TensorSweep:
         self.changes = changes.ChangeTracker(
             w0, self._slice_pieces, self.opt.sparsity_tol, self.opt.consecutive, self.final
         )
-        base_sq = {sl.key: M.frobenius_sq(_piece(w0, sl, self.info)) for sl in self.slices}
+        base_sq = {sl.key: M.frobenius_sq(piece(w0, sl, self.info)) for sl in self.slices}
         final_whole, final_h = self._update(self.final, w0)
         final_u = self._pieces(final_whole)
         del final_whole

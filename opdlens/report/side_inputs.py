@@ -17,6 +17,7 @@ from ..analysis.results import read_json, read_table
 from ..errors import CheckpointError, InputFileError, InputNotFoundError
 from ..extrapolation.ablate import Ablation
 from ..extrapolation.callback import CANDIDATE_COLUMNS, candidate_rows
+from ..frames import ks_of
 from ..io.paths import read_marker
 
 if TYPE_CHECKING:
@@ -216,8 +217,7 @@ def overlap_lines(overlap: pd.DataFrame | None) -> list[tuple[str, str]]:
         return []
     from ..analysis.compare_write import summary_line, summary_rank
 
-    ks = [int(c.rsplit("_k", 1)[1]) for c in overlap.columns
-          if c.startswith("subspace_left_k")]  # fmt: skip
+    ks = ks_of(overlap, "subspace_left", "overlap_lines")
     overall = overlap[overlap["scope"] == "overall"]
     return [(f"{r['run_a']} vs {r['run_b']}", summary_line(r, summary_rank(ks)))
             for _, r in overall.iterrows()]  # fmt: skip
