@@ -18,6 +18,7 @@ from ..errors import CheckpointError, FusedSplitError, OptionError
 from ..progress import Progress
 from .cache import CachedFactors, FactorCache, TensorCache, content_key
 from .compare_frame import SCOPES, build_frame
+from .options import check_tol
 from .overlap import Cached, Side, TensorOverlap, slice_row, update_and_mask
 from .sweep import Slice, skip_reason, slices_of
 from .update import digest, read_stored
@@ -56,11 +57,8 @@ class CompareOptions:
                 f"Got {list(scopes)} instead."
             )
         set_(self, "scopes", tuple(s for s in SCOPES if s in scopes))
-        tol = self.sparsity_tol
-        if tol is not None and not (isinstance(tol, int | float) and tol >= 0):
-            raise OptionError(
-                f"The 'sparsity_tol' parameter of compare must be a number ≥ 0 or None. Got {tol!r}."
-            )
+        if self.sparsity_tol is not None:
+            set_(self, "sparsity_tol", check_tol(self.sparsity_tol, func="compare"))
         if self.workers is not None and not (isinstance(self.workers, int) and self.workers >= 1):
             raise OptionError(f"The 'workers' parameter must be ≥ 1. Got {self.workers} instead.")
         for c in ("cache_a", "cache_b"):

@@ -283,6 +283,9 @@ def test_steps_default_to_the_last_and_a_missing_step_is_named(pair: Callable) -
         opdlens.compare(ra, rb, step_b=5)
     with pytest.raises(OptionError, match="scopes"):
         opdlens.compare(ra, rb, scopes=("tensor", "model"))
+    for tol in (-1e-5, float("nan"), float("inf"), True, "small"):
+        with pytest.raises(OptionError, match="'sparsity_tol' parameter of compare"):
+            opdlens.compare(ra, rb, sparsity_tol=tol)
     same = opdlens.compare(ra, ra, ranks=(1,), scopes="overall").iloc[0]
     assert same["jaccard"] == 1.0 and same["cos"] == pytest.approx(1.0)
     assert same["subspace_left_k1"] == pytest.approx(1.0)
