@@ -108,6 +108,10 @@ class AnalyzeOptions:
         """Worker threads to start: `workers`, or one per core."""
         return (os.cpu_count() or 1) if self.workers is None else self.workers
 
+    def final_step(self, run: Run) -> int:
+        """The step of Δ_T: `final`, else the run's last saved step."""
+        return self.final if self.final is not None else run.final_step
+
     def check_run(self, run: Run) -> None:
         """Check the options that depend on the run: `final` and `tensors`.
 

@@ -151,7 +151,7 @@ class TensorSweep:
     def __init__(self, run: Run, name: str, options: AnalyzeOptions, cache: TensorCache | None):
         self.run, self.name, self.opt, self.cache = run, name, options, cache
         self.info = run.module(name)
-        self.final = options.final if options.final is not None else run.final_step
+        self.final = options.final_step(run)
         # Every saved step gets a row, also those after a user-chosen final.
         self.steps = list(run.steps)
         self.result = TensorResult()

@@ -61,18 +61,13 @@ def _write(
         return analysis_record(run, result)
 
     write_results(out, {"metrics": result.frame}, provenance)
-    return result, final_summary(result.frame, final_step(run, result.options))
-
-
-def final_step(run: Run, options: AnalyzeOptions) -> int:
-    """The step of Δ_T: the chosen final, else the run's last saved step."""
-    return options.final if options.final is not None else run.final_step
+    return result, final_summary(result.frame, result.options.final_step(run))
 
 
 def analysis_record(run: Run, result: Analysis) -> dict[str, Any]:
     """The provenance of an analysis: inputs, options, final step, warnings, timings, SVD use."""
     return record(
-        run, result.options.record(), final_step=final_step(run, result.options),
+        run, result.options.record(), final_step=result.options.final_step(run),
         steps=run.steps, rows=len(result.frame), warnings=result.warnings,
         wall_time_s=result.timings, svd_calls=result.svd_calls, cache_hits=result.cache_hits,
         svd_methods=result.svd_methods,
