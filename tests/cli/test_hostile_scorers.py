@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -125,9 +125,11 @@ def test_a_timed_out_scorer_thread_leaves_no_folder(
     """The abandoned thread writes after the cleanup; what it wrote is removed when it ends."""
     out = tmp_path / "o"
     judge = make_scorer(f"{scorer_module}:late_writer", timeout=0.2)
+    before = set(threading.enumerate())
     with pytest.raises(ScorerError, match="timed out after 0.2 s"):
         replay(open_run(run), judge, out=out)
-    time.sleep(1.5)  # the thread sleeps 0.6 s, then recreates its folder and returns
+    for thread in set(threading.enumerate()) - before:  # it sleeps 0.6 s, writes, returns
+        thread.join(timeout=60)
     assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []
 
 
