@@ -24,8 +24,21 @@ ID_COLUMNS = [
     "numel",
 ]
 
+# Added by --base-geometry, per K (design.md; base_geometry.step_columns fills them).
+GEOMETRY_METRICS = (
+    "principal_energy_left", "principal_energy_right", "spectral_drift", "spectral_drift_mean",
+    "principal_rotation_left", "principal_rotation_right", "base_gap",
+)  # fmt: skip
 
-def metric_columns(ranks: Sequence[int], full_spectrum: bool) -> list[str]:
+
+def geometry_columns(ranks: Sequence[int]) -> list[str]:
+    """The columns `analyze --base-geometry` adds, in order."""
+    return [f"{c}_k{k}" for c in GEOMETRY_METRICS for k in ranks]
+
+
+def metric_columns(
+    ranks: Sequence[int], full_spectrum: bool, base_geometry: bool = False
+) -> list[str]:
     """Metric columns in design.md's order and spelling."""
     cols = ["update_norm", "base_norm", "rel_update_norm", "update_share"]
     cols += [f"energy_k{k}" for k in ranks] + ["stable_rank"]
@@ -33,14 +46,17 @@ def metric_columns(ranks: Sequence[int], full_spectrum: bool) -> list[str]:
     cols += [f"gap_k{k}" for k in ranks] + ["cos_to_final"]
     if full_spectrum:
         cols.append("effective_rank")
+    if base_geometry:
+        cols += geometry_columns(ranks)
     return cols + ["nonfinite"]
 
 
 def build_frame(
-    rows: list[dict[str, object]], order: Sequence[str], ranks: Sequence[int], full_spectrum: bool
-) -> pd.DataFrame:
+    rows: list[dict[str, object]], order: Sequence[str], ranks: Sequence[int], full_spectrum: bool,
+    base_geometry: bool = False,
+) -> pd.DataFrame:  # fmt: skip
     """One row per (step, update, tensor, slice) with real dtypes and update_share filled in."""
-    cols = ID_COLUMNS + metric_columns(ranks, full_spectrum)
+    cols = ID_COLUMNS + metric_columns(ranks, full_spectrum, base_geometry)
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in cols})
     df = pd.DataFrame(rows)

@@ -15,6 +15,7 @@ from ..errors import FusedSplitError
 from ..io import buffers, dtypes
 from ..names import ModuleInfo, as_matrix, split_fused
 from . import metrics as M
+from .base_geometry import SweepGeometry
 from .cache import CachedFactors, TensorCache, content_key, slice_key
 from .linalg import svd_label
 from .matrices import matrix_of, matrix_shape
@@ -164,6 +165,7 @@ class TensorSweep:
             self.slices = slices_of(shape, self.info, run.config, split=False)
         self._final_sq: dict[str, float] = {}
         self._h0 = b""  # digest of W_0's stored bytes
+        self._geometry: SweepGeometry | None = None  # --base-geometry: W_0's factors per slice
         # A slice's rows (fused parts) depend on the config: part of its cache key.
         self._slice_digest = {
             sl.key: digest(sl.rows_index) if sl.rows_index is not None else b""
@@ -217,6 +219,8 @@ class TensorSweep:
             w0 = w0.float()  # torch does not mix float8 with float32 in arithmetic
         w0 = as_matrix(w0, self.info)
         base_sq = {sl.key: M.frobenius_sq(_piece(w0, sl, self.info)) for sl in self.slices}
+        if self.opt.base_geometry:
+            self._geometry = self._base_geometry(w0)
         final_whole, final_h = self._update(self.final, w0)
         final_u = self._pieces(final_whole)
         del final_whole
@@ -258,6 +262,21 @@ class TensorSweep:
         if self.cache is not None:
             self.result.warnings += self.cache.notes
         return self.result
+
+    def _base_geometry(self, w0: torch.Tensor) -> SweepGeometry:
+        by_key = {sl.key: sl for sl in self.slices}
+
+        def count(label: str | None) -> None:
+            if label is None:
+                self.result.cache_hits += 1
+                return
+            self.result.svd_calls += 1
+            self.result.svd_methods[label] = self.result.svd_methods.get(label, 0) + 1
+
+        return SweepGeometry(
+            lambda key: _piece(w0, by_key[key], self.info), self.opt.kmax, self.opt.device,
+            self.cache, self._h0, self._slice_digest, count,
+        )  # fmt: skip
 
     def _factors(
         self, step: int, key: str, u: Update, init: torch.Tensor | None, kind: str,
@@ -332,6 +351,8 @@ class TensorSweep:
         if self.opt.full_spectrum:
             spectrum = top.spectrum if finite and top is not None else None
             row["effective_rank"] = math.nan if spectrum is None else M.effective_rank(spectrum)
+        if self._geometry is not None:
+            row.update(self._geometry.columns(self.opt.ranks, sl.key, kind, u, total_sq))
         self.result.rows.append(row)
 
 

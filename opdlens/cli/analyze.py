@@ -54,6 +54,13 @@ def analyze(
     full_spectrum: Annotated[
         bool, typer.Option(help="Full SVD for effective_rank (slow on large matrices).")
     ] = False,
+    base_geometry: Annotated[
+        bool,
+        typer.Option(
+            help="Also measure the update against the base weights' top-K singular directions: "
+            "principal_energy_*, spectral_drift*, principal_rotation_*, base_gap per K."
+        ),
+    ] = False,
     split_fused: Annotated[
         bool, typer.Option(help="Report fused qkv / gate_up tensors per logical part.")
     ] = True,
@@ -80,6 +87,7 @@ def analyze(
     options = AnalyzeOptions(
         ranks=parse_ints(ranks, "--ranks"), final=final, tensors=tensors, consecutive=consecutive,
         full_spectrum=full_spectrum, split_fused=split_fused, workers=workers,
+        base_geometry=base_geometry,
         executor=executor.value, address=address, device=device,
     )  # fmt: skip
     r = open_run(run, base, checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle,

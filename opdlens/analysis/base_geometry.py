@@ -1,0 +1,191 @@
+"""The base model's principal directions: W_0's top-K triplets and how each step's update meets them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import metrics as M
+from .cache import CachedFactors, TensorCache, content_key
+from .linalg import TopK, svd_label, top_k_svd
+
+if TYPE_CHECKING:
+    from .update import Update
+
+BASE_PREFIX = "w0/"  # cache slice keys of W_0's factors: "w0/all", "w0/e3/q"
+BASE_STEP = 0  # the step W_0's cache entries are stored under
+# (hi_i − lo_i) ≤ this · lo_i for every i ≤ K: each σ_i within 2e-4 relative, so a drift
+# |σ_i(W_t) − σ_i(W_0)| / σ_i(W_0) is off by at most ~4e-4 (the contract asks 1e-3).
+VALUE_RTOL = 2e-4
+
+
+def value_brackets(w: torch.Tensor, top: TopK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Brackets lo_i ≤ σ_i(W) ≤ hi_i for the returned triplets, from two passes over W.
+
+    lo = σ(UᵀWV) (interlacing); hi_i = min_{l≤i} θ_l + ε_l with θ_l = u_lᵀWv_l and ε_l the
+    residual norm of [u_l; v_l]/√2 for [[0, W], [Wᵀ, 0]] (`krylov._upper`'s premise: the space
+    missed no direction above θ_l + ε_l). Shape: w (m, n); returns two (k,) float64 tensors.
+    """
+    wv = (w @ top.V).double()  # (m, k)
+    wtu = (w.T @ top.U).double()  # (n, k)
+    u, v = top.U.double(), top.V.double()
+    theta = (u * wv).sum(0)
+    eps = ((wv - u * theta).pow(2).sum(0) + (wtu - v * theta).pow(2).sum(0)).sqrt() / math.sqrt(2)
+    lo = torch.linalg.svdvals(u.T @ wv)  # (k,) descending
+    hi = torch.cummin(theta.abs() + eps, 0).values
+    return lo, hi
+
+
+def certified_top_k(
+    w: torch.Tensor, k: int, *, init: torch.Tensor | None = None, total_sq: float | None = None
+) -> TopK:
+    """Top-k triplets of a weight matrix W with σ_1..σ_k certified to VALUE_RTOL, else exact.
+
+    `linalg.top_k_svd` certifies energies against ‖W‖_F², which for a slowly decaying weight
+    spectrum leaves single σ_i loose; spectral drift needs each σ_i, so an iterative result is
+    kept only if `value_brackets` pin every σ_i ≤ k within VALUE_RTOL, and S then holds lo.
+    Otherwise W is decomposed exactly (method "exact", iterations > 0: `svd_label` says
+    "fallback_to_exact"). Subspaces carry linalg's contract (where the gap is ≥ 1e-2).
+
+    Shape: w (m, n) float32/float64; init (n, k') a right basis to warm-start from (W_0's V).
+    """
+    top = top_k_svd(w, k, init=init, total_sq=total_sq)
+    if top.method == "exact":
+        return top
+    lo, hi = value_brackets(w, top)
+    if bool(((hi - lo) <= VALUE_RTOL * lo).all()):
+        s = top.S.clone()
+        s[:k] = lo.to(s.dtype)
+        return replace(top, S=s)
+    passes = max(1, top.iterations)
+    return replace(top_k_svd(w, k, method="exact", total_sq=total_sq), iterations=passes)
+
+
+def principal_energies(
+    u0: torch.Tensor, v0: torch.Tensor, delta: torch.Tensor, total_sq: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cumulative ‖U_{0,K}ᵀΔ‖_F² / ‖Δ‖_F² and ‖ΔV_{0,K}‖_F² / ‖Δ‖_F² for K = 1..k.
+
+    Shape: u0 (m, k), v0 (n, k) orthonormal columns, best first; delta (m, n); returns two
+    (k,) float64 tensors (NaN for Δ = 0).
+    """
+    if total_sq == 0.0 or not math.isfinite(total_sq):
+        nan = torch.full((u0.shape[1],), math.nan, dtype=torch.float64)
+        return nan, nan.clone()
+    d = delta.to(u0.dtype)
+    left = (u0.T @ d).double().pow(2).sum(1).cumsum(0) / total_sq  # rows of (k, n)
+    right = (d @ v0).double().pow(2).sum(0).cumsum(0) / total_sq  # columns of (m, k)
+    return left.clamp(max=1.0), right.clamp(max=1.0)
+
+
+def step_columns(
+    ranks: Sequence[int],
+    base: CachedFactors | None,
+    cap: int,
+    energies: tuple[torch.Tensor, torch.Tensor] | None,
+    moved: CachedFactors | None,
+) -> dict[str, float]:
+    """The columns of one row: energies of Δ (None: NaN), drift and rotation of W_t (None: NaN).
+
+    base: W_0's factors (k columns, k+1 values; None: a vector, every column NaN); cap =
+    min(rows, cols). K above the columns computed (K > cap) gives NaN, except base_gap (0, as
+    gap_k defines it). The keys are `frame.geometry_columns(ranks)`.
+    """
+    out: dict[str, float] = {}
+    have = 0 if base is None else base.u.shape[1]
+    for k in ranks:
+        ok = base is not None and k <= have
+        e_l = e_r = drift = drift_mean = rot_l = rot_r = math.nan
+        if ok and energies is not None:
+            e_l, e_r = float(energies[0][k - 1]), float(energies[1][k - 1])
+        if ok and moved is not None:
+            assert base is not None
+            pairs = zip(moved.s.double()[:k].tolist(), base.s.double()[:k].tolist(), strict=True)
+            rel = [M.relative(abs(a - b), b) for a, b in pairs]
+            drift, drift_mean = max(rel), sum(rel) / k
+            rot_l = 1.0 - M.subspace_alignment(base.u, moved.u, k)
+            rot_r = 1.0 - M.subspace_alignment(base.v, moved.v, k)
+        out[f"principal_energy_left_k{k}"], out[f"principal_energy_right_k{k}"] = e_l, e_r
+        out[f"spectral_drift_k{k}"], out[f"spectral_drift_mean_k{k}"] = drift, drift_mean
+        out[f"principal_rotation_left_k{k}"] = max(0.0, rot_l) if rot_l == rot_l else rot_l
+        out[f"principal_rotation_right_k{k}"] = max(0.0, rot_r) if rot_r == rot_r else rot_r
+        gap = math.nan
+        if base is not None:
+            gap = M.gap_k(base.s.double(), k, rank_cap=cap)
+        out[f"base_gap_k{k}"] = gap
+    return out
+
+
+def _factors(top: TopK) -> CachedFactors:
+    return CachedFactors(top.U.cpu(), top.S.cpu(), top.V.cpu(), top.method, top.iterations)
+
+
+class SweepGeometry:
+    """Per-tensor state of `--base-geometry` inside one TensorSweep: W_0's factors per slice.
+
+    `piece(key)` gives W_0's matrix of a slice in its stored dtype; `counts(label, hit)` records
+    an SVD (label) or a cache hit of W_0's factors (label None).
+    """
+
+    def __init__(
+        self, piece: Callable[[str], torch.Tensor], kmax: int, device: str,
+        cache: TensorCache | None, w0_digest: bytes, slice_digests: dict[str, bytes],
+        counts: Callable[[str | None], None],
+    ) -> None:  # fmt: skip
+        self.piece, self.kmax, self.device, self.cache = piece, kmax, device, cache
+        self.h0, self.slice_digests, self.counts = w0_digest, slice_digests, counts
+        self.base: dict[str, CachedFactors | None] = {}
+
+    def _w0(self, key: str, *, copy: bool = False) -> torch.Tensor:
+        return self.piece(key).to(self.device, torch.float32, copy=copy)
+
+    def base_factors(self, key: str) -> CachedFactors | None:
+        """W_0's top-K factors of one slice: from the cache, or computed once (None: a vector)."""
+        if key in self.base:
+            return self.base[key]
+        w0 = self._w0(key)
+        fac = None
+        if w0.dim() == 2 and bool(torch.isfinite(w0).all()):
+            shape = (w0.shape[0], w0.shape[1])
+            content = content_key(b"w0;", self.h0, self.slice_digests[key])
+            ck = BASE_PREFIX + key
+            if self.cache is not None:
+                fac = self.cache.get(BASE_STEP, ck, self.kmax, False, content, shape)
+            if fac is not None:
+                self.counts(None)
+            else:
+                top = certified_top_k(w0, min(self.kmax, min(shape)))
+                self.counts("base_w0:" + svd_label(top))
+                fac = _factors(top)
+                if self.cache is not None:
+                    self.cache.put(BASE_STEP, ck, fac, min(shape), content)
+        self.base[key] = fac
+        return fac
+
+    def columns(
+        self, ranks: Sequence[int], key: str, kind: str, u: Update, total_sq: float
+    ) -> dict[str, float]:
+        """This row's columns; drift and rotation only for a cumulative update (W_t = W_0 + Δ)."""
+        base = self.base_factors(key)
+        if base is None or not u.is_matrix:
+            return step_columns(ranks, None, 0, None, None)
+        cap = min(base.u.shape[0], base.v.shape[0])
+        finite = math.isfinite(total_sq)
+        delta = u.to_dense() if finite else None
+        energies = None
+        if delta is not None:
+            dev = delta.device
+            energies = principal_energies(base.u.to(dev), base.v.to(dev), delta, total_sq)
+        moved = None
+        if delta is not None and kind == "cumulative":
+            wt = self._w0(key, copy=True).to(delta.device)  # never W_0 itself (float32 W_0)
+            wt += delta  # (rows, cols) float32: W_t = W_0 + Δ_t
+            top = certified_top_k(wt, base.u.shape[1], init=base.v.to(wt.device))
+            self.counts("base_wt:" + svd_label(top))
+            moved = _factors(top)
+            del wt
+        return step_columns(ranks, base, cap, energies, moved)
