@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -120,6 +120,14 @@ def step_columns(
     return out
 
 
+class Counts(Protocol):
+    """Where SVD calls and cache hits are counted (sweep.TensorResult)."""
+
+    svd_calls: int
+    cache_hits: int
+    svd_methods: dict[str, int]
+
+
 def _factors(top: TopK) -> CachedFactors:
     return CachedFactors(top.U.cpu(), top.S.cpu(), top.V.cpu(), top.method, top.iterations)
 
@@ -127,18 +135,26 @@ def _factors(top: TopK) -> CachedFactors:
 class SweepGeometry:
     """Per-tensor state of `--base-geometry` inside one TensorSweep: W_0's factors per slice.
 
-    `piece(key)` gives W_0's matrix of a slice in its stored dtype; `counts(label, hit)` records
-    an SVD (label) or a cache hit of W_0's factors (label None).
+    `piece(key)` gives W_0's matrix of a slice in its stored dtype; SVDs (by label, "base_w0:…"
+    and "base_wt:…") and cache hits of W_0's factors are counted in `counts`.
     """
 
     def __init__(
         self, piece: Callable[[str], torch.Tensor], kmax: int, device: str,
         cache: TensorCache | None, w0_digest: bytes, slice_digests: dict[str, bytes],
-        counts: Callable[[str | None], None],
+        counts: Counts,
     ) -> None:  # fmt: skip
         self.piece, self.kmax, self.device, self.cache = piece, kmax, device, cache
         self.h0, self.slice_digests, self.counts = w0_digest, slice_digests, counts
         self.base: dict[str, CachedFactors | None] = {}
+
+    def _count(self, label: str | None) -> None:
+        """One SVD of this label, or (None) one cache hit."""
+        if label is None:
+            self.counts.cache_hits += 1
+            return
+        self.counts.svd_calls += 1
+        self.counts.svd_methods[label] = self.counts.svd_methods.get(label, 0) + 1
 
     def _w0(self, key: str, *, copy: bool = False) -> torch.Tensor:
         return self.piece(key).to(self.device, torch.float32, copy=copy)
@@ -156,10 +172,10 @@ class SweepGeometry:
             if self.cache is not None:
                 fac = self.cache.get(BASE_STEP, ck, self.kmax, False, content, shape)
             if fac is not None:
-                self.counts(None)
+                self._count(None)
             else:
                 top = certified_top_k(w0, min(self.kmax, min(shape)))
-                self.counts("base_w0:" + svd_label(top))
+                self._count("base_w0:" + svd_label(top))
                 fac = _factors(top)
                 if self.cache is not None:
                     self.cache.put(BASE_STEP, ck, fac, min(shape), content)
@@ -185,7 +201,7 @@ class SweepGeometry:
             wt = self._w0(key, copy=True).to(delta.device)  # never W_0 itself (float32 W_0)
             wt += delta  # (rows, cols) float32: W_t = W_0 + Δ_t
             top = certified_top_k(wt, base.u.shape[1], init=base.v.to(wt.device))
-            self.counts("base_wt:" + svd_label(top))
+            self._count("base_wt:" + svd_label(top))
             moved = _factors(top)
             del wt
         return step_columns(ranks, base, cap, energies, moved)

@@ -220,7 +220,11 @@ class TensorSweep:
         w0 = as_matrix(w0, self.info)
         base_sq = {sl.key: M.frobenius_sq(_piece(w0, sl, self.info)) for sl in self.slices}
         if self.opt.base_geometry:
-            self._geometry = self._base_geometry(w0)
+            by_key = {sl.key: sl for sl in self.slices}
+            self._geometry = SweepGeometry(
+                lambda key: _piece(w0, by_key[key], self.info), self.opt.kmax, self.opt.device,
+                self.cache, self._h0, self._slice_digest, self.result,
+            )  # fmt: skip
         final_whole, final_h = self._update(self.final, w0)
         final_u = self._pieces(final_whole)
         del final_whole
@@ -262,21 +266,6 @@ class TensorSweep:
         if self.cache is not None:
             self.result.warnings += self.cache.notes
         return self.result
-
-    def _base_geometry(self, w0: torch.Tensor) -> SweepGeometry:
-        by_key = {sl.key: sl for sl in self.slices}
-
-        def count(label: str | None) -> None:
-            if label is None:
-                self.result.cache_hits += 1
-                return
-            self.result.svd_calls += 1
-            self.result.svd_methods[label] = self.result.svd_methods.get(label, 0) + 1
-
-        return SweepGeometry(
-            lambda key: _piece(w0, by_key[key], self.info), self.opt.kmax, self.opt.device,
-            self.cache, self._h0, self._slice_digest, count,
-        )  # fmt: skip
 
     def _factors(
         self, step: int, key: str, u: Update, init: torch.Tensor | None, kind: str,
