@@ -225,44 +225,60 @@ def test_off_by_default_and_cli_flag(runs, tmp_path):
     assert abs(row["spectral_drift_k1"] - want["spectral_drift_k1"]) <= 1e-3
 
 
-def _matrix(m: int, n: int, seed: int) -> torch.Tensor:
-    """A weight-like matrix: 6 spikes over a Marchenko–Pastur bulk (slowly decaying), float32."""
+def _matrix(m: int, n: int, seed: int, spikes: int = 6, bulk: float = 1.0) -> torch.Tensor:
+    """A weight-like matrix: spikes over a Marchenko–Pastur bulk (slowly decaying), float32."""
     g = torch.Generator().manual_seed(seed)
-    bulk = torch.randn(m, n, generator=g, dtype=torch.float64) / math.sqrt(n)
-    a = torch.linalg.qr(torch.randn(m, 6, generator=g, dtype=torch.float64))[0]
-    b = torch.linalg.qr(torch.randn(n, 6, generator=g, dtype=torch.float64))[0]
-    return (bulk + (a * torch.tensor([8.0, 6, 4.5, 3.5, 3, 2.6])) @ b.T).float()
+    noise = bulk * torch.randn(m, n, generator=g, dtype=torch.float64) / math.sqrt(n)
+    a = torch.linalg.qr(torch.randn(m, spikes, generator=g, dtype=torch.float64))[0]
+    b = torch.linalg.qr(torch.randn(n, spikes, generator=g, dtype=torch.float64))[0]
+    sig = 8.0 * 0.85 ** torch.arange(spikes, dtype=torch.float64)
+    return (noise + (a * sig) @ b.T).float()
+
+
+def _check_values(top, w: torch.Tensor, k: int) -> None:
+    s = np.linalg.svd(w.double().numpy(), compute_uv=False)
+    np.testing.assert_allclose(top.S[:k].double().numpy(), s[:k], rtol=BG.VALUE_RTOL)
+    lo, hi = BG.value_brackets(w, top)
+    assert (lo.numpy() <= s[:k] * (1 + 1e-6)).all() and (hi.numpy() >= s[:k] * (1 - 1e-6)).all()
 
 
 def test_certified_top_k_on_a_slowly_decaying_spectrum():
     w0 = _matrix(600, 900, 0)
     wt = w0 + 1e-3 * _matrix(600, 900, 1)
-    k = 8  # K = 8 reaches into the bulk: values are still certified, subspaces only where sharp
+    k = 8  # K = 8 reaches into the bulk: values are certified, subspaces only where sharp
     base = BG.certified_top_k(w0, k)
     moved = BG.certified_top_k(wt, k, init=base.V)
-    assert BG.svd_label(moved) == "subspace"  # warm-started from W_0's V, values bracketed
+    assert BG.svd_label(base) == "gram32"  # no warm start for W_0: its float32 Gram matrix
     for top, w in ((base, w0), (moved, wt)):
-        s = np.linalg.svd(w.double().numpy(), compute_uv=False)
-        np.testing.assert_allclose(top.S[:k].double().numpy(), s[:k], rtol=BG.VALUE_RTOL)
-        lo, hi = BG.value_brackets(w, top)
-        assert (lo.numpy() <= s[:k] * (1 + 1e-6)).all() and (hi.numpy() >= s[:k] * (1 - 1e-6)).all()
+        _check_values(top, w, k)
+
+
+def test_warm_start_from_w0_certifies_a_spiky_weight():
+    w0 = _matrix(500, 800, 4, spikes=24, bulk=0.01)  # a pretrained-like decaying spectrum
+    wt = w0 + 1e-3 * _matrix(500, 800, 5)
+    base = BG.certified_top_k(w0, 8)
+    moved = BG.certified_top_k(wt, 8, init=base.V)
+    assert BG.svd_label(moved) == "subspace"  # warm-started from W_0's V, values bracketed
+    _check_values(moved, wt, 8)
+    e0 = np.linalg.svd(w0.double().numpy())[0][:, :8]
+    et = np.linalg.svd(wt.double().numpy())[0][:, :8]
+    rot = 1 - float(((e0.T @ et) ** 2).sum()) / 8
+    got = 1 - float(((base.U.double().T @ moved.U.double()) ** 2).sum()) / 8
+    assert abs(got - rot) <= 1e-2
 
 
 def test_loose_values_fall_back_to_exact(monkeypatch):
     w = _matrix(300, 500, 2)
     exact = BG.top_k_svd(w, 4, method="exact")
-    loose_u = torch.linalg.qr(
-        exact.U + 0.05 * torch.randn(exact.U.shape, generator=torch.Generator().manual_seed(3))
-    )[0]
-    loose = BG.TopK(loose_u, exact.S, exact.V, "randomized", 5)
-    real = BG.top_k_svd
-    monkeypatch.setattr(
-        BG, "top_k_svd", lambda w_, k_, **kw: loose if "method" not in kw else real(w_, k_, **kw)
-    )
+    shake = 0.05 * torch.randn(exact.U.shape, generator=torch.Generator().manual_seed(3))
+    loose = BG.TopK(torch.linalg.qr(exact.U + shake)[0], exact.S, exact.V, "gram32", 0)
+    monkeypatch.setattr(BG, "_gram32", lambda w_, k_: loose)
     top = BG.certified_top_k(w, 4)
-    assert BG.svd_label(top) == "fallback_to_exact" and top.iterations == 5
+    assert BG.svd_label(top) == "exact"  # the loose gram32 result was not kept
     s = np.linalg.svd(w.double().numpy(), compute_uv=False)
     np.testing.assert_allclose(top.S[:4].double().numpy(), s[:4], rtol=1e-6)
+    lo, hi = BG.value_brackets(w, loose)
+    assert ((hi - lo) > BG.VALUE_RTOL * lo).any()  # the brackets saw it
 
 
 def test_step_columns_cover_frame_columns_and_flag_vectors():
