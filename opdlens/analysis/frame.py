@@ -100,8 +100,9 @@ def summarize(df: pd.DataFrame, by: Sequence[str] = ("layer", "block")) -> pd.Da
     keys = [c for c in ("run", "span") if c in df.columns and c not in by] + ["step", *by]
     ratio_cols = [
         c for c in df.columns
-        if c.startswith(("energy_k", "align_left_k", "align_right_k", "gap_k")) or c in ("cos_to_final", "stable_rank", "effective_rank")
+        if c.startswith(("energy_k", "align_left_k", "align_right_k", "gap_k", "principal_energy_")) or c in ("cos_to_final", "stable_rank", "effective_rank")
     ]  # fmt: skip
+    # principal_energy_*: the ‖Δ‖²-weighted mean is Σ‖U_0ᵀΔ‖² / Σ‖Δ‖², the group's own share.
     out = []
     for key, g in df.groupby(keys, dropna=False, sort=True):
         w = g["update_norm"] ** 2

@@ -19,7 +19,7 @@ import opdlens
 from opdlens import open_run
 from opdlens.analysis import base_geometry as BG
 from opdlens.analysis.analyze import compute_analysis
-from opdlens.analysis.frame import geometry_columns
+from opdlens.analysis.frame import geometry_columns, summarize
 from opdlens.analysis.options import AnalyzeOptions
 from opdlens.cli import app
 
@@ -171,6 +171,14 @@ def test_every_column_matches_float64_svd(runs, kind):
         pd.testing.assert_frame_equal(df[list(plain.columns)], plain)
     if kind == "moe":
         assert df["expert"].notna().any()
+    # By block, the principal energy is the group's Σ‖U_0ᵀΔ‖² / Σ‖Δ‖² (update-energy weighted).
+    cum = df[(df["span"] == "cumulative") & df["principal_energy_left_k1"].notna()]
+    by_block = summarize(cum, by=("block",)).set_index(["step", "block"])
+    w = cum["update_norm"] ** 2
+    want = (cum["principal_energy_left_k1"] * w).groupby([cum["step"], cum["block"]]).sum()
+    want /= w.groupby([cum["step"], cum["block"]]).sum()
+    got = by_block["principal_energy_left_k1"].reindex(want.index)
+    np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-9)
 
 
 def test_lora_run_uses_w0_plus_ba(planted_runs):
