@@ -126,6 +126,8 @@ def compute_analysis(
         warnings.append(lora_note(factored))
     timings["sweep"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    frame = build_frame(rows, run.tensor_names, options.ranks, options.full_spectrum)
+    frame = build_frame(
+        rows, run.tensor_names, options.ranks, options.full_spectrum, options.base_geometry
+    )
     timings["frame"] = time.perf_counter() - t2
     return Analysis(frame, options, warnings, timings, svd_calls, cache_hits, svd_methods)

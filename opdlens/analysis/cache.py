@@ -182,7 +182,12 @@ class TensorCache:
         if not self.dirty:
             return
         if self.keys:  # steps no longer in the run
-            for entry_id in [i for i, e in self.entries.items() if e["step"] not in self.keys]:
+            # W_0's factors (--base-geometry) sit under step 0 with a "w0/" slice: kept.
+            gone = [
+                i for i, e in self.entries.items()
+                if e["step"] not in self.keys and not _slice(i).startswith("w0/")
+            ]  # fmt: skip
+            for entry_id in gone:
                 self._drop(entry_id)
         tensors: dict[str, torch.Tensor] = {}
         fields = []

@@ -24,8 +24,21 @@ ID_COLUMNS = [
     "numel",
 ]
 
+# Added by --base-geometry, per K (design.md; base_geometry.step_columns fills them).
+GEOMETRY_METRICS = (
+    "principal_energy_left", "principal_energy_right", "spectral_drift", "spectral_drift_mean",
+    "principal_rotation_left", "principal_rotation_right", "base_gap",
+)  # fmt: skip
 
-def metric_columns(ranks: Sequence[int], full_spectrum: bool) -> list[str]:
+
+def geometry_columns(ranks: Sequence[int]) -> list[str]:
+    """The columns `analyze --base-geometry` adds, in order."""
+    return [f"{c}_k{k}" for c in GEOMETRY_METRICS for k in ranks]
+
+
+def metric_columns(
+    ranks: Sequence[int], full_spectrum: bool, base_geometry: bool = False
+) -> list[str]:
     """Metric columns in design.md's order and spelling."""
     cols = ["update_norm", "base_norm", "rel_update_norm", "update_share"]
     cols += [f"energy_k{k}" for k in ranks] + ["stable_rank"]
@@ -34,14 +47,17 @@ def metric_columns(ranks: Sequence[int], full_spectrum: bool) -> list[str]:
     if full_spectrum:
         cols.append("effective_rank")
     cols += ["changed_frac", "changed_frac_tol", "changed_count", "changed_tol_count"]
+    if base_geometry:
+        cols += geometry_columns(ranks)
     return cols + ["nonfinite"]
 
 
 def build_frame(
-    rows: list[dict[str, object]], order: Sequence[str], ranks: Sequence[int], full_spectrum: bool
-) -> pd.DataFrame:
+    rows: list[dict[str, object]], order: Sequence[str], ranks: Sequence[int], full_spectrum: bool,
+    base_geometry: bool = False,
+) -> pd.DataFrame:  # fmt: skip
     """One row per (step, update, tensor, slice) with real dtypes and update_share filled in."""
-    cols = ID_COLUMNS + metric_columns(ranks, full_spectrum)
+    cols = ID_COLUMNS + metric_columns(ranks, full_spectrum, base_geometry)
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype="float64") for c in cols})
     df = pd.DataFrame(rows)
@@ -93,8 +109,9 @@ def summarize(df: pd.DataFrame, by: Sequence[str] = ("layer", "block")) -> pd.Da
     keys = [c for c in ("run", "span") if c in df.columns and c not in by] + ["step", *by]
     ratio_cols = [
         c for c in df.columns
-        if c.startswith(("energy_k", "align_left_k", "align_right_k", "gap_k")) or c in ("cos_to_final", "stable_rank", "effective_rank")
+        if c.startswith(("energy_k", "align_left_k", "align_right_k", "gap_k", "principal_energy_")) or c in ("cos_to_final", "stable_rank", "effective_rank")
     ]  # fmt: skip
+    # principal_energy_*: the ‖Δ‖²-weighted mean is Σ‖U_0ᵀΔ‖² / Σ‖Δ‖², the group's own share.
     out = []
     for key, g in df.groupby(keys, dropna=False, sort=True):
         w = g["update_norm"] ** 2

@@ -31,6 +31,7 @@ class AnalyzeOptions:
     tensors: Sequence[str] | None = None  # glob patterns, kept as a tuple; None: every tensor
     consecutive: bool = False  # also the step-to-step update W_t − W_prev
     full_spectrum: bool = False  # a full SVD per update, for effective_rank
+    base_geometry: bool = False  # W_0's principal directions: principal_energy_*, drift, rotation
     split_fused: bool = True  # fused qkv / gate_up tensors per logical part
     workers: int | None = None  # worker threads; None is one per core, 1 sweeps inline
     executor: str = "local"  # 'local' (process pool) or 'ray'

@@ -16,6 +16,7 @@ from ..io import buffers, dtypes
 from ..names import ModuleInfo, as_matrix, split_fused
 from . import changes
 from . import metrics as M
+from .base_geometry import SweepGeometry
 from .cache import CachedFactors, TensorCache, content_key, slice_key
 from .linalg import svd_label
 from .matrices import matrix_of, matrix_shape
@@ -165,6 +166,7 @@ class TensorSweep:
             self.slices = slices_of(shape, self.info, run.config, split=False)
         self._final_sq: dict[str, float] = {}
         self._h0 = b""  # digest of W_0's stored bytes
+        self._geometry: SweepGeometry | None = None  # --base-geometry: W_0's factors per slice
         # A slice's rows (fused parts) depend on the config: part of its cache key.
         self._slice_digest = {
             sl.key: digest(sl.rows_index) if sl.rows_index is not None else b""
@@ -240,6 +242,12 @@ class TensorSweep:
             w0, self._slice_pieces, self.opt.sparsity_tol, self.opt.consecutive, self.final
         )
         base_sq = {sl.key: M.frobenius_sq(piece(w0, sl, self.info)) for sl in self.slices}
+        if self.opt.base_geometry:
+            by_key = {sl.key: sl for sl in self.slices}
+            self._geometry = SweepGeometry(
+                lambda key: piece(w0, by_key[key], self.info), self.opt.kmax, self.opt.device,
+                self.cache, self._h0, self._slice_digest, self.result,
+            )  # fmt: skip
         final_whole, final_h = self._update(self.final, w0)
         final_u = self._pieces(final_whole)
         del final_whole
@@ -363,6 +371,8 @@ class TensorSweep:
         if self.opt.full_spectrum:
             spectrum = top.spectrum if finite and top is not None else None
             row["effective_rank"] = math.nan if spectrum is None else M.effective_rank(spectrum)
+        if self._geometry is not None:
+            row.update(self._geometry.columns(self.opt.ranks, sl.key, kind, u, total_sq))
         self.result.rows.append(row)
 
 

@@ -54,6 +54,13 @@ def analyze(
     full_spectrum: Annotated[
         bool, typer.Option(help="Full SVD for effective_rank (slow on large matrices).")
     ] = False,
+    base_geometry: Annotated[
+        bool,
+        typer.Option(
+            help="Also measure the update against the base weights' top-K singular directions: "
+            "principal_energy_*, spectral_drift*, principal_rotation_*, base_gap per K."
+        ),
+    ] = False,
     split_fused: Annotated[
         bool, typer.Option(help="Report fused qkv / gate_up tensors per logical part.")
     ] = True,
@@ -88,6 +95,7 @@ def analyze(
     options = AnalyzeOptions(
         ranks=parse_ints(ranks, "--ranks"), final=final, tensors=tensors, consecutive=consecutive,
         full_spectrum=full_spectrum, split_fused=split_fused, workers=workers,
+        base_geometry=base_geometry,
         executor=executor.value, address=address, device=device,
         sparsity_tol=_tolerance(sparsity_tol),
     )  # fmt: skip

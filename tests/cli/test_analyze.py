@@ -108,8 +108,8 @@ def test_provenance_records_every_option(run_root, tmp_path):
     opts = json.loads((out / "provenance.json").read_text())["options"]
     assert opts == {
         "ranks": [1, 4], "final": None, "tensors": None, "consecutive": True,
-        "full_spectrum": False, "split_fused": True, "workers": 1, "executor": "local",
-        "address": None, "device": "cpu", "sparsity_tol": 1e-5,
+        "full_spectrum": False, "base_geometry": False, "split_fused": True, "workers": 1,
+        "executor": "local", "address": None, "device": "cpu", "sparsity_tol": 1e-5,
     }  # fmt: skip
 
 

@@ -1,0 +1,294 @@
+"""`analyze --base-geometry` against a float64 full SVD of W_0 and W_t read back from disk."""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from pathlib import Path
+
+import checkpoints
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from planted import GAP_FLAG, load_states, planted, ref_slices, write_state_run
+from typer.testing import CliRunner
+
+import opdlens
+from opdlens import open_run
+from opdlens.analysis import base_geometry as BG
+from opdlens.analysis.analyze import compute_analysis
+from opdlens.analysis.frame import geometry_columns, summarize
+from opdlens.analysis.options import AnalyzeOptions
+from opdlens.cli import app
+
+RANKS = (1, 3, 8)  # 1 and 3: the base's planted spikes (sharp); 8: inside W_0's bulk
+STEPS = (0, 1, 2, 4)
+SPIKES = (1.6, 1.0, 0.6)  # well above the bulk edge of a 0.02-std init (about 0.3 here)
+
+
+def _spiked(name: str, w0: torch.Tensor) -> torch.Tensor:
+    """W_0 with three planted principal directions per matrix, like a pretrained weight's."""
+    if not w0.is_floating_point() or w0.dim() < 2:
+        return w0.clone()
+    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    *lead, rows, cols = w0.shape
+    a = torch.linalg.qr(torch.randn((*lead, rows, 3), generator=g, dtype=torch.float64))[0]
+    b = torch.linalg.qr(torch.randn((*lead, cols, 3), generator=g, dtype=torch.float64))[0]
+    spikes = (a * torch.tensor(SPIKES, dtype=torch.float64)) @ b.transpose(-1, -2)
+    return (w0.double() + spikes).to(w0.dtype)
+
+
+def _update(name: str, w0: torch.Tensor, step: int) -> torch.Tensor:
+    return planted(name, _spiked(name, w0), step)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Spiked-base runs: llama bf16, phi3 (fused qkv / gate_up) f32, qwen3_moe (stacked experts)."""
+    out = {}
+    for kind, arch, dtype in (("llama", "llama", torch.bfloat16), ("phi3", "phi3", torch.float32)):
+        root = tmp_path_factory.mktemp(kind)
+        checkpoints.write_hf_run(
+            root, arch, STEPS, dtype=dtype, update=_update, trainer_files=False
+        )
+        out[kind] = root
+    root = tmp_path_factory.mktemp("moe")
+    model = checkpoints.tiny_model("qwen3_moe")
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    states = {s: {n: _update(n, w, s) for n, w in base.items()} for s in STEPS}
+    out["moe"] = write_state_run(root, states, checkpoints.tiny_config("qwen3_moe").to_dict())
+    return out
+
+
+def _config(root: Path) -> dict:
+    return json.loads((root / "checkpoint-0" / "config.json").read_text())
+
+
+def _reference(states: dict, config: dict) -> pd.DataFrame:
+    """Every column from numpy float64 full SVDs of W_0 and W_t, per slice cut by hand."""
+    rows = []
+    for name, w0 in states[0].items():
+        if w0.dim() < 2:
+            continue
+        base = {(e, p): m.numpy() for e, p, m in ref_slices(name, w0, config)}
+        prev = base
+        for step in sorted(states)[1:]:
+            now = {(e, p): m.numpy() for e, p, m in ref_slices(name, states[step][name], config)}
+            for (e, p), w0m in base.items():
+                wt = now[(e, p)]
+                u0, s0, v0h = np.linalg.svd(w0m, full_matrices=False)
+                ut, st, vth = np.linalg.svd(wt, full_matrices=False)
+                for span, d in (("cumulative", wt - w0m), ("consecutive", wt - prev[(e, p)])):
+                    row = {"span": span, "step": step, "tensor": name, "expert": e, "part": p}
+                    sq = float((d**2).sum())
+                    for k in RANKS:
+                        if k > len(s0):  # K above min(rows, cols): no top-K, gap 0 (gap_k's rule)
+                            row.update({c: math.nan for c in geometry_columns([k])})
+                            row[f"base_gap_k{k}"], row[f"wt_gap_k{k}"] = 0.0, 0.0
+                            continue
+                        row[f"principal_energy_left_k{k}"] = (
+                            float(((u0[:, :k].T @ d) ** 2).sum()) / sq
+                        )
+                        row[f"principal_energy_right_k{k}"] = (
+                            float(((d @ v0h[:k].T) ** 2).sum()) / sq
+                        )
+                        s1 = np.append(s0, 0.0)
+                        row[f"base_gap_k{k}"] = (s1[k - 1] - s1[k]) / s0[0]
+                        row[f"wt_gap_k{k}"] = (
+                            np.append(st, 0.0)[k - 1] - np.append(st, 0.0)[k]
+                        ) / st[0]
+                        rel = np.abs(st[:k] - s0[:k]) / s0[:k]
+                        row[f"spectral_drift_k{k}"] = (
+                            rel.max() if span == "cumulative" else math.nan
+                        )
+                        row[f"spectral_drift_mean_k{k}"] = (
+                            rel.mean() if span == "cumulative" else math.nan
+                        )
+                        rl = 1 - float(((u0[:, :k].T @ ut[:, :k]) ** 2).sum()) / k
+                        rr = 1 - float(((v0h[:k] @ vth[:k].T) ** 2).sum()) / k
+                        row[f"principal_rotation_left_k{k}"] = (
+                            rl if span == "cumulative" else math.nan
+                        )
+                        row[f"principal_rotation_right_k{k}"] = (
+                            rr if span == "cumulative" else math.nan
+                        )
+                    rows.append(row)
+            prev = now
+    return pd.DataFrame(rows)
+
+
+def _check(df: pd.DataFrame, ref: pd.DataFrame) -> dict[str, int]:
+    """Every geometry column within the contract; returns how many values each check covered."""
+    keys = ["span", "step", "tensor", "expert", "part"]
+    got = df.copy()
+    got["expert"] = got["expert"].astype("float64")
+    got["part"] = got["part"].astype(object).where(got["part"].notna(), None)
+    r = ref.copy()
+    r["expert"] = r["expert"].astype("float64")
+    r["part"] = r["part"].astype(object).where(r["part"].notna(), None)
+    m = got.merge(r, on=keys, how="inner", suffixes=("", "_ref"))
+    assert len(m) == len(r)  # every matrix slice has its row
+    counts = {"energy": 0, "rotation": 0, "drift": 0}
+    for k in RANKS:
+        sharp = m[f"base_gap_k{k}_ref"] >= GAP_FLAG
+        np.testing.assert_allclose(m[f"base_gap_k{k}"], m[f"base_gap_k{k}_ref"], atol=1e-3)
+        for side in ("left", "right"):
+            col = f"principal_energy_{side}_k{k}"
+            err = (m[col] - m[col + "_ref"]).abs()
+            assert (err[sharp] <= 1e-3).all(), m.loc[sharp & (err > 1e-3), keys + [col]]
+            counts["energy"] += int(sharp.sum())
+            col = f"principal_rotation_{side}_k{k}"
+            both = sharp & (m[f"wt_gap_k{k}"] >= GAP_FLAG) & m[col + "_ref"].notna()
+            err = (m[col] - m[col + "_ref"]).abs()
+            assert (err[both] <= 1e-2).all(), m.loc[both & (err > 1e-2), keys + [col]]
+            assert m.loc[m[col + "_ref"].isna(), col].isna().all()  # consecutive, K > cap: NaN
+            counts["rotation"] += int(both.sum())
+        for col in (f"spectral_drift_k{k}", f"spectral_drift_mean_k{k}"):
+            # σ_i are defined whatever the gaps (Weyl): checked on every row.
+            ok = m[col + "_ref"].notna()
+            assert m.loc[~ok, col].isna().all()
+            np.testing.assert_allclose(m.loc[ok, col], m.loc[ok, col + "_ref"], atol=1e-3)
+            counts["drift"] += int(ok.sum())
+    return counts
+
+
+@pytest.mark.parametrize("kind", ["llama", "phi3", "moe"])
+def test_every_column_matches_float64_svd(runs, kind):
+    root = runs[kind]
+    df = opdlens.analyze(
+        open_run(root), ranks=RANKS, consecutive=True, base_geometry=True, workers=1
+    )
+    assert set(geometry_columns(RANKS)) <= set(df.columns)
+    counts = _check(df, _reference(load_states(root), _config(root)))
+    assert counts["energy"] > 50 and counts["rotation"] > 50 and counts["drift"] > 100
+    vectors = df[df["cols"] == 1]
+    assert vectors[geometry_columns(RANKS)].isna().all().all()  # norms: no matrix, no geometry
+    if kind == "phi3":  # float32: W_t is formed beside W_0, never in it
+        assert {"q", "k", "v", "gate", "up"} <= set(df["part"].dropna())
+        plain = opdlens.analyze(open_run(root), ranks=RANKS, consecutive=True, workers=1)
+        pd.testing.assert_frame_equal(df[list(plain.columns)], plain)
+    if kind == "moe":
+        assert df["expert"].notna().any()
+    # By block, the principal energy is the group's Σ‖U_0ᵀΔ‖² / Σ‖Δ‖² (update-energy weighted).
+    cum = df[(df["span"] == "cumulative") & df["principal_energy_left_k1"].notna()]
+    by_block = summarize(cum, by=("block",)).set_index(["step", "block"])
+    w = cum["update_norm"] ** 2
+    want = (cum["principal_energy_left_k1"] * w).groupby([cum["step"], cum["block"]]).sum()
+    want /= w.groupby([cum["step"], cum["block"]]).sum()
+    got = by_block["principal_energy_left_k1"].reindex(want.index)
+    np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-9)
+
+
+def test_lora_run_uses_w0_plus_ba(planted_runs):
+    root, base = planted_runs("lora"), planted_runs("llama-f32") / "checkpoint-0"
+    run = open_run(root, base=base)
+    df = opdlens.analyze(run, ranks=RANKS, consecutive=True, base_geometry=True, workers=1)
+    states = load_states(root, base)
+    states = {
+        s: {n: w for n, w in st.items() if "self_attn.q_proj" in n} for s, st in states.items()
+    }
+    ref = _reference(states, _config(base.parent))
+    counts = _check(df[df["tensor"].str.contains("self_attn.q_proj")], ref)
+    assert counts["drift"] > 0
+
+
+def test_cache_reuses_w0_factors(runs, tmp_path):
+    run = open_run(runs["phi3"])
+    cache = tmp_path / "cache"
+    plain = compute_analysis(run, AnalyzeOptions(ranks=RANKS, workers=1), cache_dir=cache)
+    opts = AnalyzeOptions(ranks=RANKS, workers=1, base_geometry=True)
+    first = compute_analysis(run, opts, cache_dir=cache)
+    # Δ's factors come from the plain analysis; W_0's are computed once per matrix slice.
+    matrices = first.frame[(first.frame["cols"] > 1) & (first.frame["step"] == 4)]
+    w0_svds = sum(n for label, n in first.svd_methods.items() if label.startswith("base_w0:"))
+    assert w0_svds == len(matrices)
+    assert first.cache_hits >= plain.svd_calls
+    second = compute_analysis(run, opts, cache_dir=cache)
+    assert not any(label.startswith("base_w0:") for label in second.svd_methods)
+    assert second.cache_hits == first.cache_hits + w0_svds
+    pd.testing.assert_frame_equal(first.frame, second.frame)
+    # A plain analysis keeps the W_0 entries in the files it rewrites.
+    compute_analysis(run, AnalyzeOptions(ranks=(1,), workers=1, consecutive=True), cache_dir=cache)
+    third = compute_analysis(run, opts, cache_dir=cache)
+    assert not any(label.startswith("base_w0:") for label in third.svd_methods)
+
+
+def test_off_by_default_and_cli_flag(runs, tmp_path):
+    run = open_run(runs["llama"])
+    assert not set(geometry_columns(RANKS)) & set(opdlens.analyze(run, ranks=RANKS, workers=1))
+    out = tmp_path / "out"
+    args = ["analyze", str(runs["llama"]), "--out", str(out), "--ranks", "1,3", "--workers", "1"]
+    res = CliRunner().invoke(app, [*args, "--base-geometry", "--quiet"])
+    assert res.exit_code == 0, res.output
+    pq = pd.read_parquet(out / "metrics.parquet")
+    assert set(geometry_columns((1, 3))) <= set(pq.columns)
+    assert json.loads((out / "provenance.json").read_text())["options"]["base_geometry"] is True
+    ref = _reference(load_states(runs["llama"]), _config(runs["llama"]))
+    row = pq[(pq["tensor"] == "model.layers.1.mlp.down_proj.weight") & (pq["step"] == 4)].iloc[0]
+    want = ref[(ref["tensor"] == "model.layers.1.mlp.down_proj.weight") & (ref["step"] == 4)]
+    want = want[want["span"] == "cumulative"].iloc[0]
+    assert abs(row["principal_energy_left_k3"] - want["principal_energy_left_k3"]) <= 1e-3
+    assert abs(row["spectral_drift_k1"] - want["spectral_drift_k1"]) <= 1e-3
+
+
+def _matrix(m: int, n: int, seed: int, spikes: int = 6, bulk: float = 1.0) -> torch.Tensor:
+    """A weight-like matrix: spikes over a Marchenko–Pastur bulk (slowly decaying), float32."""
+    g = torch.Generator().manual_seed(seed)
+    noise = bulk * torch.randn(m, n, generator=g, dtype=torch.float64) / math.sqrt(n)
+    a = torch.linalg.qr(torch.randn(m, spikes, generator=g, dtype=torch.float64))[0]
+    b = torch.linalg.qr(torch.randn(n, spikes, generator=g, dtype=torch.float64))[0]
+    sig = 8.0 * 0.85 ** torch.arange(spikes, dtype=torch.float64)
+    return (noise + (a * sig) @ b.T).float()
+
+
+def _check_values(top, w: torch.Tensor, k: int, rtol: float = BG.BASE_RTOL) -> None:
+    s = np.linalg.svd(w.double().numpy(), compute_uv=False)
+    np.testing.assert_allclose(top.S[:k].double().numpy(), s[:k], rtol=rtol)
+    lo, hi = BG.value_brackets(w, top)
+    assert (lo.numpy() <= s[:k] * (1 + 1e-6)).all() and (hi.numpy() >= s[:k] * (1 - 1e-6)).all()
+
+
+def test_certified_top_k_on_a_slowly_decaying_spectrum():
+    w0 = _matrix(600, 900, 0)
+    wt = w0 + 1e-3 * _matrix(600, 900, 1)
+    k = 8  # K = 8 reaches into the bulk: values are certified, subspaces only where sharp
+    base = BG.certified_top_k(w0, k)
+    moved = BG.certified_top_k(wt, k, init=base.V, ref=base.S)
+    assert BG.svd_label(base) == "gram32"  # no warm start for W_0: its float32 Gram matrix
+    _check_values(base, w0, k)
+    _check_values(moved, wt, k, rtol=1.01 * BG.MOVED_RTOL)
+
+
+def test_warm_start_from_w0_certifies_a_spiky_weight():
+    w0 = _matrix(500, 800, 4, spikes=24, bulk=0.01)  # a pretrained-like decaying spectrum
+    wt = w0 + 1e-3 * _matrix(500, 800, 5)
+    base = BG.certified_top_k(w0, 8)
+    moved = BG.certified_top_k(wt, 8, init=base.V, ref=base.S)
+    assert BG.svd_label(moved) == "subspace"  # warm-started from W_0's V, values bracketed
+    _check_values(moved, wt, 8, rtol=1.01 * BG.MOVED_RTOL)
+    e0 = np.linalg.svd(w0.double().numpy())[0][:, :8]
+    et = np.linalg.svd(wt.double().numpy())[0][:, :8]
+    rot = 1 - float(((e0.T @ et) ** 2).sum()) / 8
+    got = 1 - float(((base.U.double().T @ moved.U.double()) ** 2).sum()) / 8
+    assert abs(got - rot) <= 1e-2
+
+
+def test_loose_values_fall_back_to_exact(monkeypatch):
+    w = _matrix(300, 500, 2)
+    exact = BG.top_k_svd(w, 4, method="exact")
+    shake = 0.05 * torch.randn(exact.U.shape, generator=torch.Generator().manual_seed(3))
+    loose = BG.TopK(torch.linalg.qr(exact.U + shake)[0], exact.S, exact.V, "gram32", 0)
+    monkeypatch.setattr(BG, "_gram32", lambda w_, k_: loose)
+    top = BG.certified_top_k(w, 4)
+    assert BG.svd_label(top) == "exact"  # the loose gram32 result was not kept
+    s = np.linalg.svd(w.double().numpy(), compute_uv=False)
+    np.testing.assert_allclose(top.S[:4].double().numpy(), s[:4], rtol=1e-6)
+    lo, hi = BG.value_brackets(w, loose)
+    assert ((hi - lo) > BG.BASE_RTOL * lo).any()  # the brackets saw it
+
+
+def test_step_columns_cover_frame_columns_and_flag_vectors():
+    cols = BG.step_columns(RANKS, None, 0, None, None)
+    assert set(cols) == set(geometry_columns(RANKS)) and all(math.isnan(v) for v in cols.values())
