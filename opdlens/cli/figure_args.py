@@ -120,6 +120,15 @@ OverlapOpt = Annotated[
     ),
 ]
 RanksOpt = Annotated[str, typer.Option(help="K values when a run is analysed, e.g. 1,4,16.")]
+BaseGeometryOpt = Annotated[
+    bool,
+    typer.Option(
+        "--base-geometry",
+        help="Analyse run directories with analyze --base-geometry and draw the principal figure: "
+        "how much of each update lies in the base weights' top-K singular directions, and how "
+        "far those singular values drift (several times the cost of a plain analysis).",
+    ),
+]
 TopOpt = Annotated[int, typer.Option("--spectra", help="Tensors whose spectrum is drawn.")]
 WorkersOpt = Annotated[
     int | None, typer.Option(help="Worker threads when a run is analysed (default: cores).")
@@ -204,13 +213,14 @@ def inputs(
     return Inputs(paths, [lab for labs in groups.values() for lab in labs], groups, band or "sd")
 
 
-def _options(ranks: str, workers: int | None, spectra: int) -> AnalyzeOptions:
+def _options(ranks: str, workers: int | None, spectra: int, geometry: bool) -> AnalyzeOptions:
     """The options a run is analysed with, checked (with --spectra) before --out is touched."""
     from ..analysis.options import AnalyzeOptions
 
     if spectra < 0:
         raise OptionError(f"--spectra takes a count ≥ 0; got {spectra}.")
-    return AnalyzeOptions(ranks=parse_ints(ranks, "--ranks"), workers=workers)
+    return AnalyzeOptions(ranks=parse_ints(ranks, "--ranks"), workers=workers,
+                          base_geometry=geometry)  # fmt: skip
 
 
 @contextmanager
@@ -284,6 +294,7 @@ class AnalysisArgs:
     ranks: str
     spectra: int
     workers: int | None
+    base_geometry: bool
 
 
 @dataclass(frozen=True)
@@ -314,7 +325,7 @@ class FigureArgs:
 
         r, side, a = self.runs, self.side, self.analysis
         given = inputs(r.source, r.compare, r.labels, r.group, r.band, self.read.checkpoint)
-        analyze = _options(a.ranks, a.workers, a.spectra)
+        analyze = _options(a.ranks, a.workers, a.spectra, a.base_geometry)
         ablation = read_ablation(parse_ablation(side.ablation or [])) or {}
         return SourceOptions(
             tuple(given.paths), None if given.labels is None else tuple(given.labels),
@@ -335,7 +346,7 @@ class FigureArgs:
             "metrics": [str(m) for m in side.metrics or []],
             "ablation": list(side.ablation or []),
             "foresight": side.foresight, "overlap": side.overlap, "ranks": self.analysis.ranks,
-            "spectra": self.analysis.spectra,
+            "spectra": self.analysis.spectra, "base_geometry": self.analysis.base_geometry,
         }  # fmt: skip
 
 
@@ -368,6 +379,7 @@ SHARED = (
     _option("ranks", RanksOpt, "1,4,16"),
     _option("spectra", TopOpt, 6),
     _option("workers", WorkersOpt, None),
+    _option("base_geometry", BaseGeometryOpt, False),
     _option("quiet", QuietOpt, False),
 )  # fmt: skip
 

@@ -321,6 +321,7 @@ def complete(sources: Sources) -> Sources:
     """
     from ..analysis.findings import ablation_sentence
     from ..analysis.foresight import effopd_comparison, foresight_sentence
+    from ..analysis.principal import principal_curves, principal_sentence
     from ..analysis.subnetwork import changed_cells, changed_sentence, final_changed
 
     names = sources.labels
@@ -342,6 +343,7 @@ def complete(sources: Sources) -> Sources:
             effopd = effopd[effopd["target_step"] == nxt].reset_index(drop=True)
     mixed = mixed_architectures(sources.frame, groups) if groups is not None else []
     shares = final_changed(frames, groups)
+    principal = principal_curves(frames, groups)
     scores = {rm.label: s for rm in sources.runs
               if (s := score(sources.training.get(rm.label), _steps(rm))) is not None}  # fmt: skip
     return dataclasses.replace(
@@ -353,6 +355,7 @@ def complete(sources: Sources) -> Sources:
         overlap_lines=tuple(overlap_lines(sources.overlap)),
         sparsity_line=changed_sentence(shares, _tolerance(sources)), sparsity_shares=shares,
         sparsity_cells=changed_cells(frames, groups),
+        principal=principal, principal_line=principal_sentence(principal),
         notes=tuple(dict.fromkeys([*sources.notes, *mixed])),
     )  # fmt: skip
 

@@ -115,7 +115,7 @@ class Sources:
 
     shown: the runs drawn one by one (each group's first run with groups, else every run);
     foresight holds the shown runs' rows only. findings, claims, scores, foresight_lines,
-    effopd, online_lines, ablation_lines, overlap_lines and the sparsity_* fields are what the
+    effopd, online_lines, ablation_lines, overlap_lines, the sparsity_* and principal* fields are what the
     report states and draws, computed by the loader.
     """
 
@@ -142,6 +142,8 @@ class Sources:
     sparsity_line: str = ""  # subnetwork.changed_sentence of the runs (or groups)
     sparsity_shares: pd.DataFrame | None = None  # subnetwork.final_changed
     sparsity_cells: pd.DataFrame | None = None  # subnetwork.changed_cells
+    principal: pd.DataFrame | None = None  # principal.principal_curves (--base-geometry)
+    principal_line: str = ""  # principal.principal_sentence
 
     @property
     def labels(self) -> list[str]:

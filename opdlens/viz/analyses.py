@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from matplotlib.figure import Figure
 
-from . import ablation, foresight, overlap, sparsity
+from . import ablation, foresight, overlap, principal, sparsity
 from .sections import Figure as Embedded
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ LENSES = (
     Lens("ablation", ablation.report_figure, ablation.report_section),
     Lens("sparsity", sparsity.report_figure, sparsity.report_section),
     Lens("overlap", overlap.report_figure, overlap.report_section),
+    Lens("principal", principal.report_figure, principal.report_section),
 )
 
 

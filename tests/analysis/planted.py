@@ -45,6 +45,26 @@ def planted(name: str, w0: torch.Tensor, step: int) -> torch.Tensor:
     return (w0.float() + d + noise).to(w0.dtype)
 
 
+SPIKES = (1.6, 1.0, 0.6)  # well above the bulk edge of a 0.02-std init (about 0.3 here)
+
+
+def spiked(name: str, w0: torch.Tensor) -> torch.Tensor:
+    """W_0 with three planted principal directions per matrix, like a pretrained weight's."""
+    if not w0.is_floating_point() or w0.dim() < 2:
+        return w0.clone()
+    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    *lead, rows, cols = w0.shape
+    a = torch.linalg.qr(torch.randn((*lead, rows, 3), generator=g, dtype=torch.float64))[0]
+    b = torch.linalg.qr(torch.randn((*lead, cols, 3), generator=g, dtype=torch.float64))[0]
+    spikes = (a * torch.tensor(SPIKES, dtype=torch.float64)) @ b.transpose(-1, -2)
+    return (w0.double() + spikes).to(w0.dtype)
+
+
+def spiked_update(name: str, w0: torch.Tensor, step: int) -> torch.Tensor:
+    """planted's update of a spiked base (`spiked`), for the base-geometry tests."""
+    return planted(name, spiked(name, w0), step)
+
+
 SPECTRA = ("rank4+bulk", "powerlaw+bulk")
 
 

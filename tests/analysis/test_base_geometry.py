@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import zlib
 from pathlib import Path
 
 import checkpoints
@@ -12,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from planted import GAP_FLAG, load_states, planted, ref_slices, write_state_run
+from planted import GAP_FLAG, load_states, ref_slices, spiked_update, write_state_run
 from typer.testing import CliRunner
 
 import opdlens
@@ -25,23 +24,6 @@ from opdlens.cli import app
 
 RANKS = (1, 3, 8)  # 1 and 3: the base's planted spikes (sharp); 8: inside W_0's bulk
 STEPS = (0, 1, 2, 4)
-SPIKES = (1.6, 1.0, 0.6)  # well above the bulk edge of a 0.02-std init (about 0.3 here)
-
-
-def _spiked(name: str, w0: torch.Tensor) -> torch.Tensor:
-    """W_0 with three planted principal directions per matrix, like a pretrained weight's."""
-    if not w0.is_floating_point() or w0.dim() < 2:
-        return w0.clone()
-    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-    *lead, rows, cols = w0.shape
-    a = torch.linalg.qr(torch.randn((*lead, rows, 3), generator=g, dtype=torch.float64))[0]
-    b = torch.linalg.qr(torch.randn((*lead, cols, 3), generator=g, dtype=torch.float64))[0]
-    spikes = (a * torch.tensor(SPIKES, dtype=torch.float64)) @ b.transpose(-1, -2)
-    return (w0.double() + spikes).to(w0.dtype)
-
-
-def _update(name: str, w0: torch.Tensor, step: int) -> torch.Tensor:
-    return planted(name, _spiked(name, w0), step)
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +33,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for kind, arch, dtype in (("llama", "llama", torch.bfloat16), ("phi3", "phi3", torch.float32)):
         root = tmp_path_factory.mktemp(kind)
         checkpoints.write_hf_run(
-            root, arch, STEPS, dtype=dtype, update=_update, trainer_files=False
+            root, arch, STEPS, dtype=dtype, update=spiked_update, trainer_files=False
         )
         out[kind] = root
     root = tmp_path_factory.mktemp("moe")
     model = checkpoints.tiny_model("qwen3_moe")
     base = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    states = {s: {n: _update(n, w, s) for n, w in base.items()} for s in STEPS}
+    states = {s: {n: spiked_update(n, w, s) for n, w in base.items()} for s in STEPS}
     out["moe"] = write_state_run(root, states, checkpoints.tiny_config("qwen3_moe").to_dict())
     return out
 
