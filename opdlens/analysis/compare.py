@@ -18,7 +18,7 @@ from ..errors import CheckpointError, FusedSplitError, OptionError
 from ..progress import Progress
 from .cache import CachedFactors, FactorCache, TensorCache, content_key
 from .compare_frame import SCOPES, build_frame
-from .options import check_tol
+from .options import check_ranks, check_tol
 from .overlap import Cached, Side, TensorOverlap, slice_row, update_and_mask
 from .sweep import Slice, skip_reason, slices_of
 from .update import digest, read_stored
@@ -47,7 +47,7 @@ class CompareOptions:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalised values are set once, here
-        set_(self, "ranks", _check_ranks(self.ranks))
+        set_(self, "ranks", check_ranks(self.ranks, "compare"))
         set_(self, "device", check_device(getattr(self.device, "value", self.device)))
         scopes = (self.scopes,) if isinstance(self.scopes, str) else tuple(self.scopes)
         bad = [s for s in scopes if s not in SCOPES]
@@ -108,19 +108,6 @@ class Comparison:
     timings: dict[str, float] = field(default_factory=dict)
     svd_calls: int = 0
     cache_hits: int = 0  # top-K factors reused from an analyze's factor cache
-
-
-def _check_ranks(ranks: Any) -> tuple[int, ...]:
-    try:
-        items = list(ranks)
-        ok = bool(items) and all(isinstance(k, int) and not isinstance(k, bool) for k in items)
-    except TypeError:
-        ok = False
-    if not ok or any(k <= 0 for k in items):
-        raise OptionError(
-            f"The 'ranks' parameter of compare must be positive integers. Got {ranks!r} instead."
-        )
-    return tuple(sorted(set(items)))
 
 
 def _where(run: Run) -> str:

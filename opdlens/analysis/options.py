@@ -5,8 +5,9 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import math
+import operator
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,7 @@ class AnalyzeOptions:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalised values are set once, here
-        set_(self, "ranks", _check_ranks(self.ranks))
+        set_(self, "ranks", check_ranks(self.ranks))
         for name in ("executor", "device"):  # a CLI choice (a str Enum) is kept as its value
             set_(self, name, getattr(getattr(self, name), "value", getattr(self, name)))
         if self.tensors is not None:
@@ -135,17 +136,22 @@ class AnalyzeOptions:
         return out
 
 
-def _check_ranks(ranks: Iterable[int]) -> tuple[int, ...]:
+def check_ranks(ranks: object, func: str = "analyze") -> tuple[int, ...]:
+    """`ranks` as a sorted tuple without repeats: whole numbers ≥ 1 (ints or numpy integers,
+    not bools or floats); `func` names the caller.
+
+    Raises:
+        OptionError: naming the parameter and the value.
+    """
     try:
-        items = list(ranks)
-        out = tuple(int(k) for k in items)
-        exact = all(float(k) == float(r) for k, r in zip(out, items, strict=True))
-        shown: object = items
-    except (TypeError, ValueError):
-        out, exact, shown = (), False, ranks
-    if not out or not exact or any(k <= 0 for k in out):
+        items = list(ranks)  # type: ignore[call-overload]
+        bad = not items or any(isinstance(k, bool) for k in items)
+        out = tuple(operator.index(k) for k in items)
+    except TypeError:
+        bad, out, items = True, (), ranks  # type: ignore[assignment]
+    if bad or any(k <= 0 for k in out):
         raise OptionError(
-            f"The 'ranks' parameter of analyze must be positive integers. Got {shown} instead."
+            f"The 'ranks' parameter of {func} must be positive integers. Got {items} instead."
         )
     return tuple(sorted(set(out)))
 
