@@ -157,3 +157,18 @@ def test_effopd_trainer_section_runs_as_written(tmp_path: Path) -> None:
         int(p.name.split("-")[1]) for p in (tmp_path / "effopd-run").glob("checkpoint-*")
     )
     assert steps == [0, 1, 2, 4, 8, 10, 16]
+
+
+@pytest.mark.slow
+def test_during_training_section_runs_as_written(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")  # report_to=["tensorboard"] needs it
+    (code,) = _blocks(_section("During training"), "python")
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    # the Trainer prints each log (ours too) as a dict; the snippet's own lines start with a step
+    lines = [ln for ln in out.stdout.splitlines() if re.match(r"\d+ ", ln)]
+    assert [int(ln.split()[0]) for ln in lines] == [4, 8, 12, 16]
+    assert lines[0].endswith(" nan") and not lines[-1].endswith(" nan")  # α* from the 2nd on
+    assert list((tmp_path / "dynamics-run" / "runs").rglob("events.out.tfevents.*"))

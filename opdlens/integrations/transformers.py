@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..analysis.live import Measurement, WeightDynamics
 from ..checkpoint import open_checkpoint
 from ..errors import OpdlensError, OptionError
 from ..extrapolation.callback import CANDIDATE_COLUMNS, EffOPD, candidate_rows, write_candidates_csv
@@ -38,7 +39,7 @@ except ImportError:
         "it with `pip install 'opdlens[hf]'` (transformers and trl)."
     ) from None
 
-__all__ = ["CSV_NAME", "EffOPDCallback", "SaveAtPowersOfTwo"]
+__all__ = ["CSV_NAME", "EffOPDCallback", "SaveAtPowersOfTwo", "WeightDynamicsCallback"]
 
 logger = logging.getLogger(__name__)
 
@@ -276,3 +277,111 @@ def save_base(model: nn.Module, output_dir: Path, processing_class: Any = None) 
         raise
     logger.info("saved the base weights as %s", target)
     return target
+
+
+class WeightDynamicsCallback(TrainerCallback):
+    """Weight dynamics in the Trainer's own logs: `opdlens/…` scalars beside the loss.
+
+    At each save (or every `every_steps` optimiser steps) it measures the weights in memory,
+    on the model's device, against the weights training started from (`opdlens.analysis.live.
+    WeightDynamics`): per block the update share, energy_k1 and the top-1 alignment with the
+    previous measurement; and α* with its rel_error: how far θ_prev + α(θ_prev − θ_start)
+    best lands on the weights now, over the attention and MLP matrices (`opdlens foresee
+    --anchor base`), with θ_prev read from the previous measurement's checkpoint when the
+    output directory still holds it (so only when measuring at saves).
+
+    The scalars go through `trainer.log`, so every `report_to` logger (W&B, TensorBoard,
+    MLflow) shows them, and `state.log_history` keeps them: add the callback with
+    `WeightDynamicsCallback().attach(trainer)`. It holds one extra copy of the measured weights
+    (the start). One process only (no DDP, FSDP or DeepSpeed), like EffOPDCallback.
+    """
+
+    def __init__(
+        self,
+        every_steps: int | None = None,
+        *,
+        select: Callable[[str, nn.Parameter], bool] | None = None,
+    ) -> None:
+        if every_steps is not None and (
+            isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps < 1
+        ):
+            raise OptionError(
+                "The 'every_steps' parameter of WeightDynamicsCallback must be a whole number "
+                f"≥ 1, or None to measure at each save. Got {every_steps!r} instead."
+            )
+        self.every_steps = every_steps
+        self.dynamics = WeightDynamics(select)
+        self.history: list[Measurement] = []  # every measurement: per-slice rows, scalars
+        self._trainer: Any = None
+        self._output: Path | None = None
+
+    @property
+    def measurements(self) -> list[dict[str, float]]:
+        """The logged scalars of each measurement, with its "step"."""
+        return [{**m.scalars, "step": m.step} for m in self.history]
+
+    def attach(self, trainer: Any) -> WeightDynamicsCallback:
+        """Add this callback to `trainer` (once) and log through its `log`; returns self."""
+        if self not in trainer.callback_handler.callbacks:
+            trainer.add_callback(self)
+        self._trainer = trainer
+        return self
+
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Keep the weights training starts (or resumes) from as the start."""
+        _require_one_process(args, "WeightDynamicsCallback")
+        if self._trainer is None:
+            raise OptionError(
+                "WeightDynamicsCallback logs through the Trainer, which a callback is not given: "
+                "add it with WeightDynamicsCallback(...).attach(trainer) instead of callbacks=[…]."
+            )
+        assert model is not None, "the Trainer passes its model to every callback event"
+        self._output = Path(args.output_dir or ".")
+        self.dynamics.start(model, state.global_step)
+
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Measure at a save (decided by the callbacks before this one) or every every_steps."""
+        step = state.global_step
+        due = control.should_save if self.every_steps is None else step % self.every_steps == 0
+        if not due or step == self.dynamics.start_step:
+            return
+        assert model is not None, "the Trainer passes its model to every callback event"
+        result = self.dynamics.measure(model, step, self._previous())
+        self.history.append(result)
+        self._trainer.log(dict(result.scalars))
+
+    def _previous(self) -> Callable[[str], torch.Tensor] | None:
+        """The previous measurement's weights, by parameter name, from its checkpoint if saved."""
+        prev = self.dynamics.previous_step
+        saved = (
+            None if prev is None or self._output is None else self._output / f"checkpoint-{prev}"
+        )
+        if saved is None or not saved.is_dir():
+            return None
+        try:
+            checkpoint = open_checkpoint(saved, prev, trust_pickle=False)
+        except OpdlensError as e:
+            logger.warning("WeightDynamicsCallback: no α* at this step: %s", e)
+            return None
+
+        def read(name: str) -> torch.Tensor:
+            try:
+                return checkpoint.tensor(canonical_name(name))
+            except OpdlensError as e:
+                raise KeyError(name) from e
+
+        return read
