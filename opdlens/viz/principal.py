@@ -37,45 +37,41 @@ def _curves(df: pd.DataFrame, func: str) -> pd.DataFrame:
     return check_frame(df, func, CURVE_COLUMNS, hint=HINT)
 
 
+def _curves_by_label(ax: Axes, df: pd.DataFrame, col: str, dashed: str | None = None) -> None:
+    """One line of `col` per label against step, its group's range shaded, and `dashed` (a
+    baseline column) as a thin dashed line of the same colour."""
+    for i, (label, g) in enumerate(df.groupby("label", sort=False)):
+        g = g.sort_values("step")
+        x = values_of(g["step"])
+        ax.plot(x, values_of(g[col]), marker="o", color=color_at(i), label=label)
+        if (g["runs"] > 1).any():
+            ax.fill_between(x, values_of(g[f"{col}_min"]), values_of(g[f"{col}_max"]),
+                            color=color_at(i), alpha=0.2)  # fmt: skip
+        if dashed is not None:
+            ax.plot(x, values_of(g[dashed]), ls="--", color=color_at(i), lw=1,
+                    label=f"{label}: random")  # fmt: skip
+    ax.set_xlabel(STEP_LABEL)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize="small")
+
+
 def principal_energy(df: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
     """Principal energy (left side) against step per label, its random baseline dashed."""
     df = _curves(df, "principal_energy")
-    k = int(df["k"].iloc[0])
     with paper_style():
         _, ax = figure_and_axes(ax)
-        for i, (label, g) in enumerate(df.groupby("label", sort=False)):
-            g = g.sort_values("step")
-            x = values_of(g["step"])
-            ax.plot(x, values_of(g["energy_left"]), marker="o", color=color_at(i), label=label)
-            if (g["runs"] > 1).any():
-                ax.fill_between(x, values_of(g["energy_left_min"]),
-                                values_of(g["energy_left_max"]), color=color_at(i), alpha=0.2)  # fmt: skip
-            ax.plot(x, values_of(g["random_left"]), ls="--", color=color_at(i), lw=1,
-                    label=f"{label}: random")  # fmt: skip
-        ax.set_xlabel(STEP_LABEL)
-        ax.set_ylabel(f"update share in base top-{k}")
-        ax.set_ylim(bottom=0)
-        ax.legend(fontsize="small")
+        _curves_by_label(ax, df, "energy_left", dashed="random_left")
+        ax.set_ylabel(f"update share in base top-{int(df['k'].iloc[0])}")
     return ax
 
 
 def principal_drift(df: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
     """Spectral drift of the top-K singular values against step per label."""
     df = _curves(df, "principal_drift")
-    k = int(df["k"].iloc[0])
     with paper_style():
         _, ax = figure_and_axes(ax)
-        for i, (label, g) in enumerate(df.groupby("label", sort=False)):
-            g = g.sort_values("step")
-            x = values_of(g["step"])
-            ax.plot(x, values_of(g["drift"]), marker="o", color=color_at(i), label=label)
-            if (g["runs"] > 1).any():
-                ax.fill_between(x, values_of(g["drift_min"]), values_of(g["drift_max"]),
-                                color=color_at(i), alpha=0.2)  # fmt: skip
-        ax.set_xlabel(STEP_LABEL)
-        ax.set_ylabel(f"spectral drift of top-{k} σ")
-        ax.set_ylim(bottom=0)
-        ax.legend(fontsize="small")
+        _curves_by_label(ax, df, "drift")
+        ax.set_ylabel(f"spectral drift of top-{int(df['k'].iloc[0])} σ")
     return ax
 
 
