@@ -84,10 +84,17 @@ class WeightDynamics:
         return sum(t.numel() * t.element_size() for t in held)
 
     @torch.no_grad()
-    def start(self, model: nn.Module, step: int = 0) -> None:
-        """Keep the measured weights of `model` now as the start every update is measured from."""
+    def start(
+        self, model: nn.Module, step: int = 0, weights: Callable[[str], torch.Tensor] | None = None
+    ) -> None:
+        """Keep the measured weights of `model` now as the start every update is measured from;
+        `weights(name)`, if given, returns each parameter's start instead (e.g. read from the
+        run's checkpoint-0 when training resumes)."""
         params = self._params(model)
-        self._start = {n: p.detach().clone() for n, p in params.items()}
+        if weights is None:
+            self._start = {n: p.detach().clone() for n, p in params.items()}
+        else:
+            self._start = {n: _like(p, weights(n), n) for n, p in params.items()}
         self._prev, self._prev_sq = {}, {}
         self.start_step, self.previous_step = step, None
 
@@ -212,6 +219,15 @@ class _Dots:
         alpha = -ed / self.prev_sq
         rel = math.sqrt(max(0.0, 1 - ed * ed / (ee * self.prev_sq))) if ee > 0 else math.nan
         return {f"{PREFIX}alpha_star": alpha, f"{PREFIX}alpha_rel_error": rel}
+
+
+def _like(param: nn.Parameter, value: torch.Tensor, name: str) -> torch.Tensor:
+    if tuple(value.shape) != tuple(param.shape):
+        raise OptionError(
+            f"The start weights given for {name} have shape {tuple(value.shape)}, the parameter "
+            f"{tuple(param.shape)}. Give the start of this model."
+        )
+    return value.detach().to(device=param.device, dtype=param.dtype, copy=True)
 
 
 def _config(model: nn.Module) -> dict[str, Any]:

@@ -293,7 +293,9 @@ class WeightDynamicsCallback(TrainerCallback):
     The scalars go through `trainer.log`, so every `report_to` logger (W&B, TensorBoard,
     MLflow) shows them, and `state.log_history` keeps them: add the callback with
     `WeightDynamicsCallback().attach(trainer)`. It holds one extra copy of the measured weights
-    (the start). One process only (no DDP, FSDP or DeepSpeed), like EffOPDCallback.
+    (the start). On resuming, the start is read from `<output_dir>/checkpoint-0` when it is there
+    (`SaveAtPowersOfTwo` or `save_base` writes it), else the resumed weights are, with a warning.
+    One process only (no DDP, FSDP or DeepSpeed), like EffOPDCallback.
     """
 
     def __init__(
@@ -344,7 +346,16 @@ class WeightDynamicsCallback(TrainerCallback):
             )
         assert model is not None, "the Trainer passes its model to every callback event"
         self._output = Path(args.output_dir or ".")
-        self.dynamics.start(model, state.global_step)
+        base = self._output / BASE_CHECKPOINT
+        if state.global_step == 0 or not base.is_dir():
+            if state.global_step:
+                logger.warning("WeightDynamicsCallback: training resumes at step %d and %s is "
+                               "missing, so updates are measured from the resumed weights.",
+                               state.global_step, base)  # fmt: skip
+            self.dynamics.start(model, state.global_step)
+            return
+        checkpoint = open_checkpoint(base, 0, trust_pickle=False)  # resumed: the run's start
+        self.dynamics.start(model, 0, lambda name: checkpoint.tensor(canonical_name(name)))
 
     def on_step_end(
         self,
@@ -357,7 +368,7 @@ class WeightDynamicsCallback(TrainerCallback):
         """Measure at a save (decided by the callbacks before this one) or every every_steps."""
         step = state.global_step
         due = control.should_save if self.every_steps is None else step % self.every_steps == 0
-        if not due or step == self.dynamics.start_step:
+        if not due or step == 0:
             return
         assert model is not None, "the Trainer passes its model to every callback event"
         result = self.dynamics.measure(model, step, self._previous())

@@ -172,3 +172,23 @@ def test_every_steps_measures_between_saves_without_alpha(tmp_path: Path) -> Non
     # α* needs the previous measurement's weights, which only a save holds: checkpoint-6 for 8
     assert [int(m["step"]) for m in callback.measurements if "opdlens/alpha_star" in m] == [8]
     assert all("opdlens/align_prev_k1/mlp" in m for m in callback.measurements[1:])
+
+
+def test_resuming_measures_from_checkpoint_0(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = _trainer(out, [])
+    first.args.max_steps = 6
+    WeightDynamicsCallback().attach(first)
+    first.train()
+    again = _trainer(tmp_path / "elsewhere", [])  # a fresh model; its own checkpoint-0 is unused
+    again.args.output_dir = str(out)
+    callback = WeightDynamicsCallback().attach(again)
+    again.train(resume_from_checkpoint=str(out / "checkpoint-6"))
+    assert [int(m["step"]) for m in callback.measurements] == [9]
+    df = opdlens.analyze(opdlens.open_run(out), ranks=(1,), workers=1)
+    at = df[(df["step"] == 9) & (df["span"] == "cumulative")]
+    w = at["update_norm"].astype("float64") ** 2
+    logged = callback.measurements[0]
+    assert logged["opdlens/update_norm"] == pytest.approx(math.sqrt(w.sum()), rel=1e-5)
+    mlp = w[at["block"] == "mlp"].sum() / w.sum()
+    assert logged["opdlens/update_share/mlp"] == pytest.approx(mlp, rel=1e-5)
