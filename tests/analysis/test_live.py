@@ -112,3 +112,34 @@ def test_a_missing_previous_leaves_alpha_out_and_misuse_is_refused(moved) -> Non
         dyn.measure(model, 6)
     with pytest.raises(OptionError, match="selected no parameter"):
         WeightDynamics(select=lambda name, p: False).start(model)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_a_model_gives_the_numbers_of_the_cpu() -> None:
+    def measured(device: str) -> dict[str, float]:
+        model = tiny_model("llama", seed=0).to(device)
+        dyn = WeightDynamics()
+        dyn.start(model)
+        first = _move_on(model, 1, 0.01)
+        dyn.measure(model, 2)
+        _move_on(model, 2, 0.005)
+        return dyn.measure(model, 4, previous=lambda name: first[name]).scalars
+
+    cpu, cuda = measured("cpu"), measured("cuda")
+    assert cpu.keys() == cuda.keys()
+    for key, value in cpu.items():
+        tol = 1e-2 if "align" in key else 1e-3 if "energy" in key else 1e-4
+        assert cuda[key] == pytest.approx(value, rel=tol, abs=tol), key
+
+
+def _move_on(model: torch.nn.Module, seed: int, scale: float) -> dict[str, torch.Tensor]:
+    """_move's update, made on the CPU and copied to the model's device."""
+    cpu = {n: p.detach().cpu() for n, p in model.named_parameters()}
+    shadow = tiny_model("llama", seed=0)
+    shadow.load_state_dict(cpu, strict=False)
+    moved = _move(shadow, seed, scale)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(moved[n])
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
