@@ -60,7 +60,8 @@ def test_readme_has_the_tours() -> None:
     assert len(_blocks(_section("A tour of the Python API"), "python")) == 2
     trainer = _blocks(_section("EffOPD inside the Trainer / TRL"), "python")
     assert len(trainer) == 1
-    assert len(_blocks(README.read_text(encoding="utf-8"), "python")) == 3  # no other snippet
+    assert len(_blocks(_section("During training"), "python")) == 1
+    assert len(_blocks(README.read_text(encoding="utf-8"), "python")) == 4  # no other snippet
     assert len(_blocks(_section("A tour of the command line"), "bash")) == 1
 
 
