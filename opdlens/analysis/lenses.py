@@ -47,9 +47,11 @@ def lens_quantities(df: pd.DataFrame) -> dict[str, float]:
     if "span" in df.columns:
         df = df[df["span"] == "cumulative"]
     final = df[df["step"] == df["step"].max()]
-    counted = final[final["changed_count"].notna()] if "changed_count" in final else final[:0]
-    numel = float(counted["numel"].astype("float64").sum())
-    changed = float(counted["changed_count"].astype("float64").sum())
+    numel = changed = 0.0
+    if {"changed_count", "numel"} <= set(final.columns):
+        counted = final[final["changed_count"].notna()]
+        numel = float(counted["numel"].astype("float64").sum())
+        changed = float(counted["changed_count"].astype("float64").sum())
     curve = principal_curves({"run": df})
     last = curve[curve["step"] == curve["step"].max()] if not curve.empty else curve
     return {
@@ -151,6 +153,8 @@ def lens_lines(findings: GroupFindings, overlap: Sequence[OverlapFinding] = ()) 
     """The lenses' sentences, those the findings hold: fewer weights changed, each group's
     overlap against chance, less of the update in the base's principal directions (with a
     random update's share beside it)."""
+    if len(findings.groups) < 2:
+        return []  # nothing to compare a group against
     lines = dict(zip((c.quantity for c in findings.claims), claim_lines(findings), strict=True))
     out = [lines["changed_frac"]] if "changed_frac" in lines else []
     out += [overlap_line(f) for f in overlap]

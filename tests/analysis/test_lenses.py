@@ -102,3 +102,8 @@ def test_overlap_findings_per_group_with_the_interval_of_the_mean() -> None:
     assert overlap_findings(None, {"A": ["a"]})[0].ratios.empty
     with pytest.raises(OptionError, match="'overlap' argument of overlap_findings needs"):
         overlap_findings(frame.drop(columns="overlap_ratio"), groups)
+
+
+def test_one_group_states_nothing() -> None:
+    frames = {"A-1": metrics(0.1, 0.8), "A-2": metrics(0.2, 0.7)}
+    assert lens_lines(lens_findings(frames, {"A": ["A-1", "A-2"]})) == []
