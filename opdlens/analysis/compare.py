@@ -16,12 +16,12 @@ import torch
 from ..devices import check_device, out_of_memory_as_error, prepare
 from ..errors import CheckpointError, FusedSplitError, OptionError
 from ..progress import Progress
+from .analyze import check_views
 from .cache import CachedFactors, FactorCache, TensorCache, content_key
 from .compare_frame import SCOPES, build_frame
-from .analyze import check_views
 from .options import check_tol
-from .sparsity import check_sparsity_dtype, sparsity_view
 from .overlap import Cached, Side, TensorOverlap, slice_row, update_and_mask
+from .sparsity import check_sparsity_dtype, sparsity_view
 from .sweep import Slice, skip_reason, slices_of
 from .update import digest, read_stored
 
