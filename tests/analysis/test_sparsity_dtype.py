@@ -153,3 +153,25 @@ def test_count_changed_view_rounds_both_sides() -> None:
                                                                       False]  # fmt: skip
     got = count_changed(base, cur, 1e-3, view=torch.bfloat16)
     assert (got.changed, got.changed_tol, got.numel) == (1, 3, 5)
+
+
+def test_compare_cli_takes_the_dtype_and_refuses_it_with_a_tolerance(
+    f32_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cmp"
+    args = ["compare", str(f32_run), str(f32_run), "--out", str(out), "--ranks", "1",
+            "--workers", "1", "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(app, [*args, "--sparsity-dtype", "bfloat16"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "provenance.json").read_text())["options"]["sparsity_dtype"] == (
+        "bfloat16"
+    )
+    df = pd.read_parquet(out / "compare.parquet")
+    overall = df[df["scope"] == "overall"].iloc[0]
+    masks = {
+        k: bf16_bits(v) != bf16_bits(state(f32_run, 0)[k]) for k, v in state(f32_run, 2).items()
+    }
+    assert overall["changed_a"] == sum(int(m.sum()) for m in masks.values())
+    bad = CliRunner().invoke(app, [*args[:4], str(tmp_path / "x"), "--sparsity-dtype", "bfloat16",
+                                   "--sparsity-tol", "1e-5"])  # fmt: skip
+    assert bad.exit_code == 2 and "not both" in bad.stderr and "Traceback" not in bad.output
