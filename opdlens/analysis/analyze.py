@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..checkpoint import is_lora
 from ..errors import OpdlensError
 from ..progress import Progress
 from .cache import FactorCache, step_keys
@@ -16,6 +18,7 @@ from .cluster import ray_session
 from .executors import Job, make_iterator
 from .frame import build_frame
 from .options import AnalyzeOptions
+from .sparsity import check_view_of
 from .sweep import rank_notes, skip_reason, sweep_names
 
 if TYPE_CHECKING:
@@ -85,6 +88,22 @@ def check_analysable(run: Run, options: AnalyzeOptions) -> None:
             f"tensor(s) is skipped, e.g. {reasons[0]} Analyse a run with floating-point "
             "weights, or choose other --tensors."
         )
+    if options.sparsity_dtype is not None:
+        check_views(run, [n for n, r in zip(names, reasons, strict=True) if r is None],
+                    options.sparsity_dtype)  # fmt: skip
+
+
+def check_views(run: Run, names: Sequence[str], sparsity_dtype: str) -> None:
+    """Refuse a sparsity_dtype wider than any of `names` as stored at the base or a step.
+
+    Raises:
+        OptionError: naming the first tensor and file where it is wider (headers only).
+    """
+    for ck in (run.base, *(run.checkpoint(s) for s in run.steps)):
+        if is_lora(ck.source):
+            continue  # a LoRA step stores no dense weights: it has no changed_frac
+        for name in names:
+            check_view_of(sparsity_dtype, ck.spec(name).stored, name, ck.path)
 
 
 def compute_analysis(

@@ -48,13 +48,15 @@ class ChangeTracker:
     The sweep hands each step's weights to `observe` exactly as stored (the float32 reading
     of a bf16/f16/f32/float8 tensor, before W_0 is subtracted from it in place), in any step
     order. With `consecutive`, the copies a later comparison needs are kept in their stored
-    dtype: the final step's (read first) and the previous step's.
+    dtype: the final step's (read first) and the previous step's. With `view` (e.g.
+    torch.bfloat16), the stored-value counts compare both sides rounded to it.
     """
 
     def __init__(
-        self, w0: torch.Tensor, pieces: Pieces, tol: float, consecutive: bool, final: int
-    ) -> None:
-        self.w0, self.pieces, self.tol = w0, pieces, tol
+        self, w0: torch.Tensor, pieces: Pieces, tol: float, consecutive: bool, final: int,
+        view: torch.dtype | None = None,
+    ) -> None:  # fmt: skip
+        self.w0, self.pieces, self.tol, self.view = w0, pieces, tol, view
         self.consecutive, self.final = consecutive, final
         self.cumulative: dict[int, dict[str, ChangedCount]] = {}
         self._kept: dict[int, torch.Tensor] = {}
@@ -88,7 +90,7 @@ class ChangeTracker:
 
     def _count(self, a: torch.Tensor, b: torch.Tensor) -> dict[str, ChangedCount]:
         pa, pb = self.pieces(a), self.pieces(b)
-        return {k: count_changed(pa[k], pb[k], self.tol) for k in pa}
+        return {k: count_changed(pa[k], pb[k], self.tol, view=self.view) for k in pa}
 
 
 def exact_reading(stored: str) -> bool:

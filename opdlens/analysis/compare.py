@@ -16,10 +16,12 @@ import torch
 from ..devices import check_device, out_of_memory_as_error, prepare
 from ..errors import CheckpointError, FusedSplitError, OptionError
 from ..progress import Progress
+from .analyze import check_views
 from .cache import CachedFactors, FactorCache, TensorCache, content_key
 from .compare_frame import SCOPES, build_frame
 from .options import check_ranks, check_tol
 from .overlap import Cached, Side, TensorOverlap, slice_row, update_and_mask
+from .sparsity import check_sparsity_dtype, sparsity_view
 from .sweep import Slice, skip_reason, slices_of
 from .update import digest, read_stored
 
@@ -37,6 +39,7 @@ class CompareOptions:
     step_a: int | None = None  # run A's step (default: its last)
     step_b: int | None = None  # run B's step (default: its last)
     sparsity_tol: float | None = None  # None: changed as stored; τ: changed where |Δ| > τ
+    sparsity_dtype: str | None = None  # changed as a checkpoint in this dtype would store it
     scopes: Sequence[str] = SCOPES  # which rows: per tensor, per block, per layer, overall
     split_fused: bool = True  # fused qkv / gate_up tensors per logical part, as analyze
     workers: int | None = None  # worker threads; None is one per core, 1 runs inline
@@ -59,6 +62,12 @@ class CompareOptions:
         set_(self, "scopes", tuple(s for s in SCOPES if s in scopes))
         if self.sparsity_tol is not None:
             set_(self, "sparsity_tol", check_tol(self.sparsity_tol, func="compare"))
+        set_(self, "sparsity_dtype", check_sparsity_dtype(self.sparsity_dtype, "compare"))
+        if self.sparsity_dtype is not None and self.sparsity_tol is not None:
+            raise OptionError(
+                "compare takes sparsity_tol (changed: |Δ| > τ) or sparsity_dtype (changed as "
+                "stored in that dtype), not both; drop one."
+            )
         if self.workers is not None and not (isinstance(self.workers, int) and self.workers >= 1):
             raise OptionError(f"The 'workers' parameter must be ≥ 1. Got {self.workers} instead.")
         for c in ("cache_a", "cache_b"):
@@ -183,8 +192,9 @@ def compare_tensor(pair: _Pair, name: str) -> TensorOverlap:
         elif not opts.allow_different_base:
             return out
     with out_of_memory_as_error(f"tensor '{name}'"):
-        da, ma, src_a = update_and_mask(a, name, w0, h0, info, opts.sparsity_tol)
-        db, mb, src_b = update_and_mask(b, name, w0b, h0b, info, opts.sparsity_tol)
+        view = sparsity_view(opts.sparsity_dtype)
+        da, ma, src_a = update_and_mask(a, name, w0, h0, info, opts.sparsity_tol, view)
+        db, mb, src_b = update_and_mask(b, name, w0b, h0b, info, opts.sparsity_tol, view)
         del w0, w0b
         da, db = da.to(opts.device), db.to(opts.device)
         shape = tuple(a.run.base.spec(name).shape)
@@ -278,6 +288,10 @@ def compute_pair(a: Run, b: Run, options: CompareOptions, *, progress: bool = Fa
     if what is not None and not options.allow_different_base:
         raise _refusal(a, b, what)
     names = _names(a, b, warnings)
+    if options.sparsity_dtype is not None:
+        for run in (a, b):
+            check_views(run, [n for n in names if skip_reason(run, n) is None],
+                        options.sparsity_dtype)  # fmt: skip
     caches = [FactorCache.open(c) if c is not None else None
               for c in (options.cache_a, options.cache_b)]  # fmt: skip
     pair = _Pair(Side(a, sa, caches[0]), Side(b, sb, caches[1]), same, options)

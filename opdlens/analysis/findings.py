@@ -8,7 +8,7 @@ way a score moved, decides it with these.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,11 +44,12 @@ NEGLIGIBLE_SCORE = 0.01
 
 @dataclass(frozen=True)
 class Claim:
-    """A claim of the paper: the first group's `quantity` is larger than the second's."""
+    """A claim: the first group's `quantity` is larger than the second's (smaller with `less`)."""
 
     quantity: str
     label: str  # what the number is
     text: str  # the claim, '{s}' where the verb takes its 's'
+    less: bool = False  # the claim is that the first group's quantity is the smaller
 
 
 CLAIMS = (
@@ -129,12 +130,13 @@ class GroupFindings:
     per_run: pd.DataFrame  # run × quantity
     summary: dict[str, dict[str, MeanSD]]  # quantity → group → mean ± sd
     differences: dict[str, dict[str, Difference | None]]  # quantity → other group → CI
+    claims: tuple[Claim, ...] = CLAIMS  # what the numbers are for
 
     def table(self) -> pd.DataFrame:
         """One row per quantity: each group's mean ± sd, and each difference with its CI."""
         names = list(self.groups)
         rows = []
-        for claim in CLAIMS:
+        for claim in self.claims:
             q = claim.quantity
             row = {"quantity": claim.label}
             row.update(
@@ -153,17 +155,21 @@ class GroupFindings:
 
 
 def group_findings(
-    frames: Mapping[str, pd.DataFrame], groups: Mapping[str, Sequence[str]], *, seed: int = 0
+    frames: Mapping[str, pd.DataFrame],
+    groups: Mapping[str, Sequence[str]],
+    *,
+    seed: int = 0,
+    claims: tuple[Claim, ...] = CLAIMS,
+    quantities: Callable[[pd.DataFrame], dict[str, float]] = run_quantities,
 ) -> GroupFindings:
-    """CLAIMS' numbers per run (frames: run label → metrics), summarised per group."""
+    """The claims' numbers per run (frames: run label → metrics; `quantities` computes them
+    from one run's metrics), summarised per group."""
     groups = check_groups(groups, list(frames))
-    per_run = pd.DataFrame(
-        {run: run_quantities(frames[run]) for m in groups.values() for run in m}
-    ).T
+    per_run = pd.DataFrame({run: quantities(frames[run]) for m in groups.values() for run in m}).T
     names = list(groups)
     summary: dict[str, dict[str, MeanSD]] = {}
     diffs: dict[str, dict[str, Difference | None]] = {}
-    for claim in CLAIMS:
+    for claim in claims:
         q = claim.quantity
         values = {g: per_run.loc[m, q].to_numpy(dtype=float) for g, m in groups.items()}
         summary[q] = {g: mean_sd(v) for g, v in values.items()}
@@ -172,14 +178,14 @@ def group_findings(
             a, b = values[names[0]], values[other]
             enough = len(a) > 1 and len(b) > 1
             diffs[q][other] = bootstrap_difference(a, b, seed=seed) if enough else None
-    return GroupFindings(groups, per_run, summary, diffs)
+    return GroupFindings(groups, per_run, summary, diffs, claims)
 
 
 def verdict(findings: GroupFindings, claim: Claim, other: str | None = None) -> str:
     """'holds', 'does not hold' or 'inconclusive at n = …' for the first group against `other`.
 
-    A claim holds or does not hold only when the 95 % interval of the difference excludes 0
-    and has a width (runs that all agree within each group, e.g. one run given twice, show no
+    A claim holds or does not hold only when the 95 % interval of the difference excludes 0 (on
+    the claim's side: above for a larger quantity, below for a `less` one) and has a width (runs that all agree within each group, e.g. one run given twice, show no
     spread to judge the difference by).
     """
     names = list(findings.groups)
@@ -188,7 +194,7 @@ def verdict(findings: GroupFindings, claim: Claim, other: str | None = None) -> 
     if d is None or not d.excludes_zero or d.low == d.high:
         n = sorted({len(findings.groups[names[0]]), len(findings.groups[other])})
         return f"inconclusive at n = {' and '.join(map(str, n))}"
-    return "holds" if d.low > 0 else "does not hold"
+    return "holds" if (d.high < 0 if claim.less else d.low > 0) else "does not hold"
 
 
 def claim_lines(findings: GroupFindings) -> list[str]:
@@ -198,7 +204,7 @@ def claim_lines(findings: GroupFindings) -> list[str]:
         return []
     a, b = names[:2]
     lines = []
-    for claim in CLAIMS:
+    for claim in findings.claims:
         q = claim.quantity
         ms = findings.summary[q]
         d = findings.differences[q][b]

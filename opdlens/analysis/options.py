@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..devices import check_device
 from ..errors import OpdlensError, OptionError
+from .sparsity import check_sparsity_dtype
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -39,6 +40,9 @@ class AnalyzeOptions:
     address: str | None = None  # a Ray cluster address (with executor='ray')
     device: str = "cpu"  # where the SVDs run: 'cpu', 'cuda' or 'cuda:N' (kept as 'cuda:N')
     sparsity_tol: float = 1e-5  # τ of changed_frac_tol: |Δ| > τ, absolute
+    # changed_frac compares W_0 and W_t rounded to this dtype (no wider than the stored one),
+    # as a checkpoint saved in it would hold them; None: as stored.
+    sparsity_dtype: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalised values are set once, here
@@ -52,6 +56,7 @@ class AnalyzeOptions:
                 set_(self, "tensors", tuple(self.tensors))
         set_(self, "device", check_device(self.device))
         set_(self, "sparsity_tol", check_tol(self.sparsity_tol))
+        set_(self, "sparsity_dtype", check_sparsity_dtype(self.sparsity_dtype))
         if self.executor not in ("local", "ray"):
             raise OptionError(
                 f"The 'executor' parameter must be 'local' or 'ray'. Got {self.executor!r} instead."

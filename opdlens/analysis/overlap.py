@@ -56,9 +56,11 @@ def _upcast_float8(x: torch.Tensor) -> torch.Tensor:
 
 
 def update_and_mask(
-    side: Side, name: str, w0: torch.Tensor, h0: bytes, info: ModuleInfo, tol: float | None
-) -> tuple[torch.Tensor, torch.Tensor | None, bytes]:
-    """Δ = W_step − W_0 in float32, the changed mask, and the digest analyze's cache keys Δ by.
+    side: Side, name: str, w0: torch.Tensor, h0: bytes, info: ModuleInfo, tol: float | None,
+    view: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, bytes]:  # fmt: skip
+    """Δ = W_step − W_0 in float32, the changed mask (as `view` would store both, if given),
+    and the digest analyze's cache keys Δ by.
 
     The mask is None for a LoRA step: its dense update is not stored, so no element is
     "unchanged as stored". Shape: w0 as stored; Δ and mask in `as_matrix` orientation.
@@ -68,7 +70,7 @@ def update_and_mask(
         return (f[0].float() @ f[1].float()), None, digest(f[0], f[1])  # already (out, in)
     w, h = read_stored(side.run.checkpoint(side.step), name)
     w = _upcast_float8(w)
-    mask = changed_mask(w0, w, tol)
+    mask = changed_mask(w0, w, tol, view=view)
     d = w.to(torch.float32, copy=True)
     del w
     d.sub_(w0)  # in float32; W_0 of bf16/f16 is exact in float32

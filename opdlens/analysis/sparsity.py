@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import OptionError
+
 # Elements compared at a time: bounds the float64 temporaries of the tolerance test.
 _CHUNK = 1 << 22
 _NO_NE = {torch.float8_e4m3fn, torch.float8_e5m2}  # torch has no `!=` for these; upcast exactly
@@ -14,6 +16,52 @@ _NO_NE = {torch.float8_e4m3fn, torch.float8_e5m2}  # torch has no `!=` for these
 # exact Δ, so |Δ| > tol is decided in float32 outside a narrow band around tol (see _above).
 _IN_FLOAT32 = {torch.float32, torch.bfloat16, torch.float16, *_NO_NE}
 _BAND = 2.0**-22  # relative half-width of the band re-checked in float64 (> 2 · 2^-24)
+
+
+# changed_frac's optional view: a dtype the stored values are rounded to before they are
+# compared, and the stored dtypes (safetensors names) it is no wider than.
+SPARSITY_DTYPES: dict[str, tuple[torch.dtype, frozenset[str]]] = {
+    "bfloat16": (torch.bfloat16, frozenset({"BF16", "F32", "F64"})),
+    "float16": (torch.float16, frozenset({"F16", "F32", "F64"})),
+    "float32": (torch.float32, frozenset({"F32", "F64"})),
+}
+
+
+def check_sparsity_dtype(name: object, func: str = "analyze") -> str | None:
+    """The sparsity_dtype option as a name of SPARSITY_DTYPES, or None (compare as stored).
+
+    Raises:
+        OptionError: naming the parameter, the value and the choices.
+    """
+    if name is None:
+        return None
+    name = getattr(name, "value", name)  # a CLI choice (a str Enum)
+    if name not in SPARSITY_DTYPES:
+        raise OptionError(
+            f"The 'sparsity_dtype' parameter of {func} must be one of "
+            f"{', '.join(SPARSITY_DTYPES)} (or None: compare as stored). Got {name!r} instead."
+        )
+    return str(name)
+
+
+def sparsity_view(name: str | None) -> torch.dtype | None:
+    """The torch dtype changed_frac rounds to, or None to compare the stored values."""
+    return None if name is None else SPARSITY_DTYPES[name][0]
+
+
+def check_view_of(name: str | None, stored: str, tensor: str, where: object) -> None:
+    """Refuse a sparsity_dtype wider than a tensor's stored dtype (it would invent precision).
+
+    Raises:
+        OptionError: naming the tensor, the file and both dtypes.
+    """
+    if name is None or stored in SPARSITY_DTYPES[name][1]:
+        return
+    raise OptionError(
+        f"--sparsity-dtype {name} is wider than '{tensor}' as stored in {where} ({stored}): "
+        f"rounding to it cannot show how a {name} checkpoint would store the weights. Drop "
+        "--sparsity-dtype, or pick one no wider than the stored dtype."
+    )
 
 
 @dataclass(frozen=True)
@@ -37,13 +85,19 @@ def _comparable(x: torch.Tensor) -> torch.Tensor:
 
 
 def changed_mask(
-    base: torch.Tensor, current: torch.Tensor, tol: float | None = None
+    base: torch.Tensor,
+    current: torch.Tensor,
+    tol: float | None = None,
+    *,
+    view: torch.dtype | None = None,
 ) -> torch.Tensor:
     """A bool mask of the elements the update changed: stored values differ, or |Δ| > tol.
 
     With tol None the stored values are compared as stored (a bf16 weight that rounds back to
-    its base value is unchanged; +0 equals −0; NaN counts as changed). With a tol, Δ is taken in
-    float64, so the test is exact for every stored dtype.
+    its base value is unchanged; +0 equals −0; NaN counts as changed); with `view` (e.g.
+    torch.bfloat16) both are first rounded to that dtype, as a checkpoint stored in it would
+    hold them. With a tol, Δ is taken in float64, so the test is exact for every stored dtype
+    (`view` is then ignored).
 
     Shape: base and current the same, any shape; the mask has that shape.
     """
@@ -55,7 +109,9 @@ def changed_mask(
     out = torch.empty(b.numel(), dtype=torch.bool, device=b.device)
     for i in range(0, b.numel(), _CHUNK):
         bi, ci = b[i : i + _CHUNK], c[i : i + _CHUNK]
-        if tol is None:
+        if tol is None and view is not None:
+            torch.ne(ci.to(view), bi.to(view), out=out[i : i + _CHUNK])
+        elif tol is None:
             torch.ne(_comparable(ci), _comparable(bi), out=out[i : i + _CHUNK])
         elif bi.dtype in _IN_FLOAT32 and ci.dtype in _IN_FLOAT32:
             _above(bi, ci, tol, out[i : i + _CHUNK])
@@ -89,8 +145,11 @@ def _above(b: torch.Tensor, c: torch.Tensor, tol: float, out: torch.Tensor) -> N
             out[near] = (c[near].double() - b[near].double()).abs() > tol
 
 
-def count_changed(base: torch.Tensor, current: torch.Tensor, tol: float) -> ChangedCount:
-    """How many elements changed as stored, how many by more than tol, out of how many.
+def count_changed(
+    base: torch.Tensor, current: torch.Tensor, tol: float, *, view: torch.dtype | None = None
+) -> ChangedCount:
+    """How many elements changed as stored (as `view` would store them, if given), how many by
+    more than tol (on the stored values), out of how many.
 
     Shape: base and current the same, any shape.
     """
@@ -101,7 +160,7 @@ def count_changed(base: torch.Tensor, current: torch.Tensor, tol: float) -> Chan
     for i in range(0, b.numel(), _CHUNK):
         bi, ci = b[i : i + _CHUNK], c[i : i + _CHUNK]
         total += ChangedCount(
-            int(torch.count_nonzero(changed_mask(bi, ci))),
+            int(torch.count_nonzero(changed_mask(bi, ci, view=view))),
             int(torch.count_nonzero(changed_mask(bi, ci, tol))),
             bi.numel(),
         )

@@ -1,5 +1,5 @@
-"""Statistics of groups of runs: mean ± sd per group, and a seeded bootstrap interval for a
-difference of group means."""
+"""Statistics of groups of runs: mean ± sd per group, and seeded bootstrap intervals for a
+difference of group means and for one group's mean."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from ..errors import OptionError
 __all__ = [
     "BOOTSTRAP_SAMPLES",
     "Difference",
+    "Interval",
     "MeanSD",
     "bootstrap_difference",
+    "bootstrap_mean",
     "mean_sd",
 ]
 
@@ -61,6 +63,23 @@ class Difference:
         return f"{self.diff:{sign}} [{self.low:{sign}}, {self.high:{sign}}]"
 
 
+@dataclass(frozen=True)
+class Interval:
+    """mean(values) with its percentile bootstrap interval at `level`."""
+
+    mean: float
+    low: float
+    high: float
+    level: float
+    n: int
+    samples: int
+    seed: int
+
+    def format(self, spec: str = ".3f") -> str:
+        """'1.034 [1.010, 1.058]' (the interval at its level)."""
+        return f"{self.mean:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
+
+
 def _values(values: Sequence[float], name: str, func: str) -> np.ndarray:
     array = np.asarray(values, dtype="float64")
     if array.ndim != 1 or array.size == 0 or not np.isfinite(array).all():
@@ -102,14 +121,7 @@ def bootstrap_difference(
             f"bootstrap_difference needs at least 2 runs per group to estimate an interval; got "
             f"{x.size} and {y.size}. Train or pass more runs (seeds) per group."
         )
-    if not 0 < level < 1:
-        raise OptionError(
-            f"The 'level' parameter of bootstrap_difference must be in (0, 1). Got {level}."
-        )
-    if samples < 100:
-        raise OptionError(
-            f"The 'samples' parameter of bootstrap_difference must be ≥ 100. Got {samples}."
-        )
+    _check_resampling(level, samples, "bootstrap_difference")
     rng = np.random.default_rng(seed)
     ia = rng.integers(0, x.size, size=(samples, x.size))  # (samples, n_a)
     ib = rng.integers(0, y.size, size=(samples, y.size))  # (samples, n_b)
@@ -118,3 +130,35 @@ def bootstrap_difference(
     return Difference(
         float(x.mean() - y.mean()), float(low), float(high), level, x.size, y.size, samples, seed
     )
+
+
+def bootstrap_mean(
+    values: Sequence[float],
+    *,
+    level: float = 0.95,
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
+) -> Interval:
+    """Percentile bootstrap interval of mean(values): `samples` resamples of their indices,
+    drawn as one (samples, n) array from numpy.random.default_rng(seed).
+
+    Raises:
+        OptionError: fewer than two values, non-finite values, a level outside (0, 1) or fewer
+            than 100 samples.
+    """
+    x = _values(values, "values", "bootstrap_mean")
+    if x.size < 2:
+        raise OptionError(
+            f"bootstrap_mean needs at least 2 values to estimate an interval; got {x.size}."
+        )
+    _check_resampling(level, samples, "bootstrap_mean")
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(samples, x.size))
+    low, high = np.percentile(x[idx].mean(axis=1), [50 * (1 - level), 50 * (1 + level)])
+    return Interval(float(x.mean()), float(low), float(high), level, x.size, samples, seed)
+
+
+def _check_resampling(level: float, samples: int, func: str) -> None:
+    if not 0 < level < 1:
+        raise OptionError(f"The 'level' parameter of {func} must be in (0, 1). Got {level}.")
+    if samples < 100:
+        raise OptionError(f"The 'samples' parameter of {func} must be ≥ 100. Got {samples}.")

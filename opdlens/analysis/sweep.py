@@ -21,7 +21,7 @@ from .cache import CachedFactors, TensorCache, content_key, slice_key
 from .linalg import svd_label
 from .matrices import matrix_of, matrix_shape
 from .options import AnalyzeOptions
-from .sparsity import ChangedCount
+from .sparsity import ChangedCount, sparsity_view
 from .update import Update, digest, read_stored, read_weight
 
 if TYPE_CHECKING:
@@ -239,8 +239,9 @@ class TensorSweep:
             w0 = w0.float()  # torch does not mix float8 with float32 in arithmetic
         w0 = as_matrix(w0, self.info)
         self.changes = changes.ChangeTracker(
-            w0, self._slice_pieces, self.opt.sparsity_tol, self.opt.consecutive, self.final
-        )
+            w0, self._slice_pieces, self.opt.sparsity_tol, self.opt.consecutive, self.final,
+            sparsity_view(self.opt.sparsity_dtype),
+        )  # fmt: skip
         base_sq = {sl.key: M.frobenius_sq(piece(w0, sl, self.info)) for sl in self.slices}
         if self.opt.base_geometry:
             by_key = {sl.key: sl for sl in self.slices}

@@ -72,6 +72,15 @@ def analyze(
             help="changed_frac_tol counts elements with |Δ| > τ (absolute, default 1e-5).",
         ),
     ] = "1e-5",
+    sparsity_dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--sparsity-dtype",
+            metavar="<dtype>",
+            help="changed_frac compares W_0 and W_t rounded to bfloat16, float16 or float32 (no "
+            "wider than stored), as a checkpoint saved in it would hold them (default: as stored).",
+        ),
+    ] = None,
     workers: WorkersOpt = None,
     executor: ExecutorOpt = Executor.local,
     address: AddressOpt = None,
@@ -97,7 +106,7 @@ def analyze(
         full_spectrum=full_spectrum, split_fused=split_fused, workers=workers,
         base_geometry=base_geometry,
         executor=executor.value, address=address, device=device,
-        sparsity_tol=_tolerance(sparsity_tol),
+        sparsity_tol=_tolerance(sparsity_tol), sparsity_dtype=sparsity_dtype,
     )  # fmt: skip
     r = open_run(run, base, checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle,
                  skip_incomplete=skip_incomplete)  # fmt: skip

@@ -51,6 +51,15 @@ def compare(
             "--sparsity-tol", help="Count a weight as changed where |Δ| > τ (default: as stored)."
         ),
     ] = None,
+    sparsity_dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--sparsity-dtype",
+            metavar="<dtype>",
+            help="Count a weight as changed where W_0 and W_t differ once rounded to bfloat16, "
+            "float16 or float32 (no wider than stored).",
+        ),
+    ] = None,
     scopes: Annotated[
         str, typer.Option(help="Rows to write: some of tensor,block,layer,overall.")
     ] = "tensor,block,layer,overall",
@@ -99,7 +108,7 @@ def compare(
         )
     options = CompareOptions(
         ranks=parse_ints(ranks, "--ranks"), step_a=step_a, step_b=step_b,
-        sparsity_tol=sparsity_tol, scopes=[s.strip() for s in scopes.split(",") if s.strip()],
+        sparsity_tol=sparsity_tol, sparsity_dtype=sparsity_dtype, scopes=[s.strip() for s in scopes.split(",") if s.strip()],
         workers=workers, device=device, allow_different_base=allow_different_base,
         cache_a=cache_a, cache_b=cache_b,
     )  # fmt: skip

@@ -17,6 +17,7 @@ from ..analysis.findings import GroupFindings, ablation_sentence
 from ..analysis.foresight import foresight_sentence
 from ..analysis.foresight_write import write_foresight
 from ..analysis.frame import summarize
+from ..analysis.lenses import OverlapFinding, lens_lines, overlap_findings
 from ..analysis.options import AnalyzeOptions
 from ..analysis.stats import mean_sd
 from ..extrapolation.ablate import Ablation, ablate
@@ -37,6 +38,9 @@ T = TypeVar("T")
 LABELS = ("OPD", "RL")
 ALPHAS = (0.5, 1.0, 2.0, 4.0)
 ABLATE_RANKS = (1, 2, 4, 8)
+# The runs are stored in float32, where nearly every weight changes; changed_frac and the
+# seeds' overlap count changes as a bfloat16 checkpoint of the same weights would store them.
+SPARSITY_DTYPE = "bfloat16"
 
 
 @dataclass
@@ -55,6 +59,9 @@ class DemoResult:
     timings: dict[str, float] = field(default_factory=dict)
     foresight: pd.DataFrame | None = None  # opdlens.foresee of each method's first run, `run` col
     ablation: dict[str, Ablation] = field(default_factory=dict)  # first run's label → ablate
+    lenses: GroupFindings | None = None  # lenses.lens_findings: changed_frac, principal energy
+    overlap: list[OverlapFinding] = field(default_factory=list)  # each method's seeds' overlap
+    lens_verdict: list[str] = field(default_factory=list)  # lenses.lens_lines
 
     def foresight_lines(self) -> list[str]:
         """One line per method: when one extrapolation starts beating standing still."""
@@ -227,7 +234,8 @@ def run_demo(
     online_run = load_online_effopd(runs.online_path, "OPD, first seed, plain vs online EffOPD")
     side = SourceOptions(
         (), errors=tuple(errors), ablation=ablation, foresight=foresight, online=(online_run,),
-        analyze=AnalyzeOptions(workers=workers),
+        analyze=AnalyzeOptions(workers=workers, base_geometry=True, sparsity_dtype=SPARSITY_DTYPE),
+        overlap=True,
     )  # fmt: skip
     sources = timed("analyze", _analyse, labelled, out, side, progress)
     report = timed("report", _report, sources, out, quick, seed)
@@ -236,9 +244,13 @@ def run_demo(
     frames = {rm.label: rm.frame for rm in sources.runs}
     saved, accepted = steps_saved(history)
     online = json.loads(runs.online_path.read_text())
+    # With one seed per method there is no pair to compare: the report has no overlap findings.
+    pairs = list(sources.overlap_findings) or overlap_findings(sources.overlap, groups)
+    assert sources.lens_findings is not None
     result = DemoResult(
         out, report, groups, findings, share_table(frames, groups), saved, accepted, online,
-        list(sources.claims), t, foresight, ablation,
+        list(sources.claims), t, foresight, ablation, sources.lens_findings, pairs,
+        lens_lines(sources.lens_findings, pairs),
     )  # fmt: skip
     write_text_atomic(out / "demo_summary.txt", format_summary(result))
     return result
@@ -285,6 +297,12 @@ def format_summary(r: DemoResult) -> str:
         "The paper's claims (a claim holds or does not hold only when the 95 % interval of the "
         "difference of means excludes 0):",
         *(f"  {line}" for line in r.verdict),
+        "",
+        f"Sparsity, overlap and the base's principal directions (changed_frac and the overlap "
+        f"count a weight as changed where W_0 and W_T differ once rounded to {SPARSITY_DTYPE}, "
+        "as a checkpoint saved in it would store them; the runs are stored in float32, where "
+        "nearly every weight changes):",
+        *(f"  {line}" for line in r.lens_verdict),
         "",
     ]
     lines.append(

@@ -321,6 +321,7 @@ def complete(sources: Sources) -> Sources:
     """
     from ..analysis.findings import ablation_sentence
     from ..analysis.foresight import effopd_comparison, foresight_sentence
+    from ..analysis.lenses import lens_findings, lens_lines, overlap_findings
     from ..analysis.principal import principal_curves, principal_sentence
     from ..analysis.subnetwork import changed_cells, changed_sentence, final_changed
 
@@ -344,6 +345,10 @@ def complete(sources: Sources) -> Sources:
     mixed = mixed_architectures(sources.frame, groups) if groups is not None else []
     shares = final_changed(frames, groups)
     principal = principal_curves(frames, groups)
+    lens = lens_findings(frames, groups) if groups is not None else None
+    pairs = (
+        overlap_findings(sources.overlap, groups) if groups and sources.overlap is not None else []
+    )
     scores = {rm.label: s for rm in sources.runs
               if (s := score(sources.training.get(rm.label), _steps(rm))) is not None}  # fmt: skip
     return dataclasses.replace(
@@ -356,6 +361,8 @@ def complete(sources: Sources) -> Sources:
         sparsity_line=changed_sentence(shares, _tolerance(sources)), sparsity_shares=shares,
         sparsity_cells=changed_cells(frames, groups),
         principal=principal, principal_line=principal_sentence(principal),
+        lens_findings=lens, overlap_findings=tuple(pairs),
+        lens_claims=tuple(lens_lines(lens, pairs)) if lens is not None else (),
         notes=tuple(dict.fromkeys([*sources.notes, *mixed])),
     )  # fmt: skip
 

@@ -192,7 +192,10 @@ def compute_overlap(
     from ..analysis.options import AnalyzeOptions
 
     a_opts = analyze or AnalyzeOptions()
-    options = CompareOptions(ranks=a_opts.ranks, workers=a_opts.workers, device=a_opts.device)
+    options = CompareOptions(
+        ranks=a_opts.ranks, workers=a_opts.workers, device=a_opts.device,
+        sparsity_dtype=a_opts.sparsity_dtype,
+    )  # fmt: skip
     frames, notes = [], []
     for group, a, b in pairs:
         run_a, run_b = runs[a], runs[b]

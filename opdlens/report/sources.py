@@ -13,6 +13,7 @@ import pandas as pd
 
 if TYPE_CHECKING:
     from ..analysis.findings import GroupFindings
+    from ..analysis.lenses import OverlapFinding
     from ..analysis.options import AnalyzeOptions
     from ..analysis.results import RunMetrics
     from ..extrapolation.ablate import Ablation
@@ -115,8 +116,8 @@ class Sources:
 
     shown: the runs drawn one by one (each group's first run with groups, else every run);
     foresight holds the shown runs' rows only. findings, claims, scores, foresight_lines,
-    effopd, online_lines, ablation_lines, overlap_lines, the sparsity_* and principal* fields are what the
-    report states and draws, computed by the loader.
+    effopd, online_lines, ablation_lines, overlap_lines, the sparsity_*, principal*, lens_* and
+    overlap_findings fields are what the report states and draws, computed by the loader.
     """
 
     runs: tuple[RunMetrics, ...]
@@ -144,6 +145,9 @@ class Sources:
     sparsity_cells: pd.DataFrame | None = None  # subnetwork.changed_cells
     principal: pd.DataFrame | None = None  # principal.principal_curves (--base-geometry)
     principal_line: str = ""  # principal.principal_sentence
+    lens_findings: GroupFindings | None = None  # lenses.lens_findings of the groups
+    overlap_findings: tuple[OverlapFinding, ...] = ()  # lenses.overlap_findings (with overlap)
+    lens_claims: tuple[str, ...] = ()  # lenses.lens_lines: the lenses' verdicts
 
     @property
     def labels(self) -> list[str]:

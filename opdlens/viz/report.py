@@ -110,7 +110,7 @@ def _sections(sources: Sources, figures: FigureSet, options: ReportOptions) -> d
     f = sources.findings
     if f is not None:
         out["groups"] = {
-            "claims": sources.claims, "table": table(f.table()),
+            "claims": (*sources.claims, *sources.lens_claims), "table": table(f.table()),
             "per_run": table(f.per_run.reset_index(names="run")),
             "sizes": "; ".join(f"{g}: {', '.join(runs)}" for g, runs in f.groups.items()),
             "resamples": f"{BOOTSTRAP_SAMPLES:,}", "band": BANDS[options.band],

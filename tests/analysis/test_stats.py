@@ -9,7 +9,7 @@ import statistics
 import numpy as np
 import pytest
 
-from opdlens.analysis.stats import bootstrap_difference, mean_sd
+from opdlens.analysis.stats import bootstrap_difference, bootstrap_mean, mean_sd
 from opdlens.errors import OptionError
 
 
@@ -67,3 +67,28 @@ def test_bootstrap_refuses_groups_it_cannot_resample() -> None:
         bootstrap_difference([0.4, float("nan")], [0.1, 0.2])
     with pytest.raises(OptionError, match="'level' parameter"):
         bootstrap_difference([0.4, 0.5], [0.1, 0.2], level=95)
+
+
+def test_bootstrap_mean_is_exact_for_an_enumerable_resampling() -> None:
+    """n = 3: all 27 resamples are equally likely; 20,000 draws approach their percentiles."""
+    values = [0.98, 1.03, 1.10]
+    means = [statistics.fmean(values[i] for i in idx)
+             for idx in itertools.product(range(3), repeat=3)]  # fmt: skip
+    got = bootstrap_mean(values, samples=20_000, seed=3)
+    assert got.mean == pytest.approx(statistics.fmean(values)) and got.n == 3
+    # the ends are values of the discrete distribution (each extreme has probability 1/27)
+    assert got.low == pytest.approx(np.percentile(means, 2.5, method="inverted_cdf"))
+    assert got.high == pytest.approx(np.percentile(means, 97.5, method="inverted_cdf"))
+    assert got == bootstrap_mean(values, samples=20_000, seed=3)
+    assert got.format() == f"{got.mean:.3f} [{got.low:.3f}, {got.high:.3f}]"
+
+
+@pytest.mark.parametrize(
+    ("values", "kw", "match"),
+    [([1.0], {}, "at least 2 values"), ([1.0, float("nan")], {}, "finite numbers"),
+     ([1.0, 2.0], {"level": 1.0}, "'level' parameter of bootstrap_mean"),
+     ([1.0, 2.0], {"samples": 10}, "'samples' parameter of bootstrap_mean")],
+)  # fmt: skip
+def test_bootstrap_mean_refuses_bad_input(values, kw, match) -> None:
+    with pytest.raises(OptionError, match=match):
+        bootstrap_mean(values, **kw)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import html
+import json
 
+import lens_reference as ref
 import pandas as pd
 import pytest
 from checkpoints import copy_demo
@@ -78,6 +80,28 @@ def test_demo_quick_end_to_end(tmp_path, quick_demo) -> None:
         final = df[(df["span"] == "cumulative") & (df["step"] == df["step"].max())]
         mlp = final.loc[final["block"] == "mlp", "update_share"].sum()
         assert f"{mlp:.3f}" in text
+    # The lenses' lines, with the numbers numpy gives on the checkpoint files (bf16 view).
+    lens = text[text.index("Sparsity, overlap and the base's principal directions") :]
+    frac = {m: ref.changed_frac(out / "runs" / m.lower()) for m in ("OPD", "RL")}
+    energy = {m: ref.principal_energy(out / "runs" / m.lower(), 16) for m in ("OPD", "RL")}
+    assert (
+        "  OPD changes fewer weights than RL: inconclusive at n = 1 — share of weights changed "
+        f"at the final step (all elements): OPD {frac['OPD']:.3f}, RL {frac['RL']:.3f}; "
+    ) in lens
+    for m in ("OPD", "RL"):
+        assert (f"  {m}'s seeds change overlapping weights more than chance: inconclusive at "
+                "n = 0 pair(s) of 1 run(s) — one run: no pair to compare.") in lens  # fmt: skip
+    assert (
+        "  OPD puts less of its update into the base's principal directions than RL: "
+        "inconclusive at n = 1 — share of ‖Δ_T‖² in the base's top-16 left singular directions "
+        f"(‖Δ‖²-weighted): OPD {energy['OPD'][0]:.3f}, RL {energy['RL'][0]:.3f}; "
+    ) in lens
+    assert (f"A random update would put K/rows there: OPD {energy['OPD'][1]:.3f}, "
+            f"RL {energy['RL'][1]:.3f}.") in lens  # fmt: skip
+    assert "OPD changes fewer weights than RL: inconclusive at n = 1" in findings
+    prov = json.loads((out / "analysis" / "provenance.json").read_text())
+    options = prov["runs"]["OPD"]["analysis"]["options"]
+    assert options["sparsity_dtype"] == "bfloat16" and options["base_geometry"] is True
     # A second run reuses the trained runs and the analysis cache.
     again = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--quiet"])
     assert again.exit_code == 0, again.output
