@@ -31,6 +31,12 @@ def test_each_lens_has_its_section_template() -> None:
     import importlib.resources
 
     sections = importlib.resources.files("opdlens.viz") / "templates" / "sections"
-    assert [lens.stem for lens in LENSES] == ["foresight", "ablation", "sparsity", "overlap", "principal"]
+    assert [lens.stem for lens in LENSES] == [
+        "foresight",
+        "ablation",
+        "sparsity",
+        "overlap",
+        "principal",
+    ]
     for lens in LENSES:
         assert (sections / f"{lens.stem}.html.j2").is_file()
