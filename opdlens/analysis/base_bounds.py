@@ -29,12 +29,24 @@ MOVED_RTOL = 8.5e-4
 ROTATION_TOL = 8e-3
 
 
+def _pairs(
+    wv: torch.Tensor, wtu: torch.Tensor, u: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """θ_l = u_lᵀWv_l and ε_l, the residual norm of [u_l; v_l]/√2 for [[0, W], [Wᵀ, 0]]: some
+    singular value of W (or a zero) lies within ε_l of θ_l (Bauer–Fike for the symmetric matrix).
+
+    From wv = W V (m, k) and wtu = Wᵀ U (n, k), all float64; returns two (k,) tensors.
+    """
+    theta = (u * wv).sum(0)
+    eps = ((wv - u * theta).pow(2).sum(0) + (wtu - v * theta).pow(2).sum(0)).sqrt() / math.sqrt(2)
+    return theta, eps
+
+
 def _brackets(
     wv: torch.Tensor, wtu: torch.Tensor, u: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`value_brackets` from the products wv = W V (m, k) and wtu = Wᵀ U (n, k), all float64."""
-    theta = (u * wv).sum(0)
-    eps = ((wv - u * theta).pow(2).sum(0) + (wtu - v * theta).pow(2).sum(0)).sqrt() / math.sqrt(2)
+    theta, eps = _pairs(wv, wtu, u, v)
     lo = torch.linalg.svdvals(u.T @ wv)  # (k,) descending
     hi = torch.cummin(theta.abs() + eps, 0).values
     return lo.cpu(), hi.cpu()
@@ -51,19 +63,17 @@ def value_brackets(w: torch.Tensor, top: TopK) -> tuple[torch.Tensor, torch.Tens
     return _brackets(wv, wtu, top.U.double(), top.V.double())
 
 
-def spectral_norm_bound(
-    delta: torch.Tensor, u1: torch.Tensor, v1: torch.Tensor, total_sq: float
-) -> float:
-    """An upper bound on ‖Δ‖_2 from Δ's top singular pair: min(θ_1 + ε_1, ‖Δ‖_F).
+def spectral_norm_bound(delta: torch.Tensor, v: torch.Tensor, total_sq: float) -> float:
+    """An upper bound on ‖Δ‖_2 from any orthonormal V (Δ's top-k right vectors make it tight).
 
-    θ_1 + ε_1 is `value_brackets`' hi_1 and rests on its premise, the one every certified top-k
-    in opdlens rests on (the pair is the top one, no direction above it was missed); ‖Δ‖_F
-    needs none. Shape: delta (m, n); u1 (m,) and v1 (n,) unit vectors.
+    With P = VVᵀ, ‖Δx‖ ≤ ‖ΔP‖‖Px‖ + ‖Δ(I − P)‖‖(I − P)x‖, so by Cauchy–Schwarz
+    ‖Δ‖_2² ≤ ‖ΔV‖_2² + ‖Δ(I − P)‖_F² = ‖ΔV‖_2² + ‖Δ‖_F² − ‖ΔV‖_F²: no premise about V.
+    Shape: delta (m, n); v (n, k) orthonormal columns.
     """
-    u = u1.reshape(-1, 1).to(delta.device, delta.dtype)
-    v = v1.reshape(-1, 1).to(delta.device, delta.dtype)
-    _, hi = _brackets((delta @ v).double(), (delta.T @ u).double(), u.double(), v.double())
-    return min(float(hi[0]), math.sqrt(total_sq))
+    dv = (delta @ v.to(delta.device, delta.dtype)).double()  # (m, k)
+    top = float(torch.linalg.matrix_norm(dv, ord=2))
+    rest = max(0.0, total_sq - float(dv.pow(2).sum()))
+    return math.sqrt(top * top + rest) * (1.0 + 1e-6)  # float32 products: a little headroom
 
 
 @dataclass(frozen=True)
@@ -86,8 +96,10 @@ def pin_moved(
     where the bounds below are too wide for the contract (then W_t must be decomposed).
 
     Values, for every i ≤ k (W_0's brackets are [s0_i, s0_i·(1 + BASE_RTOL)], `certified_top_k`):
-    - σ_i(W_t) ≥ σ_i(U_0ᵀ W_t V_0) (interlacing, no premise) and ≥ s0_i − e (Weyl);
-    - σ_i(W_t) ≤ s0_i (1 + BASE_RTOL) + e (Weyl) and ≤ `value_brackets`' hi_i of (U_0, V_0).
+    - σ_i(W_t) ≥ σ_i(U_0ᵀ W_t V_0) (interlacing) and ≥ s0_i − e, ≤ s0_i (1 + BASE_RTOL) + e (Weyl);
+    - |σ_i(W_t) − θ_i| ≤ ε_i (`_pairs` of (u_{0,i}, v_{0,i})) where those k intervals are
+      disjoint and above σ_{k+1}(W_t)'s Weyl bound, which makes σ_i the one in the i-th.
+    None of it rests on a premise about missed directions, beyond W_0's own brackets.
     Kept when every bracket is at most 2 · MOVED_RTOL · s0_i wide; the middle is reported.
     Rotations, per K in ranks (K ≤ k):
     - where W_0's gap is surely below the contract's 1e-2 (s0_K (1 + BASE_RTOL) − s0_{K+1}
@@ -109,10 +121,16 @@ def pin_moved(
     u, v = u0.to(wt.device).double(), v0.to(wt.device).double()
     wv = (wt @ v0.to(wt.device, wt.dtype)).double()  # (m, k)
     wtu = (wt.T @ u0.to(wt.device, wt.dtype)).double()  # (n, k)
-    lo_rr, hi_res = _brackets(wv, wtu, u, v)
+    lo_rr = torch.linalg.svdvals(u.T @ wv).cpu()  # (k,) descending
     lo0 = s0[:k].double().cpu()
     hi0 = lo0 * (1.0 + BASE_RTOL)
-    lo, hi = torch.maximum(lo_rr, lo0 - e), torch.minimum(hi_res, hi0 + e)
+    lo, hi = torch.maximum(lo_rr, lo0 - e), hi0 + e
+    theta, eps = (x.cpu() for x in _pairs(wv, wtu, u, v))
+    down, up = theta - eps, theta + eps
+    # Each interval [down_l, up_l] holds a singular value of W_t. Disjoint, in order, and all
+    # above σ_{k+1}(W_t) ≤ next_hi + e (Weyl), they hold σ_1 … σ_k one each, in order.
+    if bool((down[:-1] > up[1:]).all()) and float(down[-1]) > next_hi + e:
+        lo, hi = torch.maximum(lo, down), torch.minimum(hi, up)
     if not bool((hi - lo <= 2.0 * MOVED_RTOL * lo0).all() and (lo <= hi * (1 + 1e-9)).all()):
         return None
     sigma = s0.double().to(wt.device)[:k]

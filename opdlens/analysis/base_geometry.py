@@ -233,8 +233,8 @@ class SweepGeometry:
     ) -> dict[str, float]:  # fmt: skip
         """This row's columns; drift and rotation only for a cumulative update (W_t = W_0 + Δ).
 
-        top: Δ's certified top-k factors (None: not computed), whose top pair bounds ‖Δ‖_2 so
-        that W_t's columns may be pinned from W_0's factors (`pin_moved`, label "pinned").
+        top: Δ's top-k factors (None: not computed), whose V bounds ‖Δ‖_2 so that W_t's
+        columns may be pinned from W_0's factors (`pin_moved`, label "pinned").
         """
         base = self.base_factors(key)
         if base is None or not u.is_matrix:
@@ -251,7 +251,7 @@ class SweepGeometry:
             wt = self._w0(key, copy=True).to(delta.device)  # never W_0 itself (float32 W_0)
             wt += delta  # (rows, cols) float32: W_t = W_0 + Δ_t
             if top is not None:
-                e = spectral_norm_bound(delta, top.u[:, 0], top.v[:, 0], total_sq)
+                e = spectral_norm_bound(delta, top.v, total_sq)
                 moved = pin_moved(wt, base.u, base.s, base.v, self.next_hi[key], e, ranks)
             if moved is not None:
                 self._count("base_wt:pinned")
