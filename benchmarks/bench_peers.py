@@ -59,7 +59,6 @@ def build_pair(root: Path) -> Path:
     run = root / "qwen3-pair"
     if (run / "complete.json").is_file():
         return run
-    from safetensors.torch import save_file
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(0)
@@ -67,6 +66,14 @@ def build_pair(root: Path) -> Path:
     model = Qwen3ForCausalLM(config)  # transformers' own initialisation (std 0.02)
     base = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
     del model
+    write_pair(run, base, config.to_json_string(), {"pair": PAIR})
+    return run
+
+
+def write_pair(run: Path, base: dict[str, torch.Tensor], config_json: str, about: dict) -> None:
+    """checkpoint-0 = base, checkpoint-1 = base + rank-4 signal + noise on every matrix (bf16)."""
+    from safetensors.torch import save_file
+
     g = torch.Generator().manual_seed(1)
     moved = {}
     for name, w in base.items():
@@ -86,9 +93,8 @@ def build_pair(root: Path) -> Path:
         d = run / f"checkpoint-{step}"
         d.mkdir(parents=True, exist_ok=True)
         save_file(state, d / "model.safetensors", metadata={"format": "pt"})
-        config.to_json_file(d / "config.json")
-    (run / "complete.json").write_text(json.dumps({"pair": PAIR, "signal": SIGNAL, "noise": NOISE}))
-    return run
+        (d / "config.json").write_text(config_json)
+    (run / "complete.json").write_text(json.dumps({**about, "signal": SIGNAL, "noise": NOISE}))
 
 
 def opdlens_rows(out: Path) -> dict[str, dict[str, float]]:

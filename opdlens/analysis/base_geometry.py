@@ -10,6 +10,14 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from . import metrics as M
+from .base_bounds import (
+    BASE_RTOL,
+    MOVED_RTOL,
+    Pinned,
+    pin_moved,
+    spectral_norm_bound,
+    value_brackets,
+)
 from .cache import CachedFactors, TensorCache, content_key
 from .krylov import block_krylov
 from .linalg import TopK, svd_label, top_k_svd
@@ -19,29 +27,7 @@ if TYPE_CHECKING:
 
 BASE_PREFIX = "w0/"  # cache slice keys of W_0's factors: "w0/all", "w0/e3/q"
 BASE_STEP = 0  # the step W_0's cache entries are stored under
-# Bracket widths hi_i − lo_i allowed: W_0's ≤ BASE_RTOL · lo_i, W_t's ≤ MOVED_RTOL · σ_i(W_0).
-# A drift |σ_i(W_t) − σ_i(W_0)| / σ_i(W_0) is then off by at most MOVED_RTOL + BASE_RTOL ·
-# σ_i(W_t)/σ_i(W_0): within the contract's 1e-3 while σ_i(W_t) ≤ 1.5 σ_i(W_0).
-BASE_RTOL = 1e-4
-MOVED_RTOL = 8.5e-4
 _WARM_PASSES = 6  # Krylov passes from W_0's V before W_t is decomposed through its Gram matrix
-
-
-def value_brackets(w: torch.Tensor, top: TopK) -> tuple[torch.Tensor, torch.Tensor]:
-    """Brackets lo_i ≤ σ_i(W) ≤ hi_i for the returned triplets, from two passes over W.
-
-    lo = σ(UᵀWV) (interlacing); hi_i = min_{l≤i} θ_l + ε_l with θ_l = u_lᵀWv_l and ε_l the
-    residual norm of [u_l; v_l]/√2 for [[0, W], [Wᵀ, 0]] (`krylov._upper`'s premise: the space
-    missed no direction above θ_l + ε_l). Shape: w (m, n); returns two (k,) float64 tensors.
-    """
-    wv = (w @ top.V).double()  # (m, k)
-    wtu = (w.T @ top.U).double()  # (n, k)
-    u, v = top.U.double(), top.V.double()
-    theta = (u * wv).sum(0)
-    eps = ((wv - u * theta).pow(2).sum(0) + (wtu - v * theta).pow(2).sum(0)).sqrt() / math.sqrt(2)
-    lo = torch.linalg.svdvals(u.T @ wv)  # (k,) descending
-    hi = torch.cummin(theta.abs() + eps, 0).values
-    return lo, hi
 
 
 def certified_top_k(
@@ -135,9 +121,11 @@ def step_columns(
     base: CachedFactors | None,
     cap: int,
     energies: tuple[torch.Tensor, torch.Tensor] | None,
-    moved: CachedFactors | None,
+    moved: CachedFactors | Pinned | None,
 ) -> dict[str, float]:
     """The columns of one row: energies of Δ (None: NaN), drift and rotation of W_t (None: NaN).
+
+    moved: W_t's factors, or its values and rotations pinned without them (`pin_moved`).
 
     base: W_0's factors (k columns, k+1 values; None: a vector, every column NaN); cap =
     min(rows, cols). K above the columns computed (K > cap) gives NaN, except base_gap (0, as
@@ -155,8 +143,11 @@ def step_columns(
             pairs = zip(moved.s.double()[:k].tolist(), base.s.double()[:k].tolist(), strict=True)
             rel = [M.relative(abs(a - b), b) for a, b in pairs]
             drift, drift_mean = max(rel), sum(rel) / k
-            rot_l = 1.0 - M.subspace_alignment(base.u, moved.u, k)
-            rot_r = 1.0 - M.subspace_alignment(base.v, moved.v, k)
+            if isinstance(moved, Pinned):
+                rot_l, rot_r = moved.rotation[k]
+            else:
+                rot_l = 1.0 - M.subspace_alignment(base.u, moved.u, k)
+                rot_r = 1.0 - M.subspace_alignment(base.v, moved.v, k)
         out[f"principal_energy_left_k{k}"], out[f"principal_energy_right_k{k}"] = e_l, e_r
         out[f"spectral_drift_k{k}"], out[f"spectral_drift_mean_k{k}"] = drift, drift_mean
         out[f"principal_rotation_left_k{k}"] = max(0.0, rot_l) if rot_l == rot_l else rot_l
@@ -195,6 +186,7 @@ class SweepGeometry:
         self.piece, self.kmax, self.device, self.cache = piece, kmax, device, cache
         self.h0, self.slice_digests, self.counts = w0_digest, slice_digests, counts
         self.base: dict[str, CachedFactors | None] = {}
+        self.next_hi: dict[str, float] = {}  # per slice: an upper bound on σ_{K+1}(W_0)
 
     def _count(self, label: str | None) -> None:
         """One SVD of this label, or (None) one cache hit."""
@@ -217,23 +209,33 @@ class SweepGeometry:
             shape = (w0.shape[0], w0.shape[1])
             content = content_key(b"w0;", self.h0, self.slice_digests[key])
             ck = BASE_PREFIX + key
+            # One triplet beyond K: its bracket bounds σ_{K+1}(W_0) from above (`pin_moved`).
+            k = min(self.kmax, min(shape))
+            kw = min(k + 1, min(shape))
             if self.cache is not None:
-                fac = self.cache.get(BASE_STEP, ck, self.kmax, False, content, shape)
+                fac = self.cache.get(BASE_STEP, ck, kw, False, content, shape)
             if fac is not None:
                 self._count(None)
             else:
-                top = certified_top_k(w0, min(self.kmax, min(shape)))
+                top = certified_top_k(w0, kw)
                 self._count("base_w0:" + svd_label(top))
                 fac = _factors(top)
                 if self.cache is not None:
                     self.cache.put(BASE_STEP, ck, fac, min(shape), content)
+            self.next_hi[key] = float(fac.s[k]) * (1.0 + BASE_RTOL) if kw > k else 0.0
+            fac = fac.truncated(k)
         self.base[key] = fac
         return fac
 
     def columns(
-        self, ranks: Sequence[int], key: str, kind: str, u: Update, total_sq: float
-    ) -> dict[str, float]:
-        """This row's columns; drift and rotation only for a cumulative update (W_t = W_0 + Δ)."""
+        self, ranks: Sequence[int], key: str, kind: str, u: Update, total_sq: float,
+        top: CachedFactors | None,
+    ) -> dict[str, float]:  # fmt: skip
+        """This row's columns; drift and rotation only for a cumulative update (W_t = W_0 + Δ).
+
+        top: Δ's top-k factors (None: not computed), whose V bounds ‖Δ‖_2 so that W_t's
+        columns may be pinned from W_0's factors (`pin_moved`, label "pinned").
+        """
         base = self.base_factors(key)
         if base is None or not u.is_matrix:
             return step_columns(ranks, None, 0, None, None)
@@ -244,13 +246,19 @@ class SweepGeometry:
         if delta is not None:
             dev = delta.device
             energies = principal_energies(base.u.to(dev), base.v.to(dev), delta, total_sq)
-        moved = None
+        moved: CachedFactors | Pinned | None = None
         if delta is not None and kind == "cumulative":
             wt = self._w0(key, copy=True).to(delta.device)  # never W_0 itself (float32 W_0)
             wt += delta  # (rows, cols) float32: W_t = W_0 + Δ_t
-            init, ref = base.v.to(wt.device), base.s[: base.u.shape[1]]
-            top = certified_top_k(wt, base.u.shape[1], init=init, ref=ref)
-            self._count("base_wt:" + svd_label(top))
-            moved = _factors(top)
+            if top is not None:
+                e = spectral_norm_bound(delta, top.v, total_sq)
+                moved = pin_moved(wt, base.u, base.s, base.v, self.next_hi[key], e, ranks)
+            if moved is not None:
+                self._count("base_wt:pinned")
+            else:
+                init, ref = base.v.to(wt.device), base.s[: base.u.shape[1]]
+                found = certified_top_k(wt, base.u.shape[1], init=init, ref=ref)
+                self._count("base_wt:" + svd_label(found))
+                moved = _factors(found)
             del wt
         return step_columns(ranks, base, cap, energies, moved)

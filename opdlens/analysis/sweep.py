@@ -373,7 +373,8 @@ class TensorSweep:
             spectrum = top.spectrum if finite and top is not None else None
             row["effective_rank"] = math.nan if spectrum is None else M.effective_rank(spectrum)
         if self._geometry is not None:
-            row.update(self._geometry.columns(self.opt.ranks, sl.key, kind, u, total_sq))
+            geo = self._geometry.columns(self.opt.ranks, sl.key, kind, u, total_sq, usable)
+            row.update(geo)
         self.result.rows.append(row)
 
 

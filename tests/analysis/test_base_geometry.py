@@ -11,7 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from planted import GAP_FLAG, load_states, ref_slices, spiked_update, write_state_run
+from planted import (
+    GAP_FLAG,
+    load_states,
+    planted,
+    ref_slices,
+    spiked,
+    spiked_update,
+    write_state_run,
+)
 from typer.testing import CliRunner
 
 import opdlens
@@ -274,3 +282,36 @@ def test_loose_values_fall_back_to_exact(monkeypatch):
 def test_step_columns_cover_frame_columns_and_flag_vectors():
     cols = BG.step_columns(RANKS, None, 0, None, None)
     assert set(cols) == set(geometry_columns(RANKS)) and all(math.isnan(v) for v in cols.values())
+
+
+def _scaled_step(scale: float):
+    """checkpoint-1 = spiked W_0 + `scale` × planted's step-1 update (float32 keeps a tiny Δ)."""
+
+    def update(name: str, w0: torch.Tensor, step: int) -> torch.Tensor:
+        base = spiked(name, w0)
+        if step == 0 or not base.is_floating_point():
+            return base
+        return base + scale * (planted(name, base, 1) - base)
+
+    return update
+
+
+@pytest.mark.parametrize(("scale", "pinned"), [(1e-4, True), (1.0, False)])
+def test_small_update_is_pinned_from_w0_without_decomposing_w_t(tmp_path, scale, pinned):
+    # ‖Δ‖_2 ≈ 5e-5 against σ_8(W_0) ≈ 0.3: Weyl, interlacing and Wedin pin every column. At
+    # scale 1 (‖Δ‖_2 ≈ 0.5 > σ_3(W_0)) no bound holds and W_t must be decomposed.
+    checkpoints.write_hf_run(
+        tmp_path, "llama", (0, 1), dtype=torch.float32, update=_scaled_step(scale),
+        trainer_files=False,
+    )  # fmt: skip
+    run = open_run(tmp_path)
+    opts = AnalyzeOptions(ranks=RANKS, workers=1, consecutive=True, base_geometry=True)
+    res = compute_analysis(run, opts)
+    matrices = int(((res.frame["cols"] > 1) & (res.frame["span"] == "cumulative")).sum())
+    moved = {k: n for k, n in res.svd_methods.items() if k.startswith("base_wt:")}
+    if pinned:
+        assert moved == {"base_wt:pinned": matrices}
+    else:
+        assert "base_wt:pinned" not in moved and sum(moved.values()) == matrices
+    counts = _check(res.frame, _reference(load_states(tmp_path), _config(tmp_path)))
+    assert counts["drift"] >= 3 * matrices and counts["rotation"] > 10
