@@ -110,6 +110,7 @@ def test_provenance_records_every_option(run_root, tmp_path):
         "ranks": [1, 4], "final": None, "tensors": None, "consecutive": True,
         "full_spectrum": False, "base_geometry": False, "split_fused": True, "workers": 1,
         "executor": "local", "address": None, "device": "cpu", "sparsity_tol": 1e-5,
+        "sparsity_dtype": None,
     }  # fmt: skip
 
 
