@@ -19,9 +19,9 @@ from ..progress import Progress
 from .analyze import check_views
 from .cache import CachedFactors, FactorCache, TensorCache, content_key
 from .compare_frame import SCOPES, build_frame
-from .options import check_ranks, check_tol
+from .options import check_ranks, check_sparsity_dtype, check_tol
 from .overlap import Cached, Side, TensorOverlap, slice_row, update_and_mask
-from .sparsity import check_sparsity_dtype, sparsity_view
+from .sparsity import sparsity_view
 from .sweep import Slice, skip_reason, slices_of
 from .update import digest, read_stored
 

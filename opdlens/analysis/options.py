@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..devices import check_device
 from ..errors import OpdlensError, OptionError
-from .sparsity import check_sparsity_dtype
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -159,6 +158,27 @@ def check_ranks(ranks: object, func: str = "analyze") -> tuple[int, ...]:
             f"The 'ranks' parameter of {func} must be positive integers. Got {items} instead."
         )
     return tuple(sorted(set(out)))
+
+
+# The dtypes `sparsity_dtype` may name (analysis.sparsity maps them to torch dtypes).
+SPARSITY_DTYPE_NAMES = ("bfloat16", "float16", "float32")
+
+
+def check_sparsity_dtype(name: object, func: str = "analyze") -> str | None:
+    """The sparsity_dtype option as a name of SPARSITY_DTYPE_NAMES, or None (compare as stored).
+
+    Raises:
+        OptionError: naming the parameter, the value and the choices.
+    """
+    if name is None:
+        return None
+    name = getattr(name, "value", name)  # a CLI choice (a str Enum)
+    if name not in SPARSITY_DTYPE_NAMES:
+        raise OptionError(
+            f"The 'sparsity_dtype' parameter of {func} must be one of "
+            f"{', '.join(SPARSITY_DTYPE_NAMES)} (or None: compare as stored). Got {name!r} instead."
+        )
+    return str(name)
 
 
 def check_tol(tol: object, name: str = "sparsity_tol", func: str = "analyze") -> float:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import OptionError
+from .options import SPARSITY_DTYPE_NAMES
 
 # Elements compared at a time: bounds the float64 temporaries of the tolerance test.
 _CHUNK = 1 << 22
@@ -25,23 +26,7 @@ SPARSITY_DTYPES: dict[str, tuple[torch.dtype, frozenset[str]]] = {
     "float16": (torch.float16, frozenset({"F16", "F32", "F64"})),
     "float32": (torch.float32, frozenset({"F32", "F64"})),
 }
-
-
-def check_sparsity_dtype(name: object, func: str = "analyze") -> str | None:
-    """The sparsity_dtype option as a name of SPARSITY_DTYPES, or None (compare as stored).
-
-    Raises:
-        OptionError: naming the parameter, the value and the choices.
-    """
-    if name is None:
-        return None
-    name = getattr(name, "value", name)  # a CLI choice (a str Enum)
-    if name not in SPARSITY_DTYPES:
-        raise OptionError(
-            f"The 'sparsity_dtype' parameter of {func} must be one of "
-            f"{', '.join(SPARSITY_DTYPES)} (or None: compare as stored). Got {name!r} instead."
-        )
-    return str(name)
+assert tuple(SPARSITY_DTYPES) == SPARSITY_DTYPE_NAMES  # options checks the names without torch
 
 
 def sparsity_view(name: str | None) -> torch.dtype | None:
