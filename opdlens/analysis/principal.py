@@ -33,13 +33,15 @@ def principal_curves(
     matrices weighted by their element counts. Cumulative rows only. K defaults to the
     largest rank the frames hold; a run without the columns is left out.
     """
+    if k is None:  # the largest K every run with the columns has (they may differ in --ranks)
+        held = [set(ks_of(df, "principal_energy_left", "principal_curves"))
+                for df in frames.values() if _has_geometry(df)]  # fmt: skip
+        common = set.intersection(*held) if held else set()
+        k = max(common) if common else None
     curves = {label: c for label, df in frames.items() if (c := _run_curve(df, k)) is not None}
     if not curves:
         return pd.DataFrame(columns=CURVE_COLUMNS)
-    ks = {int(c["k"].iloc[0]) for c in curves.values()}
-    kk = min(ks)
-    if len(ks) > 1:  # runs analysed with different --ranks: the largest K they all have
-        curves = {label: c for label, df in frames.items() if (c := _run_curve(df, kk)) is not None}
+    kk = int(next(iter(curves.values()))["k"].iloc[0])
     per_run = pd.concat(curves, names=["run", "row"]).reset_index(level="row", drop=True)
     per_run = per_run.set_index("step", append=True)
     sets = {str(g): list(m) for g, m in groups.items()} if groups is not None else None
@@ -61,13 +63,16 @@ def principal_curves(
     return table[CURVE_COLUMNS].reset_index(drop=True)
 
 
+def _has_geometry(df: pd.DataFrame) -> bool:
+    return any(str(c).startswith("principal_energy_left_k") for c in df.columns)
+
+
 def _run_curve(df: pd.DataFrame, k: int | None) -> pd.DataFrame | None:
-    """One run's curve at rank k (None: its largest), or None without base-geometry columns."""
-    if not any(str(c).startswith("principal_energy_left_k") for c in df.columns):
+    """One run's curve at rank k, or None without base-geometry columns at k."""
+    if k is None or not _has_geometry(df):
         return None
-    ks = ks_of(df, "principal_energy_left", "principal_curves")
-    kk = max(ks) if k is None else k
-    if kk not in ks:
+    kk = k
+    if kk not in ks_of(df, "principal_energy_left", "principal_curves"):
         return None
     if "span" in df.columns:
         df = df[df["span"] == "cumulative"]

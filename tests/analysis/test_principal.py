@@ -149,3 +149,15 @@ def test_report_with_base_geometry_has_the_section(runs: dict[str, Path], tmp_pa
     page = report(tmp_path / "plain")
     assert '<section id="principal">' not in page
     assert "figure principal skipped: no base-geometry columns" in page
+
+
+def test_runs_with_different_ranks_are_drawn_at_a_k_they_all_have(
+    frames: dict[str, pd.DataFrame],
+) -> None:
+    fewer = frames["B"].drop(columns=[c for c in frames["B"].columns if c.endswith(f"_k{K}")])
+    curves = principal_curves({"A": frames["A"], "B": fewer})
+    assert set(curves["k"]) == {1} and set(curves["label"]) == {"A", "B"}
+    assert (
+        principal_curves({"A": frames["A"]}, k=1)["energy_left"].tolist()
+        == curves[curves["label"] == "A"]["energy_left"].tolist()
+    )
