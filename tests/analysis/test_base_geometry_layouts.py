@@ -36,10 +36,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                              update=spiked_update, trainer_files=False)  # fmt: skip
     out = {"moe-sharded": root}
     jobs: list = []  # one gloo spawn writes both verl runs
-    for arch in ("phi3", "mixtral"):
+    for arch, vocab in (("phi3", 101), ("mixtral", 100)):  # 101: embedding rows split 51 + 50
         out[f"{arch}-verl"] = checkpoints.write_verl_run(
             tmp_path_factory.mktemp(f"{arch}-verl"), arch, STEPS, weights="dtensor",
-            world_size=WORLD, update=spiked_update, jobs=jobs,
+            world_size=WORLD, update=spiked_update, jobs=jobs, vocab_size=vocab,
         )  # fmt: skip
     checkpoints.write_fsdp_rank_files(jobs, WORLD, dtensor=True)
     return out
@@ -82,6 +82,7 @@ def test_the_layouts_split_matrices_across_files(runs):
     phi3 = _rank_files(runs["phi3-verl"], 4)
     qkv = [p["model.layers.0.self_attn.qkv_proj.weight"].shape[0] for p in phi3]
     assert qkv == [32, 32]  # rank 0: q's 32 rows; rank 1: k's and v's 16 each
+    assert [p["model.embed_tokens.weight"].shape[0] for p in phi3] == [51, 50]
     mixtral = _rank_files(runs["mixtral-verl"], 4)
     stacked = [p["model.layers.0.mlp.experts.gate_up_proj"].shape[0] for p in mixtral]
     assert stacked == [2, 2]  # experts 0-1 in rank 0's file, 2-3 in rank 1's
