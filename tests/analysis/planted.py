@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import checkpoints
+import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file
@@ -297,4 +299,112 @@ def compare(
             assert flagged[loose].all(), m.loc[loose & ~flagged, keys + [col, col + "_ref"]]
             counts["aligned"] += int(sharp.sum())
             counts["flagged"] += int((defined & ~sharp).sum())
+    return counts
+
+
+# -- --base-geometry's reference ------------------------------------------------------------
+
+_EXPERT = re.compile(r"\.experts\.(\d+)\.")
+
+
+def _geometry_columns(k: int) -> list[str]:
+    sides = [f"principal_{m}_{s}_k{k}" for m in ("energy", "rotation") for s in ("left", "right")]
+    return [*sides, f"spectral_drift_k{k}", f"spectral_drift_mean_k{k}", f"base_gap_k{k}"]
+
+
+def base_reference(
+    states: Mapping[int, Mapping[str, torch.Tensor]],
+    config: Mapping[str, object],
+    ranks: Sequence[int] = RANKS,
+) -> pd.DataFrame:
+    """--base-geometry's columns from numpy float64 full SVDs of W_0 and W_t, per slice cut by hand.
+
+    A per-expert tensor on disk (`experts.<E>.…`) is one matrix whose row names expert E.
+    """
+    rows = []
+    for name, w0 in states[0].items():
+        if w0.dim() < 2:
+            continue
+        named = _EXPERT.search(name)
+        named_e = int(named.group(1)) if named and w0.dim() == 2 else None
+        base = {(e, p): m.numpy() for e, p, m in ref_slices(name, w0, config)}
+        prev = base
+        for step in sorted(states)[1:]:
+            now = {(e, p): m.numpy() for e, p, m in ref_slices(name, states[step][name], config)}
+            for (e, p), w0m in base.items():
+                wt = now[(e, p)]
+                u0, s0, v0h = np.linalg.svd(w0m, full_matrices=False)
+                ut, st, vth = np.linalg.svd(wt, full_matrices=False)
+                for span, d in (("cumulative", wt - w0m), ("consecutive", wt - prev[(e, p)])):
+                    e_row = named_e if e is None else e
+                    row = {"span": span, "step": step, "tensor": name, "expert": e_row, "part": p}
+                    sq = float((d**2).sum())
+                    for k in ranks:
+                        if k > len(s0):  # K above min(rows, cols): no top-K, gap 0 (gap_k's rule)
+                            row.update(dict.fromkeys(_geometry_columns(k), math.nan))
+                            row[f"base_gap_k{k}"], row[f"wt_gap_k{k}"] = 0.0, 0.0
+                            continue
+                        row[f"principal_energy_left_k{k}"] = (
+                            float(((u0[:, :k].T @ d) ** 2).sum()) / sq
+                        )
+                        row[f"principal_energy_right_k{k}"] = (
+                            float(((d @ v0h[:k].T) ** 2).sum()) / sq
+                        )
+                        s1 = np.append(s0, 0.0)
+                        row[f"base_gap_k{k}"] = (s1[k - 1] - s1[k]) / s0[0]
+                        row[f"wt_gap_k{k}"] = (
+                            np.append(st, 0.0)[k - 1] - np.append(st, 0.0)[k]
+                        ) / st[0]
+                        rel = np.abs(st[:k] - s0[:k]) / s0[:k]
+                        row[f"spectral_drift_k{k}"] = (
+                            rel.max() if span == "cumulative" else math.nan
+                        )
+                        row[f"spectral_drift_mean_k{k}"] = (
+                            rel.mean() if span == "cumulative" else math.nan
+                        )
+                        rl = 1 - float(((u0[:, :k].T @ ut[:, :k]) ** 2).sum()) / k
+                        rr = 1 - float(((v0h[:k] @ vth[:k].T) ** 2).sum()) / k
+                        row[f"principal_rotation_left_k{k}"] = (
+                            rl if span == "cumulative" else math.nan
+                        )
+                        row[f"principal_rotation_right_k{k}"] = (
+                            rr if span == "cumulative" else math.nan
+                        )
+                    rows.append(row)
+            prev = now
+    return pd.DataFrame(rows)
+
+
+def check_base(df: pd.DataFrame, ref: pd.DataFrame, ranks: Sequence[int] = RANKS) -> dict[str, int]:
+    """Every geometry column within the contract; returns how many values each check covered."""
+    keys = ["span", "step", "tensor", "expert", "part"]
+    got = df.copy()
+    got["expert"] = got["expert"].astype("float64")
+    got["part"] = got["part"].astype(object).where(got["part"].notna(), None)
+    r = ref.copy()
+    r["expert"] = r["expert"].astype("float64")
+    r["part"] = r["part"].astype(object).where(r["part"].notna(), None)
+    m = got.merge(r, on=keys, how="inner", suffixes=("", "_ref"))
+    assert len(m) == len(r)  # every matrix slice has its row
+    counts = {"energy": 0, "rotation": 0, "drift": 0}
+    for k in ranks:
+        sharp = m[f"base_gap_k{k}_ref"] >= GAP_FLAG
+        np.testing.assert_allclose(m[f"base_gap_k{k}"], m[f"base_gap_k{k}_ref"], atol=1e-3)
+        for side in ("left", "right"):
+            col = f"principal_energy_{side}_k{k}"
+            err = (m[col] - m[col + "_ref"]).abs()
+            assert (err[sharp] <= 1e-3).all(), m.loc[sharp & (err > 1e-3), keys + [col]]
+            counts["energy"] += int(sharp.sum())
+            col = f"principal_rotation_{side}_k{k}"
+            both = sharp & (m[f"wt_gap_k{k}"] >= GAP_FLAG) & m[col + "_ref"].notna()
+            err = (m[col] - m[col + "_ref"]).abs()
+            assert (err[both] <= 1e-2).all(), m.loc[both & (err > 1e-2), keys + [col]]
+            assert m.loc[m[col + "_ref"].isna(), col].isna().all()  # consecutive, K > cap: NaN
+            counts["rotation"] += int(both.sum())
+        for col in (f"spectral_drift_k{k}", f"spectral_drift_mean_k{k}"):
+            # σ_i are defined whatever the gaps (Weyl): checked on every row.
+            ok = m[col + "_ref"].notna()
+            assert m.loc[~ok, col].isna().all()
+            np.testing.assert_allclose(m.loc[ok, col], m.loc[ok, col + "_ref"], atol=1e-3)
+            counts["drift"] += int(ok.sum())
     return counts

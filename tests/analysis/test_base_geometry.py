@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import torch
 from planted import (
-    GAP_FLAG,
+    base_reference,
+    check_base,
     load_states,
     planted,
-    ref_slices,
     spiked,
     spiked_update,
     write_state_run,
@@ -56,94 +56,6 @@ def _config(root: Path) -> dict:
     return json.loads((root / "checkpoint-0" / "config.json").read_text())
 
 
-def _reference(states: dict, config: dict) -> pd.DataFrame:
-    """Every column from numpy float64 full SVDs of W_0 and W_t, per slice cut by hand."""
-    rows = []
-    for name, w0 in states[0].items():
-        if w0.dim() < 2:
-            continue
-        base = {(e, p): m.numpy() for e, p, m in ref_slices(name, w0, config)}
-        prev = base
-        for step in sorted(states)[1:]:
-            now = {(e, p): m.numpy() for e, p, m in ref_slices(name, states[step][name], config)}
-            for (e, p), w0m in base.items():
-                wt = now[(e, p)]
-                u0, s0, v0h = np.linalg.svd(w0m, full_matrices=False)
-                ut, st, vth = np.linalg.svd(wt, full_matrices=False)
-                for span, d in (("cumulative", wt - w0m), ("consecutive", wt - prev[(e, p)])):
-                    row = {"span": span, "step": step, "tensor": name, "expert": e, "part": p}
-                    sq = float((d**2).sum())
-                    for k in RANKS:
-                        if k > len(s0):  # K above min(rows, cols): no top-K, gap 0 (gap_k's rule)
-                            row.update({c: math.nan for c in geometry_columns([k])})
-                            row[f"base_gap_k{k}"], row[f"wt_gap_k{k}"] = 0.0, 0.0
-                            continue
-                        row[f"principal_energy_left_k{k}"] = (
-                            float(((u0[:, :k].T @ d) ** 2).sum()) / sq
-                        )
-                        row[f"principal_energy_right_k{k}"] = (
-                            float(((d @ v0h[:k].T) ** 2).sum()) / sq
-                        )
-                        s1 = np.append(s0, 0.0)
-                        row[f"base_gap_k{k}"] = (s1[k - 1] - s1[k]) / s0[0]
-                        row[f"wt_gap_k{k}"] = (
-                            np.append(st, 0.0)[k - 1] - np.append(st, 0.0)[k]
-                        ) / st[0]
-                        rel = np.abs(st[:k] - s0[:k]) / s0[:k]
-                        row[f"spectral_drift_k{k}"] = (
-                            rel.max() if span == "cumulative" else math.nan
-                        )
-                        row[f"spectral_drift_mean_k{k}"] = (
-                            rel.mean() if span == "cumulative" else math.nan
-                        )
-                        rl = 1 - float(((u0[:, :k].T @ ut[:, :k]) ** 2).sum()) / k
-                        rr = 1 - float(((v0h[:k] @ vth[:k].T) ** 2).sum()) / k
-                        row[f"principal_rotation_left_k{k}"] = (
-                            rl if span == "cumulative" else math.nan
-                        )
-                        row[f"principal_rotation_right_k{k}"] = (
-                            rr if span == "cumulative" else math.nan
-                        )
-                    rows.append(row)
-            prev = now
-    return pd.DataFrame(rows)
-
-
-def _check(df: pd.DataFrame, ref: pd.DataFrame) -> dict[str, int]:
-    """Every geometry column within the contract; returns how many values each check covered."""
-    keys = ["span", "step", "tensor", "expert", "part"]
-    got = df.copy()
-    got["expert"] = got["expert"].astype("float64")
-    got["part"] = got["part"].astype(object).where(got["part"].notna(), None)
-    r = ref.copy()
-    r["expert"] = r["expert"].astype("float64")
-    r["part"] = r["part"].astype(object).where(r["part"].notna(), None)
-    m = got.merge(r, on=keys, how="inner", suffixes=("", "_ref"))
-    assert len(m) == len(r)  # every matrix slice has its row
-    counts = {"energy": 0, "rotation": 0, "drift": 0}
-    for k in RANKS:
-        sharp = m[f"base_gap_k{k}_ref"] >= GAP_FLAG
-        np.testing.assert_allclose(m[f"base_gap_k{k}"], m[f"base_gap_k{k}_ref"], atol=1e-3)
-        for side in ("left", "right"):
-            col = f"principal_energy_{side}_k{k}"
-            err = (m[col] - m[col + "_ref"]).abs()
-            assert (err[sharp] <= 1e-3).all(), m.loc[sharp & (err > 1e-3), keys + [col]]
-            counts["energy"] += int(sharp.sum())
-            col = f"principal_rotation_{side}_k{k}"
-            both = sharp & (m[f"wt_gap_k{k}"] >= GAP_FLAG) & m[col + "_ref"].notna()
-            err = (m[col] - m[col + "_ref"]).abs()
-            assert (err[both] <= 1e-2).all(), m.loc[both & (err > 1e-2), keys + [col]]
-            assert m.loc[m[col + "_ref"].isna(), col].isna().all()  # consecutive, K > cap: NaN
-            counts["rotation"] += int(both.sum())
-        for col in (f"spectral_drift_k{k}", f"spectral_drift_mean_k{k}"):
-            # σ_i are defined whatever the gaps (Weyl): checked on every row.
-            ok = m[col + "_ref"].notna()
-            assert m.loc[~ok, col].isna().all()
-            np.testing.assert_allclose(m.loc[ok, col], m.loc[ok, col + "_ref"], atol=1e-3)
-            counts["drift"] += int(ok.sum())
-    return counts
-
-
 @pytest.mark.parametrize("kind", ["llama", "phi3", "moe"])
 def test_every_column_matches_float64_svd(runs, kind):
     root = runs[kind]
@@ -151,7 +63,7 @@ def test_every_column_matches_float64_svd(runs, kind):
         open_run(root), ranks=RANKS, consecutive=True, base_geometry=True, workers=1
     )
     assert set(geometry_columns(RANKS)) <= set(df.columns)
-    counts = _check(df, _reference(load_states(root), _config(root)))
+    counts = check_base(df, base_reference(load_states(root), _config(root)))
     assert counts["energy"] > 50 and counts["rotation"] > 50 and counts["drift"] > 100
     vectors = df[df["cols"] == 1]
     assert vectors[geometry_columns(RANKS)].isna().all().all()  # norms: no matrix, no geometry
@@ -179,8 +91,8 @@ def test_lora_run_uses_w0_plus_ba(planted_runs):
     states = {
         s: {n: w for n, w in st.items() if "self_attn.q_proj" in n} for s, st in states.items()
     }
-    ref = _reference(states, _config(base.parent))
-    counts = _check(df[df["tensor"].str.contains("self_attn.q_proj")], ref)
+    ref = base_reference(states, _config(base.parent))
+    counts = check_base(df[df["tensor"].str.contains("self_attn.q_proj")], ref)
     assert counts["drift"] > 0
 
 
@@ -215,7 +127,7 @@ def test_off_by_default_and_cli_flag(runs, tmp_path):
     pq = pd.read_parquet(out / "metrics.parquet")
     assert set(geometry_columns((1, 3))) <= set(pq.columns)
     assert json.loads((out / "provenance.json").read_text())["options"]["base_geometry"] is True
-    ref = _reference(load_states(runs["llama"]), _config(runs["llama"]))
+    ref = base_reference(load_states(runs["llama"]), _config(runs["llama"]))
     row = pq[(pq["tensor"] == "model.layers.1.mlp.down_proj.weight") & (pq["step"] == 4)].iloc[0]
     want = ref[(ref["tensor"] == "model.layers.1.mlp.down_proj.weight") & (ref["step"] == 4)]
     want = want[want["span"] == "cumulative"].iloc[0]
@@ -313,5 +225,5 @@ def test_small_update_is_pinned_from_w0_without_decomposing_w_t(tmp_path, scale,
         assert moved == {"base_wt:pinned": matrices}
     else:
         assert "base_wt:pinned" not in moved and sum(moved.values()) == matrices
-    counts = _check(res.frame, _reference(load_states(tmp_path), _config(tmp_path)))
+    counts = check_base(res.frame, base_reference(load_states(tmp_path), _config(tmp_path)))
     assert counts["drift"] >= 3 * matrices and counts["rotation"] > 10
