@@ -75,6 +75,17 @@ class Run:
             raise OpdlensError("The run has no checkpoint after its base; nothing to analyse.")
         return self.steps[-1]
 
+    def only(self, steps: Iterable[int]) -> Run:
+        """The run cut to its base and the given saved steps, sharing the opened checkpoints."""
+        kept = {int(s): self.checkpoint(int(s)) for s in steps if int(s) != 0}
+        sub = Run(self.base, kept, [])
+        if self.open_args:
+            sub.open_args = {
+                **self.open_args, "path": None, "base": str(self.base.path),
+                "checkpoints": {s: str(ck.path) for s, ck in kept.items()},
+            }  # fmt: skip
+        return sub
+
     def checkpoint(self, step: int) -> Checkpoint:
         """The checkpoint saved at ``step`` (0 is the base)."""
         if step == 0:

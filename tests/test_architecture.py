@@ -210,7 +210,8 @@ def test_viz_takes_only_declarations_from_analysis_and_extrapolation() -> None:
     computed = {m: {n.rsplit(".", 1)[-1] for n in names} for m, names in found.items()}
     computed = {m: {n for n in names if not n.isupper()} for m, names in computed.items()}
     assert {m: names for m, names in computed.items() if names} == {}
-    # Only the command line and the demo build the report's Sources; analysis and viz never do.
+    # Only the command line, the demo and watch build the report's Sources; analysis and viz
+    # never do.
     loaders = [m for m, deps in import_graph().items() if "opdlens.report.load" in deps]
     # (opdlens.report itself re-exports load_sources lazily.)
     assert sorted(loaders) == [
@@ -218,6 +219,7 @@ def test_viz_takes_only_declarations_from_analysis_and_extrapolation() -> None:
         "opdlens.cli.figures",
         "opdlens.demo.pipeline",
         "opdlens.report",
+        "opdlens.watch",
     ]
 
 

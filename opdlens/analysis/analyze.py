@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,13 +111,20 @@ def compute_analysis(
     options: AnalyzeOptions,
     *,
     cache_dir: str | Path | None = None,
+    cache_steps: Mapping[int, str] | None = None,
     progress: bool = False,
 ) -> Analysis:
-    """The metrics of every (step, tensor) of a run, with the warnings, timings and SVD counts."""
+    """The metrics of every (step, tensor) of a run, with the warnings, timings and SVD counts.
+
+    `cache_steps`: the steps whose cached factors are kept (default: the run's); a cache
+    drops the entries of steps no longer listed.
+    """
     t0 = time.perf_counter()
     check_analysable(run, options)
     names = sweep_names(run, run.select(options.tensors))
-    keys = step_keys(run) if cache_dir is not None else {}
+    keys: dict[int, str] = {}
+    if cache_dir is not None:
+        keys = dict(cache_steps) if cache_steps is not None else step_keys(run)
     if cache_dir is not None:
         FactorCache(Path(cache_dir), keys).save_index()
     job = Job(run, options, None if cache_dir is None else str(cache_dir), keys)

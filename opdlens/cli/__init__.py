@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 
-from . import ablate, analyze, compare, demo, extrapolate, figures, foresee, scan  # noqa: F401  (registers the commands)
+from . import ablate, analyze, compare, demo, extrapolate, figures, foresee, scan, watch  # noqa: F401  (registers the commands)
 from ._app import EXIT_BROKEN_PIPE, _detach_stdout, app, stdout_error
 
 

@@ -94,6 +94,7 @@ class ReportOptions:
     title: str | None = None
     top: int = 20
     record: Mapping[str, Any] = field(default_factory=dict)
+    refresh: int | None = None  # seconds: the page reloads itself (a live `opdlens watch`)
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,7 @@ def render_report(sources: Sources, figures: FigureSet, options: ReportOptions) 
     stems = [s for s in figures.paths if s not in (*_OWN_SECTION, key)]
     context = {
         "title": options.title or f"opdlens report: {' vs '.join(sources.labels)}",
+        "refresh": options.refresh,
         "version": versions()["opdlens"], "sources": sources,
         "key": figure(figures, key) if key is not None else None,
         "figures": [figure(figures, s) for s in stems],

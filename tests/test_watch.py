@@ -1,0 +1,194 @@
+"""`opdlens.watch` following runs while checkpoints land, against a fresh `analyze`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import opdlens
+from opdlens.analysis.incremental import is_final_column
+from opdlens.analysis.options import AnalyzeOptions
+from opdlens.errors import OptionError
+from opdlens.watch import WatchOptions, watch
+
+RANKS = (1, 4)
+KEYS = ["step", "tensor", "expert", "part"]
+HERE = Path(__file__).parent
+
+
+def _opts() -> AnalyzeOptions:
+    return AnalyzeOptions(ranks=RANKS, workers=1)
+
+
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(KEYS, na_position="first").reset_index(drop=True)
+
+
+def assert_matches_analyze(got: pd.DataFrame, run_dir: Path, ranks=RANKS) -> None:
+    """watch's metrics equal a fresh analyze (provisional columns: its align_* at the end)."""
+    want = _sorted(opdlens.analyze(opdlens.open_run(run_dir), ranks=ranks, workers=1))
+    got = _sorted(got)
+    assert len(got) == len(want)
+    for col in want.columns:
+        if is_final_column(col):
+            continue
+        a, b = got[col], want[col]
+        if col.startswith(("energy_k", "gap_k", "stable_rank")):
+            np.testing.assert_allclose(a.astype(float), b.astype(float), atol=1e-3, err_msg=col)
+        elif pd.api.types.is_float_dtype(b):
+            np.testing.assert_allclose(a.astype(float), b.astype(float), rtol=1e-6, err_msg=col)
+        else:
+            assert a.tolist() == b.tolist(), col
+    for k in ranks:
+        for side in ("left", "right"):
+            np.testing.assert_allclose(
+                got[f"align_latest_{side}_k{k}"], want[f"align_{side}_k{k}"], atol=1e-2,
+                equal_nan=True,
+            )  # fmt: skip
+
+
+def _copy_slowly(src: Path, dest: Path, pause: float) -> None:
+    """Copy a checkpoint directory the way a trainer writes it: weights in two halves, with a
+    pause between, and trainer_state.json last."""
+    dest.mkdir(parents=True)
+    files = sorted(src.iterdir(), key=lambda p: p.name == "trainer_state.json")
+    for f in files:
+        data = f.read_bytes()
+        with (dest / f.name).open("wb") as out:
+            out.write(data[: len(data) // 2])
+            out.flush()
+            time.sleep(pause)
+            out.write(data[len(data) // 2 :])
+
+
+def _trainer(src: Path, dest: Path, pause: float) -> threading.Thread:
+    def write() -> None:
+        for d in sorted(src.iterdir(), key=lambda p: int(p.name.split("-")[1])):
+            _copy_slowly(d, dest / d.name, pause)
+            time.sleep(pause)
+
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    return t
+
+
+def test_watch_follows_checkpoints_as_they_land(hf_run, tmp_path: Path) -> None:
+    src = hf_run("llama")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    writer = _trainer(src, run_dir, pause=0.3)
+    lines: list[str] = []
+    result = watch(
+        run_dir, tmp_path / "out", _opts(), WatchOptions(interval=0.1, until=4, report=False),
+        say=lines.append,
+    )  # fmt: skip
+    writer.join(30)
+    assert result.stopped == "until"
+    assert result.steps == [1, 2, 4]
+    assert [ln.split(":")[0] for ln in lines] == ["step 1", "step 2", "step 4"]
+    assert "α* —" in lines[0] and "α* —" not in lines[1]
+    saved = pd.read_parquet(tmp_path / "out" / "metrics.parquet")
+    assert_matches_analyze(saved, src)
+    fore = pd.read_parquet(tmp_path / "out" / "foresight.parquet")
+    assert fore[["step", "anchor", "target_step"]].values.tolist() == [[1, 0, 2], [2, 1, 4]]
+    prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert prov["steps"] == [1, 2, 4] and prov["latest_step"] == 4
+
+
+def test_resume_deleted_checkpoint_and_idle_exit(hf_run, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(hf_run("llama"), run_dir)
+    out = tmp_path / "out"
+    first = watch(run_dir, out, _opts(), WatchOptions(interval=0.05, until=2, report=False),
+                  say=lambda _: None)  # fmt: skip
+    assert first.steps == [1, 2]
+    shutil.rmtree(run_dir / "checkpoint-1")  # the trainer's save_total_limit at work
+    lines: list[str] = []
+    second = watch(run_dir, out, _opts(), WatchOptions(interval=0.05, idle_exit=0.02,
+                                                       report=False), say=lines.append)  # fmt: skip
+    assert second.stopped == "idle" and second.steps == [1, 2, 4]
+    assert lines[0].startswith("resuming") and any("step 1: its checkpoint is gone" in ln
+                                                  for ln in lines)  # fmt: skip
+    # No foresight for step 4: its anchor (step 1) is gone.
+    assert any("no foresight for step 4" in ln for ln in lines)
+    saved = pd.read_parquet(out / "metrics.parquet")
+    assert sorted(saved["step"].unique()) == [1, 2, 4]
+    assert_matches_analyze(saved, hf_run("llama"))
+
+
+def test_resume_refuses_other_options_or_another_run(hf_run, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(hf_run("llama"), run_dir)
+    out = tmp_path / "out"
+    watch(run_dir, out, _opts(), WatchOptions(interval=0.05, until=1, report=False),
+          say=lambda _: None)  # fmt: skip
+    with pytest.raises(OptionError, match="other options"):
+        watch(run_dir, out, AnalyzeOptions(ranks=(2,), workers=1),
+              WatchOptions(interval=0.05, until=1, report=False), say=lambda _: None)  # fmt: skip
+    other = tmp_path / "other"
+    shutil.copytree(hf_run("llama"), other)
+    with pytest.raises(OptionError, match="not .*other"):
+        watch(other, out, _opts(), WatchOptions(interval=0.05, until=1, report=False),
+              say=lambda _: None)  # fmt: skip
+
+
+def test_interrupt_leaves_valid_outputs_and_a_live_report_reloads(hf_run, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(hf_run("llama"), run_dir)
+    out = tmp_path / "out"
+    seen: list[str] = []
+
+    def say(line: str) -> None:
+        seen.append(line)
+        if line.startswith("step 2"):
+            page = (out / "report" / "report.html").read_text()
+            assert '<meta http-equiv="refresh"' in page  # step 1's live report
+            raise KeyboardInterrupt
+
+    result = watch(run_dir, out, _opts(), WatchOptions(interval=0.05), say=say)
+    assert result.stopped == "interrupted" and result.steps == [1, 2]
+    page = (out / "report" / "report.html").read_text()
+    assert "refresh" not in page and "step 2" in page
+    assert json.loads((out / ".opdlens").read_text())["complete"] is True
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["steps"] == [1, 2]
+
+
+def test_watch_options_are_checked() -> None:
+    for bad in ({"interval": 0}, {"interval": float("nan")}, {"until": 0}, {"idle_exit": -1.0}):
+        with pytest.raises(OptionError):
+            WatchOptions(**bad)
+
+
+@pytest.mark.slow
+def test_watch_follows_a_real_trainer_in_a_subprocess(tmp_path: Path) -> None:
+    """The issue's invariant: a Trainer trains in another process while watch follows it; when
+    it ends, watch's metrics equal a fresh analyze of the same run."""
+    run_dir = tmp_path / "run"
+    script = HERE / "watch_trainer.py"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    trainer = subprocess.Popen([sys.executable, str(script), str(run_dir)], cwd=HERE, env=env)
+    try:
+        lines: list[str] = []
+        result = watch(run_dir, tmp_path / "out", _opts(),
+                       WatchOptions(interval=0.2, until=12, idle_exit=3.0), say=lines.append)  # fmt: skip
+        assert trainer.wait(timeout=300) == 0
+    finally:
+        trainer.kill()
+    assert result.stopped == "until" and result.steps == [3, 6, 9, 12]
+    assert len(lines) == 4
+    assert_matches_analyze(result.frame, run_dir)
+    assert (tmp_path / "out" / "report" / "report.html").is_file()
