@@ -142,7 +142,7 @@ def test_cli_tour_runs_line_by_line(demo: Path, tmp_path: Path) -> None:
                    "report/report.html", "pred/extrapolation_errors.csv", "pred2/model.safetensors",
                    "replay/history.csv", "replay2/history.csv", "s-scale/model.safetensors",
                    "s-lowrank/model.safetensors", "s-window/model.safetensors",
-                   "foresight/foresight.csv", "ablate/ablation.csv", "ablate/rank_curve.csv", "report-abl/report.html"):  # fmt: skip
+                   "foresight/foresight.csv", "live/metrics.parquet", "ablate/ablation.csv", "ablate/rank_curve.csv", "report-abl/report.html"):  # fmt: skip
         assert (cwd / output).exists(), output
 
 

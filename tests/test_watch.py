@@ -153,12 +153,16 @@ def test_interrupt_leaves_valid_outputs_and_a_live_report_reloads(hf_run, tmp_pa
         if line.startswith("step 2"):
             page = (out / "report" / "report.html").read_text()
             assert '<meta http-equiv="refresh"' in page  # step 1's live report
+            # A live page is redrawn at every step: only the PNGs it embeds are saved.
+            assert {p.suffix for p in (out / "report" / "figures").iterdir()} == {".png"}
             raise KeyboardInterrupt
 
     result = watch(run_dir, out, _opts(), WatchOptions(interval=0.05), say=say)
     assert result.stopped == "interrupted" and result.steps == [1, 2]
     page = (out / "report" / "report.html").read_text()
     assert "refresh" not in page and "step 2" in page
+    figures = {p.suffix for p in (out / "report" / "figures").iterdir()}
+    assert figures == {".png", ".pdf", ".svg"}
     assert json.loads((out / ".opdlens").read_text())["complete"] is True
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["steps"] == [1, 2]

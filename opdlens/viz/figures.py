@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +17,7 @@ from ..errors import NothingToDrawError, OptionError
 from ..io.paths import writable_dir
 from . import plots
 from .analyses import analysis_specs
-from .save import FigureSet, save_figure
+from .save import FORMATS, FigureSet, save_figure
 from .style import new_figure, paper_style
 from .training import training_caption, training_figure
 
@@ -259,14 +259,18 @@ def _draw_all(
 
 
 def write_figures(
-    sources: Sources, out_dir: str | Path, options: ReportOptions | None = None
+    sources: Sources,
+    out_dir: str | Path,
+    options: ReportOptions | None = None,
+    formats: Sequence[str] = FORMATS,
 ) -> FigureSet:
-    """Draw every figure (draw_figures) and save each as PDF, SVG and 200-dpi PNG in out_dir."""
+    """Draw every figure (draw_figures) and save each as PDF, SVG and 200-dpi PNG in out_dir
+    (or only `formats` of these)."""
     panels, notes = draw_figures(sources, options)
     out = FigureSet(notes=notes)
     writable_dir(out_dir)
     for p in panels:
-        out.paths[p.stem] = save_figure(p.figure, Path(out_dir), p.stem)
+        out.paths[p.stem] = save_figure(p.figure, Path(out_dir), p.stem, formats)
         out.titles[p.stem], out.captions[p.stem] = p.title, p.caption
     for note in notes:
         logger.info(note)

@@ -18,6 +18,7 @@ from ..io.paths import writable_dir, write_text_atomic
 from ..provenance import versions
 from .analyses import LENSES
 from .figures import FigureSet, write_figures
+from .save import FORMATS
 from .sections import figure, table, top_table
 
 if TYPE_CHECKING:
@@ -194,7 +195,9 @@ def write_report(
     runs = [rm.source for rm in sources.runs if rm.run is not None]
     out = writable_dir(out_dir, runs, "report")
     if figures is None:
-        figures = write_figures(sources, out / "figures", options)
+        # A live page (refresh) is redrawn at every step: only the PNGs it embeds.
+        formats = ("png",) if options.refresh else FORMATS
+        figures = write_figures(sources, out / "figures", options, formats)
     page = render_report(sources, figures, options)
     path = out / REPORT_FILE
     write_text_atomic(path, page)

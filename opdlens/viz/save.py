@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,15 +14,19 @@ from opdlens.viz.style import paper_style
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PNG_DPI", "FigureSet", "save_figure"]
+__all__ = ["FORMATS", "PNG_DPI", "FigureSet", "save_figure"]
 
 PNG_DPI = 200
 # No creation dates, so re-exporting an unchanged figure gives identical PDF and SVG files.
 _METADATA = {"pdf": {"CreationDate": None}, "svg": {"Date": None}, "png": {}}
+FORMATS = tuple(_METADATA)
 
 
-def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
-    """Write `fig` to out_dir/stem.pdf, .svg and .png (200 dpi); return the three paths."""
+def save_figure(
+    fig: Figure, out_dir: Path, stem: str, formats: Sequence[str] = FORMATS
+) -> list[Path]:
+    """Write `fig` to out_dir/stem.pdf, .svg and .png (200 dpi), or only `formats` of these;
+    return the paths."""
     if not isinstance(fig, Figure):
         raise TypeError(
             f"The 'fig' argument of save_figure must be a matplotlib Figure (what the opdlens "
@@ -32,6 +37,10 @@ def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
             f"The 'stem' argument of save_figure must be a bare file name without directories "
             f"or suffix, e.g. 'allocation'. Got {stem!r} instead; put directories in out_dir."
         )
+    if not formats or not set(formats) <= set(FORMATS):
+        raise ValueError(
+            f"The 'formats' argument of save_figure takes some of {FORMATS}. Got {formats!r}."
+        )
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -40,11 +49,13 @@ def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
     paths = []
     with paper_style():
         for fmt, metadata in _METADATA.items():
+            if fmt not in formats:
+                continue
             path = out_dir / f"{stem}.{fmt}"
             with atomic_file(path) as tmp:
                 fig.savefig(tmp, format=fmt, dpi=PNG_DPI, metadata=metadata, bbox_inches="tight")
             paths.append(path)
-    logger.info("saved figure %s.{pdf,svg,png} in %s", stem, out_dir)
+    logger.info("saved figure %s.{%s} in %s", stem, ",".join(formats), out_dir)
     return paths
 
 

@@ -27,3 +27,12 @@ def test_save_figure(metrics: pd.DataFrame, tmp_path: Path) -> None:
         assert png.size[0] > 4 * 200 * 0.8  # a ~4.2 in wide figure at 200 dpi
     with pytest.raises(ValueError, match="'stem' argument of save_figure must be a bare"):
         save_figure(Figure(), tmp_path, "a/b")
+
+
+def test_save_figure_only_some_formats(metrics: pd.DataFrame, tmp_path: Path) -> None:
+    paths = save_figure(energy_by_step(metrics).figure, tmp_path, "energy", ("png",))
+    assert [p.name for p in paths] == ["energy.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["energy.png"]
+    for bad in ((), ("jpg",)):
+        with pytest.raises(ValueError, match="'formats' argument of save_figure"):
+            save_figure(Figure(), tmp_path, "x", bad)
