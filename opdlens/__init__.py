@@ -40,6 +40,8 @@ __getattr__ = lazy_getattr(
         "summarize": "opdlens.analysis.frame:summarize",
         "EffOPD": "opdlens.extrapolation.callback:EffOPD",
         "plots": "opdlens.plots",
+        "watch": "opdlens.follow:watch",
+        "WatchOptions": "opdlens.follow:WatchOptions",
     },
 )
 
@@ -67,6 +69,7 @@ __all__ = [
     "TrainingLogError",
     "UnknownTensorError",
     "UnsafePickleError",
+    "WatchOptions",
     "__version__",
     "ablate",
     "analyze",
@@ -79,4 +82,5 @@ __all__ = [
     "open_run",
     "plots",
     "summarize",
+    "watch",
 ]

@@ -218,8 +218,8 @@ def test_viz_takes_only_declarations_from_analysis_and_extrapolation() -> None:
         "opdlens.cli.figure_args",
         "opdlens.cli.figures",
         "opdlens.demo.pipeline",
+        "opdlens.follow",
         "opdlens.report",
-        "opdlens.watch",
     ]
 
 

@@ -56,8 +56,8 @@ def watch(
     per step, keep metrics, foresight and the report current. Stop with Ctrl-C, --until or
     --idle-exit; run it again with the same --out to resume."""
     from ..analysis.options import AnalyzeOptions
-    from ..watch import WatchOptions
-    from ..watch import watch as follow
+    from ..follow import WatchOptions
+    from ..follow import watch as follow
 
     options = AnalyzeOptions(ranks=parse_ints(ranks, "--ranks"), workers=workers, device=device)
     following = WatchOptions(

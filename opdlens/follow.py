@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .analysis.options import AnalyzeOptions
-from .errors import OptionError, OutputError, PartialRunError
+from .errors import OpdlensError, OptionError, OutputError, PartialRunError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -122,6 +122,7 @@ class _Watcher:
         self.settling = Settling()
         self.notes: list[str] = []
         self._noted: set[str] = set()
+        self._skipped: set[int] = set()
         self.state = _resume(out, run_dir, options)
         self.last_new = time.monotonic()
         self.reported = False
@@ -161,11 +162,21 @@ class _Watcher:
         new = [s for s in new if until is None or s <= until]
         if new:
             run = self._open(complete, pending)
-            if run is not None:
-                for step in new:
+            for step in new:
+                if run is None:
+                    break
+                try:
                     self._analyse(run, step)
-                    self.last_new = time.monotonic()
-        return until is not None and any(s >= until for s in complete)
+                except (OpdlensError, OSError):
+                    if run.checkpoint(step).path.is_dir():
+                        raise
+                    self._note(f"step {step}: its checkpoint was deleted while watch read it "
+                               "(by the trainer?); skipped.")  # fmt: skip
+                    self._skipped.add(step)
+                    continue
+                self.last_new = time.monotonic()
+        left = [s for s in new if s not in self.state.steps and s not in self._skipped]
+        return until is not None and any(s >= until for s in complete) and not left
 
     def _open(self, complete: dict[int, Path], pending: dict[int, str]) -> Run | None:
         from .run import open_run
@@ -175,10 +186,14 @@ class _Watcher:
                 None, self.follow.base, checkpoints=complete,
                 trust_pickle=self.follow.trust_pickle,
             )  # fmt: skip
-        except PartialRunError:
-            if self.follow.base is None and 0 in pending:
+        except OpdlensError as e:
+            if any(not p.is_dir() for p in complete.values()):
+                return None  # the trainer removed a checkpoint since the look: look again
+            if not isinstance(e, PartialRunError) or self.follow.base is not None:
+                raise
+            if 0 in pending:
                 return None  # the base checkpoint is still being written
-            if self.follow.base is None and 0 not in complete:
+            if 0 not in complete:
                 raise PartialRunError(
                     f"{self.run_dir}: the run has no base (no step-0 checkpoint); pass --base "
                     "PATH, the model the run started from.",

@@ -1,4 +1,4 @@
-"""`opdlens.watch` following runs while checkpoints land, against a fresh `analyze`."""
+"""`opdlens.watch` (opdlens/follow.py) following runs while checkpoints land, against a fresh `analyze`."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ import threading
 import time
 from pathlib import Path
 
+import checkpoints
 import numpy as np
 import pandas as pd
 import pytest
 
 import opdlens
+from opdlens import WatchOptions, watch
 from opdlens.analysis.incremental import is_final_column
 from opdlens.analysis.options import AnalyzeOptions
 from opdlens.errors import OptionError
-from opdlens.watch import WatchOptions, watch
 
 RANKS = (1, 4)
 KEYS = ["step", "tensor", "expert", "part"]
@@ -34,9 +35,9 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(KEYS, na_position="first").reset_index(drop=True)
 
 
-def assert_matches_analyze(got: pd.DataFrame, run_dir: Path, ranks=RANKS) -> None:
+def assert_matches_analyze(got: pd.DataFrame, run_dir: Path, ranks=RANKS, base=None) -> None:
     """watch's metrics equal a fresh analyze (provisional columns: its align_* at the end)."""
-    want = _sorted(opdlens.analyze(opdlens.open_run(run_dir), ranks=ranks, workers=1))
+    want = _sorted(opdlens.analyze(opdlens.open_run(run_dir, base), ranks=ranks, workers=1))
     got = _sorted(got)
     assert len(got) == len(want)
     for col in want.columns:
@@ -166,6 +167,50 @@ def test_interrupt_leaves_valid_outputs_and_a_live_report_reloads(hf_run, tmp_pa
     assert json.loads((out / ".opdlens").read_text())["complete"] is True
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["steps"] == [1, 2]
+
+
+@pytest.mark.parametrize("layout", ["verl-hf", "verl-plain", "peft"])
+def test_watch_reads_the_layouts_analyze_reads(hf_run, tmp_path: Path, layout: str) -> None:
+    base = None
+    if layout == "peft":
+        base = hf_run("llama") / "checkpoint-0"
+        run_dir = checkpoints.write_peft_run(tmp_path / "run", base, steps=(1, 2))
+        last = 2
+    else:
+        weights = layout.split("-")[1]
+        run_dir = checkpoints.write_verl_run(tmp_path / "run", "llama", steps=(0, 2, 4),
+                                             weights=weights)  # fmt: skip
+        last = 4
+    result = watch(run_dir, tmp_path / "out", _opts(),
+                   WatchOptions(interval=0.05, until=last, report=False, base=base),
+                   say=lambda _: None)  # fmt: skip
+    assert result.steps[-1] == last
+    assert_matches_analyze(result.frame, run_dir, base=base)
+
+
+def test_a_checkpoint_deleted_between_the_look_and_the_read_is_skipped(
+    hf_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import opdlens.io.complete as complete
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(hf_run("llama"), run_dir)
+    real = complete.complete_steps
+    looks = []
+
+    def look(*args, **kwargs):
+        found = real(*args, **kwargs)
+        looks.append(sorted(found[0]))
+        if 2 in found[0] and (run_dir / "checkpoint-2").exists():
+            shutil.rmtree(run_dir / "checkpoint-2")  # the trainer's rotation, just after the look
+        return found
+
+    monkeypatch.setattr(complete, "complete_steps", look)
+    lines: list[str] = []
+    result = watch(run_dir, tmp_path / "out", _opts(),
+                   WatchOptions(interval=0.05, until=4, report=False), say=lines.append)  # fmt: skip
+    assert result.steps == [1, 4]
+    assert any(2 in seen for seen in looks)
 
 
 def test_watch_options_are_checked() -> None:
