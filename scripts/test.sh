@@ -79,7 +79,7 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null;
         echo "scripts/test.sh: chromium is missing and cannot be installed here (needs root and apt-get); the report's browser test will be skipped" >&2
     fi
 fi
-python -m pytest -q "$@"
+python -m pytest -q --durations=25 "$@"
 
 if [ "$versions" = 1 ]; then
     for spec in floor newest; do

@@ -12,18 +12,16 @@ import time
 from pathlib import Path
 
 import checkpoints
-import numpy as np
 import pandas as pd
 import pytest
+from incremental_reference import assert_equals_analyze
 
 import opdlens
 from opdlens import WatchOptions, watch
-from opdlens.analysis.incremental import is_final_column
 from opdlens.analysis.options import AnalyzeOptions
 from opdlens.errors import OptionError
 
 RANKS = (1, 4)
-KEYS = ["step", "tensor", "expert", "part"]
 HERE = Path(__file__).parent
 
 
@@ -31,31 +29,10 @@ def _opts() -> AnalyzeOptions:
     return AnalyzeOptions(ranks=RANKS, workers=1)
 
 
-def _sorted(df: pd.DataFrame) -> pd.DataFrame:
-    return df.sort_values(KEYS, na_position="first").reset_index(drop=True)
-
-
-def assert_matches_analyze(got: pd.DataFrame, run_dir: Path, ranks=RANKS, base=None) -> None:
+def assert_matches_analyze(got: pd.DataFrame, run_dir: Path, base: Path | None = None) -> None:
     """watch's metrics equal a fresh analyze (provisional columns: its align_* at the end)."""
-    want = _sorted(opdlens.analyze(opdlens.open_run(run_dir, base), ranks=ranks, workers=1))
-    got = _sorted(got)
-    assert len(got) == len(want)
-    for col in want.columns:
-        if is_final_column(col):
-            continue
-        a, b = got[col], want[col]
-        if col.startswith(("energy_k", "gap_k", "stable_rank")):
-            np.testing.assert_allclose(a.astype(float), b.astype(float), atol=1e-3, err_msg=col)
-        elif pd.api.types.is_float_dtype(b):
-            np.testing.assert_allclose(a.astype(float), b.astype(float), rtol=1e-6, err_msg=col)
-        else:
-            assert a.tolist() == b.tolist(), col
-    for k in ranks:
-        for side in ("left", "right"):
-            np.testing.assert_allclose(
-                got[f"align_latest_{side}_k{k}"], want[f"align_{side}_k{k}"], atol=1e-2,
-                equal_nan=True,
-            )  # fmt: skip
+    want = opdlens.analyze(opdlens.open_run(run_dir, base), ranks=RANKS, workers=1)
+    assert_equals_analyze(got, want, RANKS)
 
 
 def _copy_slowly(src: Path, dest: Path, pause: float) -> None:

@@ -242,17 +242,24 @@ def _ref_row(update, step, name, expert, part, d, base, final, ranks) -> dict[st
     return row
 
 
+MERGE_KEYS = ["span", "step", "tensor", "expert", "part"]
+
+
+def merged(df: pd.DataFrame, ref: pd.DataFrame, how: str, indicator: bool = False) -> pd.DataFrame:
+    """`df` beside `ref` (suffix _ref) on MERGE_KEYS, experts as floats and missing parts None."""
+    got, r = df.copy(), ref.copy()
+    for x in (got, r):
+        x["expert"] = x["expert"].astype("float64")
+        x["part"] = x["part"].astype(object).where(x["part"].notna(), None)
+    return got.merge(r, on=MERGE_KEYS, how=how, suffixes=("", "_ref"), indicator=indicator)
+
+
 def compare(
     df: pd.DataFrame, ref: pd.DataFrame, ranks: Sequence[int] = RANKS, final: int | None = None
 ) -> dict[str, int]:
     """Check every metric column of ``df`` against ``ref``; returns how many checks each ran."""
-    keys = ["span", "step", "tensor", "expert", "part"]
-    got = df.copy()
-    got["expert"] = got["expert"].astype("float64")
-    got["part"] = got["part"].astype(object).where(got["part"].notna(), None)
-    r = ref.copy()
-    r["expert"] = r["expert"].astype("float64")
-    m = got.merge(r, on=keys, how="outer", suffixes=("", "_ref"), indicator=True)
+    keys = MERGE_KEYS
+    m = merged(df, ref, how="outer", indicator=True)
     assert (m["_merge"] == "both").all(), m.loc[m["_merge"] != "both", keys + ["_merge"]]
     counts = {"rows": len(m), "aligned": 0, "flagged": 0}
     final = m.loc[m["span"] == "cumulative", "step"].max() if final is None else final
@@ -377,15 +384,8 @@ def base_reference(
 
 def check_base(df: pd.DataFrame, ref: pd.DataFrame, ranks: Sequence[int] = RANKS) -> dict[str, int]:
     """Every geometry column within the contract; returns how many values each check covered."""
-    keys = ["span", "step", "tensor", "expert", "part"]
-    got = df.copy()
-    got["expert"] = got["expert"].astype("float64")
-    got["part"] = got["part"].astype(object).where(got["part"].notna(), None)
-    r = ref.copy()
-    r["expert"] = r["expert"].astype("float64")
-    r["part"] = r["part"].astype(object).where(r["part"].notna(), None)
-    m = got.merge(r, on=keys, how="inner", suffixes=("", "_ref"))
-    assert len(m) == len(r)  # every matrix slice has its row
+    m = merged(df, ref, how="inner")
+    assert len(m) == len(ref)  # every matrix slice has its row
     counts = {"energy": 0, "rotation": 0, "drift": 0}
     for k in ranks:
         sharp = m[f"base_gap_k{k}_ref"] >= GAP_FLAG
@@ -393,12 +393,12 @@ def check_base(df: pd.DataFrame, ref: pd.DataFrame, ranks: Sequence[int] = RANKS
         for side in ("left", "right"):
             col = f"principal_energy_{side}_k{k}"
             err = (m[col] - m[col + "_ref"]).abs()
-            assert (err[sharp] <= 1e-3).all(), m.loc[sharp & (err > 1e-3), keys + [col]]
+            assert (err[sharp] <= 1e-3).all(), m.loc[sharp & (err > 1e-3), MERGE_KEYS + [col]]
             counts["energy"] += int(sharp.sum())
             col = f"principal_rotation_{side}_k{k}"
             both = sharp & (m[f"wt_gap_k{k}"] >= GAP_FLAG) & m[col + "_ref"].notna()
             err = (m[col] - m[col + "_ref"]).abs()
-            assert (err[both] <= 1e-2).all(), m.loc[both & (err > 1e-2), keys + [col]]
+            assert (err[both] <= 1e-2).all(), m.loc[both & (err > 1e-2), MERGE_KEYS + [col]]
             assert m.loc[m[col + "_ref"].isna(), col].isna().all()  # consecutive, K > cap: NaN
             counts["rotation"] += int(both.sum())
         for col in (f"spectral_drift_k{k}", f"spectral_drift_mean_k{k}"):

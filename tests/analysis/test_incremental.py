@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from incremental_reference import assert_equals_analyze
 
 import opdlens
 from opdlens.analysis.foresight import foresee
@@ -15,12 +16,10 @@ from opdlens.analysis.incremental import (
     alignment_with,
     analyse_step,
     foresight_step,
-    is_final_column,
     is_provisional,
 )
 from opdlens.analysis.options import AnalyzeOptions
 
-KEYS = ["step", "tensor", "expert", "part"]
 RANKS = (1, 4)
 
 
@@ -33,34 +32,11 @@ def _stepwise(run: opdlens.Run, cache: Path, steps: list[int]) -> pd.DataFrame:
     return align_latest(pd.concat(frames, ignore_index=True), cache, paths, RANKS)
 
 
-def _sorted(df: pd.DataFrame) -> pd.DataFrame:
-    return df.sort_values(KEYS, na_position="first").reset_index(drop=True)
-
-
 @pytest.mark.parametrize("arch", ["llama", "phi3"])
 def test_stepwise_rows_equal_a_whole_run_analysis(hf_run, tmp_path: Path, arch: str) -> None:
     run = opdlens.open_run(hf_run(arch))
-    got = _sorted(_stepwise(run, tmp_path / "cache", run.steps))
-    want = _sorted(opdlens.analyze(run, ranks=RANKS, workers=1))
-    assert not [c for c in got.columns if is_final_column(c)]
-    shared = [c for c in want.columns if not is_final_column(c)]
-    assert set(shared) <= set(got.columns)
-    assert len(got) == len(want)
-    for col in shared:
-        a, b = got[col], want[col]
-        if col.startswith(("energy_k", "gap_k", "stable_rank")):
-            np.testing.assert_allclose(a.astype(float), b.astype(float), atol=1e-3, err_msg=col)
-        elif pd.api.types.is_float_dtype(b):
-            np.testing.assert_allclose(a.astype(float), b.astype(float), rtol=1e-6, err_msg=col)
-        else:
-            assert a.tolist() == b.tolist(), col
-    # Once the last step is in, "latest" is the final step: the provisional columns are align_*.
-    for k in RANKS:
-        for side in ("left", "right"):
-            np.testing.assert_allclose(
-                got[f"align_latest_{side}_k{k}"], want[f"align_{side}_k{k}"], atol=1e-2,
-                equal_nan=True,
-            )  # fmt: skip
+    got = _stepwise(run, tmp_path / "cache", run.steps)
+    assert_equals_analyze(got, opdlens.analyze(run, ranks=RANKS, workers=1), RANKS)
 
 
 def test_align_latest_against_numpy_svds(hf_run, tmp_path: Path) -> None:
