@@ -33,7 +33,7 @@ __getattr__ = lazy_getattr(
         "ablate": "opdlens.extrapolation.ablate:ablate",
         "analyze": "opdlens.analysis.analyze:analyze",
         "compare": "opdlens.analysis.compare:compare",
-        "compare_group": "opdlens.analysis.compare:compare_group",
+        "compare_group": "opdlens.analysis.compare_group:compare_group",
         "CompareOptions": "opdlens.analysis.compare:CompareOptions",
         "extrapolate": "opdlens.extrapolation.extrapolate:extrapolate",
         "foresee": "opdlens.analysis.foresight:foresee",

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -28,7 +27,10 @@ from .update import digest, read_stored
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ..names import ModuleInfo
     from ..run import Run
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,8 @@ class Comparison:
     cache_hits: int = 0  # top-K factors reused from an analyze's factor cache
 
 
-def _where(run: Run) -> str:
+def run_label(run: Run) -> str:
+    """How tables and messages name a run: the path it was opened from."""
     return str(run.open_args.get("path") or run.base.path.parent)
 
 
@@ -133,7 +136,7 @@ def resolve_step(run: Run, step: int | None, option: str) -> int:
         return run.final_step
     if step not in run.steps:
         raise OptionError(
-            f"{option} {step}: the run {_where(run)} has no step {step}; its saved steps are "
+            f"{option} {step}: the run {run_label(run)} has no step {step}; its saved steps are "
             f"{run.steps}."
         )
     return step
@@ -156,7 +159,7 @@ def header_difference(a: Run, b: Run) -> str | None:
     return None
 
 
-def _refusal(a: Run, b: Run, what: str) -> CheckpointError:
+def base_refusal(a: Run, b: Run, what: str) -> CheckpointError:
     return CheckpointError(
         f"the runs start from different bases ({a.base.path} and {b.base.path}): {what}. "
         "compare measures overlap from one shared base; compare runs of the same base model, "
@@ -166,14 +169,16 @@ def _refusal(a: Run, b: Run, what: str) -> CheckpointError:
 
 
 @dataclass(frozen=True)
-class _Pair:
+class Pair:
+    """Two runs' sides of one comparison and its options."""
+
     a: Side
     b: Side
     same_base: bool  # both bases are the same files: their bytes need no check
     options: CompareOptions
 
 
-def compare_tensor(pair: _Pair, name: str) -> TensorOverlap:
+def compare_tensor(pair: Pair, name: str) -> TensorOverlap:
     """Rows of one tensor: both runs' copies read once, W_0 once per distinct base."""
     out = TensorOverlap(name)
     a, b, opts = pair.a, pair.b, pair.options
@@ -196,26 +201,38 @@ def compare_tensor(pair: _Pair, name: str) -> TensorOverlap:
         da, ma, src_a = update_and_mask(a, name, w0, h0, info, opts.sparsity_tol, view)
         db, mb, src_b = update_and_mask(b, name, w0b, h0b, info, opts.sparsity_tol, view)
         del w0, w0b
-        da, db = da.to(opts.device), db.to(opts.device)
-        shape = tuple(a.run.base.spec(name).shape)
-        try:
-            slices = slices_of(shape, info, a.run.config, opts.split_fused)
-        except FusedSplitError as e:
-            out.warnings.append(f"tensor '{name}' is compared whole, not per fused part: {e}")
-            slices = slices_of(shape, info, a.run.config, split=False)
-        caches = [s.cache.tensor(name) if s.cache is not None else None for s in (a, b)]
-        for sl in slices:
-            found = _cached(out, caches, (a.step, b.step), (src_a, src_b), sl)
-            row, notes, svds = slice_row(sl, info, (da, db), (ma, mb), opts.ranks, opts.device,
-                                         found)  # fmt: skip
-            out.svd_calls += svds
-            out.rows.append({"tensor": name, "layer": info.layer, "block": info.block, **row})
-            out.warnings += [f"tensor '{name}': {n}" for n in notes]
-        for tc in caches:
-            if tc is not None:
-                out.warnings += ([tc.warning] if tc.warning else []) + tc.notes
-    out.lora = ma is None or mb is None
+        overlap_rows(out, pair, info, (da, db), (ma, mb), (src_a, src_b))
     return out
+
+
+def overlap_rows(
+    out: TensorOverlap, pair: Pair, info: ModuleInfo,
+    deltas: tuple[torch.Tensor, torch.Tensor], masks: tuple[torch.Tensor | None, torch.Tensor | None],
+    sources: tuple[bytes, bytes],
+) -> None:  # fmt: skip
+    """Add to `out` the rows of one tensor of a pair from its two updates and changed masks.
+
+    Shape: deltas and masks as `update_and_mask` returns them.
+    """
+    name, a, b, opts = out.name, pair.a, pair.b, pair.options
+    da, db = (d.to(opts.device) for d in deltas)
+    shape = tuple(a.run.base.spec(name).shape)
+    try:
+        slices = slices_of(shape, info, a.run.config, opts.split_fused)
+    except FusedSplitError as e:
+        out.warnings.append(f"tensor '{name}' is compared whole, not per fused part: {e}")
+        slices = slices_of(shape, info, a.run.config, split=False)
+    caches = [s.cache.tensor(name) if s.cache is not None else None for s in (a, b)]
+    for sl in slices:
+        found = _cached(out, caches, (a.step, b.step), sources, sl)
+        row, notes, svds = slice_row(sl, info, (da, db), masks, opts.ranks, opts.device, found)
+        out.svd_calls += svds
+        out.rows.append({"tensor": name, "layer": info.layer, "block": info.block, **row})
+        out.warnings += [f"tensor '{name}': {n}" for n in notes]
+    for tc in caches:
+        if tc is not None:
+            out.warnings += ([tc.warning] if tc.warning else []) + tc.notes
+    out.lora = masks[0] is None or masks[1] is None
 
 
 def _cached(
@@ -241,9 +258,7 @@ def _cached(
     return lookup
 
 
-def _thread_map(
-    fn: Callable[[str], TensorOverlap], names: Sequence[str], workers: int
-) -> Iterator[TensorOverlap]:
+def thread_map(fn: Callable[[str], T], names: Sequence[str], workers: int) -> Iterator[T]:
     """fn over names, yielded as each finishes: inline for one worker, else threads of 1 BLAS
     thread each (torch releases the GIL in its kernels and reads), restored afterwards."""
     if workers <= 1 or len(names) <= 1:
@@ -271,44 +286,76 @@ def _names(a: Run, b: Run, warnings: list[str]) -> list[str]:
         warnings.append(f"{left} tensor(s) are not in both runs with one shape; left out.")
     if not names:
         raise CheckpointError(
-            f"the runs {_where(a)} and {_where(b)} share no tensor of the same shape; "
+            f"the runs {run_label(a)} and {run_label(b)} share no tensor of the same shape; "
             "nothing to compare."
         )
     return names
 
 
-def compute_pair(a: Run, b: Run, options: CompareOptions, *, progress: bool = False) -> Comparison:
-    """The compare table of two runs, with the warnings (run's, base override, notes)."""
-    t0 = time.perf_counter()
+@dataclass
+class PairPlan:
+    """One pair's steps, tensors and warnings, checked before any tensor is read."""
+
+    a: Run
+    b: Run
+    steps: tuple[int, int]
+    names: list[str]  # tensors both runs hold with one shape, in run A's order
+    warnings: list[str]
+    what: str | None  # how the bases' headers differ, or None
+
+
+def plan_pair(a: Run, b: Run, options: CompareOptions) -> PairPlan:
+    """The checks of a pair: steps, bases (refused when they differ), shared tensors, views.
+
+    Raises:
+        CheckpointError: the bases differ (and not `allow_different_base`), or share no tensor.
+        OptionError: a step the run did not save.
+    """
     sa = resolve_step(a, options.step_a, "--step-a")
     sb = resolve_step(b, options.step_b, "--step-b")
     warnings = [f"run A: {w}" for w in a.warnings] + [f"run B: {w}" for w in b.warnings]
-    same = a.base.path == b.base.path
-    what = None if same else header_difference(a, b)
+    what = None if a.base.path == b.base.path else header_difference(a, b)
     if what is not None and not options.allow_different_base:
-        raise _refusal(a, b, what)
+        raise base_refusal(a, b, what)
     names = _names(a, b, warnings)
     if options.sparsity_dtype is not None:
         for run in (a, b):
             check_views(run, [n for n in names if skip_reason(run, n) is None],
                         options.sparsity_dtype)  # fmt: skip
+    return PairPlan(a, b, (sa, sb), names, warnings, what)
+
+
+def compute_pair(a: Run, b: Run, options: CompareOptions, *, progress: bool = False) -> Comparison:
+    """The compare table of two runs, with the warnings (run's, base override, notes)."""
+    t0 = time.perf_counter()
+    plan = plan_pair(a, b, options)
     caches = [FactorCache.open(c) if c is not None else None
               for c in (options.cache_a, options.cache_b)]  # fmt: skip
-    pair = _Pair(Side(a, sa, caches[0]), Side(b, sb, caches[1]), same, options)
+    sa, sb = plan.steps
+    pair = Pair(Side(a, sa, caches[0]), Side(b, sb, caches[1]), a.base.path == b.base.path,
+                 options)  # fmt: skip
     prepare(options.device)
     found: dict[str, TensorOverlap] = {}
-    bar = Progress(len(names), "compare", enabled=progress)
+    bar = Progress(len(plan.names), "compare", enabled=progress)
     try:
-        for res in _thread_map(lambda n: compare_tensor(pair, n), names, options.worker_count):
+        for res in thread_map(lambda n: compare_tensor(pair, n), plan.names, options.worker_count):
             if res.base_differs and not options.allow_different_base:
-                raise _refusal(a, b, f"the first differing tensor found is '{res.name}'")
+                raise base_refusal(a, b, f"the first differing tensor found is '{res.name}'")
             found[res.name] = res
             bar.update()
     finally:
         bar.close()
-    done = [found[n] for n in names]  # rows and notes in the run's order, whatever finished first
+    return assemble(plan, found, options, t0)
+
+
+def assemble(
+    plan: PairPlan, found: Mapping[str, TensorOverlap], options: CompareOptions, t0: float
+) -> Comparison:
+    """A pair's Comparison from its tensors' rows and notes (`t0`: when its sweep began)."""
+    a, b = plan.a, plan.b
+    done = [found[n] for n in plan.names]  # rows and notes in the run's order
     rows = [row for res in done for row in res.rows]
-    warnings += [w for res in done for w in res.warnings]
+    warnings = plan.warnings + [w for res in done for w in res.warnings]
     differing = [res.name for res in done if res.base_differs]
     lora = [res.name for res in done if res.lora]
     if lora:
@@ -317,44 +364,16 @@ def compute_pair(a: Run, b: Run, options: CompareOptions, *, progress: bool = Fa
             "dense update, so their changed-weight columns (and their groups') are empty; cos "
             "and the subspaces come from B·A."
         )
-    if what is not None or differing:
-        first = what or f"{len(differing)} tensor(s) differ, first '{differing[0]}'"
+    if plan.what is not None or differing:
+        first = plan.what or f"{len(differing)} tensor(s) differ, first '{differing[0]}'"
         warnings.insert(0, f"--allow-different-base: the bases {a.base.path} and "
                         f"{b.base.path} differ ({first}); each update is measured from its "
                         "own base, so the overlap is not of one shared model's weights.")  # fmt: skip
     t1 = time.perf_counter()
     frame = build_frame(rows, options.ranks, options.scopes)
     timings = {"sweep": t1 - t0, "frame": time.perf_counter() - t1}
-    return Comparison(frame, options, [(sa, sb)], warnings, timings,
+    return Comparison(frame, options, [plan.steps], warnings, timings,
                       sum(r.svd_calls for r in done), sum(r.cache_hits for r in done))  # fmt: skip
-
-
-def compute_group(
-    runs: Sequence[Run], options: CompareOptions, *, progress: bool = False
-) -> Comparison:
-    """The compare tables of every pair of `runs`, stacked with `pair`, `run_a`, `run_b` first."""
-    import pandas as pd
-
-    if len(runs) < 2:
-        raise OptionError(f"A group to compare needs at least two runs. Got {len(runs)}.")
-    if options.cache_a is not None or options.cache_b is not None:
-        raise OptionError("cache_a / cache_b (--cache-a/--cache-b) are for two runs, not a group.")
-    frames, steps, warnings, timings = [], [], [], {"sweep": 0.0, "frame": 0.0}
-    svd_calls = 0
-    for i, j in itertools.combinations(range(len(runs)), 2):
-        got = compute_pair(runs[i], runs[j], options, progress=progress)
-        f = got.frame
-        f.insert(0, "run_b", _where(runs[j]))
-        f.insert(0, "run_a", _where(runs[i]))
-        f.insert(0, "pair", f"{i}-{j}")
-        frames.append(f)
-        steps += got.steps
-        svd_calls += got.svd_calls
-        warnings += [f"pair {i}-{j}: {w}" for w in got.warnings]
-        for k, v in got.timings.items():
-            timings[k] += v
-    frame = pd.concat(frames, ignore_index=True)
-    return Comparison(frame, options, steps, warnings, timings, svd_calls)
 
 
 def compare(
@@ -373,15 +392,5 @@ def compare(
         OptionError: a bad option, or a step the run did not save.
     """
     result = compute_pair(run_a, run_b, CompareOptions.build(options, overrides), progress=progress)
-    result.frame.attrs["warnings"] = result.warnings
-    return result.frame
-
-
-def compare_group(
-    runs: Sequence[Run], options: CompareOptions | None = None, *, progress: bool = False,
-    **overrides: Any,
-) -> pd.DataFrame:  # fmt: skip
-    """`compare` for every pair of a group of runs (e.g. seeds), with pair, run_a, run_b columns."""
-    result = compute_group(runs, CompareOptions.build(options, overrides), progress=progress)
     result.frame.attrs["warnings"] = result.warnings
     return result.frame

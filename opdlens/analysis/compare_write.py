@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..io.paths import output_dir
 from ..provenance import input_fingerprints, record, write_results
-from .compare import CompareOptions, Comparison, compute_group, compute_pair
+from .compare import CompareOptions, Comparison, compute_pair
+from .compare_group import compute_group
 
 if TYPE_CHECKING:
     import pandas as pd

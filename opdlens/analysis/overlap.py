@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..names import ModuleInfo, as_matrix
+from .changes import exact_reading
 from .metrics import frobenius_sq, inner, subspace_alignment
 from .sparsity import changed_mask
 from .sweep import Slice, piece
-from .update import Update, digest, read_stored
+from .update import Update, digest, read_stored, read_weight, subtract_base
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
 
 # Top-K factors of Δ_A and Δ_B of one slice when a cache holds them: (rows, cols) → (A, B).
 Cached = Callable[[tuple[int, int], int], tuple["CachedFactors | None", "CachedFactors | None"]]
-
-_FLOAT8 = {torch.float8_e4m3fn, torch.float8_e5m2}
 
 # Summed over tensors for the aggregated scopes; every ratio is computed from these sums.
 COUNT_COLUMNS = ["changed_a", "changed_b", "changed_both", "changed_either"]
@@ -51,16 +50,12 @@ class TensorOverlap:
     lora: bool = False  # a LoRA step: no stored dense update, so no changed mask
 
 
-def _upcast_float8(x: torch.Tensor) -> torch.Tensor:
-    return x.float() if x.dtype in _FLOAT8 else x  # exact; torch has no float8 arithmetic
-
-
 def update_and_mask(
     side: Side, name: str, w0: torch.Tensor, h0: bytes, info: ModuleInfo, tol: float | None,
     view: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, bytes]:  # fmt: skip
     """Δ = W_step − W_0 in float32, the changed mask (as `view` would store both, if given),
-    and the digest analyze's cache keys Δ by.
+    and the digest analyze's cache keys Δ by; W_step is read once.
 
     The mask is None for a LoRA step: its dense update is not stored, so no element is
     "unchanged as stored". Shape: w0 as stored; Δ and mask in `as_matrix` orientation.
@@ -68,12 +63,17 @@ def update_and_mask(
     f = side.run.factored_delta(name, side.step)
     if f is not None:
         return (f[0].float() @ f[1].float()), None, digest(f[0], f[1])  # already (out, in)
-    w, h = read_stored(side.run.checkpoint(side.step), name)
-    w = _upcast_float8(w)
-    mask = changed_mask(w0, w, tol, view=view)
-    d = w.to(torch.float32, copy=True)
-    del w
-    d.sub_(w0)  # in float32; W_0 of bf16/f16 is exact in float32
+    ck = side.run.checkpoint(side.step)
+    if exact_reading(ck.spec(name).stored):
+        # The float32 reading holds the stored values: the mask and Δ both come from it.
+        d, h = read_weight(ck, name)
+        mask = changed_mask(w0, d, tol, view=view)
+    else:  # float64, which float32 rounds: the mask compares the stored values
+        w, h = read_stored(ck, name)
+        mask = changed_mask(w0, w, tol, view=view)
+        d = w.to(torch.float32)
+        del w
+    subtract_base(d, w0)  # by row blocks: W_0 is never upcast whole
     return as_matrix(d, info), as_matrix(mask, info), h0 + h
 
 

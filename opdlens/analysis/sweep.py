@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import FusedSplitError
-from ..io import buffers, dtypes
+from ..io import dtypes
 from ..names import ModuleInfo, as_matrix, split_fused
 from . import changes
 from . import metrics as M
@@ -22,16 +22,14 @@ from .linalg import svd_label
 from .matrices import matrix_of, matrix_shape
 from .options import AnalyzeOptions
 from .sparsity import ChangedCount, sparsity_view
-from .update import Update, digest, read_stored, read_weight
+from .update import Update, digest, read_stored, read_weight, subtract_base
 
 if TYPE_CHECKING:
     from ..run import Run
 
 log = logging.getLogger(__name__)
 
-_ROWS = 1024  # rows per in-place subtraction block
 _FLOAT8 = ("F8_E5M2", "F8_E4M3")
-_EXACT_IN_FLOAT32 = (torch.bfloat16, torch.float16)
 
 
 @dataclass
@@ -193,20 +191,7 @@ class TensorSweep:
         )
         self.changes.observe(step, wt, stored)
         del wt
-        if d.dim() == 0:
-            d.sub_(w0)
-        # By row blocks: W_0 is never upcast whole. bf16 and f16 blocks are upcast into a reused
-        # float32 block first (exact; a same-dtype sub_ is ~2x a mixed one); float64 W_0 is
-        # subtracted as torch promotes it, in float64.
-        exact = w0.dtype in _EXACT_IN_FLOAT32 and d.dim() > 0
-        if exact:
-            row = max(1, w0[:1].numel())
-            scratch = torch.from_numpy(buffers.empty(min(_ROWS, d.shape[0]) * row, np.float32))
-        for i in range(0, d.shape[0] if d.dim() else 0, _ROWS):
-            block = w0[i : i + _ROWS]
-            if exact:
-                block = scratch[: block.numel()].view(block.shape).copy_(block)
-            d[i : i + _ROWS].sub_(block)
+        subtract_base(d, w0)
         return Update(dense=d.to(self.opt.device)), self._h0 + h
 
     def _slice_pieces(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -23,6 +23,8 @@ _TORCH_DECODE = {"BF16": torch.bfloat16, "F16": torch.float16}  # 16-bit pattern
 # ‖Δ‖_F outside [2^-20, 2^20]: the SVD sees Δ scaled by a power of two (exact), so that float32
 # Gram matrices and residual norms neither overflow (1e30 weights) nor underflow (1e-30).
 _SAFE_EXPONENT = 20
+_ROWS = 1024  # rows per in-place subtraction block of `subtract_base`
+_EXACT_IN_FLOAT32 = (torch.bfloat16, torch.float16)  # W_0 dtypes upcast exactly per block
 
 
 def read_weight(ck: Checkpoint, name: str) -> tuple[torch.Tensor, bytes]:
@@ -63,6 +65,27 @@ def read_weight(ck: Checkpoint, name: str) -> tuple[torch.Tensor, bytes]:
         else:
             dtypes.decode_float32(piece, spec.stored, flat[start:stop])
     return out.view(spec.shape), h.digest()
+
+
+def subtract_base(d: torch.Tensor, w0: torch.Tensor) -> None:
+    """d −= W_0 in place, by row blocks, so W_0 is never upcast whole.
+
+    bf16 and f16 blocks are upcast into one reused float32 block first (exact; a same-dtype
+    sub_ is ~2x a mixed one); other dtypes are subtracted as torch promotes them, a block at
+    a time (float64 W_0 in float64). Shape: d float32 and w0 the same shape.
+    """
+    if d.dim() == 0:
+        d.sub_(w0)
+        return
+    exact = w0.dtype in _EXACT_IN_FLOAT32
+    if exact:
+        row = max(1, w0[:1].numel())
+        scratch = torch.from_numpy(buffers.empty(min(_ROWS, d.shape[0]) * row, np.float32))
+    for i in range(0, d.shape[0], _ROWS):
+        block = w0[i : i + _ROWS]
+        if exact:
+            block = scratch[: block.numel()].view(block.shape).copy_(block)
+        d[i : i + _ROWS].sub_(block)
 
 
 def read_stored(ck: Checkpoint, name: str) -> tuple[torch.Tensor, bytes]:

@@ -91,10 +91,14 @@ def compare(
     quiet: QuietOpt = False,
 ) -> None:
     """Overlap of two runs' changed weights, updates and top-K subspaces, from one shared base."""
+    from .._malloc import release_freed_buffers
     from ..analysis.compare import CompareOptions
     from ..analysis.compare_write import write_compare
     from ..run import open_run
 
+    # Each tensor's updates and masks are freed before the next tensor is read (as analyze's
+    # steps are): give that memory back at once instead of keeping dead tensors on the heap.
+    release_freed_buffers()
     if out is None:
         raise OptionError("compare needs --out DIR for compare.parquet, compare.csv, provenance.")
     if group and (run_a is not None or run_b is not None):
