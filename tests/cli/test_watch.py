@@ -66,3 +66,30 @@ def test_watch_runs_as_a_console_command(hf_run, tmp_path: Path) -> None:
     assert done.stdout.count("|Δ|") == 3
     assert not (out / "report").exists()
     assert len((out / "watch.log").read_text().splitlines()) == 3
+
+
+def test_ctrl_c_ends_watch_cleanly(hf_run, tmp_path: Path) -> None:
+    """SIGINT while watch waits for the next checkpoint: exit 0, outputs complete up to the
+    last step, the directory marked complete."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    shutil.copytree(hf_run("llama"), run)
+    shutil.rmtree(run / "checkpoint-4")  # the run is "still training": step 4 never comes
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "opdlens", "watch", str(run), "--out", str(out),
+            "--interval", "0.2", "--no-report", "--quiet", "--workers", "1"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        prov = out / "provenance.json"
+        if prov.is_file() and json.loads(prov.read_text())["steps"] == [1, 2]:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "stopped (interrupted)" in stdout and "Traceback" not in stderr
+    assert json.loads((out / ".opdlens").read_text())["complete"] is True
+    assert sorted(pd.read_parquet(out / "metrics.parquet")["step"].unique()) == [1, 2]
