@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 LOG_FILE = "watch.log"
 REPORT_DIR = "report"
 REFRESH_S = 30  # the live report reloads itself this often
+PENDING_NOTE_S = 120.0  # a step pending this long (at least 5 looks) is reported, with why
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class _Watcher:
         self.notes: list[str] = []
         self._noted: set[str] = set()
         self._skipped: set[int] = set()
+        self._pending_since: dict[int, float] = {}
         self.state = _resume(out, run_dir, options)
         self.last_new = time.monotonic()
         self.reported = False
@@ -153,6 +155,7 @@ class _Watcher:
         from .io.complete import complete_steps
 
         complete, pending = complete_steps(self.run_dir, self.settling)
+        self._waiting(complete, pending)
         for step in self.state.steps:
             if step not in complete and step not in pending:
                 self._note(f"step {step}: its checkpoint is gone (deleted by the trainer?); "
@@ -177,6 +180,22 @@ class _Watcher:
                 self.last_new = time.monotonic()
         left = [s for s in new if s not in self.state.steps and s not in self._skipped]
         return until is not None and any(s >= until for s in complete) and not left
+
+    def _waiting(self, complete: dict[int, Path], pending: dict[int, str]) -> None:
+        """Say once that the run has no checkpoint yet, and once per step that stays pending
+        long after the look that first saw it (with the reason)."""
+        if not complete and not pending:
+            what = "no such directory yet" if not self.run_dir.exists() else "no checkpoint yet"
+            self._note(f"waiting for {self.run_dir}: {what}.")
+        now = time.monotonic()
+        patience = max(5 * self.follow.interval, PENDING_NOTE_S)
+        for step, reason in pending.items():
+            first = self._pending_since.setdefault(step, now)
+            if now - first >= patience:
+                self._note(f"step {step} is still incomplete after {now - first:.0f} s: {reason}")
+                self._pending_since[step] = math.inf  # said once
+        for step in [s for s in self._pending_since if s not in pending]:
+            del self._pending_since[step]
 
     def _open(self, complete: dict[int, Path], pending: dict[int, str]) -> Run | None:
         from .run import open_run

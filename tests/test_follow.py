@@ -218,3 +218,24 @@ def test_watch_follows_a_real_trainer_in_a_subprocess(tmp_path: Path) -> None:
     assert len(lines) == 4
     assert_matches_analyze(result.frame, run_dir)
     assert (tmp_path / "out" / "report" / "report.html").is_file()
+
+
+def test_watch_says_what_it_waits_for(hf_run, tmp_path: Path, monkeypatch) -> None:
+    import opdlens.follow
+
+    lines: list[str] = []
+    quick = WatchOptions(interval=0.05, idle_exit=0.01, report=False)
+    result = watch(tmp_path / "not-yet", tmp_path / "out", _opts(), quick, say=lines.append)
+    assert result.stopped == "idle" and result.steps == []
+    assert lines == [f"note: waiting for {tmp_path / 'not-yet'}: no such directory yet."]
+    # A checkpoint whose shard stays short: said once, with the reason, after the patience.
+    monkeypatch.setattr(opdlens.follow, "PENDING_NOTE_S", 0.0)
+    run_dir = tmp_path / "run"
+    shutil.copytree(hf_run("llama"), run_dir)
+    shard = run_dir / "checkpoint-4" / "model.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    lines.clear()
+    result = watch(run_dir, tmp_path / "out2", _opts(), quick, say=lines.append)
+    assert result.steps == [1, 2]
+    said = [ln for ln in lines if "step 4 is still incomplete" in ln]
+    assert len(said) == 1 and "model.safetensors" in said[0] and "truncated" in said[0]

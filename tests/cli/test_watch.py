@@ -51,6 +51,10 @@ def test_watch_user_errors(hf_run, tmp_path: Path) -> None:
     shutil.rmtree(no_base / "checkpoint-0")
     cli_fails(["watch", no_base, "--out", tmp_path / "o2", "--interval", "0.05", "--until", "1"],
               "no base", "--base")  # fmt: skip
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a run")
+    cli_fails(["watch", a_file, "--out", tmp_path / "o3", "--interval", "0.05"],
+              "notes.txt", "run directory")  # fmt: skip
     assert not (tmp_path / "o").exists()
 
 
