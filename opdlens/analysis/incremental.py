@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 from .options import AnalyzeOptions
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
+    import torch
 
     from ..run import Run
     from .analyze import Analysis
@@ -82,7 +84,6 @@ def alignment_with(
 ) -> dict[str, list[float]]:
     """left_k{K} / right_k{K} per row of `frame`: ‖U_{t,K}ᵀ U_{target,K}‖_F² / K (V for right),
     from the factors cached for the row's step and `target`; NaN where either is missing."""
-    from . import metrics as M
     from .cache import FactorCache, slice_key
 
     cache = FactorCache(cache_dir, dict(cache_steps))
@@ -100,11 +101,21 @@ def alignment_with(
             theirs = tensor.get(target, key, None, False)
             if mine is None or theirs is None:
                 continue
+            top = min(max(ranks), mine.u.shape[1], theirs.u.shape[1])
+            # One K×K product per side; every smaller K is its leading block (as subspace_alignment).
+            left = _squared_cosines(mine.u, theirs.u, top)
+            right = _squared_cosines(mine.v, theirs.v, top)
             for k in ranks:
-                if k <= min(mine.u.shape[1], theirs.u.shape[1]):
-                    values[f"left_k{k}"][i] = M.subspace_alignment(mine.u, theirs.u, k)
-                    values[f"right_k{k}"][i] = M.subspace_alignment(mine.v, theirs.v, k)
+                if k <= top:
+                    values[f"left_k{k}"][i] = float(left[:k, :k].sum()) / k
+                    values[f"right_k{k}"][i] = float(right[:k, :k].sum()) / k
     return values
+
+
+def _squared_cosines(a: torch.Tensor, b: torch.Tensor, k: int) -> np.ndarray:
+    """(U_{a,k}ᵀ U_{b,k})² elementwise, in float64 (numpy: these are small products)."""
+    cross = a[:, :k].double().numpy().T @ b[:, :k].double().numpy()
+    return cross * cross
 
 
 def _optional(value: object) -> str | None:
