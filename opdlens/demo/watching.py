@@ -57,14 +57,15 @@ class Follower:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._say(TRAINING_FAILED if exc_type is not None else TRAINING_DONE)
-        if exc_type is not None:
-            self.stop.set()
-        else:
-            self._thread.join(GRACE_S)
-            self.stop.set()  # only a watch that missed the last step is still running here
-        self._thread.join()
-        if exc_type is None and self.error is not None:
+        failed = exc_type is not None
+        try:
+            self._say(TRAINING_FAILED if failed else TRAINING_DONE)
+        finally:
+            if not failed:
+                self._thread.join(GRACE_S)
+            self.stop.set()  # after the grace, only a watch that missed the last step waits
+            self._thread.join()
+        if not failed and self.error is not None:
             raise self.error
 
     def _follow(self) -> None:
