@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ class WatchResult:
     steps: list[int]
     frame: pd.DataFrame
     foresight: pd.DataFrame
-    stopped: str  # 'until', 'idle' or 'interrupted'
+    stopped: str  # 'until', 'idle', 'stopped' (the stop event) or 'interrupted'
     notes: list[str] = field(default_factory=list)
 
 
@@ -74,13 +75,16 @@ def watch(
     *,
     progress: bool = False,
     say: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> WatchResult:
     """Analyse every checkpoint of `run_dir` as it becomes complete, until `following` says stop.
 
     Writes metrics.parquet/.csv (analyze's columns, but align_latest_* in place of the
     final-update ones), foresight.parquet/.csv, provenance.json and, with `report`,
     report/report.html, which reloads itself while watch runs. `say` gets one line per new step
-    (default: stdout, and out/watch.log when stdout is not a terminal). Ctrl-C stops it cleanly.
+    (default: stdout, and out/watch.log when stdout is not a terminal). Ctrl-C stops it cleanly;
+    so does setting `stop` from another thread (e.g. when the training it follows fails): watch
+    returns once the poll under way is done, with stopped 'stopped'.
 
     Raises:
         OptionError: a bad option, or `out` was watched with other options or another run.
@@ -92,7 +96,7 @@ def watch(
     follow = following or WatchOptions()
     run_path = Path(run_dir).expanduser().resolve()
     with output_dir(out, "watch", inputs=[run_path]) as path:
-        w = _Watcher(run_path, path, opts, follow, progress, say)
+        w = _Watcher(run_path, path, opts, follow, progress, say, stop)
         stopped = w.loop()
         w.finish()
     return WatchResult(path, w.state.steps, w.state.frame, w.state.foresight, stopped, w.notes)
@@ -113,12 +117,13 @@ class _State:
 class _Watcher:
     def __init__(
         self, run_dir: Path, out: Path, options: AnalyzeOptions, follow: WatchOptions,
-        progress: bool, say: Callable[[str], None] | None,
+        progress: bool, say: Callable[[str], None] | None, stop: threading.Event | None = None,
     ) -> None:  # fmt: skip
         from .io.complete import Settling
 
         self.run_dir, self.out, self.opts, self.follow = run_dir, out, options, follow
         self.progress = progress
+        self.stop = stop
         self.say = say or _Printer(out / LOG_FILE)
         self.settling = Settling()
         self.notes: list[str] = []
@@ -146,7 +151,10 @@ class _Watcher:
                     if limit is None
                     else min(self.follow.interval, limit - idle)
                 )
-                time.sleep(max(wait, 0.0))
+                if self.stop is None:
+                    time.sleep(max(wait, 0.0))
+                elif self.stop.wait(max(wait, 0.0)):
+                    return "stopped"
         except KeyboardInterrupt:
             return "interrupted"
 

@@ -36,14 +36,15 @@ def _quiet_libraries() -> None:
 
 @pytest.fixture(scope="session")
 def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The quick demo's runs (`generate_runs(quick=True)`), trained once per session.
+    """The quick demo's runs (`generate_runs(quick=True)`), trained once per session, with
+    the watch of the first OPD run that `opdlens demo` keeps beside them (its `watch/`).
 
     Read them in place; copy them (`checkpoints.copy_demo`) where a test writes beside them.
     """
     from opdlens.demo import generate_runs
 
     out = tmp_path_factory.mktemp("quick-demo") / "runs"
-    generate_runs(out, quick=True, progress=False)
+    generate_runs(out, quick=True, progress=False, watch=out.parent / "watch")
     return out
 
 

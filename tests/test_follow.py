@@ -12,14 +12,16 @@ import time
 from pathlib import Path
 
 import checkpoints
+import numpy as np
 import pandas as pd
 import pytest
-from incremental_reference import assert_equals_analyze
+from incremental_reference import assert_equals_analyze, by_slice
 
 import opdlens
 from opdlens import WatchOptions, watch
 from opdlens.analysis.options import AnalyzeOptions
 from opdlens.errors import OptionError
+from opdlens.follow import WatchResult
 
 RANKS = (1, 4)
 HERE = Path(__file__).parent
@@ -188,6 +190,43 @@ def test_a_checkpoint_deleted_between_the_look_and_the_read_is_skipped(
                    WatchOptions(interval=0.05, until=4, report=False), say=lines.append)  # fmt: skip
     assert result.steps == [1, 4]
     assert any(2 in seen for seen in looks)
+
+
+def test_a_stop_event_ends_a_watch_whose_trainer_failed(hf_run, tmp_path: Path) -> None:
+    """A trainer wrote steps 0 and 1, then died: setting `stop` ends the watch (waiting for
+    step 4) within one poll, and its outputs are valid up to step 1."""
+    src, run_dir, out = hf_run("llama"), tmp_path / "run", tmp_path / "out"
+    for step in (0, 1):
+        shutil.copytree(src / f"checkpoint-{step}", run_dir / f"checkpoint-{step}")
+    stop = threading.Event()
+    lines: list[str] = []
+    got: dict[str, object] = {}
+
+    def follow() -> None:
+        got["result"] = watch(run_dir, out, _opts(), WatchOptions(interval=0.2, until=4,
+                              report=False), say=lines.append, stop=stop)  # fmt: skip
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not lines and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [ln.split(":")[0] for ln in lines] == ["step 1"]
+    time.sleep(0.5)  # polls that find nothing new: watch keeps waiting for step 4
+    assert thread.is_alive()
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    result = got["result"]
+    assert isinstance(result, WatchResult)
+    assert result.stopped == "stopped" and result.steps == [1]
+    assert json.loads((out / ".opdlens").read_text())["complete"] is True
+    assert json.loads((out / "provenance.json").read_text())["steps"] == [1]
+    saved = pd.read_parquet(out / "metrics.parquet")
+    want = opdlens.analyze(opdlens.open_run(src), ranks=RANKS, workers=1)
+    want = want[want["step"] == 1]
+    for col in ("update_norm", "base_norm"):
+        np.testing.assert_allclose(by_slice(saved)[col], by_slice(want)[col], rtol=1e-6)
 
 
 def test_watch_options_are_checked() -> None:

@@ -18,7 +18,6 @@ from ..analysis.foresight import foresight_sentence
 from ..analysis.foresight_write import write_foresight
 from ..analysis.frame import summarize
 from ..analysis.lenses import OverlapFinding, lens_lines, overlap_findings
-from ..analysis.options import AnalyzeOptions
 from ..analysis.stats import mean_sd
 from ..extrapolation.ablate import Ablation, ablate
 from ..extrapolation.extrapolate import ERRORS_FILE, extrapolate
@@ -32,15 +31,14 @@ from ..run import Run, open_run
 from ..schedule import replay_schedule
 from ..viz.report import write_report
 from .runs import DemoRuns, generate_runs
+from .settings import SPARSITY_DTYPE, analyze_options
 
 T = TypeVar("T")
 
 LABELS = ("OPD", "RL")
 ALPHAS = (0.5, 1.0, 2.0, 4.0)
 ABLATE_RANKS = (1, 2, 4, 8)
-# The runs are stored in float32, where nearly every weight changes; changed_frac and the
-# seeds' overlap count changes as a bfloat16 checkpoint of the same weights would store them.
-SPARSITY_DTYPE = "bfloat16"
+WATCH_DIR = "watch"  # `opdlens watch` of the first OPD run while it trains (demo.watching)
 
 
 @dataclass
@@ -62,6 +60,7 @@ class DemoResult:
     lenses: GroupFindings | None = None  # lenses.lens_findings: changed_frac, principal energy
     overlap: list[OverlapFinding] = field(default_factory=list)  # each method's seeds' overlap
     lens_verdict: list[str] = field(default_factory=list)  # lenses.lens_lines
+    watch_line: str = ""  # watch_sentence: what `opdlens watch` followed while the runs trained
 
     def foresight_lines(self) -> list[str]:
         """One line per method: when one extrapolation starts beating standing still."""
@@ -224,7 +223,8 @@ def run_demo(
             t[name] = time.perf_counter() - t0
 
     runs = timed("train", lambda: generate_runs(out / "runs", quick=quick, seed=seed,
-                                                progress=progress, workers=workers or 1))  # fmt: skip
+                                                progress=progress, workers=workers or 1,
+                                                watch=out / WATCH_DIR))  # fmt: skip
     opd = open_run(runs.opd)
     errors = timed("extrapolate", _extrapolate, opd, out)
     history = timed("replay", _replay, opd, out, progress)
@@ -234,7 +234,7 @@ def run_demo(
     online_run = load_online_effopd(runs.online_path, "OPD, first seed, plain vs online EffOPD")
     side = SourceOptions(
         (), errors=tuple(errors), ablation=ablation, foresight=foresight, online=(online_run,),
-        analyze=AnalyzeOptions(workers=workers, base_geometry=True, sparsity_dtype=SPARSITY_DTYPE),
+        analyze=analyze_options(workers),
         overlap=True,
     )  # fmt: skip
     sources = timed("analyze", _analyse, labelled, out, side, progress)
@@ -250,7 +250,7 @@ def run_demo(
     result = DemoResult(
         out, report, groups, findings, share_table(frames, groups), saved, accepted, online,
         list(sources.claims), t, foresight, ablation, sources.lens_findings, pairs,
-        lens_lines(sources.lens_findings, pairs),
+        lens_lines(sources.lens_findings, pairs), watch_sentence(runs, out / WATCH_DIR),
     )  # fmt: skip
     write_text_atomic(out / "demo_summary.txt", format_summary(result))
     return result
@@ -278,6 +278,28 @@ def online_sentence(online: dict[str, Any]) -> str:
         f"{head}, from {start:.3f} at step 0: reached at step {plain} by plain OPD and at step "
         f"{eff} with EffOPD — speed-up {plain / eff:.2f}×."
     )
+
+
+def watch_sentence(runs: DemoRuns, out: Path) -> str:
+    """The summary's line on the `opdlens watch` that followed the first OPD run as it trained."""
+    from ..follow import LOG_FILE, REPORT_DIR
+    from ..provenance import PROVENANCE_JSON
+
+    run = f"{runs.opd.parent.name}/{runs.opd.name}"
+    where = f"one line each in {out / LOG_FILE}; its report {out / REPORT_DIR / 'report.html'}"
+    if runs.watched is not None:
+        w = runs.watched
+        early = "" if w.stopped == "until" else f" (it stopped early: {w.stopped})"
+        return f"watch followed {run} while it trained: {len(w.steps)} steps{early}, {where}."
+    prov = out / PROVENANCE_JSON
+    if prov.is_file():
+        record = json.loads(prov.read_text(encoding="utf-8"))
+        if record.get("run_dir") == str(runs.opd.resolve()):
+            steps = record.get("steps", [])
+            return (f"watch followed {run} while an earlier demo trained it (its runs are reused): "
+                    f"{len(steps)} steps, {where}.")  # fmt: skip
+    return (f"watch: {run} was reused, not trained, so there was nothing to follow; a demo that "
+            f"trains it follows it with opdlens watch into {out}.")  # fmt: skip
 
 
 def format_summary(r: DemoResult) -> str:
@@ -319,6 +341,7 @@ def format_summary(r: DemoResult) -> str:
         "scorer: held-out accuracy):",
         *(f"  {line}" for line in r.ablation_lines()),
         "",
+        *([r.watch_line] if r.watch_line else []),
         f"report: {r.report}",
     ]
     return "\n".join(lines)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opdlens.demo.jobs import Job, Start, run_jobs, train_start
 from opdlens.demo.model import save_checkpoint
@@ -15,6 +16,9 @@ from opdlens.demo.portable import run_portable
 from opdlens.demo.settings import demo_settings, replicate_dir, replicate_seed
 from opdlens.errors import OpdlensError
 from opdlens.io.paths import write_text_atomic
+
+if TYPE_CHECKING:
+    from opdlens.follow import WatchResult
 
 MANIFEST = "demo_manifest.json"
 ONLINE = "online_effopd.json"
@@ -38,6 +42,7 @@ class DemoRuns:
     """Where generate_runs put the teacher, the runs and the online comparison.
 
     opd and rl are the first replicates; replicates holds every run per method ("opd", "rl").
+    watched is what `opdlens watch` left while opd trained (None: reused runs, or not asked).
     """
 
     out_dir: Path
@@ -47,12 +52,15 @@ class DemoRuns:
     online_path: Path
     online: OnlineComparison
     replicates: dict[str, list[Path]] = field(default_factory=dict)
+    watched: WatchResult | None = field(default=None, compare=False)
 
 
-def _layout(out_dir: Path, online: OnlineComparison, n: int) -> DemoRuns:
+def _layout(
+    out_dir: Path, online: OnlineComparison, n: int, watched: WatchResult | None = None
+) -> DemoRuns:
     reps = {k: [out_dir / replicate_dir(k, r) for r in range(n)] for k in ("opd", "rl")}
     return DemoRuns(out_dir, out_dir / "teacher", out_dir / "opd", out_dir / "rl",
-                    out_dir / ONLINE, online, reps)  # fmt: skip
+                    out_dir / ONLINE, online, reps, watched)  # fmt: skip
 
 
 def _read_online(path: Path) -> OnlineComparison:
@@ -123,7 +131,13 @@ def finished_runs(out_dir: str | Path) -> DemoRuns | None:
 
 
 def generate_runs(
-    out_dir: Path, *, quick: bool = False, seed: int = 0, progress: bool = True, workers: int = 1
+    out_dir: Path,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int = 1,
+    watch: str | Path | None = None,
 ) -> DemoRuns:
     """Train the demo's teacher, student start, OPD and RL runs and the online EffOPD comparison.
 
@@ -131,12 +145,16 @@ def generate_runs(
     student start), the quick preset 1. All training runs in portable worker processes
     (demo.portable); the post-training runs are independent seeded jobs, `workers` at a time
     (the same runs whatever `workers`). Reuses out_dir when it already holds complete runs made
-    with the same parameters.
+    with the same parameters. With `watch`, `opdlens watch` follows the first OPD run from a
+    thread while the workers train it, into that directory (demo.watching); reused runs are not
+    watched.
     """
-    return _generate(Path(out_dir), quick, seed, progress, workers)
+    return _generate(Path(out_dir), quick, seed, progress, workers, watch)
 
 
-def _generate(out_dir: Path, quick: bool, seed: int, progress: bool, workers: int) -> DemoRuns:
+def _generate(
+    out_dir: Path, quick: bool, seed: int, progress: bool, workers: int, watch: str | Path | None
+) -> DemoRuns:
     settings = demo_settings(quick, seed)
     params = {"format": _FORMAT, "quick": quick, "seed": seed, "settings": asdict(settings)}
     manifest: dict[str, Any] = {"params": params, "complete": False}
@@ -156,7 +174,14 @@ def _generate(out_dir: Path, quick: bool, seed: int, progress: bool, workers: in
         for r in range(settings.replicates) for kind in ("opd", "rl")
     ]  # fmt: skip
     jobs.insert(0, Job("effopd", "opd", seed, None, record=True, effopd=True))  # slowest first
-    done = run_jobs(start_point, jobs, workers=workers, progress=progress)
+    follower = None
+    if watch is not None:
+        from opdlens.demo.watching import Follower, watch_options
+
+        follower = Follower(out_dir / replicate_dir("opd", 0), Path(watch).expanduser().resolve(),
+                            settings.post.steps, watch_options())  # fmt: skip
+    with follower or nullcontext():
+        done = run_jobs(start_point, jobs, workers=workers, progress=progress)
     timings.update({name: r["seconds"] for name, r in done.items()})
     plain, eff = done["opd"]["curve"], done["effopd"]
     online = _compare(plain, eff["curve"], eff["history"])
@@ -177,7 +202,8 @@ def _generate(out_dir: Path, quick: bool, seed: int, progress: bool, workers: in
         seconds={k: round(v, 2) for k, v in timings.items()},
     )
     write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    return _layout(out_dir, online, settings.replicates)
+    watched = None if follower is None else follower.result
+    return _layout(out_dir, online, settings.replicates, watched)
 
 
 def _compare(

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from opdlens.analysis.options import AnalyzeOptions
 from opdlens.demo.model import ModelConfig
 from opdlens.demo.task import VOCAB_SIZE, AdditionTask
 from opdlens.demo.train import PostTrainSettings
+
+# The runs are stored in float32, where nearly every weight changes; changed_frac and the
+# seeds' overlap count changes as a bfloat16 checkpoint of the same weights would store them.
+SPARSITY_DTYPE = "bfloat16"
+
+
+def analyze_options(workers: int | None) -> AnalyzeOptions:
+    """How the demo analyses its runs: run_demo's analysis, and watch's while they train."""
+    return AnalyzeOptions(workers=workers, base_geometry=True, sparsity_dtype=SPARSITY_DTYPE)
 
 
 @dataclass(frozen=True)
