@@ -33,7 +33,8 @@ step "machine" 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_versi
 step "gpu tests" 180 "$PY" -m pytest -q -p no:cacheprovider --junitxml="$LOG_DIR/gpu_tests.xml" \
     tests/analysis/test_cuda.py tests/extrapolation/test_cuda.py tests/test_devices.py \
     tests/io/test_pickles.py tests/analysis/test_compare.py::test_cuda_gives_the_numbers_of_the_cpu \
-    tests/analysis/test_live.py::test_on_cuda_a_model_gives_the_numbers_of_the_cpu
+    tests/analysis/test_live.py::test_on_cuda_a_model_gives_the_numbers_of_the_cpu \
+    tests/test_follow.py::test_watch_on_cuda_gives_the_numbers_of_the_cpu
 step "bench_gpu" 200 "$PY" benchmarks/bench_gpu.py --json "$LOG_DIR/bench_gpu.json"
 echo "=== gpu_check: $([ $status = 0 ] && echo passed || echo FAILED); log in $LOG" | tee -a "$LOG"
 exit $status

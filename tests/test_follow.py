@@ -278,3 +278,20 @@ def test_watch_says_what_it_waits_for(hf_run, tmp_path: Path, monkeypatch) -> No
     assert result.steps == [1, 2]
     said = [ln for ln in lines if "step 4 is still incomplete" in ln]
     assert len(said) == 1 and "model.safetensors" in said[0] and "truncated" in said[0]
+
+
+@pytest.mark.gpu
+def test_watch_on_cuda_gives_the_numbers_of_the_cpu(hf_run, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(hf_run("phi3"), run_dir)
+    frames = []
+    for device in ("cpu", "cuda"):
+        opts = AnalyzeOptions(ranks=RANKS, workers=1, device=device)
+        follow = WatchOptions(interval=0.05, until=4, report=False)
+        result = watch(run_dir, tmp_path / device, opts, follow, say=lambda _: None)
+        assert result.steps == [1, 2, 4]
+        frames.append(by_slice(result.frame))
+    cpu, gpu = frames
+    np.testing.assert_allclose(cpu["update_norm"], gpu["update_norm"], rtol=1e-5)
+    for col in ("energy_k1", "energy_k4", "align_latest_left_k4", "align_latest_right_k1"):
+        np.testing.assert_allclose(cpu[col], gpu[col], atol=1e-2, equal_nan=True, err_msg=col)
