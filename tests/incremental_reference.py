@@ -30,7 +30,8 @@ def assert_equals_analyze(got: pd.DataFrame, want: pd.DataFrame, ranks: Sequence
         if col.startswith(("energy_k", "gap_k", "stable_rank")):
             np.testing.assert_allclose(a.astype(float), b.astype(float), atol=1e-3, err_msg=col)
         elif pd.api.types.is_float_dtype(b):
-            np.testing.assert_allclose(a.astype(float), b.astype(float), rtol=1e-6, err_msg=col)
+            # float32 chunk dot products (BLAS): the last bits depend on the threads in use.
+            np.testing.assert_allclose(a.astype(float), b.astype(float), rtol=1e-5, err_msg=col)
         else:
             assert a.tolist() == b.tolist(), col
     for k in ranks:

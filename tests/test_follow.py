@@ -226,7 +226,7 @@ def test_a_stop_event_ends_a_watch_whose_trainer_failed(hf_run, tmp_path: Path) 
     want = opdlens.analyze(opdlens.open_run(src), ranks=RANKS, workers=1)
     want = want[want["step"] == 1]
     for col in ("update_norm", "base_norm"):
-        np.testing.assert_allclose(by_slice(saved)[col], by_slice(want)[col], rtol=1e-6)
+        np.testing.assert_allclose(by_slice(saved)[col], by_slice(want)[col], rtol=1e-5)
 
 
 def test_watch_options_are_checked() -> None:

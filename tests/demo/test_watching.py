@@ -85,7 +85,10 @@ def test_demo_watched_its_first_opd_run_while_it_trained(quick_demo: Path) -> No
         if col.startswith(SPECTRAL):
             np.testing.assert_allclose(a.astype(float), b.astype(float), atol=1e-3, err_msg=col)
         elif pd.api.types.is_float_dtype(b):
-            np.testing.assert_array_equal(a.to_numpy(float), b.to_numpy(float), err_msg=col)
+            # Norms add float32 chunk dot products (BLAS), whose last bits depend on the threads
+            # the process had: watch ran in the demo's process, this analyze in the test's.
+            np.testing.assert_allclose(a.to_numpy(float), b.to_numpy(float), rtol=1e-5,
+                                       err_msg=col)  # fmt: skip
         else:
             assert a.tolist() == b.tolist(), col
     assert {"update_norm", "base_norm", "rel_update_norm", "energy_k1"} <= set(kept)
