@@ -381,13 +381,12 @@ class _Printer:
                 raise OutputError(f"{self.log}: cannot append to the watch log ({e}).") from None
 
 
-def _results_options(options: object) -> object:
+def _results_options(options: object) -> dict[str, Any] | None:
     """The options that decide the numbers (not how many workers or where they ran)."""
     if not isinstance(options, dict):
-        return options
-    return {
-        k: v for k, v in options.items() if k not in ("workers", "executor", "address", "device")
-    }
+        return None
+    skip = ("workers", "executor", "address", "device")
+    return {str(k): v for k, v in options.items() if k not in skip}
 
 
 def _resume(out: Path, run_dir: Path, options: AnalyzeOptions) -> _State:
@@ -417,10 +416,16 @@ def _resume(out: Path, run_dir: Path, options: AnalyzeOptions) -> _State:
         raise OptionError(
             f"{out} watched {prov.get('run_dir')}, not {run_dir}; give another --out to watch this run."
         )
-    mine = json.loads(json.dumps(options.record(), default=str))
-    if _results_options(prov.get("options")) != _results_options(mine):
+    mine = _results_options(json.loads(json.dumps(options.record(), default=str))) or {}
+    theirs = _results_options(prov.get("options"))
+    if theirs != mine:
+        changed = [
+            f"{k}={None if theirs is None else theirs.get(k)!r} (now {v!r})"
+            for k, v in mine.items()
+            if theirs is None or theirs.get(k) != v
+        ]
         raise OptionError(
-            f"{out} was watched with other options ({prov.get('options')}); resume with the same "
+            f"{out} was watched with other options: {', '.join(changed)}; resume with the same "
             "options or give another --out."
         )
     frame = frame[frame["step"].isin(steps)].reset_index(drop=True)

@@ -112,7 +112,7 @@ def test_resume_refuses_other_options_or_another_run(hf_run, tmp_path: Path) -> 
     out = tmp_path / "out"
     watch(run_dir, out, _opts(), WatchOptions(interval=0.05, until=1, report=False),
           say=lambda _: None)  # fmt: skip
-    with pytest.raises(OptionError, match="other options"):
+    with pytest.raises(OptionError, match=r"other options: ranks=\[1, 4\] \(now \[2\]\);"):
         watch(run_dir, out, AnalyzeOptions(ranks=(2,), workers=1),
               WatchOptions(interval=0.05, until=1, report=False), say=lambda _: None)  # fmt: skip
     other = tmp_path / "other"
