@@ -21,6 +21,7 @@ from .base_bounds import (
 from .cache import CachedFactors, TensorCache, content_key
 from .krylov import block_krylov
 from .linalg import TopK, svd_label, top_k_svd
+from .top_eigh import top_gram_eigvecs
 
 if TYPE_CHECKING:
     from .update import Update
@@ -83,13 +84,13 @@ def _bracketed(w: torch.Tensor, top: TopK, tol: torch.Tensor | None) -> TopK | N
 
 
 def _gram32(w: torch.Tensor, k: int) -> TopK:
-    """Top-k triplets from eigh of the float32 Gram matrix of the small side, Rayleigh–Ritz in float64."""
+    """Top-k triplets from the float32 Gram matrix of the small side's top eigenvectors,
+    refined by a Rayleigh–Ritz step in float64."""
     lo_dim = min(w.shape)
     k1 = min(k + 8, lo_dim)
     wide = w.shape[0] <= w.shape[1]
     side = w if wide else w.T  # (lo, hi)
-    _, evecs = torch.linalg.eigh(side @ side.T)  # ascending, (lo, lo) float32
-    basis = torch.linalg.qr(evecs.flip(1)[:, :k1].double())[0]  # (lo, k1)
+    basis = torch.linalg.qr(top_gram_eigvecs(side, k1).to(w.device).double())[0]  # (lo, k1)
     y = (side.T @ basis.to(w.dtype)).double()  # (hi, k1)
     other, sv, wh = torch.linalg.svd(y, full_matrices=False)
     small = basis @ wh.T  # (lo, k1)

@@ -6,6 +6,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ from .cluster import import_ray
 from .gram import gram_tensor
 from .options import AnalyzeOptions
 from .sweep import TensorResult, sweep_tensor
+from .top_eigh import blas_threads
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -107,25 +109,27 @@ def iter_local(job: Job, names: Sequence[str], workers: int) -> Iterator[tuple[s
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(1)
-    pool = [
-        threading.Thread(target=work, name=f"opdlens-analyze-{i}", daemon=True)
-        for i in range(min(workers, len(names)))
-    ]
-    try:
-        for t in pool:
-            t.start()
-        for _ in names:
-            name, result, error = _next(done)
-            if error is not None:
-                raise error
-            assert result is not None
-            yield name, result
-    finally:
-        stop.set()  # each thread stops at its next stop point (a read piece, a Krylov pass)
-        for t in pool:
-            while t.is_alive():  # in short slices: a second Ctrl-C still interrupts the wait
-                t.join(0.1)
-        torch.set_num_threads(threads_before)
+    # scipy's BLAS too, for base geometry's eigensolver: worker threads cannot cap it themselves
+    with blas_threads(1) if job.options.base_geometry else nullcontext():
+        pool = [
+            threading.Thread(target=work, name=f"opdlens-analyze-{i}", daemon=True)
+            for i in range(min(workers, len(names)))
+        ]
+        try:
+            for t in pool:
+                t.start()
+            for _ in names:
+                name, result, error = _next(done)
+                if error is not None:
+                    raise error
+                assert result is not None
+                yield name, result
+        finally:
+            stop.set()  # each thread stops at its next stop point (a read piece, a Krylov pass)
+            for t in pool:
+                while t.is_alive():  # in short slices: a second Ctrl-C still interrupts the wait
+                    t.join(0.1)
+            torch.set_num_threads(threads_before)
 
 
 def _next(done: queue.SimpleQueue) -> tuple:
