@@ -18,10 +18,17 @@ from .update import Update, digest, read_stored, read_weight, subtract_base
 
 if TYPE_CHECKING:
     from ..run import Run
-    from .cache import CachedFactors, FactorCache
+    from .cache import FactorCache
 
-# Top-K factors of Δ_A and Δ_B of one slice when a cache holds them: (rows, cols) → (A, B).
-Cached = Callable[[tuple[int, int], int], tuple["CachedFactors | None", "CachedFactors | None"]]
+Factors = tuple[torch.Tensor, torch.Tensor]  # top-K U (rows, K) and V (cols, K), on the CPU
+# One slice's top-K factors of Δ_A and Δ_B known before any SVD (an analyze's factor cache,
+# another pair of a group): (rows, cols), K → (A's, B's), None where not known.
+Cached = Callable[[tuple[int, int], int], tuple[Factors | None, Factors | None]]
+# One update's factors computed so far, for the other pairs of a group: by (slice key, digest of
+# the slice's rows, (rows, cols), K).
+FactorMemo = dict[tuple[str, bytes, tuple[int, int], int], Factors]
+# Told the factors an SVD computed for side 0 (A) or 1 (B) of a slice, with (rows, cols) and K.
+Keep = Callable[[int, tuple[int, int], int, Factors], None]
 
 # Summed over tensors for the aggregated scopes; every ratio is computed from these sums.
 COUNT_COLUMNS = ["changed_a", "changed_b", "changed_both", "changed_either"]
@@ -79,13 +86,14 @@ def update_and_mask(
 
 def subspace_columns(
     da: torch.Tensor, db: torch.Tensor, sq_a: float, sq_b: float, ranks: Sequence[int],
-    device: str, cached: Cached | None = None,
+    device: str, cached: Cached | None = None, keep: Keep | None = None,
 ) -> tuple[dict[str, float], list[str], int]:  # fmt: skip
     """subspace_{left,right}_k{K}, their random baselines K/rows, K/cols, and SVDs computed.
 
     NaN where K exceeds min(rows, cols), for vectors, and where either update is zero or not
-    finite (then with a note). `cached` gives factors an earlier analyze stored, used instead
-    of an SVD. Shape: da and db (rows, cols) float32, or vectors.
+    finite (then with a note). `cached` gives factors known already (an earlier analyze's,
+    another pair's), used instead of an SVD; `keep` is handed each side's computed factors.
+    Shape: da and db (rows, cols) float32, or vectors.
     """
     out: dict[str, float] = {}
     for k in ranks:
@@ -105,13 +113,14 @@ def subspace_columns(
     if not (math.isfinite(sq_a) and math.isfinite(sq_b)):
         return out, ["an update holds NaN or Inf: its subspaces are undefined (NaN)"], 0
     hits = cached((rows, cols), kk) if cached is not None else (None, None)
-    bases = []
-    for d, sq, hit in ((da, sq_a, hits[0]), (db, sq_b, hits[1])):
-        if hit is not None:
-            bases.append((hit.u.cpu(), hit.v.cpu()))
-        else:
+    bases: list[Factors] = []
+    for which, (d, sq, hit) in enumerate(((da, sq_a, hits[0]), (db, sq_b, hits[1]))):
+        if hit is None:
             top = Update(dense=d.to(device)).top_k(kk, total_sq=sq)
-            bases.append((top.U.cpu(), top.V.cpu()))
+            hit = (top.U.cpu(), top.V.cpu())
+            if keep is not None:
+                keep(which, (rows, cols), kk, hit)
+        bases.append(hit)
     (ua, va), (ub, vb) = bases
     for k in ranks:
         if k <= kk:
@@ -128,6 +137,7 @@ def slice_row(
     ranks: Sequence[int],
     device: str,
     cached: Cached | None = None,
+    keep: Keep | None = None,
 ) -> tuple[dict[str, object], list[str], int]:
     """The counts, inner products and subspace overlaps of one slice; SVDs it computed."""
     da, db = (piece(d, sl, info) for d in deltas)
@@ -146,6 +156,6 @@ def slice_row(
         row.update(changed_a=na, changed_b=nb, changed_both=both, changed_either=na + nb - both)
     sq_a, sq_b = frobenius_sq(da), frobenius_sq(db)
     row.update(dot=inner(da, db), sq_a=sq_a, sq_b=sq_b)
-    cols, notes, svds = subspace_columns(da, db, sq_a, sq_b, ranks, device, cached)
+    cols, notes, svds = subspace_columns(da, db, sq_a, sq_b, ranks, device, cached, keep)
     row.update(cols)
     return row, notes, svds
