@@ -61,17 +61,26 @@ def update_and_mask(
     side: Side, name: str, w0: torch.Tensor, h0: bytes, info: ModuleInfo, tol: float | None,
     view: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, bytes]:  # fmt: skip
-    """Δ = W_step − W_0 in float32, the changed mask (as `view` would store both, if given),
-    and the digest analyze's cache keys Δ by; W_step is read once.
+    """Δ = W_step − W_0 in float32, the changed elements (as `view` would store both, if given)
+    as a tensor whose nonzero elements they are, and the digest analyze's cache keys Δ by;
+    W_step is read once.
 
-    The mask is None for a LoRA step: its dense update is not stored, so no element is
-    "unchanged as stored". Shape: w0 as stored; Δ and mask in `as_matrix` orientation.
+    The changed tensor is Δ itself where Δ ≠ 0 exactly where the stored values differ (the
+    usual case, checked block by block: no mask is held), else a bool mask. It is None for a
+    LoRA step: its dense update is not stored, so no element is "unchanged as stored".
+    Shape: w0 as stored; Δ and the changed tensor in `as_matrix` orientation.
     """
     f = side.run.factored_delta(name, side.step)
     if f is not None:
         return (f[0].float() @ f[1].float()), None, digest(f[0], f[1])  # already (out, in)
     ck = side.run.checkpoint(side.step)
-    if exact_reading(ck.spec(name).stored):
+    stored = ck.spec(name).stored
+    if tol is None and view is None and exact_reading(stored) and _exact(w0):
+        d, h = read_weight(ck, name)
+        changed = _subtract_marking(d := d.contiguous(), w0)
+        m = as_matrix(d, info)
+        return m, m if changed is d else as_matrix(changed, info), h0 + h
+    if exact_reading(stored):
         # The float32 reading holds the stored values: the mask and Δ both come from it.
         d, h = read_weight(ck, name)
         mask = changed_mask(w0, d, tol, view=view)
@@ -82,6 +91,51 @@ def update_and_mask(
         del w
     subtract_base(d, w0)  # by row blocks: W_0 is never upcast whole
     return as_matrix(d, info), as_matrix(mask, info), h0 + h
+
+
+_CHUNK = 1 << 20  # elements per block of `_subtract_marking` and of the intersection counts
+
+
+def _exact(w0: torch.Tensor) -> bool:
+    """W_0 is a contiguous float tensor whose values float32 holds exactly."""
+    return w0.is_contiguous() and w0.dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _subtract_marking(d: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
+    """d −= W_0 in place by blocks; what marks the changed elements W ≠ W_0 by its nonzeros.
+
+    That is d itself unless some W ≠ W_0 gives d == 0 or W == W_0 a nonzero d (equal
+    infinities give NaN; a flushed subnormal gives 0): then a bool mask, the rows before the
+    first such block taken from d. Shape: d float32 holding W, w0 the same shape.
+    """
+    flat_d, flat_w0 = d.view(-1), w0.view(-1)
+    scratch = torch.empty(min(_CHUNK, flat_d.numel()), dtype=torch.float32)
+    mask: torch.Tensor | None = None
+    for i in range(0, flat_d.numel(), _CHUNK):
+        di, bi = flat_d[i : i + _CHUNK], scratch[: flat_d[i : i + _CHUNK].numel()]
+        bi.copy_(flat_w0[i : i + _CHUNK])  # exact: float32 holds W_0's values
+        ne = torch.ne(di, bi)  # the stored values compared, as `changed_mask` compares them
+        di.sub_(bi)
+        if mask is None and not torch.equal(ne, di != 0):
+            mask = torch.empty(flat_d.numel(), dtype=torch.bool)
+            torch.ne(flat_d[:i], 0, out=mask[:i])
+        if mask is not None:
+            mask[i : i + _CHUNK] = ne
+    return d if mask is None else mask.view(d.shape)
+
+
+def count_both(pa: torch.Tensor, pb: torch.Tensor) -> int:
+    """Elements nonzero in both, counted by row blocks (no full-size temporary).
+
+    Shape: pa and pb the same, any shape.
+    """
+    if pa.dim() < 2:
+        return int(torch.count_nonzero(torch.logical_and(pa != 0, pb != 0)))
+    step = max(1, _CHUNK // max(1, pa[0].numel()))
+    return sum(
+        int(torch.count_nonzero(torch.logical_and(pa[i : i + step] != 0, pb[i : i + step] != 0)))
+        for i in range(0, pa.shape[0], step)
+    )
 
 
 def subspace_columns(
@@ -150,9 +204,11 @@ def slice_row(
     if ma is None or mb is None:
         row.update(dict.fromkeys(COUNT_COLUMNS, None))
     else:
-        pa, pb = piece(ma, sl, info), piece(mb, sl, info)
+        # A mask that is Δ itself (see update_and_mask) is the piece already cut.
+        pa = da if ma is deltas[0] else piece(ma, sl, info)
+        pb = db if mb is deltas[1] else piece(mb, sl, info)
         na, nb = int(torch.count_nonzero(pa)), int(torch.count_nonzero(pb))
-        both = int(torch.count_nonzero(torch.logical_and(pa, pb)))
+        both = count_both(pa, pb)
         row.update(changed_a=na, changed_b=nb, changed_both=both, changed_either=na + nb - both)
     sq_a, sq_b = frobenius_sq(da), frobenius_sq(db)
     row.update(dot=inner(da, db), sq_a=sq_a, sq_b=sq_b)
