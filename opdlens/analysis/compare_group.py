@@ -42,7 +42,8 @@ def group_tensor(
 ) -> dict[PairKey, TensorOverlap]:
     """Rows of one tensor for every pair that holds it: each (run, step) read once, W_0 once
     per distinct base, and each update's top-K factors computed once per slice (n SVDs, not
-    n(n − 1)), so n runs hold n updates and masks at once instead of reading n − 1 times."""
+    n(n − 1)), so n runs hold n updates (and masks where Δ does not mark the changes) at
+    once instead of reading n − 1 times."""
     pairs = [p for p, plan in plans.items() if name in plan.names]
     out = {p: TensorOverlap(name) for p in pairs}
     skips = {i: skip_reason(runs[i], name) for p in pairs for i in p}
