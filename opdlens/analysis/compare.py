@@ -19,7 +19,16 @@ from .analyze import check_views
 from .cache import CachedFactors, FactorCache, TensorCache, content_key
 from .compare_frame import SCOPES, build_frame
 from .options import check_ranks, check_sparsity_dtype, check_tol
-from .overlap import Cached, Side, TensorOverlap, slice_row, update_and_mask
+from .overlap import (
+    Cached,
+    FactorMemo,
+    Factors,
+    Keep,
+    Side,
+    TensorOverlap,
+    slice_row,
+    update_and_mask,
+)  # fmt: skip
 from .sparsity import sparsity_view
 from .sweep import Slice, skip_reason, slices_of
 from .update import digest, read_stored
@@ -208,11 +217,13 @@ def compare_tensor(pair: Pair, name: str) -> TensorOverlap:
 def overlap_rows(
     out: TensorOverlap, pair: Pair, info: ModuleInfo,
     deltas: tuple[torch.Tensor, torch.Tensor], masks: tuple[torch.Tensor | None, torch.Tensor | None],
-    sources: tuple[bytes, bytes],
+    sources: tuple[bytes, bytes], memos: tuple[FactorMemo, FactorMemo] | None = None,
 ) -> None:  # fmt: skip
     """Add to `out` the rows of one tensor of a pair from its two updates and changed masks.
 
-    Shape: deltas and masks as `update_and_mask` returns them.
+    `memos` hold each update's top-K factors across the pairs of a group: taken from them
+    instead of an SVD, and filled with those computed here. Shape: deltas and masks as
+    `update_and_mask` returns them.
     """
     name, a, b, opts = out.name, pair.a, pair.b, pair.options
     da, db = (d.to(opts.device) for d in deltas)
@@ -224,8 +235,9 @@ def overlap_rows(
         slices = slices_of(shape, info, a.run.config, split=False)
     caches = [s.cache.tensor(name) if s.cache is not None else None for s in (a, b)]
     for sl in slices:
-        found = _cached(out, caches, (a.step, b.step), sources, sl)
-        row, notes, svds = slice_row(sl, info, (da, db), masks, opts.ranks, opts.device, found)
+        found, keep = _cached(out, caches, (a.step, b.step), sources, sl, memos)
+        row, notes, svds = slice_row(sl, info, (da, db), masks, opts.ranks, opts.device, found,
+                                     keep)  # fmt: skip
         out.svd_calls += svds
         out.rows.append({"tensor": name, "layer": info.layer, "block": info.block, **row})
         out.warnings += [f"tensor '{name}': {n}" for n in notes]
@@ -241,21 +253,31 @@ def _cached(
     steps: tuple[int, int],
     sources: tuple[bytes, bytes],
     sl: Slice,
-) -> Cached:
-    """Look up one slice's factors of Δ_A and Δ_B in the caches, keyed as analyze keys them."""
+    memos: tuple[FactorMemo, FactorMemo] | None,
+) -> tuple[Cached, Keep | None]:
+    """Look up one slice's factors of Δ_A and Δ_B: in the caches, keyed as analyze keys them,
+    then in `memos`; and how to keep computed ones in `memos` (None without)."""
     slice_digest = digest(sl.rows_index) if sl.rows_index is not None else b""
 
-    def lookup(shape: tuple[int, int], k: int) -> tuple[CachedFactors | None, CachedFactors | None]:
-        found: list[CachedFactors | None] = []
-        for tc, step, src in zip(caches, steps, sources, strict=True):
-            hit = None
+    def lookup(shape: tuple[int, int], k: int) -> tuple[Factors | None, Factors | None]:
+        found: list[Factors | None] = []
+        for side, (tc, step, src) in enumerate(zip(caches, steps, sources, strict=True)):
+            hit: CachedFactors | None = None
             if tc is not None:
                 hit = tc.get(step, sl.key, k, False, content_key(src, slice_digest), shape)
-            found.append(hit.truncated(k) if hit is not None else None)
             out.cache_hits += hit is not None
+            if hit is not None:
+                top = hit.truncated(k)
+                found.append((top.u.cpu(), top.v.cpu()))
+            else:
+                found.append(memos[side].get((sl.key, slice_digest, shape, k)) if memos else None)
         return found[0], found[1]
 
-    return lookup
+    def keep(side: int, shape: tuple[int, int], k: int, factors: Factors) -> None:
+        assert memos is not None
+        memos[side][(sl.key, slice_digest, shape, k)] = factors
+
+    return lookup, keep if memos is not None else None
 
 
 def thread_map(fn: Callable[[str], T], names: Sequence[str], workers: int) -> Iterator[T]:

@@ -24,7 +24,7 @@ from .compare import (
     run_label,
     thread_map,
 )  # fmt: skip
-from .overlap import Side, TensorOverlap, update_and_mask
+from .overlap import FactorMemo, Side, TensorOverlap, update_and_mask
 from .sparsity import sparsity_view
 from .sweep import skip_reason
 from .update import read_stored
@@ -41,8 +41,9 @@ def group_tensor(
     runs: Sequence[Run], plans: dict[PairKey, PairPlan], options: CompareOptions, name: str
 ) -> dict[PairKey, TensorOverlap]:
     """Rows of one tensor for every pair that holds it: each (run, step) read once, W_0 once
-    per distinct base, so n runs hold n updates and masks at once instead of reading n − 1
-    times."""
+    per distinct base, and each update's top-K factors computed once per slice (n SVDs, not
+    n(n − 1)), so n runs hold n updates (and masks where Δ does not mark the changes) at
+    once instead of reading n − 1 times."""
     pairs = [p for p, plan in plans.items() if name in plan.names]
     out = {p: TensorOverlap(name) for p in pairs}
     skips = {i: skip_reason(runs[i], name) for p in pairs for i in p}
@@ -82,11 +83,13 @@ def group_tensor(
                     )
                     del w0
         del bases, kept  # W_0 is freed before the pairs' SVDs
-        for p in readable:
+        memos: dict[tuple[int, int], FactorMemo] = {key: {} for key in read}
+        for p in readable:  # each update's top-K factors are computed once, for its first pair
             (i, j), (sa, sb) = p, plans[p].steps
             (da, ma, src_a), (db, mb, src_b) = read[(i, sa)], read[(j, sb)]
             pair = Pair(Side(runs[i], sa), Side(runs[j], sb), False, options)
-            overlap_rows(out[p], pair, info, (da, db), (ma, mb), (src_a, src_b))
+            overlap_rows(out[p], pair, info, (da, db), (ma, mb), (src_a, src_b),
+                         (memos[(i, sa)], memos[(j, sb)]))  # fmt: skip
     return out
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from opdlens import open_run
+from opdlens import compare, open_run
 from opdlens.analysis.overlap import Side, subspace_columns, update_and_mask
 from opdlens.analysis.update import read_stored
 
@@ -31,14 +31,41 @@ def test_update_and_mask_compare_the_stored_values(tmp_path: Path) -> None:
     base, h0 = read_stored(run.base, NAME)
     d, mask, source = update_and_mask(Side(run, 2), NAME, base, h0, run.module(NAME), None)
     stored = w.bfloat16().float().numpy()
-    assert mask is not None
-    assert np.array_equal(mask.numpy(), stored != w0.float().numpy())
+    assert mask is d  # Δ ≠ 0 exactly where the stored values differ: no mask is held
+    assert np.array_equal(mask.numpy() != 0, stored != w0.float().numpy())
     assert mask[0].all() and not mask[1:].any()
     assert d.dtype == torch.float32
     assert np.array_equal(d.numpy(), stored - w0.float().numpy())
     assert source == h0 + read_stored(run.checkpoint(2), NAME)[1]  # analyze's cache key parts
     _, tol_mask, _ = update_and_mask(Side(run, 2), NAME, base, h0, run.module(NAME), 0.05)
     assert tol_mask is not None and not tol_mask.any()  # every change is below τ = 0.05
+
+
+def test_equal_infinities_are_unchanged_though_their_difference_is_nan(tmp_path: Path) -> None:
+    # 1040 rows of 1024: more than one block, the infinities in the last one.
+    g = torch.Generator().manual_seed(1)
+    w0 = (0.02 * torch.randn(1040, 1024, generator=g)).bfloat16()
+    w0[-1, :3] = float("inf")
+    stored = []
+    for seed in (1, 2):
+        w = w0.float() + (torch.rand(1040, 1024, generator=g) < 0.3) * 0.01 * seed
+        w[-1, :3] = float("inf")  # W = W_0 = +inf: unchanged, though Δ = inf − inf = NaN
+        w[-1, seed] = float("nan")  # +inf → NaN: changed
+        w[-1, 3 + seed] = float("-inf")  # finite → −inf: changed
+        for step, t in ((0, w0), (2, w.bfloat16())):
+            checkpoints.write_state_dir(tmp_path / f"r{seed}" / f"checkpoint-{step}", {NAME: t},
+                                        config={"model_type": "llama"})  # fmt: skip
+        stored.append(w.bfloat16().float().numpy())
+    runs = [open_run(tmp_path / f"r{seed}") for seed in (1, 2)]
+    base, h0 = read_stored(runs[0].base, NAME)
+    d, mask, _ = update_and_mask(Side(runs[0], 2), NAME, base, h0, runs[0].module(NAME), None)
+    want = [w != w0.float().numpy() for w in stored]  # NaN differs from everything, inf = inf
+    assert mask is not None and mask.dtype == torch.bool and np.array_equal(mask.numpy(), want[0])
+    assert np.array_equal(d.numpy(), stored[0] - w0.float().numpy(), equal_nan=True)
+    # Through compare: the counts of the stored values.
+    row = compare(*runs, ranks=(1,), workers=1, scopes=("tensor",)).iloc[0]
+    assert (row["changed_a"], row["changed_b"]) == (want[0].sum(), want[1].sum())
+    assert row["changed_both"] == (want[0] & want[1]).sum()
 
 
 def _planted(rows: int, cols: int, seed: int, shared: torch.Tensor) -> torch.Tensor:

@@ -133,6 +133,46 @@ def test_group_writes_every_pair(runs: list[Path], tmp_path: Path) -> None:
                                                                         "pair 1-2"]  # fmt: skip
 
 
+def test_group_computes_each_runs_factors_once(runs: list[Path], tmp_path: Path) -> None:
+    """3 runs: each update's top-K SVD once per matrix (3), not once per pair it is in (6)."""
+    common = ["-q", "--ranks", "1,4", "--workers", "1"]
+    out = tmp_path / "group"
+    res = runner.invoke(app, ["compare", "--out", str(out), *common,
+                              *[a for r in runs for a in ("--group", str(r))]])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    group = pd.read_parquet(out / "compare.parquet")
+    tensors = group[group["scope"] == "tensor"]
+    matrices = int(tensors[tensors["pair"] == "0-1"]["rows"].notna().sum())
+    assert matrices == 8  # lm_head, embed_tokens and 2 × (q, o, down): the vectors have no SVD
+    assert json.loads((out / "provenance.json").read_text())["svd_calls"] == 3 * matrices
+    for key, (i, j) in (("0-1", (0, 1)), ("0-2", (0, 2)), ("1-2", (1, 2))):
+        alone = tmp_path / f"pair-{key}"
+        res = runner.invoke(app, ["compare", str(runs[i]), str(runs[j]), "--out", str(alone),
+                                  *common])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        assert json.loads((alone / "provenance.json").read_text())["svd_calls"] == 2 * matrices
+        mine = group[group["pair"] == key].drop(columns=["pair", "run_a", "run_b"])
+        pd.testing.assert_frame_equal(mine.reset_index(drop=True),
+                                      pd.read_parquet(alone / "compare.parquet"))  # fmt: skip
+    # Pair 1-2 took both runs' factors from the earlier pairs: against float64 SVDs.
+    (w0, w1), (_, w2) = _states(runs[1]), _states(runs[2])
+    checked = 0
+    for _, row in tensors[(tensors["pair"] == "1-2") & tensors["rows"].notna()].iterrows():
+        name = row["tensor"]
+        da, db = ((w[name].double() - w0[name].double()).numpy() for w in (w1, w2))
+        ua, sa, vta = np.linalg.svd(da)
+        ub, sb, vtb = np.linalg.svd(db)
+        for k in (1, 4):
+            if min((s[k - 1] - s[k]) / s[0] for s in (sa, sb)) < 1e-2:
+                continue  # an ill-defined subspace (design.md)
+            left = ((ua[:, :k].T @ ub[:, :k]) ** 2).sum() / k
+            right = ((vta[:k] @ vtb[:k].T) ** 2).sum() / k
+            assert row[f"subspace_left_k{k}"] == pytest.approx(left, abs=1e-2), (name, k)
+            assert row[f"subspace_right_k{k}"] == pytest.approx(right, abs=1e-2), (name, k)
+            checked += 1
+    assert checked >= matrices
+
+
 def test_the_command_line_in_a_child_process(runs: list[Path], tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "opdlens", "compare", str(runs[0]), str(runs[1]), "--out",
