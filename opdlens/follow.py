@@ -234,7 +234,7 @@ class _Watcher:
     def _analyse(self, run: Run, step: int) -> None:
         import pandas as pd
 
-        from .analysis.incremental import align_latest, analyse_step, foresight_step
+        from .analysis.incremental import align_latest, analyse_step
         from .provenance import fingerprint
 
         cache = self.out / "cache"
@@ -245,7 +245,7 @@ class _Watcher:
         frame = align_latest(frame, cache, paths, self.opts.ranks)
         steps = [*self.state.steps, step]
         fore = self.state.foresight
-        ahead = self._foresight(run, steps, foresight_step)
+        ahead = self._foresight(run, steps)
         if ahead is not None:
             fore = pd.concat([fore, pd.DataFrame([ahead])], ignore_index=True)
         inputs = [*self.state.inputs, {"step": step, "path": paths[step],
@@ -260,7 +260,10 @@ class _Watcher:
         if self.follow.report:
             self._report(refresh=REFRESH_S)
 
-    def _foresight(self, run: Run, steps: list[int], compute: Callable[..., Any]) -> Any:
+    def _foresight(self, run: Run, steps: list[int]) -> dict[str, float | int] | None:
+        """foresee --anchor previous's row for the newest step (None: too few saves, or one gone)."""
+        from .analysis.incremental import foresight_step
+
         saved = sorted(steps)[-3:]
         needed = [s for s in saved if s in run.checkpoints or s == 0]
         if len(saved) < 2:
@@ -268,7 +271,7 @@ class _Watcher:
         if needed != saved:
             self._note(f"no foresight for step {saved[-1]}: an earlier checkpoint is gone.")
             return None
-        return compute(run, saved, self.opts)
+        return foresight_step(run, saved, self.opts)
 
     def _previous_alignment(self, frame: pd.DataFrame, step: int, paths: dict) -> float:
         """Top-1 alignment of the newest update with the previous save's, ‖Δ‖²-weighted."""
