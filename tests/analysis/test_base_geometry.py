@@ -227,3 +227,29 @@ def test_small_update_is_pinned_from_w0_without_decomposing_w_t(tmp_path, scale,
         assert "base_wt:pinned" not in moved and sum(moved.values()) == matrices
     counts = check_base(res.frame, base_reference(load_states(tmp_path), _config(tmp_path)))
     assert counts["drift"] >= 3 * matrices and counts["rotation"] > 10
+
+
+@pytest.mark.parametrize("base", ["random init", "spiked"])
+def test_flat_base_top_skips_the_warm_start(tmp_path, monkeypatch, base):
+    # A random initialisation's top is flat (σ_5/σ_1 of 0.93–0.97 here): W_t goes to its Gram
+    # matrix at once. A spiked base's W_t is warm-started from W_0's V and certified there.
+    warm = []
+    krylov = BG.block_krylov
+    monkeypatch.setattr(BG, "block_krylov", lambda *a, **kw: warm.append(1) or krylov(*a, **kw))
+    update = planted if base == "random init" else spiked_update
+    checkpoints.write_hf_run(
+        tmp_path, "llama", (0, 1), dtype=torch.float32, update=update, trainer_files=False,
+        hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=4,
+    )  # fmt: skip
+    ranks = (1, 4)
+    opts = AnalyzeOptions(ranks=ranks, workers=1, consecutive=True, base_geometry=True)
+    res = compute_analysis(open_run(tmp_path), opts)
+    moved = {k: n for k, n in res.svd_methods.items() if k.startswith("base_wt:")}
+    matrices = int(((res.frame["cols"] > 1) & (res.frame["span"] == "cumulative")).sum())
+    if base == "random init":
+        assert moved == {"base_wt:gram32": matrices} and not warm
+    else:
+        assert moved.get("base_wt:subspace", 0) >= matrices - 3 and len(warm) == matrices
+    ref = base_reference(load_states(tmp_path), _config(tmp_path), ranks)
+    counts = check_base(res.frame, ref, ranks)
+    assert counts["drift"] >= len(ranks) * matrices
