@@ -8,6 +8,7 @@ import re
 import shlex
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,32 @@ def _cli_tour() -> tuple[str, list[str]]:
     return lines[0], lines[1:]
 
 
+def _after(commands: list[str]) -> list[list[int]]:
+    """For each tour line, the earlier lines whose --out it reads (e.g. `report metrics/`)."""
+    outs: dict[str, int] = {}
+    needs = []
+    for i, command in enumerate(commands):
+        words = shlex.split(command, comments=True)
+        out = words[words.index("--out") + 1] if "--out" in words else None
+        read = {w.split("=", 1)[-1] for w in words[1:]} - {out}
+        needs.append(sorted(outs[w] for w in read if w in outs))
+        if out is not None:
+            outs[out] = i
+    return needs
+
+
+def test_cli_tour_dependencies_are_found() -> None:
+    _, commands = _cli_tour()
+    needs = dict(zip(commands, _after(commands), strict=True))
+    (report,) = [c for c in commands if c.startswith("opdlens report metrics/")]
+    (analyze,) = [c for c in commands if "--out metrics/" in c]
+    assert [commands[i] for i in needs[report]] == [analyze]
+    (with_ablation,) = [c for c in commands if "--ablation OPD=ablate/" in c]
+    (ablate,) = [c for c in commands if c.startswith("opdlens ablate")]
+    assert [commands[i] for i in needs[with_ablation]] == [ablate]
+    assert sum(map(bool, needs.values())) == 2  # every other line reads only the demo's runs
+
+
 @pytest.mark.slow
 def test_cli_tour_runs_line_by_line(demo: Path, tmp_path: Path) -> None:
     cwd = _workdir(demo, tmp_path)
@@ -128,14 +155,27 @@ def test_cli_tour_runs_line_by_line(demo: Path, tmp_path: Path) -> None:
     skipped = [c for c in commands if any(key in c for key in UNTESTED)]
     assert len(skipped) == len(UNTESTED), skipped  # every other line is run below
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    for command in commands:
-        if command in skipped:
-            continue
-        assert shlex.split(command, comments=True)[0] == "opdlens", command
-        proc = subprocess.run(
-            ["bash", "-c", f"set -eu\n{assignments}\n{command}"], capture_output=True, text=True,
-            cwd=cwd, env=env, timeout=900,
+    needs = _after(commands)
+
+    def run(i: int) -> subprocess.CompletedProcess:
+        for j in needs[i]:
+            futures[j].result()  # started before this line, so never waits on a queued one
+        return subprocess.run(
+            ["bash", "-c", f"set -eu\n{assignments}\n{commands[i]}"], capture_output=True,
+            text=True, cwd=cwd, env=env, timeout=900,
         )  # fmt: skip
+
+    # The lines run in README order, two at a time (most of `watch`'s time is its --idle-exit
+    # wait; the machine has two cores); a line that reads another's --out waits for it.
+    futures: dict[int, Future] = {}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for i, command in enumerate(commands):
+            if command in skipped:
+                continue
+            assert shlex.split(command, comments=True)[0] == "opdlens", command
+            futures[i] = pool.submit(run, i)
+    for i, future in futures.items():
+        proc, command = future.result(), commands[i]
         assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
         assert "Traceback" not in proc.stderr, f"{command}\n{proc.stderr[-3000:]}"
     for output in ("metrics/metrics.parquet", "m/metrics.parquet", "figs/.opdlens",
