@@ -150,6 +150,42 @@ def test_interrupt_leaves_valid_outputs_and_a_live_report_reloads(hf_run, tmp_pa
     assert prov["steps"] == [1, 2]
 
 
+def test_ctrl_c_that_a_native_read_turns_into_another_error_still_stops_cleanly(
+    hf_run, tmp_path: Path, monkeypatch
+) -> None:
+    """A real SIGINT during step 2's reads, which the reader reports as a ValueError (as
+    safetensors' get_tensor did in CI): watch stops as interrupted, outputs complete."""
+    import signal
+
+    from opdlens.analysis import incremental
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(hf_run("llama"), run_dir)
+    out = tmp_path / "out"
+    real = incremental.alignment_with
+
+    def interrupted_read(*args, **kwargs):
+        if set(args[0]["step"]) != {2}:  # only step 2's alignment with step 1
+            return real(*args, **kwargs)
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            raise ValueError(
+                "could not determine the shape of object type 'UntypedStorage'"
+            ) from None
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(incremental, "alignment_with", interrupted_read)
+    result = watch(run_dir, out, _opts(), WatchOptions(interval=0.05, report=False))
+    assert result.stopped == "interrupted" and result.steps == [1, 2]
+    assert json.loads((out / ".opdlens").read_text())["complete"] is True
+    assert json.loads((out / "provenance.json").read_text())["steps"] == [1, 2]
+    # Without a Ctrl-C the same error is a bug and keeps its traceback.
+    monkeypatch.setattr(incremental, "alignment_with", lambda *a, **k: int("x"))
+    with pytest.raises(ValueError, match="invalid literal"):
+        watch(run_dir, tmp_path / "out2", _opts(), WatchOptions(interval=0.05, report=False))
+
+
 @pytest.mark.parametrize("layout", ["verl-hf", "verl-plain", "peft"])
 def test_watch_reads_the_layouts_analyze_reads(hf_run, tmp_path: Path, layout: str) -> None:
     base = None
