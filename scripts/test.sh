@@ -6,11 +6,13 @@
 # release on the newest Python here (torch 2.15.0, Python 3.13). Those venvs hold what a user's
 # training environment may be no more than: torch, opdlens and the tools the tests write
 # checkpoints with (transformers, peft); tests of optional extras (Ray, TRL, notebooks) skip
-# there. Their torch builds come from the registry as CUDA builds (~3 GB each with their
-# nvidia-* packages), so they download in the background while the main suite runs.
+# there. Their torch builds come from the registry as CUDA builds (~3 GB to download, ~6 GB
+# installed, with their nvidia-* packages), so the passes run one after the other, each venv
+# removed once its pass has passed, and pip keeps no cache: at most one venv is on disk at a time.
+# The floor's venv is built while the main suite runs.
 #
 #   bash scripts/test.sh                  # lint, types, the whole suite, both version passes (CI)
-#   bash scripts/test.sh --no-versions    # without the version passes (~6 GB of downloads)
+#   bash scripts/test.sh --no-versions    # without the version passes
 #   bash scripts/test.sh [--no-versions] -- PYTEST_ARGS...   # e.g. -- -m "not slow" -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,16 +56,14 @@ make_venv() {  # make_venv DIR PY TORCH: that torch and the test tools (opdlens 
     "$py" -m venv "$dir"
     # A machine-wide pip constraint may cap torch below the newest release: this venv names its own.
     PIP_CONSTRAINT=$PWD/scripts/no-constraints.txt "$dir/bin/python" -m pip install --quiet \
-        --disable-pip-version-check "torch==$torch" pytest hypothesis transformers peft
+        --disable-pip-version-check --no-cache-dir "torch==$torch" pytest hypothesis transformers peft
 }
 
 if [ "$versions" = 1 ]; then
-    trap 'kill $(jobs -p) 2>/dev/null || true' EXIT  # a failed main suite stops the downloads
+    trap 'kill $(jobs -p) 2>/dev/null || true' EXIT  # a failed main suite stops the download
     mkdir -p .venvs
     make_venv "${FLOOR[@]}" >.venvs/floor.log 2>&1 &
     floor_pid=$!
-    make_venv "${NEWEST[@]}" >.venvs/newest.log 2>&1 &
-    newest_pid=$!
 fi
 
 python -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[test]"
@@ -82,38 +82,38 @@ fi
 python -m pytest -q --durations=25 "$@"
 
 if [ "$versions" = 1 ]; then
-    for spec in floor newest; do
-        pid_var=${spec}_pid
-        if ! wait "${!pid_var}"; then
-            echo "scripts/test.sh: setting up the $spec venv failed; its log:" >&2
-            grep -v "^WARNING: Location" ".venvs/$spec.log" >&2 || true
-            exit 1
-        fi
-        # One editable build at a time: they write into this checkout.
-        PIP_CONSTRAINT=$PWD/scripts/no-constraints.txt ".venvs/$spec/bin/python" -m pip install \
-            --quiet --disable-pip-version-check -e . >>".venvs/$spec.log" 2>&1 || {
-            echo "scripts/test.sh: installing opdlens into the $spec venv failed; its log:" >&2
-            grep -v "^WARNING: Location" ".venvs/$spec.log" >&2
-            exit 1
-        }
-    done
-    # Both passes at once (two cores), each with its own temporary directory.
     # A job started with & by a non-interactive shell has SIGINT ignored, and Python then never
     # raises KeyboardInterrupt: the ctrl-c tests need the default disposition back before exec.
     sigint_default=(python -c 'import os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_DFL)
 os.execv(sys.argv[1], sys.argv[1:])')
-    for spec in floor newest; do
-        "${sigint_default[@]}" ".venvs/$spec/bin/python" -m pytest -q -m "not slow" -p no:cacheprovider \
-            --basetemp="${TMPDIR:-/tmp}/opdlens-tests-$spec-$$" >".venvs/$spec-tests.log" 2>&1 &
-        eval "${spec}_pid=$!"
-    done
     failed=0
     for spec in floor newest; do
-        pid_var=${spec}_pid
-        wait "${!pid_var}" || failed=1
+        if [ "$spec" = floor ]; then
+            wait "$floor_pid" || setup_failed=1
+        else
+            make_venv "${NEWEST[@]}" >.venvs/newest.log 2>&1 || setup_failed=1
+        fi
+        if [ "${setup_failed:-0}" = 1 ]; then
+            echo "scripts/test.sh: setting up the $spec venv failed; its log:" >&2
+            grep -v "^WARNING: Location" ".venvs/$spec.log" >&2 || true
+            df -h . >&2 || true
+            exit 1
+        fi
+        PIP_CONSTRAINT=$PWD/scripts/no-constraints.txt ".venvs/$spec/bin/python" -m pip install \
+            --quiet --disable-pip-version-check --no-cache-dir -e . >>".venvs/$spec.log" 2>&1 || {
+            echo "scripts/test.sh: installing opdlens into the $spec venv failed; its log:" >&2
+            grep -v "^WARNING: Location" ".venvs/$spec.log" >&2
+            exit 1
+        }
         echo "== quick tests on $(".venvs/$spec/bin/python" -c 'import sys, torch; print(f"Python {sys.version.split()[0]}, torch {torch.__version__}")')"
-        cat ".venvs/$spec-tests.log"
+        basetemp="${TMPDIR:-/tmp}/opdlens-tests-$spec-$$"
+        if "${sigint_default[@]}" ".venvs/$spec/bin/python" -m pytest -q -m "not slow" \
+            -p no:cacheprovider --basetemp="$basetemp"; then
+            rm -rf ".venvs/$spec" "$basetemp"  # ~6 GB each: the next pass needs the room
+        else
+            failed=1
+        fi
     done
     exit $failed
 fi
