@@ -1,5 +1,5 @@
 """Local pool workers that skip the caller's __main__, ignore Ctrl-C and die with their parent;
-stop points for worker threads.
+stop points for worker threads; Ctrl-C noted where a native call hides it.
 
 Kept free of torch imports: a worker runs `_arrive` while it is unpickled, before it imports
 the heavy modules its tasks need (seconds of torch import on a busy machine).
@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.context import BaseContext, SpawnProcess
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
@@ -28,6 +28,40 @@ if TYPE_CHECKING:
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _BLOCKABLE = hasattr(signal, "pthread_sigmask")
 _LAUNCH_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def ctrl_c_noted() -> Iterator[threading.Event]:
+    """An event set by Ctrl-C (SIGINT), which still raises KeyboardInterrupt as before.
+
+    A Ctrl-C inside a native read can come out as another error (safetensors' get_tensor turned
+    it into ValueError); the event tells such an error from a bug. Nested uses share the outer
+    event. Only where Python's own handler is in place and this is the main thread; else never set.
+    """
+    current = signal.getsignal(signal.SIGINT)
+    outer = getattr(current, "opdlens_seen", None)
+    if isinstance(outer, threading.Event):
+        yield outer
+        return
+    seen = threading.Event()
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or current is not signal.default_int_handler
+    ):
+        yield seen
+        return
+
+    def noted(signum: int, frame: object) -> None:
+        seen.set()
+        raise KeyboardInterrupt
+
+    handler: Callable[[int, object], None] = noted
+    handler.opdlens_seen = seen  # type: ignore[attr-defined]
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _die_with_parent(parent: int) -> None:

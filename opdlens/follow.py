@@ -9,12 +9,10 @@ up to the last step it lists whenever watch stops (or is killed), and a second w
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,31 +102,6 @@ def watch(
     return WatchResult(path, w.state.steps, w.state.frame, w.state.foresight, stopped, w.notes)
 
 
-@contextmanager
-def _ctrl_c_noted() -> Iterator[threading.Event]:
-    """An event set by Ctrl-C (SIGINT), which still raises KeyboardInterrupt as before.
-
-    Only where Python's own handler is in place and this is the main thread; else never set.
-    """
-    seen = threading.Event()
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield seen
-        return
-
-    def noted(signum: int, frame: object) -> None:
-        seen.set()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, noted)
-    try:
-        yield seen
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 @dataclass
 class _State:
     """What a watch has written so far: the single source of truth is provenance.json."""
@@ -165,7 +138,9 @@ class _Watcher:
     def loop(self) -> str:
         if self.state.steps:
             self.say(f"resuming {self.out}: steps {self.state.steps} already analysed")
-        with _ctrl_c_noted() as ctrl_c:
+        from ._workers import ctrl_c_noted
+
+        with ctrl_c_noted() as ctrl_c:
             return self._loop(ctrl_c)
 
     def _loop(self, ctrl_c: threading.Event) -> str:
@@ -187,11 +162,13 @@ class _Watcher:
                 elif self.stop.wait(max(wait, 0.0)):
                     return "stopped"
         except KeyboardInterrupt:
+            ctrl_c.clear()  # handled here: an error after it (writing the report) is a bug
             return "interrupted"
         except Exception:
             # Ctrl-C inside a native read surfaces as another error (safetensors' get_tensor
             # raised ValueError: "could not determine the shape of object type ...Storage").
             if ctrl_c.is_set():
+                ctrl_c.clear()
                 return "interrupted"
             raise
 

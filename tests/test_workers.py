@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 import types
 from concurrent.futures import ProcessPoolExecutor
@@ -10,7 +12,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
-from opdlens._workers import PoolContext, _launching
+from opdlens._workers import PoolContext, _launching, ctrl_c_noted
 
 
 def test_launching_hides_main_and_restores_it_even_after_an_error() -> None:
@@ -42,3 +44,46 @@ def test_kill_workers_stops_a_busy_pool_at_once() -> None:
             busy.result(timeout=30)
         assert time.perf_counter() - start < 10
     assert not worker.is_alive()
+
+
+def test_ctrl_c_noted_sets_its_event_shares_it_when_nested_and_restores_the_handler() -> None:
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with ctrl_c_noted() as seen:
+        with ctrl_c_noted() as inner:
+            assert inner is seen
+        assert not seen.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # still Python's KeyboardInterrupt
+        assert seen.is_set()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with ctrl_c_noted() as fresh:
+        assert fresh is not seen and not fresh.is_set()
+
+
+def test_ctrl_c_noted_in_a_thread_shares_the_main_event_or_gets_its_own() -> None:
+    got: list[threading.Event] = []
+
+    def in_thread() -> None:
+        with ctrl_c_noted() as seen:
+            got.append(seen)
+
+    def run_thread() -> None:
+        thread = threading.Thread(target=in_thread)
+        thread.start()
+        thread.join()
+
+    with ctrl_c_noted() as main_seen:
+        run_thread()
+    run_thread()
+    assert got[0] is main_seen  # the Ctrl-C the main thread notes is the thread's too
+    assert got[1] is not main_seen and not got[1].is_set()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_noted_leaves_another_handler_in_place() -> None:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with ctrl_c_noted() as seen:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and not seen.is_set()
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -17,9 +17,11 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
+import click
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
+from .._workers import ctrl_c_noted
 from ..errors import OpdlensError, OptionError, OutputError, StdoutClosed, Terminated
 
 if TYPE_CHECKING:  # the click that typer runs on (the installed typer vendors it)
@@ -281,8 +283,17 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: object, **kwargs: object) -> object:
         logging.basicConfig(level=logging.WARNING, format="opdlens: %(levelname)s: %(message)s")
         try:
-            with _terminate_as_interrupt():
-                return fn(*args, **kwargs)
+            with _terminate_as_interrupt(), ctrl_c_noted() as ctrl_c:
+                try:
+                    return fn(*args, **kwargs)
+                except (click.exceptions.Exit, click.ClickException):
+                    raise
+                except Exception as e:
+                    # Ctrl-C inside a native read can come out as another error (safetensors'
+                    # get_tensor raised ValueError); the outputs were unwound all the same.
+                    if ctrl_c.is_set():
+                        raise KeyboardInterrupt from e
+                    raise
         except OpdlensError as e:
             if debug_enabled():
                 traceback.print_exc(file=sys.stderr)

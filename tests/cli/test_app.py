@@ -144,3 +144,46 @@ def test_help_lists_the_executor_and_device_choices() -> None:
     result = runner.invoke(app, ["analyze", "--help"], env={"COLUMNS": "160"})
     assert result.exit_code == 0
     assert "<local|ray>" in result.stdout and "cpu|cuda[:N]" in result.stdout
+
+
+@pytest.mark.parametrize("noted", [True, False])
+def test_ctrl_c_that_a_native_read_turns_into_another_error_is_an_interrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, noted: bool
+) -> None:
+    """A real SIGINT inside a tensor read that the reader reports as another error (safetensors'
+    get_tensor raised ValueError in CI): exit 130, one line, nothing that looks done. Without the
+    SIGINT, the same error is a bug with its traceback."""
+    import signal
+    import threading
+
+    from opdlens.io.paths import read_marker
+    from opdlens.io.stfile import SafetensorsFile
+
+    run = write_run(tmp_path / "run", steps=(0, 2))
+    real = SafetensorsFile.read_array
+    raised_in_main: list[bool] = []
+
+    def read_array(self, key, span=None):
+        raised_in_main.append(threading.current_thread() is threading.main_thread())
+        if noted:
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except KeyboardInterrupt:
+                pass
+            else:
+                return real(self, key, span)
+        raise ValueError("could not determine the shape of object type 'UntypedStorage'")
+
+    monkeypatch.setattr(SafetensorsFile, "read_array", read_array)
+    out = tmp_path / "out"
+    args = ["analyze", str(run), "--workers", "1", "--out", str(out), "-q"]
+    result = runner.invoke(app, args)
+    assert raised_in_main and raised_in_main[0]  # the SIGINT met the read, not the wait after it
+    marker = read_marker(out)  # analyze keeps its cache/ for a rerun, marked unfinished
+    assert marker is not None and marker["complete"] is False and not list(out.glob("metrics.*"))
+    if noted:
+        assert result.exit_code == 130, result.output
+        assert result.stderr.strip() == "opdlens: interrupted; nothing partial was left behind."
+    else:
+        assert result.exit_code == 1 and type(result.exception) is ValueError
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
