@@ -113,8 +113,12 @@ def alignment_with(
 
 
 def _squared_cosines(a: torch.Tensor, b: torch.Tensor, k: int) -> np.ndarray:
-    """(U_{a,k}ᵀ U_{b,k})² elementwise, in float64 (numpy: these are small products)."""
-    cross = a[:, :k].double().numpy().T @ b[:, :k].double().numpy()
+    """(U_{a,k}ᵀ U_{b,k})² elementwise, in float64.
+
+    A torch product, not numpy's: numpy's OpenBLAS ignores torch's thread count and would spin
+    its own threads inside each worker.
+    """
+    cross = (a[:, :k].double().T @ b[:, :k].double()).cpu().numpy()
     return cross * cross
 
 
