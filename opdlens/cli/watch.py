@@ -67,6 +67,8 @@ def watch(
     result = follow(run, out, options, following, progress=not quiet)
     why = {"until": f"step {until} reached", "idle": f"no new step for {idle_exit} min",
            "interrupted": "interrupted"}[result.stopped]  # fmt: skip
-    last = f"up to step {result.steps[-1]}" if result.steps else "no step analysed yet"
+    if not result.steps:
+        echo(f"stopped ({why}); no step analysed yet: {result.out} holds only watch.log")
+        return
     echo(f"stopped ({why}); {result.out}: metrics.parquet, foresight.parquet, provenance.json "
-         f"{last}" + (f", report in {result.out / 'report'}" if report and result.steps else ""))  # fmt: skip
+         f"up to step {result.steps[-1]}" + (f", report in {result.out / 'report'}" if report else ""))  # fmt: skip

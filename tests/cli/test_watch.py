@@ -97,3 +97,27 @@ def test_ctrl_c_ends_watch_cleanly(hf_run, tmp_path: Path) -> None:
     assert "stopped (interrupted)" in stdout and "Traceback" not in stderr
     assert json.loads((out / ".opdlens").read_text())["complete"] is True
     assert sorted(pd.read_parquet(out / "metrics.parquet")["step"].unique()) == [1, 2]
+
+
+def test_watch_of_a_run_with_no_checkpoint_yet_idles_out_and_resumes(
+    hf_run, tmp_path: Path
+) -> None:
+    """A trainer that has not saved yet: watch waits, --idle-exit ends it (exit 0), and the same
+    --out takes the steps saved later."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    out = tmp_path / "out"
+    argv = ["watch", str(run), "--out", str(out), "--interval", "0.05", "--idle-exit", "0.005",
+            "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert "no checkpoint yet" in (out / "watch.log").read_text()
+    assert result.stdout.strip().endswith(f"no step analysed yet: {out} holds only watch.log")
+    assert sorted(p.name for p in out.iterdir()) == [".opdlens", "watch.log"]
+    # A step saved later: the same --out resumes and analyses it.
+    shutil.copytree(hf_run("llama"), run, dirs_exist_ok=True)
+    argv[argv.index("--idle-exit") : argv.index("--idle-exit") + 2] = ["--until", "1"]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "provenance.json").read_text())["steps"] == [1]
