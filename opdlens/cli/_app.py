@@ -17,7 +17,6 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import click
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
@@ -286,7 +285,7 @@ def handle_errors(fn: F) -> F:
             with _terminate_as_interrupt(), ctrl_c_noted() as ctrl_c:
                 try:
                     return fn(*args, **kwargs)
-                except (click.exceptions.Exit, click.ClickException):
+                except (typer.Exit, typer.Abort, _click_errors.ClickException):
                     raise
                 except Exception as e:
                     # Ctrl-C inside a native read can come out as another error (safetensors'

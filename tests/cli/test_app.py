@@ -187,3 +187,21 @@ def test_ctrl_c_that_a_native_read_turns_into_another_error_is_an_interrupt(
     else:
         assert result.exit_code == 1 and type(result.exception) is ValueError
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_exit_a_command_chooses_after_a_ctrl_c_keeps_its_code(monkeypatch, tmp_path) -> None:
+    """Only errors become the interrupt: a command that handled the Ctrl-C keeps its own exit."""
+    import signal
+
+    import typer
+
+    def survey(*args: object, **kwargs: object) -> object:
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            raise typer.Exit(3) from None
+        raise AssertionError("no KeyboardInterrupt")
+
+    monkeypatch.setattr(opdlens.survey, "survey", survey)
+    result = runner.invoke(app, ["scan", str(tmp_path)])
+    assert result.exit_code == 3 and "interrupted" not in result.output
