@@ -307,3 +307,70 @@ def test_the_signature_check_sees_a_wide_function(tmp_path: Path) -> None:
     (tmp_path / "report").mkdir()
     (tmp_path / "report" / "load.py").write_text("def f(a, b, c, d, e, f, g): ...\n")
     assert wide_signatures(tmp_path) == ["report/load.py:1 f (7)"]
+
+
+# Imported by opdlens but installed by the declared dependency named, not declared itself.
+TRANSITIVE = {"cycler": "matplotlib"}
+UNDECLARABLE_EXTRAS = {"test", "bench"}  # opdlens' own code may not need what only these bring
+
+
+def third_party_imports(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """Top-level names of the non-stdlib modules the package imports (annotations' included),
+    each with the files importing it."""
+    import sys
+
+    found: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for top in {n.split(".")[0] for n in names}:
+                if top not in sys.stdlib_module_names and top != root.name:
+                    found.setdefault(top, set()).add(str(path.relative_to(root.parent)))
+    return found
+
+
+def declared_requirements(dist: str = "opdlens") -> set[str]:
+    """Names of the installed distribution's requirements, its dev-only extras left out."""
+    import re
+    from importlib.metadata import requires
+
+    names = set()
+    for req in requires(dist) or []:
+        extra = re.search(r"""extra\s*==\s*["']([^"']+)["']""", req)
+        if extra is None or extra.group(1) not in UNDECLARABLE_EXTRAS:
+            names.add(re.split(r"[\s<>=!~;\[(]", req, maxsplit=1)[0].lower().replace("-", "_"))
+    return names
+
+
+def test_every_third_party_import_is_a_declared_dependency() -> None:
+    """A module that is only there by chance (typer 0.29 no longer installs click) would fail in
+    a lean environment: every import opdlens makes must be one of its requirements."""
+    declared = declared_requirements()
+    assert {"torch", "safetensors", "typer", "ray", "transformers"} <= declared
+    assert set(TRANSITIVE.values()) <= declared
+    undeclared = {
+        name: sorted(files)
+        for name, files in third_party_imports().items()
+        if name not in declared and name not in TRANSITIVE
+    }
+    assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
+
+
+def test_the_dependency_check_sees_imports_inside_functions(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "a.py").write_text(
+        "import os.path\nfrom . import b\nfrom typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from pandas import DataFrame\n"
+        "def f():\n    import click.exceptions\n    from numpy.linalg import norm\n"
+    )
+    assert third_party_imports(pkg) == {
+        "click": {"pkg/a.py"},
+        "numpy": {"pkg/a.py"},
+        "pandas": {"pkg/a.py"},
+    }
