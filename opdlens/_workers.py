@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from multiprocessing.context import BaseContext, SpawnProcess
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
@@ -55,9 +55,8 @@ def ctrl_c_noted() -> Iterator[threading.Event]:
         seen.set()
         raise KeyboardInterrupt
 
-    handler: Callable[[int, object], None] = noted
-    handler.opdlens_seen = seen  # type: ignore[attr-defined]
-    signal.signal(signal.SIGINT, handler)
+    noted.opdlens_seen = seen  # type: ignore[attr-defined]
+    signal.signal(signal.SIGINT, noted)
     try:
         yield seen
     finally:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._workers import ctrl_c_noted
 from .analysis.options import AnalyzeOptions
 from .errors import OpdlensError, OptionError, OutputError, PartialRunError
 
@@ -138,8 +139,6 @@ class _Watcher:
     def loop(self) -> str:
         if self.state.steps:
             self.say(f"resuming {self.out}: steps {self.state.steps} already analysed")
-        from ._workers import ctrl_c_noted
-
         with ctrl_c_noted() as ctrl_c:
             return self._loop(ctrl_c)
 
