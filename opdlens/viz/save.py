@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 
 from opdlens.io.paths import atomic_file, output_error
 from opdlens.viz.style import paper_style
@@ -47,16 +50,41 @@ def save_figure(
     except OSError as e:
         raise output_error(out_dir, e) from None
     paths = []
-    with paper_style():
+    with paper_style(), _laid_out(fig) as bbox:
         for fmt, metadata in _METADATA.items():
             if fmt not in formats:
                 continue
             path = out_dir / f"{stem}.{fmt}"
             with atomic_file(path) as tmp:
-                fig.savefig(tmp, format=fmt, dpi=PNG_DPI, metadata=metadata, bbox_inches="tight")
+                fig.savefig(tmp, format=fmt, dpi=PNG_DPI, metadata=metadata, bbox_inches=bbox)
             paths.append(path)
     logger.info("saved figure %s.{%s} in %s", stem, ",".join(formats), out_dir)
     return paths
+
+
+@contextmanager
+def _laid_out(fig: Figure) -> Iterator[Bbox]:
+    """The figure laid out once, its layout held and its tight bounding box (inches, padded).
+
+    savefig(bbox_inches="tight") runs the layout engine and measures every artist again for
+    each format; a figure with a constrained layout spent most of its saving time there.
+    """
+    fig.draw_without_rendering()  # runs the layout engine
+    pad = matplotlib.rcParams["savefig.pad_inches"]
+    bbox = fig.get_tightbbox().padded(pad)
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        # No engine at all (not "none", whose placeholder savefig still draws for): the
+        # positions just computed stay, and each format is drawn once.
+        with matplotlib.rc_context(
+            {"figure.autolayout": False, "figure.constrained_layout.use": False}
+        ):
+            fig.set_layout_engine(None)
+    try:
+        yield bbox
+    finally:
+        if engine is not None:
+            fig.set_layout_engine(engine)
 
 
 @dataclass
