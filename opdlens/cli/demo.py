@@ -22,9 +22,9 @@ def demo(
         typer.Option(
             "--quick",
             help="One seed per method, 40 post-training steps instead of 120; no claim is "
-            "decided. The full preset, 3 seeds per method, took 6 min 54 s of CPU (4 min 45 s "
+            "decided. The full preset, 3 seeds per method, took 5 min 0 s of CPU (3 min 24 s "
             "wall, idle) on a 2-core AMD EPYC with torch 2.13.0; quick, about half of that "
-            "(3 min 24 s of CPU). README says more.",
+            "(2 min 17 s of CPU). README says more.",
         ),
     ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed for data, models and sampling.")] = 0,

@@ -59,5 +59,5 @@ def test_every_command_reading_a_run_takes_the_common_options(command: str) -> N
 def test_demo_help_gives_the_times_readme_gives() -> None:
     text = " ".join(_help("demo").replace("│", " ").split())
     readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
-    for measured in ("6 min 54 s of CPU", "3 min 24 s of CPU"):
+    for measured in ("5 min 0 s of CPU", "2 min 17 s of CPU"):
         assert measured in text and measured in readme, measured
