@@ -107,7 +107,7 @@ def utility_by_share(ablation: Frames, *, ax: Axes | None = None) -> Axes:
 def _spread_labels(ax: Axes) -> None:
     """Move each group label that overlaps another up, clear of it (after a layout pass)."""
     fig, _ = figure_and_axes(ax)
-    fig.canvas.draw()  # constrained layout settles the axes before the labels are measured
+    fig.draw_without_rendering()  # the layout settles the axes before the labels are measured
     renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
     labels = sorted((t for t in ax.texts if isinstance(t, Annotation)), key=lambda t: t.xy[1])
     placed: list[Bbox] = []
