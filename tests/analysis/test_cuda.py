@@ -7,13 +7,26 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
+import checkpoints
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from checkpoints import write_hf_run
-from planted import RANKS, STEPS, compare, load_states, planted, reference
+from planted import (
+    RANKS,
+    STEPS,
+    base_reference,
+    check_base,
+    compare,
+    load_states,
+    planted,
+    reference,
+    spiked_update,
+    write_state_run,
+)
 from typer.testing import CliRunner
 
 import opdlens
@@ -31,6 +44,11 @@ def _config(root):
     return json.loads((root / "checkpoint-0" / "config.json").read_text())
 
 
+def _slices(df: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(tensor, expert, part) per row, missing values spelled out: pandas 3 cannot join on NA."""
+    return list(zip(df["tensor"], df["expert"].astype(str), df["part"].astype(str), strict=True))
+
+
 def _agree(cuda: pd.DataFrame, cpu: pd.DataFrame) -> None:
     """CUDA and CPU rows within design.md's contract: energy 1e-3, alignment 1e-2 (sharp K)."""
     keys = ["span", "step", "tensor", "expert", "part"]
@@ -41,14 +59,15 @@ def _agree(cuda: pd.DataFrame, cpu: pd.DataFrame) -> None:
     for col in ("update_norm", "base_norm", "update_share"):
         np.testing.assert_allclose(a[col], b[col], rtol=1e-5, atol=1e-9, err_msg=col)
     np.testing.assert_allclose(a["cos_to_final"], b["cos_to_final"], atol=1e-5)
+    for col in ("changed_frac", "changed_frac_tol"):  # exact counts: the same on every device
+        pd.testing.assert_series_equal(a[col], b[col], check_exact=True)
     final = b["step"].max()
     for k in RANKS:
         np.testing.assert_allclose(a[f"energy_k{k}"], b[f"energy_k{k}"], atol=1e-3, err_msg=k)
-        gap_final = b[(b["step"] == final) & (b["span"] == "cumulative")].set_index(
-            ["tensor", "expert", "part"]
-        )[f"gap_k{k}"]
-        g = b.join(gap_final.rename("gT"), on=["tensor", "expert", "part"])
-        sharp = (g[f"gap_k{k}"] >= GAP_FLAG) & (g["gT"] >= GAP_FLAG)
+        last = b[(b["step"] == final) & (b["span"] == "cumulative")]
+        gap_final = dict(zip(_slices(last), last[f"gap_k{k}"], strict=True))
+        g_final = pd.Series([gap_final[x] for x in _slices(b)], index=b.index)
+        sharp = (b[f"gap_k{k}"] >= GAP_FLAG) & (g_final >= GAP_FLAG)
         for side in ("left", "right"):
             col = f"align_{side}_k{k}"
             np.testing.assert_allclose(a.loc[sharp, col], b.loc[sharp, col], atol=1e-2)
@@ -168,3 +187,50 @@ def test_foresee_gram_on_cuda_equals_the_cpu(planted_runs) -> None:
     assert len(cpu) == len(cuda)
     for col in ("pred_distance", "stay_distance", "rel_error"):
         np.testing.assert_allclose(cuda[col], cpu[col], rtol=1e-6, err_msg=col)
+
+
+GEOMETRY_RANKS = (1, 3, 8)  # 1 and 3: the spiked base's planted directions; 8: its bulk
+GEOMETRY_STEPS = (0, 1, 2, 4)
+
+
+@pytest.fixture(scope="module")
+def spiked_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Spiked-base runs, as test_base_geometry.py writes them: llama bf16 and stacked MoE."""
+    out = {}
+    root = tmp_path_factory.mktemp("spiked-llama")
+    checkpoints.write_hf_run(root, "llama", GEOMETRY_STEPS, dtype=torch.bfloat16,
+                             update=spiked_update, trainer_files=False)  # fmt: skip
+    out["llama"] = root
+    root = tmp_path_factory.mktemp("spiked-moe")
+    model = checkpoints.tiny_model("qwen3_moe")
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    states = {s: {n: spiked_update(n, w, s) for n, w in base.items()} for s in GEOMETRY_STEPS}
+    out["moe"] = write_state_run(root, states, checkpoints.tiny_config("qwen3_moe").to_dict())
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("kind", ["llama", "moe"])
+def test_base_geometry_on_cuda_matches_float64_and_the_cpu(spiked_runs, kind, workers) -> None:
+    """--base-geometry on CUDA (W_0's Gram route is torch's eigh there): within the contract of
+    float64 full SVDs of W_0 and W_t, and of the CPU's run, sparsity columns equal."""
+    root = spiked_runs[kind]
+    opts = dict(ranks=GEOMETRY_RANKS, consecutive=True, base_geometry=True)
+    cuda = opdlens.analyze(open_run(root), **opts, workers=workers, device="cuda")
+    ref = base_reference(load_states(root), _config(root), GEOMETRY_RANKS)
+    counts = check_base(cuda, ref, GEOMETRY_RANKS)
+    assert counts["energy"] > 20 and counts["rotation"] > 20 and counts["drift"] > 50
+    cpu = opdlens.analyze(open_run(root), **opts, workers=1)
+    keys = ["span", "step", "tensor", "expert", "part"]
+    a = cuda.sort_values(keys, kind="stable").reset_index(drop=True)
+    b = cpu.sort_values(keys, kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(a[keys], b[keys])
+    for col in ("changed_frac", "changed_frac_tol"):
+        pd.testing.assert_series_equal(a[col], b[col], check_exact=True)
+    for k in GEOMETRY_RANKS:  # σ_i at every K (Weyl); energies where W_0's top-K is sharp
+        for col in (f"spectral_drift_k{k}", f"base_gap_k{k}"):
+            np.testing.assert_allclose(a[col], b[col], atol=2e-3, err_msg=col)
+        sharp = b[f"base_gap_k{k}"] >= GAP_FLAG
+        for side in ("left", "right"):
+            col = f"principal_energy_{side}_k{k}"
+            np.testing.assert_allclose(a.loc[sharp, col], b.loc[sharp, col], atol=2e-3)
