@@ -210,7 +210,8 @@ class SweepGeometry:
             return self.base[key]
         w0 = self._w0(key)
         fac = None
-        if w0.dim() == 2 and bool(torch.isfinite(w0).all()):
+        # ‖W_0‖_F² is summed exactly where float32 would overflow: finite iff every entry is.
+        if w0.dim() == 2 and math.isfinite(M.frobenius_sq(w0)):
             shape = (w0.shape[0], w0.shape[1])
             content = content_key(b"w0;", self.h0, self.slice_digests[key])
             ck = BASE_PREFIX + key

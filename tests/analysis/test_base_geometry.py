@@ -253,3 +253,20 @@ def test_flat_base_top_skips_the_warm_start(tmp_path, monkeypatch, base):
     ref = base_reference(load_states(tmp_path), _config(tmp_path), ranks)
     counts = check_base(res.frame, ref, ranks)
     assert counts["drift"] >= len(ranks) * matrices
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_base_matrix_has_no_geometry_and_the_others_do(tmp_path, bad):
+    model = checkpoints.tiny_model("llama")
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    states = {s: {n: spiked_update(n, w, s) for n, w in base.items()} for s in (0, 1)}
+    name = next(n for n in base if "layers.0.mlp.up_proj" in n)
+    for s in (0, 1):
+        states[s][name] = states[s][name].clone()
+        states[s][name][0, 0] = bad
+    root = write_state_run(tmp_path, states, checkpoints.tiny_config("llama").to_dict())
+    df = opdlens.analyze(open_run(root), ranks=(1, 3), base_geometry=True, workers=1)
+    cols = geometry_columns((1, 3))
+    assert df.loc[df["tensor"] == name, cols].isna().all().all()
+    others = df[(df["tensor"] != name) & (df["cols"] > 1)]
+    assert len(others) > 10 and others[cols].notna().all().all()
