@@ -49,3 +49,5 @@ def demo(
     with output_dir(out, "demo") as path:  # new, empty, or an earlier demo's directory
         result = run_demo(path, quick=quick, seed=seed, progress=not quiet, workers=workers)
     echo(format_summary(result))
+    if not quiet:  # stderr: the summary on stdout is the same from run to run
+        typer.echo(result.timings_line(), err=True)

@@ -69,6 +69,12 @@ class DemoResult:
         return [f"{run}: {foresight_sentence(df.drop(columns='run'))}"
                 for run, df in self.foresight.groupby("run", sort=False)]  # fmt: skip
 
+    def timings_line(self) -> str:
+        """Where the demo's wall-clock time went, phase by phase, in the order they ran."""
+        parts = [f"{name} {_duration(sec)}" for name, sec in self.timings.items()]
+        total = _duration(sum(self.timings.values()))
+        return f"time by phase (wall clock): {', '.join(parts)}; total {total}"
+
     def ablation_lines(self) -> list[str]:
         """One line per method: which block's update is worth most."""
         return [f"{run}: {ablation_sentence(a.ablation)}" for run, a in self.ablation.items()]
@@ -254,6 +260,14 @@ def run_demo(
     )  # fmt: skip
     write_text_atomic(out / "demo_summary.txt", format_summary(result))
     return result
+
+
+def _duration(seconds: float) -> str:
+    """'0.4 s', '12 s', '3 min 05 s'."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    return f"{whole} s" if whole < 60 else f"{whole // 60} min {whole % 60:02d} s"
 
 
 def online_sentence(online: dict[str, Any]) -> str:

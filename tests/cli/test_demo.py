@@ -102,7 +102,13 @@ def test_demo_quick_end_to_end(tmp_path, quick_demo) -> None:
     prov = json.loads((out / "analysis" / "provenance.json").read_text())
     options = prov["runs"]["OPD"]["analysis"]["options"]
     assert options["sparsity_dtype"] == "bfloat16" and options["base_geometry"] is True
-    # A second run reuses the trained runs and the analysis cache.
-    again = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--quiet"])
+    assert "time by phase" not in result.stderr  # --quiet
+    # A second run reuses the trained runs and the analysis cache; without --quiet it says on
+    # stderr where its time went, and stdout is the same.
+    again = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
     assert again.exit_code == 0, again.output
     assert again.stdout == text
+    (line,) = [ln for ln in again.stderr.splitlines() if ln.startswith("time by phase")]
+    phases = [part.split()[0] for part in line.split(": ", 1)[1].split(";")[0].split(", ")]
+    assert phases == ["train", "extrapolate", "replay", "foresee", "ablate", "analyze", "report"]
+    assert "; total " in line

@@ -10,6 +10,7 @@ import pandas as pd
 from opdlens.analysis.findings import ablation_sentence
 from opdlens.analysis.foresight import foresight_sentence
 from opdlens.demo.pipeline import (
+    DemoResult,
     _ablate,
     _foresee,
     online_sentence,
@@ -88,3 +89,11 @@ def test_foresee_and_ablate_first_seed_of_each_method(runs, tmp_path: Path) -> N
     assert again["RL"].ablation.attrs["reused"] == 16
     pd.testing.assert_frame_equal(again["RL"].ablation, first["RL"].ablation)
     assert ablation_sentence(again["OPD"].ablation).startswith("At step 40, ")
+
+
+def test_timings_line_names_each_phase_in_order_with_the_total() -> None:
+    result = DemoResult(Path("d"), Path("d/report"), {}, None, pd.DataFrame(), 0, 0, {},  # type: ignore[arg-type]
+                        timings={"train": 0.04, "analyze": 12.4, "report": 185.0})  # fmt: skip
+    assert result.timings_line() == (
+        "time by phase (wall clock): train 0.0 s, analyze 12 s, report 3 min 05 s; total 3 min 17 s"
+    )
