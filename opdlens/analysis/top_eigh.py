@@ -34,7 +34,9 @@ def blas_threads(n: int) -> Iterator[None]:
                 from threadpoolctl import ThreadpoolController
 
                 _controller = ThreadpoolController()
-            _limiter = _controller.limit(limits=max(1, n), user_api="blas")
+            # A limiter restores every library its controller holds to what it was when made:
+            # one over all of them would put OpenMP (torch's threads) back to what it was then.
+            _limiter = _controller.select(user_api="blas").limit(limits=max(1, n))
         _inside += 1
     try:
         yield

@@ -30,15 +30,23 @@ def inline(run_root) -> pd.DataFrame:
     return opdlens.analyze(open_run(run_root), ranks=RANKS, consecutive=True, workers=1)
 
 
-def test_worker_threads_equal_inline_and_leave_torch_threads_alone(run_root, inline):
+@pytest.mark.parametrize("geometry", [False, True])
+def test_worker_threads_equal_inline_and_leave_torch_threads_alone(run_root, inline, geometry):
+    import scipy.linalg  # noqa: F401  (its BLAS is loaded before the libraries are listed)
+    from threadpoolctl import threadpool_info
+
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        pooled = opdlens.analyze(open_run(run_root), ranks=RANKS, consecutive=True, workers=3)
+        libs = {i["filepath"]: i["num_threads"] for i in threadpool_info()}
+        pooled = opdlens.analyze(open_run(run_root), ranks=RANKS, consecutive=True, workers=3,
+                                 base_geometry=geometry)  # fmt: skip
         assert torch.get_num_threads() == 2  # pinned to 1 per worker during the sweep only
+        # OpenMP (torch's) and every BLAS as they were; base geometry capped scipy's meanwhile.
+        assert {i["filepath"]: i["num_threads"] for i in threadpool_info()} == libs
     finally:
         torch.set_num_threads(before)
-    pd.testing.assert_frame_equal(pooled, inline)
+    pd.testing.assert_frame_equal(pooled[list(inline.columns)], inline)
 
 
 def test_a_worker_error_reaches_the_caller(tmp_path):
