@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shlex
@@ -144,7 +145,10 @@ def test_cli_tour_dependencies_are_found() -> None:
     (with_ablation,) = [c for c in commands if "--ablation OPD=ablate/" in c]
     (ablate,) = [c for c in commands if c.startswith("opdlens ablate")]
     assert [commands[i] for i in needs[with_ablation]] == [ablate]
-    assert sum(map(bool, needs.values())) == 2  # every other line reads only the demo's runs
+    (geo_rl,) = [c for c in commands if "--base-from m-geo/" in c]
+    (geo,) = [c for c in commands if "--out m-geo/" in c]
+    assert [commands[i] for i in needs[geo_rl]] == [geo]
+    assert sum(map(bool, needs.values())) == 3  # every other line reads only the demo's runs
 
 
 @pytest.mark.slow
@@ -182,8 +186,11 @@ def test_cli_tour_runs_line_by_line(demo: Path, tmp_path: Path) -> None:
                    "report/report.html", "pred/extrapolation_errors.csv", "pred2/model.safetensors",
                    "replay/history.csv", "replay2/history.csv", "s-scale/model.safetensors",
                    "s-lowrank/model.safetensors", "s-window/model.safetensors",
-                   "foresight/foresight.csv", "live/metrics.parquet", "ablate/ablation.csv", "ablate/rank_curve.csv", "report-abl/report.html"):  # fmt: skip
+                   "foresight/foresight.csv", "live/metrics.parquet", "ablate/ablation.csv", "ablate/rank_curve.csv", "report-abl/report.html", "m-geo-rl/metrics.parquet"):  # fmt: skip
         assert (cwd / output).exists(), output
+    # The demo's runs share their base: the second --base-geometry analysis decomposed no W_0.
+    prov = json.loads((cwd / "m-geo-rl" / "provenance.json").read_text())
+    assert prov["base_from"] and not any(m.startswith("base_w0:") for m in prov["svd_methods"])
 
 
 @pytest.mark.slow

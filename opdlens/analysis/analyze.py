@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..checkpoint import is_lora
 from ..errors import OpdlensError
 from ..progress import Progress
-from .cache import FactorCache, step_keys
+from .cache import FactorCache, cache_directory, step_keys
 from .changes import lora_note
 from .cluster import ray_session
 from .executors import Job, make_iterator
@@ -40,6 +40,7 @@ class Analysis:
     svd_calls: int = 0
     cache_hits: int = 0
     svd_methods: dict[str, int] = field(default_factory=dict)  # SVD calls by method
+    base_donors: list[str] = field(default_factory=list)  # caches read for W_0's factors
 
 
 def analyze(
@@ -48,13 +49,16 @@ def analyze(
     *,
     cache_dir: str | Path | None = None,
     progress: bool = False,
+    base_donors: Sequence[str | Path] = (),
     **overrides: Any,
 ) -> pd.DataFrame:
     """The metrics of design.md for every (step, tensor[, expert, part]) as a tidy DataFrame.
 
     `options` (default: `AnalyzeOptions()`) with any of its fields replaced by keyword, e.g.
     ``analyze(run, ranks=(1, 4), workers=1)``; the run's and the sweep's warnings are in
-    ``frame.attrs["warnings"]``. `cache_dir` keeps the top-K factors there for a later call.
+    ``frame.attrs["warnings"]``. `cache_dir` keeps the top-K factors there for a later call;
+    `base_donors` (with `base_geometry`) are earlier analyses' caches of runs that may share the
+    base: W_0's factors found there for the same base bytes are reused (`compute_analysis`).
 
     `workers` threads of this process sweep the tensors (default: one per core; 1 sweeps in
     the calling thread), each on 1 BLAS thread; torch's thread count is restored afterwards.
@@ -67,7 +71,9 @@ def analyze(
         OpdlensError: `final` is not a saved step, or no tensor matches `tensors`.
     """
     opts = AnalyzeOptions.build(options, overrides)
-    result = compute_analysis(run, opts, cache_dir=cache_dir, progress=progress)
+    result = compute_analysis(
+        run, opts, cache_dir=cache_dir, progress=progress, base_donors=base_donors
+    )
     result.frame.attrs["warnings"] = result.warnings
     return result.frame
 
@@ -113,11 +119,15 @@ def compute_analysis(
     cache_dir: str | Path | None = None,
     cache_steps: Mapping[int, str] | None = None,
     progress: bool = False,
+    base_donors: Sequence[str | Path] = (),
 ) -> Analysis:
     """The metrics of every (step, tensor) of a run, with the warnings, timings and SVD counts.
 
     `cache_steps`: the steps whose cached factors are kept (default: the run's); a cache
-    drops the entries of steps no longer listed.
+    drops the entries of steps no longer listed. `base_donors`: other analyses' output or cache
+    directories, only read (one that does not exist is passed over): with `base_geometry`,
+    W_0's factors found there for the same base bytes are reused (a cache hit) instead of
+    decomposing W_0 again, and kept in this cache.
     """
     t0 = time.perf_counter()
     check_analysable(run, options)
@@ -127,7 +137,8 @@ def compute_analysis(
         keys = dict(cache_steps) if cache_steps is not None else step_keys(run)
     if cache_dir is not None:
         FactorCache(Path(cache_dir), keys).save_index()
-    job = Job(run, options, None if cache_dir is None else str(cache_dir), keys)
+    donors = tuple(str(cache_directory(Path(d))) for d in base_donors)
+    job = Job(run, options, None if cache_dir is None else str(cache_dir), keys, donors=donors)
     timings = {"open": time.perf_counter() - t0}
     t1 = time.perf_counter()
     rows: list[dict[str, object]] = []
@@ -156,4 +167,5 @@ def compute_analysis(
         rows, run.tensor_names, options.ranks, options.full_spectrum, options.base_geometry
     )
     timings["frame"] = time.perf_counter() - t2
-    return Analysis(frame, options, warnings, timings, svd_calls, cache_hits, svd_methods)
+    return Analysis(frame, options, warnings, timings, svd_calls, cache_hits, svd_methods,
+                    list(donors))  # fmt: skip

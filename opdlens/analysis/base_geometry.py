@@ -180,18 +180,22 @@ class SweepGeometry:
     """Per-tensor state of `--base-geometry` inside one TensorSweep: W_0's factors per slice.
 
     `piece(key)` gives W_0's matrix of a slice in its stored dtype; SVDs (by label, "base_w0:…"
-    and "base_wt:…") and cache hits of W_0's factors are counted in `counts`.
+    and "base_wt:…") and cache hits of W_0's factors are counted in `counts`. `donors()` gives
+    this tensor's files in other runs' caches (read, never written): W_0's factors found there
+    under the same content key (the same base bytes) are taken and stored in `cache` too.
     """
 
     def __init__(
         self, piece: Callable[[str], torch.Tensor], kmax: int, device: str,
         cache: TensorCache | None, w0_digest: bytes, slice_digests: dict[str, bytes],
-        counts: Counts,
+        counts: Counts, donors: Callable[[], Sequence[TensorCache]] = tuple,
     ) -> None:  # fmt: skip
         self.piece, self.kmax, self.device, self.cache = piece, kmax, device, cache
         self.h0, self.slice_digests, self.counts = w0_digest, slice_digests, counts
         self.base: dict[str, CachedFactors | None] = {}
         self.next_hi: dict[str, float] = {}  # per slice: an upper bound on σ_{K+1}(W_0)
+        self._donors = donors
+        self._donor_caches: list[TensorCache] | None = None  # loaded at the first miss
 
     def _count(self, label: str | None) -> None:
         """One SVD of this label, or (None) one cache hit."""
@@ -220,6 +224,8 @@ class SweepGeometry:
             kw = min(k + 1, min(shape))
             if self.cache is not None:
                 fac = self.cache.get(BASE_STEP, ck, kw, False, content, shape)
+            if fac is None:
+                fac = self._donated(ck, kw, content, shape)
             if fac is not None:
                 self._count(None)
             else:
@@ -232,6 +238,20 @@ class SweepGeometry:
             fac = fac.truncated(k)
         self.base[key] = fac
         return fac
+
+    def _donated(
+        self, ck: str, kw: int, content: str, shape: tuple[int, int]
+    ) -> CachedFactors | None:
+        """W_0's factors from another run's cache (the same base bytes), kept in ours too."""
+        if self._donor_caches is None:
+            self._donor_caches = list(self._donors())
+        for donor in self._donor_caches:
+            fac = donor.get(BASE_STEP, ck, kw, False, content, shape)
+            if fac is not None:
+                if self.cache is not None:
+                    self.cache.put(BASE_STEP, ck, fac, min(shape), content)
+                return fac
+        return None
 
     def columns(
         self, ranks: Sequence[int], key: str, kind: str, u: Update, total_sq: float,

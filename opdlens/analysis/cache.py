@@ -315,6 +315,11 @@ def _check_entry(e: dict, shape: tuple[int, int] | None, entry_id: str) -> str |
 _INDEX = "steps.json"
 
 
+def cache_directory(path: Path) -> Path:
+    """The factor cache of an `opdlens analyze` output directory (its cache/), else path."""
+    return path / "cache" if (path / "cache" / _INDEX).is_file() else path
+
+
 class FactorCache:
     """The cache directory of one analysis output; one file per tensor."""
 

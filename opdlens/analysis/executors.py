@@ -42,6 +42,7 @@ class Job:
     cache_dir: str | None
     keys: dict[int, str]
     gram: bool = False  # foresee: each task computes the tensor's Gram matrix instead
+    donors: tuple[str, ...] = ()  # other runs' cache directories, read for W_0's factors
 
 
 def run_task(job: Job, name: str) -> tuple[str, TensorResult]:
@@ -50,7 +51,7 @@ def run_task(job: Job, name: str) -> tuple[str, TensorResult]:
         if job.gram:
             return name, gram_tensor(job.run, name, device=job.options.device)
         cache = FactorCache(Path(job.cache_dir), job.keys).tensor(name) if job.cache_dir else None
-        result = sweep_tensor(job.run, name, job.options, cache)
+        result = sweep_tensor(job.run, name, job.options, cache, [Path(d) for d in job.donors])
     if cache is not None:
         if cache.warning:
             result.warnings.append(cache.warning)

@@ -17,7 +17,7 @@ from ..names import ModuleInfo, as_matrix, split_fused
 from . import changes
 from . import metrics as M
 from .base_geometry import SweepGeometry
-from .cache import CachedFactors, TensorCache, content_key, slice_key
+from .cache import CachedFactors, FactorCache, TensorCache, content_key, slice_key
 from .linalg import svd_label
 from .matrices import matrix_of, matrix_shape
 from .options import AnalyzeOptions
@@ -25,6 +25,8 @@ from .sparsity import ChangedCount, sparsity_view
 from .update import Update, digest, read_stored, read_weight, subtract_base
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..run import Run
 
 log = logging.getLogger(__name__)
@@ -147,8 +149,12 @@ def piece(x: torch.Tensor, sl: Slice, info: ModuleInfo) -> torch.Tensor:
 class TensorSweep:
     """Computes every row of one tensor; reads each checkpoint's copy of it once."""
 
-    def __init__(self, run: Run, name: str, options: AnalyzeOptions, cache: TensorCache | None):
+    def __init__(
+        self, run: Run, name: str, options: AnalyzeOptions, cache: TensorCache | None,
+        donors: Sequence[Path] = (),
+    ) -> None:  # fmt: skip
         self.run, self.name, self.opt, self.cache = run, name, options, cache
+        self.donors = donors  # other runs' cache directories: W_0's factors (--base-geometry)
         self.info = run.module(name)
         self.final = options.final_step(run)
         # Every saved step gets a row, also those after a user-chosen final.
@@ -233,6 +239,7 @@ class TensorSweep:
             self._geometry = SweepGeometry(
                 lambda key: piece(w0, by_key[key], self.info), self.opt.kmax, self.opt.device,
                 self.cache, self._h0, self._slice_digest, self.result,
+                lambda: [FactorCache(d, {}).tensor(self.name) for d in self.donors],
             )  # fmt: skip
         final_whole, final_h = self._update(self.final, w0)
         final_u = self._pieces(final_whole)
@@ -364,10 +371,11 @@ class TensorSweep:
 
 
 def sweep_tensor(
-    run: Run, name: str, options: AnalyzeOptions, cache: TensorCache | None = None
-) -> TensorResult:
-    """All rows of one tensor across the run's steps."""
-    return TensorSweep(run, name, options, cache).run_sweep()
+    run: Run, name: str, options: AnalyzeOptions, cache: TensorCache | None = None,
+    donors: Sequence[Path] = (),
+) -> TensorResult:  # fmt: skip
+    """All rows of one tensor across the run's steps (donors: `TensorSweep`'s)."""
+    return TensorSweep(run, name, options, cache, donors).run_sweep()
 
 
 def sweep_names(run: Run, names: Sequence[str]) -> list[str]:

@@ -14,6 +14,8 @@ from .frame import summarize
 from .options import AnalyzeOptions
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import pandas as pd
 
     from ..run import Run
@@ -36,24 +38,28 @@ def write_analysis(
     options: AnalyzeOptions | None = None,
     *,
     progress: bool = False,
+    base_donors: Sequence[str | Path] = (),
     **overrides: Any,
 ) -> tuple[Analysis, pd.DataFrame]:
     """Analyse ``run`` and write its outputs under ``out`` (never inside an input).
 
     Options as `opdlens.analyze` takes them. ``out`` may be absent, empty, or a directory opdlens
     wrote (its factor cache is re-used); the options are checked before anything is created
-    (see `opdlens.io.paths.output_dir`). Returns the analysis and `final_summary` of it.
+    (see `opdlens.io.paths.output_dir`). `base_donors`: as `opdlens.analyze`'s, recorded in
+    the provenance as `base_from`. Returns the analysis and `final_summary` of it.
     """
     opts = AnalyzeOptions.build(options, overrides)
     check_analysable(run, opts)
     with ray_session(opts), output_dir(out, "analyze", inputs=run.input_paths) as path:
-        return _write(run, path, opts, progress)
+        return _write(run, path, opts, progress, base_donors)
 
 
 def _write(
-    run: Run, out: Path, options: AnalyzeOptions, progress: bool
+    run: Run, out: Path, options: AnalyzeOptions, progress: bool, donors: Sequence[str | Path]
 ) -> tuple[Analysis, pd.DataFrame]:
-    result = compute_analysis(run, options, cache_dir=out / "cache", progress=progress)
+    result = compute_analysis(
+        run, options, cache_dir=out / "cache", progress=progress, base_donors=donors
+    )
     t = time.perf_counter()
 
     def provenance() -> dict[str, Any]:
@@ -70,5 +76,5 @@ def analysis_record(run: Run, result: Analysis) -> dict[str, Any]:
         run, result.options.record(), final_step=result.options.final_step(run),
         steps=run.steps, rows=len(result.frame), warnings=result.warnings,
         wall_time_s=result.timings, svd_calls=result.svd_calls, cache_hits=result.cache_hits,
-        svd_methods=result.svd_methods,
+        svd_methods=result.svd_methods, base_from=result.base_donors,
     )  # fmt: skip

@@ -61,6 +61,16 @@ def analyze(
             "principal_energy_*, spectral_drift*, principal_rotation_*, base_gap per K."
         ),
     ] = False,
+    base_from: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--base-from",
+            metavar="<dir>",
+            help="With --base-geometry: an earlier `analyze --base-geometry` output (or its "
+            "cache/) of a run from the same base; W_0's factors found there for the same base "
+            "bytes are reused, not computed again (repeatable; only read).",
+        ),
+    ] = None,
     split_fused: Annotated[
         bool, typer.Option(help="Report fused qkv / gate_up tensors per logical part.")
     ] = True,
@@ -101,6 +111,7 @@ def analyze(
     release_freed_buffers()
     if address is not None and executor is not Executor.ray:
         raise OptionError("--address is for a Ray cluster; add --executor ray or drop --address.")
+    donors = _donors(base_from or [], base_geometry)
     options = AnalyzeOptions(
         ranks=parse_ints(ranks, "--ranks"), final=final, tensors=tensors, consecutive=consecutive,
         full_spectrum=full_spectrum, split_fused=split_fused, workers=workers,
@@ -110,7 +121,7 @@ def analyze(
     )  # fmt: skip
     r = open_run(run, base, checkpoints=parse_checkpoints(checkpoint), trust_pickle=trust_pickle,
                  skip_incomplete=skip_incomplete)  # fmt: skip
-    result, summary = write_analysis(r, out, options, progress=not quiet)
+    result, summary = write_analysis(r, out, options, progress=not quiet, base_donors=donors)
     echo(
         f"final step {options.final or r.final_step}: update share, low-rank energy and share of "
         "weights changed by block"
@@ -130,3 +141,19 @@ def _tolerance(text: str) -> float:
             f"--sparsity-tol takes a number ≥ 0 (an absolute tolerance on |Δ|, e.g. 1e-5); "
             f"got '{text}'."
         ) from None
+
+
+def _donors(dirs: list[Path], base_geometry: bool) -> list[Path]:
+    """--base-from's factor caches, each checked to be one (a user error names the first that is
+    not)."""
+    from ..analysis.cache import FactorCache, cache_directory
+
+    if dirs and not base_geometry:
+        raise OptionError(
+            "--base-from reuses W_0's factors for --base-geometry; add --base-geometry."
+        )
+    for d in dirs:
+        if not d.is_dir():
+            raise OptionError(f"--base-from {d}: no such directory.")
+        FactorCache.open(cache_directory(d))  # OpdlensError, one line, where it holds no cache
+    return dirs

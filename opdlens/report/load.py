@@ -116,9 +116,13 @@ def load_sources(options: SourceOptions, out_dir: str | Path, *, progress: bool 
     notes: list[str] = []
     training: dict[str, pd.DataFrame] = {}
     spectra: list[pd.DataFrame] = []
+    donors: list[Path] = []  # the caches of the runs before: a shared base is decomposed once
     for i, (path, label) in enumerate(zip(dirs, names, strict=True)):
-        rm = _load_run(path, label, out, options, first=i == 0, progress=progress)
+        # --checkpoint adds to the first run only.
+        own = options if i == 0 else dataclasses.replace(options, checkpoints=None)
+        rm = _load_run(path, label, out, own, progress=progress, donors=donors)
         runs.append(rm)
+        donors.append(out / "cache" / label if rm.metrics_dir is None else path / "cache")
         log = _training(rm, logs[i], notes)
         if log is not None:
             training[label] = log
@@ -157,10 +161,12 @@ def labels(paths: Sequence[Path], given: Sequence[str] | None) -> list[str]:
 
 
 def _load_run(
-    path: Path, label: str, out: Path, options: SourceOptions, *, first: bool, progress: bool
-) -> RunMetrics:
+    path: Path, label: str, out: Path, options: SourceOptions, *, progress: bool,
+    donors: Sequence[Path] = (),
+) -> RunMetrics:  # fmt: skip
     """One run's metrics: analysed from its checkpoints in memory (through its factor cache in
-    out/cache/<label>/), or read from the `opdlens analyze` output given."""
+    out/cache/<label>/; W_0's factors may come from the `donors` caches of runs before it), or
+    read from the `opdlens analyze` output given."""
     if is_metrics_dir(path):
         frame = load_metrics(path, label)
         prov_file = path / "provenance.json"
@@ -171,12 +177,15 @@ def _load_run(
         )
         rm = RunMetrics(label, path, path, frame, prov)
     else:
-        extra = options.checkpoints if first else None
-        run = open_run(path, options.base, checkpoints=extra, trust_pickle=options.trust_pickle)
+        run = open_run(
+            path, options.base, checkpoints=options.checkpoints, trust_pickle=options.trust_pickle
+        )
         analyze = AnalyzeOptions.build(options.analyze, {})
         logger.info("analysing %s (factor cache in %s)", path, out / "cache" / label)
         with output_dir(out / "cache" / label, "cache", inputs=run.input_paths) as cache:
-            analysis = compute_analysis(run, analyze, cache_dir=cache, progress=progress)
+            analysis = compute_analysis(
+                run, analyze, cache_dir=cache, progress=progress, base_donors=donors
+            )
         frame = metrics_frame(analysis.frame, label)
         rm = RunMetrics(label, path, None, frame, analysis_record(run, analysis), run)
     rm.checkpoints, rm.reader_warnings = checkpoint_table(rm)

@@ -270,3 +270,35 @@ def test_a_non_finite_base_matrix_has_no_geometry_and_the_others_do(tmp_path, ba
     assert df.loc[df["tensor"] == name, cols].isna().all().all()
     others = df[(df["tensor"] != name) & (df["cols"] > 1)]
     assert len(others) > 10 and others[cols].notna().all().all()
+
+
+def _doubled(name: str, w0: torch.Tensor, step: int) -> torch.Tensor:
+    """Another run from the spiked base: planted's update of step 2t at step t."""
+    return spiked_update(name, w0, 2 * step)
+
+
+def test_a_run_from_the_same_base_takes_w0_from_another_runs_cache(runs, tmp_path):
+    """W_0's factors found in a donor cache under the same base bytes are reused and kept; the
+    numbers are those of a run that decomposed W_0 itself (and of float64 SVDs)."""
+    root = checkpoints.write_hf_run(tmp_path / "b", "llama", STEPS, dtype=torch.bfloat16,
+                                    update=_doubled, trainer_files=False)  # fmt: skip
+    opts = AnalyzeOptions(ranks=RANKS, workers=2, base_geometry=True, consecutive=True)
+    donor = tmp_path / "cache-a"
+    first = compute_analysis(open_run(runs["llama"]), opts, cache_dir=donor)
+    w0_svds = sum(n for label, n in first.svd_methods.items() if label.startswith("base_w0:"))
+    alone = compute_analysis(open_run(root), opts, cache_dir=tmp_path / "cache-alone")
+    donated = compute_analysis(
+        open_run(root), opts, cache_dir=tmp_path / "cache-b", base_donors=[tmp_path / "none", donor]
+    )
+    assert w0_svds > 10 and not any(m.startswith("base_w0:") for m in donated.svd_methods)
+    assert donated.cache_hits == alone.cache_hits + w0_svds
+    pd.testing.assert_frame_equal(donated.frame, alone.frame)
+    check_base(donated.frame, base_reference(load_states(root), _config(root)), RANKS)
+    # The donated factors are now in the run's own cache; the donor was only read.
+    again = compute_analysis(open_run(root), opts, cache_dir=tmp_path / "cache-b")
+    assert not any(m.startswith("base_w0:") for m in again.svd_methods)
+    # Another base's bytes: nothing matches, W_0 is decomposed.
+    other = compute_analysis(
+        open_run(runs["phi3"]), opts, cache_dir=tmp_path / "c", base_donors=[donor]
+    )
+    assert any(m.startswith("base_w0:") for m in other.svd_methods)

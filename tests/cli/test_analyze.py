@@ -133,3 +133,50 @@ def test_sparsity_columns_tolerance_and_summary(run_root, tmp_path):
     share = mlp["changed_count"].sum() / mlp["numel"].sum()
     line = next(ln for ln in res.stdout.splitlines() if ln.split()[:1] == ["mlp"])
     assert "changed_frac" in res.stdout and f"{share:.4f}" in line.split()
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_base_from_reuses_w0_of_an_earlier_analysis_of_the_same_base(run_root, tmp_path):
+    """Run B shares run A's checkpoint-0: W_0's factors come from A's output, which stays as it
+    was; B's numbers are those of an analysis that decomposed W_0 itself."""
+    states = small_states(seed=1)
+    states[0] = small_states()[0]  # the same base bytes as run_root's
+    run_b = write_state_run(tmp_path / "b", states, SMALL_CONFIG)
+    geo = ["--ranks", "1,2", "--workers", "1", "--base-geometry", "-q"]
+    assert _invoke(run_root, "--out", tmp_path / "a", *geo).exit_code == 0
+    before = _tree(tmp_path / "a")
+    res = _invoke(run_b, "--out", tmp_path / "b-out", "--base-from", tmp_path / "a", *geo)
+    assert res.exit_code == 0, res.output
+    assert _tree(tmp_path / "a") == before  # only read
+    prov = json.loads((tmp_path / "b-out" / "provenance.json").read_text())
+    assert prov["base_from"] == [str(tmp_path / "a" / "cache")]
+    assert not any(m.startswith("base_w0:") for m in prov["svd_methods"])
+    assert _invoke(run_b, "--out", tmp_path / "b-alone", *geo).exit_code == 0
+    alone = json.loads((tmp_path / "b-alone" / "provenance.json").read_text())
+    w0_svds = sum(n for m, n in alone["svd_methods"].items() if m.startswith("base_w0:"))
+    assert w0_svds > 3 and prov["cache_hits"] == alone["cache_hits"] + w0_svds
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "b-out" / "metrics.parquet"),
+        pd.read_parquet(tmp_path / "b-alone" / "metrics.parquet"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--base-from", "{a}"], "--base-from reuses W_0's factors for --base-geometry; add"),
+        (["--base-geometry", "--base-from", "{missing}"], "no such directory"),
+        (["--base-geometry", "--base-from", "{run}"], "no factor cache here"),
+    ],
+)
+def test_base_from_errors_are_one_line_and_write_nothing(run_root, tmp_path, extra, message):
+    paths = {"a": tmp_path, "missing": tmp_path / "nope", "run": run_root}
+    args = [x.format(**{k: str(v) for k, v in paths.items()}) for x in extra]
+    res = _invoke(run_root, "--out", tmp_path / "out", "--workers", "1", *args)
+    assert res.exit_code == 2, res.output
+    (line,) = res.stderr.strip().splitlines()
+    assert message in line and "Traceback" not in res.output
+    assert not (tmp_path / "out").exists()

@@ -4,12 +4,13 @@ computed before drawing, the shown runs chosen once, side inputs checked."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 from viz.runs import write_run
 
 from opdlens import AnalyzeOptions, open_run
@@ -156,3 +157,24 @@ def test_overlap_without_groups_is_the_first_run_against_each_other(tmp_path: Pa
     src = load_sources(given, tmp_path / "out")
     assert src.overlap is not None and set(src.overlap["run_b"]) == {"Y"}
     assert any("overlap X vs Z skipped: it needs both run directories" in n for n in src.notes)
+
+
+def test_runs_from_one_base_decompose_it_once(tmp_path: Path) -> None:
+    """--base-geometry over two runs of one base: the second takes W_0's factors from the first
+    run's cache; its rows are those of an analysis of its own."""
+    opd = write_run(tmp_path / "opd", 0)
+    rl = tmp_path / "rl"
+    shutil.copytree(opd, rl)
+    w0 = load_file(str(opd / "checkpoint-0" / "model.safetensors"))
+    for ck in rl.glob("checkpoint-*"):
+        w = load_file(str(ck / "model.safetensors"))
+        moved = {k: (w0[k] + 2.0 * (w[k] - w0[k])).astype(np.float32) for k in w}
+        save_file(moved, str(ck / "model.safetensors"), metadata={"format": "pt"})
+    geo = dataclasses.replace(OPTIONS, base_geometry=True)
+    src = load_sources(SourceOptions((opd, rl), ("OPD", "RL"), analyze=geo), tmp_path / "o")
+    first, second = (rm.provenance["svd_methods"] for rm in src.runs)
+    w0_svds = sum(n for m, n in first.items() if m.startswith("base_w0:"))
+    assert w0_svds >= 2 and not any(m.startswith("base_w0:") for m in second)
+    alone = load_sources(SourceOptions((rl,), ("RL",), analyze=geo), tmp_path / "alone")
+    pd.testing.assert_frame_equal(src.runs[1].frame, alone.runs[0].frame)
+    assert any(m.startswith("base_w0:") for m in alone.runs[0].provenance["svd_methods"])
