@@ -11,7 +11,8 @@ rank-4 signal (1e-2 of ‖W_0‖_F) + noise on every matrix); they differ in the
 Per pair, plain `analyze` and `analyze --base-geometry` (ranks 1,4,16) run --repeat times each,
 interleaved, in fresh processes with fresh outputs (no cache hits); the medians are compared.
 Then one more `--base-geometry` run over the output of the last one shows what the factor cache
-saves (W_0's and Δ's factors reused).
+saves (W_0's and Δ's factors reused), and one into a fresh output with `--base-from` the last one
+what a second run of the same base costs (W_0's factors reused, Δ's and W_t's computed).
 """
 
 from __future__ import annotations
@@ -63,11 +64,14 @@ def build_powerlaw_pair(root: Path, random_pair: Path) -> Path:
     return run
 
 
-def analyze_cmd(run: Path, out: Path, geometry: bool, *, fresh: bool = True) -> list[str]:
+def analyze_cmd(
+    run: Path, out: Path, geometry: bool, *, fresh: bool = True, base_from: Path | None = None
+) -> list[str]:
     if fresh:
         shutil.rmtree(out, ignore_errors=True)  # no cache hits
     cmd = opdlens_cmd("analyze", str(run), "--out", str(out), "--ranks", RANKS, "--quiet")
-    return cmd + (["--base-geometry"] if geometry else [])
+    cmd += ["--base-geometry"] if geometry else []
+    return cmd + (["--base-from", str(base_from)] if base_from is not None else [])
 
 
 def bench(run: Path, work: Path, repeat: int) -> dict[str, object]:
@@ -81,7 +85,9 @@ def bench(run: Path, work: Path, repeat: int) -> dict[str, object]:
     cold = json.loads((geo_out / "provenance.json").read_text()).get("svd_methods", {})
     cached = measure(analyze_cmd(run, geo_out, True, fresh=False))[0]
     warm = json.loads((geo_out / "provenance.json").read_text()).get("svd_methods", {})
-    return {"plain": plain, "geo": geo, "cached": cached, "cold_methods": cold, "methods": warm}
+    donated = measure(analyze_cmd(run, work / "second-out", True, base_from=geo_out))[0]
+    return {"plain": plain, "geo": geo, "cached": cached, "cold_methods": cold, "methods": warm,
+            "second": donated}  # fmt: skip
 
 
 def main() -> None:
@@ -97,14 +103,16 @@ def main() -> None:
     got = {label: bench(run, args.workdir / label.replace(" ", "-"), args.repeat)
            for label, run in pairs.items()}  # fmt: skip
     print(f"analyze --ranks {RANKS}, --repeat {args.repeat}; seconds, median (all runs)")
-    print(f"{'base':<12} {'plain':>14} {'--base-geometry':>22} {'cache reused':>20}")
+    print(f"{'base':<12} {'plain':>14} {'--base-geometry':>22} {'cache reused':>20} "
+          f"{'--base-from':>18}")  # fmt: skip
     for label, r in got.items():
-        plain, geo, cached = r["plain"], r["geo"], r["cached"]
-        assert isinstance(plain, list) and isinstance(geo, list) and isinstance(cached, float)
+        plain, geo, cached, second = r["plain"], r["geo"], r["cached"], r["second"]
+        assert isinstance(plain, list) and isinstance(geo, list)
+        assert isinstance(cached, float) and isinstance(second, float)
         mp, mg = statistics.median(plain), statistics.median(geo)
         runs = ", ".join(f"{t:.1f}" for t in geo)
         print(f"{label:<12} {mp:8.1f} s      {mg:7.1f} s = {mg / mp:4.2f}× ({runs})  "
-              f"{cached:6.1f} s = {cached / mp:4.2f}×")  # fmt: skip
+              f"{cached:6.1f} s = {cached / mp:4.2f}×  {second:6.1f} s = {second / mp:4.2f}×")  # fmt: skip
     for label, r in got.items():
         print(f"{label}: SVDs cold {r['cold_methods']}; cache reused {r['methods']}")
     print("target: --base-geometry ≤ 1.5× plain (issue 24)")
