@@ -67,6 +67,14 @@ def spiked_update(name: str, w0: torch.Tensor, step: int) -> torch.Tensor:
     return planted(name, spiked(name, w0), step)
 
 
+def write_spiked_moe(root: Path, steps: Sequence[int]) -> Path:
+    """A qwen3_moe run (stacked (experts, out, in) tensors) of a spiked base, `spiked_update`."""
+    model = checkpoints.tiny_model("qwen3_moe")
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    states = {s: {n: spiked_update(n, w, s) for n, w in base.items()} for s in steps}
+    return write_state_run(root, states, checkpoints.tiny_config("qwen3_moe").to_dict())
+
+
 SPECTRA = ("rank4+bulk", "powerlaw+bulk")
 
 

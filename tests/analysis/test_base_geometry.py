@@ -18,6 +18,7 @@ from planted import (
     planted,
     spiked,
     spiked_update,
+    write_spiked_moe,
     write_state_run,
 )
 from typer.testing import CliRunner
@@ -45,10 +46,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         )
         out[kind] = root
     root = tmp_path_factory.mktemp("moe")
-    model = checkpoints.tiny_model("qwen3_moe")
-    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    states = {s: {n: spiked_update(n, w, s) for n, w in base.items()} for s in STEPS}
-    out["moe"] = write_state_run(root, states, checkpoints.tiny_config("qwen3_moe").to_dict())
+    out["moe"] = write_spiked_moe(root, STEPS)
     return out
 
 

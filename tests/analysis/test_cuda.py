@@ -25,7 +25,7 @@ from planted import (
     planted,
     reference,
     spiked_update,
-    write_state_run,
+    write_spiked_moe,
 )
 from typer.testing import CliRunner
 
@@ -202,10 +202,7 @@ def spiked_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                              update=spiked_update, trainer_files=False)  # fmt: skip
     out["llama"] = root
     root = tmp_path_factory.mktemp("spiked-moe")
-    model = checkpoints.tiny_model("qwen3_moe")
-    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    states = {s: {n: spiked_update(n, w, s) for n, w in base.items()} for s in GEOMETRY_STEPS}
-    out["moe"] = write_state_run(root, states, checkpoints.tiny_config("qwen3_moe").to_dict())
+    out["moe"] = write_spiked_moe(root, GEOMETRY_STEPS)
     return out
 
 
