@@ -18,7 +18,7 @@ from planted import RANKS, STEPS, planted  # noqa: E402
 
 import opdlens  # noqa: E402
 from opdlens.cli import app  # noqa: E402
-from opdlens.devices import check_device, out_of_memory_as_error  # noqa: E402
+from opdlens.devices import check_device, ieee_float32, out_of_memory_as_error  # noqa: E402
 from opdlens.errors import OptionError, ResourceError  # noqa: E402
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -113,3 +113,80 @@ def test_no_tensor_is_made_on_the_default_device(run_root, tmp_path) -> None:
     assert got[3].keys() == want[3].keys()
     for name in want[3]:
         assert torch.equal(got[3][name], want[3][name]), name
+
+
+NEW_API = hasattr(torch.backends.cuda.matmul, "fp32_precision")  # torch ≥ 2.9: per backend
+
+
+def _precision() -> str:
+    """The float32 matmul setting as opdlens sets it: 'ieee' (per backend) or 'highest'."""
+    if NEW_API:
+        return torch.backends.cuda.matmul.fp32_precision
+    return torch.get_float32_matmul_precision()
+
+
+@pytest.fixture
+def tf32_user():
+    """A training script's setting (the legacy call, what Trainer(tf32=True) makes), undone after."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
+def test_ieee_float32_sets_full_precision_and_puts_the_users_back(tf32_user) -> None:
+    import threading
+
+    def worker() -> None:  # enters and leaves while the outer block holds: nothing is restored
+        with ieee_float32():
+            seen.append(_precision())
+
+    seen: list[str] = []
+    with ieee_float32():
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        seen.append(_precision())
+        x = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close((x @ x.T).double(), x.double() @ x.double().T, atol=1e-4, rtol=0)
+    assert len(seen) == 2 and set(seen) <= {"ieee", "highest"}
+    # The legacy readings still work (mixing torch's two APIs would make them raise).
+    assert torch.get_float32_matmul_precision() == "high"
+    assert torch.backends.cuda.matmul.allow_tf32 is True
+
+
+@pytest.mark.skipif(not NEW_API, reason="torch < 2.9 has one global precision")
+def test_ieee_float32_keeps_a_per_backend_setting() -> None:
+    before = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    try:
+        with ieee_float32():
+            assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = before
+
+
+def test_analyze_compare_and_live_run_in_ieee_float32(run_root, tf32_user, monkeypatch) -> None:
+    """Inside every worker's sweep and every measurement the products are IEEE float32, and the
+    user's TF32 setting is back afterwards."""
+    import opdlens.analysis.compare as compare_mod
+    import opdlens.analysis.executors as executors
+
+    seen: list[str] = []
+
+    def spy(real):
+        def wrapped(*args, **kwargs):
+            seen.append(_precision())
+            return real(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(executors, "sweep_tensor", spy(executors.sweep_tensor))
+    monkeypatch.setattr(compare_mod, "compare_tensor", spy(compare_mod.compare_tensor))
+    run = opdlens.open_run(run_root)
+    for workers in (1, 2):
+        opdlens.analyze(run, ranks=(1,), workers=workers, base_geometry=True)
+        opdlens.compare(run, run, ranks=(1,), workers=workers)
+    assert len(seen) > 8 and set(seen) <= {"ieee", "highest"}
+    assert torch.get_float32_matmul_precision() == "high"

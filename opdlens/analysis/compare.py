@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-from ..devices import check_device, out_of_memory_as_error, prepare
+from ..devices import check_device, ieee_float32, out_of_memory_as_error, prepare
 from ..errors import CheckpointError, FusedSplitError, OptionError
 from ..progress import Progress
 from .analyze import check_views
@@ -347,6 +347,7 @@ def plan_pair(a: Run, b: Run, options: CompareOptions) -> PairPlan:
     return PairPlan(a, b, (sa, sb), names, warnings, what)
 
 
+@ieee_float32()
 def compute_pair(a: Run, b: Run, options: CompareOptions, *, progress: bool = False) -> Comparison:
     """The compare table of two runs, with the warnings (run's, base override, notes)."""
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..devices import out_of_memory_as_error, prepare
+from ..devices import ieee_float32, out_of_memory_as_error, prepare
 from ..errors import OptionError
 from ..progress import Progress
 from .compare import (
@@ -93,6 +93,7 @@ def group_tensor(
     return out
 
 
+@ieee_float32()
 def compute_group(
     runs: Sequence[Run], options: CompareOptions, *, progress: bool = False
 ) -> Comparison:

@@ -15,7 +15,7 @@ import torch
 
 from .._malloc import release_freed_buffers
 from .._workers import stop_when
-from ..devices import out_of_memory_as_error, prepare
+from ..devices import ieee_float32, out_of_memory_as_error, prepare
 from ..errors import Stopped
 from ..io import buffers
 from .cache import FactorCache
@@ -77,6 +77,14 @@ def iter_local(job: Job, names: Sequence[str], workers: int) -> Iterator[tuple[s
     point (`_workers.stop_point`: every read piece and Krylov pass) before this returns.
     """
     prepare(job.options.device)  # CUDA's lazy solver loading is not thread-safe: do it here
+    with ieee_float32():  # held while the consumer iterates (and until it closes this)
+        yield from _sweep_local(job, names, workers)
+
+
+def _sweep_local(
+    job: Job, names: Sequence[str], workers: int
+) -> Iterator[tuple[str, TensorResult]]:
+    """`iter_local`'s sweep, inline or in worker threads."""
     if workers <= 1:
         arrays = buffers.BufferPool()  # reused across this call's tasks, not across yields
         for name in names:

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..devices import ieee_float32
 from ..errors import FusedSplitError, OptionError
 from ..names import as_matrix, canonical_name, classify
 from ..selection import DEFAULT_MODULES, in_blocks
@@ -108,6 +109,7 @@ class WeightDynamics:
         return chosen
 
     @torch.no_grad()
+    @ieee_float32()
     def measure(
         self,
         model: nn.Module,

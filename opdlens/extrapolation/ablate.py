@@ -21,7 +21,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..devices import check_device, prepare
+from ..devices import check_device, ieee_float32, prepare
 from ..errors import OptionError
 from ..io.keep import keep_candidate, kept
 from ..io.like import write_like
@@ -86,6 +86,7 @@ class Ablation(NamedTuple):
     rank_curve: pd.DataFrame
 
 
+@ieee_float32()
 def ablate(
     run: Run,
     step: int,

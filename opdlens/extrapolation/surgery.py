@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from ..devices import check_device, out_of_memory_as_error, prepare
+from ..devices import check_device, ieee_float32, out_of_memory_as_error, prepare
 from ..errors import OpdlensError, OptionError
 from ..io.like import Produced, as_stored, write_like
 from ..names import BLOCKS
@@ -75,6 +75,7 @@ def surgery_scale(
     return _write(run, current, out, produce, meta, overwrite, progress, f"scale step {step}")
 
 
+@ieee_float32()
 def surgery_lowrank(
     run: Run,
     step: int,

@@ -231,3 +231,17 @@ def test_base_geometry_on_cuda_matches_float64_and_the_cpu(spiked_runs, kind, wo
         for side in ("left", "right"):
             col = f"principal_energy_{side}_k{k}"
             np.testing.assert_allclose(a.loc[sharp, col], b.loc[sharp, col], atol=2e-3)
+
+
+def test_a_users_tf32_setting_does_not_reach_the_sweep(planted_runs) -> None:
+    """A training process's TF32 (Trainer(tf32=True)) would round every float32 product to 10
+    bits: the numbers still match float64, and the setting is the user's again afterwards."""
+    root = planted_runs("llama-f32")
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        cuda = opdlens.analyze(open_run(root), ranks=RANKS, workers=2, device="cuda")
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    compare(cuda, reference(load_states(root), _config(root)))
