@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -244,29 +243,92 @@ def write_peft_run(
 # -- verl ------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _fsdp_worker(rank: int, world: int, store: str, jobs_file: str) -> None:
+    """One gloo rank: every job's state dict as DTensors sharded on dim 0, saved as verl does."""
+    import sys
+    import traceback
 
-
-def _fsdp_worker(rank: int, world: int, port: int, jobs_file: str) -> None:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
+
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback, whatever the hostname names
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+        _save_dtensor_shards(init_device_mesh("cpu", (world,)), rank, world, jobs_file)
+        dist.barrier()
+    except BaseException:
+        traceback.print_exc()
+        sys.stdout.flush()
+        os._exit(1)
+    # gloo's teardown can abort ("terminate called without an active exception") when the
+    # peer closes first; the files are written and closed, so the process ends without it.
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def _fsdp_one_process(world: int, jobs_file: str) -> None:
+    """Every rank in turn, in one process, over torch's fake process group (no sockets).
+
+    The fake group's scatter moves nothing, so each rank's shard is copied into the buffer
+    `distribute_tensor` allocated: the same padded storage a gloo scatter leaves.
+    """
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    for rank in range(world):
+        dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)
+        try:
+            mesh = init_device_mesh("cpu", (world,))
+            _save_dtensor_shards(mesh, rank, world, jobs_file, fill=True)
+        finally:
+            dist.destroy_process_group()
+
+
+def _save_dtensor_shards(
+    mesh: object, rank: int, world: int, jobs_file: str, *, fill: bool = False
+) -> None:
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        mesh = init_device_mesh("cpu", (world,))
-        for out_dir, state in torch.load(jobs_file, weights_only=True):
-            local = {}
-            for k, v in state.items():
-                placement = Shard(0) if v.dim() > 0 else Replicate()
-                local[k] = distribute_tensor(v, mesh, [placement])
-            torch.save(local, Path(out_dir) / f"model_world_size_{world}_rank_{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    for out_dir, state in torch.load(jobs_file, weights_only=True):
+        local = {}
+        for k, v in state.items():
+            placement = Shard(0) if v.dim() > 0 else Replicate()
+            local[k] = distribute_tensor(v, mesh, [placement])  # type: ignore[arg-type]
+            if fill:
+                with torch.no_grad():
+                    shard = _chunk(v, world, rank) if v.dim() > 0 else v
+                    local[k].to_local().copy_(shard)
+        torch.save(local, Path(out_dir) / f"model_world_size_{world}_rank_{rank}.pt")
+
+
+def _run_writers(argvs: list[str], timeout: float = 120) -> str | None:
+    """Run one `python -c` per entry of `argvs` at once; None when all exit 0, else their output."""
+    import subprocess
+    import sys
+
+    here = str(Path(__file__).parent)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", f"import sys; sys.path.insert(0, {here!r}); import checkpoints; {a}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for a in argvs
+    ]  # fmt: skip
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            outs.append(f"timed out after {timeout} s\n" + p.communicate()[0])
+    if all(p.returncode == 0 for p in procs):
+        return None
+    return "\n".join(
+        f"[writer {i}, exit {p.returncode}]\n{out.strip()}"
+        for i, (p, out) in enumerate(zip(procs, outs, strict=True))
+    )
 
 
 def write_fsdp_rank_files(
@@ -274,11 +336,16 @@ def write_fsdp_rank_files(
     world_size: int = 2,
     *,
     dtensor: bool = True,
-) -> None:
+    writer: str = "auto",
+) -> str:
     """Write verl `model_world_size_<W>_rank_<R>.pt` files of full state dicts, split on dim 0.
 
     With ``dtensor`` the files hold real DTensors (Shard(0), uneven where rows do not divide),
-    written by ``world_size`` gloo processes; otherwise each rank holds its plain row block.
+    written by ``world_size`` gloo processes (``writer="gloo"``), or by one process over torch's
+    fake process group (``writer="one-process"``), which writes the same pickles. ``"auto"``
+    tries gloo twice and falls back, with a warning, where gloo cannot start (a sandbox whose
+    loopback sockets it cannot use). Without ``dtensor`` each rank holds its plain row block.
+    Returns the writer that wrote the files ("plain", "gloo" or "one-process").
     """
     for out_dir, _ in jobs:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -290,34 +357,38 @@ def write_fsdp_rank_files(
                     for k, v in state.items()
                 }  # fmt: skip
                 torch.save(local, Path(out_dir) / f"model_world_size_{world_size}_rank_{rank}.pt")
-        return
-    import subprocess
-    import sys
+        return "plain"
+    if writer not in ("auto", "gloo", "one-process"):
+        raise ValueError(f"writer must be auto, gloo or one-process, not {writer!r}")
     import tempfile
+    import warnings
 
     with tempfile.TemporaryDirectory() as tmp:
         jobs_file = os.path.join(tmp, "jobs.pt")
         torch.save([(str(d), dict(s)) for d, s in jobs], jobs_file)
-        port = _free_port()
-        here = str(Path(__file__).parent)
-        procs = [
-            subprocess.Popen(
+        failed = None
+        for attempt in range(2 if writer == "auto" else 1 if writer == "gloo" else 0):
+            store = os.path.join(tmp, f"store-{attempt}")
+            failed = _run_writers(
                 [
-                    sys.executable,
-                    "-c",
-                    f"import sys; sys.path.insert(0, {here!r}); import checkpoints; "
-                    f"checkpoints._fsdp_worker({rank}, {world_size}, {port}, {jobs_file!r})",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )  # fmt: skip
-            for rank in range(world_size)
-        ]
-        outs = [p.communicate(timeout=120)[0] for p in procs]
-        for rank, (p, out) in enumerate(zip(procs, outs, strict=True)):
-            if p.returncode:
-                raise RuntimeError(f"FSDP writer rank {rank} failed:\n{out}")
+                    f"checkpoints._fsdp_worker({r}, {world_size}, {store!r}, {jobs_file!r})"
+                    for r in range(world_size)
+                ]
+            )
+            if failed is None:
+                return "gloo"
+        if writer == "gloo":
+            raise RuntimeError(f"FSDP gloo writers failed:\n{failed}")
+        if failed is not None:
+            warnings.warn(
+                "gloo could not start here, so the DTensor rank files were written in one "
+                f"process over torch's fake process group. gloo said:\n{failed}",
+                stacklevel=2,
+            )
+        one = _run_writers([f"checkpoints._fsdp_one_process({world_size}, {jobs_file!r})"])
+        if one is not None:
+            raise RuntimeError(f"FSDP writer failed:\n{one}" + (f"\n{failed}" if failed else ""))
+        return "one-process"
 
 
 def _chunk(t: torch.Tensor, world: int, rank: int) -> torch.Tensor:

@@ -56,6 +56,47 @@ def test_dtensor_planted_update(verl_dtensor_runs):
     torch.testing.assert_close(run.delta(name, 4, ref=2), 2 * d, rtol=1e-5, atol=1e-6)
 
 
+def _pickle_ops(path: Path) -> str:
+    import io
+    import pickletools
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        (data,) = (n for n in z.namelist() if n.endswith("/data.pkl"))
+        out = io.StringIO()
+        pickletools.dis(z.read(data), out=out)
+    return out.getvalue()
+
+
+def test_the_one_process_writer_writes_what_gloo_writes(tmp_path):
+    """The fixtures' fallback where gloo cannot start: same pickles, storages and numbers."""
+    import checkpoints
+
+    state = {"w": torch.randn(7, 5), "experts": torch.randn(3, 4, 2), "scale": torch.tensor(2.0)}
+    one, gloo = tmp_path / "one", tmp_path / "gloo"
+    assert (
+        checkpoints.write_fsdp_rank_files([(one, state)], 2, writer="one-process") == "one-process"
+    )
+    for r in (0, 1):
+        got = torch.load(one / f"model_world_size_2_rank_{r}.pt", weights_only=True)
+        assert torch.equal(got["w"].to_local(), torch.chunk(state["w"], 2)[r])
+        assert torch.equal(got["experts"].to_local(), torch.chunk(state["experts"], 2)[r])
+        assert torch.equal(got["scale"].to_local(), state["scale"])
+    try:
+        checkpoints.write_fsdp_rank_files([(gloo, state)], 2, writer="gloo")
+    except RuntimeError as e:
+        pytest.skip(f"gloo cannot start on this machine: {str(e)[:300]}")
+    for r in (0, 1):
+        name = f"model_world_size_2_rank_{r}.pt"
+        assert _pickle_ops(one / name) == _pickle_ops(gloo / name)
+        a = torch.load(one / name, weights_only=True)
+        b = torch.load(gloo / name, weights_only=True)
+        for k in state:
+            la, lb = a[k].to_local(), b[k].to_local()
+            assert torch.equal(la, lb), k
+            assert la.untyped_storage().nbytes() == lb.untyped_storage().nbytes(), k
+
+
 # -- broken rank files: one line naming the files, at open time ------------------------------
 
 
