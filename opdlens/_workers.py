@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.context import BaseContext, SpawnProcess
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
@@ -96,6 +96,32 @@ def _arrive(parent: int) -> WorkerProcess:
 
 
 _THREAD = threading.local()
+
+
+class SharedSetting:
+    """A process-wide setting that nested and concurrent holders share: the first one in applies
+    it, the last one out undoes it (what the first found is what comes back)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._undo: Callable[[], None] | None = None
+
+    @contextlib.contextmanager
+    def held(self, apply: Callable[[], Callable[[], None]]) -> Iterator[None]:
+        """Hold the setting; `apply()` sets it and returns what undoes it (first holder only)."""
+        with self._lock:
+            if self._inside == 0:
+                self._undo = apply()
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inside -= 1
+                if self._inside == 0 and self._undo is not None:
+                    undo, self._undo = self._undo, None
+                    undo()
 
 
 def stop_when(event: threading.Event | None) -> None:

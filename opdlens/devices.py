@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
+from ._workers import SharedSetting
 from .errors import OptionError, ResourceError
 
 _DEVICE = re.compile(r"(cpu|cuda)(?::([0-9]{1,3}))?", re.ASCII)
@@ -78,9 +78,7 @@ def prepare(device: str) -> None:
         _prepared.add(device)
 
 
-_ieee_lock = threading.Lock()
-_ieee_inside = 0  # callers inside `ieee_float32` now, across threads
-_ieee_saved: Any = None  # what the outermost caller found, put back by the last one out
+_precision = SharedSetting()
 
 
 @contextmanager
@@ -90,38 +88,37 @@ def ieee_float32() -> Iterator[None]:
     A training script's `torch.set_float32_matmul_precision("high")` or `Trainer(tf32=True)`
     lets CUDA round a float32 product's inputs to TF32's 10 bits (and "medium" lets a CPU's
     oneDNN use bfloat16): opdlens' certificates and accuracy contract assume IEEE float32, and
-    its live measurement runs inside such processes. torch ≥ 2.9 keeps a setting per backend
-    (`fp32_precision`), and reading the legacy flags after the new ones are set raises, so the
-    per-backend values are saved and put back where they exist; older torch has one global
-    precision. The first caller in saves, the last one out restores (worker threads nest).
+    its live measurement runs inside such processes. The first caller in sets it, the last one
+    out restores it (worker threads nest).
     """
-    global _ieee_inside, _ieee_saved
+    with _precision.held(_set_ieee):
+        yield
+
+
+def _set_ieee() -> Callable[[], None]:
+    """Set IEEE float32 products; returns what puts the setting found back.
+
+    torch ≥ 2.9 keeps a setting per backend (`fp32_precision`), and reading the legacy flags
+    after the new ones are set raises, so the per-backend values are saved and put back where
+    they exist; older torch has one global precision.
+    """
     import torch
 
     backends = [b for b in (torch.backends.cuda.matmul, getattr(torch.backends.mkldnn, "matmul", None))
                 if b is not None and hasattr(b, "fp32_precision")]  # fmt: skip
-    with _ieee_lock:
-        if _ieee_inside == 0:
-            if backends:
-                _ieee_saved = [b.fp32_precision for b in backends]
-                for b in backends:
-                    b.fp32_precision = "ieee"
-            else:
-                _ieee_saved = torch.get_float32_matmul_precision()
-                torch.set_float32_matmul_precision("highest")
-        _ieee_inside += 1
-    try:
-        yield
-    finally:
-        with _ieee_lock:
-            _ieee_inside -= 1
-            if _ieee_inside == 0:
-                if backends:
-                    for b, value in zip(backends, _ieee_saved, strict=True):
-                        b.fp32_precision = value
-                else:
-                    torch.set_float32_matmul_precision(_ieee_saved)
-                _ieee_saved = None
+    if not backends:
+        before = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")
+        return lambda: torch.set_float32_matmul_precision(before)
+    saved = [b.fp32_precision for b in backends]
+    for b in backends:
+        b.fp32_precision = "ieee"
+
+    def undo() -> None:
+        for b, value in zip(backends, saved, strict=True):
+            b.fp32_precision = value
+
+    return undo
 
 
 @contextmanager

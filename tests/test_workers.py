@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 import types
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -87,3 +88,35 @@ def test_ctrl_c_noted_leaves_another_handler_in_place() -> None:
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and not seen.is_set()
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_shared_setting_is_applied_by_the_first_holder_and_undone_by_the_last() -> None:
+    from opdlens._workers import SharedSetting
+
+    log: list[str] = []
+
+    def apply() -> Callable[[], None]:
+        log.append("apply")
+        return lambda: log.append("undo")
+
+    setting = SharedSetting()
+    inside, leave = threading.Event(), threading.Event()
+
+    def worker() -> None:  # holds it across the first holder's exit
+        with setting.held(apply):
+            inside.set()
+            leave.wait(10)
+
+    with setting.held(apply):
+        with setting.held(apply):  # nested: neither applies nor undoes
+            pass
+        thread = threading.Thread(target=worker)
+        thread.start()
+        assert inside.wait(10)
+    assert log == ["apply"]  # the worker still holds it
+    leave.set()
+    thread.join(10)
+    assert log == ["apply", "undo"]
+    with setting.held(apply):
+        pass
+    assert log == ["apply", "undo", "apply", "undo"]

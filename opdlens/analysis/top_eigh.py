@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 
-_lock = threading.Lock()
-_inside = 0  # callers inside `blas_threads` now, across threads
-_limiter: Any = None  # threadpoolctl's limiter of the outermost caller (restores on exit)
+from .._workers import SharedSetting
+
+_blas = SharedSetting()
 _controller: Any = None  # threadpoolctl's view of the loaded BLAS libraries, found once
 
 
@@ -26,26 +25,21 @@ def blas_threads(n: int) -> Iterator[None]:
     the thread that loaded it (here the main thread): a pool of worker threads is capped by
     the thread that starts it (`executors.iter_local`); inside a worker this is a no-op.
     """
-    global _inside, _limiter, _controller
-    with _lock:
-        if _inside == 0:
-            if _controller is None:
-                import scipy.linalg  # noqa: F401  (loads scipy's OpenBLAS before the search)
-                from threadpoolctl import ThreadpoolController
-
-                _controller = ThreadpoolController()
-            # A limiter restores every library its controller holds to what it was when made:
-            # one over all of them would put OpenMP (torch's threads) back to what it was then.
-            _limiter = _controller.select(user_api="blas").limit(limits=max(1, n))
-        _inside += 1
-    try:
+    with _blas.held(lambda: _cap_blas(n)):
         yield
-    finally:
-        with _lock:
-            _inside -= 1
-            if _inside == 0:
-                _limiter.restore_original_limits()
-                _limiter = None
+
+
+def _cap_blas(n: int) -> Callable[[], None]:
+    """Cap the BLAS libraries at n threads; returns what restores them."""
+    global _controller
+    if _controller is None:
+        import scipy.linalg  # noqa: F401  (loads scipy's OpenBLAS before the search)
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController()
+    # A limiter restores every library its controller holds to what it was when made: one
+    # over all of them would put OpenMP (torch's threads) back to what it was then.
+    return _controller.select(user_api="blas").limit(limits=max(1, n)).restore_original_limits
 
 
 def top_gram_eigvecs(side: torch.Tensor, k: int) -> torch.Tensor:

@@ -122,7 +122,7 @@ def load_sources(options: SourceOptions, out_dir: str | Path, *, progress: bool 
         own = options if i == 0 else dataclasses.replace(options, checkpoints=None)
         rm = _load_run(path, label, out, own, progress=progress, donors=donors)
         runs.append(rm)
-        donors.append(out / "cache" / label if rm.metrics_dir is None else path / "cache")
+        donors.append(out / "cache" / label if rm.metrics_dir is None else path)
         log = _training(rm, logs[i], notes)
         if log is not None:
             training[label] = log
