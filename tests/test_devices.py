@@ -190,3 +190,26 @@ def test_analyze_compare_and_live_run_in_ieee_float32(run_root, tf32_user, monke
         opdlens.compare(run, run, ranks=(1,), workers=workers)
     assert len(seen) > 8 and set(seen) <= {"ieee", "highest"}
     assert torch.get_float32_matmul_precision() == "high"
+
+
+def test_a_ray_task_computes_in_ieee_float32(run_root, tf32_user, monkeypatch) -> None:
+    """The body each Ray task runs, here in this process in place of Ray's workers: IEEE float32
+    inside (a Ray worker is reused, the user's tasks among them), the user's setting after."""
+    import opdlens.analysis.executors as executors
+
+    seen: list[str] = []
+    real = executors.sweep_tensor
+
+    def spy(*args, **kwargs):
+        seen.append(_precision())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(executors, "sweep_tensor", spy)
+    monkeypatch.setattr(
+        executors,
+        "iter_ray",
+        lambda job, names, address: map(executors._ray_task, [job] * len(names), names),
+    )
+    got = opdlens.analyze(opdlens.open_run(run_root), ranks=(1,), executor="ray")
+    assert len(seen) == got["tensor"].nunique() > 2 and set(seen) <= {"ieee", "highest"}
+    assert torch.get_float32_matmul_precision() == "high"

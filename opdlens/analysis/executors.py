@@ -176,7 +176,8 @@ def iter_ray(
 def _ray_task(job: Job, name: str) -> tuple[str, TensorResult]:
     _pin_threads(1)
     prepare(job.options.device)
-    return run_task(job, name)
+    with ieee_float32():  # a Ray worker is reused across tasks, the user's among them
+        return run_task(job, name)
 
 
 def make_iterator(job: Job, names: Sequence[str]) -> Iterator[tuple[str, TensorResult]]:
