@@ -14,6 +14,7 @@ import logging
 import mmap
 import pickle
 import pickletools
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -292,6 +293,19 @@ def _first_line(e: BaseException) -> str:
     return (text.splitlines()[0] if text else type(e).__name__)[:160]
 
 
+def _refusal(e: BaseException) -> str:
+    """What torch's weights-only unpickler refused (the line naming the global), else line one.
+
+    Its message opens with a paragraph about torch 2.6's default; the refused class or function
+    is named further down, in a wording that changes across versions.
+    """
+    for line in str(e).splitlines():
+        if re.search(r"\bGLOBAL\b|[Uu]nsupported", line):
+            line = line.strip().removeprefix("WeightsUnpickler error: ")
+            return re.split(r"(?<=\.)\s", line, maxsplit=1)[0].rstrip(".")[:200]  # first sentence
+    return _first_line(e)
+
+
 def _check(path: Path, trust_pickle: bool) -> bool:
     """Refuse what is not a torch.save file or, untrusted, a hostile pickle; True for zip."""
     with open(path, "rb") as f:
@@ -392,7 +406,7 @@ def load_pickle(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
             if not trust_pickle:
                 raise UnsafePickleError(
                     f"{path}: this pickle cannot be loaded safely (weights_only=True refused it: "
-                    f"{_first_line(e)}). Only if you trust where it came from, pass --trust-pickle "
+                    f"{_refusal(e)}). Only if you trust where it came from, pass --trust-pickle "
                     "(Python: trust_pickle=True)."
                 ) from None
             obj = torch.load(path, map_location="cpu", weights_only=False, mmap=is_zip)
