@@ -258,7 +258,7 @@ def _fsdp_worker(rank: int, world: int, store: str, jobs_file: str) -> None:
         dist.barrier()
     except BaseException:
         traceback.print_exc()
-        sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(1)
     # gloo's teardown can abort ("terminate called without an active exception") when the
     # peer closes first; the files are written and closed, so the process ends without it.
@@ -342,9 +342,10 @@ def write_fsdp_rank_files(
 
     With ``dtensor`` the files hold real DTensors (Shard(0), uneven where rows do not divide),
     written by ``world_size`` gloo processes (``writer="gloo"``), or by one process over torch's
-    fake process group (``writer="one-process"``), which writes the same pickles. ``"auto"``
-    tries gloo twice and falls back, with a warning, where gloo cannot start (a sandbox whose
-    loopback sockets it cannot use). Without ``dtensor`` each rank holds its plain row block.
+    fake process group (``writer="one-process"``), which pickles the same objects and padded
+    storages (only torch 2.6's per-process mesh hash differs). ``"auto"`` tries gloo twice and
+    falls back, with a warning, where gloo cannot start (a sandbox whose loopback sockets it
+    cannot use). Without ``dtensor`` each rank holds its plain row block.
     Returns the writer that wrote the files ("plain", "gloo" or "one-process").
     """
     for out_dir, _ in jobs:
@@ -358,7 +359,8 @@ def write_fsdp_rank_files(
                 }  # fmt: skip
                 torch.save(local, Path(out_dir) / f"model_world_size_{world_size}_rank_{rank}.pt")
         return "plain"
-    if writer not in ("auto", "gloo", "one-process"):
+    gloo_tries = {"auto": 2, "gloo": 1, "one-process": 0}.get(writer)
+    if gloo_tries is None:
         raise ValueError(f"writer must be auto, gloo or one-process, not {writer!r}")
     import tempfile
     import warnings
@@ -367,7 +369,7 @@ def write_fsdp_rank_files(
         jobs_file = os.path.join(tmp, "jobs.pt")
         torch.save([(str(d), dict(s)) for d, s in jobs], jobs_file)
         failed = None
-        for attempt in range(2 if writer == "auto" else 1 if writer == "gloo" else 0):
+        for attempt in range(gloo_tries):
             store = os.path.join(tmp, f"store-{attempt}")
             failed = _run_writers(
                 [

@@ -127,6 +127,16 @@ def _precision() -> str:
     return torch.get_float32_matmul_precision()
 
 
+def _recording(seen: list[str], real):
+    """`real`, appending to `seen` the float32 matmul setting each call runs under."""
+
+    def wrapped(*args, **kwargs):
+        seen.append(_precision())
+        return real(*args, **kwargs)
+
+    return wrapped
+
+
 @pytest.fixture
 def tf32_user():
     """A training script's setting (the legacy call, what Trainer(tf32=True) makes), undone after."""
@@ -176,16 +186,8 @@ def test_analyze_compare_and_live_run_in_ieee_float32(run_root, tf32_user, monke
     import opdlens.analysis.executors as executors
 
     seen: list[str] = []
-
-    def spy(real):
-        def wrapped(*args, **kwargs):
-            seen.append(_precision())
-            return real(*args, **kwargs)
-
-        return wrapped
-
-    monkeypatch.setattr(executors, "sweep_tensor", spy(executors.sweep_tensor))
-    monkeypatch.setattr(compare_mod, "compare_tensor", spy(compare_mod.compare_tensor))
+    monkeypatch.setattr(executors, "sweep_tensor", _recording(seen, executors.sweep_tensor))
+    monkeypatch.setattr(compare_mod, "compare_tensor", _recording(seen, compare_mod.compare_tensor))
     run = opdlens.open_run(run_root)
     for workers in (1, 2):
         opdlens.analyze(run, ranks=(1,), workers=workers, base_geometry=True)
@@ -202,13 +204,7 @@ def test_a_ray_task_computes_in_ieee_float32(run_root, tf32_user, monkeypatch) -
     analyze_mod = importlib.import_module("opdlens.analysis.analyze")  # not the function
 
     seen: list[str] = []
-    real = executors.sweep_tensor
-
-    def spy(*args, **kwargs):
-        seen.append(_precision())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(executors, "sweep_tensor", spy)
+    monkeypatch.setattr(executors, "sweep_tensor", _recording(seen, executors.sweep_tensor))
     find_spec = importlib.util.find_spec  # Ray itself is not needed (a lean venv has none)
 
     def ray_found(name: str, *args: object) -> object:
