@@ -44,6 +44,12 @@ class _TidyHelp:
 
 
 class _Command(_TidyHelp, TyperCommand):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.short_help is None and self.help:
+            # the command list would keep the docstring's line breaks mid-sentence
+            self.short_help = " ".join(self.help.split("\n\n")[0].split())
+
     def collect_usage_pieces(self, ctx: Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
         for p in self.get_params(ctx):

@@ -35,6 +35,16 @@ def test_help_names_what_options_take(command: str) -> None:
         )  # [SOURCE]: --group
 
 
+def test_the_command_list_reflows_each_summary() -> None:
+    rows = [line.strip("│ ").split(maxsplit=1) for line in _help("").splitlines() if "│ " in line]
+    summary = {row[0]: row[1] for row in rows if len(row) == 2 and row[0] in COMMANDS}
+    # a docstring's line breaks used to end the row mid-sentence at 160 columns
+    assert summary["demo"].startswith("Train (or reuse) tiny OPD and RL runs (3 seeds each), "
+                                      "analyse, extrapolate, replay, foresee and ablate")  # fmt: skip
+    assert summary["figures"].endswith("for one run, several side by side, or groups of runs "
+                                       "(group means with a band).")  # fmt: skip
+
+
 def test_repeatable_options_show_one_value() -> None:
     assert re.search(r"--checkpoint\s+<step=path>", _help("analyze"))
     assert re.search(r"--tensors\s+<glob>", _help("extrapolate"))
