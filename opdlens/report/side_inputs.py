@@ -123,6 +123,11 @@ def load_ablation(path: str | Path) -> Ablation:
     what = "ablation table of `opdlens ablate`"
     table = check_table(read_table(d / "ablation.parquet", what), d / "ablation.parquet", what,
                         ["group", "update_share", "score_drop", "score_only", "utility", "step"])  # fmt: skip
+    # The scorer's name from provenance.json: pandas before 2.1 keeps no attrs in Parquet.
+    prov = d / "provenance.json"
+    if prov.is_file():
+        recorded = read_json(prov, "provenance.json of `opdlens ablate`")
+        table.attrs.update({k: recorded[k] for k in ("scorer", "oracle") if k in recorded})
     curve_file = d / "rank_curve.parquet"
     what = "rank curve of `opdlens ablate`"
     curve = (

@@ -45,6 +45,18 @@ def test_load_ablation_reads_what_ablate_wrote(ablation_dir: Path) -> None:
     assert list(got.ablation["group"]) == list(want["group"])
     assert got.ablation["utility"].to_numpy() == pytest.approx(want["utility"].to_numpy())
     assert list(got.rank_curve["k"]) == [1, 2]
+    assert got.ablation.attrs["scorer"] == "mlp_energy" and got.ablation.attrs["oracle"] is False
+
+
+def test_load_ablation_takes_the_scorer_from_provenance(ablation_dir: Path, tmp_path: Path) -> None:
+    """pandas before 2.1 writes no attrs into Parquet: the scorer's name is read from
+    provenance.json, not from the table."""
+    copy = shutil.copytree(ablation_dir, tmp_path / "abl")
+    table = pd.read_parquet(copy / "ablation.parquet")
+    table.attrs.clear()
+    table.to_parquet(copy / "ablation.parquet")
+    assert pd.read_parquet(copy / "ablation.parquet").attrs == {}
+    assert load_ablation(copy).ablation.attrs["scorer"] == "mlp_energy"
 
 
 def test_load_ablation_refuses_what_ablate_did_not_finish(
