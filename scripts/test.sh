@@ -44,8 +44,9 @@ find_python() {  # find_python 3.10: a python3.10 under pyenv or on PATH that ru
     done
 }
 
-make_venv() {  # make_venv DIR PY TORCH: that torch and the test tools (opdlens comes later)
+make_venv() {  # make_venv DIR PY TORCH [PIP ARGS]: that torch and the test tools (opdlens later)
     local dir=$1 py torch=$3
+    shift 3
     py=$(find_python "$2")
     if [ -z "$py" ]; then
         # The torch end of the range is still tested, on the Python that runs this script.
@@ -56,13 +57,14 @@ make_venv() {  # make_venv DIR PY TORCH: that torch and the test tools (opdlens 
     "$py" -m venv "$dir"
     # A machine-wide pip constraint may cap torch below the newest release: this venv names its own.
     PIP_CONSTRAINT=$PWD/scripts/no-constraints.txt "$dir/bin/python" -m pip install --quiet \
-        --disable-pip-version-check --no-cache-dir "torch==$torch" pytest hypothesis transformers peft
+        --disable-pip-version-check --no-cache-dir "torch==$torch" pytest hypothesis transformers peft "$@"
 }
 
 if [ "$versions" = 1 ]; then
     trap 'kill $(jobs -p) 2>/dev/null || true' EXIT  # a failed main suite stops the download
     mkdir -p .venvs
-    make_venv "${FLOOR[@]}" >.venvs/floor.log 2>&1 &
+    # The oldest pass: every runtime dependency at exactly the floor pyproject.toml declares.
+    make_venv "${FLOOR[@]}" -r scripts/floor-requirements.txt >.venvs/floor.log 2>&1 &
     floor_pid=$!
 fi
 
@@ -100,7 +102,9 @@ os.execv(sys.argv[1], sys.argv[1:])')
             df -h . >&2 || true
             exit 1
         fi
-        PIP_CONSTRAINT=$PWD/scripts/no-constraints.txt ".venvs/$spec/bin/python" -m pip install \
+        # The floor's pins stay as they are while opdlens' requirements are resolved.
+        pins=$PWD/scripts/$([ "$spec" = floor ] && echo floor-requirements || echo no-constraints).txt
+        PIP_CONSTRAINT=$pins ".venvs/$spec/bin/python" -m pip install \
             --quiet --disable-pip-version-check --no-cache-dir -e . >>".venvs/$spec.log" 2>&1 || {
             echo "scripts/test.sh: installing opdlens into the $spec venv failed; its log:" >&2
             grep -v "^WARNING: Location" ".venvs/$spec.log" >&2

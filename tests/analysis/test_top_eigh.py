@@ -91,4 +91,5 @@ def test_analyze_workers_run_base_geometry_with_scipy_blas_capped(tmp_path, monk
     cols = [c for c in one.columns if c.startswith(("principal_", "spectral_drift"))]
     key = ["step", "tensor"]
     a, b = (d.sort_values(key).reset_index(drop=True)[cols] for d in (one, two))
-    pd.testing.assert_frame_equal(a, b, rtol=1e-6)
+    # a drift is a difference of two σ: BLAS threads' rounding shows in it at ~1e-8 (scipy 1.10)
+    pd.testing.assert_frame_equal(a, b, rtol=1e-6, atol=1e-6)

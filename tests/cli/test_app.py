@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,7 +129,7 @@ def test_a_user_error_is_one_line_and_opdlens_debug_shows_its_traceback(tmp_path
     [(["--executor", "dask"], "Invalid value for '--executor'"),
      (["--device", "tpu"], "Invalid value for '--device'"),
      (["--workers", "many"], "Invalid value for '--workers'"),
-     (["--no-such-option"], "No such option: --no-such-option")],
+     (["--no-such-option"], "No such option")],  # click 8.5: "No such option '--…'."
 )  # fmt: skip
 def test_the_parser_refuses_a_bad_value_in_one_line(tmp_path, args, message):
     out = tmp_path / "out"
@@ -136,14 +137,15 @@ def test_the_parser_refuses_a_bad_value_in_one_line(tmp_path, args, message):
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr
     assert result.stderr.startswith("opdlens: error: ") and message in result.stderr
-    assert "analyze --help" in result.stderr
+    assert args[0] in result.stderr and "analyze --help" in result.stderr
     assert not out.exists()
 
 
 def test_help_lists_the_executor_and_device_choices() -> None:
     result = runner.invoke(app, ["analyze", "--help"], env={"COLUMNS": "160"})
     assert result.exit_code == 0
-    assert "<local|ray>" in result.stdout and "cpu|cuda[:N]" in result.stdout
+    # typer before 0.17 writes a choice as [local|ray]
+    assert re.search(r"[<\[]local\|ray[>\]]", result.stdout) and "cpu|cuda[:N]" in result.stdout
 
 
 @pytest.mark.parametrize("noted", [True, False])

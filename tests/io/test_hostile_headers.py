@@ -28,9 +28,10 @@ from opdlens.io.stfile import MAX_TENSORS, SafetensorsFile
 W = '"dtype":"F32","shape":[1],"data_offsets":[0,4]'
 DEEP = 100_000
 
-# name: (header JSON text, data bytes, words in the message, the library refuses it too)
+# name: (header JSON text, data bytes, words in the message, the library refuses it too: None
+# where the safetensors releases opdlens supports differ)
 # fmt: off
-CASES: dict[str, tuple[str, int, list[str], bool]] = {
+CASES: dict[str, tuple[str, int, list[str], bool | None]] = {
     "metadata-int": ('{"__metadata__":1,"w":{%s}}' % W, 4, ["__metadata__", "1"], True),
     "metadata-list": ('{"__metadata__":["a"],"w":{%s}}' % W, 4, ["__metadata__"], True),
     "metadata-value": ('{"__metadata__":{"a":1},"w":{%s}}' % W, 4, ["__metadata__"], True),
@@ -74,7 +75,7 @@ CASES: dict[str, tuple[str, int, list[str], bool]] = {
                                ["'a' appears twice"], False),
     "leading-space": (' {"w":{%s}}' % W, 4, ["starting with '{'"], False),
     "dtype-library-only": ('{"w":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}}', 8,
-                           ["'w'", '"C64"', "opdlens cannot read"], False),
+                           ["'w'", '"C64"', "opdlens cannot read"], None),  # 0.4.3 refuses C64
     "dtype-as-object": ('{"w":{"dtype":{"F32":null},"shape":[1],"data_offsets":[0,4]}}', 4,
                         ["'w'", "not a safetensors dtype"], False),
     "entry-as-array": ('{"w":["F32",[1],[0,4]]}', 4, ["'w'", "must be an object"], False),
@@ -120,7 +121,8 @@ def _run_with(base: Path, tmp_path: Path, header: str | bytes, data: bytes | int
 def test_hostile_header_is_refused_in_one_line(base, tmp_path, case):
     header, data, words, library_too = CASES[case]
     path = _run_with(base, tmp_path, header, data)
-    assert library_refuses(path) == library_too
+    if library_too is not None:  # None: the safetensors releases opdlens supports differ
+        assert library_refuses(path) == library_too
     with pytest.raises(opdlens.CheckpointError) as e:
         SafetensorsFile(path)
     message = str(e.value)
