@@ -45,13 +45,13 @@ find_python() {  # find_python 3.10: a python3.10 under pyenv or on PATH that ru
 }
 
 make_venv() {  # make_venv DIR PY TORCH [PIP ARGS]: that torch and the test tools (opdlens later)
-    local dir=$1 py torch=$3
+    local dir=$1 version=$2 torch=$3 py
     shift 3
-    py=$(find_python "$2")
+    py=$(find_python "$version")
     if [ -z "$py" ]; then
         # The torch end of the range is still tested, on the Python that runs this script.
         py=$(command -v python)
-        echo "scripts/test.sh: no Python $2 here (PATH or pyenv): the $dir pass tests torch $torch on $("$py" -c 'import sys; print(sys.version.split()[0])') instead" >&2
+        echo "scripts/test.sh: no Python $version here (PATH or pyenv): the $dir pass tests torch $torch on $("$py" -c 'import sys; print(sys.version.split()[0])') instead" >&2
     fi
     rm -rf "$dir"
     "$py" -m venv "$dir"
